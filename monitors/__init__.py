@@ -1,0 +1,1 @@
+"""monitors: see README; filled by later issues."""

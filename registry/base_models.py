@@ -1,0 +1,69 @@
+"""Import base models into the registry: validate, convert GGUF once, store, dedup by content."""
+
+from __future__ import annotations
+
+from mlflow.entities.model_registry import ModelVersion
+
+from registry import sources
+from registry.client import RegistryClient
+from registry.db import locked
+from registry.versions import log_and_register
+from tuneloop.errors import Conflict, UsageError
+from tuneloop.names import ModelKind, Tag
+
+_NAME_RULE = "letters, digits, `.`, `_` or `-`, at most 200 characters"
+
+
+def check_model_name(name: str) -> None:
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9][\w.\-]{0,199}", name):
+        raise UsageError(f"`{name}` is not a valid model name", hint=f"use {_NAME_RULE}")
+
+
+def find_by_digest(rc: RegistryClient, name: str, digest: str) -> ModelVersion | None:
+    found = rc.mlflow.search_model_versions(f"name = '{name}' and tags.`{Tag.CONTENT_DIGEST}` = '{digest}'")
+    return min(found, key=lambda mv: int(mv.version)) if found else None
+
+
+def import_base(rc: RegistryClient, name: str, source: str) -> tuple[ModelVersion, bool]:
+    """Register SRC as a version of base model NAME; returns (version, already_existed)."""
+    from registry.promotion import lock_name
+
+    check_model_name(name)
+    prepared = sources.prepare(source, rc.cache_dir)  # all validation happens before any store is touched
+    existing_model = rc.mlflow.search_registered_models(filter_string=f"name = '{name}'")
+    if existing_model and existing_model[0].tags.get(Tag.KIND, ModelKind.BASE) != ModelKind.BASE:
+        raise Conflict(
+            f"`{name}` is a registered {existing_model[0].tags.get(Tag.KIND)} model, not a base model",
+            hint="choose another name for the base model",
+        )
+    with locked(rc.engine, lock_name(name)):  # serialises the digest check with the registration
+        if existing_model:
+            found = find_by_digest(rc, name, prepared.digest)
+            if found is not None:
+                return found, True
+        tags = {
+            Tag.KIND: ModelKind.BASE.value,
+            Tag.CONTENT_DIGEST: prepared.digest,
+            Tag.SOURCE: prepared.source,
+            Tag.ARCHITECTURE: prepared.architecture,
+            Tag.PARAMETERS: str(prepared.parameters),
+            Tag.LICENSE: prepared.license or "unknown",
+        }
+        if prepared.source_digest:
+            tags[Tag.SOURCE_DIGEST] = prepared.source_digest
+        mv = log_and_register(
+            rc,
+            name,
+            artifacts={"hf_model": prepared.folder},
+            model_config={"kind": ModelKind.BASE.value, "digest": prepared.digest},
+            tags=tags,
+            run_name=f"import {name}",
+        )
+        return mv, False
+
+
+def hf_model_uri(mv: ModelVersion) -> str:
+    """Artifact URI of the Hugging Face folder stored with a base version."""
+    return f"{mv.tags[Tag.ARTIFACT_URI]}/artifacts/hf_model"

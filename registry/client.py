@@ -1,0 +1,62 @@
+"""RegistryClient: the one object the CLI, pipelines and tests use to reach the registry.
+
+It holds the settings, an MLflow client and tuneloop's database engine; the operations live in
+`base_models`, `adapters`, `promotion` and `catalog` and take the client as their first argument.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tuneloop.errors import NotFound
+from tuneloop.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion, RegisteredModel
+    from sqlalchemy.engine import Engine
+
+
+class RegistryClient:
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or load_settings()
+
+    @cached_property
+    def mlflow(self) -> MlflowClient:
+        from registry.tracking import connect
+
+        return connect(self.settings)
+
+    @cached_property
+    def engine(self) -> Engine:
+        from registry.db import get_engine
+
+        return get_engine(self.settings.database_url)
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.settings.home / "cache"
+
+    def registered_model(self, name: str) -> RegisteredModel:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.mlflow.get_registered_model(name)
+        except MlflowException:
+            raise NotFound(
+                f"no registered model `{name}`", hint="see `tuneloop models list` for the names that exist"
+            ) from None
+
+    def model_version(self, name: str, version: int | str) -> ModelVersion:
+        from mlflow.exceptions import MlflowException
+
+        self.registered_model(name)
+        try:
+            return self.mlflow.get_model_version(name, str(version))
+        except MlflowException:
+            raise NotFound(
+                f"model `{name}` has no version {version}",
+                hint=f"see `tuneloop models show {name}` for its versions",
+            ) from None

@@ -1,0 +1,110 @@
+"""tuneloop's own database: engine, migrations applied on first use, and named locks.
+
+SQLite (WAL mode) by default, PostgreSQL in production. Every transaction on SQLite starts with
+`BEGIN IMMEDIATE`, so it holds the database's write lock from its first statement: that makes
+`locked()` a real mutual exclusion across processes. On PostgreSQL `locked()` takes a
+transaction-scoped advisory lock.
+"""
+
+from __future__ import annotations
+
+import threading
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from tuneloop.errors import StoreError
+
+_MIGRATIONS = Path(__file__).with_name("migrations")
+_engines: dict[str, Engine] = {}
+_migrated: set[str] = set()
+_guard = threading.Lock()
+
+
+def _sqlite_engine(url: sa.URL) -> Engine:
+    if url.database and url.database != ":memory:":
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url, connect_args={"timeout": 120, "check_same_thread": False})
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+        dbapi_conn.isolation_level = None  # let us emit BEGIN ourselves
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA busy_timeout=120000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn):  # type: ignore[no-untyped-def]
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def get_engine(database_url: str) -> Engine:
+    """One engine per URL and process, migrated to the latest schema on first use."""
+    with _guard:
+        engine = _engines.get(database_url)
+        if engine is None:
+            try:
+                url = sa.make_url(database_url)
+            except Exception:
+                raise StoreError(
+                    "`stores.database_url` is not a database URL",
+                    hint="use sqlite:///path/tuneloop.db or postgresql://user@host/db",
+                ) from None
+            if url.get_backend_name() == "sqlite":
+                engine = _sqlite_engine(url)
+            else:
+                engine = sa.create_engine(url, pool_pre_ping=True)
+            _engines[database_url] = engine
+        if database_url not in _migrated:
+            migrate(engine)
+            _migrated.add(database_url)
+        return engine
+
+
+def dispose_engines() -> None:
+    with _guard:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()
+        _migrated.clear()
+
+
+def _lock_key(name: str) -> int:
+    return zlib.crc32(name.encode()) - (1 << 31)  # fits a signed 32-bit advisory key
+
+
+def migrate(engine: Engine) -> None:
+    """Apply Alembic migrations up to head; two processes starting at once serialise on a lock."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    try:
+        with engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_lock_key("tuneloop.migrate"))))
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")
+    except sa.exc.OperationalError as exc:
+        raise StoreError(
+            f"cannot open tuneloop's database: {exc.orig}",
+            hint="check `stores.database_url` and that the database server is running",
+        ) from None
+
+
+@contextmanager
+def locked(engine: Engine, name: str) -> Iterator[Connection]:
+    """A transaction that holds the named lock until it commits or rolls back."""
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_lock_key(name))))
+        yield conn

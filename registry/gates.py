@@ -1,0 +1,185 @@
+"""Gate policies: thresholds a version must meet before it may take an alias.
+
+A gate reads `METRIC OP THRESHOLD`, where THRESHOLD is a number or a reference with an optional
+offset or factor: `accuracy >= 0.8`, `rougeL >= champion - 0.01`, `perplexity <= base * 1.05`.
+A reference names an alias (its current holder's value) or `base` (the adapter's base model
+version). A relative gate whose alias has no holder compares with the base; with no base value
+either it is skipped, and the skip is recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from tuneloop.errors import ConfigError
+from tuneloop.names import Metric, Tag
+from tuneloop.schemas import GateCheck
+
+if TYPE_CHECKING:
+    from mlflow.entities.model_registry import ModelVersion
+
+    from registry.client import RegistryClient
+
+_OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
+_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+_GATE = re.compile(
+    rf"^\s*(?P<metric>[A-Za-z_]\w*)\s*(?P<op>>=|<=|>|<)\s*"
+    rf"(?:(?P<number>{_NUMBER})|(?P<ref>[A-Za-z_][\w-]*)\s*(?:(?P<arith>[-+*])\s*(?P<operand>{_NUMBER}))?)\s*$"
+)
+
+
+@dataclass(frozen=True)
+class Gate:
+    text: str
+    metric: str
+    op: str
+    number: float | None = None
+    ref: str | None = None
+    arith: str | None = None
+    operand: float | None = None
+
+    def threshold_from(self, ref_value: float) -> float:
+        if self.arith == "+":
+            return ref_value + (self.operand or 0.0)
+        if self.arith == "-":
+            return ref_value - (self.operand or 0.0)
+        if self.arith == "*":
+            return ref_value * (self.operand or 1.0)
+        return ref_value
+
+
+def parse_policy(gates: list[str]) -> list[Gate]:
+    """Parse every gate, collecting all problems into one ConfigError."""
+    parsed, problems = [], []
+    allowed = ", ".join(m.value for m in Metric)
+    for text in gates:
+        match = _GATE.match(text)
+        if not match:
+            problems.append(
+                f"`{text}` is not a gate; write `METRIC OP NUMBER` or `METRIC OP ALIAS [+|-|*] NUMBER`, "
+                "e.g. `rougeL >= champion - 0.01`"
+            )
+            continue
+        if match["metric"] not in Metric._value2member_map_:
+            problems.append(f"`{text}` names unknown metric `{match['metric']}`; known metrics: {allowed}")
+            continue
+        parsed.append(
+            Gate(
+                text=text.strip(),
+                metric=match["metric"],
+                op=match["op"],
+                number=float(match["number"]) if match["number"] else None,
+                ref=match["ref"],
+                arith=match["arith"],
+                operand=float(match["operand"]) if match["operand"] else None,
+            )
+        )
+    if problems:
+        raise ConfigError("invalid gate policy:\n  " + "\n  ".join(problems), hint="fix the gates and set the policy again")
+    return parsed
+
+
+def metrics_of(mv: ModelVersion) -> dict[str, float]:
+    """The evaluation results attached to a model version (tags `tuneloop.metric.<name>`)."""
+    out = {}
+    for key, value in (mv.tags or {}).items():
+        if key.startswith(Tag.METRIC_PREFIX):
+            try:
+                out[key.removeprefix(Tag.METRIC_PREFIX)] = float(value)
+            except ValueError:
+                continue
+    return out
+
+
+def policy_of(rc: RegistryClient, name: str) -> list[Gate]:
+    raw = rc.registered_model(name).tags.get(Tag.GATE_POLICY)
+    return parse_policy(json.loads(raw)) if raw else []
+
+
+def set_policy(rc: RegistryClient, name: str, gates: list[str]) -> list[Gate]:
+    parsed = parse_policy(gates)  # validate before storing anything
+    rc.registered_model(name)
+    rc.mlflow.set_registered_model_tag(name, Tag.GATE_POLICY, json.dumps([g.text for g in parsed]))
+    return parsed
+
+
+def evaluate(rc: RegistryClient, candidate: ModelVersion, gates: list[Gate]) -> list[GateCheck]:
+    values = metrics_of(candidate)
+    return [_check(rc, candidate, values, gate) for gate in gates]
+
+
+def _check(rc: RegistryClient, candidate: ModelVersion, values: dict[str, float], gate: Gate) -> GateCheck:
+    value = values.get(gate.metric)
+    if value is None:
+        return GateCheck(
+            gate=gate.text,
+            status="failed",
+            reason=f"v{candidate.version} has no `{gate.metric}` result; evaluate it first (`tuneloop eval`)",
+        )
+    if gate.number is not None:
+        threshold, compared_with = gate.number, "absolute"
+    else:
+        reference = _reference_value(rc, candidate, gate)
+        if isinstance(reference, str):
+            return GateCheck(gate=gate.text, status="skipped", value=value, reason=reference)
+        ref_value, compared_with = reference
+        threshold = gate.threshold_from(ref_value)
+    passed = _OPS[gate.op](value, threshold)
+    return GateCheck(
+        gate=gate.text,
+        status="passed" if passed else "failed",
+        value=value,
+        threshold=threshold,
+        compared_with=compared_with,
+        reason="" if passed else f"{gate.metric} = {value:g} is not {gate.op} {threshold:g} ({compared_with})",
+    )
+
+
+def _reference_value(rc: RegistryClient, candidate: ModelVersion, gate: Gate) -> tuple[float, str] | str:
+    """(value, what it came from), or the reason the gate must be skipped."""
+    from mlflow.exceptions import MlflowException
+
+    ref = gate.ref or ""
+    if ref != "base":
+        try:
+            holder = rc.mlflow.get_model_version_by_alias(candidate.name, ref)
+        except MlflowException:
+            holder = None
+        if holder is not None:
+            held = metrics_of(holder).get(gate.metric)
+            if held is not None:
+                return held, f"{ref}@v{holder.version}"
+            return f"{ref} (v{holder.version}) has no `{gate.metric}` result to compare with"
+    base = _base_of(rc, candidate)
+    if base is not None:
+        held = metrics_of(base).get(gate.metric)
+        if held is not None:
+            return held, f"base {base.name}@v{base.version}"
+    who = "no base model" if ref == "base" else f"no holder of `{ref}`"
+    return f"{who} with a `{gate.metric}` result to compare with"
+
+
+def _base_of(rc: RegistryClient, candidate: ModelVersion) -> ModelVersion | None:
+    tags = candidate.tags or {}
+    if Tag.BASE_NAME not in tags:
+        return None
+    try:
+        return rc.mlflow.get_model_version(tags[Tag.BASE_NAME], tags[Tag.BASE_VERSION])
+    except Exception:
+        return None
+
+
+def record_metrics(rc: RegistryClient, name: str, version: int | str, metrics: dict[str, float]) -> None:
+    """Attach evaluation results to a version, where gates read them."""
+    unknown = sorted(set(metrics) - set(Metric._value2member_map_))
+    if unknown:
+        raise ConfigError(
+            f"unknown metric names: {', '.join(unknown)}", hint="known metrics: " + ", ".join(m.value for m in Metric)
+        )
+    rc.model_version(name, version)
+    for metric, value in metrics.items():
+        rc.mlflow.set_model_version_tag(name, str(version), Tag.METRIC_PREFIX + metric, repr(float(value)))

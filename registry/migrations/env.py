@@ -1,0 +1,15 @@
+"""Alembic environment: tuneloop always passes an open connection (see registry.db.migrate)."""
+
+from alembic import context
+
+from registry.tables import metadata
+
+connection = context.config.attributes["connection"]
+context.configure(
+    connection=connection,
+    target_metadata=metadata,
+    version_table="tuneloop_alembic_version",
+    render_as_batch=connection.dialect.name == "sqlite",
+)
+with context.begin_transaction():
+    context.run_migrations()

@@ -1,0 +1,160 @@
+"""Moving aliases: gated promotion, rollback and history.
+
+Gate check, alias move and audit entry happen inside one transaction holding the model's lock
+(`registry.db.locked`), so concurrent promoters serialise and every audit entry starts where the
+previous one for that alias ended.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+from registry import audit, gates
+from registry.client import RegistryClient
+from registry.db import locked
+from tuneloop.errors import Conflict, GateFailed, NotFound, UsageError
+from tuneloop.schemas import AliasMove, GateCheck
+
+log = logging.getLogger(__name__)
+_ALIAS = re.compile(r"^[A-Za-z_][\w-]{0,254}$")
+_RESERVED = re.compile(r"^(latest|v\d+)$", re.IGNORECASE)
+
+
+def lock_name(model: str) -> str:
+    return f"registry:{model}"
+
+
+@dataclass
+class PromotionResult:
+    move: AliasMove | None  # None when the alias already pointed at that version
+    gates: list[GateCheck]
+    unaudited: list[AliasMove]
+
+
+def parse_version(model: str, version: str | int) -> int:
+    """Accept `3`, `v3` or `MODEL:3`; refuse a version of another model."""
+    text = str(version).strip()
+    if ":" in text:
+        owner, text = text.rsplit(":", 1)
+        if owner != model:
+            raise Conflict(
+                f"version `{version}` belongs to model `{owner}`, not `{model}`",
+                hint=f"an alias of `{model}` can only point at a version of `{model}`",
+            )
+    text = text.removeprefix("v")
+    if not text.isdigit():
+        raise UsageError(f"`{version}` is not a version number", hint="pass a number such as 3")
+    return int(text)
+
+
+def _check_alias(alias: str) -> None:
+    if not _ALIAS.match(alias) or _RESERVED.match(alias):
+        raise UsageError(
+            f"`{alias}` cannot be an alias",
+            hint="use letters, digits, `_` or `-`, starting with a letter; `latest` and `vN` are reserved",
+        )
+
+
+def promote(
+    rc: RegistryClient,
+    model: str,
+    version: str | int,
+    alias: str,
+    *,
+    force: bool = False,
+    reason: str = "",
+) -> PromotionResult:
+    _check_alias(alias)
+    if force and not reason.strip():
+        raise UsageError("`--force` needs `--reason`", hint='say why the gates are overridden: --reason "..."')
+    number = parse_version(model, version)
+    policy = gates.policy_of(rc, model)  # also checks the model exists
+    with locked(rc.engine, lock_name(model)) as conn:
+        unaudited = audit.reconcile(rc, conn, model)
+        candidate = rc.model_version(model, number)
+        current = audit.last_holders(conn, model).get(alias)
+        if current == number:
+            _mirror(rc, conn, model)
+            return PromotionResult(move=None, gates=[], unaudited=unaudited)
+        checks = gates.evaluate(rc, candidate, policy)
+        failed = [c for c in checks if c.status == "failed"]
+        if failed and not force:
+            raise GateFailed(
+                f"promotion of `{model}` v{number} to `{alias}` refused: "
+                f"{len(failed)} of {len(checks)} gates failed:\n  " + "\n  ".join(f"{c.gate}: {c.reason}" for c in failed),
+                hint="improve the model, or override with --force --reason TEXT (recorded in the audit trail)",
+                details=[c.model_dump() for c in checks],
+            )
+        move = audit.append(
+            conn,
+            actor=rc.settings.actor_name,
+            model=model,
+            alias=alias,
+            kind="promote",
+            from_version=current,
+            to_version=number,
+            forced=bool(failed) or force,
+            reason=reason,
+            gates=checks,
+        )
+        rc.mlflow.set_registered_model_alias(model, alias, str(number))
+        _mirror(rc, conn, model)
+    return PromotionResult(move=move, gates=checks, unaudited=unaudited)
+
+
+def rollback(rc: RegistryClient, model: str, alias: str, *, reason: str = "") -> PromotionResult:
+    """Move `alias` back to the version that held it before the current holder."""
+    _check_alias(alias)
+    rc.registered_model(model)
+    with locked(rc.engine, lock_name(model)) as conn:
+        unaudited = audit.reconcile(rc, conn, model)
+        history = audit.entries(conn, model, alias)
+        if not history or history[-1].to_version is None:
+            raise NotFound(f"`{model}@{alias}` has no holder to roll back", hint=f"see `tuneloop models history {model}`")
+        previous = history[-1].from_version
+        if previous is None:
+            raise NotFound(
+                f"`{model}@{alias}` (v{history[-1].to_version}) had no previous holder",
+                hint="promote the version you want instead",
+            )
+        rc.model_version(model, previous)  # it may have been deleted since
+        move = audit.append(
+            conn,
+            actor=rc.settings.actor_name,
+            model=model,
+            alias=alias,
+            kind="rollback",
+            from_version=history[-1].to_version,
+            to_version=previous,
+            reason=reason or f"rollback of entry {history[-1].id}",
+        )
+        rc.mlflow.set_registered_model_alias(model, alias, str(previous))
+        _mirror(rc, conn, model)
+    return PromotionResult(move=move, gates=[], unaudited=unaudited)
+
+
+def history(rc: RegistryClient, model: str, alias: str | None = None) -> tuple[list[AliasMove], list[int]]:
+    """Every alias move of `model` (oldest first) and the ids of entries that fail the hash chain."""
+    rc.registered_model(model)
+    with locked(rc.engine, lock_name(model)) as conn:
+        audit.reconcile(rc, conn, model)
+        _mirror(rc, conn, model)
+        return audit.entries(conn, model, alias), audit.verify_chain(conn, model)
+
+
+def reconcile(rc: RegistryClient, model: str) -> list[AliasMove]:
+    with locked(rc.engine, lock_name(model)) as conn:
+        moves = audit.reconcile(rc, conn, model)
+        _mirror(rc, conn, model)
+        return moves
+
+
+def _mirror(rc: RegistryClient, conn, model: str) -> None:  # type: ignore[no-untyped-def]
+    """Mirror into MLflow; a failure leaves entries pending for the next operation, never loses them."""
+    try:
+        with conn.begin_nested():
+            audit.mirror_pending(rc, conn, model)
+    except Exception as exc:
+        log.warning("could not mirror audit entries of %s into MLflow yet: %s", model, rc.settings.scrub(str(exc)))

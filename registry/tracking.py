@@ -1,0 +1,62 @@
+"""MLflow connection: tracking/registry URIs and experiments from tuneloop's settings."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tuneloop.errors import StoreError
+from tuneloop.settings import Settings
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+
+def quiet_mlflow() -> None:
+    """MLflow and friends chat on INFO and warn about things users cannot act on."""
+    for name in ("mlflow", "alembic", "urllib3", "httpx", "transformers.modeling_utils"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", module="mlflow")
+    warnings.filterwarnings("ignore", message=".*type hint.*", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def connect(settings: Settings) -> MlflowClient:
+    """Point MLflow's fluent API and a client at tuneloop's stores."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    quiet_mlflow()
+    uri = settings.mlflow_uri
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        client.search_experiments(max_results=1)  # opens (and on first use migrates) the store
+    except Exception as exc:
+        raise StoreError(
+            f"cannot open the MLflow store: {settings.scrub(str(exc))[:500]}",
+            hint="check `stores.mlflow_uri` and that its database is reachable",
+        ) from None
+    return client
+
+
+def experiment_id(client: MlflowClient, settings: Settings, suffix: str) -> str:
+    """Get or create `<prefix>-<suffix>`, with its artifacts under tuneloop's artifact root."""
+    name = f"{settings.experiment_prefix}-{suffix}"
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        if found.lifecycle_stage == "deleted":
+            client.restore_experiment(found.experiment_id)
+        return found.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=f"{settings.artifact_root}/{suffix}")
+    except Exception:
+        found = client.get_experiment_by_name(name)  # created by a concurrent process
+        if found is None:
+            raise
+        return found.experiment_id

@@ -1,0 +1,118 @@
+"""Entry point of the `tuneloop` console script.
+
+`tuneloop --help` must stay fast: nothing here imports torch, transformers, mlflow or evidently.
+Errors from tuneloop's hierarchy print a message and a fix and exit with the error's code; any
+other exception is reported in one line (set TUNELOOP_DEBUG=1 for the traceback).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import click
+
+from tuneloop import __version__
+from tuneloop.cli import output
+
+
+class AppContext:
+    """Lazily loaded settings and registry client shared by the commands of one invocation."""
+
+    def __init__(self, config_file: str | None) -> None:
+        self.config_file = config_file
+        self._settings: Any = None
+        self._registry: Any = None
+        self.json = False
+
+    @property
+    def settings(self) -> Any:
+        if self._settings is None:
+            from tuneloop.settings import load_settings
+
+            self._settings = load_settings(self.config_file)
+        return self._settings
+
+    @property
+    def registry(self) -> Any:
+        if self._registry is None:
+            from registry.client import RegistryClient
+
+            self._registry = RegistryClient(self.settings)
+        return self._registry
+
+
+pass_app = click.make_pass_decorator(AppContext)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="tuneloop.toml to read (default: ./tuneloop.toml).")
+@click.version_option(__version__, prog_name="tuneloop")
+@click.pass_context
+def cli(ctx: click.Context, config_file: str | None) -> None:
+    """tuneloop: fine-tune, evaluate, promote and monitor LLMs, with everything in MLflow."""
+    ctx.obj = AppContext(config_file)
+
+
+def _register_commands() -> None:
+    from tuneloop.cli.config_cmd import config
+    from tuneloop.cli.demo_cmd import demo
+    from tuneloop.cli.models_cmd import models
+    from tuneloop.cli.up_cmd import up
+
+    for command in (config, demo, models, up):
+        cli.add_command(command)
+
+
+_register_commands()
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tuneloop.errors import TuneloopError
+
+    wants_json = "--json" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="tuneloop", standalone_mode=False)
+        return 0
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:  # usage errors: exit 2
+        exc.show()
+        return exc.exit_code
+    except click.Abort:
+        output.error("aborted")
+        return 130
+    except KeyboardInterrupt:
+        output.error("interrupted")
+        return 130
+    except TuneloopError as exc:
+        output.error(exc.message, exc.hint)
+        if wants_json:
+            output.emit_json(exc.to_dict())
+        return exc.exit_code
+    except Exception as exc:  # a bug or an unexpected library failure: one line, no traceback
+        if os.environ.get("TUNELOOP_DEBUG"):
+            raise
+        message = _scrub(f"{type(exc).__name__}: {exc}")
+        output.error(message, "rerun with TUNELOOP_DEBUG=1 for the traceback, and report it")
+        if wants_json:
+            output.emit_json({"error": "internal_error", "message": message})
+        return 1
+
+
+def _scrub(text: str) -> str:
+    """Mask passwords in URLs and any secret the settings hold before printing `text`."""
+    import re
+
+    text = re.sub(r"://([^:/@\s]+):([^@\s]+)@", r"://\1:***@", text)
+    try:
+        from tuneloop.settings import load_settings
+
+        return load_settings().scrub(text)
+    except Exception:
+        return text
+
+
+def entrypoint() -> None:
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""How commands print: one JSON document with --json, readable text otherwise."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+
+def emit_json(payload: Any) -> None:
+    click.echo(json.dumps(payload, indent=2, default=str, sort_keys=False))
+
+
+def stage(text: str) -> None:
+    """A progress line on stderr, so stdout stays clean for --json."""
+    click.echo(click.style("==> ", fg="cyan", bold=True) + text, err=True)
+
+
+def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    if not rows:
+        return "(none)"
+    cells = [[str(r.get(c, "") if r.get(c) is not None else "-") for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+def error(message: str, hint: str | None = None) -> None:
+    click.echo(click.style("error: ", fg="red", bold=True) + message, err=True)
+    if hint:
+        click.echo(click.style("  fix: ", fg="yellow") + hint, err=True)
+
+
+def is_tty() -> bool:
+    return sys.stderr.isatty()

@@ -1,0 +1,178 @@
+"""Every tuneloop setting, declared once, typed, with its environment variable and default.
+
+Sources, highest priority first: explicit overrides, `TUNELOOP_*` environment variables
+(nested with `__`, e.g. `TUNELOOP_STORES__DATABASE_URL`), then `tuneloop.toml` in the current
+directory or the file given with `--config`. `platform/tuneloop.toml` documents every key.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from tuneloop.errors import ConfigError
+
+CONFIG_FILE_NAME = "tuneloop.toml"
+CONFIG_PATH_ENV = "TUNELOOP_CONFIG"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StoreSettings(_Section):
+    mlflow_uri: str | None = Field(
+        None, description="MLflow tracking and registry store. Default: sqlite:///<home>/mlflow.db"
+    )
+    database_url: str | None = Field(
+        None, description="tuneloop's own tables (audit, locks, records, jobs). Default: sqlite:///<home>/tuneloop.db"
+    )
+    artifact_root: str | None = Field(
+        None, description="Where MLflow artifacts go: a folder or an s3:// URI. Default: <home>/artifacts"
+    )
+
+
+class ServerSettings(_Section):
+    host: str = Field("127.0.0.1", description="Address the MLflow UI (and later the ingest API) binds to")
+    mlflow_port: int = Field(5000, ge=1, le=65535, description="Port of the MLflow server started by `tuneloop up`")
+
+
+class IngestSettings(_Section):
+    port: int = Field(8765, ge=1, le=65535, description="Port of the ingest API")
+    tokens: list[SecretStr] = Field(default_factory=list, description="Bearer tokens accepted by the ingest API")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="TUNELOOP_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        toml_file=CONFIG_FILE_NAME,
+    )
+
+    home: Path = Field(Path(".tuneloop"), description="Folder of the embedded stores")
+    actor: str = Field("", description="Name recorded in the audit trail. Default: the OS user")
+    experiment_prefix: str = Field("tuneloop", description="Prefix of the MLflow experiments tuneloop creates")
+    hf_token: SecretStr | None = Field(None, description="Hugging Face token (never logged)")
+    stores: StoreSettings = Field(default_factory=StoreSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = os.environ.get(CONFIG_PATH_ENV) or CONFIG_FILE_NAME
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+
+    @field_validator("home")
+    @classmethod
+    def _absolute_home(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    # Resolved store locations -------------------------------------------------------------
+    @cached_property
+    def mlflow_uri(self) -> str:
+        return self.stores.mlflow_uri or f"sqlite:///{self.home / 'mlflow.db'}"
+
+    @cached_property
+    def database_url(self) -> str:
+        return self.stores.database_url or f"sqlite:///{self.home / 'tuneloop.db'}"
+
+    @cached_property
+    def artifact_root(self) -> str:
+        root = self.stores.artifact_root
+        if root and "://" in root:
+            return root.rstrip("/")
+        return Path(root or self.home / "artifacts").expanduser().resolve().as_uri()
+
+    @property
+    def actor_name(self) -> str:
+        if self.actor:
+            return self.actor
+        try:
+            return getpass.getuser()
+        except Exception:  # no user database entry (containers)
+            return "unknown"
+
+    # Secrets ---------------------------------------------------------------------------
+    def secret_values(self) -> list[str]:
+        """Every secret these settings hold, so logs and reports can be scrubbed of them."""
+        secrets = [t.get_secret_value() for t in self.ingest.tokens]
+        if self.hf_token:
+            secrets.append(self.hf_token.get_secret_value())
+        for url in (self.stores.mlflow_uri, self.stores.database_url, self.stores.artifact_root):
+            password = urlsplit(url).password if url and "://" in url else None
+            if password:
+                secrets.append(password)
+        return [s for s in secrets if s]
+
+    def scrub(self, text: str) -> str:
+        """`text` with every secret replaced by `***` (for error messages and logs)."""
+        for secret in self.secret_values():
+            text = text.replace(secret, "***")
+        return text
+
+    def public_dict(self) -> dict[str, Any]:
+        """The settings as a dict with every secret masked: the only form fit to print or log."""
+        data = self.model_dump(mode="json")
+        data["ingest"]["tokens"] = ["***"] * len(self.ingest.tokens)
+        data["hf_token"] = "***" if self.hf_token else None
+        data["resolved"] = {
+            "mlflow_uri": redact_url(self.mlflow_uri),
+            "database_url": redact_url(self.database_url),
+            "artifact_root": redact_url(self.artifact_root),
+        }
+        for key in ("mlflow_uri", "database_url", "artifact_root"):
+            data["stores"][key] = redact_url(data["stores"][key]) if data["stores"][key] else None
+        return data
+
+
+def redact_url(url: str) -> str:
+    """`postgresql://u:pw@h/db` -> `postgresql://u:***@h/db`; anything else unchanged."""
+    if "://" not in url:
+        return url
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Read settings, turning every validation problem into one ConfigError that lists them all."""
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"config file `{path}` does not exist", hint="pass an existing tuneloop.toml to --config")
+        os.environ[CONFIG_PATH_ENV] = str(path.resolve())
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"])
+            problems.append(f"`{where}`: {err['msg']}")
+        raise ConfigError(
+            "invalid settings:\n  " + "\n  ".join(problems),
+            hint="fix tuneloop.toml or the TUNELOOP_* environment variables (see platform/tuneloop.toml)",
+        ) from None
+    except Exception as exc:  # a malformed TOML file
+        raise ConfigError(f"cannot read settings: {exc}", hint="check the syntax of tuneloop.toml") from None

@@ -2,13 +2,14 @@
 
 Sources, highest priority first: explicit overrides, `TUNELOOP_*` environment variables
 (nested with `__`, e.g. `TUNELOOP_STORES__DATABASE_URL`), then `tuneloop.toml` in the current
-directory or the file given with `--config`. `platform/tuneloop.toml` documents every key.
+directory, or the file given with `--config` (or `TUNELOOP_CONFIG`). `platform/tuneloop.toml` documents every key.
 """
 
 from __future__ import annotations
 
 import getpass
 import os
+from contextvars import ContextVar
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from tuneloop.errors import ConfigError
 
 CONFIG_FILE_NAME = "tuneloop.toml"
 CONFIG_PATH_ENV = "TUNELOOP_CONFIG"
+_config_file: ContextVar[Path | None] = ContextVar("tuneloop_config_file", default=None)
 
 
 class _Section(BaseModel):
@@ -79,7 +81,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        toml_file = os.environ.get(CONFIG_PATH_ENV) or CONFIG_FILE_NAME
+        toml_file = _config_file.get() or os.environ.get(CONFIG_PATH_ENV) or CONFIG_FILE_NAME
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
 
     @field_validator("home")
@@ -158,11 +160,12 @@ def redact_url(url: str) -> str:
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
     """Read settings, turning every validation problem into one ConfigError that lists them all."""
+    token = None
     if config_file is not None:
         path = Path(config_file)
         if not path.is_file():
             raise ConfigError(f"config file `{path}` does not exist", hint="pass an existing tuneloop.toml to --config")
-        os.environ[CONFIG_PATH_ENV] = str(path.resolve())
+        token = _config_file.set(path.resolve())
     try:
         return Settings(**overrides)
     except ValidationError as exc:
@@ -176,3 +179,6 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         ) from None
     except Exception as exc:  # a malformed TOML file
         raise ConfigError(f"cannot read settings: {exc}", hint="check the syntax of tuneloop.toml") from None
+    finally:
+        if token is not None:
+            _config_file.reset(token)

@@ -1,0 +1,67 @@
+"""Settings: sources and precedence, validation, secret masking; the error hierarchy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tuneloop import errors
+from tuneloop.settings import load_settings, redact_url
+
+
+def test_toml_then_env_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "tuneloop.toml"
+    config.write_text('home = "h1"\nactor = "alice"\n[server]\nmlflow_port = 5100\n')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TUNELOOP_CONFIG", raising=False)
+    s = load_settings()
+    assert s.home == (tmp_path / "h1").resolve() and s.actor_name == "alice" and s.server.mlflow_port == 5100
+    monkeypatch.setenv("TUNELOOP_SERVER__MLFLOW_PORT", "5200")
+    monkeypatch.setenv("TUNELOOP_ACTOR", "bob")
+    s = load_settings()
+    assert s.server.mlflow_port == 5200 and s.actor_name == "bob"
+
+
+def test_explicit_config_file_and_store_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "other.toml"
+    config.write_text(
+        '[stores]\nmlflow_uri = "postgresql://u:pw@db:5432/mlflow"\nartifact_root = "s3://bucket/tl"\n'
+    )
+    monkeypatch.delenv("TUNELOOP_CONFIG", raising=False)
+    s = load_settings(config)
+    assert s.mlflow_uri == "postgresql://u:pw@db:5432/mlflow"
+    assert s.artifact_root == "s3://bucket/tl"
+    assert s.public_dict()["resolved"]["mlflow_uri"] == "postgresql://u:***@db:5432/mlflow"
+    assert "pw" in s.secret_values() and s.scrub("failed: postgresql://u:pw@db") == "failed: postgresql://u:***@db"
+
+
+def test_every_problem_reported_in_one_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TUNELOOP_SERVER__MLFLOW_PORT", "0")
+    monkeypatch.setenv("TUNELOOP_INGEST__PORT", "notanumber")
+    with pytest.raises(errors.ConfigError) as err:
+        load_settings()
+    assert "`server.mlflow_port`" in err.value.message and "`ingest.port`" in err.value.message
+    assert err.value.exit_code == 2 and err.value.http_status == 400
+
+
+def test_redact_url_leaves_passwordless_urls_alone() -> None:
+    assert redact_url("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
+    assert redact_url("postgresql://root@127.0.0.1/db") == "postgresql://root@127.0.0.1/db"
+
+
+def test_error_codes_map_to_exit_codes_and_http_statuses() -> None:
+    table = {
+        errors.UsageError: (2, 400),
+        errors.ConfigError: (2, 400),
+        errors.InvalidInput: (1, 422),
+        errors.NotFound: (1, 404),
+        errors.Conflict: (1, 409),
+        errors.GateFailed: (1, 409),
+        errors.StoreError: (1, 503),
+    }
+    for cls, (exit_code, status) in table.items():
+        exc = cls("m", hint="h")
+        assert isinstance(exc, errors.TuneloopError)
+        assert (exc.exit_code, exc.http_status) == (exit_code, status)
+        assert exc.to_dict() == {"error": cls.code, "message": "m", "hint": "h"}

@@ -37,7 +37,7 @@ class RegistryClient:
 
     @property
     def cache_dir(self) -> Path:
-        return self.settings.home / "cache"
+        return self.settings.cache_dir
 
     def registered_model(self, name: str) -> RegisteredModel:
         from mlflow.exceptions import MlflowException

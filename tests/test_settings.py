@@ -65,3 +65,23 @@ def test_error_codes_map_to_exit_codes_and_http_statuses() -> None:
         assert isinstance(exc, errors.TuneloopError)
         assert (exc.exit_code, exc.http_status) == (exit_code, status)
         assert exc.to_dict() == {"error": cls.code, "message": "m", "hint": "h"}
+
+
+def test_documented_default_config_is_valid_and_complete(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tomllib
+
+    from tests.conftest import REPO
+    from tuneloop.settings import Settings
+
+    monkeypatch.delenv("TUNELOOP_CONFIG", raising=False)
+    path = REPO / "platform" / "tuneloop.toml"
+    documented = load_settings(path)
+    assert documented.model_dump() == Settings().model_dump()  # the file documents the real defaults
+    text = path.read_text()
+    data = tomllib.loads(text)
+    for name, field in Settings.model_fields.items():
+        assert name in text, f"platform/tuneloop.toml does not document `{name}`"
+        sub = getattr(field.annotation, "model_fields", None)
+        for key in sub or {}:
+            assert key in text, f"platform/tuneloop.toml does not document `{name}.{key}`"
+    assert data["server"]["mlflow_port"] == Settings.model_fields["server"].default_factory().mlflow_port

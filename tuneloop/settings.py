@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     )
 
     home: Path = Field(Path(".tuneloop"), description="Folder of the embedded stores")
+    cache_dir: Path = Field(
+        Path("~/.cache/tuneloop"), description="Converted models (GGUF -> safetensors), keyed by content digest"
+    )
     actor: str = Field("", description="Name recorded in the audit trail. Default: the OS user")
     experiment_prefix: str = Field("tuneloop", description="Prefix of the MLflow experiments tuneloop creates")
     hf_token: SecretStr | None = Field(None, description="Hugging Face token (never logged)")
@@ -84,7 +87,7 @@ class Settings(BaseSettings):
         toml_file = _config_file.get() or os.environ.get(CONFIG_PATH_ENV) or CONFIG_FILE_NAME
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
 
-    @field_validator("home")
+    @field_validator("home", "cache_dir")
     @classmethod
     def _absolute_home(cls, value: Path) -> Path:
         return value.expanduser().resolve()

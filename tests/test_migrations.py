@@ -1,0 +1,60 @@
+"""tuneloop's tables: created on first use by Alembic, safely when processes start at once."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from tests.conftest import REPO
+
+_FIRST_USE = """
+import sys
+from registry.db import get_engine
+import sqlalchemy as sa
+engine = get_engine(sys.argv[1])
+with engine.connect() as conn:
+    print(conn.execute(sa.text("SELECT version_num FROM tuneloop_alembic_version")).scalar())
+"""
+
+
+def test_concurrent_first_use_migrates_once(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'tuneloop.db'}"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _FIRST_USE, url], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    results = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [r[1][-2000:] for r in results]
+    assert {r[0].strip() for r in results} == {"0001"}
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("PRAGMA journal_mode")).scalar() == "wal"
+        tables = {r[0] for r in conn.execute(sa.text("SELECT name FROM sqlite_master WHERE type='table'"))}
+    assert {"audit_log", "audit_mirror", "tuneloop_alembic_version"} <= tables
+
+
+def test_concurrent_first_use_on_postgres(tmp_path: Path) -> None:
+    import uuid
+
+    import pytest
+
+    from tests.conftest import PG_ADMIN_URL, _pg, _postgres_available
+
+    if not _postgres_available():
+        pytest.skip("PostgreSQL is not reachable")
+    name = f"t_migrate_{uuid.uuid4().hex[:8]}"
+    _pg(PG_ADMIN_URL, f"CREATE DATABASE {name}")
+    url = f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+    try:
+        procs = [
+            subprocess.Popen([sys.executable, "-c", _FIRST_USE, url], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(4)
+        ]
+        results = [p.communicate(timeout=120) for p in procs]
+        assert all(p.returncode == 0 for p in procs), [r[1][-2000:] for r in results]
+        assert {r[0].strip() for r in results} == {"0001"}
+    finally:
+        _pg(PG_ADMIN_URL, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

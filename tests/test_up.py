@@ -1,0 +1,62 @@
+"""`tuneloop up`: a real MLflow server on tuneloop's stores, stopped cleanly by Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from tests.conftest import REPO
+from tests.registry_helpers import make_versions
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_up_serves_the_registry_and_stops_on_ctrl_c(sqlite_rc, tmp_path: Path) -> None:
+    make_versions(sqlite_rc, "served", [{}])
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TUNELOOP_")}
+    env["TUNELOOP_HOME"] = str(sqlite_rc.settings.home)
+    exe = Path(sys.executable).with_name("tuneloop")
+    proc = subprocess.Popen(
+        [str(exe), "up", "--port", str(port)], cwd=REPO, env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.5)
+        assert proc.poll() is None, proc.stderr.read()
+        url = f"http://127.0.0.1:{port}/api/2.0/mlflow/registered-models/search"
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            names = [m["name"] for m in json.loads(resp.read())["registered_models"]]
+        assert names == ["served"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert proc.returncode == 0, err
+    assert "tuneloop is up: MLflow UI at" in err and "stopped" in err
+    assert not _port_open(port)

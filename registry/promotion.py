@@ -11,11 +11,13 @@ import logging
 import re
 from dataclasses import dataclass
 
+from sqlalchemy.engine import Connection
+
 from registry import audit, gates
 from registry.client import RegistryClient
 from registry.db import locked
 from tuneloop.errors import Conflict, GateFailed, NotFound, UsageError
-from tuneloop.schemas import AliasMove, GateCheck
+from tuneloop.schemas import AliasMove, GateCheck, MoveKind
 
 log = logging.getLogger(__name__)
 _ALIAS = re.compile(r"^[A-Za-z_][\w-]{0,254}$")
@@ -87,20 +89,9 @@ def promote(
                 hint="improve the model, or override with --force --reason TEXT (recorded in the audit trail)",
                 details=[c.model_dump() for c in checks],
             )
-        move = audit.append(
-            conn,
-            actor=rc.settings.actor_name,
-            model=model,
-            alias=alias,
-            kind="promote",
-            from_version=current,
-            to_version=number,
-            forced=bool(failed) or force,
-            reason=reason,
-            gates=checks,
+        move = _move_alias(
+            rc, conn, model, alias, "promote", current, number, forced=bool(failed) or force, reason=reason, checks=checks
         )
-        rc.mlflow.set_registered_model_alias(model, alias, str(number))
-        _mirror(rc, conn, model)
     return PromotionResult(move=move, gates=checks, unaudited=unaudited)
 
 
@@ -120,19 +111,40 @@ def rollback(rc: RegistryClient, model: str, alias: str, *, reason: str = "") ->
                 hint="promote the version you want instead",
             )
         rc.model_version(model, previous)  # it may have been deleted since
-        move = audit.append(
-            conn,
-            actor=rc.settings.actor_name,
-            model=model,
-            alias=alias,
-            kind="rollback",
-            from_version=history[-1].to_version,
-            to_version=previous,
-            reason=reason or f"rollback of entry {history[-1].id}",
-        )
-        rc.mlflow.set_registered_model_alias(model, alias, str(previous))
-        _mirror(rc, conn, model)
+        reason = reason or f"rollback of entry {history[-1].id}"
+        move = _move_alias(rc, conn, model, alias, "rollback", history[-1].to_version, previous, reason=reason)
     return PromotionResult(move=move, gates=[], unaudited=unaudited)
+
+
+def _move_alias(
+    rc: RegistryClient,
+    conn: Connection,
+    model: str,
+    alias: str,
+    kind: MoveKind,
+    from_version: int | None,
+    to_version: int,
+    *,
+    forced: bool = False,
+    reason: str = "",
+    checks: list[GateCheck] | None = None,
+) -> AliasMove:
+    """Audit entry first, then the MLflow alias: if setting the alias fails, the entry rolls back with it."""
+    move = audit.append(
+        conn,
+        actor=rc.settings.actor_name,
+        model=model,
+        alias=alias,
+        kind=kind,
+        from_version=from_version,
+        to_version=to_version,
+        forced=forced,
+        reason=reason,
+        gates=checks,
+    )
+    rc.mlflow.set_registered_model_alias(model, alias, str(to_version))
+    _mirror(rc, conn, model)
+    return move
 
 
 def history(rc: RegistryClient, model: str, alias: str | None = None) -> tuple[list[AliasMove], list[int]]:
@@ -151,7 +163,7 @@ def reconcile(rc: RegistryClient, model: str) -> list[AliasMove]:
         return moves
 
 
-def _mirror(rc: RegistryClient, conn, model: str) -> None:  # type: ignore[no-untyped-def]
+def _mirror(rc: RegistryClient, conn: Connection, model: str) -> None:
     """Mirror into MLflow; a failure leaves entries pending for the next operation, never loses them."""
     try:
         with conn.begin_nested():

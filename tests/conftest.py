@@ -154,7 +154,7 @@ class StoreFactory:
             return {"home": home}
         tag = uuid.uuid4().hex[:10]
         names = (f"t_{tag}_mlflow", f"t_{tag}_own")
-        for name, template in zip(names, self.templates):
+        for name, template in zip(names, self.templates, strict=True):
             _pg(PG_ADMIN_URL, f"CREATE DATABASE {name} TEMPLATE {template}")
             self.created.append(name)
         stores = StoreSettings(mlflow_uri=self._url(names[0], password), database_url=self._url(names[1], password))

@@ -20,15 +20,20 @@ with engine.connect() as conn:
 """
 
 
-def test_concurrent_first_use_migrates_once(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'tuneloop.db'}"
+def _first_use_in_parallel(url: str, processes: int = 4) -> None:
+    """Open the database from several processes at once; each must see it migrated to head."""
     procs = [
         subprocess.Popen([sys.executable, "-c", _FIRST_USE, url], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for _ in range(4)
+        for _ in range(processes)
     ]
     results = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), [r[1][-2000:] for r in results]
     assert {r[0].strip() for r in results} == {"0001"}
+
+
+def test_concurrent_first_use_migrates_once(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'tuneloop.db'}"
+    _first_use_in_parallel(url)
     engine = sa.create_engine(url)
     with engine.connect() as conn:
         assert conn.execute(sa.text("PRAGMA journal_mode")).scalar() == "wal"
@@ -49,12 +54,6 @@ def test_concurrent_first_use_on_postgres(tmp_path: Path) -> None:
     _pg(PG_ADMIN_URL, f"CREATE DATABASE {name}")
     url = f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
     try:
-        procs = [
-            subprocess.Popen([sys.executable, "-c", _FIRST_USE, url], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for _ in range(4)
-        ]
-        results = [p.communicate(timeout=120) for p in procs]
-        assert all(p.returncode == 0 for p in procs), [r[1][-2000:] for r in results]
-        assert {r[0].strip() for r in results} == {"0001"}
+        _first_use_in_parallel(url)
     finally:
         _pg(PG_ADMIN_URL, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -74,7 +74,7 @@ def show(app: AppContext, ref: str, as_json: bool) -> None:
     click.echo(f"{data['name']} ({data['kind']})")
     click.echo("  aliases: " + (", ".join(f"{a}→v{v}" for a, v in sorted(data["aliases"].items())) or "none"))
     click.echo("  gates:   " + ("; ".join(data["gate_policy"]) or "none"))
-    for info, chain in zip(data["versions"], data["lineage"]):
+    for info, chain in zip(data["versions"], data["lineage"], strict=True):
         aliases = f"  [{', '.join(info['aliases'])}]" if info["aliases"] else ""
         click.echo(f"\n  v{info['version']}{aliases}  digest {info['digest']}")
         if info["metrics"]:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from mlflow.entities.model_registry import ModelVersion
 
+from registry import audit
 from registry.base_models import check_model_name, hf_model_uri
 from registry.client import RegistryClient
 from registry.db import locked
@@ -74,7 +75,9 @@ def register_adapter(
         Tag.DATASET_DIGESTS: json.dumps(dataset_digests or {}, sort_keys=True),
         Tag.TRAINING_RUN_ID: training_run_id or "",
     }
-    with locked(rc.engine, lock_name(name)):
+    with locked(rc.engine, lock_name(name)) as conn:
+        if existing:
+            audit.reconcile(rc, conn, name)
         return log_and_register(
             rc,
             name,

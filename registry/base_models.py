@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mlflow.entities.model_registry import ModelVersion
 
-from registry import sources
+from registry import audit, sources
 from registry.client import RegistryClient
 from registry.db import locked
 from registry.versions import log_and_register
@@ -38,8 +38,9 @@ def import_base(rc: RegistryClient, name: str, source: str) -> tuple[ModelVersio
             f"`{name}` is a registered {existing_model[0].tags.get(Tag.KIND)} model, not a base model",
             hint="choose another name for the base model",
         )
-    with locked(rc.engine, lock_name(name)):  # serialises the digest check with the registration
+    with locked(rc.engine, lock_name(name)) as conn:  # serialises the digest check with the registration
         if existing_model:
+            audit.reconcile(rc, conn, name)
             found = find_by_digest(rc, name, prepared.digest)
             if found is not None:
                 return found, True

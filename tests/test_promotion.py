@@ -158,3 +158,16 @@ def test_audit_entries_are_mirrored_into_mlflow(rc) -> None:
     assert [r.data.tags["tuneloop.audit.to_version"] for r in runs] == [str(v1), str(v2)]
     assert runs[1].data.tags["tuneloop.audit.from_version"] == str(v1)
     assert runs[1].data.tags["tuneloop.audit.kind"] == "promote"
+
+
+def test_registering_a_version_also_detects_unaudited_moves(rc, tiny_model) -> None:  # type: ignore[no-untyped-def]
+    from registry.base_models import import_base
+
+    import_base(rc, "tiny", str(tiny_model))
+    rc.mlflow.set_registered_model_alias("tiny", "champion", "1")  # behind tuneloop's back
+    import_base(rc, "tiny", str(tiny_model))  # the next registry operation
+    with rc.engine.connect() as conn:
+        from registry.audit import entries
+
+        moves = entries(conn, "tiny")
+    assert [(m.kind, m.alias, m.to_version) for m in moves] == [("unaudited", "champion", 1)]

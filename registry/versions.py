@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,25 +43,31 @@ def log_and_register(
 ) -> ModelVersion:
     """Log `artifacts` (folders, stored under their keys) with the pyfunc wrapper and register them.
 
-    On any failure the run, logged model, version and (if this call created it) registered model
-    are deleted again, so a failed registration leaves nothing dangling.
+    When an MLflow run is active (a training run), the model is logged into it; otherwise a run of
+    its own is created in the registry experiment. On any failure the run (if created here), logged
+    model, version and (if this call created it) registered model are deleted again, so a failed
+    registration leaves nothing dangling.
     """
     import mlflow
 
     client = rc.mlflow
-    experiment = _experiment(rc)
     created_model = not client.search_registered_models(filter_string=f"name = '{_quote(name)}'")
+    active = mlflow.active_run()
     run_id = logged_model_id = version = None
     try:
         rc.cache_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=rc.cache_dir) as staging, mlflow.start_run(
-            experiment_id=experiment, run_name=run_name, tags={Tag.KIND: tags[Tag.KIND]}
-        ) as run:
-            run_id = run.info.run_id
+        run_context = (
+            nullcontext(active)
+            if active is not None
+            else mlflow.start_run(experiment_id=_experiment(rc), run_name=run_name, tags={Tag.KIND: tags[Tag.KIND]})
+        )
+        with tempfile.TemporaryDirectory(dir=rc.cache_dir) as staging, run_context as run:
+            if active is None:
+                run_id = run.info.run_id
+                mlflow.log_params({k.removeprefix("tuneloop."): v for k, v in tags.items() if len(v) <= 500})
             staged = {}
             for key, folder in artifacts.items():  # MLflow names an artifact after its folder
                 staged[key] = str(_stage_folder(Path(folder), Path(staging) / key))
-            mlflow.log_params({k.removeprefix("tuneloop."): v for k, v in tags.items() if len(v) <= 500})
             info = mlflow.pyfunc.log_model(
                 name="model",
                 python_model=str(PYFUNC_CODE),
@@ -72,7 +79,7 @@ def log_and_register(
             logged_model_id = info.model_id
             if created_model:
                 client.create_registered_model(name, tags={Tag.KIND: tags[Tag.KIND]})
-            mv = client.create_model_version(name, info.model_uri, run_id=run_id, tags=tags)
+            mv = client.create_model_version(name, info.model_uri, run_id=run.info.run_id, tags=tags)
             version = mv.version
             artifact_uri = client.get_logged_model(logged_model_id).artifact_location
             client.set_model_version_tag(name, version, Tag.ARTIFACT_URI, artifact_uri)

@@ -59,9 +59,10 @@ def _register_commands() -> None:
     from tuneloop.cli.config_cmd import config
     from tuneloop.cli.demo_cmd import demo
     from tuneloop.cli.models_cmd import models
+    from tuneloop.cli.train_cmd import train
     from tuneloop.cli.up_cmd import up
 
-    for command in (config, demo, models, up):
+    for command in (config, demo, models, train, up):
         cli.add_command(command)
 
 

@@ -1,0 +1,198 @@
+"""Training data: read JSONL/CSV/Parquet, detect the row format, validate every row with its line.
+
+Formats (each row, after reading):
+- chat:        {"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}, ending in an assistant turn
+- instruction: {"instruction" | "prompt": str, "input"?: str, "response" | "output": str}
+- completion:  {"prompt": str, "completion": str}
+- preference:  {"prompt": str | messages, "chosen": str, "rejected": str}, chosen != rejected
+
+Rows are normalised for TRL: demonstrations become conversational prompt/completion pairs (loss on
+the completion only); preference rows keep prompt/chosen/rejected. The file's exact bytes are
+hashed (sha256) so the data a model saw can be identified and fetched again.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tuneloop.digest import file_sha256
+from tuneloop.errors import InvalidInput
+
+ROLES = ("system", "user", "assistant")
+MAX_REPORTED = 20
+
+
+@dataclass
+class Dataset:
+    path: Path
+    format: str
+    rows: list[dict[str, Any]]
+    lines: list[int]
+    digest: str
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+@dataclass
+class _Problems:
+    path: Path
+    items: list[str] = field(default_factory=list)
+
+    def add(self, line: int | None, message: str) -> None:
+        self.items.append(f"{self.path}:{line}: {message}" if line else f"{self.path}: {message}")
+
+    def raise_if_any(self) -> None:
+        if not self.items:
+            return
+        shown = self.items[:MAX_REPORTED]
+        more = f"\n  ... and {len(self.items) - MAX_REPORTED} more" if len(self.items) > MAX_REPORTED else ""
+        raise InvalidInput(
+            f"{len(self.items)} problem(s) in the data:\n  " + "\n  ".join(shown) + more,
+            hint="fix or remove these rows (`tuneloop data validate` lists them too)",
+        )
+
+
+def read_rows(path: Path) -> list[tuple[int, Any]]:
+    """(line number, row) pairs; JSON errors are returned as rows of type str for reporting."""
+    if not path.is_file():
+        raise InvalidInput(f"data file `{path}` does not exist", hint="check `data.train` / `data.eval` in the recipe")
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json"):
+        rows: list[tuple[int, Any]] = []
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidInput(f"`{path}` is not UTF-8 text: {exc}", hint="re-encode the file as UTF-8") from None
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append((number, json.loads(line)))
+            except json.JSONDecodeError as exc:
+                rows.append((number, f"not valid JSON ({exc.msg} at column {exc.colno})"))
+        return rows
+    if suffix == ".csv":
+        with open(path, newline="", encoding="utf-8") as f:
+            return [(i, dict(row)) for i, row in enumerate(csv.DictReader(f), start=2)]
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return [(i, row) for i, row in enumerate(pq.read_table(path).to_pylist(), start=1)]
+    raise InvalidInput(f"`{path}` has an unsupported extension", hint="use .jsonl, .csv or .parquet")
+
+
+def detect_format(row: dict[str, Any]) -> str | None:
+    keys = set(row)
+    if "messages" in keys:
+        return "chat"
+    if {"chosen", "rejected"} <= keys:
+        return "preference"
+    if "completion" in keys and "prompt" in keys:
+        return "completion"
+    if keys & {"instruction", "prompt"} and keys & {"response", "output"}:
+        return "instruction"
+    return None
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def _normalise(row: dict[str, Any], fmt: str) -> tuple[dict[str, Any] | None, str | None]:
+    """(TRL row, None) or (None, what is wrong)."""
+    if fmt == "chat":
+        messages = row.get("messages")
+        if isinstance(messages, str):
+            try:
+                messages = json.loads(messages)  # CSV and Parquet carry messages as JSON text
+            except json.JSONDecodeError:
+                return None, "`messages` is not a list of {role, content}"
+        if not isinstance(messages, list) or not messages:
+            return None, "`messages` must be a non-empty list of {role, content}"
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict) or m.get("role") not in ROLES:
+                return None, f"`messages[{i}].role` must be one of {', '.join(ROLES)}"
+            if not _text(m.get("content")):
+                return None, f"`messages[{i}].content` is empty"
+        if messages[-1]["role"] != "assistant":
+            return None, "the last turn is not an assistant turn: there is nothing to learn from"
+        prompt = [{"role": m["role"], "content": m["content"]} for m in messages[:-1]]
+        if not prompt:
+            return None, "there is no user turn before the assistant turn"
+        return {"prompt": prompt, "completion": [{"role": "assistant", "content": messages[-1]["content"]}]}, None
+    if fmt == "instruction":
+        instruction = _text(row.get("instruction")) or _text(row.get("prompt"))
+        response = _text(row.get("response")) or _text(row.get("output"))
+        if not instruction:
+            return None, "`instruction` is empty"
+        if not response:
+            return None, "`response` is empty: the row has no assistant turn"
+        extra = _text(row.get("input"))
+        user = f"{instruction}\n\n{extra}" if extra else instruction
+        return {"prompt": [{"role": "user", "content": user}], "completion": [{"role": "assistant", "content": response}]}, None
+    if fmt == "completion":
+        prompt, completion = _text(row.get("prompt")), _text(row.get("completion"))
+        if not prompt or not completion:
+            return None, "`prompt` and `completion` must both be non-empty text"
+        return {"prompt": prompt, "completion": completion}, None
+    # preference
+    prompt, chosen, rejected = _text(row.get("prompt")), _text(row.get("chosen")), _text(row.get("rejected"))
+    if not prompt or not chosen or not rejected:
+        return None, "`prompt`, `chosen` and `rejected` must all be non-empty text"
+    if chosen.strip() == rejected.strip():
+        return None, "`chosen` equals `rejected`: the pair teaches nothing"
+    return {
+        "prompt": [{"role": "user", "content": prompt}],
+        "chosen": [{"role": "assistant", "content": chosen}],
+        "rejected": [{"role": "assistant", "content": rejected}],
+    }, None
+
+
+def load(path: str | Path, fmt: str = "auto", *, tokenizer: Any = None, max_length: int | None = None) -> Dataset:
+    """Read and validate a whole file; raises one InvalidInput listing every bad row by line."""
+    path = Path(path)
+    problems = _Problems(path)
+    raw = read_rows(path)
+    if not raw:
+        raise InvalidInput(f"`{path}` holds no rows", hint="a data set needs at least one example")
+    rows, lines = [], []
+    detected = fmt
+    for number, row in raw:
+        if isinstance(row, str):
+            problems.add(number, row)
+            continue
+        if not isinstance(row, dict):
+            problems.add(number, "a row must be a JSON object")
+            continue
+        if detected == "auto":
+            detected = detect_format(row) or "auto"
+            if detected == "auto":
+                problems.add(number, f"cannot tell the format from fields {sorted(row)}; see `data.format`")
+                continue
+        normalised, why = _normalise(row, detected)
+        if why:
+            problems.add(number, why)
+            continue
+        assert normalised is not None
+        if tokenizer is not None and max_length is not None:
+            length = _token_length(tokenizer, normalised)
+            if length > max_length:
+                problems.add(number, f"{length} tokens, over `data.max_length` = {max_length}")
+                continue
+        rows.append(normalised)
+        lines.append(number)
+    problems.raise_if_any()
+    return Dataset(path=path, format=detected, rows=rows, lines=lines, digest="sha256:" + file_sha256(path))
+
+
+def _token_length(tokenizer: Any, row: dict[str, Any]) -> int:
+    if isinstance(row["prompt"], str):
+        return len(tokenizer(row["prompt"] + row["completion"])["input_ids"])
+    answer = row.get("completion") or row.get("chosen")
+    ids = tokenizer.apply_chat_template(row["prompt"] + answer, tokenize=True)
+    return len(ids["input_ids"] if isinstance(ids, dict) else ids)

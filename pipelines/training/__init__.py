@@ -1,0 +1,1 @@
+"""Training: recipes in, a registered adapter out. `run.train(recipe)` is the entry point."""

@@ -1,0 +1,298 @@
+"""`tuneloop train`: recipe in, registered adapter out, everything tracked in one MLflow run.
+
+Reads top to bottom: validate the recipe and the data (before any model loads), choose precision,
+open the MLflow run, build the model, train with TRL, save, register with lineage, take the alias.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipelines import data as data_io
+from pipelines.recipes import Recipe, load_recipe
+from pipelines.training.precision import PrecisionChoice, choose
+from registry.client import RegistryClient
+from tuneloop.digest import folder_sha256
+from tuneloop.errors import InvalidInput, NotFound
+from tuneloop.names import Tag
+
+EXPERIMENT = "training"
+RECIPE_ARTIFACT = "recipe.yaml"
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    model: str
+    version: int
+    final_loss: float | None
+    precision: dict[str, Any]
+    alias: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def resolve_base(rc: RegistryClient, ref: str) -> Any:
+    from registry.catalog import resolve
+
+    if "@" in ref or ":" in ref:
+        return resolve(rc, ref)
+    try:
+        return resolve(rc, f"{ref}@champion")
+    except NotFound:
+        raise NotFound(
+            f"base model `{ref}` has no `champion`", hint=f"write `base: {ref}:VERSION` or promote a version of `{ref}`"
+        ) from None
+
+
+def base_folder(mv: Any) -> Path:
+    """The stored Hugging Face folder of a base version, verified against its recorded digest."""
+    from mlflow.artifacts import download_artifacts
+
+    from registry.base_models import hf_model_uri
+
+    folder = Path(download_artifacts(hf_model_uri(mv)))
+    if folder_sha256(folder) != mv.tags[Tag.CONTENT_DIGEST]:
+        raise InvalidInput(
+            f"the stored files of `{mv.name}` v{mv.version} do not match its digest",
+            hint="the artifact store was changed; import the base model again",
+        )
+    return folder
+
+
+def _flat_params(recipe: Recipe) -> dict[str, str]:
+    flat: dict[str, str] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            flat[prefix] = str(value)[:500]
+
+    walk("", recipe.model_dump(mode="json"))
+    return flat
+
+
+def _log_data(dataset: data_io.Dataset, context: str) -> None:
+    """Store the exact file (content-addressed by our sha256) and record it as a run input."""
+    import mlflow
+    import pandas as pd
+
+    mlflow.log_artifact(str(dataset.path), artifact_path=f"data/{context}/{dataset.digest.removeprefix('sha256:')[:16]}")
+    frame = pd.DataFrame([{k: json.dumps(v) if not isinstance(v, str) else v for k, v in r.items()} for r in dataset.rows])
+    source = mlflow.data.from_pandas(frame, source=str(dataset.path), name=f"{dataset.path.name}")
+    mlflow.log_input(source, context=context, tags={"sha256": dataset.digest, "format": dataset.format, "rows": str(len(dataset))})
+    mlflow.set_tag(f"tuneloop.data.{context}.sha256", dataset.digest)
+
+
+def _trainer_args(recipe: Recipe, choice: PrecisionChoice, output_dir: Path, has_eval: bool) -> dict[str, Any]:
+    t = recipe.training
+    return {
+        "output_dir": str(output_dir),
+        "max_steps": t.max_steps,
+        "per_device_train_batch_size": t.batch_size,
+        "per_device_eval_batch_size": t.batch_size,
+        "gradient_accumulation_steps": t.grad_accum,
+        "learning_rate": t.learning_rate,
+        "lr_scheduler_type": t.scheduler,
+        "warmup_steps": t.warmup_steps,
+        "weight_decay": t.weight_decay,
+        "max_grad_norm": t.max_grad_norm,
+        "seed": t.seed,
+        "data_seed": t.seed,
+        "bf16": choice.dtype == "bfloat16",
+        "use_cpu": choice.device == "cpu",
+        "gradient_checkpointing": False,  # decided and applied by pipelines.training.models
+        "logging_steps": t.log_every,
+        "save_strategy": "steps",
+        "save_steps": t.checkpoint_every,
+        "eval_strategy": "steps" if has_eval and t.eval_every else "no",
+        "eval_steps": t.eval_every,
+        "report_to": "none",
+        "include_num_input_tokens_seen": "all",
+        "dataloader_num_workers": 0,
+        "max_length": recipe.data.max_length,
+    }
+
+
+def train(
+    recipe: Recipe,
+    rc: RegistryClient,
+    *,
+    recipe_path: Path | None = None,
+    resume_run_id: str | None = None,
+    alias: str | None = None,
+) -> TrainResult:
+    import mlflow
+    import torch
+    from transformers import AutoTokenizer
+
+    from pipelines.training.models import load_base, trainable_model
+    from pipelines.training.tracking import MlflowStepMetrics, ProgressBar
+    from registry.adapters import register_adapter
+    from registry.tracking import experiment_id
+
+    # 1. Everything that can be wrong with the recipe and data is found before the model loads.
+    base_mv = resolve_base(rc, recipe.base)
+    folder = base_folder(base_mv)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    train_data = data_io.load(recipe.data.train, recipe.data.format, tokenizer=tokenizer, max_length=recipe.data.max_length)
+    eval_data = (
+        data_io.load(recipe.data.eval, train_data.format, tokenizer=tokenizer, max_length=recipe.data.max_length)
+        if recipe.data.eval
+        else None
+    )
+    if recipe.method == "dpo" and train_data.format != "preference":
+        raise InvalidInput(f"`method: dpo` needs preference rows; `{train_data.path}` holds {train_data.format} rows",
+                           hint="give prompt/chosen/rejected rows")
+    sft_adapter = _sft_adapter(rc, recipe)
+
+    # 2. Precision and memory policy, from the hardware.
+    config = json.loads((folder / "config.json").read_text())
+    choice = choose(
+        recipe.training.precision,
+        recipe.training.gradient_checkpointing,
+        parameters=int(base_mv.tags.get(Tag.PARAMETERS, 0)),
+        batch_tokens=recipe.training.batch_size * recipe.data.max_length,
+        hidden=int(config.get("hidden_size", 1024)),
+        layers=int(config.get("num_hidden_layers", 24)),
+    )
+    torch.manual_seed(recipe.training.seed)
+
+    # 3. One MLflow run per training; a resume continues the same run.
+    client = rc.mlflow
+    exp = experiment_id(client, rc.settings, EXPERIMENT)
+    run_kwargs: dict[str, Any] = {"run_id": resume_run_id} if resume_run_id else {"experiment_id": exp, "run_name": f"train {recipe.name} ({recipe.method})"}
+    with mlflow.start_run(log_system_metrics=True, **run_kwargs) as run:
+        run_id = run.info.run_id
+        output_dir = rc.settings.home / "runs" / run_id
+        checkpoint = _latest_checkpoint(output_dir) if resume_run_id else None
+        if resume_run_id and checkpoint is None:
+            raise NotFound(f"run `{resume_run_id}` has no checkpoint to resume from", hint="start a new training instead")
+        if not resume_run_id:
+            mlflow.log_params(_flat_params(recipe))
+            mlflow.log_text(json.dumps(recipe.model_dump(mode="json"), indent=2), "recipe.json")
+            if recipe_path is not None:
+                mlflow.log_artifact(str(recipe_path), artifact_path="recipe")
+            mlflow.set_tags({
+                "tuneloop.precision": choice.dtype, "tuneloop.precision_reason": choice.reason,
+                "tuneloop.gradient_checkpointing": str(choice.gradient_checkpointing).lower(),
+                "tuneloop.gradient_checkpointing_reason": choice.checkpointing_reason,
+                "tuneloop.base": f"{base_mv.name}:{base_mv.version}", "tuneloop.method": recipe.method,
+            })
+            _log_data(train_data, "training")
+            if eval_data is not None:
+                _log_data(eval_data, "evaluation")
+
+        # 4. Build and train.
+        base_model = load_base(folder, recipe, choice)
+        model = trainable_model(base_model, recipe, choice, sft_adapter)
+        trainer = _build_trainer(recipe, choice, model, tokenizer, train_data, eval_data, output_dir)
+        from transformers.trainer_callback import ProgressCallback
+
+        trainer.add_callback(MlflowStepMetrics())  # first, so it adds tok/s before the bar reads the logs
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(ProgressBar())
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        final_loss = _final_loss(trainer)
+        if final_loss is not None:
+            mlflow.log_metric("train/final_loss", final_loss, step=trainer.state.global_step)
+
+        # 5. Save the adapter and register it with its lineage, inside this run.
+        with tempfile.TemporaryDirectory(dir=rc.settings.home) as tmp:
+            adapter_dir = Path(tmp) / "adapter"
+            trainer.model.save_pretrained(adapter_dir)
+            if recipe.method == "full":
+                tokenizer.save_pretrained(adapter_dir)
+            mv = register_adapter(
+                rc,
+                recipe.name,
+                adapter_dir,
+                base_name=base_mv.name,
+                base_version=base_mv.version,
+                method=recipe.adapter_method,
+                dataset_digests={"train": train_data.digest, **({"eval": eval_data.digest} if eval_data else {})},
+                training_run_id=run_id,
+            )
+        del result
+    taken = None
+    alias = alias or recipe.alias
+    if alias:
+        from registry.promotion import promote
+
+        promote(rc, recipe.name, mv.version, alias)
+        taken = alias
+    return TrainResult(
+        run_id=run_id,
+        model=recipe.name,
+        version=int(mv.version),
+        final_loss=final_loss,
+        precision={"dtype": choice.dtype, "reason": choice.reason, "gradient_checkpointing": choice.gradient_checkpointing,
+                   "checkpointing_reason": choice.checkpointing_reason},
+        alias=taken,
+    )
+
+
+def _sft_adapter(rc: RegistryClient, recipe: Recipe) -> Path | None:
+    if recipe.method != "dpo" or not recipe.dpo.sft_adapter:
+        return None
+    from mlflow.artifacts import download_artifacts
+
+    from registry.catalog import resolve
+
+    mv = resolve(rc, recipe.dpo.sft_adapter)
+    return Path(download_artifacts(mv.tags[Tag.ARTIFACT_URI] + "/artifacts/adapter"))
+
+
+def _latest_checkpoint(output_dir: Path) -> Path | None:
+    found = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    return found[-1] if found else None
+
+
+def _final_loss(trainer: Any) -> float | None:
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    return float(losses[-1]) if losses else None
+
+
+def _build_trainer(recipe: Recipe, choice: PrecisionChoice, model: Any, tokenizer: Any,
+                   train_data: data_io.Dataset, eval_data: data_io.Dataset | None, output_dir: Path) -> Any:
+    from datasets import Dataset
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    train_ds = Dataset.from_list(train_data.rows)
+    eval_ds = Dataset.from_list(eval_data.rows) if eval_data is not None else None
+    args = _trainer_args(recipe, choice, output_dir, eval_ds is not None)
+    if recipe.method == "dpo":
+        from trl import DPOConfig, DPOTrainer
+
+        return DPOTrainer(
+            model=model,
+            ref_model=None,  # PEFT's implicit reference: the base with the adapter disabled
+            args=DPOConfig(beta=recipe.dpo.beta, **args),
+            train_dataset=train_ds,
+            eval_dataset=eval_ds,
+            processing_class=tokenizer,
+        )
+    from trl import SFTConfig, SFTTrainer
+
+    return SFTTrainer(
+        model=model,
+        args=SFTConfig(packing=False, **args),
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+    )
+
+
+def train_from_file(path: str | Path, rc: RegistryClient, overrides: list[str] | None = None, **kwargs: Any) -> TrainResult:
+    recipe = load_recipe(path, overrides)
+    return train(recipe, rc, recipe_path=Path(path), **kwargs)

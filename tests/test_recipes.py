@@ -1,0 +1,91 @@
+"""Recipes: every shipped recipe validates; bad recipes fail at once, naming file and key paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipelines import data as data_io
+from pipelines.recipes import load_recipe
+from tests.conftest import REPO, run_cli
+from tuneloop.errors import ConfigError
+
+RECIPES = sorted((REPO / "examples" / "recipes").glob("*.yaml"))
+
+
+def test_there_is_a_recipe_for_every_method() -> None:
+    methods = {load_recipe(path).method for path in RECIPES}
+    assert methods == {"qlora", "lora", "dpo", "prompt_tuning", "hybrid", "full"}
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
+def test_shipped_recipe_and_its_data_are_valid(path: Path) -> None:
+    recipe = load_recipe(path)
+    assert recipe.data.train.is_file()
+    train = data_io.load(recipe.data.train, recipe.data.format)
+    assert len(train) >= 8
+    assert recipe.data.eval is not None
+    held_out = data_io.load(recipe.data.eval, train.format)
+    assert len(held_out) >= 4
+    assert (train.format == "preference") == (recipe.method == "dpo")
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "train.jsonl").write_text('{"prompt": "a", "completion": "b"}\n')
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_every_problem_is_reported_at_once_with_its_key(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        "name: x\nmethod: lorra\nbase: m:1\ncolour: blue\ndata:\n  train: train.jsonl\n"
+        "training:\n  max_steps: many\n  batchsize: 4\n",
+    )
+    with pytest.raises(ConfigError) as err:
+        load_recipe(path)
+    message = err.value.message
+    assert str(path) in message
+    for expected in ("`method`", "`colour`: unknown key", "`training.max_steps`", "`training.batchsize`: unknown key"):
+        assert expected in message
+
+
+def test_overrides_apply_and_are_validated(tmp_path: Path) -> None:
+    path = _write(tmp_path, "name: x\nmethod: lora\nbase: m:1\ndata:\n  train: train.jsonl\n")
+    recipe = load_recipe(path, ["training.max_steps=7", "lora.target_modules=[q_proj, v_proj]", "alias=challenger"])
+    assert recipe.training.max_steps == 7 and recipe.lora.target_modules == ["q_proj", "v_proj"]
+    assert recipe.alias == "challenger" and recipe.data.train == (tmp_path / "train.jsonl").resolve()
+    with pytest.raises(ConfigError, match="`training.max_stepz`: unknown key"):
+        load_recipe(path, ["training.max_stepz=7"])
+    with pytest.raises(ConfigError, match="is not KEY=VALUE"):
+        load_recipe(path, ["training.max_steps"])
+
+
+def test_dpo_needs_preference_data(tmp_path: Path) -> None:
+    path = _write(tmp_path, "name: x\nmethod: dpo\nbase: m:1\ndata:\n  train: train.jsonl\n  format: chat\n")
+    with pytest.raises(ConfigError, match="needs `data.format: preference`"):
+        load_recipe(path)
+
+
+def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text("name: x\nmethod: [lora\n")
+    with pytest.raises(ConfigError, match=r"r.yaml:\d+` is not valid YAML"):
+        load_recipe(path)
+
+
+def test_train_check_reports_bad_data_before_any_model_loads(tmp_path: Path) -> None:
+    (tmp_path / "train.jsonl").write_text(
+        '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
+        '{"messages": [{"role": "user", "content": "no answer"}]}\n'
+        "{not json\n"
+    )
+    (tmp_path / "recipe.yaml").write_text("name: x\nmethod: lora\nbase: m:1\ndata:\n  train: train.jsonl\n")
+    proc = run_cli("train", str(tmp_path / "recipe.yaml"), "--check")
+    assert proc.returncode == 1
+    assert "train.jsonl:2: the last turn is not an assistant turn" in proc.stderr
+    assert "train.jsonl:3: not valid JSON" in proc.stderr
+    proc = run_cli("train", str(tmp_path / "recipe.yaml"), "--set", "training.batch_size=zero")
+    assert proc.returncode == 2 and "`training.batch_size`" in proc.stderr

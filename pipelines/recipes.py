@@ -13,7 +13,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tuneloop.errors import ConfigError
-from tuneloop.names import AdapterMethod
 
 Method = Literal["qlora", "lora", "dpo", "prompt_tuning", "hybrid", "full"]
 DataFormat = Literal["auto", "chat", "instruction", "completion", "preference"]
@@ -97,10 +96,6 @@ class Recipe(_Strict):
         if self.method != "dpo" and self.data.format == "preference":
             raise ValueError(f"`method: {self.method}` trains on demonstrations; preference data needs `method: dpo`")
         return self
-
-    @property
-    def adapter_method(self) -> str:
-        return self.method if self.method in AdapterMethod._value2member_map_ else "full"
 
 
 def _parse_value(raw: str) -> Any:

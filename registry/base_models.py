@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from mlflow.entities.model_registry import ModelVersion
 
 from registry import audit, sources
@@ -28,10 +30,24 @@ def find_by_digest(rc: RegistryClient, name: str, digest: str) -> ModelVersion |
 
 def import_base(rc: RegistryClient, name: str, source: str) -> tuple[ModelVersion, bool]:
     """Register SRC as a version of base model NAME; returns (version, already_existed)."""
-    from registry.promotion import lock_name
-
     check_model_name(name)
     prepared = sources.prepare(source, rc.cache_dir)  # all validation happens before any store is touched
+    return _register_folder(rc, name, prepared, {}, run_name=f"import {name}")
+
+
+def register_full_model(rc: RegistryClient, name: str, folder: Path, lineage: dict[str, str]) -> ModelVersion:
+    """Register a fully fine-tuned model folder as a standalone version, with lineage tags to its base."""
+    check_model_name(name)
+    prepared = sources.inspect_folder(folder, source=f"training run {lineage.get(Tag.TRAINING_RUN_ID, '?')}")
+    mv, _ = _register_folder(rc, name, prepared, lineage, run_name=f"register {name} (full fine-tune)")
+    return mv
+
+
+def _register_folder(
+    rc: RegistryClient, name: str, prepared: sources.PreparedModel, extra_tags: dict[str, str], *, run_name: str
+) -> tuple[ModelVersion, bool]:
+    from registry.promotion import lock_name
+
     existing_model = rc.mlflow.search_registered_models(filter_string=f"name = '{name}'")
     if existing_model and existing_model[0].tags.get(Tag.KIND, ModelKind.BASE) != ModelKind.BASE:
         raise Conflict(
@@ -51,6 +67,7 @@ def import_base(rc: RegistryClient, name: str, source: str) -> tuple[ModelVersio
             Tag.ARCHITECTURE: prepared.architecture,
             Tag.PARAMETERS: str(prepared.parameters),
             Tag.LICENSE: prepared.license or "unknown",
+            **extra_tags,
         }
         if prepared.source_digest:
             tags[Tag.SOURCE_DIGEST] = prepared.source_digest
@@ -60,7 +77,7 @@ def import_base(rc: RegistryClient, name: str, source: str) -> tuple[ModelVersio
             artifacts={"hf_model": prepared.folder},
             model_config={"kind": ModelKind.BASE.value, "digest": prepared.digest},
             tags=tags,
-            run_name=f"import {name}",
+            run_name=run_name,
         )
         return mv, False
 

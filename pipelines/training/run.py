@@ -137,6 +137,7 @@ def train(
     from pipelines.training.models import load_base, trainable_model
     from pipelines.training.tracking import MlflowStepMetrics, ProgressBar
     from registry.adapters import register_adapter
+    from registry.base_models import register_full_model
     from registry.tracking import experiment_id
 
     # 1. Everything that can be wrong with the recipe and data is found before the model loads.
@@ -203,9 +204,8 @@ def train(
         trainer.remove_callback(ProgressCallback)
         trainer.add_callback(ProgressBar())
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-        final_loss = _final_loss(trainer)
-        if final_loss is not None:
-            mlflow.log_metric("train/final_loss", final_loss, step=trainer.state.global_step)
+        final_loss = final_training_loss(trainer, train_data.rows)
+        mlflow.log_metric("train/final_loss", final_loss, step=trainer.state.global_step)
 
         # 5. Save the adapter and register it with its lineage, inside this run.
         with tempfile.TemporaryDirectory(dir=rc.settings.home) as tmp:
@@ -213,16 +213,15 @@ def train(
             trainer.model.save_pretrained(adapter_dir)
             if recipe.method == "full":
                 tokenizer.save_pretrained(adapter_dir)
-            mv = register_adapter(
-                rc,
-                recipe.name,
-                adapter_dir,
-                base_name=base_mv.name,
-                base_version=base_mv.version,
-                method=recipe.adapter_method,
-                dataset_digests={"train": train_data.digest, **({"eval": eval_data.digest} if eval_data else {})},
-                training_run_id=run_id,
-            )
+            digests = {"train": train_data.digest, **({"eval": eval_data.digest} if eval_data else {})}
+            if recipe.method == "full":  # a whole model, not an adapter: it loads without its base
+                mv = register_full_model(rc, recipe.name, adapter_dir, {
+                    Tag.METHOD: "full", Tag.BASE_NAME: base_mv.name, Tag.BASE_VERSION: str(base_mv.version),
+                    Tag.DATASET_DIGESTS: json.dumps(digests, sort_keys=True), Tag.TRAINING_RUN_ID: run_id,
+                })
+            else:
+                mv = register_adapter(rc, recipe.name, adapter_dir, base_name=base_mv.name, base_version=base_mv.version,
+                                      method=recipe.method, dataset_digests=digests, training_run_id=run_id)
         del result
     taken = None
     alias = alias or recipe.alias
@@ -258,9 +257,29 @@ def _latest_checkpoint(output_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def _final_loss(trainer: Any) -> float | None:
-    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
-    return float(losses[-1]) if losses else None
+FINAL_LOSS_ROWS = 64
+
+
+def final_training_loss(trainer: Any, rows: list[dict[str, Any]]) -> float:
+    """Loss of the final weights (eval mode) on the first training rows: what a reload must reproduce."""
+    from datasets import Dataset
+
+    result = trainer.evaluate(eval_dataset=Dataset.from_list(rows[:FINAL_LOSS_ROWS]), metric_key_prefix="final")
+    return float(result["final_loss"])
+
+
+def reloaded_training_loss(model_uri: str, recipe: Recipe) -> float:
+    """Reload a registered version through `models:/` and measure `final_training_loss` again."""
+    import mlflow
+
+    wrapper = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
+    if wrapper.tokenizer.pad_token is None:
+        wrapper.tokenizer.pad_token = wrapper.tokenizer.eos_token
+    train_data = data_io.load(recipe.data.train, recipe.data.format)
+    choice = choose(recipe.training.precision, "off", parameters=0, batch_tokens=0, hidden=0, layers=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = _build_trainer(recipe, choice, wrapper.model, wrapper.tokenizer, train_data, None, Path(tmp))
+        return final_training_loss(trainer, train_data.rows)
 
 
 def _build_trainer(recipe: Recipe, choice: PrecisionChoice, model: Any, tokenizer: Any,

@@ -1,0 +1,162 @@
+"""Training on a tiny random model: every method learns, is tracked in MLflow and registered."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from tuneloop.names import Tag
+
+ROWS = [
+    ("what is the capital of france", "paris is the capital of france"),
+    ("hello", "hello world"),
+    ("password reset please", "yes reset the password in the account"),
+    ("refund order", "yes refund the order please"),
+    ("shipping order", "the order is shipping thanks"),
+    ("help account", "yes help is in the account"),
+    ("ticket answer", "the answer to the ticket is yes"),
+    ("model question", "the model answer is no"),
+]
+SETTINGS = {  # method: (learning rate, steps)
+    "lora": (0.02, 30), "qlora": (0.02, 30), "hybrid": (0.02, 30),
+    "prompt_tuning": (0.1, 40), "full": (0.01, 20), "dpo": (0.05, 20),
+}
+
+
+def _data(tmp_path: Path, preference: bool) -> Path:
+    path = tmp_path / ("pref.jsonl" if preference else "chat.jsonl")
+    with open(path, "w") as f:
+        for q, a in ROWS:
+            row = ({"prompt": q, "chosen": a, "rejected": "no"} if preference else
+                   {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
+            f.write(json.dumps(row) + "\n")
+    return path
+
+
+def _recipe(method: str, data: Path) -> dict:
+    lr, steps = SETTINGS[method]
+    return {
+        "name": f"tiny-{method.replace('_', '-')}", "method": method, "base": "tiny:1",
+        "data": {"train": str(data), "max_length": 64},
+        "training": {"max_steps": steps, "batch_size": 8, "learning_rate": lr, "scheduler": "constant",
+                     "checkpoint_every": 10, "seed": 1},
+        "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
+        "prompt_tuning": {"num_virtual_tokens": 8},
+    }
+
+
+def _history(rc, run_id: str, key: str) -> list[float]:  # type: ignore[no-untyped-def]
+    return [m.value for m in sorted(rc.mlflow.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))]
+
+
+@pytest.mark.parametrize("method", list(SETTINGS))
+def test_method_learns_and_is_registered_with_lineage(method: str, sqlite_rc, tiny_model: Path, tmp_path: Path) -> None:
+    from pipelines.recipes import Recipe
+    from pipelines.training.run import train
+    from registry.base_models import import_base
+
+    import_base(sqlite_rc, "tiny", str(tiny_model))
+    data = _data(tmp_path, preference=method == "dpo")
+    result = train(Recipe.model_validate(_recipe(method, data)), sqlite_rc, alias="challenger")
+
+    losses = _history(sqlite_rc, result.run_id, "train/loss")
+    assert len(losses) == SETTINGS[method][1]  # one per step, no gaps
+    if method == "dpo":
+        margins = _history(sqlite_rc, result.run_id, "train/dpo_margin")
+        assert margins[-1] > margins[0] + 0.5
+    assert losses[-1] < 0.3 * losses[0], f"{method}: {losses[0]:.3f} -> {losses[-1]:.3f}"
+
+    run = sqlite_rc.mlflow.get_run(result.run_id)
+    assert run.data.params["method"] == method and run.data.tags["tuneloop.precision"] == "float32"
+    assert "no bf16 units" in run.data.tags["tuneloop.precision_reason"]
+    assert {"train/learning_rate", "train/grad_norm", "train/tokens_per_second", "train/final_loss"} <= set(run.data.metrics)
+    from tuneloop.digest import file_sha256
+
+    assert run.data.tags["tuneloop.data.training.sha256"] == "sha256:" + file_sha256(data)
+    assert [{t.key: t.value for t in i.tags}["sha256"] for i in run.inputs.dataset_inputs] == ["sha256:" + file_sha256(data)]
+
+    mv = sqlite_rc.mlflow.get_model_version_by_alias(result.model, "challenger")
+    assert int(mv.version) == result.version and mv.run_id == result.run_id
+    assert mv.tags[Tag.TRAINING_RUN_ID] == result.run_id and mv.tags[Tag.BASE_NAME] == "tiny"
+    assert mv.tags[Tag.KIND] == ("base" if method == "full" else "adapter")
+    assert mv.tags[Tag.METHOD] == method
+    assert json.loads(mv.tags[Tag.DATASET_DIGESTS]) == {"train": "sha256:" + file_sha256(data)}
+
+
+_RELOAD = """
+import sys, mlflow
+from pipelines.recipes import Recipe
+from pipelines.training.run import reloaded_training_loss
+mlflow.set_tracking_uri(sys.argv[1]); mlflow.set_registry_uri(sys.argv[1])
+recipe = Recipe.model_validate_json(sys.argv[3])
+print("LOSS", reloaded_training_loss(sys.argv[2], recipe))
+"""
+
+
+@pytest.mark.parametrize("method", ["lora", "prompt_tuning", "full"])
+def test_registered_version_reproduces_the_final_loss_in_a_fresh_process(method: str, sqlite_rc, tiny_model: Path, tmp_path: Path) -> None:
+    from pipelines.recipes import Recipe
+    from pipelines.training.run import train
+    from registry.base_models import import_base
+
+    import_base(sqlite_rc, "tiny", str(tiny_model))
+    recipe = Recipe.model_validate(_recipe(method, _data(tmp_path, preference=False)))
+    result = train(recipe, sqlite_rc)
+    proc = subprocess.run(
+        [sys.executable, "-c", _RELOAD, sqlite_rc.settings.mlflow_uri, f"models:/{result.model}/{result.version}",
+         recipe.model_dump_json()],
+        capture_output=True, text=True, cwd=REPO, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reloaded = float(proc.stdout.split("LOSS")[-1])
+    assert reloaded == pytest.approx(result.final_loss, abs=1e-4)
+
+
+def test_method_structure(tiny_model: Path) -> None:
+    """qlora: NF4 with double quantization; hybrid: only LoRA + chosen modules train; prompt tuning: only the prompt."""
+    import bitsandbytes as bnb
+
+    from pipelines.recipes import Recipe
+    from pipelines.training.models import load_base, trainable_model
+    from pipelines.training.precision import choose
+
+    choice = choose("fp32", "off", parameters=0, batch_tokens=0, hidden=0, layers=0)
+
+    def build(method: str, **extra):  # type: ignore[no-untyped-def]
+        recipe = Recipe.model_validate({"name": "x", "method": method, "base": "tiny:1", "data": {"train": "x.jsonl"}, **extra})
+        return trainable_model(load_base(tiny_model, recipe, choice), recipe, choice)
+
+    qlora = build("qlora")
+    four_bit = [m for m in qlora.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert four_bit and all(m.weight.quant_state.quant_type == "nf4" for m in four_bit)
+    assert all(m.weight.quant_state.nested for m in four_bit)  # double quantization
+
+    hybrid = build("hybrid", hybrid={"full_train": ["lm_head"]})
+    trainable = {n for n, p in hybrid.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or "lm_head" in n for n in trainable)
+    assert any("lm_head" in n for n in trainable) and any("lora_" in n for n in trainable)
+
+    prompt = build("prompt_tuning", prompt_tuning={"num_virtual_tokens": 4})
+    trainable = [n for n, p in prompt.named_parameters() if p.requires_grad]
+    assert trainable and all("prompt_encoder" in n for n in trainable)
+    assert sum(p.numel() for p in prompt.parameters() if p.requires_grad) == 4 * 64
+
+
+def test_bad_data_fails_before_the_model_loads(sqlite_rc, tiny_model: Path, tmp_path: Path) -> None:
+    from pipelines.recipes import Recipe
+    from pipelines.training.run import train
+    from registry.base_models import import_base
+    from tuneloop.errors import InvalidInput
+
+    import_base(sqlite_rc, "tiny", str(tiny_model))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a", "chosen": "b", "rejected": "b"}\n')
+    with pytest.raises(InvalidInput, match=r"bad.jsonl:1: `chosen` equals `rejected`"):
+        train(Recipe.model_validate({**_recipe("dpo", bad)}), sqlite_rc)
+    training = sqlite_rc.mlflow.get_experiment_by_name("tuneloop-training")
+    assert training is None or not sqlite_rc.mlflow.search_runs([training.experiment_id])

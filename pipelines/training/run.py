@@ -129,7 +129,12 @@ def train(
     recipe_path: Path | None = None,
     resume_run_id: str | None = None,
     alias: str | None = None,
+    callbacks: list[Any] | None = None,
 ) -> TrainResult:
+    """Train `recipe`; with `resume_run_id`, continue that run from its last checkpoint.
+
+    `callbacks` are extra `transformers.TrainerCallback`s (hooks for callers and tests).
+    """
     import mlflow
     import torch
     from transformers import AutoTokenizer
@@ -156,6 +161,8 @@ def train(
         raise InvalidInput(f"`method: dpo` needs preference rows; `{train_data.path}` holds {train_data.format} rows",
                            hint="give prompt/chosen/rejected rows")
     sft_adapter = _sft_adapter(rc, recipe)
+    if resume_run_id:
+        _check_same_data(rc, resume_run_id, train_data, eval_data)
 
     # 2. Precision and memory policy, from the hardware.
     config = json.loads((folder / "config.json").read_text())
@@ -203,6 +210,8 @@ def train(
         trainer.add_callback(MlflowStepMetrics())  # first, so it adds tok/s before the bar reads the logs
         trainer.remove_callback(ProgressCallback)
         trainer.add_callback(ProgressBar())
+        for callback in callbacks or []:
+            trainer.add_callback(callback)
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         final_loss = final_training_loss(trainer, train_data.rows)
         mlflow.log_metric("train/final_loss", final_loss, step=trainer.state.global_step)
@@ -239,6 +248,29 @@ def train(
                    "checkpointing_reason": choice.checkpointing_reason},
         alias=taken,
     )
+
+
+def recipe_of_run(rc: RegistryClient, run_id: str) -> Recipe:
+    """The recipe a training run was started with (stored in the run as recipe.json)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        text = rc.mlflow.download_artifacts(run_id, "recipe.json")
+    except MlflowException:
+        raise NotFound(f"`{run_id}` is not a tuneloop training run", hint="pass the run id `tuneloop train` printed") from None
+    return Recipe.model_validate_json(Path(text).read_text())
+
+
+def _check_same_data(rc: RegistryClient, run_id: str, train_data: data_io.Dataset,
+                     eval_data: data_io.Dataset | None) -> None:
+    tags = rc.mlflow.get_run(run_id).data.tags
+    for context, dataset in (("training", train_data), ("evaluation", eval_data)):
+        recorded = tags.get(f"tuneloop.data.{context}.sha256")
+        if dataset is not None and recorded and recorded != dataset.digest:
+            raise InvalidInput(
+                f"`{dataset.path}` changed since run {run_id} started ({recorded} -> {dataset.digest})",
+                hint="restore the original file, or start a new training run",
+            )
 
 
 def _sft_adapter(rc: RegistryClient, recipe: Recipe) -> Path | None:

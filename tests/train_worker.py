@@ -1,0 +1,37 @@
+"""Train in a child process and SIGKILL itself at a chosen step: the crash the resume test recovers from."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+from transformers import TrainerCallback
+
+
+class KillAtStep(TrainerCallback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_begin(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+        import mlflow
+
+        print("RUN_ID", mlflow.active_run().info.run_id, flush=True)
+
+    def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+        if state.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def main(settings_json: str, recipe_json: str, kill_at: int) -> None:
+    from pipelines.recipes import Recipe
+    from pipelines.training.run import train
+    from registry.client import RegistryClient
+    from tuneloop.settings import Settings
+
+    rc = RegistryClient(Settings.model_validate_json(settings_json))
+    train(Recipe.model_validate_json(recipe_json), rc, callbacks=[KillAtStep(kill_at)])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]))

@@ -35,10 +35,13 @@ def import_base(rc: RegistryClient, name: str, source: str) -> tuple[ModelVersio
     return _register_folder(rc, name, prepared, {}, run_name=f"import {name}")
 
 
-def register_full_model(rc: RegistryClient, name: str, folder: Path, lineage: dict[str, str]) -> ModelVersion:
-    """Register a fully fine-tuned model folder as a standalone version, with lineage tags to its base."""
+def register_full_model(
+    rc: RegistryClient, name: str, folder: Path, lineage: dict[str, str], source: str | None = None
+) -> ModelVersion:
+    """Register a whole model folder (full fine-tune, merge) as a standalone version with lineage tags."""
     check_model_name(name)
-    prepared = sources.inspect_folder(folder, source=f"training run {lineage.get(Tag.TRAINING_RUN_ID, '?')}")
+    source = source or f"training run {lineage.get(Tag.TRAINING_RUN_ID, '?')}"
+    prepared = sources.inspect_folder(folder, source=source)
     mv, _ = _register_folder(rc, name, prepared, lineage, run_name=f"register {name} (full fine-tune)")
     return mv
 

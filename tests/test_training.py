@@ -204,3 +204,32 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(sqlite_rc, tiny_model: P
 
     steps = sorted({m.step for m in sqlite_rc.mlflow.get_metric_history(run_id, "train/loss")})
     assert steps == list(range(1, 13))  # steps 6 and 7 were recomputed and logged again: no gap
+
+
+def test_two_processes_train_together_and_register_once(sqlite_rc, tiny_model: Path, tmp_path: Path) -> None:
+    import os
+
+    import yaml
+
+    from registry.base_models import import_base
+
+    import_base(sqlite_rc, "tiny", str(tiny_model))
+    spec = _recipe("lora", _data(tmp_path, preference=False))
+    spec["training"].update({"max_steps": 4, "batch_size": 2, "checkpoint_every": 2})
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe_file.write_text(yaml.safe_dump(spec))
+    bin_dir = Path(sys.executable).parent
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TUNELOOP_")}
+    env["TUNELOOP_HOME"] = str(sqlite_rc.settings.home)
+    proc = subprocess.run(
+        [str(bin_dir / "torchrun"), "--standalone", "--nproc_per_node", "2", "--no-python",
+         str(bin_dir / "tuneloop"), "train", str(recipe_file), "--json"],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(proc.stdout)  # rank 0 alone prints: exactly one JSON document
+    versions = sqlite_rc.mlflow.search_model_versions(f"name = '{result['model']}'")
+    assert [int(v.version) for v in versions] == [result["version"]]
+    experiment = sqlite_rc.mlflow.get_experiment_by_name("tuneloop-training")
+    runs = sqlite_rc.mlflow.search_runs([experiment.experiment_id])
+    assert len(runs) == 1 and runs[0].data.tags["tuneloop.world_size"] == "2"

@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pipelines import data as data_io
 from pipelines.recipes import Recipe, load_recipe
+from pipelines.training import distributed
 from pipelines.training.precision import PrecisionChoice, choose
 from registry.client import RegistryClient
 from tuneloop.digest import folder_sha256
@@ -29,7 +31,7 @@ RECIPE_ARTIFACT = "recipe.yaml"
 class TrainResult:
     run_id: str
     model: str
-    version: int
+    version: int | None  # None on the non-main ranks of a distributed run
     final_loss: float | None
     precision: dict[str, Any]
     alias: str | None = None
@@ -118,6 +120,7 @@ def _trainer_args(recipe: Recipe, choice: PrecisionChoice, output_dir: Path, has
         "report_to": "none",
         "include_num_input_tokens_seen": "all",
         "dataloader_num_workers": 0,
+        "ddp_find_unused_parameters": False,
         "max_length": recipe.data.max_length,
     }
 
@@ -140,10 +143,6 @@ def train(
     from transformers import AutoTokenizer
 
     from pipelines.training.models import load_base, trainable_model
-    from pipelines.training.tracking import MlflowStepMetrics, ProgressBar
-    from registry.adapters import register_adapter
-    from registry.base_models import register_full_model
-    from registry.tracking import experiment_id
 
     # 1. Everything that can be wrong with the recipe and data is found before the model loads.
     base_mv = resolve_base(rc, recipe.base)
@@ -176,69 +175,36 @@ def train(
     )
     torch.manual_seed(recipe.training.seed)
 
-    # 3. One MLflow run per training; a resume continues the same run.
-    client = rc.mlflow
-    exp = experiment_id(client, rc.settings, EXPERIMENT)
-    run_kwargs: dict[str, Any] = {"run_id": resume_run_id} if resume_run_id else {"experiment_id": exp, "run_name": f"train {recipe.name} ({recipe.method})"}
-    with mlflow.start_run(log_system_metrics=True, **run_kwargs) as run:
-        run_id = run.info.run_id
+    # 3. One MLflow run per training; a resume continues the same run. Under torchrun only rank 0
+    #    talks to MLflow and the registry; every rank shares the run's checkpoint folder.
+    main = distributed.is_main()
+    run_context = _open_run(rc, recipe, resume_run_id) if main else nullcontext(None)
+    with run_context as run:
+        run_id = distributed.broadcast(run.info.run_id if main else None)
         output_dir = rc.settings.home / "runs" / run_id
         checkpoint = _latest_checkpoint(output_dir) if resume_run_id else None
         if resume_run_id and checkpoint is None:
             raise NotFound(f"run `{resume_run_id}` has no checkpoint to resume from", hint="start a new training instead")
-        if not resume_run_id:
-            mlflow.log_params(_flat_params(recipe))
-            mlflow.log_text(json.dumps(recipe.model_dump(mode="json"), indent=2), "recipe.json")
-            if recipe_path is not None:
-                mlflow.log_artifact(str(recipe_path), artifact_path="recipe")
-            mlflow.set_tags({
-                "tuneloop.precision": choice.dtype, "tuneloop.precision_reason": choice.reason,
-                "tuneloop.gradient_checkpointing": str(choice.gradient_checkpointing).lower(),
-                "tuneloop.gradient_checkpointing_reason": choice.checkpointing_reason,
-                "tuneloop.base": f"{base_mv.name}:{base_mv.version}", "tuneloop.method": recipe.method,
-            })
-            _log_data(train_data, "training")
-            if eval_data is not None:
-                _log_data(eval_data, "evaluation")
+        if main and not resume_run_id:
+            _log_run_inputs(recipe, recipe_path, choice, base_mv, train_data, eval_data)
 
         # 4. Build and train.
-        base_model = load_base(folder, recipe, choice)
-        model = trainable_model(base_model, recipe, choice, sft_adapter)
+        model = trainable_model(load_base(folder, recipe, choice), recipe, choice, sft_adapter)
         trainer = _build_trainer(recipe, choice, model, tokenizer, train_data, eval_data, output_dir)
-        from transformers.trainer_callback import ProgressCallback
-
-        trainer.add_callback(MlflowStepMetrics())  # first, so it adds tok/s before the bar reads the logs
-        trainer.remove_callback(ProgressCallback)
-        trainer.add_callback(ProgressBar())
-        for callback in callbacks or []:
-            trainer.add_callback(callback)
-        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        _attach_callbacks(trainer, callbacks or [])
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         final_loss = final_training_loss(trainer, train_data.rows)
+        if not main:
+            return TrainResult(run_id=run_id, model=recipe.name, version=None, final_loss=final_loss, precision={})
         mlflow.log_metric("train/final_loss", final_loss, step=trainer.state.global_step)
 
         # 5. Save the adapter and register it with its lineage, inside this run.
-        with tempfile.TemporaryDirectory(dir=rc.settings.home) as tmp:
-            adapter_dir = Path(tmp) / "adapter"
-            trainer.model.save_pretrained(adapter_dir)
-            if recipe.method == "full":
-                tokenizer.save_pretrained(adapter_dir)
-            digests = {"train": train_data.digest, **({"eval": eval_data.digest} if eval_data else {})}
-            if recipe.method == "full":  # a whole model, not an adapter: it loads without its base
-                mv = register_full_model(rc, recipe.name, adapter_dir, {
-                    Tag.METHOD: "full", Tag.BASE_NAME: base_mv.name, Tag.BASE_VERSION: str(base_mv.version),
-                    Tag.DATASET_DIGESTS: json.dumps(digests, sort_keys=True), Tag.TRAINING_RUN_ID: run_id,
-                })
-            else:
-                mv = register_adapter(rc, recipe.name, adapter_dir, base_name=base_mv.name, base_version=base_mv.version,
-                                      method=recipe.method, dataset_digests=digests, training_run_id=run_id)
-        del result
-    taken = None
-    alias = alias or recipe.alias
-    if alias:
+        mv = _register(rc, recipe, trainer, tokenizer, base_mv, train_data, eval_data, run_id)
+    taken = alias or recipe.alias
+    if taken:
         from registry.promotion import promote
 
-        promote(rc, recipe.name, mv.version, alias)
-        taken = alias
+        promote(rc, recipe.name, mv.version, taken)
     return TrainResult(
         run_id=run_id,
         model=recipe.name,
@@ -248,6 +214,69 @@ def train(
                    "checkpointing_reason": choice.checkpointing_reason},
         alias=taken,
     )
+
+
+def _open_run(rc: RegistryClient, recipe: Recipe, resume_run_id: str | None) -> Any:
+    import mlflow
+
+    from registry.tracking import experiment_id
+
+    if resume_run_id:
+        return mlflow.start_run(run_id=resume_run_id, log_system_metrics=True)
+    exp = experiment_id(rc.mlflow, rc.settings, EXPERIMENT)
+    return mlflow.start_run(experiment_id=exp, run_name=f"train {recipe.name} ({recipe.method})", log_system_metrics=True)
+
+
+def _log_run_inputs(recipe: Recipe, recipe_path: Path | None, choice: PrecisionChoice, base_mv: Any,
+                    train_data: data_io.Dataset, eval_data: data_io.Dataset | None) -> None:
+    import mlflow
+
+    mlflow.log_params(_flat_params(recipe))
+    mlflow.log_text(json.dumps(recipe.model_dump(mode="json"), indent=2), RECIPE_ARTIFACT)
+    if recipe_path is not None:
+        mlflow.log_artifact(str(recipe_path), artifact_path="recipe")
+    mlflow.set_tags({
+        "tuneloop.precision": choice.dtype, "tuneloop.precision_reason": choice.reason,
+        "tuneloop.gradient_checkpointing": str(choice.gradient_checkpointing).lower(),
+        "tuneloop.gradient_checkpointing_reason": choice.checkpointing_reason,
+        "tuneloop.base": f"{base_mv.name}:{base_mv.version}", "tuneloop.method": recipe.method,
+        "tuneloop.world_size": str(distributed.world_size()),
+    })
+    _log_data(train_data, "training")
+    if eval_data is not None:
+        _log_data(eval_data, "evaluation")
+
+
+def _attach_callbacks(trainer: Any, extra: list[Any]) -> None:
+    from transformers.trainer_callback import ProgressCallback
+
+    from pipelines.training.tracking import MlflowStepMetrics, ProgressBar
+
+    trainer.add_callback(MlflowStepMetrics())  # first, so it adds tok/s before the bar reads the logs
+    trainer.remove_callback(ProgressCallback)
+    if distributed.is_main():
+        trainer.add_callback(ProgressBar())
+    for callback in extra:
+        trainer.add_callback(callback)
+
+
+def _register(rc: RegistryClient, recipe: Recipe, trainer: Any, tokenizer: Any, base_mv: Any,
+              train_data: data_io.Dataset, eval_data: data_io.Dataset | None, run_id: str) -> Any:
+    from registry.adapters import register_adapter
+    from registry.base_models import register_full_model
+
+    digests = {"train": train_data.digest, **({"eval": eval_data.digest} if eval_data else {})}
+    with tempfile.TemporaryDirectory(dir=rc.settings.home) as tmp:
+        folder = Path(tmp) / "adapter"
+        trainer.model.save_pretrained(folder)
+        if recipe.method != "full":
+            return register_adapter(rc, recipe.name, folder, base_name=base_mv.name, base_version=base_mv.version,
+                                    method=recipe.method, dataset_digests=digests, training_run_id=run_id)
+        tokenizer.save_pretrained(folder)  # a whole model, not an adapter: it loads without its base
+        return register_full_model(rc, recipe.name, folder, {
+            Tag.METHOD: "full", Tag.BASE_NAME: base_mv.name, Tag.BASE_VERSION: str(base_mv.version),
+            Tag.DATASET_DIGESTS: json.dumps(digests, sort_keys=True), Tag.TRAINING_RUN_ID: run_id,
+        })
 
 
 def recipe_of_run(rc: RegistryClient, run_id: str) -> Recipe:

@@ -232,3 +232,23 @@ def _warn_unaudited(moves: list[Any]) -> None:
             f"alias `{m.alias}` was moved outside tuneloop (v{m.from_version or '-'} → v{m.to_version or '-'}); "
             "recorded as unaudited"
         )
+
+
+@models.command("merge")
+@click.argument("name")
+@click.argument("version")
+@click.option("--into", "target", default=None, help="Registered model name of the result (default NAME-merged).")
+@json_option
+@pass_app
+def merge(app: AppContext, name: str, version: str, target: str | None, as_json: bool) -> None:
+    """Merge LoRA adapter NAME:VERSION into its unquantized base and register the result as a base model."""
+    from pipelines.merge import merge as do_merge
+    from registry.catalog import version_info
+
+    output.stage(f"merging {name}:{version} into its full-precision base, tensor by tensor")
+    info = version_info(do_merge(app.registry, name, version, target))
+    if as_json:
+        output.emit_json(info.model_dump())
+        return
+    click.echo(f"registered {info.name} v{info.version} ({info.parameters:,} parameters), lineage: "
+               f"{info.name}:{info.version} ← {name}:{version} ← its base")

@@ -52,12 +52,15 @@ def train(app: AppContext, recipe: str | None, overrides: tuple[str, ...], alias
 
     from pipelines.training.run import train as run_training
 
-    output.stage(f"training `{parsed.name}` ({parsed.method}) on {parsed.base}")
+    if os.environ.get("RANK", "0") == "0":
+        output.stage(f"training `{parsed.name}` ({parsed.method}) on {parsed.base}")
     result = run_training(parsed, app.registry, recipe_path=Path(recipe), alias=alias)
     _print_result(result, as_json)
 
 
 def _print_result(result, as_json: bool) -> None:  # type: ignore[no-untyped-def]
+    if result.version is None:  # a non-main rank of a distributed run: rank 0 reports
+        return
     if as_json:
         output.emit_json(result.as_dict())
         return

@@ -83,13 +83,13 @@ def merge_folder(base_dir: Path, adapter_dir: Path, out_dir: Path) -> None:
                 shape, dtype = piece.get_shape(), piece.get_dtype()
                 size = math.prod(shape) * torch.tensor([], dtype=getattr(torch, _DTYPES[dtype])).element_size()
                 header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
-                specs.append((name, dtype))
+                specs.append(name)
                 offset += size
             raw = json.dumps(header, separators=(",", ":")).encode()
             raw += b" " * (-len(raw) % 8)
             with open(out_dir / shard.name, "wb") as out:
                 out.write(struct.pack("<Q", len(raw)) + raw)
-                for name, dtype in specs:
+                for name in specs:
                     tensor = reader.get_tensor(name)
                     if name in replacements:
                         tensor = replacements[name].to(tensor.dtype)

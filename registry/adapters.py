@@ -45,8 +45,13 @@ def register_adapter(
     method: str,
     dataset_digests: dict[str, str] | None = None,
     training_run_id: str | None = None,
+    quantization: dict[str, object] | None = None,
 ) -> ModelVersion:
-    """Register `adapter_dir` as a new version of adapter model NAME, with lineage to its base."""
+    """Register `adapter_dir` as a new version of adapter model NAME, with lineage to its base.
+
+    `quantization` (e.g. `{"quant_type": "nf4", "double_quant": True}` for QLoRA) makes loaders
+    quantize the base the way it was during training, so the adapter is served as it was trained.
+    """
     from registry.promotion import lock_name
 
     check_model_name(name)
@@ -88,6 +93,7 @@ def register_adapter(
                 "base_digest": base.tags[Tag.CONTENT_DIGEST],
                 "base_name": base_name,
                 "base_version": str(base.version),
+                "quantization": quantization or {},
             },
             tags=tags,
             run_name=f"register {name} ({method} on {base_name} v{base.version})",

@@ -37,7 +37,6 @@ def _resolve_base(model_config: dict[str, Any]) -> str:
 
 class TextGenerator(PythonModel):
     def load_context(self, context):  # type: ignore[no-untyped-def]
-        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         config = context.model_config or {}
@@ -46,7 +45,7 @@ class TextGenerator(PythonModel):
         else:
             base_folder = context.artifacts["hf_model"]
         self.tokenizer = AutoTokenizer.from_pretrained(base_folder)
-        model = AutoModelForCausalLM.from_pretrained(base_folder, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(base_folder, **_load_kwargs(config.get("quantization") or {}))
         if config.get("kind") == "adapter":
             from peft import PeftModel
 
@@ -80,6 +79,27 @@ class TextGenerator(PythonModel):
         max_new_tokens = int(params.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS))
         temperature = float(params.get("temperature", 0.0))
         return [self.generate(p, max_new_tokens, temperature) for p in _prompts(model_input)]
+
+
+def _load_kwargs(quantization: dict[str, Any]) -> dict[str, Any]:
+    """fp32 weights, or the 4-bit base a QLoRA adapter was trained on (fp32 compute on CPUs)."""
+    import torch
+
+    if not quantization:
+        return {"dtype": torch.float32}
+    from transformers import BitsAndBytesConfig
+
+    compute = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    return {
+        "dtype": compute,
+        "device_map": "cuda" if torch.cuda.is_available() else "cpu",
+        "quantization_config": BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=quantization.get("quant_type", "nf4"),
+            bnb_4bit_use_double_quant=bool(quantization.get("double_quant", True)),
+            bnb_4bit_compute_dtype=compute,
+        ),
+    }
 
 
 def _prompts(model_input: Any) -> list[str]:

@@ -10,7 +10,7 @@ from tests.conftest import build_tiny_adapter, run_cli
 from tuneloop.names import Tag
 
 
-def _logits(model, tokenizer) -> "object":  # type: ignore[no-untyped-def]
+def _logits(model, tokenizer):  # type: ignore[no-untyped-def]
     import torch
 
     ids = tokenizer("what is the capital of france hello world", return_tensors="pt")

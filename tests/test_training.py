@@ -98,14 +98,16 @@ print("LOSS", reloaded_training_loss(sys.argv[2], recipe))
 """
 
 
-@pytest.mark.parametrize("method", ["lora", "prompt_tuning", "full"])
+# DPO is left out: reloaded through models:/, DPOTrainer.evaluate returns ln 2 (policy == reference);
+# see the issue notes.
+@pytest.mark.parametrize("method", [m for m in SETTINGS if m != "dpo"])
 def test_registered_version_reproduces_the_final_loss_in_a_fresh_process(method: str, sqlite_rc, tiny_model: Path, tmp_path: Path) -> None:
     from pipelines.recipes import Recipe
     from pipelines.training.run import train
     from registry.base_models import import_base
 
     import_base(sqlite_rc, "tiny", str(tiny_model))
-    recipe = Recipe.model_validate(_recipe(method, _data(tmp_path, preference=False)))
+    recipe = Recipe.model_validate(_recipe(method, _data(tmp_path, preference=method == "dpo")))
     result = train(recipe, sqlite_rc)
     proc = subprocess.run(
         [sys.executable, "-c", _RELOAD, sqlite_rc.settings.mlflow_uri, f"models:/{result.model}/{result.version}",

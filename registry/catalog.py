@@ -21,8 +21,6 @@ def version_info(mv: ModelVersion, aliases: dict[str, str] | None = None) -> Mod
         for key, value in tags.items()
         if key.startswith("tuneloop.base.") or key in (Tag.METHOD, Tag.DATASET_DIGESTS, Tag.TRAINING_RUN_ID)
     }
-    if Tag.DATASET_DIGESTS in tags:
-        lineage["dataset_digests"] = tags[Tag.DATASET_DIGESTS]
     return ModelVersionInfo(
         name=mv.name,
         version=int(mv.version),

@@ -1,7 +1,8 @@
 """`tuneloop demo`: the main job, end to end on the embedded stores, offline.
 
-Today: import SmolLM2-135M-Instruct from its PyPI package, give it a gate policy, promote it to
+Today: import SmolLM2-135M-Instruct from its PyPI package, show its gate policy, promote it to
 `champion` through the gates, load `models:/NAME@champion` with plain MLflow and ask a question.
+Training, evaluation, monitoring and retraining join as their issues land.
 """
 
 from __future__ import annotations

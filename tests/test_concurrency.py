@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import subprocess
 import sys
@@ -14,6 +16,7 @@ from tests.registry_helpers import make_versions
 PROCESSES, ROUNDS, VERSIONS = 4, 25, 8
 
 
+@pytest.mark.acceptance
 def test_concurrent_promotions_serialise(rc) -> None:
     # odd versions pass the gate, even ones fail it
     make_versions(rc, "contested", [{"accuracy": 0.9 if v % 2 else 0.3} for v in range(1, VERSIONS + 1)])

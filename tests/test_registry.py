@@ -141,6 +141,7 @@ def _reference_generation(base: Path, adapter: Path | None, prompts: list[str]) 
     return outs
 
 
+@pytest.mark.acceptance
 def test_plain_mlflow_loads_base_and_adapter_by_alias(rc, tiny_model: Path, tiny_adapter: Path) -> None:
     from registry.adapters import register_adapter
     from registry.base_models import import_base
@@ -159,6 +160,7 @@ def test_plain_mlflow_loads_base_and_adapter_by_alias(rc, tiny_model: Path, tiny
     assert adapter_out != base_out  # the adapter really was applied
 
 
+@pytest.mark.acceptance
 def test_adapter_refuses_a_base_changed_after_registration(sqlite_rc, tiny_model: Path, tiny_adapter: Path) -> None:
     from mlflow.artifacts import download_artifacts
 

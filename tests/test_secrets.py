@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 from pathlib import Path
 
@@ -31,6 +33,7 @@ def _all_bytes_under(folder: Path) -> bytes:
     return b"\n".join(p.read_bytes() for p in folder.rglob("*") if p.is_file() and p.stat().st_size < 50_000_000)
 
 
+@pytest.mark.acceptance
 def test_planted_secrets_appear_nowhere(stores, tmp_path: Path, tiny_model: Path) -> None:
     from registry.client import RegistryClient
     from tuneloop.settings import Settings

@@ -100,6 +100,7 @@ print("LOSS", reloaded_training_loss(sys.argv[2], recipe))
 
 # DPO is left out: reloaded through models:/, DPOTrainer.evaluate returns ln 2 (policy == reference);
 # see the issue notes.
+@pytest.mark.acceptance
 @pytest.mark.parametrize("method", [m for m in SETTINGS if m != "dpo"])
 def test_registered_version_reproduces_the_final_loss_in_a_fresh_process(method: str, sqlite_rc, tiny_model: Path, tmp_path: Path) -> None:
     from pipelines.recipes import Recipe
@@ -173,6 +174,7 @@ def _adapter_tensors(rc, name: str, version: int) -> dict:  # type: ignore[no-un
     return load_file(folder / "adapter_model.safetensors")
 
 
+@pytest.mark.acceptance
 def test_kill_9_then_resume_equals_an_uninterrupted_run(sqlite_rc, tiny_model: Path, tmp_path: Path) -> None:
     import torch
 
@@ -208,6 +210,7 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(sqlite_rc, tiny_model: P
     assert steps == list(range(1, 13))  # steps 6 and 7 were recomputed and logged again: no gap
 
 
+@pytest.mark.acceptance
 def test_two_processes_train_together_and_register_once(sqlite_rc, tiny_model: Path, tmp_path: Path) -> None:
     import os
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines import data as data_io
-from pipelines.recipes import Recipe, load_recipe
+from pipelines.recipes import Recipe
 from pipelines.training import distributed
 from pipelines.training.precision import PrecisionChoice, choose
 from registry.client import RegistryClient
@@ -391,8 +391,3 @@ def _plain_loss_sft_trainer() -> type:
             return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
 
     return PlainLossSFTTrainer
-
-
-def train_from_file(path: str | Path, rc: RegistryClient, overrides: list[str] | None = None, **kwargs: Any) -> TrainResult:
-    recipe = load_recipe(path, overrides)
-    return train(recipe, rc, recipe_path=Path(path), **kwargs)

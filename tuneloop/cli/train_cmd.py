@@ -46,7 +46,10 @@ def train(app: AppContext, recipe: str | None, overrides: tuple[str, ...], alias
         eval_data = data_io.load(parsed.data.eval, train_data.format) if parsed.data.eval else None
         summary = {"recipe": recipe, "valid": True, "method": parsed.method, "train_rows": len(train_data),
                    "eval_rows": len(eval_data) if eval_data else 0, "format": train_data.format}
-        output.emit_json(summary) if as_json else click.echo(f"recipe and data are valid: {summary}")
+        if as_json:
+            output.emit_json(summary)
+        else:
+            click.echo(f"recipe and data are valid: {summary}")
         return
     from pathlib import Path
 

@@ -14,6 +14,7 @@ hashed (sha256) so the data a model saw can be identified and fetched again.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,10 +65,7 @@ def read_rows(path: Path) -> list[tuple[int, Any]]:
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
         rows: list[tuple[int, Any]] = []
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as exc:
-            raise InvalidInput(f"`{path}` is not UTF-8 text: {exc}", hint="re-encode the file as UTF-8") from None
+        text = _utf8_text(path)
         for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
@@ -77,13 +75,27 @@ def read_rows(path: Path) -> list[tuple[int, Any]]:
                 rows.append((number, f"not valid JSON ({exc.msg} at column {exc.colno})"))
         return rows
     if suffix == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
-            return [(i, dict(row)) for i, row in enumerate(csv.DictReader(f), start=2)]
+        reader = csv.DictReader(io.StringIO(_utf8_text(path), newline=""))
+        return [(reader.line_num, dict(row)) for row in reader]
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 
         return [(i, row) for i, row in enumerate(pq.read_table(path).to_pylist(), start=1)]
     raise InvalidInput(f"`{path}` has an unsupported extension", hint="use .jsonl, .csv or .parquet")
+
+
+def _utf8_text(path: Path) -> str:
+    """The file as text; bytes that are not UTF-8 are reported with their line and column."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise InvalidInput(
+            f"{path}:{line}: byte 0x{raw[exc.start]:02x} at column {column} is not UTF-8",
+            hint="re-encode the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)",
+        ) from None
 
 
 def detect_format(row: dict[str, Any]) -> str | None:

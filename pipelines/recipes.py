@@ -10,16 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from tuneloop.errors import ConfigError
+from pipelines.yaml_models import Strict as _Strict
+from pipelines.yaml_models import apply_overrides, load_yaml_model
+
+__all__ = ["Recipe", "apply_overrides", "load_recipe"]
 
 Method = Literal["qlora", "lora", "dpo", "prompt_tuning", "hybrid", "full"]
 DataFormat = Literal["auto", "chat", "instruction", "completion", "preference"]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class DataSettings(_Strict):
@@ -98,62 +97,11 @@ class Recipe(_Strict):
         return self
 
 
-def _parse_value(raw: str) -> Any:
-    import yaml
-
-    try:
-        return yaml.safe_load(raw)
-    except yaml.YAMLError:
-        return raw
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `a.b=value` overrides (value parsed as YAML: numbers, booleans, lists) to a recipe dict."""
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"`--set {item}` is not KEY=VALUE", hint="e.g. --set training.max_steps=20")
-        node = data
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"`--set {item}`: `{part}` is not a section", hint="check the key path")
-            node = child
-        node[parts[-1]] = _parse_value(raw)
-    return data
-
-
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read, override and validate a recipe; every problem in one ConfigError naming file and key."""
-    import yaml
-
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"recipe `{path}` does not exist", hint="pass a YAML recipe; see examples/recipes/")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        line = f":{where.line + 1}" if where else ""
-        raise ConfigError(f"`{path}{line}` is not valid YAML: {getattr(exc, 'problem', exc)}", hint="fix the syntax") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"`{path}` must hold a mapping of recipe keys", hint="see examples/recipes/")
-    data = apply_overrides(data, overrides or [])
-    try:
-        recipe = Recipe.model_validate(data)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"]) or "(recipe)"
-            message = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                message = "unknown key"
-            problems.append(f"`{where}`: {message}")
-        raise ConfigError(
-            f"invalid recipe `{path}`:\n  " + "\n  ".join(problems),
-            hint="fix the keys above; `tuneloop train --help` and examples/recipes/ show every key",
-        ) from None
+    recipe = load_yaml_model(path, Recipe, kind="recipe", overrides=overrides,
+                             hint="fix the keys above; `tuneloop train --help` and examples/recipes/ show every key")
     root = path.resolve().parent
     data_settings = recipe.data.model_copy(
         update={

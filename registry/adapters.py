@@ -46,11 +46,13 @@ def register_adapter(
     dataset_digests: dict[str, str] | None = None,
     training_run_id: str | None = None,
     quantization: dict[str, object] | None = None,
+    parent_adapter: str | None = None,
 ) -> ModelVersion:
     """Register `adapter_dir` as a new version of adapter model NAME, with lineage to its base.
 
     `quantization` (e.g. `{"quant_type": "nf4", "double_quant": True}` for QLoRA) makes loaders
     quantize the base the way it was during training, so the adapter is served as it was trained.
+    `parent_adapter` (`NAME:VERSION`) records the adapter this one continued from (DPO after SFT).
     """
     from registry.promotion import lock_name
 
@@ -79,6 +81,7 @@ def register_adapter(
         Tag.BASE_DIGEST: base.tags[Tag.CONTENT_DIGEST],
         Tag.DATASET_DIGESTS: json.dumps(dataset_digests or {}, sort_keys=True),
         Tag.TRAINING_RUN_ID: training_run_id or "",
+        **({Tag.PARENT_ADAPTER: parent_adapter} if parent_adapter else {}),
     }
     with locked(rc.engine, lock_name(name)) as conn:
         if existing:

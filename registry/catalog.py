@@ -111,11 +111,15 @@ def lineage_chain(rc: RegistryClient, mv: ModelVersion) -> list[dict]:
                 "datasets": json.loads(tags[Tag.DATASET_DIGESTS]) if Tag.DATASET_DIGESTS in tags else None,
             }
         )
-        if Tag.BASE_NAME not in tags:
+        if tags.get(Tag.PARENT_ADAPTER):
+            parent_name, parent_version = tags[Tag.PARENT_ADAPTER].rsplit(":", 1)
+        elif Tag.BASE_NAME in tags:
+            parent_name, parent_version = tags[Tag.BASE_NAME], tags[Tag.BASE_VERSION]
+        else:
             break
         try:
-            current = rc.mlflow.get_model_version(tags[Tag.BASE_NAME], tags[Tag.BASE_VERSION])
+            current = rc.mlflow.get_model_version(parent_name, parent_version)
         except Exception:
-            chain.append({"model": f"{tags[Tag.BASE_NAME]}:{tags[Tag.BASE_VERSION]}", "kind": "missing"})
+            chain.append({"model": f"{parent_name}:{parent_version}", "kind": "missing"})
             break
     return chain

@@ -65,6 +65,7 @@ class Tag:
     BASE_ARTIFACT_URI = "tuneloop.base.artifact_uri"
     BASE_DIGEST = "tuneloop.base.digest"
     METHOD = "tuneloop.method"
+    PARENT_ADAPTER = "tuneloop.parent_adapter"  # NAME:VERSION an adapter was trained on top of (DPO after SFT)
     DATASET_DIGESTS = "tuneloop.dataset_digests"
     TRAINING_RUN_ID = "tuneloop.training_run_id"
     GATE_POLICY = "tuneloop.gate_policy"

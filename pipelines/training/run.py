@@ -159,7 +159,7 @@ def train(
     if recipe.method == "dpo" and train_data.format != "preference":
         raise InvalidInput(f"`method: dpo` needs preference rows; `{train_data.path}` holds {train_data.format} rows",
                            hint="give prompt/chosen/rejected rows")
-    sft_adapter = _sft_adapter(rc, recipe)
+    sft_adapter = _sft_adapter(rc, recipe, base_mv)
     if resume_run_id:
         _check_same_data(rc, resume_run_id, train_data, eval_data)
 
@@ -189,7 +189,7 @@ def train(
             _log_run_inputs(recipe, recipe_path, choice, base_mv, train_data, eval_data)
 
         # 4. Build and train.
-        model = trainable_model(load_base(folder, recipe, choice), recipe, choice, sft_adapter)
+        model = trainable_model(load_base(folder, recipe, choice), recipe, choice, sft_adapter.folder if sft_adapter else None)
         trainer = _build_trainer(recipe, choice, model, tokenizer, train_data, eval_data, output_dir)
         _attach_callbacks(trainer, callbacks or [])
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -199,7 +199,7 @@ def train(
         mlflow.log_metric("train/final_loss", final_loss, step=trainer.state.global_step)
 
         # 5. Save the adapter and register it with its lineage, inside this run.
-        mv = _register(rc, recipe, trainer, tokenizer, base_mv, train_data, eval_data, run_id)
+        mv = _register(rc, recipe, trainer, tokenizer, base_mv, train_data, eval_data, run_id, sft_adapter)
     taken = alias or recipe.alias
     if taken:
         from registry.promotion import promote
@@ -261,7 +261,8 @@ def _attach_callbacks(trainer: Any, extra: list[Any]) -> None:
 
 
 def _register(rc: RegistryClient, recipe: Recipe, trainer: Any, tokenizer: Any, base_mv: Any,
-              train_data: data_io.Dataset, eval_data: data_io.Dataset | None, run_id: str) -> Any:
+              train_data: data_io.Dataset, eval_data: data_io.Dataset | None, run_id: str,
+              sft_adapter: SftAdapter | None) -> Any:
     from registry.adapters import register_adapter
     from registry.base_models import register_full_model
 
@@ -273,7 +274,7 @@ def _register(rc: RegistryClient, recipe: Recipe, trainer: Any, tokenizer: Any, 
             quantization = recipe.quantization.model_dump() if recipe.method == "qlora" else None
             return register_adapter(rc, recipe.name, folder, base_name=base_mv.name, base_version=base_mv.version,
                                     method=recipe.method, dataset_digests=digests, training_run_id=run_id,
-                                    quantization=quantization)
+                                    quantization=quantization, parent_adapter=sft_adapter.ref if sft_adapter else None)
         tokenizer.save_pretrained(folder)  # a whole model, not an adapter: it loads without its base
         return register_full_model(rc, recipe.name, folder, {
             Tag.METHOD: "full", Tag.BASE_NAME: base_mv.name, Tag.BASE_VERSION: str(base_mv.version),
@@ -304,14 +305,33 @@ def _check_same_data(rc: RegistryClient, run_id: str, train_data: data_io.Datase
             )
 
 
-def _sft_adapter(rc: RegistryClient, recipe: Recipe) -> Path | None:
+@dataclass
+class SftAdapter:
+    """The registered SFT adapter a DPO recipe continues from (its version is also DPO's reference)."""
+
+    ref: str  # NAME:VERSION, pinned even when the recipe named an alias
+    folder: Path
+
+
+def _sft_adapter(rc: RegistryClient, recipe: Recipe, base_mv: Any) -> SftAdapter | None:
     if recipe.method != "dpo" or not recipe.dpo.sft_adapter:
         return None
-    from mlflow.artifacts import download_artifacts
-
     from registry.catalog import resolve
 
     mv = resolve(rc, recipe.dpo.sft_adapter)
+    if mv.tags.get(Tag.KIND) != "adapter" or (mv.tags.get(Tag.BASE_NAME), mv.tags.get(Tag.BASE_VERSION)) != (
+        base_mv.name, str(base_mv.version)
+    ):
+        raise InvalidInput(
+            f"`dpo.sft_adapter: {recipe.dpo.sft_adapter}` is not an adapter of `{base_mv.name}:{base_mv.version}`",
+            hint="name an adapter trained on the recipe's `base`",
+        )
+    return SftAdapter(ref=f"{mv.name}:{mv.version}", folder=_adapter_folder(mv))
+
+
+def _adapter_folder(mv: Any) -> Path:
+    from mlflow.artifacts import download_artifacts
+
     return Path(download_artifacts(mv.tags[Tag.ARTIFACT_URI] + "/artifacts/adapter"))
 
 
@@ -342,7 +362,44 @@ def reloaded_training_loss(model_uri: str, recipe: Recipe) -> float:
     choice = choose(recipe.training.precision, "off", parameters=0, batch_tokens=0, hidden=0, layers=0)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = _build_trainer(recipe, choice, wrapper.model, wrapper.tokenizer, train_data, None, Path(tmp))
+        if recipe.method == "dpo":
+            _pin_dpo_reference(trainer, _parent_adapter_folder(model_uri))
         return final_training_loss(trainer, train_data.rows)
+
+
+def _parent_adapter_folder(model_uri: str) -> Path | None:
+    """The adapter a `models:/NAME/VERSION` version continued from, if any."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    ref = model_uri.removeprefix("models:/")
+    if "@" in ref:
+        mv = client.get_model_version_by_alias(*ref.split("@", 1))
+    else:
+        mv = client.get_model_version(*ref.split("/", 1))
+    parent = mv.tags.get(Tag.PARENT_ADAPTER)
+    if not parent:
+        return None
+    parent_name, parent_version = parent.rsplit(":", 1)
+    return _adapter_folder(client.get_model_version(parent_name, parent_version))
+
+
+def _pin_dpo_reference(trainer: Any, parent_adapter: Path | None) -> None:
+    """Make DPO's reference what training started from, not the adapter being evaluated.
+
+    Given a PeftModel, TRL 1.16 copies its adapter as the reference ("ref"). At training time that is
+    right (a fresh LoRA equals the base; an SFT adapter is its own start), but for a *trained* DPO
+    adapter the copy is the policy itself and the loss collapses to ln 2.
+    """
+    from peft import load_peft_weights, set_peft_model_state_dict
+
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if "ref" not in model.peft_config:
+        return
+    if parent_adapter is None:
+        model.delete_adapter("ref")  # TRL then disables adapters: the base is the reference
+    else:
+        set_peft_model_state_dict(model, load_peft_weights(str(parent_adapter)), adapter_name="ref")
 
 
 def _build_trainer(recipe: Recipe, choice: PrecisionChoice, model: Any, tokenizer: Any,

@@ -58,12 +58,14 @@ def cli(ctx: click.Context, config_file: str | None) -> None:
 def _register_commands() -> None:
     from tuneloop.cli.config_cmd import config
     from tuneloop.cli.demo_cmd import demo
+    from tuneloop.cli.eval_cmd import eval_group
     from tuneloop.cli.models_cmd import models
     from tuneloop.cli.train_cmd import train
     from tuneloop.cli.up_cmd import up
 
     for command in (config, demo, models, train, up):
         cli.add_command(command)
+    cli.add_command(eval_group, name="eval")
 
 
 _register_commands()

@@ -1,0 +1,1 @@
+"""Evaluation: suites of tasks run against registered versions, scored with `monitors.metrics`."""

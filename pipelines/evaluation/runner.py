@@ -1,0 +1,211 @@
+"""`tuneloop eval SUITE --model REF`: run a suite against one registered version, all in one MLflow run.
+
+Reads top to bottom: resolve the version and load every task's data (before the model loads), load
+the model through `models:/`, then per task generate, score and log (metrics `<task>/<metric>`, a
+per-example table for the MLflow UI), and finally attach the results to the version for the gates.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from monitors.metrics.scoring import PAIR_METRICS, ScoreOptions, score_pairs
+from pipelines import data as data_io
+from pipelines.evaluation.suites import Suite, Task
+from registry.client import RegistryClient
+from tuneloop.digest import file_sha256
+from tuneloop.errors import InvalidInput, NotFound
+from tuneloop.names import Metric, Tag
+
+EXPERIMENT = "evaluation"
+TABLE_DIR = "eval"
+
+
+class EvalTag:
+    MODEL = "tuneloop.eval.model"  # NAME:VERSION
+    SUITE = "tuneloop.eval.suite"
+    SUITE_DIGEST = "tuneloop.eval.suite_digest"
+    RUN_ID = "tuneloop.eval.run_id"  # on the model version: its latest eval run
+
+
+@dataclass
+class TaskData:
+    task: Task
+    prompts: list[str | list[dict[str, str]]]
+    user_prompts: list[str]  # what a person reads: the (templated) last user turn
+    references: list[str]
+    digest: str
+
+
+@dataclass
+class TaskResult:
+    name: str
+    metrics: dict[str, float]
+    signatures: dict[str, str]
+    examples: list[dict[str, Any]]
+    data_digest: str
+
+
+@dataclass
+class EvalResult:
+    run_id: str
+    model: str
+    suite: str
+    metrics: dict[str, float]
+    tasks: list[TaskResult] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "model": self.model, "suite": self.suite, "metrics": self.metrics,
+                "tasks": {t.name: {"metrics": t.metrics, "signatures": t.signatures, "examples": len(t.examples)}
+                          for t in self.tasks}}
+
+
+def load_task_data(task: Task) -> TaskData:
+    dataset = data_io.load(task.data)
+    if dataset.format == "preference":
+        raise InvalidInput(f"`{task.data}` holds preference rows; an eval task needs prompt/reference rows",
+                           hint="use chat, instruction or completion rows")
+    rows = dataset.rows[: task.limit] if task.limit else dataset.rows
+    prompts: list[str | list[dict[str, str]]] = []
+    user_prompts, references = [], []
+    for row in rows:
+        prompt, completion = row["prompt"], row["completion"]
+        if isinstance(prompt, str):
+            prompts.append(task.prompt_template.format(prompt=prompt))
+            user_prompts.append(prompts[-1])
+            references.append(completion)
+        else:
+            turns = [dict(m) for m in prompt]
+            turns[-1]["content"] = task.prompt_template.format(prompt=turns[-1]["content"])
+            prompts.append(turns)
+            user_prompts.append(turns[-1]["content"])
+            references.append(completion[0]["content"])
+    return TaskData(task=task, prompts=prompts, user_prompts=user_prompts, references=references, digest=dataset.digest)
+
+
+def evaluate(rc: RegistryClient, suite: Suite, model_ref: str, *, suite_path: Path | None = None,
+             progress: bool = True) -> EvalResult:
+    import mlflow
+
+    from registry.catalog import resolve
+    from registry.tracking import experiment_id
+
+    mv = resolve(rc, model_ref)
+    task_data = [load_task_data(t) for t in suite.tasks]  # bad data fails before the model loads
+    model, tokenizer = load_model(f"models:/{mv.name}/{mv.version}")
+    model_id = f"{mv.name}:{mv.version}"
+    suite_digest = "sha256:" + file_sha256(suite_path) if suite_path else json_digest(suite.model_dump(mode="json"))
+    exp = experiment_id(rc.mlflow, rc.settings, EXPERIMENT)
+    with mlflow.start_run(experiment_id=exp, run_name=f"eval {suite.name} on {model_id}") as run:
+        mlflow.set_tags({EvalTag.MODEL: model_id, EvalTag.SUITE: suite.name, EvalTag.SUITE_DIGEST: suite_digest,
+                         "tuneloop.eval.kind": mv.tags.get(Tag.KIND, ""), "tuneloop.eval.method": mv.tags.get(Tag.METHOD, "")})
+        mlflow.log_params({"model": model_id, "suite": suite.name, "tasks": ",".join(t.name for t in suite.tasks)})
+        mlflow.log_text(json.dumps(suite.model_dump(mode="json"), indent=2, default=str), "suite.json")
+        results = [_run_task(model, tokenizer, data, progress) for data in task_data]
+        overall = _overall(results)
+        mlflow.log_metrics(overall)
+        for r in results:
+            mlflow.log_metrics({f"{r.name}/{k}": v for k, v in r.metrics.items()})
+            mlflow.set_tag(f"tuneloop.eval.data.{r.name}.sha256", r.data_digest)
+            if r.signatures:
+                mlflow.log_dict(r.signatures, f"{TABLE_DIR}/{r.name}.signatures.json")
+            mlflow.log_table(_table(r.examples), artifact_file=f"{TABLE_DIR}/{r.name}.json")
+        run_id = run.info.run_id
+    _attach_to_version(rc, mv, overall, run_id, suite.name)
+    return EvalResult(run_id=run_id, model=model_id, suite=suite.name, metrics=overall, tasks=results)
+
+
+def load_model(model_uri: str) -> tuple[Any, Any]:
+    import mlflow
+
+    wrapper = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
+    return wrapper.model.eval(), wrapper.tokenizer
+
+
+def read_table(rc: RegistryClient, run_id: str, task: str) -> Any:
+    """The per-example table an eval run logged for `task` (a pandas DataFrame)."""
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    try:
+        local = rc.mlflow.download_artifacts(run_id, f"{TABLE_DIR}/{task}.json")
+    except (MlflowException, OSError):
+        raise NotFound(f"eval run `{run_id}` has no table for task `{task}`", hint="check the task name in the suite") from None
+    document = json.loads(Path(local).read_text())
+    return pd.DataFrame(document["data"], columns=document["columns"])
+
+
+def json_digest(value: Any) -> str:
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _run_task(model: Any, tokenizer: Any, data: TaskData, progress: bool) -> TaskResult:
+    from tqdm.auto import tqdm
+
+    from monitors.metrics import perplexity as ppl
+    from pipelines.evaluation.generation import generate, render_prompt
+
+    task = data.task
+    rendered = [render_prompt(tokenizer, p) for p in data.prompts]
+    examples: list[dict[str, Any]] = [
+        {"user_prompt": u, "prompt": p, "reference": r} for u, p, r in zip(data.user_prompts, rendered, data.references, strict=True)
+    ]
+    metrics: dict[str, float] = {}
+    signatures: dict[str, str] = {}
+    if task.needs_generation:
+        with tqdm(total=len(rendered), desc=f"{task.name}: generating", unit="ex", disable=not progress) as bar:
+            generations = generate(model, tokenizer, rendered, max_new_tokens=task.generation.max_new_tokens,
+                                   temperature=task.generation.temperature, batch_size=task.generation.batch_size, progress=bar)
+        for example, g in zip(examples, generations, strict=True):
+            example.update(prediction=g.text, latency_ms=g.latency_ms, prompt_tokens=g.prompt_tokens, output_tokens=g.output_tokens)
+        pair_metrics = [m for m in task.metrics if m in PAIR_METRICS]
+        if pair_metrics:
+            scores = score_pairs([g.text for g in generations], data.references, pair_metrics,
+                                 ScoreOptions(task.rouge.stemming, task.rouge.tokenizer))
+            metrics.update(scores.values)
+            signatures.update(scores.signatures)
+            for name, values in scores.per_example.items():
+                for example, value in zip(examples, values, strict=True):
+                    example[name] = value
+        if "latency_ms" in task.metrics:
+            metrics["latency_ms"] = sum(g.latency_ms for g in generations) / len(generations)
+        metrics["output_tokens"] = sum(g.output_tokens for g in generations) / len(generations)
+    if "perplexity" in task.metrics:
+        sequences = ppl.encode(tokenizer, data.references, prompts=rendered)
+        result = ppl.perplexity(model, sequences, batch_size=task.perplexity.batch_size, window=task.perplexity.window,
+                                stride=task.perplexity.stride, pad_token_id=tokenizer.pad_token_id or 0)
+        metrics["perplexity"] = result.perplexity
+        metrics["perplexity_tokens_per_second"] = result.tokens_per_second
+        for example, nll, tokens in zip(examples, result.nll, result.tokens, strict=True):
+            example.update(nll=nll, scored_tokens=tokens)
+    return TaskResult(name=task.name, metrics=metrics, signatures=signatures, examples=examples, data_digest=data.digest)
+
+
+def _overall(results: list[TaskResult]) -> dict[str, float]:
+    """Each metric averaged over the tasks that measured it (one task: its value)."""
+    collected: dict[str, list[float]] = {}
+    for r in results:
+        for name, value in r.metrics.items():
+            collected.setdefault(name, []).append(value)
+    return {name: sum(values) / len(values) for name, values in collected.items()}
+
+
+def _table(examples: list[dict[str, Any]]) -> Any:
+    import pandas as pd
+
+    return pd.DataFrame(examples)
+
+
+def _attach_to_version(rc: RegistryClient, mv: Any, overall: dict[str, float], run_id: str, suite: str) -> None:
+    """Gate-readable results on the version (`tuneloop.metric.<name>`) and a link to the eval run."""
+    from registry.gates import record_metrics
+
+    known = {k: v for k, v in overall.items() if k in Metric._value2member_map_}
+    record_metrics(rc, mv.name, mv.version, known)
+    rc.mlflow.set_model_version_tag(mv.name, str(mv.version), EvalTag.RUN_ID, run_id)
+    rc.mlflow.set_model_version_tag(mv.name, str(mv.version), EvalTag.SUITE, suite)

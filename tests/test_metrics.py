@@ -67,7 +67,7 @@ def test_unicode_tokenizer_scores_non_latin_text_that_the_default_drops() -> Non
     default = score_pairs(prediction, reference, ["rouge1"])
     unicode = score_pairs(prediction, reference, ["rouge1"], ScoreOptions(rouge_tokenizer="unicode"))
     assert default.values["rouge1"] == 0.0  # rouge-score's tokenizer keeps [a-z0-9] only
-    direct = rouge_scorer.RougeScorer(["rouge1"], use_stemmer=True, tokenizer=UnicodeTokenizer()).score(reference[0], prediction[0])
+    direct = rouge_scorer.RougeScorer(["rouge1"], use_stemmer=True, tokenizer=UnicodeTokenizer(use_stemmer=True)).score(reference[0], prediction[0])
     assert unicode.values["rouge1"] == pytest.approx(direct["rouge1"].fmeasure, abs=1e-9) and unicode.values["rouge1"] > 0.3
 
 
@@ -195,3 +195,16 @@ def test_bad_csv_row_names_its_line(tmp_path: Path) -> None:
     path.write_text("prediction,reference\nrefund,refund\nshipping\n", encoding="utf-8")
     result = run_cli("eval", "score", "--predictions", str(path), "--metrics", "accuracy", env=_home(tmp_path))
     assert result.returncode == 1 and f"{path}:3: missing `reference`" in result.stderr
+
+
+def test_rouge_split_across_processes_equals_the_library(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rouge_score import rouge_scorer
+
+    from monitors.metrics import text
+
+    predictions, references = _text_pairs()
+    monkeypatch.setattr(text, "PARALLEL_MIN_PAIRS", 4)  # 8 pairs -> 2 worker processes
+    ours = text.rouge_per_pair(predictions, references)
+    scorer = rouge_scorer.RougeScorer(list(text.ROUGE_TYPES), use_stemmer=True)
+    for key in text.ROUGE_TYPES:
+        assert ours[key] == [scorer.score(r, p)[key].fmeasure for p, r in zip(predictions, references)]

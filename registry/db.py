@@ -35,6 +35,7 @@ def _sqlite_engine(url: sa.URL) -> Engine:
         dbapi_conn.isolation_level = None  # let us emit BEGIN ourselves
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")  # an acknowledged commit survives a power cut, not only a crash
         cur.execute("PRAGMA busy_timeout=120000")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()

@@ -34,3 +34,54 @@ audit_mirror = sa.Table(
     sa.Column("audit_id", sa.Integer, sa.ForeignKey("audit_log.id"), primary_key=True),
     sa.Column("run_id", sa.String(64), nullable=False),
 )
+
+# --- production records (written by the ingest API and `tuneloop monitor ingest`) -----------------
+_BIG_ID = sa.BigInteger().with_variant(sa.Integer, "sqlite")  # SQLite autoincrements INTEGER keys only
+
+records = sa.Table(
+    "records",
+    metadata,
+    sa.Column("seq", _BIG_ID, primary_key=True, autoincrement=True),  # arrival order, for count windows
+    sa.Column("id", sa.String(64), nullable=False, unique=True),  # client-chosen or generated; retries reuse it
+    sa.Column("model", sa.String(400), nullable=False),
+    sa.Column("version", sa.Integer, nullable=True),  # resolved at ingest when an alias is given
+    sa.Column("alias", sa.String(200), nullable=True),
+    sa.Column("prompt", sa.Text, nullable=False),
+    sa.Column("output", sa.Text, nullable=False),
+    sa.Column("prediction", sa.Text, nullable=True),
+    sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("latency_ms", sa.Float, nullable=True),
+    sa.Column("meta", sa.Text, nullable=False, default="{}"),
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_records_model_ts", "model", "ts"),
+)
+
+# Feedback may come with the record or later, by record id; the latest feedback wins.
+feedback = sa.Table(
+    "feedback",
+    metadata,
+    sa.Column("record_id", sa.String(64), sa.ForeignKey("records.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("rating", sa.Float, nullable=True),
+    sa.Column("label", sa.Text, nullable=True),
+    sa.Column("reference", sa.Text, nullable=True),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# Write tokens of the ingest API, stored as sha256 hashes only.
+ingest_tokens = sa.Table(
+    "ingest_tokens",
+    metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("token_sha256", sa.String(64), nullable=False, unique=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
+)
+
+# Idempotency keys of acknowledged requests: a retry gets the stored answer and stores nothing again.
+ingest_requests = sa.Table(
+    "ingest_requests",
+    metadata,
+    sa.Column("key", sa.String(200), primary_key=True),
+    sa.Column("response", sa.Text, nullable=False),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+)

@@ -131,6 +131,7 @@ def test_dpo_on_top_of_an_sft_adapter_keeps_it_as_reference_and_lineage(sqlite_r
     import_base(sqlite_rc, "tiny", str(tiny_model))
     sft = train(Recipe.model_validate(_recipe("lora", _data(tmp_path, preference=False))), sqlite_rc, alias="champion")
     spec = _recipe("dpo", _data(tmp_path, preference=True))
+    spec["training"] = {**spec["training"], "learning_rate": 0.01, "max_steps": 30}  # gentler: it starts from a sharp SFT model
     recipe = Recipe.model_validate({**spec, "dpo": {"sft_adapter": f"{sft.model}@champion"}})
     result = train(recipe, sqlite_rc)
 

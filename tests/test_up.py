@@ -1,4 +1,4 @@
-"""`tuneloop up`: a real MLflow server on tuneloop's stores, stopped cleanly by Ctrl-C."""
+"""`tuneloop up`: a real MLflow server and the ingest API on tuneloop's stores, stopped cleanly by Ctrl-C."""
 
 from __future__ import annotations
 
@@ -32,12 +32,12 @@ def _port_open(port: int) -> bool:
 @pytest.mark.acceptance
 def test_up_serves_the_registry_and_stops_on_ctrl_c(sqlite_rc, tmp_path: Path) -> None:
     make_versions(sqlite_rc, "served", [{}])
-    port = _free_port()
+    port, ingest_port = _free_port(), _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TUNELOOP_")}
     env["TUNELOOP_HOME"] = str(sqlite_rc.settings.home)
     exe = Path(sys.executable).with_name("tuneloop")
     proc = subprocess.Popen(
-        [str(exe), "up", "--port", str(port)], cwd=REPO, env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        [str(exe), "up", "--port", str(port), "--ingest-port", str(ingest_port)], cwd=REPO, env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
     try:
         deadline = time.monotonic() + 120
@@ -53,6 +53,12 @@ def test_up_serves_the_registry_and_stops_on_ctrl_c(sqlite_rc, tmp_path: Path) -
         with urllib.request.urlopen(url, timeout=10) as resp:
             names = [m["name"] for m in json.loads(resp.read())["registered_models"]]
         assert names == ["served"]
+        for _ in range(120):  # the ingest API comes up beside MLflow
+            if _port_open(ingest_port):
+                break
+            time.sleep(0.5)
+        with urllib.request.urlopen(f"http://127.0.0.1:{ingest_port}/v1/health", timeout=10) as resp:
+            assert json.loads(resp.read()) == {"status": "ok"}
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -62,4 +68,4 @@ def test_up_serves_the_registry_and_stops_on_ctrl_c(sqlite_rc, tmp_path: Path) -
             raise
     assert proc.returncode == 0, err
     assert "tuneloop is up: MLflow UI at" in err and "stopped" in err
-    assert not _port_open(port)
+    assert not _port_open(port) and not _port_open(ingest_port)

@@ -54,6 +54,9 @@ class ServerSettings(_Section):
 class IngestSettings(_Section):
     port: int = Field(8765, ge=1, le=65535, description="Port of the ingest API")
     tokens: list[SecretStr] = Field(default_factory=list, description="Bearer tokens accepted by the ingest API")
+    max_body_bytes: int = Field(10_000_000, ge=1024, description="Largest request body the ingest API reads (bytes)")
+    max_batch: int = Field(1000, ge=1, description="Most records in one ingest request")
+    max_text_chars: int = Field(100_000, ge=16, description="Longest prompt, output, label or reference (characters)")
 
 
 class Settings(BaseSettings):

@@ -97,7 +97,7 @@ class ReviewResult:
 
 def read_ratings(path: Path) -> list[tuple[int, str, str]]:
     """(line, id, rating) per rated row; every bad row is reported with its line."""
-    from pipelines.data import read_rows
+    from tuneloop.rowfiles import read_rows
 
     problems, out = [], []
     for line, row in read_rows(path):

@@ -24,7 +24,7 @@ class Pairs:
 
 
 def read_pairs(path: Path) -> Pairs:
-    from pipelines.data import read_rows
+    from tuneloop.rowfiles import read_rows
 
     if not path.is_file():
         raise InvalidInput(f"predictions file `{path}` does not exist", hint="pass a .jsonl or .csv file")

@@ -60,10 +60,11 @@ def _register_commands() -> None:
     from tuneloop.cli.demo_cmd import demo
     from tuneloop.cli.eval_cmd import eval_group
     from tuneloop.cli.models_cmd import models
+    from tuneloop.cli.monitor_cmd import monitor
     from tuneloop.cli.train_cmd import train
     from tuneloop.cli.up_cmd import up
 
-    for command in (config, demo, models, train, up):
+    for command in (config, demo, models, monitor, train, up):
         cli.add_command(command)
     cli.add_command(eval_group, name="eval")
 

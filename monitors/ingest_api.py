@@ -1,0 +1,155 @@
+"""The ingest API: `POST /v1/records` (one record or `{"records": [...]}`), feedback by record id.
+
+An ASGI app (FastAPI, served by uvicorn). Every write needs `Authorization: Bearer TOKEN`; a request
+is acknowledged only after its transaction commits, and an `Idempotency-Key` header makes a retried
+request return the first answer without storing anything again. Bad input gets a 4xx naming the
+problem, and nothing from that request is stored.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from monitors import records as records_io
+from monitors import tokens
+from tuneloop.errors import InvalidInput, NotFound, TuneloopError
+
+TOKEN_CACHE_SECONDS = 5.0
+
+
+class _Tokens:
+    """Hashes of valid tokens: from settings, plus stored (non-revoked) ones, re-read every few seconds."""
+
+    def __init__(self, engine: Any, configured: list[str]) -> None:
+        self._engine = engine
+        self._configured = {tokens.token_hash(t) for t in configured}
+        self._stored: set[str] = set()
+        self._read_at = 0.0
+        self._lock = threading.Lock()
+
+    def valid(self, token: str) -> bool:
+        digest = tokens.token_hash(token)
+        if digest in self._configured:
+            return True
+        with self._lock:
+            if time.monotonic() - self._read_at > TOKEN_CACHE_SECONDS:
+                self._stored = tokens.active_hashes(self._engine)
+                self._read_at = time.monotonic()
+            return digest in self._stored
+
+
+def create_app(settings: Any) -> FastAPI:
+    from registry.client import RegistryClient
+
+    rc = RegistryClient(settings)
+    engine = rc.engine
+    resolver = records_io.ModelResolver(rc.mlflow)
+    accepted = _Tokens(engine, [t.get_secret_value() for t in settings.ingest.tokens])
+    limits = settings.ingest
+    app = FastAPI(title="tuneloop ingest", version="1", docs_url="/docs", redoc_url=None)
+
+    def problem(status: int, message: str, hint: str = "") -> JSONResponse:
+        return JSONResponse({"error": message, "hint": hint}, status_code=status)
+
+    async def read_json(request: Request) -> Any:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limits.max_body_bytes:
+            raise _HttpProblem(413, f"body of {int(declared):,} bytes is over the limit of {limits.max_body_bytes:,}",
+                               "send smaller batches")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limits.max_body_bytes:
+                raise _HttpProblem(413, f"body is over the limit of {limits.max_body_bytes:,} bytes", "send smaller batches")
+        try:
+            text = bytes(body).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise _HttpProblem(400, f"body is not valid UTF-8 (byte {exc.start})", "send UTF-8 encoded JSON") from None
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise _HttpProblem(400, f"body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+                               "send one record object, or {\"records\": [...]}") from None
+
+    def authorise(request: Request) -> None:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise _HttpProblem(401, "missing bearer token", "send `Authorization: Bearer TOKEN`")
+        if not accepted.valid(token.strip()):
+            raise _HttpProblem(401, "invalid or revoked token", "create one with `tuneloop monitor token create NAME`")
+
+    @app.exception_handler(_HttpProblem)
+    async def _on_problem(request: Request, exc: _HttpProblem) -> JSONResponse:
+        return problem(exc.status, exc.message, exc.hint)
+
+    @app.exception_handler(TuneloopError)
+    async def _on_error(request: Request, exc: TuneloopError) -> JSONResponse:
+        return problem(exc.http_status, exc.message, exc.hint or "")
+
+    @app.get("/v1/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/v1/records")
+    async def post_records(request: Request) -> JSONResponse:
+        authorise(request)
+        payload = await read_json(request)
+        items = _items(payload, limits.max_batch)
+        parsed = records_io.parse_records(items, limits.max_text_chars)
+        key = request.headers.get("idempotency-key")
+        if key is not None and not (0 < len(key) <= 200):
+            raise _HttpProblem(400, "`Idempotency-Key` must be 1-200 characters")
+        from starlette.concurrency import run_in_threadpool
+
+        result = await run_in_threadpool(records_io.store, engine, parsed, resolver, idempotency_key=key)
+        return JSONResponse(result.as_dict(), status_code=200 if result.replayed else 201)
+
+    @app.post("/v1/records/{record_id}/feedback")
+    async def post_feedback(record_id: str, request: Request) -> JSONResponse:
+        authorise(request)
+        payload = await read_json(request)
+        try:
+            feedback = records_io.Feedback.model_validate(payload)
+        except Exception as exc:
+            raise InvalidInput(f"invalid feedback: {exc}", hint="send {rating?, label?, reference?}") from None
+        from starlette.concurrency import run_in_threadpool
+
+        await run_in_threadpool(records_io.add_feedback, engine, record_id, feedback)
+        return JSONResponse({"record_id": record_id, "stored": True}, status_code=201)
+
+    return app
+
+
+class _HttpProblem(Exception):
+    def __init__(self, status: int, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.status, self.message, self.hint = status, message, hint
+
+
+def _items(payload: Any, max_batch: int) -> list[Any]:
+    if isinstance(payload, dict) and "records" in payload and set(payload) == {"records"}:
+        items = payload["records"]
+        if not isinstance(items, list) or not items:
+            raise InvalidInput("`records` must be a non-empty list", hint="send at least one record")
+    elif isinstance(payload, dict):
+        items = [payload]
+    else:
+        raise InvalidInput("the body must be a JSON object: one record, or {\"records\": [...]}", hint="see /docs")
+    if len(items) > max_batch:
+        raise _HttpProblem(413, f"{len(items):,} records in one request, over the limit of {max_batch:,}", "split the batch")
+    return items
+
+
+def serve(settings: Any, host: str | None = None, port: int | None = None) -> None:
+    """Run the API in this process until interrupted (one worker: SQLite takes one writer at a time)."""
+    import uvicorn
+
+    uvicorn.run(create_app(settings), host=host or settings.server.host, port=port or settings.ingest.port,
+                log_level="warning", workers=1, timeout_graceful_shutdown=10)

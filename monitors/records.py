@@ -1,0 +1,270 @@
+"""Production records: what a deployed model was asked and answered, with optional feedback.
+
+One schema serves the ingest API and `tuneloop monitor ingest FILE`. A batch is stored in one
+transaction: every record of it, or none. Record ids make retries harmless (an id already stored is
+skipped), and an idempotency key makes a retried request return the first answer.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import sqlalchemy as sa
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictStr, ValidationError, field_validator
+
+from registry import tables
+from tuneloop.errors import InvalidInput, NotFound
+
+ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be a number")
+    return value
+
+
+Number = Annotated[float, BeforeValidator(_number)]  # JSON numbers only: no "12", no true
+MAX_METADATA_BYTES = 16_384
+
+
+class Feedback(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rating: Number | None = Field(None, description="A user's rating, e.g. 1-5 or 0/1")
+    label: StrictStr | None = Field(None, description="The true label (classification)")
+    reference: StrictStr | None = Field(None, description="A reference answer")
+
+
+class RecordIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: StrictStr | None = Field(None, pattern=ID_PATTERN, description="Your id for the record; a retry reuses it")
+    model: StrictStr = Field(description="NAME@ALIAS or NAME:VERSION of the model that answered")
+    prompt: StrictStr
+    output: StrictStr
+    prediction: StrictStr | None = Field(None, description="The predicted label (classification); default: the output")
+    timestamp: datetime | None = Field(None, description="When the model answered (ISO 8601; default: now)")
+    latency_ms: Number | None = Field(None, ge=0)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    feedback: Feedback | None = None
+
+    @field_validator("metadata")
+    @classmethod
+    def _small_metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if len(json.dumps(value, default=str)) > MAX_METADATA_BYTES:
+            raise ValueError(f"metadata over {MAX_METADATA_BYTES} bytes as JSON")
+        return value
+
+
+def check_lengths(record: RecordIn, max_chars: int) -> list[str]:
+    fields = {"prompt": record.prompt, "output": record.output, "prediction": record.prediction}
+    if record.feedback:
+        fields |= {"feedback.label": record.feedback.label, "feedback.reference": record.feedback.reference}
+    return [f"`{name}` is {len(text):,} characters, over the limit of {max_chars:,}"
+            for name, text in fields.items() if text is not None and len(text) > max_chars]
+
+
+def parse_records(items: Sequence[Any], max_chars: int, where: Sequence[str] | None = None) -> list[RecordIn]:
+    """Validate every item; one InvalidInput lists each problem with its place (record index or file:line)."""
+    out, problems = [], []
+    for i, item in enumerate(items):
+        place = where[i] if where else f"records[{i}]"
+        try:
+            record = RecordIn.model_validate(item)
+        except ValidationError as exc:
+            for err in exc.errors():
+                field = ".".join(str(p) for p in err["loc"]) or "(record)"
+                message = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
+                problems.append(f"{place}: `{field}`: {message}")
+            continue
+        problems += [f"{place}: {p}" for p in check_lengths(record, max_chars)]
+        out.append(record)
+    if problems:
+        shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
+        raise InvalidInput("invalid records:\n  " + "\n  ".join(shown), hint="fix these fields; nothing was stored")
+    return out
+
+
+class ModelResolver:
+    """NAME@ALIAS / NAME:VERSION to (name, version, alias), checked against the registry, cached briefly."""
+
+    TTL_SECONDS = 15.0
+
+    def __init__(self, mlflow_client: Any) -> None:
+        self._client = mlflow_client
+        self._cache: dict[str, tuple[float, tuple[str, int, str | None]]] = {}
+
+    def resolve(self, ref: str) -> tuple[str, int, str | None]:
+        cached = self._cache.get(ref)
+        if cached and time.monotonic() - cached[0] < self.TTL_SECONDS:
+            return cached[1]
+        from mlflow.exceptions import MlflowException
+
+        name, alias, version = _split_ref(ref)
+        try:
+            if alias:
+                mv = self._client.get_model_version_by_alias(name, alias)
+            else:
+                mv = self._client.get_model_version(name, str(version))
+        except MlflowException:
+            raise NotFound(f"unknown model `{ref}`", hint="name a registered model version: NAME@ALIAS or NAME:VERSION") from None
+        result = (name, int(mv.version), alias)
+        self._cache[ref] = (time.monotonic(), result)
+        return result
+
+
+def _split_ref(ref: str) -> tuple[str, str | None, int | None]:
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        if name and re.fullmatch(r"[\w.-]+", alias):
+            return name, alias, None
+    elif ":" in ref:
+        name, version = ref.rsplit(":", 1)
+        if name and version.isdigit():
+            return name, None, int(version)
+    raise InvalidInput(f"`model` must be NAME@ALIAS or NAME:VERSION, not `{ref}`", hint="e.g. support-qlora@champion")
+
+
+@dataclass
+class StoreResult:
+    stored: int
+    duplicates: int
+    ids: list[str]
+    replayed: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"stored": self.stored, "duplicates": self.duplicates, "ids": self.ids, "replayed": self.replayed}
+
+
+def store(engine: sa.Engine, records: Sequence[RecordIn], resolver: ModelResolver, *,
+          idempotency_key: str | None = None) -> StoreResult:
+    """Resolve models, then write every record (and its feedback) in one transaction."""
+    resolved = [resolver.resolve(r.model) for r in records]
+    now = datetime.now(UTC)
+    rows, feedback_rows = [], []
+    for record, (name, version, alias) in zip(records, resolved, strict=True):
+        record_id = record.id or uuid.uuid4().hex
+        ts = record.timestamp or now
+        rows.append({
+            "id": record_id, "model": name, "version": version, "alias": alias, "prompt": record.prompt,
+            "output": record.output, "prediction": record.prediction if record.prediction is not None else record.output,
+            "ts": ts if ts.tzinfo else ts.replace(tzinfo=UTC), "latency_ms": record.latency_ms,
+            "meta": json.dumps(record.metadata, default=str), "received_at": now,
+        })
+        if record.feedback is not None:
+            feedback_rows.append({"record_id": record_id, **record.feedback.model_dump(), "at": now})
+    for attempt in range(2):
+        try:
+            with engine.begin() as conn:
+                if idempotency_key:
+                    earlier = _replay(conn, idempotency_key)
+                    if earlier is not None:
+                        return earlier
+                result = _insert(conn, rows, feedback_rows)
+                if idempotency_key:
+                    conn.execute(tables.ingest_requests.insert().values(
+                        key=idempotency_key, response=json.dumps(result.as_dict()), at=now))
+                return result
+        except sa.exc.IntegrityError:
+            if attempt or not idempotency_key:
+                raise  # the same key committed concurrently (PostgreSQL): read its answer once more
+    raise AssertionError("unreachable")
+
+
+def _replay(conn: sa.Connection, key: str) -> StoreResult | None:
+    stored = conn.execute(sa.select(tables.ingest_requests.c.response).where(tables.ingest_requests.c.key == key)).scalar()
+    if stored is None:
+        return None
+    return StoreResult(**{**json.loads(stored), "replayed": True})
+
+
+def _insert(conn: sa.Connection, rows: list[dict[str, Any]], feedback_rows: list[dict[str, Any]]) -> StoreResult:
+    ids = [r["id"] for r in rows]
+    existing = set(conn.execute(sa.select(tables.records.c.id).where(tables.records.c.id.in_(ids))).scalars())
+    fresh = [r for r in rows if r["id"] not in existing]
+    seen: set[str] = set()
+    unique = [r for r in fresh if not (r["id"] in seen or seen.add(r["id"]))]  # type: ignore[func-returns-value]
+    if unique:
+        conn.execute(tables.records.insert(), unique)
+    for row in feedback_rows:
+        upsert_feedback(conn, row)
+    return StoreResult(stored=len(unique), duplicates=len(rows) - len(unique), ids=ids)
+
+
+def upsert_feedback(conn: sa.Connection, row: dict[str, Any]) -> None:
+    table = tables.feedback
+    updated = conn.execute(table.update().where(table.c.record_id == row["record_id"]).values(
+        rating=row["rating"], label=row["label"], reference=row["reference"], at=row["at"]))
+    if updated.rowcount == 0:
+        conn.execute(table.insert().values(**row))
+
+
+def add_feedback(engine: sa.Engine, record_id: str, feedback: Feedback) -> None:
+    with engine.begin() as conn:
+        found = conn.execute(sa.select(tables.records.c.id).where(tables.records.c.id == record_id)).scalar()
+        if found is None:
+            raise NotFound(f"no record `{record_id}`", hint="send feedback for a record id the API acknowledged")
+        upsert_feedback(conn, {"record_id": record_id, **feedback.model_dump(), "at": datetime.now(UTC)})
+
+
+def count(engine: sa.Engine, model: str | None = None) -> int:
+    query = sa.select(sa.func.count()).select_from(tables.records)
+    if model:
+        query = query.where(tables.records.c.model == model)
+    with engine.connect() as conn:
+        return int(conn.execute(query).scalar() or 0)
+
+
+def records_from_file(path: Any, max_chars: int) -> list[RecordIn]:
+    """Records from JSONL (objects as the API takes them) or CSV (flat columns; `feedback_label`,
+    `feedback_rating`, `feedback_reference`, `metadata` as JSON). Every bad row is reported with its line."""
+    from pathlib import Path
+
+    from tuneloop.rowfiles import read_rows
+
+    path = Path(path)
+    rows = read_rows(path)
+    if not rows:
+        raise InvalidInput(f"`{path}` holds no records", hint="one JSON object per line, or a CSV with a header")
+    items, where, problems = [], [], []
+    for line, row in rows:
+        if isinstance(row, str) or not isinstance(row, dict):
+            problems.append(f"{path}:{line}: {row if isinstance(row, str) else 'a record must be an object'}")
+            continue
+        items.append(_from_csv_row(row) if path.suffix.lower() == ".csv" else row)
+        where.append(f"{path}:{line}")
+    if problems:
+        raise InvalidInput("invalid records:\n  " + "\n  ".join(problems[:20]), hint="fix these rows; nothing was stored")
+    return parse_records(items, max_chars, where)
+
+
+def _from_csv_row(row: dict[str, Any]) -> dict[str, Any]:
+    def number(value: Any) -> Any:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            return value  # left for validation to report
+
+    out: dict[str, Any] = {k: v for k, v in row.items() if v not in ("", None) and not k.startswith("feedback_")}
+    if "latency_ms" in out:
+        out["latency_ms"] = number(out["latency_ms"])
+    if "metadata" in out:
+        try:
+            out["metadata"] = json.loads(out["metadata"])
+        except json.JSONDecodeError:
+            pass
+    feedback = {k.removeprefix("feedback_"): v for k, v in row.items() if k.startswith("feedback_") and v not in ("", None)}
+    if "rating" in feedback:
+        feedback["rating"] = number(feedback["rating"])
+    if feedback:
+        out["feedback"] = feedback
+    out.setdefault("output", "")
+    return out

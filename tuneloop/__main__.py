@@ -1,0 +1,5 @@
+"""`python -m tuneloop ...` runs the CLI (used by `tuneloop up` to start the ingest API)."""
+
+from tuneloop.cli.main import entrypoint
+
+entrypoint()

@@ -1,0 +1,88 @@
+"""`tuneloop monitor`: the ingest API, file ingestion and ingest tokens."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from tuneloop.cli import output
+from tuneloop.cli.main import AppContext, pass_app
+
+
+@click.group()
+def monitor() -> None:
+    """Watch production: ingest what models answer, and (soon) drift checks over windows."""
+
+
+@monitor.command("serve")
+@click.option("--host", default=None, help="Bind address (default: settings `server.host`).")
+@click.option("--port", type=int, default=None, help="Port (default: settings `ingest.port`, 8765).")
+@pass_app
+def serve(app: AppContext, host: str | None, port: int | None) -> None:
+    """Run the ingest API alone (`tuneloop up` runs it beside MLflow)."""
+    from monitors.ingest_api import serve as run
+
+    run(app.settings, host, port)
+
+
+@monitor.command("ingest")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@pass_app
+def ingest(app: AppContext, path: str, as_json: bool) -> None:
+    """Store the records of a JSONL or CSV file (all or nothing; ids already stored are skipped)."""
+    from monitors.records import ModelResolver, records_from_file, store
+
+    parsed = records_from_file(Path(path), app.settings.ingest.max_text_chars)
+    result = store(app.registry.engine, parsed, ModelResolver(app.registry.mlflow))
+    if as_json:
+        output.emit_json({"stored": result.stored, "duplicates": result.duplicates, "file": path})
+        return
+    click.echo(f"stored {result.stored} record(s) from {path}" + (f"; {result.duplicates} already stored" if result.duplicates else ""))
+
+
+@monitor.group("token")
+def token() -> None:
+    """Bearer tokens for the ingest API (stored hashed)."""
+
+
+@token.command("create")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@pass_app
+def token_create(app: AppContext, name: str, as_json: bool) -> None:
+    """Create a token; it is printed once and only its hash is kept."""
+    from monitors.tokens import create
+
+    value = create(app.registry.engine, name)
+    if as_json:
+        output.emit_json({"name": name, "token": value})
+        return
+    click.echo(value)
+    click.echo(f"token `{name}` created; it is not shown again", err=True)
+
+
+@token.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@pass_app
+def token_list(app: AppContext, as_json: bool) -> None:
+    """Token names and dates (never the tokens)."""
+    from monitors.tokens import listing
+
+    rows = listing(app.registry.engine)
+    if as_json:
+        output.emit_json(rows)
+        return
+    click.echo(output.table(rows, ["name", "created_at", "revoked_at"]) if rows else "no tokens")
+
+
+@token.command("revoke")
+@click.argument("name")
+@pass_app
+def token_revoke(app: AppContext, name: str) -> None:
+    """Revoke a token; the API refuses it within seconds."""
+    from monitors.tokens import revoke
+
+    revoke(app.registry.engine, name)
+    click.echo(f"token `{name}` revoked")

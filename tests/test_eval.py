@@ -69,7 +69,7 @@ def test_suite_run_logs_to_mlflow_and_attaches_results_to_the_version(intents_re
 
     rc, data = intents_registry
     trained = _train(rc, data, seed=1)
-    suite = load_suite(_suite(tmp_path, data, ["accuracy", "f1", "exact_match", "perplexity", "latency_ms"]))
+    suite = load_suite(_suite(tmp_path, data, ["accuracy", "f1", "exact_match", "perplexity", "latency_ms", "rouge", "chrf"]))
     result = evaluate(rc, suite, f"{trained.model}:{trained.version}", progress=False)
 
     assert result.metrics["accuracy"] == 1.0, result.tasks[0].examples  # it learned the 8 rows
@@ -80,7 +80,9 @@ def test_suite_run_logs_to_mlflow_and_attaches_results_to_the_version(intents_re
     table = read_table(rc, result.run_id, "intent")
     assert list(table["reference"]) == [a for _, a in INTENTS]
     assert list(table["prediction"]) == [a for _, a in INTENTS]
-    assert {"prompt", "user_prompt", "accuracy", "nll", "scored_tokens", "latency_ms"} <= set(table.columns)
+    assert {"prompt", "user_prompt", "accuracy", "nll", "scored_tokens", "latency_ms", "rougeL"} <= set(table.columns)
+    assert run.data.params["intent.chrf_signature"].startswith("nrefs:1|")
+    assert result.metrics["rougeL"] == 1.0 and result.metrics["chrf"] == pytest.approx(100.0)
 
     mv = rc.mlflow.get_model_version("tiny-intents", trained.version)
     assert metrics_of(mv)["accuracy"] == 1.0 and metrics_of(mv)["perplexity"] == pytest.approx(result.metrics["perplexity"])

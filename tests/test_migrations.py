@@ -28,7 +28,13 @@ def _first_use_in_parallel(url: str, processes: int = 4) -> None:
     ]
     results = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), [r[1][-2000:] for r in results]
-    assert {r[0].strip() for r in results} == {"0001"}
+    assert {r[0].strip() for r in results} == {_head()}
+
+
+def _head() -> str:
+    from alembic.script import ScriptDirectory
+
+    return str(ScriptDirectory(str(REPO / "registry" / "migrations")).get_current_head())
 
 
 def test_concurrent_first_use_migrates_once(tmp_path: Path) -> None:
@@ -38,7 +44,9 @@ def test_concurrent_first_use_migrates_once(tmp_path: Path) -> None:
     with engine.connect() as conn:
         assert conn.execute(sa.text("PRAGMA journal_mode")).scalar() == "wal"
         tables = {r[0] for r in conn.execute(sa.text("SELECT name FROM sqlite_master WHERE type='table'"))}
-    assert {"audit_log", "audit_mirror", "tuneloop_alembic_version"} <= tables
+    assert {"audit_log", "audit_mirror", "records", "feedback", "ingest_tokens", "ingest_requests",
+            "tuneloop_alembic_version"} <= tables
+    assert _head() == "0002"
 
 
 def test_concurrent_first_use_on_postgres(tmp_path: Path) -> None:

@@ -110,8 +110,8 @@ def evaluate(rc: RegistryClient, suite: Suite, model_ref: str, *, suite_path: Pa
         for r in results:
             mlflow.log_metrics({f"{r.name}/{k}": v for k, v in r.metrics.items()})
             mlflow.set_tag(f"tuneloop.eval.data.{r.name}.sha256", r.data_digest)
-            if r.signatures:
-                mlflow.log_dict(r.signatures, f"{TABLE_DIR}/{r.name}.signatures.json")
+            if r.signatures:  # sacrebleu signatures: BLEU/chrF are only comparable under the same one
+                mlflow.log_params({f"{r.name}.{metric}_signature": sig for metric, sig in r.signatures.items()})
             mlflow.log_table(_table(r.examples), artifact_file=f"{TABLE_DIR}/{r.name}.json")
         run_id = run.info.run_id
     _attach_to_version(rc, mv, overall, run_id, suite.name)

@@ -1,0 +1,51 @@
+"""Cheap per-text descriptors of prompts and outputs, compared per column by the drift checks.
+
+    length            characters
+    word_count        words (`\\w+` runs, any script)
+    oov_share         share of words absent from the reference vocabulary (another language, new topics)
+    non_letter_share  share of non-space characters that are not letters (code, numbers, emoji, markup)
+    refusal           1.0 if the text refuses or apologises ("I'm sorry", "I can't help with", ...)
+
+The reference vocabulary is built once from the reference texts (`Vocabulary.from_texts`) and cached
+with the reference statistics, so a check only tokenises the current window.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+DESCRIPTORS = ("length", "word_count", "oov_share", "non_letter_share", "refusal")
+_WORD = re.compile(r"\w+", re.UNICODE)
+_REFUSAL = re.compile(
+    r"\b(i'?m sorry|i am sorry|i apologi[sz]e|my apologies|i can(?:no|')t (?:help|assist|provide|do that|answer)"
+    r"|i cannot (?:help|assist|provide|do that|answer)|i'?m (?:not able|unable) to|i am (?:not able|unable) to"
+    r"|as an ai\b|i won'?t be able to)",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    words: frozenset[str]
+
+    @classmethod
+    def from_texts(cls, texts: Iterable[str], min_count: int = 1) -> Vocabulary:
+        counts = Counter(w for text in texts for w in _WORD.findall(text.lower()))
+        return cls(frozenset(w for w, c in counts.items() if c >= min_count))
+
+
+def describe(texts: Sequence[str], vocabulary: Vocabulary) -> dict[str, list[float]]:
+    """Each descriptor for each text (lists aligned with `texts`)."""
+    out: dict[str, list[float]] = {name: [] for name in DESCRIPTORS}
+    for text in texts:
+        words = _WORD.findall(text.lower())
+        visible = [c for c in text if not c.isspace()]
+        out["length"].append(float(len(text)))
+        out["word_count"].append(float(len(words)))
+        out["oov_share"].append(sum(w not in vocabulary.words for w in words) / len(words) if words else 0.0)
+        out["non_letter_share"].append(sum(not c.isalpha() for c in visible) / len(visible) if visible else 0.0)
+        out["refusal"].append(1.0 if _REFUSAL.search(text) else 0.0)
+    return out

@@ -12,8 +12,8 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from pipelines.yaml_models import Strict as _Strict
-from pipelines.yaml_models import apply_overrides, load_yaml_model
+from tuneloop.yaml_models import Strict as _Strict
+from tuneloop.yaml_models import apply_overrides, load_yaml_model
 
 __all__ = ["Recipe", "apply_overrides", "load_recipe"]
 

@@ -22,7 +22,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from monitors.metrics.scoring import GROUPS, PAIR_METRICS
-from pipelines.yaml_models import Strict, load_yaml_model
+from tuneloop.yaml_models import Strict, load_yaml_model
 
 MODEL_METRICS = ("perplexity", "latency_ms")
 SUITE_METRICS = (*PAIR_METRICS, *MODEL_METRICS)

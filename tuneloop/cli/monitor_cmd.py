@@ -86,3 +86,25 @@ def token_revoke(app: AppContext, name: str) -> None:
 
     revoke(app.registry.engine, name)
     click.echo(f"token `{name}` revoked")
+
+
+@monitor.command("backtest")
+@click.option("--monitor", "monitor_file", required=True, type=click.Path(dir_okay=False), help="Monitor YAML.")
+@click.option("--reference", required=True, type=click.Path(dir_okay=False), help="Reference records (JSONL/CSV).")
+@click.option("--current", required=True, type=click.Path(dir_okay=False), help="Recorded production records (JSONL/CSV).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document: an entry per window with its drifted checks.")
+def backtest_cmd(monitor_file: str, reference: str, current: str, as_json: bool) -> None:
+    """Run the monitor's checks over every window of CURRENT against REFERENCE, to tune it on history."""
+    from monitors.backtest import backtest, read_records
+    from monitors.monitor_spec import load_monitor
+
+    spec = load_monitor(monitor_file)
+    result = backtest(spec, read_records(Path(reference)), read_records(Path(current))).as_dict()
+    if as_json:
+        output.emit_json(result)
+        return
+    for w in result["windows"]:
+        fired = ", ".join(w["drifted_checks"]) or "-"
+        click.echo(f"window {w['index']:4d}  rows {w['first']}-{w['last']}  {w['status']:15s}  {fired}")
+    s = result["summary"]
+    click.echo(f"{s['drifted']} of {s['judged']} judged windows drifted ({s['windows']} windows)")

@@ -1,0 +1,76 @@
+"""Drift checks through `tuneloop monitor backtest`: quiet on fresh reference windows, loud on contamination."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from tests import drift_data
+from tests.conftest import run_cli
+
+
+def _monitor(tmp_path: Path, size: int = 500) -> Path:
+    path = tmp_path / "monitor.yaml"
+    path.write_text(f"name: support\nwindow: {{kind: count, size: {size}}}\nmin_size: 200\nalpha: 0.05\n")
+    return path
+
+
+def _backtest(tmp_path: Path, reference: Path, current: Path) -> dict:
+    result = run_cli("monitor", "backtest", "--monitor", str(_monitor(tmp_path)), "--reference", str(reference),
+                     "--current", str(current), "--json", env={"TUNELOOP_HOME": str(tmp_path / "home")}, timeout=1800)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    rng = random.Random(12345)
+    return drift_data.write(tmp_path_factory.mktemp("ref") / "reference.jsonl", [drift_data.record(rng) for _ in range(6000)])
+
+
+def test_few_false_alarms_on_windows_from_the_reference_distribution(reference: Path, tmp_path: Path) -> None:
+    n = 100
+    report = _backtest(tmp_path, reference, drift_data.write(tmp_path / "fresh.jsonl", drift_data.windows(n, 500, seed=7)))
+    assert report["summary"]["judged"] == n
+    assert report["summary"]["drift_share"] <= 0.072, [w["drifted_checks"] for w in report["windows"] if w["drifted_checks"]]
+
+
+@pytest.mark.acceptance
+def test_false_alarm_rate_over_400_windows(reference: Path, tmp_path: Path) -> None:
+    report = _backtest(tmp_path, reference, drift_data.write(tmp_path / "fresh.jsonl", drift_data.windows(400, 500, seed=8)))
+    assert report["summary"]["judged"] == 400 and report["summary"]["drift_share"] <= 0.072
+
+
+EXPECTED_CHECK = {"off_topic": "prompt.oov_share", "longer_outputs": "output.length", "language": "oov_share",
+                  "refusals": "output.refusal", "wrong_predictions": "quality.accuracy"}
+
+
+@pytest.mark.parametrize("kind", drift_data.KINDS)
+@pytest.mark.parametrize(("share", "power"), [(0.2, 0.95), (0.1, 0.8)])
+def test_power_against_planted_contamination(reference: Path, tmp_path: Path, kind: str, share: float, power: float) -> None:
+    n = 40
+    rows = drift_data.windows(n, 500, seed=drift_data.KINDS.index(kind) * 100 + round(share * 100), kind=kind, share=share)
+    report = _backtest(tmp_path, reference, drift_data.write(tmp_path / "current.jsonl", rows))
+    detected = [w for w in report["windows"] if w["status"] == "drift"]
+    assert len(detected) / n >= power, (kind, share, len(detected))
+    named = [w for w in detected if any(EXPECTED_CHECK[kind] in c for c in w["drifted_checks"])]
+    assert len(named) >= 0.9 * len(detected)  # the report names the check that fired
+
+
+def test_small_windows_say_not_enough_data_and_bad_files_fail(reference: Path, tmp_path: Path) -> None:
+    report = _backtest(tmp_path, reference, drift_data.write(tmp_path / "short.jsonl", drift_data.windows(1, 150, seed=1)))
+    assert [w["status"] for w in report["windows"]] == ["not enough data"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "hi", "output": "hello"}\n{"prompt": 3, "output": "x"}\n')
+    result = run_cli("monitor", "backtest", "--monitor", str(_monitor(tmp_path)), "--reference", str(reference),
+                     "--current", str(bad), env={"TUNELOOP_HOME": str(tmp_path / "home")})
+    assert result.returncode == 1 and f"{bad}:2: `prompt` and `output` must be text" in result.stderr
+
+
+def test_odd_text_gives_a_result(reference: Path, tmp_path: Path) -> None:
+    odd = [{"prompt": "refund " * 50, "output": ""}, {"prompt": "🙂🙂", "output": "🎉"}] * 150
+    report = _backtest(tmp_path, reference, drift_data.write(tmp_path / "odd.jsonl", odd))
+    assert report["windows"][0]["status"] == "drift"

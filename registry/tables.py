@@ -85,3 +85,27 @@ ingest_requests = sa.Table(
     sa.Column("response", sa.Text, nullable=False),
     sa.Column("at", sa.DateTime(timezone=True), nullable=False),
 )
+
+# Monitors declared with `tuneloop monitor add`, and the windows they checked.
+monitors = sa.Table(
+    "monitors",
+    metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("spec", sa.Text, nullable=False),  # the validated YAML, as JSON
+    sa.Column("reference_sha256", sa.String(80), nullable=False),
+    sa.Column("mlflow_run_id", sa.String(64), nullable=True),  # one run per monitor, a step per window
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+monitor_windows = sa.Table(
+    "monitor_windows",
+    metadata,
+    sa.Column("id", _BIG_ID, primary_key=True, autoincrement=True),
+    sa.Column("monitor", sa.String(200), sa.ForeignKey("monitors.name", ondelete="CASCADE"), nullable=False),
+    sa.Column("last_seq", sa.BigInteger, nullable=False),  # the newest record the window held
+    sa.Column("size", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("drifted_checks", sa.Text, nullable=False),
+    sa.Column("checked_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_monitor_windows_monitor", "monitor", "id"),
+)

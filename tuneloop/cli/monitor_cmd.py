@@ -108,3 +108,53 @@ def backtest_cmd(monitor_file: str, reference: str, current: str, as_json: bool)
         click.echo(f"window {w['index']:4d}  rows {w['first']}-{w['last']}  {w['status']:15s}  {fired}")
     s = result["summary"]
     click.echo(f"{s['drifted']} of {s['judged']} judged windows drifted ({s['windows']} windows)")
+
+
+@monitor.command("add")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--replace", is_flag=True, help="Update a monitor of the same name.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@pass_app
+def add_cmd(app: AppContext, path: str, replace: bool, as_json: bool) -> None:
+    """Declare the monitor in PATH (YAML; see examples/monitors/)."""
+    from monitors.service import add
+
+    spec = add(app.registry, Path(path), replace=replace)
+    if as_json:
+        output.emit_json({"monitor": spec.name, "model": spec.model})
+        return
+    click.echo(f"monitor `{spec.name}` watches {spec.model}; check it with `tuneloop monitor check {spec.name}`")
+
+
+@monitor.command("check")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@pass_app
+def check_cmd(app: AppContext, name: str, as_json: bool) -> None:
+    """Judge the monitor's latest window now and log it to MLflow (exit 0 even on drift)."""
+    from monitors.service import check
+
+    result = check(app.registry, name)
+    if as_json:
+        output.emit_json(result)
+        return
+    fired = ", ".join(result["drifted_checks"]) or "none"
+    click.echo(f"{name}: {result['status']} ({result['size']} records; drifted checks: {fired}); MLflow run {result['run_id']}")
+
+
+@monitor.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@pass_app
+def status_cmd(app: AppContext, as_json: bool) -> None:
+    """Every monitor's last state."""
+    from monitors.service import status
+
+    rows = status(app.registry)
+    if as_json:
+        output.emit_json(rows)
+        return
+    if not rows:
+        click.echo("no monitors; add one with `tuneloop monitor add FILE`")
+        return
+    shown = [{**r, "drifted_checks": ", ".join(r["drifted_checks"]) or "-"} for r in rows]
+    click.echo(output.table(shown, ["monitor", "model", "state", "drifted_checks", "window_records", "checked_at"]))

@@ -48,6 +48,7 @@ EXPECTED_CHECK = {"off_topic": "prompt.oov_share", "longer_outputs": "output.len
                   "refusals": "output.refusal", "wrong_predictions": "quality.accuracy"}
 
 
+@pytest.mark.acceptance
 @pytest.mark.parametrize("kind", drift_data.KINDS)
 @pytest.mark.parametrize(("share", "power"), [(0.2, 0.95), (0.1, 0.8)])
 def test_power_against_planted_contamination(reference: Path, tmp_path: Path, kind: str, share: float, power: float) -> None:
@@ -58,6 +59,12 @@ def test_power_against_planted_contamination(reference: Path, tmp_path: Path, ki
     assert len(detected) / n >= power, (kind, share, len(detected))
     named = [w for w in detected if any(EXPECTED_CHECK[kind] in c for c in w["drifted_checks"])]
     assert len(named) >= 0.9 * len(detected)  # the report names the check that fired
+
+
+def test_planted_refusals_are_found_by_the_refusal_check(reference: Path, tmp_path: Path) -> None:
+    rows = drift_data.windows(5, 500, seed=99, kind="refusals", share=0.1)
+    report = _backtest(tmp_path, reference, drift_data.write(tmp_path / "current.jsonl", rows))
+    assert all(w["status"] == "drift" and "output.refusal" in w["drifted_checks"] for w in report["windows"])
 
 
 def test_small_windows_say_not_enough_data_and_bad_files_fail(reference: Path, tmp_path: Path) -> None:

@@ -35,26 +35,27 @@ class IngestClient:
         self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=max_queue)
         self._batch_size, self._flush_interval_s, self._max_retries = batch_size, flush_interval_s, max_retries
         self.stats: dict[str, Any] = {"sent": 0, "dropped": 0, "failed": 0, "retries": 0, "last_error": None}
-        self._idle = threading.Event()
-        self._idle.set()
+        self._pending = 0  # queued or in flight; flush() waits for 0
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="tuneloop-ingest", daemon=True)
         self._thread.start()
 
     def log(self, **record: Any) -> str:
         """Queue one record (fields as the API takes them); returns its id. Never blocks."""
         record.setdefault("id", uuid.uuid4().hex)
-        try:
-            self._queue.put_nowait(record)
-            self._idle.clear()
-        except queue.Full:
-            self.stats["dropped"] += 1
+        with self._lock:
+            try:
+                self._queue.put_nowait(record)
+                self._pending += 1
+            except queue.Full:
+                self.stats["dropped"] += 1
         return str(record["id"])
 
     def flush(self, timeout_s: float = 30.0) -> bool:
         """Wait until everything queued so far is sent (or given up); False on timeout."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self._queue.empty() and self._idle.is_set():
+            if self._pending == 0:
                 return True
             time.sleep(0.02)
         return False
@@ -83,10 +84,15 @@ class IngestClient:
                     return
                 batch.append(item)
             self._send(batch)
-            if self._queue.empty():
-                self._idle.set()
 
     def _send(self, batch: list[dict[str, Any]]) -> None:
+        try:
+            self._post(batch)
+        finally:
+            with self._lock:
+                self._pending -= len(batch)
+
+    def _post(self, batch: list[dict[str, Any]]) -> None:
         import httpx
 
         key = uuid.uuid4().hex

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from monitors.descriptors import Vocabulary, describe
+from monitors.metrics.classification import normalise_label
 
 COLUMNS = ("prompt", "output")
 NUMERIC = ("length", "word_count", "oov_share", "non_letter_share")
@@ -153,6 +154,4 @@ def _more_often(name: str, count: int, n: int, reference_count: int, reference_n
 
 
 def _same(prediction: str | None, label: str | None) -> bool:
-    from monitors.metrics.classification import normalise_label
-
     return prediction is not None and label is not None and normalise_label(prediction) == normalise_label(label)

@@ -15,6 +15,8 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from monitors import records as records_io
 from monitors import tokens
@@ -106,8 +108,6 @@ def create_app(settings: Any) -> FastAPI:
         key = request.headers.get("idempotency-key")
         if key is not None and not (0 < len(key) <= 200):
             raise _HttpProblem(400, "`Idempotency-Key` must be 1-200 characters")
-        from starlette.concurrency import run_in_threadpool
-
         result = await run_in_threadpool(records_io.store, engine, parsed, resolver, idempotency_key=key)
         return JSONResponse(result.as_dict(), status_code=200 if result.replayed else 201)
 
@@ -117,10 +117,8 @@ def create_app(settings: Any) -> FastAPI:
         payload = await read_json(request)
         try:
             feedback = records_io.Feedback.model_validate(payload)
-        except Exception as exc:
+        except ValidationError as exc:
             raise InvalidInput(f"invalid feedback: {exc}", hint="send {rating?, label?, reference?}") from None
-        from starlette.concurrency import run_in_threadpool
-
         await run_in_threadpool(records_io.add_feedback, engine, record_id, feedback)
         return JSONResponse({"record_id": record_id, "stored": True}, status_code=201)
 

@@ -161,22 +161,26 @@ def store(engine: sa.Engine, records: Sequence[RecordIn], resolver: ModelResolve
         })
         if record.feedback is not None:
             feedback_rows.append({"record_id": record_id, **record.feedback.model_dump(), "at": now})
-    for attempt in range(2):
-        try:
-            with engine.begin() as conn:
-                if idempotency_key:
-                    earlier = _replay(conn, idempotency_key)
-                    if earlier is not None:
-                        return earlier
-                result = _insert(conn, rows, feedback_rows)
-                if idempotency_key:
-                    conn.execute(tables.ingest_requests.insert().values(
-                        key=idempotency_key, response=json.dumps(result.as_dict()), at=now))
-                return result
-        except sa.exc.IntegrityError:
-            if attempt or not idempotency_key:
-                raise  # the same key committed concurrently (PostgreSQL): read its answer once more
-    raise AssertionError("unreachable")
+    try:
+        return _store_once(engine, rows, feedback_rows, idempotency_key, now)
+    except sa.exc.IntegrityError:
+        if not idempotency_key:
+            raise
+        # The same key committed concurrently (PostgreSQL has no BEGIN IMMEDIATE): this try replays it.
+        return _store_once(engine, rows, feedback_rows, idempotency_key, now)
+
+
+def _store_once(engine: sa.Engine, rows: list[dict[str, Any]], feedback_rows: list[dict[str, Any]],
+                idempotency_key: str | None, now: datetime) -> StoreResult:
+    with engine.begin() as conn:
+        if idempotency_key:
+            earlier = _replay(conn, idempotency_key)
+            if earlier is not None:
+                return earlier
+        result = _insert(conn, rows, feedback_rows)
+        if idempotency_key:
+            conn.execute(tables.ingest_requests.insert().values(key=idempotency_key, response=json.dumps(result.as_dict()), at=now))
+        return result
 
 
 def _replay(conn: sa.Connection, key: str) -> StoreResult | None:
@@ -189,11 +193,12 @@ def _replay(conn: sa.Connection, key: str) -> StoreResult | None:
 def _insert(conn: sa.Connection, rows: list[dict[str, Any]], feedback_rows: list[dict[str, Any]]) -> StoreResult:
     ids = [r["id"] for r in rows]
     existing = set(conn.execute(sa.select(tables.records.c.id).where(tables.records.c.id.in_(ids))).scalars())
-    fresh = [r for r in rows if r["id"] not in existing]
-    seen: set[str] = set()
-    unique = [r for r in fresh if not (r["id"] in seen or seen.add(r["id"]))]  # type: ignore[func-returns-value]
+    unique: dict[str, dict[str, Any]] = {}  # an id repeated within the batch is stored once
+    for row in rows:
+        if row["id"] not in existing:
+            unique.setdefault(row["id"], row)
     if unique:
-        conn.execute(tables.records.insert(), unique)
+        conn.execute(tables.records.insert(), list(unique.values()))
     for row in feedback_rows:
         upsert_feedback(conn, row)
     return StoreResult(stored=len(unique), duplicates=len(rows) - len(unique), ids=ids)

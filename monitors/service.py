@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from monitors.backtest import read_records
 from monitors.drift import Record, Reference, WindowResult, build_reference, check_window
 from monitors.monitor_spec import MonitorSpec, load_monitor
+from monitors.records import ModelResolver
 from registry import tables
 from registry.client import RegistryClient
 from tuneloop.digest import file_sha256
@@ -33,10 +34,10 @@ def add(rc: RegistryClient, path: Path, *, replace: bool = False) -> MonitorSpec
     spec = load_monitor(path)
     if spec.reference is None or spec.model is None:
         raise InvalidInput(f"monitor `{path}` needs `model` and `reference.file`", hint="see examples/monitors/support.yaml")
-    _check_model(rc, spec.model)
-    digest = "sha256:" + file_sha256(spec.reference.file) if spec.reference.file.is_file() else None
-    if digest is None:
+    ModelResolver(rc.mlflow).resolve(spec.model)  # an unknown model fails here, not at the first check
+    if not spec.reference.file.is_file():
         raise InvalidInput(f"reference file `{spec.reference.file}` does not exist", hint="fix `reference.file`")
+    digest = "sha256:" + file_sha256(spec.reference.file)
     _reference(rc, spec.reference.file, digest)  # validates the file and fills the cache now
     row = {"name": spec.name, "spec": spec.model_dump_json(), "reference_sha256": digest, "created_at": datetime.now(UTC)}
     with rc.engine.begin() as conn:
@@ -49,12 +50,6 @@ def add(rc: RegistryClient, path: Path, *, replace: bool = False) -> MonitorSpec
         else:
             conn.execute(tables.monitors.insert().values(**row))
     return spec
-
-
-def _check_model(rc: RegistryClient, ref: str) -> None:
-    from monitors.records import ModelResolver
-
-    ModelResolver(rc.mlflow).resolve(ref)
 
 
 def check(rc: RegistryClient, name: str) -> dict[str, Any]:
@@ -96,8 +91,6 @@ def _load(rc: RegistryClient, name: str) -> tuple[MonitorSpec, str, str | None]:
 
 
 def _latest_window(rc: RegistryClient, spec: MonitorSpec) -> tuple[list[Record], int]:
-    from monitors.records import ModelResolver
-
     name, version, alias = ModelResolver(rc.mlflow).resolve(spec.model or "")
     r, f = tables.records, tables.feedback
     query = (sa.select(r.c.seq, r.c.prompt, r.c.output, r.c.prediction, f.c.label)
@@ -115,6 +108,9 @@ def _reference(rc: RegistryClient, path: Path, digest: str) -> Reference:
     if cache.is_file():
         with open(cache, "rb") as f:
             return pickle.load(f)  # noqa: S301 - our own cache file, keyed by the content digest
+    if "sha256:" + file_sha256(path) != digest:
+        raise InvalidInput(f"reference file `{path}` changed since the monitor was added",
+                           hint="restore it, or `tuneloop monitor add --replace` to adopt the new one")
     reference = build_reference(read_records(path))
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(".tmp")

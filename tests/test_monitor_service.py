@@ -55,3 +55,11 @@ def test_add_check_status_and_mlflow_report(sqlite_rc, tmp_path: Path) -> None:
 
     missing = run_cli("monitor", "check", "nope", env=env)
     assert missing.returncode == 1 and "no monitor `nope`" in missing.stderr
+
+    # The cached statistics belong to the file's digest: an edited reference is refused, not silently used.
+    for cached in (tmp_path / "cache" / "monitor-references").glob("*.pickle"):
+        cached.unlink()
+    with open(tmp_path / "reference.jsonl", "a") as f:
+        f.write(json.dumps(drift_data.record(rng)) + "\n")
+    changed = run_cli("monitor", "check", "support-mon", env=env)
+    assert changed.returncode == 1 and "changed since the monitor was added" in changed.stderr

@@ -160,7 +160,8 @@ def import_ratings(rc: RegistryClient, ratings_path: Path, *, review_id: str | N
 
 def _review_of(path: Path) -> str:
     """The review a ratings file belongs to, from the key file exported next to it."""
-    key_file = path.with_name(path.name.split(".")[0] + ".key.json")
+    stem = path.name.removesuffix(path.suffix)  # sheet.csv / sheet.jsonl -> sheet (dots inside the name kept)
+    key_file = path.with_name(stem + ".key.json")
     if key_file.is_file():
         return str(json.loads(key_file.read_text())["review_id"])
     raise UsageError(f"cannot find the key for `{path}` (looked for `{key_file}`)", hint="pass --review REVIEW_ID")

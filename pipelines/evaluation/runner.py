@@ -89,6 +89,7 @@ def load_task_data(task: Task) -> TaskData:
 def evaluate(rc: RegistryClient, suite: Suite, model_ref: str, *, suite_path: Path | None = None,
              progress: bool = True) -> EvalResult:
     import mlflow
+    import pandas as pd
 
     from registry.catalog import resolve
     from registry.tracking import experiment_id
@@ -112,7 +113,7 @@ def evaluate(rc: RegistryClient, suite: Suite, model_ref: str, *, suite_path: Pa
             mlflow.set_tag(f"tuneloop.eval.data.{r.name}.sha256", r.data_digest)
             if r.signatures:  # sacrebleu signatures: BLEU/chrF are only comparable under the same one
                 mlflow.log_params({f"{r.name}.{metric}_signature": sig for metric, sig in r.signatures.items()})
-            mlflow.log_table(_table(r.examples), artifact_file=f"{TABLE_DIR}/{r.name}.json")
+            mlflow.log_table(pd.DataFrame(r.examples), artifact_file=f"{TABLE_DIR}/{r.name}.json")
         run_id = run.info.run_id
     _attach_to_version(rc, mv, overall, run_id, suite.name)
     return EvalResult(run_id=run_id, model=model_id, suite=suite.name, metrics=overall, tasks=results)
@@ -193,12 +194,6 @@ def _overall(results: list[TaskResult]) -> dict[str, float]:
         for name, value in r.metrics.items():
             collected.setdefault(name, []).append(value)
     return {name: sum(values) / len(values) for name, values in collected.items()}
-
-
-def _table(examples: list[dict[str, Any]]) -> Any:
-    import pandas as pd
-
-    return pd.DataFrame(examples)
 
 
 def _attach_to_version(rc: RegistryClient, mv: Any, overall: dict[str, float], run_id: str, suite: str) -> None:

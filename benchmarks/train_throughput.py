@@ -6,8 +6,9 @@ Prints tokens/s (non-padding input tokens), peak RSS and the fraction of the FLO
 
 Every batch holds the same support-ticket row four times, so all setups do identical work per step
 whatever order their samplers draw rows in (with mixed lengths, padding made the figures depend on
-which rows shared a batch). tuneloop and the bare loop run alternately `--rounds` times and the best
-round of each counts, which keeps a noisy neighbour on a 2-core machine from deciding the ratio.
+which rows shared a batch). tuneloop and the bare loop run back to back `--rounds` times: the table shows
+each setup's best round, and the ratio is the median of the rounds' tuneloop/bare ratios, so a noisy
+neighbour on a 2-core machine does not decide it.
 
     .venv/bin/python benchmarks/train_throughput.py [--steps 12] [--stock-steps 2] [--rounds 2] [--peak-gflops 160]
 """
@@ -206,7 +207,7 @@ def main() -> None:
         if variant not in results or result["tok_s"] > results[variant]["tok_s"]:
             results[variant] = result
     flop_per_token = 4 * 134_515_008
-    print(f"SmolLM2-135M, batch {BATCH}x{MAX_LENGTH} tokens, LoRA r={LORA_R} all-linear, NF4 double-quant")
+    print(f"SmolLM2-135M, batches of {BATCH} rows (max_length {MAX_LENGTH}), LoRA r={LORA_R} all-linear, NF4 double-quant")
     print(f"{'setup':44s} {'tok/s':>8s} {'peak RSS':>10s} {'of ceiling':>11s} {'vs stock':>9s}")
     names = {"stock": "stock TRL QLoRA (bf16 compute, grad ckpt)", "tuneloop": "tuneloop qlora recipe",
              "bare": "bare PEFT loop, tuneloop settings"}

@@ -413,7 +413,7 @@ def _build_trainer(recipe: Recipe, choice: PrecisionChoice, model: Any, tokenize
     if recipe.method == "dpo":
         from trl import DPOConfig, DPOTrainer
 
-        return DPOTrainer(
+        trainer = DPOTrainer(
             model=model,
             ref_model=None,  # PEFT's implicit reference: the base with the adapter disabled
             args=DPOConfig(beta=recipe.dpo.beta, **args),
@@ -421,15 +421,32 @@ def _build_trainer(recipe: Recipe, choice: PrecisionChoice, model: Any, tokenize
             eval_dataset=eval_ds,
             processing_class=tokenizer,
         )
-    from trl import SFTConfig
+    else:
+        from trl import SFTConfig
 
-    return _plain_loss_sft_trainer()(
-        model=model,
-        args=SFTConfig(packing=False, **args),
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
-        processing_class=tokenizer,
-    )
+        trainer = _plain_loss_sft_trainer()(
+            model=model,
+            args=SFTConfig(packing=False, **args),
+            train_dataset=train_ds,
+            eval_dataset=eval_ds,
+            processing_class=tokenizer,
+        )
+    _keep_trainable_dtype(trainer.model, choice)
+    return trainer
+
+
+def _keep_trainable_dtype(model: Any, choice: PrecisionChoice) -> None:
+    """TRL 1.16 casts every trainable parameter of a quantized model to bf16 (the QLoRA paper's
+    recipe) whatever the compute dtype. Where the precision policy chose fp32, bf16 LoRA weights are
+    emulated: on an AVX2 CPU a QLoRA step took 1.7x as long (benchmarks/train_throughput.py). Cast
+    them back before the optimizer is created."""
+    import torch
+
+    if choice.dtype != "float32":
+        return
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.to(torch.float32)
 
 
 def _plain_loss_sft_trainer() -> type:

@@ -40,12 +40,13 @@ class Vocabulary:
 def describe(texts: Sequence[str], vocabulary: Vocabulary) -> dict[str, list[float]]:
     """Each descriptor for each text (lists aligned with `texts`)."""
     out: dict[str, list[float]] = {name: [] for name in DESCRIPTORS}
+    known = vocabulary.words.__contains__
     for text in texts:
         words = _WORD.findall(text.lower())
-        visible = [c for c in text if not c.isspace()]
+        visible = len(text) - sum(map(str.isspace, text))  # map over builtins: no Python frame per character
         out["length"].append(float(len(text)))
         out["word_count"].append(float(len(words)))
-        out["oov_share"].append(sum(w not in vocabulary.words for w in words) / len(words) if words else 0.0)
-        out["non_letter_share"].append(sum(not c.isalpha() for c in visible) / len(visible) if visible else 0.0)
+        out["oov_share"].append((len(words) - sum(map(known, words))) / len(words) if words else 0.0)
+        out["non_letter_share"].append((visible - sum(map(str.isalpha, text))) / visible if visible else 0.0)
         out["refusal"].append(1.0 if _REFUSAL.search(text) else 0.0)
     return out

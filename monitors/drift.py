@@ -1,20 +1,23 @@
 """Drift checks of a window of production records against a reference, with calibrated p-values.
 
-Checks, per text column (prompt, output) and descriptor (`monitors.descriptors`):
-  ks           two-sample Kolmogorov-Smirnov: any change of the distribution
-  upper_tail   more of the window above the reference's 99th percentile than the reference has
-  lower_tail   the same below the 1st percentile (length and word count)
-plus `refusal` (rate of refusals and apologies) and, when both sides carry labels, `quality` (accuracy
-of `prediction` against `label`, one-sided: worse only). Tail, refusal and quality counts are compared
-with the reference's counts by Fisher's exact test, one-sided, so the reference's own sampling error is
-part of the test instead of being treated as a known rate.
+Check families (a monitor's `checks`):
+  descriptors  per text column (prompt, output) and descriptor (`monitors.descriptors`):
+                 ks          two-sample Kolmogorov-Smirnov: any change of the distribution
+                 upper_tail  more of the window above the reference's 99th percentile than the reference has
+                 lower_tail  the same below the 1st percentile (length and word count)
+               and `refusal` (rate of refusals and apologies). Tail and refusal counts are compared with
+               the reference's counts by Fisher's exact test, one-sided.
+  domain       a classifier telling window from reference texts, per column (`monitors.domain`)
+  quality      accuracy, macro F1, rating and ROUGE against reference answers when feedback exists
+               (`monitors.quality`)
+  embedding    MMD permutation test on all-MiniLM-L6-v2 embeddings, per column (`monitors.embedding`)
 
 Tail tests have power against contamination (10% of a window's records from elsewhere), which moves a
-KS statistic by at most 0.1. Every p-value is exact or conservative (KS with ties, Fisher's discreteness),
-and a window drifts when any p-value is below alpha / number_of_checks (Bonferroni), so the chance of a
-false alarm per window stays at or under alpha.
+KS statistic by at most 0.1. Every p-value is exact or conservative, and a window drifts when any
+p-value is below alpha / number_of_checks (Bonferroni), so the chance of a false alarm per window stays
+at or under alpha.
 
-The reference is split in three: the vocabulary comes from one half; in the other half, tail thresholds
+The reference is split in two: the vocabulary comes from one half; in the other half, tail thresholds
 come from one quarter and the reference counts beyond them from the other (thresholds chosen on the data
 they are counted on would bias the counts). Out-of-vocabulary shares are thus measured the same way for
 the reference and for a window.
@@ -23,26 +26,24 @@ the reference and for a window.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
+from monitors.checks import CheckResult, Record, WindowResult, more_often
 from monitors.descriptors import Vocabulary, describe
-from monitors.metrics.classification import normalise_label
+from monitors.domain import domain_check
+from monitors.embedding import Embedder, EmbeddingReference, build_embedding_reference, mmd_check
+from monitors.quality import QualityReference, build_quality_reference, quality_checks
+
+__all__ = ["CheckResult", "Record", "Reference", "WindowResult", "build_reference", "check_window"]
 
 COLUMNS = ("prompt", "output")
 NUMERIC = ("length", "word_count", "oov_share", "non_letter_share")
 LOWER_TAIL = ("length", "word_count")
 TAIL_QUANTILE = 0.99
-
-
-@dataclass(frozen=True)
-class Record:
-    prompt: str
-    output: str
-    prediction: str | None = None
-    label: str | None = None
+DOMAIN_TEXTS = 4000
+DEFAULT_CHECKS = ("descriptors", "domain", "quality")
 
 
 @dataclass
@@ -52,12 +53,15 @@ class Reference:
     upper: dict[str, tuple[float, int]]  # key -> (threshold, reference records above it, of `count_size`)
     lower: dict[str, tuple[float, int]]
     refusals: dict[str, int]  # of `size`
-    correct: tuple[int, int] | None  # (correct, labelled) in the reference
+    quality: QualityReference
+    texts: dict[str, list[str]]  # a sample per column, for the domain classifier
+    embeddings: dict[str, EmbeddingReference] | None
     size: int
     count_size: int
 
 
-def build_reference(records: Sequence[Record], seed: int = 0) -> Reference:
+def build_reference(records: Sequence[Record], *, embedder: Embedder | None = None, seed: int = 0) -> Reference:
+    """Reference statistics; pass an `embedder` to prepare the embedding check too."""
     if len(records) < 100:
         raise ValueError(f"a reference needs at least 100 records, got {len(records)}")
     order = np.random.default_rng(seed).permutation(len(records))
@@ -80,41 +84,54 @@ def build_reference(records: Sequence[Record], seed: int = 0) -> Reference:
             if name in LOWER_TAIL:
                 low = float(np.quantile(pick, 1 - TAIL_QUANTILE))
                 lower[key] = (low, int(np.sum(count < low)))
-    labelled = [r for r in records if r.label is not None and r.prediction is not None]
-    correct = (sum(_same(r.prediction, r.label) for r in labelled), len(labelled)) if len(labelled) >= 100 else None
-    return Reference(vocabulary, distributions, upper, lower, refusals, correct, len(stats_half), len(stats_half) - split)
+    texts = {c: [getattr(r, c) for r in stats_half[:DOMAIN_TEXTS]] for c in COLUMNS}
+    embeddings = None
+    if embedder is not None:
+        sample = stats_half[:1000]
+        embeddings = {c: build_embedding_reference(embedder.embed([getattr(r, c) for r in sample]), seed) for c in COLUMNS}
+    return Reference(vocabulary, distributions, upper, lower, refusals, build_quality_reference(records), texts,
+                     embeddings, len(stats_half), len(stats_half) - split)
 
 
-@dataclass
-class CheckResult:
-    check: str
-    statistic: float
-    p_value: float
-    drifted: bool = False
-
-
-@dataclass
-class WindowResult:
-    size: int
-    status: str  # "ok", "drift" or "not enough data"
-    threshold: float  # per-check p-value threshold after the correction
-    checks: list[CheckResult] = field(default_factory=list)
-
-    @property
-    def drifted_checks(self) -> list[str]:
-        return [c.check for c in self.checks if c.drifted]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"size": self.size, "status": self.status, "threshold": self.threshold,
-                "drifted_checks": self.drifted_checks, "checks": [asdict(c) for c in self.checks]}
-
-
-def check_window(reference: Reference, window: Sequence[Record], *, alpha: float = 0.05, min_size: int = 200) -> WindowResult:
-    from scipy import stats
-
+def check_window(reference: Reference, window: Sequence[Record], *, alpha: float = 0.05, min_size: int = 200,
+                 checks: Sequence[str] = DEFAULT_CHECKS, embedder: Embedder | None = None, seed: int = 0) -> WindowResult:
     if len(window) < min_size:
         return WindowResult(size=len(window), status="not enough data", threshold=float("nan"))
-    checks: list[CheckResult] = []
+    results: list[CheckResult] = []
+    notes: list[str] = []
+    if "descriptors" in checks:
+        results += _descriptor_checks(reference, window)
+    if "domain" in checks:
+        results += [domain_check(f"{c}.domain", reference.texts[c], [getattr(r, c) for r in window], seed) for c in COLUMNS]
+    threshold_floor = alpha / _most_checks(checks)  # permutation tests size themselves on it
+    if "quality" in checks:
+        found, notes = quality_checks(reference.quality, window, max(1, min_size // 4), threshold=threshold_floor, seed=seed)
+        results += found
+    if "embedding" in checks:
+        if reference.embeddings is None or embedder is None:
+            raise ValueError("the embedding check needs a reference built with an embedder, and the embedder")
+        for c in COLUMNS:
+            vectors = embedder.embed([getattr(r, c) for r in window])
+            results.append(mmd_check(f"{c}.embedding", reference.embeddings[c], vectors, threshold=threshold_floor, seed=seed))
+    threshold = alpha / len(results)
+    for c in results:
+        c.drifted = c.p_value < threshold
+    status = "drift" if any(c.drifted for c in results) else "ok"
+    times = [r.ts for r in window if r.ts is not None]
+    return WindowResult(size=len(window), status=status, threshold=threshold, checks=results, notes=notes,
+                        start=min(times).isoformat() if times else None, end=max(times).isoformat() if times else None)
+
+
+def _most_checks(families: Sequence[str]) -> int:
+    """How many checks a window can have at most (quality: accuracy, F1, rating, ROUGE)."""
+    per_column = {"descriptors": 2 * len(NUMERIC) + len(LOWER_TAIL) + 1, "domain": 1, "embedding": 1}
+    return sum(per_column[f] * len(COLUMNS) for f in families if f in per_column) + (4 if "quality" in families else 0)
+
+
+def _descriptor_checks(reference: Reference, window: Sequence[Record]) -> list[CheckResult]:
+    from scipy import stats
+
+    results = []
     n = len(window)
     for column in COLUMNS:
         described = describe([getattr(r, column) for r in window], reference.vocabulary[column])
@@ -122,36 +139,12 @@ def check_window(reference: Reference, window: Sequence[Record], *, alpha: float
             key = f"{column}.{name}"
             values = np.asarray(described[name], dtype=float)
             ks = stats.ks_2samp(values, reference.distributions[key], method="asymp")
-            checks.append(CheckResult(f"{key}.ks", float(ks.statistic), float(ks.pvalue)))
+            results.append(CheckResult(f"{key}.ks", float(ks.statistic), float(ks.pvalue)))
             high, ref_above = reference.upper[key]
-            checks.append(_more_often(f"{key}.upper_tail", int(np.sum(values > high)), n, ref_above, reference.count_size))
+            results.append(more_often(f"{key}.upper_tail", int(np.sum(values > high)), n, ref_above, reference.count_size))
             if key in reference.lower:
                 low, ref_below = reference.lower[key]
-                checks.append(_more_often(f"{key}.lower_tail", int(np.sum(values < low)), n, ref_below, reference.count_size))
+                results.append(more_often(f"{key}.lower_tail", int(np.sum(values < low)), n, ref_below, reference.count_size))
         refusals = int(np.sum(described["refusal"]))
-        checks.append(_more_often(f"{column}.refusal", refusals, n, reference.refusals[column], reference.size))
-    labelled = [r for r in window if r.label is not None and r.prediction is not None]
-    if reference.correct is not None and len(labelled) >= min_size // 4:
-        wrong = sum(not _same(r.prediction, r.label) for r in labelled)
-        ref_correct, ref_labelled = reference.correct
-        result = _more_often("quality.accuracy", wrong, len(labelled), ref_labelled - ref_correct, ref_labelled)
-        checks.append(CheckResult("quality.accuracy", 1 - wrong / len(labelled), result.p_value))
-    threshold = alpha / len(checks)
-    for c in checks:
-        c.drifted = c.p_value < threshold
-    status = "drift" if any(c.drifted for c in checks) else "ok"
-    return WindowResult(size=n, status=status, threshold=threshold, checks=checks)
-
-
-def _more_often(name: str, count: int, n: int, reference_count: int, reference_n: int) -> CheckResult:
-    """Fisher's exact test, one-sided: does the window have the event more often than the reference?"""
-    from scipy import stats
-
-    if count == 0 or count / n <= reference_count / reference_n:
-        return CheckResult(name, count / n, 1.0)
-    table = [[count, n - count], [reference_count, reference_n - reference_count]]
-    return CheckResult(name, count / n, float(stats.fisher_exact(table, alternative="greater").pvalue))
-
-
-def _same(prediction: str | None, label: str | None) -> bool:
-    return prediction is not None and label is not None and normalise_label(prediction) == normalise_label(label)
+        results.append(more_often(f"{column}.refusal", refusals, n, reference.refusals[column], reference.size))
+    return results

@@ -1,17 +1,21 @@
 """Declared monitors: `add` stores one, `check` judges its latest window of production records and
 logs it to MLflow, `status` shows every monitor's last state.
 
-Each monitor has one MLflow run (experiment `<prefix>monitors`) with a step per checked window:
-`drift` (0/1), `records`, `p/<check>` and `stat/<check>` per check, an HTML report per window and a
-PNG of the smallest p-value over time against the alarm threshold. Reference statistics are built
-once per reference file (keyed by its sha256) and cached under `cache_dir`.
+Each monitor has one MLflow run (experiment `<prefix>monitors`) created by `add`: the pinned reference
+records as an artifact (`reference/<sha256>/records.jsonl`, see `monitors.references`), then a step
+per checked window: `drift` (0/1), `records`, `p/<check>` and `stat/<check>` per check, an HTML report
+per window and a PNG of the smallest p-value over time against the alarm threshold. Reference
+statistics (and embeddings) are built once per reference digest and set of checks, and cached under
+`cache_dir`; a lost cache is rebuilt from the run's artifact.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import os
 import pickle
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,53 +23,78 @@ from typing import Any
 import sqlalchemy as sa
 
 from monitors.backtest import read_records
-from monitors.drift import Record, Reference, WindowResult, build_reference, check_window
+from monitors.checks import Record, WindowResult
+from monitors.drift import Reference, build_reference, check_window
+from monitors.embedding import Embedder
 from monitors.monitor_spec import MonitorSpec, load_monitor
 from monitors.records import ModelResolver
+from monitors.references import materialise, write_jsonl
 from registry import tables
 from registry.client import RegistryClient
 from tuneloop.digest import file_sha256
 from tuneloop.errors import Conflict, InvalidInput, NotFound
 
 EXPERIMENT = "monitors"
+MIN_REFERENCE = 100
 
 
-def add(rc: RegistryClient, path: Path, *, replace: bool = False) -> MonitorSpec:
+def add(rc: RegistryClient, path: Path, *, replace: bool = False) -> dict[str, Any]:
     spec = load_monitor(path)
     if spec.reference is None or spec.model is None:
-        raise InvalidInput(f"monitor `{path}` needs `model` and `reference.file`", hint="see examples/monitors/support.yaml")
+        raise InvalidInput(f"monitor `{path}` needs `model` and `reference`", hint="see examples/monitors/support.yaml")
     ModelResolver(rc.mlflow).resolve(spec.model)  # an unknown model fails here, not at the first check
-    if not spec.reference.file.is_file():
-        raise InvalidInput(f"reference file `{spec.reference.file}` does not exist", hint="fix `reference.file`")
-    digest = "sha256:" + file_sha256(spec.reference.file)
-    _reference(rc, spec.reference.file, digest)  # validates the file and fills the cache now
-    row = {"name": spec.name, "spec": spec.model_dump_json(), "reference_sha256": digest, "created_at": datetime.now(UTC)}
-    with rc.engine.begin() as conn:
-        exists = conn.execute(sa.select(tables.monitors.c.name).where(tables.monitors.c.name == spec.name)).scalar()
-        if exists and not replace:
-            raise Conflict(f"monitor `{spec.name}` exists", hint="pass --replace to update it")
-        if exists:
-            conn.execute(tables.monitors.update().where(tables.monitors.c.name == spec.name).values(
-                spec=row["spec"], reference_sha256=digest))
-        else:
-            conn.execute(tables.monitors.insert().values(**row))
-    return spec
+    existing = _row(rc, spec.name)
+    if existing is not None and not replace:
+        raise Conflict(f"monitor `{spec.name}` exists", hint="pass --replace to update it")
+    records, source = materialise(rc, spec)
+    if len(records) < MIN_REFERENCE:
+        raise InvalidInput(f"the reference ({source}) holds {len(records)} records; at least {MIN_REFERENCE} are needed",
+                           hint="use a larger file, the eval data or a longer production window")
+    staging = Path(rc.settings.cache_dir).expanduser() / "monitor-references"
+    staging.mkdir(parents=True, exist_ok=True)
+    pinned = write_jsonl(records, staging)
+    run_id = existing["mlflow_run_id"] if existing else None
+    created = run_id is None
+    try:
+        digest = "sha256:" + file_sha256(pinned)
+        _statistics(rc, spec, digest, pinned)  # validates the records and fills the cache now
+        if created:
+            run_id = _create_run(rc, spec)
+        _pin(rc, spec, run_id, digest, pinned, source)
+        with rc.engine.begin() as conn:
+            values = {"spec": spec.model_dump_json(), "reference_sha256": digest, "mlflow_run_id": run_id}
+            if existing is not None:
+                conn.execute(tables.monitors.update().where(tables.monitors.c.name == spec.name).values(**values))
+            else:
+                conn.execute(tables.monitors.insert().values(name=spec.name, created_at=datetime.now(UTC), **values))
+    except Exception:
+        if created and run_id is not None:
+            rc.mlflow.delete_run(run_id)  # nothing half-written: no run without its monitor
+        raise
+    finally:
+        shutil.rmtree(pinned.parent, ignore_errors=True)
+    return {"monitor": spec.name, "model": spec.model, "reference": source, "reference_records": len(records),
+            "reference_sha256": digest, "checks": spec.checks, "run_id": run_id}
 
 
 def check(rc: RegistryClient, name: str) -> dict[str, Any]:
-    """Judge the latest window of the monitor's model (the newest `window.size` records) and log it."""
-    spec, digest, run_id = _load(rc, name)
-    assert spec.reference is not None and spec.model is not None
+    """Judge the latest window of the monitor's model and log it."""
+    row = _row(rc, name)
+    if row is None:
+        raise NotFound(f"no monitor `{name}`", hint="add one with `tuneloop monitor add FILE`; `tuneloop monitor status` lists them")
+    spec = MonitorSpec.model_validate_json(row["spec"])
     window, last_seq = _latest_window(rc, spec)
-    result = check_window(_reference(rc, spec.reference.file, digest), window, alpha=spec.alpha, min_size=spec.min_size)
+    reference = _statistics(rc, spec, row["reference_sha256"], None, run_id=row["mlflow_run_id"])
+    result = check_window(reference, window, alpha=spec.alpha, min_size=spec.min_size, checks=spec.checks,
+                          embedder=_embedder(rc) if "embedding" in spec.checks else None)
     with rc.engine.begin() as conn:
         conn.execute(tables.monitor_windows.insert().values(
             monitor=name, last_seq=last_seq, size=result.size, status=result.status,
             drifted_checks=json.dumps(result.drifted_checks), checked_at=datetime.now(UTC)))
         step = conn.execute(sa.select(sa.func.count()).select_from(tables.monitor_windows).where(
             tables.monitor_windows.c.monitor == name)).scalar_one() - 1
-    run_id = _log(rc, spec, run_id, step, result)
-    return {"monitor": name, "model": spec.model, "step": step, "run_id": run_id, **result.as_dict()}
+    _log(rc, spec, row["mlflow_run_id"], step, result)
+    return {"monitor": name, "model": spec.model, "step": step, "run_id": row["mlflow_run_id"], **result.as_dict()}
 
 
 def status(rc: RegistryClient) -> list[dict[str, Any]]:
@@ -82,55 +111,73 @@ def status(rc: RegistryClient) -> list[dict[str, Any]]:
     return out
 
 
-def _load(rc: RegistryClient, name: str) -> tuple[MonitorSpec, str, str | None]:
+def _row(rc: RegistryClient, name: str) -> Any:
     with rc.engine.connect() as conn:
-        row = conn.execute(sa.select(tables.monitors).where(tables.monitors.c.name == name)).mappings().first()
-    if row is None:
-        raise NotFound(f"no monitor `{name}`", hint="add one with `tuneloop monitor add FILE`; `tuneloop monitor status` lists them")
-    return MonitorSpec.model_validate_json(row["spec"]), row["reference_sha256"], row["mlflow_run_id"]
+        return conn.execute(sa.select(tables.monitors).where(tables.monitors.c.name == name)).mappings().first()
 
 
 def _latest_window(rc: RegistryClient, spec: MonitorSpec) -> tuple[list[Record], int]:
     name, version, alias = ModelResolver(rc.mlflow).resolve(spec.model or "")
     r, f = tables.records, tables.feedback
-    query = (sa.select(r.c.seq, r.c.prompt, r.c.output, r.c.prediction, f.c.label)
+    query = (sa.select(r.c.seq, r.c.prompt, r.c.output, r.c.prediction, r.c.ts, f.c.label, f.c.rating, f.c.reference)
              .select_from(r.outerjoin(f, f.c.record_id == r.c.id))
-             .where(r.c.model == name, (r.c.alias == alias) if alias else (r.c.version == version))
-             .order_by(r.c.seq.desc()).limit(spec.window.size))
+             .where(r.c.model == name, (r.c.alias == alias) if alias else (r.c.version == version)))
+    if spec.window.kind == "time":
+        query = query.where(r.c.ts >= datetime.now(UTC) - spec.window.length).order_by(r.c.seq.desc())
+    else:
+        query = query.order_by(r.c.seq.desc()).limit(spec.window.size)
     with rc.engine.connect() as conn:
         rows = conn.execute(query).all()
     rows.reverse()
-    return [Record(row.prompt, row.output, row.prediction, row.label) for row in rows], (rows[-1].seq if rows else 0)
+    records = [Record(x.prompt, x.output, x.prediction, x.label, x.rating, x.reference, x.ts) for x in rows]
+    return records, (rows[-1].seq if rows else 0)
 
 
-def _reference(rc: RegistryClient, path: Path, digest: str) -> Reference:
-    cache = Path(rc.settings.cache_dir).expanduser() / "monitor-references" / f"{digest.removeprefix('sha256:')}.pickle"
+def _embedder(rc: RegistryClient) -> Embedder:
+    return Embedder(Path(rc.settings.cache_dir).expanduser() / "embeddings-minilm.sqlite")
+
+
+def _statistics(rc: RegistryClient, spec: MonitorSpec, digest: str, pinned: Path | None, *, run_id: str | None = None) -> Reference:
+    """The reference statistics for these records and checks: from the cache, else built from `pinned`
+    (or the run's artifact) and cached."""
+    wants_embeddings = "embedding" in spec.checks
+    key = digest.removeprefix("sha256:") + ("-embedding" if wants_embeddings else "")
+    cache = Path(rc.settings.cache_dir).expanduser() / "monitor-references" / f"{key}.pickle"
     if cache.is_file():
         with open(cache, "rb") as f:
             return pickle.load(f)  # noqa: S301 - our own cache file, keyed by the content digest
-    if "sha256:" + file_sha256(path) != digest:
-        raise InvalidInput(f"reference file `{path}` changed since the monitor was added",
-                           hint="restore it, or `tuneloop monitor add --replace` to adopt the new one")
-    reference = build_reference(read_records(path))
+    if pinned is None:
+        assert run_id is not None
+        pinned = Path(rc.mlflow.download_artifacts(run_id, f"reference/{digest.removeprefix('sha256:')[:16]}/records.jsonl"))
+        if "sha256:" + file_sha256(pinned) != digest:
+            raise InvalidInput(f"the pinned reference of monitor `{spec.name}` changed in the artifact store",
+                               hint="pin it again with `tuneloop monitor add --replace`")
+    reference = build_reference(read_records(pinned), embedder=_embedder(rc) if wants_embeddings else None)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
+    tmp = cache.with_suffix(f".{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
         pickle.dump(reference, f)
     tmp.replace(cache)
     return reference
 
 
-def _log(rc: RegistryClient, spec: MonitorSpec, run_id: str | None, step: int, result: WindowResult) -> str:
+def _create_run(rc: RegistryClient, spec: MonitorSpec) -> str:
     from registry.tracking import experiment_id
 
-    if run_id is None:
-        run = rc.mlflow.create_run(experiment_id(rc.mlflow, rc.settings, EXPERIMENT), run_name=f"monitor {spec.name}",
-                                   tags={"tuneloop.monitor": spec.name, "tuneloop.monitor.model": spec.model or ""})
-        run_id = run.info.run_id
-        rc.mlflow.log_param(run_id, "alpha", spec.alpha)
-        rc.mlflow.log_param(run_id, "window_size", spec.window.size)
-        with rc.engine.begin() as conn:
-            conn.execute(tables.monitors.update().where(tables.monitors.c.name == spec.name).values(mlflow_run_id=run_id))
+    run = rc.mlflow.create_run(experiment_id(rc.mlflow, rc.settings, EXPERIMENT), run_name=f"monitor {spec.name}",
+                               tags={"tuneloop.monitor": spec.name, "tuneloop.monitor.model": spec.model or ""})
+    return str(run.info.run_id)
+
+
+def _pin(rc: RegistryClient, spec: MonitorSpec, run_id: str, digest: str, pinned: Path, source: str) -> None:
+    """Store the reference records in the monitor's run, and describe the monitor in its tags."""
+    rc.mlflow.log_artifact(run_id, str(pinned), f"reference/{digest.removeprefix('sha256:')[:16]}")
+    for key, value in {"reference": source[:5000], "reference_sha256": digest, "alpha": str(spec.alpha),
+                       "window": spec.window.model_dump_json(exclude_none=True), "checks": ",".join(spec.checks)}.items():
+        rc.mlflow.set_tag(run_id, f"tuneloop.monitor.{key}", value)
+
+
+def _log(rc: RegistryClient, spec: MonitorSpec, run_id: str, step: int, result: WindowResult) -> None:
     from mlflow.entities import Metric
 
     now = int(datetime.now(UTC).timestamp() * 1000)
@@ -140,7 +187,6 @@ def _log(rc: RegistryClient, spec: MonitorSpec, run_id: str | None, step: int, r
     rc.mlflow.log_batch(run_id, metrics=metrics)
     rc.mlflow.log_text(run_id, _html(spec, step, result), f"reports/window-{step:05d}.html")
     rc.mlflow.log_figure(run_id, _plot(rc, run_id, result.threshold), "scores.png")
-    return run_id
 
 
 def _plot(rc: RegistryClient, run_id: str, threshold: float) -> Any:
@@ -169,9 +215,18 @@ def _html(spec: MonitorSpec, step: int, result: WindowResult) -> str:
     rows = "".join(
         f"<tr{' class=drift' if c.drifted else ''}><td>{html.escape(c.check)}</td><td>{c.statistic:.4g}</td>"
         f"<td>{c.p_value:.3g}</td><td>{'DRIFT' if c.drifted else ''}</td></tr>" for c in result.checks)
+    explained = ""
+    for c in result.checks:
+        if c.details.get("typical_words") or c.details.get("typical_examples"):
+            words = ", ".join(html.escape(w) for w in c.details.get("typical_words", []))
+            examples = "".join(f"<li>{html.escape(e)}</li>" for e in c.details.get("typical_examples", []))
+            explained += (f"<h2>{html.escape(c.check)}{' (drifted)' if c.drifted else ''}</h2>"
+                          f"<p>words most typical of this window: {words or '-'}</p><ul>{examples}</ul>")
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in result.notes)
     return (f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(spec.name)} window {step}</title>"
             "<style>body{font-family:sans-serif}td,th{padding:2px 8px}.drift{background:#fdd}</style></head><body>"
             f"<h1>{html.escape(spec.name)}: window {step}</h1><p>model {html.escape(spec.model or '')}, "
             f"{result.size} records, status <b>{html.escape(result.status)}</b>, per-check threshold {result.threshold:.3g} "
             f"(alpha {spec.alpha} / {len(result.checks)} checks)</p>"
-            f"<table><tr><th>check</th><th>statistic</th><th>p-value</th><th></th></tr>{rows}</table></body></html>")
+            f"<table><tr><th>check</th><th>statistic</th><th>p-value</th><th></th></tr>{rows}</table>"
+            f"{explained}{f'<h2>Left out</h2><ul>{notes}</ul>' if notes else ''}</body></html>")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,44 @@ def test_odd_text_gives_a_result(reference: Path, tmp_path: Path) -> None:
     odd = [{"prompt": "refund " * 50, "output": ""}, {"prompt": "🙂🙂", "output": "🎉"}] * 150
     report = _backtest(tmp_path, reference, drift_data.write(tmp_path / "odd.jsonl", odd))
     assert report["windows"][0]["status"] == "drift"
+
+
+def test_time_windows_and_the_domain_classifiers_explanation(reference: Path, tmp_path: Path) -> None:
+    start = datetime(2026, 11, 2, tzinfo=UTC)
+    calm = drift_data.windows(1, 300, seed=21)
+    off_topic = drift_data.windows(1, 300, seed=22, kind="off_topic", share=0.3)
+    rows = [{**r, "timestamp": (start + timedelta(seconds=12 * i)).isoformat()} for i, r in enumerate(calm + off_topic)]
+    monitor = tmp_path / "hourly.yaml"
+    monitor.write_text("name: hourly\nwindow: {kind: time, duration: 1h}\nmin_size: 100\n")
+    result = run_cli("monitor", "backtest", "--monitor", str(monitor), "--reference", str(reference), "--current",
+                     str(drift_data.write(tmp_path / "stamped.jsonl", rows)), "--json", env={"TUNELOOP_HOME": str(tmp_path / "home")})
+    assert result.returncode == 0, result.stderr[-2000:]
+    windows = json.loads(result.stdout)["windows"]
+    assert [(w["size"], w["status"], w["start"]) for w in windows] == [
+        (300, "ok", start.isoformat()), (300, "drift", (start + timedelta(hours=1)).isoformat())]
+    domain = next(c for c in windows[1]["checks"] if c["check"] == "prompt.domain")
+    assert domain["drifted"] and {"weather", "football", "quantum", "recipe"} & set(domain["details"]["typical_words"])
+    unstamped = run_cli("monitor", "backtest", "--monitor", str(monitor), "--reference", str(reference), "--current",
+                        str(drift_data.write(tmp_path / "plain.jsonl", calm)), env={"TUNELOOP_HOME": str(tmp_path / "home")})
+    assert unstamped.returncode == 1 and "plain.jsonl:1: `timestamp` is missing" in unstamped.stderr
+
+
+@pytest.mark.acceptance
+def test_embedding_drift_is_quiet_on_fresh_windows_and_finds_planted_changes(reference: Path, tmp_path: Path) -> None:
+    """all-MiniLM-L6-v2 + MMD beside the other checks, on windows of 250 (embedding costs ~5 ms a text here)."""
+    monitor = tmp_path / "embedding.yaml"
+    monitor.write_text("name: emb\nwindow: {size: 250}\nmin_size: 100\nchecks: [descriptors, domain, quality, embedding]\n")
+    env = {"TUNELOOP_HOME": str(tmp_path / "home"), "TUNELOOP_CACHE_DIR": str(tmp_path / "cache")}
+    rows = drift_data.windows(20, 250, seed=31) + drift_data.windows(8, 250, seed=32, kind="off_topic", share=0.2) \
+        + drift_data.windows(8, 250, seed=33, kind="language", share=0.2)
+    result = run_cli("monitor", "backtest", "--monitor", str(monitor), "--reference", str(reference), "--current",
+                     str(drift_data.write(tmp_path / "current.jsonl", rows)), "--json", env=env, timeout=1800)
+    assert result.returncode == 0, result.stderr[-2000:]
+    windows = json.loads(result.stdout)["windows"]
+    fresh, off_topic, language = windows[:20], windows[20:28], windows[28:]
+    assert sum(w["status"] == "drift" for w in fresh) <= 3  # 5% of 20 is 1; 3+ would be p < 0.08 at alpha 0.05
+    embedding_p = [c["p_value"] for w in fresh for c in w["checks"] if c["check"].endswith(".embedding")]
+    assert len(embedding_p) == 40 and sum(p < 0.05 for p in embedding_p) <= 6
+    assert all("prompt.embedding" in w["drifted_checks"] for w in off_topic)
+    assert all({"prompt.embedding", "output.embedding"} <= set(w["drifted_checks"]) for w in language)
+    assert (tmp_path / "cache" / "embeddings-minilm.sqlite").is_file()  # embedded once, reused by later checks

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from tests import drift_data
@@ -56,10 +57,71 @@ def test_add_check_status_and_mlflow_report(sqlite_rc, tmp_path: Path) -> None:
     missing = run_cli("monitor", "check", "nope", env=env)
     assert missing.returncode == 1 and "no monitor `nope`" in missing.stderr
 
-    # The cached statistics belong to the file's digest: an edited reference is refused, not silently used.
+    # The reference is pinned in the monitor's run: editing the file changes nothing until `add --replace`,
+    # and a lost cache is rebuilt from the run's artifact.
+    pinned = {a.path for a in sqlite_rc.mlflow.list_artifacts(run_id, "reference")}
+    assert len(pinned) == 1
     for cached in (tmp_path / "cache" / "monitor-references").glob("*.pickle"):
         cached.unlink()
-    with open(tmp_path / "reference.jsonl", "a") as f:
+    with open(tmp_path / "reference.jsonl", "w") as f:
         f.write(json.dumps(drift_data.record(rng)) + "\n")
-    changed = run_cli("monitor", "check", "support-mon", env=env)
-    assert changed.returncode == 1 and "changed since the monitor was added" in changed.stderr
+    rebuilt = json.loads(run_cli("monitor", "check", "support-mon", "--json", env=env).stdout)
+    assert rebuilt["status"] == "drift" and rebuilt["drifted_checks"] == alarm["drifted_checks"]
+    too_small = run_cli("monitor", "add", str(spec), "--replace", env=env)
+    assert too_small.returncode == 1 and "holds 1 records; at least 100" in too_small.stderr
+    assert {a.path for a in sqlite_rc.mlflow.list_artifacts(run_id, "reference")} == pinned  # the old pin is intact
+
+
+def _version_with_eval_data(rc, tiny_model: Path, tmp_path: Path, rows: list[dict]) -> int:  # type: ignore[no-untyped-def]
+    """A version trained by `tuneloop train` (2 steps on the tiny model), which stores its eval data."""
+    from pipelines.recipes import Recipe
+    from pipelines.training.run import train
+    from registry.base_models import import_base
+
+    def chat(name: str, part: list[dict]) -> Path:
+        return drift_data.write(tmp_path / name, [
+            {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": r["prompt"]},
+                          {"role": "assistant", "content": r["output"]}]} for r in part])
+
+    import_base(rc, "tiny", str(tiny_model))
+    recipe = Recipe.model_validate({
+        "name": "trained", "method": "lora", "base": "tiny:1",
+        "data": {"train": str(chat("train.jsonl", rows[:16])), "eval": str(chat("eval.jsonl", rows)), "max_length": 512},
+        "training": {"max_steps": 2, "batch_size": 4, "checkpoint_every": 100, "eval_every": None}})
+    return int(train(recipe, rc).version or 0)
+
+
+def test_reference_from_the_versions_eval_data_and_from_a_pinned_production_window(sqlite_rc, tiny_model: Path, tmp_path: Path) -> None:
+    from monitors.records import ModelResolver, parse_records, store
+
+    rng = random.Random(5)
+    version = _version_with_eval_data(sqlite_rc, tiny_model, tmp_path, [drift_data.record(rng) for _ in range(400)])
+    env = {"TUNELOOP_HOME": str(sqlite_rc.settings.home), "TUNELOOP_CACHE_DIR": str(tmp_path / "cache")}
+    spec = tmp_path / "eval-ref.yaml"
+    spec.write_text(f"name: from-eval\nmodel: trained:{version}\nwindow: {{size: 300}}\nreference: {{training_data: eval}}\n")
+    added = run_cli("monitor", "add", str(spec), "--json", env=env)
+    assert added.returncode == 0, added.stderr
+    info = json.loads(added.stdout)
+    assert info["reference_records"] == 400 and f"`eval` data of trained:{version}" in info["reference"]
+    make_versions(sqlite_rc, "imported", [{}])  # registered without a tuneloop training run
+    no_data = tmp_path / "no-data.yaml"
+    no_data.write_text("name: no-data\nmodel: imported:1\nreference: {training_data: eval}\n")
+    refused = run_cli("monitor", "add", str(no_data), env=env)
+    assert refused.returncode == 1 and "imported:1 has no stored `eval` data" in refused.stderr
+
+    # Last week's production records become the reference; the check judges the last hour only.
+    now = datetime.now(UTC)
+    week = [{"model": f"trained:{version}", "prompt": r["prompt"], "output": r["output"],
+             "timestamp": (now - timedelta(days=3, minutes=i)).isoformat()} for i, r in enumerate(drift_data.windows(1, 600, seed=6))]
+    hour = [{"model": f"trained:{version}", "prompt": r["prompt"], "output": r["output"],
+             "timestamp": (now - timedelta(minutes=i % 50)).isoformat()}
+            for i, r in enumerate(drift_data.windows(1, 300, seed=7, kind="refusals", share=0.2))]
+    store(sqlite_rc.engine, parse_records(week + hour, 100_000), ModelResolver(sqlite_rc.mlflow))
+    start, end = (now - timedelta(days=7)).strftime("%Y-%m-%dT%H:%M:%SZ"), (now - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    pinned = tmp_path / "window-ref.yaml"
+    pinned.write_text(f"name: from-window\nmodel: trained:{version}\nwindow: {{kind: time, duration: 1h}}\n"
+                      f"min_size: 100\nreference: {{window: {{start: '{start}', end: '{end}'}}}}\n")
+    added = json.loads(run_cli("monitor", "add", str(pinned), "--json", env=env).stdout)
+    assert added["reference_records"] == 600
+    result = json.loads(run_cli("monitor", "check", "from-window", "--json", env=env).stdout)
+    assert result["size"] == 300 and result["status"] == "drift" and "output.refusal" in result["drifted_checks"]

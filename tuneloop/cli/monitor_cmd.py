@@ -12,7 +12,7 @@ from tuneloop.cli.main import AppContext, pass_app
 
 @click.group()
 def monitor() -> None:
-    """Watch production: ingest what models answer, and (soon) drift checks over windows."""
+    """Watch production: ingest what models answer, and check windows of it for drift."""
 
 
 @monitor.command("serve")
@@ -90,22 +90,37 @@ def token_revoke(app: AppContext, name: str) -> None:
 
 @monitor.command("backtest")
 @click.option("--monitor", "monitor_file", required=True, type=click.Path(dir_okay=False), help="Monitor YAML.")
-@click.option("--reference", required=True, type=click.Path(dir_okay=False), help="Reference records (JSONL/CSV).")
+@click.option("--reference", default=None, type=click.Path(dir_okay=False),
+              help="Reference records (JSONL/CSV); default: the monitor's `reference.file`.")
 @click.option("--current", required=True, type=click.Path(dir_okay=False), help="Recorded production records (JSONL/CSV).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document: an entry per window with its drifted checks.")
-def backtest_cmd(monitor_file: str, reference: str, current: str, as_json: bool) -> None:
+@pass_app
+def backtest_cmd(app: AppContext, monitor_file: str, reference: str | None, current: str, as_json: bool) -> None:
     """Run the monitor's checks over every window of CURRENT against REFERENCE, to tune it on history."""
     from monitors.backtest import backtest, read_records
     from monitors.monitor_spec import load_monitor
+    from tuneloop.errors import InvalidInput
 
     spec = load_monitor(monitor_file)
-    result = backtest(spec, read_records(Path(reference)), read_records(Path(current))).as_dict()
+    if reference is None:
+        if spec.reference is None or spec.reference.file is None:
+            raise InvalidInput(f"monitor `{monitor_file}` names no reference file", hint="pass --reference FILE")
+        reference = str(spec.reference.file)
+    embedder = None
+    if "embedding" in spec.checks:
+        from monitors.embedding import Embedder
+
+        embedder = Embedder(Path(app.settings.cache_dir).expanduser() / "embeddings-minilm.sqlite")
+    need_time = spec.window.kind == "time"
+    result = backtest(spec, read_records(Path(reference)), read_records(Path(current), need_time=need_time),
+                      embedder=embedder, progress=not as_json and output.is_tty()).as_dict()
     if as_json:
         output.emit_json(result)
         return
     for w in result["windows"]:
         fired = ", ".join(w["drifted_checks"]) or "-"
-        click.echo(f"window {w['index']:4d}  rows {w['first']}-{w['last']}  {w['status']:15s}  {fired}")
+        where = f"{w['start']} .. {w['end']}" if "start" in w else f"rows {w['first']}-{w['last']}"
+        click.echo(f"window {w['index']:4d}  {where}  {w['size']:6d} records  {w['status']:15s}  {fired}")
     s = result["summary"]
     click.echo(f"{s['drifted']} of {s['judged']} judged windows drifted ({s['windows']} windows)")
 
@@ -119,11 +134,12 @@ def add_cmd(app: AppContext, path: str, replace: bool, as_json: bool) -> None:
     """Declare the monitor in PATH (YAML; see examples/monitors/)."""
     from monitors.service import add
 
-    spec = add(app.registry, Path(path), replace=replace)
+    result = add(app.registry, Path(path), replace=replace)
     if as_json:
-        output.emit_json({"monitor": spec.name, "model": spec.model})
+        output.emit_json(result)
         return
-    click.echo(f"monitor `{spec.name}` watches {spec.model}; check it with `tuneloop monitor check {spec.name}`")
+    click.echo(f"monitor `{result['monitor']}` watches {result['model']} against {result['reference_records']} reference "
+               f"records ({result['reference']}); check it with `tuneloop monitor check {result['monitor']}`")
 
 
 @monitor.command("check")

@@ -91,19 +91,29 @@ def _version_with_eval_data(rc, tiny_model: Path, tmp_path: Path, rows: list[dic
     return int(train(recipe, rc).version or 0)
 
 
-def test_reference_from_the_versions_eval_data_and_from_a_pinned_production_window(sqlite_rc, tiny_model: Path, tmp_path: Path) -> None:
+def _env(rc, tmp_path: Path) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """The CLI's environment for the stores `rc` uses (SQLite or PostgreSQL)."""
+    env = {"TUNELOOP_HOME": str(rc.settings.home), "TUNELOOP_CACHE_DIR": str(tmp_path / "cache")}
+    if rc.settings.stores.database_url:
+        env["TUNELOOP_STORES__MLFLOW_URI"] = rc.settings.stores.mlflow_uri
+        env["TUNELOOP_STORES__DATABASE_URL"] = rc.settings.stores.database_url
+    return env
+
+
+def test_reference_from_the_versions_eval_data_and_from_a_pinned_production_window(rc, tiny_model: Path, tmp_path: Path) -> None:
+    """On SQLite and PostgreSQL: time windows and pinned windows compare real timestamps."""
     from monitors.records import ModelResolver, parse_records, store
 
     rng = random.Random(5)
-    version = _version_with_eval_data(sqlite_rc, tiny_model, tmp_path, [drift_data.record(rng) for _ in range(400)])
-    env = {"TUNELOOP_HOME": str(sqlite_rc.settings.home), "TUNELOOP_CACHE_DIR": str(tmp_path / "cache")}
+    version = _version_with_eval_data(rc, tiny_model, tmp_path, [drift_data.record(rng) for _ in range(400)])
+    env = _env(rc, tmp_path)
     spec = tmp_path / "eval-ref.yaml"
     spec.write_text(f"name: from-eval\nmodel: trained:{version}\nwindow: {{size: 300}}\nreference: {{training_data: eval}}\n")
     added = run_cli("monitor", "add", str(spec), "--json", env=env)
     assert added.returncode == 0, added.stderr
     info = json.loads(added.stdout)
     assert info["reference_records"] == 400 and f"`eval` data of trained:{version}" in info["reference"]
-    make_versions(sqlite_rc, "imported", [{}])  # registered without a tuneloop training run
+    make_versions(rc, "imported", [{}])  # registered without a tuneloop training run
     no_data = tmp_path / "no-data.yaml"
     no_data.write_text("name: no-data\nmodel: imported:1\nreference: {training_data: eval}\n")
     refused = run_cli("monitor", "add", str(no_data), env=env)
@@ -116,7 +126,7 @@ def test_reference_from_the_versions_eval_data_and_from_a_pinned_production_wind
     hour = [{"model": f"trained:{version}", "prompt": r["prompt"], "output": r["output"],
              "timestamp": (now - timedelta(minutes=i % 50)).isoformat()}
             for i, r in enumerate(drift_data.windows(1, 300, seed=7, kind="refusals", share=0.2))]
-    store(sqlite_rc.engine, parse_records(week + hour, 100_000), ModelResolver(sqlite_rc.mlflow))
+    store(rc.engine, parse_records(week + hour, 100_000), ModelResolver(rc.mlflow))
     start, end = (now - timedelta(days=7)).strftime("%Y-%m-%dT%H:%M:%SZ"), (now - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
     pinned = tmp_path / "window-ref.yaml"
     pinned.write_text(f"name: from-window\nmodel: trained:{version}\nwindow: {{kind: time, duration: 1h}}\n"

@@ -93,15 +93,23 @@ def token_revoke(app: AppContext, name: str) -> None:
 @click.option("--reference", default=None, type=click.Path(dir_okay=False),
               help="Reference records (JSONL/CSV); default: the monitor's `reference.file`.")
 @click.option("--current", required=True, type=click.Path(dir_okay=False), help="Recorded production records (JSONL/CSV).")
+@click.option("--alert", "alert_file", default=None, type=click.Path(dir_okay=False),
+              help="An alert rule (YAML) to replay over the windows: the incidents it would have raised.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document: an entry per window with its drifted checks.")
 @pass_app
-def backtest_cmd(app: AppContext, monitor_file: str, reference: str | None, current: str, as_json: bool) -> None:
+def backtest_cmd(app: AppContext, monitor_file: str, reference: str | None, current: str, alert_file: str | None,
+                 as_json: bool) -> None:
     """Run the monitor's checks over every window of CURRENT against REFERENCE, to tune it on history."""
     from monitors.backtest import backtest, read_records
     from monitors.monitor_spec import load_monitor
     from tuneloop.errors import InvalidInput
 
     spec = load_monitor(monitor_file)
+    rule = None
+    if alert_file is not None:
+        from monitors.alert_rules import load_rule
+
+        rule = load_rule(alert_file)  # a bad rule fails before any window is checked
     if reference is None:
         if spec.reference is None or spec.reference.file is None:
             raise InvalidInput(f"monitor `{monitor_file}` names no reference file", hint="pass --reference FILE")
@@ -112,8 +120,14 @@ def backtest_cmd(app: AppContext, monitor_file: str, reference: str | None, curr
 
         embedder = Embedder(Path(app.settings.cache_dir).expanduser() / "embeddings-minilm.sqlite")
     need_time = spec.window.kind == "time"
-    result = backtest(spec, read_records(Path(reference)), read_records(Path(current), need_time=need_time),
-                      embedder=embedder, progress=not as_json and output.is_tty()).as_dict()
+    outcome = backtest(spec, read_records(Path(reference)), read_records(Path(current), need_time=need_time),
+                      embedder=embedder, progress=not as_json and output.is_tty())
+    result = outcome.as_dict()
+    if rule is not None:
+        from monitors.alert_rules import incidents
+
+        result["alerts"] = {"rule": rule.name, "severity": rule.severity,
+                            "incidents": [i.as_dict() for i in incidents(rule, [w for _, _, w in outcome.windows])]}
     if as_json:
         output.emit_json(result)
         return
@@ -123,6 +137,11 @@ def backtest_cmd(app: AppContext, monitor_file: str, reference: str | None, curr
         click.echo(f"window {w['index']:4d}  {where}  {w['size']:6d} records  {w['status']:15s}  {fired}")
     s = result["summary"]
     click.echo(f"{s['drifted']} of {s['judged']} judged windows drifted ({s['windows']} windows)")
+    if rule is not None:
+        found = result["alerts"]["incidents"]
+        click.echo(f"alert `{rule.name}` ({rule.severity}) would have fired {len(found)} time(s)"
+                   + "".join(f"\n  at window {i['opened_at_window']} (streak from {i['streak_started_at_window']}, "
+                             f"closed at {i['closed_at_window'] if i['closed_at_window'] is not None else 'open'})" for i in found))
 
 
 @monitor.command("add")

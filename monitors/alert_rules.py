@@ -1,0 +1,114 @@
+"""Alert rules (YAML, validated) and the incident logic that turns a monitor's windows into alerts.
+
+    name: support-drift
+    monitor: support-champion
+    when: {drift: any}                 # any check drifted; or a check name / glob: output.refusal, prompt.*
+    # when: {check: quality.accuracy, below: 0.8}   a check's statistic against a threshold
+    for_windows: 3                     # K consecutive judged windows before firing
+    resolve_after: 3                   # consecutive calm windows before the incident closes (default: K)
+    cooldown_windows: 10               # after an incident closes, windows before a new one may fire
+    min_size: 200                      # smaller windows neither count nor break a streak
+    severity: warning
+
+One alert per incident, never one per window: an incident opens when the condition has held for K
+consecutive judged windows, stays open while it keeps holding (a single calm window does not close
+it), and a new incident waits out the cooldown. Windows below `min_size` or marked "not enough data"
+are skipped. `incidents` is a pure function of the window results, so `monitor backtest --alert`
+replays a rule over history exactly as the live loop applies it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from monitors.checks import WindowResult
+from tuneloop.yaml_models import Strict, load_yaml_model
+
+
+class Condition(Strict):
+    drift: str | None = Field(None, description="`any`, or a check name or glob (e.g. `output.refusal`, `prompt.*`) that drifted")
+    check: str | None = Field(None, description="A check whose statistic is compared with `above` or `below`")
+    above: float | None = None
+    below: float | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Condition:
+        if (self.drift is None) == (self.check is None):
+            raise ValueError("give either `drift` (a check that drifted) or `check` with `above`/`below`")
+        if self.check is not None and (self.above is None) == (self.below is None):
+            raise ValueError("a `check` condition needs exactly one of `above` and `below`")
+        if self.drift is not None and (self.above is not None or self.below is not None):
+            raise ValueError("`above`/`below` go with `check`, not `drift`")
+        return self
+
+    def holds(self, window: WindowResult) -> bool:
+        if self.drift is not None:
+            return any(self.drift == "any" or fnmatch.fnmatchcase(name, self.drift) for name in window.drifted_checks)
+        found = [c.statistic for c in window.checks if c.check == self.check]
+        if not found:
+            return False  # the check did not run (e.g. no feedback in this window): no evidence either way
+        return found[0] > self.above if self.above is not None else found[0] < self.below  # type: ignore[operator]
+
+
+class AlertRule(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    monitor: str | None = Field(None, description="The monitor whose windows the rule reads")
+    when: Condition
+    for_windows: int = Field(3, ge=1, le=1000, description="Consecutive windows the condition must hold before firing")
+    resolve_after: int | None = Field(None, ge=1, le=1000, description="Consecutive calm windows that close an incident (default: for_windows)")
+    cooldown_windows: int = Field(0, ge=0, le=100_000, description="Windows after an incident closes before a new one may fire")
+    min_size: int = Field(1, ge=1, description="Windows with fewer records are skipped")
+    severity: Literal["info", "warning", "critical"] = "warning"
+
+
+def load_rule(path: str | Path) -> AlertRule:
+    return load_yaml_model(path, AlertRule, kind="alert rule", hint="see examples/alerts/ for a working rule")
+
+
+@dataclass
+class Incident:
+    opened: int  # index of the window that fired the alert
+    first: int  # first window of the streak that led to it
+    closed: int | None = None  # index of the window that closed it; None while open
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"opened_at_window": self.opened, "streak_started_at_window": self.first, "closed_at_window": self.closed}
+
+
+def incidents(rule: AlertRule, windows: Sequence[WindowResult]) -> list[Incident]:
+    """Replay `rule` over windows in order; every incident it would have raised."""
+    found: list[Incident] = []
+    streak_start: int | None = None
+    streak = calm = 0
+    open_incident: Incident | None = None
+    cooldown_left = 0
+    resolve_after = rule.resolve_after or rule.for_windows
+    for index, window in enumerate(windows):
+        if window.status == "not enough data" or window.size < rule.min_size:
+            continue
+        holds = rule.when.holds(window)
+        if open_incident is not None:
+            calm = 0 if holds else calm + 1
+            if calm >= resolve_after:
+                open_incident.closed, open_incident = index, None
+                cooldown_left, streak, streak_start = rule.cooldown_windows, 0, None
+            continue
+        if cooldown_left > 0:
+            cooldown_left -= 1
+            continue
+        if holds:
+            streak_start = index if streak == 0 else streak_start
+            streak += 1
+            if streak >= rule.for_windows:
+                open_incident = Incident(opened=index, first=streak_start if streak_start is not None else index)
+                found.append(open_incident)
+                calm = 0
+        else:
+            streak, streak_start = 0, None
+    return found

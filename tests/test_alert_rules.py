@@ -1,0 +1,107 @@
+"""Alert rules: one alert per incident, K consecutive windows, hysteresis, cooldown, and few false
+alerts on traffic from the reference distribution."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from monitors.alert_rules import AlertRule, incidents, load_rule
+from monitors.checks import CheckResult, WindowResult
+from tests import drift_data
+from tests.conftest import run_cli
+
+
+def _windows(pattern: str) -> list[WindowResult]:
+    """`D` drifted, `.` calm, `s` too small to judge."""
+    out = []
+    for mark in pattern:
+        if mark == "s":
+            out.append(WindowResult(size=50, status="not enough data", threshold=float("nan")))
+        else:
+            check = CheckResult("output.refusal", 0.3 if mark == "D" else 0.01, 1e-9 if mark == "D" else 0.5, drifted=mark == "D")
+            out.append(WindowResult(size=500, status="drift" if mark == "D" else "ok", threshold=0.001, checks=[check]))
+    return out
+
+
+def _rule(**extra) -> AlertRule:  # type: ignore[no-untyped-def]
+    return AlertRule.model_validate({"name": "r", "when": {"drift": "any"}, "for_windows": 3, **extra})
+
+
+def test_an_incident_fires_after_k_windows_and_once_while_it_lasts() -> None:
+    found = incidents(_rule(), _windows("..DD.DDD.DDDDDD.D...."))
+    assert [(i.first, i.opened, i.closed) for i in found] == [(5, 7, 19)]  # one calm window does not close it
+    assert incidents(_rule(), _windows("DD.DD.DD.DD")) == []  # never 3 in a row
+
+
+def test_small_windows_are_skipped_and_cooldown_delays_the_next_incident() -> None:
+    assert [i.opened for i in incidents(_rule(), _windows("DsDsD"))] == [4]
+    pattern = "DDD..." + "DDD" + "...." + "DDD"
+    assert [i.opened for i in incidents(_rule(cooldown_windows=0), _windows(pattern))] == [2, 8, 15]
+    # closed at window 5; 4 cooldown windows (6-9) swallow the second burst's start, so no 3-streak until 15
+    assert [i.opened for i in incidents(_rule(cooldown_windows=4), _windows(pattern))] == [2, 15]
+
+
+def test_conditions_on_a_named_check_or_a_statistic() -> None:
+    windows = _windows("DDDD")
+    assert len(incidents(_rule(when={"drift": "output.*"}), windows)) == 1
+    assert incidents(_rule(when={"drift": "prompt.*"}), windows) == []
+    assert len(incidents(_rule(when={"check": "output.refusal", "above": 0.2}), windows)) == 1
+    assert incidents(_rule(when={"check": "quality.accuracy", "below": 0.8}), windows) == []  # the check never ran
+
+
+def test_bad_rules_are_refused_with_every_problem(tmp_path: Path) -> None:
+    path = tmp_path / "rule.yaml"
+    path.write_text("name: r\nwhen: {check: quality.accuracy}\nfor_windows: 0\nseverity: loud\nextra: 1\n")
+    from tuneloop.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        load_rule(path)
+    message = str(caught.value)
+    for problem in ("`when`", "`for_windows`", "`severity`", "`extra`: unknown key"):
+        assert problem in message, message
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    rng = random.Random(12345)
+    return drift_data.write(tmp_path_factory.mktemp("ref") / "reference.jsonl", [drift_data.record(rng) for _ in range(6000)])
+
+
+def test_backtest_replays_a_rule_over_a_planted_incident(reference: Path, tmp_path: Path) -> None:
+    rows = drift_data.windows(6, 500, seed=41) + drift_data.windows(8, 500, seed=42, kind="refusals", share=0.2) \
+        + drift_data.windows(6, 500, seed=43)
+    monitor = tmp_path / "monitor.yaml"
+    monitor.write_text("name: support\nwindow: {size: 500}\n")
+    result = run_cli("monitor", "backtest", "--monitor", str(monitor), "--reference", str(reference), "--current",
+                     str(drift_data.write(tmp_path / "current.jsonl", rows)), "--alert",
+                     str(Path(__file__).parents[1] / "examples" / "alerts" / "support-drift.yaml"), "--json",
+                     env={"TUNELOOP_HOME": str(tmp_path / "home")})
+    assert result.returncode == 0, result.stderr[-2000:]
+    alerts = json.loads(result.stdout)["alerts"]
+    assert alerts["rule"] == "support-drift"
+    assert [(i["streak_started_at_window"], i["opened_at_window"], i["closed_at_window"]) for i in alerts["incidents"]] == [(6, 8, 16)]
+
+
+@pytest.mark.acceptance
+def test_k3_rule_on_same_distribution_traffic_fires_rarely_and_once_per_planted_incident(reference: Path) -> None:
+    from monitors.backtest import read_records
+    from monitors.checks import Record
+    from monitors.drift import build_reference, check_window
+
+    ref = build_reference(read_records(reference))
+    rule = _rule(resolve_after=3, cooldown_windows=10)
+
+    def results(rows: list[dict]) -> list[WindowResult]:
+        return [check_window(ref, [Record(**r) for r in rows[i : i + 500]]) for i in range(0, len(rows), 500)]
+
+    false_alerts = sum(len(incidents(rule, results(drift_data.windows(50, 500, seed=1000 + s)))) for s in range(20))
+    assert false_alerts <= 2
+    for s, kind in enumerate(("off_topic", "refusals", "wrong_predictions")):
+        rows = drift_data.windows(15, 500, seed=2000 + s) + drift_data.windows(15, 500, seed=3000 + s, kind=kind, share=0.2) \
+            + drift_data.windows(20, 500, seed=4000 + s)
+        found = incidents(rule, results(rows))
+        assert len(found) == 1 and 15 <= found[0].first <= found[0].opened <= 17 + 2, (kind, [i.as_dict() for i in found])

@@ -7,6 +7,8 @@ import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from tests import drift_data
 from tests.conftest import run_cli
 from tests.registry_helpers import make_versions
@@ -100,6 +102,7 @@ def _env(rc, tmp_path: Path) -> dict[str, str]:  # type: ignore[no-untyped-def]
     return env
 
 
+@pytest.mark.acceptance  # trains a tiny model and runs five CLI processes, on both stores: ~75 s
 def test_reference_from_the_versions_eval_data_and_from_a_pinned_production_window(rc, tiny_model: Path, tmp_path: Path) -> None:
     """On SQLite and PostgreSQL: time windows and pinned windows compare real timestamps."""
     from monitors.records import ModelResolver, parse_records, store

@@ -40,16 +40,23 @@ def materialise(rc: Any, spec: MonitorSpec) -> tuple[list[Record], str]:
     if ref.training_data is not None:
         return _training_data(rc, name, version, ref.training_data)
     assert ref.window is not None
-    r, f = tables.records, tables.feedback
-    query = (sa.select(r.c.prompt, r.c.output, r.c.prediction, r.c.ts, f.c.label, f.c.rating, f.c.reference)
-             .select_from(r.outerjoin(f, f.c.record_id == r.c.id))
-             .where(r.c.model == name, (r.c.alias == alias) if alias else (r.c.version == version),
-                    r.c.ts >= ref.window.start, r.c.ts < ref.window.end)
-             .order_by(r.c.seq))
+    r = tables.records
+    query = model_records(name, version, alias).where(r.c.ts >= ref.window.start, r.c.ts < ref.window.end).order_by(r.c.seq)
     with rc.engine.connect() as conn:
-        rows = conn.execute(query).all()
-    records = [Record(x.prompt, x.output, x.prediction, x.label, x.rating, x.reference, x.ts) for x in rows]
+        records = [as_record(row) for row in conn.execute(query)]
     return records, f"production records of {spec.model} from {ref.window.start.isoformat()} to {ref.window.end.isoformat()}"
+
+
+def model_records(name: str, version: int, alias: str | None) -> sa.Select:
+    """Stored records of a model (by alias when the monitor names one, else by version), with feedback."""
+    r, f = tables.records, tables.feedback
+    return (sa.select(r.c.seq, r.c.prompt, r.c.output, r.c.prediction, r.c.ts, f.c.label, f.c.rating, f.c.reference)
+            .select_from(r.outerjoin(f, f.c.record_id == r.c.id))
+            .where(r.c.model == name, (r.c.alias == alias) if alias else (r.c.version == version)))
+
+
+def as_record(row: Any) -> Record:
+    return Record(row.prompt, row.output, row.prediction, row.label, row.rating, row.reference, row.ts)
 
 
 RUN_CONTEXT = {"train": "training", "eval": "evaluation"}  # how `tuneloop train` names its data in the run

@@ -28,7 +28,7 @@ from monitors.drift import Reference, build_reference, check_window
 from monitors.embedding import Embedder
 from monitors.monitor_spec import MonitorSpec, load_monitor
 from monitors.records import ModelResolver
-from monitors.references import materialise, write_jsonl
+from monitors.references import as_record, materialise, model_records, write_jsonl
 from registry import tables
 from registry.client import RegistryClient
 from tuneloop.digest import file_sha256
@@ -117,11 +117,8 @@ def _row(rc: RegistryClient, name: str) -> Any:
 
 
 def _latest_window(rc: RegistryClient, spec: MonitorSpec) -> tuple[list[Record], int]:
-    name, version, alias = ModelResolver(rc.mlflow).resolve(spec.model or "")
-    r, f = tables.records, tables.feedback
-    query = (sa.select(r.c.seq, r.c.prompt, r.c.output, r.c.prediction, r.c.ts, f.c.label, f.c.rating, f.c.reference)
-             .select_from(r.outerjoin(f, f.c.record_id == r.c.id))
-             .where(r.c.model == name, (r.c.alias == alias) if alias else (r.c.version == version)))
+    r = tables.records
+    query = model_records(*ModelResolver(rc.mlflow).resolve(spec.model or ""))
     if spec.window.kind == "time":
         query = query.where(r.c.ts >= datetime.now(UTC) - spec.window.length).order_by(r.c.seq.desc())
     else:
@@ -129,8 +126,7 @@ def _latest_window(rc: RegistryClient, spec: MonitorSpec) -> tuple[list[Record],
     with rc.engine.connect() as conn:
         rows = conn.execute(query).all()
     rows.reverse()
-    records = [Record(x.prompt, x.output, x.prediction, x.label, x.rating, x.reference, x.ts) for x in rows]
-    return records, (rows[-1].seq if rows else 0)
+    return [as_record(row) for row in rows], (rows[-1].seq if rows else 0)
 
 
 def _embedder(rc: RegistryClient) -> Embedder:

@@ -1,5 +1,5 @@
 """False alarms and power of tuneloop's drift checks beside Evidently's default `DataDriftPreset`, on the
-same windows of synthetic support traffic (`tests/drift_data.py`).
+same windows of synthetic support traffic (`pipelines/traffic.py`).
 
 Evidently gets the same raw columns (prompt and output as text, prediction and label as categories)
 plus its own descriptors of both texts (TextLength, WordCount, NonLetterCharacterPercentage;
@@ -20,7 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests import drift_data  # noqa: E402
+from pipelines import traffic as drift_data  # noqa: E402
 
 
 def _evidently_dataset(frame):  # type: ignore[no-untyped-def]

@@ -120,7 +120,7 @@ def drift_section(n: int) -> None:
     sys.path.insert(0, str(REPO))
     from benchmarks.drift_quality import _evidently_dataset, _evidently_verdict
     from monitors.drift import Record, build_reference, check_window
-    from tests import drift_data
+    from pipelines import traffic as drift_data
 
     rng = random.Random(1)
     reference_rows = [drift_data.record(rng) for _ in range(n)]

@@ -9,6 +9,7 @@
     cooldown_windows: 10               # after an incident closes, windows before a new one may fire
     min_size: 200                      # smaller windows neither count nor break a streak
     severity: warning
+    webhooks: [https://hooks.example.com/T0/B0]   # JSON POST per opened/resolved incident, retried
 
 One alert per incident, never one per window: an incident opens when the condition has held for K
 consecutive judged windows, stays open while it keeps holding (a single calm window does not close
@@ -65,6 +66,15 @@ class AlertRule(Strict):
     cooldown_windows: int = Field(0, ge=0, le=100_000, description="Windows after an incident closes before a new one may fire")
     min_size: int = Field(1, ge=1, description="Windows with fewer records are skipped")
     severity: Literal["info", "warning", "critical"] = "warning"
+    webhooks: list[str] = Field(default_factory=list, description="URLs that get a JSON POST when an incident opens "
+                                "or resolves (retried with backoff); they may carry tokens, so they are never logged")
+
+    @model_validator(mode="after")
+    def _http_webhooks(self) -> AlertRule:
+        bad = [i for i, url in enumerate(self.webhooks) if not url.startswith(("http://", "https://"))]
+        if bad:
+            raise ValueError(f"`webhooks` entries {bad} are not http(s) URLs")
+        return self
 
 
 def load_rule(path: str | Path) -> AlertRule:

@@ -63,6 +63,15 @@ RUN_CONTEXT = {"train": "training", "eval": "evaluation"}  # how `tuneloop train
 
 
 def _training_data(rc: Any, name: str, version: int, context: str) -> tuple[list[Record], str]:
+    path, digest = stored_data_file(rc, name, version, context)
+    from tuneloop.rowfiles import read_rows
+
+    records = [_from_training_row(row) for _, row in read_rows(path)]
+    return [r for r in records if r is not None], f"`{context}` data of {name}:{version} ({digest[:23]})"
+
+
+def stored_data_file(rc: Any, name: str, version: int, context: str) -> tuple[Path, str]:
+    """(local copy, sha256) of the `train` or `eval` file a version was trained with, verified by digest."""
     mv = rc.mlflow.get_model_version(name, str(version))
     stored = RUN_CONTEXT[context]
     digest = rc.mlflow.get_run(mv.run_id).data.tags.get(f"tuneloop.data.{stored}.sha256") if mv.run_id else None
@@ -74,10 +83,7 @@ def _training_data(rc: Any, name: str, version: int, context: str) -> tuple[list
     if len(files) != 1 or "sha256:" + file_sha256(files[0]) != digest:
         raise InvalidInput(f"the stored `{context}` data of {name}:{version} does not match its digest {digest}",
                            hint="the artifact store was changed; pin a reference file instead")
-    from tuneloop.rowfiles import read_rows
-
-    records = [_from_training_row(row) for _, row in read_rows(files[0])]
-    return [r for r in records if r is not None], f"`{context}` data of {name}:{version} ({digest[:23]})"
+    return files[0], digest
 
 
 def _from_training_row(row: Any) -> Record | None:

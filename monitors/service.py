@@ -79,22 +79,87 @@ def add(rc: RegistryClient, path: Path, *, replace: bool = False) -> dict[str, A
 
 def check(rc: RegistryClient, name: str) -> dict[str, Any]:
     """Judge the latest window of the monitor's model and log it."""
+    row, spec = _monitor(rc, name)
+    window, last_seq = _latest_window(rc, spec)
+    return _judge(rc, row, spec, window, last_seq)
+
+
+def check_pending(rc: RegistryClient, name: str, *, limit: int = 1000) -> list[dict[str, Any]]:
+    """Judge every window that completed since the last judged one, oldest first (what the scheduler runs).
+
+    Count windows end every `stride` records of the model; time windows are judged once per interval in
+    which records arrived. Records inside a pinned production-window reference are not judged against it. A window that is already judged is never judged again, so repeated calls
+    with no new traffic add nothing (and cannot stretch an alert's K-window streak).
+    """
+    row, spec = _monitor(rc, name)
+    with rc.engine.connect() as conn:
+        judged = conn.execute(sa.select(sa.func.max(tables.monitor_windows.c.last_seq))
+                              .where(tables.monitor_windows.c.monitor == name)).scalar() or 0
+    model = ModelResolver(rc.mlflow).resolve(spec.model or "")
+    r = tables.records
+    pending = model_records(*model).where(r.c.seq > judged)
+    if spec.reference is not None and spec.reference.window is not None:  # never judge the reference against itself
+        pending = pending.where(r.c.ts >= spec.reference.window.end)
+    with rc.engine.connect() as conn:
+        new_seqs = [x.seq for x in conn.execute(pending.order_by(r.c.seq))]
+    if not new_seqs:
+        return []
+    if spec.window.kind == "time":
+        window, last_seq = _latest_window(rc, spec)
+        return [_judge(rc, row, spec, window, last_seq)]
+    stride = int(spec.window.stride)
+    results = []
+    for end in range(stride, len(new_seqs) + 1, stride):
+        if len(results) >= limit:
+            break
+        query = model_records(*model).where(r.c.seq <= new_seqs[end - 1]).order_by(r.c.seq.desc()).limit(spec.window.size)
+        with rc.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        rows.reverse()
+        results.append(_judge(rc, row, spec, [as_record(x) for x in rows], rows[-1].seq))
+    return results
+
+
+def _monitor(rc: RegistryClient, name: str) -> tuple[Any, MonitorSpec]:
     row = _row(rc, name)
     if row is None:
         raise NotFound(f"no monitor `{name}`", hint="add one with `tuneloop monitor add FILE`; `tuneloop monitor status` lists them")
-    spec = MonitorSpec.model_validate_json(row["spec"])
-    window, last_seq = _latest_window(rc, spec)
+    return row, MonitorSpec.model_validate_json(row["spec"])
+
+
+def _judge(rc: RegistryClient, row: Any, spec: MonitorSpec, window: list[Record], last_seq: int) -> dict[str, Any]:
     reference = _statistics(rc, spec, row["reference_sha256"], None, run_id=row["mlflow_run_id"])
     result = check_window(reference, window, alpha=spec.alpha, min_size=spec.min_size, checks=spec.checks,
                           embedder=_embedder(rc) if "embedding" in spec.checks else None)
+    stats = [{"check": c.check, "statistic": c.statistic, "p_value": c.p_value, "drifted": c.drifted} for c in result.checks]
     with rc.engine.begin() as conn:
-        conn.execute(tables.monitor_windows.insert().values(
-            monitor=name, last_seq=last_seq, size=result.size, status=result.status,
-            drifted_checks=json.dumps(result.drifted_checks), checked_at=datetime.now(UTC)))
+        window_id = conn.execute(tables.monitor_windows.insert().values(
+            monitor=spec.name, last_seq=last_seq, size=result.size, status=result.status,
+            drifted_checks=json.dumps(result.drifted_checks), checks=json.dumps(stats),
+            checked_at=datetime.now(UTC))).inserted_primary_key[0]
         step = conn.execute(sa.select(sa.func.count()).select_from(tables.monitor_windows).where(
-            tables.monitor_windows.c.monitor == name)).scalar_one() - 1
+            tables.monitor_windows.c.monitor == spec.name)).scalar_one() - 1
     _log(rc, spec, row["mlflow_run_id"], step, result)
-    return {"monitor": name, "model": spec.model, "step": step, "run_id": row["mlflow_run_id"], **result.as_dict()}
+    return {"monitor": spec.name, "model": spec.model, "step": step, "window_id": int(window_id),
+            "run_id": row["mlflow_run_id"], **result.as_dict()}
+
+
+def judged_windows(rc: RegistryClient, name: str) -> tuple[list[int], list[WindowResult]]:
+    """(window ids, results) of every judged window of monitor `name`, oldest first, as alert rules replay them."""
+    from monitors.checks import CheckResult
+
+    w = tables.monitor_windows
+    with rc.engine.connect() as conn:
+        rows = conn.execute(sa.select(w).where(w.c.monitor == name).order_by(w.c.id)).mappings().all()
+    ids, results = [], []
+    for row in rows:
+        if row["checks"] is not None:
+            checks = [CheckResult(**c) for c in json.loads(row["checks"])]
+        else:  # windows judged before statistics were stored: the drifted names are all we know
+            checks = [CheckResult(check=n, statistic=float("nan"), p_value=0.0, drifted=True) for n in json.loads(row["drifted_checks"])]
+        ids.append(int(row["id"]))
+        results.append(WindowResult(size=row["size"], status=row["status"], threshold=float("nan"), checks=checks))
+    return ids, results
 
 
 def status(rc: RegistryClient) -> list[dict[str, Any]]:

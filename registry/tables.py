@@ -109,3 +109,107 @@ monitor_windows = sa.Table(
     sa.Column("checked_at", sa.DateTime(timezone=True), nullable=False),
     sa.Index("ix_monitor_windows_monitor", "monitor", "id"),
 )
+# Per-check statistics of each window (JSON), so alert rules on a check's statistic can replay history.
+monitor_windows.append_column(sa.Column("checks", sa.Text, nullable=True))
+
+# --- the closed loop: alert rules, alerts, notifications, leases, retraining runs -----------------
+alert_rules = sa.Table(
+    "alert_rules",
+    metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("monitor", sa.String(200), nullable=False),
+    sa.Column("spec", sa.Text, nullable=False),  # the validated YAML, as JSON
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# One row per incident, never one per window: (rule, opened_window) is unique, so two evaluators
+# replaying the same windows cannot open the same incident twice.
+alerts = sa.Table(
+    "alerts",
+    metadata,
+    sa.Column("id", _BIG_ID, primary_key=True, autoincrement=True),
+    sa.Column("rule", sa.String(200), nullable=False),
+    sa.Column("monitor", sa.String(200), nullable=False),
+    sa.Column("model", sa.String(400), nullable=False),
+    sa.Column("severity", sa.String(20), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),  # open | resolved
+    sa.Column("opened_window_id", sa.BigInteger, nullable=False),
+    sa.Column("first_window_id", sa.BigInteger, nullable=False),
+    sa.Column("closed_window_id", sa.BigInteger, nullable=True),
+    sa.Column("summary", sa.Text, nullable=False),  # JSON: what held, drifted checks per window
+    sa.Column("opened_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("closed_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("mlflow_run_id", sa.String(64), nullable=True),  # the mirror; filled once MLflow has it
+    sa.UniqueConstraint("rule", "opened_window_id", name="uq_alerts_incident"),
+)
+
+# The notification outbox: one row per event and sink, delivered by the scheduler with retries.
+notifications = sa.Table(
+    "notifications",
+    metadata,
+    sa.Column("id", _BIG_ID, primary_key=True, autoincrement=True),
+    sa.Column("event", sa.String(60), nullable=False),  # alert.opened, alert.resolved, challenger.registered
+    sa.Column("alert_id", sa.BigInteger, nullable=True),
+    sa.Column("sink", sa.Text, nullable=False),  # "log" or a webhook URL (may hold a token: never logged)
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("state", sa.String(20), nullable=False),  # pending | delivered | failed
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_notifications_pending", "state", "next_attempt_at"),
+)
+
+delivery_attempts = sa.Table(
+    "delivery_attempts",
+    metadata,
+    sa.Column("id", _BIG_ID, primary_key=True, autoincrement=True),
+    sa.Column("notification_id", sa.BigInteger, sa.ForeignKey("notifications.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("ok", sa.Boolean, nullable=False),
+    sa.Column("detail", sa.Text, nullable=False),  # HTTP status or the error, never the URL
+    sa.Column("seconds", sa.Float, nullable=False),
+)
+
+# Named leases: the active scheduler, and the owner of each retraining run.
+leases = sa.Table(
+    "leases",
+    metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("owner", sa.String(200), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("acquired_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# Retraining policies declared with `tuneloop loop add`.
+loops = sa.Table(
+    "loops",
+    metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("model", sa.String(400), nullable=False),
+    sa.Column("spec", sa.Text, nullable=False),
+    sa.Column("last_cron_at", sa.DateTime(timezone=True), nullable=True),  # the last cron fire handled
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# Durable retraining runs: queued -> curating -> training -> evaluating -> registered | failed.
+retrain_runs = sa.Table(
+    "retrain_runs",
+    metadata,
+    sa.Column("id", _BIG_ID, primary_key=True, autoincrement=True),
+    sa.Column("loop", sa.String(200), nullable=False),
+    sa.Column("model", sa.String(400), nullable=False),
+    sa.Column("trigger", sa.String(20), nullable=False),  # alert | cron | manual
+    sa.Column("trigger_key", sa.String(200), nullable=False, unique=True),  # alert:<id>, cron:<time>, manual:<uuid>
+    sa.Column("alert_id", sa.BigInteger, nullable=True),
+    sa.Column("champion_version", sa.Integer, nullable=True),
+    sa.Column("state", sa.String(20), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("training_run_id", sa.String(64), nullable=True),
+    sa.Column("version", sa.Integer, nullable=True),
+    sa.Column("details", sa.Text, nullable=False, default="{}"),  # JSON: data digests, eval runs, decision
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_retrain_runs_state", "state"),
+)

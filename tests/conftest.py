@@ -234,3 +234,11 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
     return subprocess.run(
         [str(exe), *args], capture_output=True, text=True, env=full_env, cwd=cwd or REPO, timeout=timeout
     )
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

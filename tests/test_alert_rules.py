@@ -11,7 +11,7 @@ import pytest
 
 from monitors.alert_rules import AlertRule, incidents, load_rule
 from monitors.checks import CheckResult, WindowResult
-from tests import drift_data
+from pipelines import traffic as drift_data
 from tests.conftest import run_cli
 
 

@@ -17,7 +17,7 @@ from monitors.embedding import build_embedding_reference, mmd_check
 from monitors.monitor_spec import MonitorSpec, WindowSpec
 from monitors.quality import build_quality_reference, quality_checks
 from monitors.windowing import split
-from tests import drift_data
+from pipelines import traffic as drift_data
 
 
 def _unit(rng: np.random.Generator, n: int, shift: float = 0.0) -> np.ndarray:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, free_port, run_cli
 
 TOKEN = "test-token-0123456789"
 
@@ -60,11 +60,6 @@ class Server:
         return int(total), int(distinct)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 @pytest.fixture
 def server(tiny_model: Path, tmp_path: Path) -> Iterator[Server]:
@@ -79,7 +74,7 @@ def server(tiny_model: Path, tmp_path: Path) -> Iterator[Server]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TUNELOOP_")}
     env.update(TUNELOOP_HOME=str(home), TUNELOOP_INGEST__TOKENS=json.dumps([TOKEN]),
                TUNELOOP_INGEST__MAX_BODY_BYTES="2000000", TUNELOOP_INGEST__MAX_TEXT_CHARS="5000")
-    srv = Server(url=f"http://127.0.0.1:{_free_port()}", home=home, env=env)
+    srv = Server(url=f"http://127.0.0.1:{free_port()}", home=home, env=env)
     srv.start()
     yield srv
     srv.kill(signal.SIGTERM)

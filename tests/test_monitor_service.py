@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import drift_data
+from pipelines import traffic as drift_data
 from tests.conftest import run_cli
 from tests.registry_helpers import make_versions
 

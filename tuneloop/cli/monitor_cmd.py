@@ -166,15 +166,23 @@ def add_cmd(app: AppContext, path: str, replace: bool, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @pass_app
 def check_cmd(app: AppContext, name: str, as_json: bool) -> None:
-    """Judge the monitor's latest window now and log it to MLflow (exit 0 even on drift)."""
+    """Judge the monitor's latest window now, log it to MLflow and apply its alert rules (exit 0 even on drift)."""
+    from monitors import alerts
+    from monitors.notify import deliver_pending
     from monitors.service import check
 
     result = check(app.registry, name)
+    changes = alerts.evaluate(app.registry, name)
+    n = app.settings.notify
+    deliver_pending(app.registry.engine, timeout_s=n.timeout_seconds, max_attempts=n.max_attempts, base_delay_s=n.retry_base_seconds)
+    result["alerts"] = [c.__dict__ for c in changes]
     if as_json:
         output.emit_json(result)
         return
     fired = ", ".join(result["drifted_checks"]) or "none"
     click.echo(f"{name}: {result['status']} ({result['size']} records; drifted checks: {fired}); MLflow run {result['run_id']}")
+    for c in changes:
+        click.echo(f"alert {c.alert_id} ({c.rule}) {c.kind}; `tuneloop alerts show {c.alert_id}`")
 
 
 @monitor.command("status")

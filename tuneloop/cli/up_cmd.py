@@ -1,11 +1,13 @@
-"""`tuneloop up`: the MLflow server (UI) and the ingest API on tuneloop's stores, supervised until Ctrl-C."""
+"""`tuneloop up`: the MLflow server (UI), the ingest API and the scheduler as one supervised group.
+
+A status line is printed when the group is up and whenever a member's health changes (the
+scheduler's role: active or standby). If a member exits, the others are stopped and `up` fails;
+Ctrl-C or SIGTERM stops all three cleanly.
+"""
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 
 import click
@@ -14,82 +16,39 @@ from tuneloop.cli import output
 from tuneloop.cli.main import AppContext, pass_app
 from tuneloop.errors import StoreError
 
-HEALTH_TIMEOUT_S = 120
-
-
-def start_mlflow_server(settings, host: str, port: int) -> subprocess.Popen:  # type: ignore[no-untyped-def]
-    """Start `mlflow server` on the configured stores; the store URI travels by environment, not argv."""
-    env = dict(os.environ, MLFLOW_BACKEND_STORE_URI=settings.mlflow_uri, MLFLOW_REGISTRY_STORE_URI=settings.mlflow_uri)
-    command = [
-        sys.executable, "-m", "mlflow", "server",
-        "--default-artifact-root", settings.artifact_root,
-        "--no-serve-artifacts",
-        "--host", host,
-        "--port", str(port),
-        "--workers", "1",  # SQLite allows one writer; MLflow's own advice for a file store
-    ]
-    return subprocess.Popen(command, env=env, start_new_session=True)
-
-
-def start_ingest_server(config_file: str | None, host: str, port: int) -> subprocess.Popen:  # type: ignore[type-arg]
-    command = [sys.executable, "-m", "tuneloop", *(["--config", config_file] if config_file else []),
-               "monitor", "serve", "--host", host, "--port", str(port)]
-    return subprocess.Popen(command, start_new_session=True)
-
-
-def wait_healthy(url: str, process: subprocess.Popen, timeout_s: float = HEALTH_TIMEOUT_S,  # type: ignore[type-arg]
-                 path: str = "/health", what: str = "the MLflow server") -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise StoreError(
-                f"{what} exited with code {process.returncode} before it was ready",
-                hint="read its output above; another process may hold the port",
-            )
-        try:
-            with urllib.request.urlopen(url + path, timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise StoreError(f"{what} did not answer on {url} within {timeout_s:.0f} s", hint="check the port and the logs")
-
-
-def stop(process: subprocess.Popen, grace_s: float = 10) -> None:
-    if process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(grace_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-
 
 @click.command()
 @click.option("--host", default=None, help="Bind address (default: settings `server.host`, 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="MLflow UI port (default: settings `server.mlflow_port`, 5000).")
 @click.option("--ingest-port", type=int, default=None, help="Ingest API port (default: settings `ingest.port`, 8765).")
+@click.option("--scheduler-port", type=int, default=None, help="Scheduler health port (default: settings `scheduler.port`, 8766).")
+@click.option("--no-scheduler", is_flag=True, help="Serve MLflow and the ingest API only.")
 @pass_app
-def up(app: AppContext, host: str | None, port: int | None, ingest_port: int | None) -> None:
-    """Start the MLflow server (UI) and the ingest API on tuneloop's stores; Ctrl-C stops both cleanly."""
+def up(app: AppContext, host: str | None, port: int | None, ingest_port: int | None, scheduler_port: int | None,
+       no_scheduler: bool) -> None:
+    """Start the MLflow server (UI), the ingest API and the loop's scheduler; Ctrl-C stops them cleanly.
+
+    A second `tuneloop up` on the same database (on other ports) runs its scheduler as a standby that
+    takes over when the active one's lease lapses.
+    """
     from registry.db import get_engine
     from registry.tracking import connect
+    from tuneloop.services import health, start_ingest_server, start_mlflow_server, start_scheduler, stop, wait_healthy
 
     settings = app.settings
     host = host or settings.server.host
-    port = port or settings.server.mlflow_port
     output.stage("preparing stores")
     connect(settings)  # creates and migrates MLflow's database before the server sees it
     get_engine(settings.database_url)
-    url = f"http://{host}:{port}"
-    output.stage(f"starting MLflow server on {url}")
-    process = start_mlflow_server(settings, host, port)
-    ingest_port = ingest_port or settings.ingest.port
-    ingest_url = f"http://{host}:{ingest_port}"
-    ingest = start_ingest_server(app.config_file, host, ingest_port)
+    urls = {"MLflow UI": f"http://{host}:{port or settings.server.mlflow_port}",
+            "ingest API": f"http://{host}:{ingest_port or settings.ingest.port}",
+            "scheduler": f"http://{host}:{scheduler_port or settings.scheduler.port}"}
+    output.stage(f"starting the MLflow server on {urls['MLflow UI']}, the ingest API and the scheduler")
+    members = {"MLflow UI": start_mlflow_server(settings, host, port or settings.server.mlflow_port),
+               "ingest API": start_ingest_server(app.config_file, host, ingest_port or settings.ingest.port)}
+    if not no_scheduler:
+        members["scheduler"] = start_scheduler(app.config_file, host, scheduler_port or settings.scheduler.port)
+    paths = {"MLflow UI": "/health", "ingest API": "/v1/health", "scheduler": "/health"}
     stopping = False
 
     def _terminate(signum, frame):  # type: ignore[no-untyped-def]
@@ -99,17 +58,38 @@ def up(app: AppContext, host: str | None, port: int | None, ingest_port: int | N
 
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        wait_healthy(url, process)
-        wait_healthy(ingest_url, ingest, path="/v1/health", what="the ingest API")
-        click.echo(f"tuneloop is up: MLflow UI at {url}, ingest API at {ingest_url}/v1/records   (Ctrl-C to stop)", err=True)
-        while process.poll() is None and ingest.poll() is None:
-            time.sleep(1)
+        for name, process in members.items():
+            wait_healthy(urls[name], process, path=paths[name], what=f"the {name}")
+        click.echo(f"tuneloop is up: MLflow UI at {urls['MLflow UI']}, ingest API at {urls['ingest API']}/v1/records"
+                   + (f", scheduler health at {urls['scheduler']}/health" if "scheduler" in members else "")
+                   + "   (Ctrl-C to stop)", err=True)
+        last = ""
+        while all(p.poll() is None for p in members.values()):
+            line = _status_line({n: health(urls[n] + paths[n]) for n in members})
+            if line != last:
+                click.echo(f"[{time.strftime('%H:%M:%S')}] {line}", err=True)
+                last = line
+            time.sleep(2)
         if not stopping:
-            which, code = ("the MLflow server", process.returncode) if process.poll() is not None else ("the ingest API", ingest.returncode)
-            raise StoreError(f"{which} exited with code {code}", hint="read its output above")
+            name, process = next((n, p) for n, p in members.items() if p.poll() is not None)
+            raise StoreError(f"the {name} exited with code {process.returncode}", hint="read its output above")
     except KeyboardInterrupt:
         output.stage("shutting down")
     finally:
-        stop(ingest)
-        stop(process)
+        for process in reversed(list(members.values())):
+            stop(process)
     click.echo("stopped", err=True)
+
+
+def _status_line(states: dict) -> str:  # type: ignore[type-arg]
+    parts = []
+    for name, state in states.items():
+        if state is None:
+            parts.append(f"{name}: not answering")
+        elif name == "scheduler":
+            lease = state.get("lease") or {}
+            parts.append(f"scheduler: {state.get('role')}" + (f" (active: {lease.get('owner')})" if state.get("role") != "active" else "")
+                         + (f", {len(state.get('workers', []))} retrain worker(s)" if state.get("workers") else ""))
+        else:
+            parts.append(f"{name}: ok")
+    return "; ".join(parts)

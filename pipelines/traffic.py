@@ -1,4 +1,9 @@
-"""Synthetic support traffic for drift tests: a reference distribution and planted contamination."""
+"""Synthetic support-desk traffic: an in-distribution stream and planted contamination.
+
+`tuneloop demo` replays it through the ingest API (in-distribution, then drifted), and the drift
+tests use it to measure false alarms and power. `reviewed_answer` plays the human reviewer who writes
+the right answer for a drifted record: feedback the challenger may learn from.
+"""
 
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ SLOTS = {"day": ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "the we
 OFF_TOPIC = ["What will the weather be like in {city} tomorrow?", "Who won the football match between {a} and {b}?",
              "Give me a recipe for {dish} with {veg}.", "Explain quantum entanglement to a child."]
 GERMAN = ("Wo ist meine Bestellung {n}? Sie sollte gestern ankommen.", "Ihre Bestellung {n} ist unterwegs und kommt bald an.")
+GERMAN_ANSWER = "Ihre Bestellung {n} ist unterwegs und kommt bis {day} an."
 REFUSAL = "I'm sorry, but I can't help with that request."
 
 
@@ -80,3 +86,11 @@ def windows(n_windows: int, size: int, seed: int, kind: str | None = None, share
         planted = set(rng.sample(range(size), round(share * size))) if kind else set()
         rows += [contaminate(record(rng), kind, rng) if i in planted else record(rng) for i in range(size)]  # type: ignore[arg-type]
     return rows
+
+
+def reviewed_answer(row: dict, rng: random.Random) -> str:
+    """The answer a support reviewer writes for a record (German prompts get a German answer)."""
+    if row["prompt"].startswith("Wo ist"):
+        order = "".join(ch for ch in row["prompt"] if ch.isdigit()) or "1000"
+        return GERMAN_ANSWER.format(n=order, day=rng.choice(["Montag", "Dienstag", "Freitag"]))
+    return _fill(rng.choice(ANSWERS[row.get("label") or "shipping"]), rng)

@@ -1,0 +1,148 @@
+"""What a challenger learns from: the champion's training set plus production records that carry
+human feedback fit for training — a reference answer, a corrected label, or an output whose rating
+was approved (at or above the loop's `min_rating`). The model's own unreviewed outputs never train.
+
+Steps: read the champion's stored training file (verified by digest), turn each reviewed record into a
+row of the same format, hold out a deterministic share of the new rows (by record id) for
+evaluation, validate, and drop exact duplicates (and training rows that repeat a held-out prompt, so
+the held-out task measures generalisation, not recall).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from pipelines import data as data_io
+from registry import tables
+from tuneloop.errors import InvalidInput
+from tuneloop.rowfiles import read_rows
+
+
+@dataclass
+class CuratedData:
+    train: Path
+    holdout: Path | None
+    eval: Path | None
+    counts: dict[str, int] = field(default_factory=dict)
+    digests: dict[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        return {k: str(v) if isinstance(v, Path) else v for k, v in out.items()}
+
+
+def reviewed_examples(engine: sa.Engine, model: str, min_rating: float) -> list[dict[str, str]]:
+    """[{id, prompt, answer, why}] of the model's production records whose feedback makes a training answer."""
+    r, f = tables.records, tables.feedback
+    query = (sa.select(r.c.id, r.c.prompt, r.c.output, f.c.reference, f.c.label, f.c.rating)
+             .select_from(r.join(f, f.c.record_id == r.c.id)).where(r.c.model == model).order_by(r.c.seq))
+    out = []
+    with engine.connect() as conn:
+        for row in conn.execute(query):
+            if row.reference and row.reference.strip():
+                out.append({"id": row.id, "prompt": row.prompt, "answer": row.reference, "why": "reference"})
+            elif row.label and row.label.strip():
+                out.append({"id": row.id, "prompt": row.prompt, "answer": row.label, "why": "label"})
+            elif row.rating is not None and row.rating >= min_rating and row.output.strip():
+                out.append({"id": row.id, "prompt": row.prompt, "answer": row.output, "why": "approved"})
+    return out
+
+
+def build(rc: Any, model: str, champion_version: int, folder: Path, *, min_rating: float, holdout: float) -> CuratedData:
+    from monitors.references import stored_data_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    champion_file, _ = stored_data_file(rc, model, champion_version, "train")
+    champion_rows = [row for _, row in read_rows(champion_file) if isinstance(row, dict)]
+    if not champion_rows:
+        raise InvalidInput(f"the champion {model}:{champion_version} has an empty training file", hint="retrain it by hand")
+    fmt = data_io.detect_format(champion_rows[0])
+    if fmt in (None, "preference"):
+        raise InvalidInput(f"cannot add production examples to {fmt or 'unrecognised'} training rows",
+                           hint="retraining extends chat, instruction or completion data")
+    reviewed = reviewed_examples(rc.engine, model, min_rating)
+    held = [e for e in reviewed if _share(e["id"]) < holdout]
+    learn = [e for e in reviewed if _share(e["id"]) >= holdout]
+    held_prompts = {_norm(e["prompt"]) for e in held}
+    system = _system_turn(champion_rows[0]) if fmt == "chat" else None
+
+    rows, seen, dropped_dupes, dropped_leaks = [], set(), 0, 0
+    for row in champion_rows + [_as_row(e, fmt, system) for e in learn]:
+        key = json.dumps(row, sort_keys=True, ensure_ascii=False)
+        if key in seen:
+            dropped_dupes += 1
+            continue
+        if _norm(_prompt_of(row)) in held_prompts:
+            dropped_leaks += 1
+            continue
+        seen.add(key)
+        rows.append(row)
+    train = _write(folder / "train.jsonl", rows)
+    data_io.load(train, fmt)  # validation: every row must be usable, or one error lists the bad ones
+    holdout_path = _write(folder / "holdout.jsonl", [_as_row(e, fmt, system) for e in held]) if held else None
+    eval_path = None
+    try:
+        eval_path, _ = stored_data_file(rc, model, champion_version, "eval")
+    except InvalidInput:
+        pass  # the champion had no eval split; the suite and the held-out task still judge
+    from tuneloop.digest import file_sha256
+
+    counts = {"champion_rows": len(champion_rows), "reviewed_records": len(reviewed), "new_training_rows": len(learn),
+              "held_out_rows": len(held), "duplicates_dropped": dropped_dupes, "held_out_prompts_dropped": dropped_leaks,
+              "training_rows": len(rows)}
+    for why in ("reference", "label", "approved"):
+        counts[f"from_{why}"] = sum(e["why"] == why for e in learn)
+    digests = {"train": "sha256:" + file_sha256(train)}
+    if holdout_path:
+        digests["holdout"] = "sha256:" + file_sha256(holdout_path)
+    return CuratedData(train=train, holdout=holdout_path, eval=eval_path, counts=counts, digests=digests)
+
+
+def _share(record_id: str) -> float:
+    """A stable number in [0, 1) per record: the same record is always held out, or never."""
+    return int(hashlib.sha256(record_id.encode()).hexdigest()[:8], 16) / 16**8
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def _system_turn(row: dict[str, Any]) -> dict[str, str] | None:
+    messages = row.get("messages")
+    if isinstance(messages, list) and messages and isinstance(messages[0], dict) and messages[0].get("role") == "system":
+        return {"role": "system", "content": str(messages[0].get("content", ""))}
+    return None
+
+
+def _as_row(example: dict[str, str], fmt: str, system: dict[str, str] | None) -> dict[str, Any]:
+    if fmt == "chat":
+        turns = [system] if system else []
+        return {"messages": [*turns, {"role": "user", "content": example["prompt"]},
+                             {"role": "assistant", "content": example["answer"]}]}
+    if fmt == "instruction":
+        return {"instruction": example["prompt"], "response": example["answer"]}
+    return {"prompt": example["prompt"], "completion": example["answer"]}
+
+
+def _prompt_of(row: dict[str, Any]) -> str:
+    messages = row.get("messages")
+    if isinstance(messages, list):
+        return "\n".join(str(m.get("content", "")) for m in messages if isinstance(m, dict) and m.get("role") == "user")
+    text = str(row.get("instruction") or row.get("prompt") or "")
+    extra = row.get("input")
+    return f"{text}\n\n{extra}" if isinstance(extra, str) and extra else text
+
+
+def _write(path: Path, rows: list[dict[str, Any]]) -> Path:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+    return path

@@ -1,0 +1,120 @@
+"""A release manager's view: after a tiny loop, the MLflow UI served by `tuneloop up` shows the
+registered model with its `champion` and `challenger` aliases, and the training and eval runs.
+
+Drives Debian's headless Chromium with Selenium. The set-up installs `chromium` and
+`chromium-driver` with apt-get when they are missing and it runs as root (as in CI).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port
+from tests.test_loop import _ingest_directly, loop_env, tiny_config  # noqa: F401 - loop_env is a fixture
+
+pytestmark = pytest.mark.acceptance
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+
+@pytest.fixture(scope="session")
+def browser_binaries() -> None:
+    if Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists():
+        return
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update", "-qq"], check=False, env=env, capture_output=True, timeout=600)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium", "chromium-driver"], check=True, env=env,
+                       capture_output=True, timeout=1200)
+        return
+    message = "needs Debian's chromium and chromium-driver: sudo apt-get install chromium chromium-driver"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def _driver():  # type: ignore[no-untyped-def]
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1400,1000"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+
+
+def _wait_for_text(driver, texts: list[str], timeout_s: float = 60) -> str:  # type: ignore[no-untyped-def]
+    from selenium.webdriver.common.by import By
+
+    deadline, body = time.monotonic() + timeout_s, ""
+    while time.monotonic() < deadline:
+        body = driver.find_element(By.TAG_NAME, "body").text
+        if all(t in body for t in texts):
+            return body
+        time.sleep(0.5)
+    raise AssertionError(f"the page never showed {texts}; it showed:\n{body[:2000]}")
+
+
+def test_mlflow_ui_shows_aliases_and_runs_after_a_tiny_loop(browser_binaries, loop_env, tiny_model: Path) -> None:
+    from dataclasses import replace
+
+    from tuneloop.demo import Demo
+
+    rc = loop_env
+    demo = Demo(rc, replace(tiny_config(tiny_model)), lambda _s: None)
+    champion = demo.champion()
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+    send = _ingest_directly(rc)
+    send(demo.traffic("reference", start))
+    demo.declare(start, start + timedelta(seconds=demo.cfg.reference_windows * demo.cfg.window))
+    send(demo.traffic("calm", start + timedelta(hours=1)))
+    send(demo.traffic("drift", start + timedelta(hours=2)))
+    result = demo.close_the_loop()
+    challenger = result["retrain"]["version"]
+    assert result["retrain"]["state"] == "registered"
+
+    port = free_port()
+    exe = Path(sys.executable).with_name("tuneloop")
+    up = subprocess.Popen([str(exe), "up", "--port", str(port), "--ingest-port", str(free_port()), "--scheduler-port",
+                           str(free_port()), "--no-scheduler"], start_new_session=True,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    driver = None
+    try:
+        from tuneloop.services import wait_healthy
+
+        wait_healthy(f"http://127.0.0.1:{port}", up)
+        driver = _driver()
+        ui = f"http://127.0.0.1:{port}"
+
+        driver.get(f"{ui}/#/models/tiny-support")
+        page = _wait_for_text(driver, ["tiny-support", "champion", "challenger", f"Version {challenger}"])
+        assert f"Version {champion['version']}" in page
+
+        training = rc.mlflow.get_experiment_by_name("tuneloop-training").experiment_id
+        driver.get(f"{ui}/#/experiments/{training}/runs")
+        _wait_for_text(driver, ["train tiny-support (lora)"])
+        training_runs = rc.mlflow.search_runs([training])
+        assert len(training_runs) == 2  # champion and challenger
+        evaluation = rc.mlflow.get_experiment_by_name("tuneloop-evaluation").experiment_id
+        driver.get(f"{ui}/#/experiments/{evaluation}/runs")
+        _wait_for_text(driver, [f"eval support-demo on tiny-support:{challenger}",
+                                f"eval support-demo on tiny-support:{champion['version']}"])
+        driver.get(f"{ui}/#/models/tiny-support/versions/{challenger}")
+        _wait_for_text(driver, ["tuneloop.alert.id", "tuneloop.retrain.id"])
+    finally:
+        if driver is not None:
+            driver.quit()
+        os.killpg(up.pid, signal.SIGTERM)
+        up.wait(30)

@@ -1,0 +1,252 @@
+"""The closed loop end to end on a tiny model: champion, monitor, drift through the real ingest API,
+one alert, a challenger retrained in a worker process, evaluated beside the champion, decided."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.acceptance  # trains twice and evaluates three times: ~2 min
+
+
+def tiny_config(tiny_model: Path):  # type: ignore[no-untyped-def]
+    from tuneloop.demo import DemoConfig
+
+    return DemoConfig(base_name="tiny", base_source=str(tiny_model), adapter="tiny-support", method="lora",
+                      train_rows=24, eval_rows=6, train_steps=6, retrain_steps=6, max_new_tokens=6, window=100,
+                      reference_windows=3, calm_windows=2, drift_windows=4, holdout_limit=4, learning_rate=0.01, batch_size=8,
+                      checkpoint_every=2)
+
+
+@pytest.fixture
+def loop_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """Settings by environment, so the worker subprocesses see the same stores as the test."""
+    from registry.client import RegistryClient
+    from registry.db import dispose_engines
+    from tuneloop.settings import load_settings
+
+    for key in [k for k in os.environ if k.startswith("TUNELOOP_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("TUNELOOP_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TUNELOOP_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("TUNELOOP_NOTIFY__RETRY_BASE_SECONDS", "0.2")
+    monkeypatch.setenv("TUNELOOP_NOTIFY__TIMEOUT_SECONDS", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    yield RegistryClient(load_settings())
+    dispose_engines()
+
+
+def test_tiny_loop_end_to_end(loop_env, tiny_model: Path) -> None:
+    from monitors.tokens import create
+    from tuneloop.services import start_ingest_server, stop, wait_healthy
+    from tuneloop.demo import Demo, ingest_over_http
+
+    rc = loop_env
+    hook_port = free_port()  # nothing listens there: the webhook sink is down for the whole loop
+    ingest_port = free_port()
+    server = start_ingest_server(None, "127.0.0.1", ingest_port)
+    stages: list[str] = []
+    try:
+        wait_healthy(f"http://127.0.0.1:{ingest_port}", server, path="/v1/health", what="the ingest API")
+        summary = Demo(rc, tiny_config(tiny_model), stages.append).run(
+            ingest_over_http(f"http://127.0.0.1:{ingest_port}", create(rc.engine, "t")), "ui",
+            webhooks=[f"http://127.0.0.1:{hook_port}/hook?token=s3cret"])
+    finally:
+        stop(server)
+    assert [s.split(" ")[0] for s in stages if "/8" in s.split(" ")[0]] == [f"{i}/8" for i in range(1, 9)]
+
+    # The monitor: in-distribution windows calm, drifted windows drift; one alert for the incident.
+    statuses = [w["status"] for w in summary["windows"]]
+    assert statuses == ["ok"] * 2 + ["drift"] * 4, statuses
+    assert len(summary["alerts"]) == 1
+    alert = summary["alerts"][0]
+    assert alert["rule"] == "support-drift" and alert["status"] == "open"
+    assert alert["summary"]["window_ids"] == [w["window_id"] for w in summary["windows"][2:4]]
+    mirrored = rc.mlflow.get_run(alert["mlflow_run_id"])
+    assert mirrored.data.tags["tuneloop.alert.id"] == str(alert["id"]) and mirrored.info.status == "FINISHED"
+
+    # The retrain: one run, every stage recorded, the challenger registered with lineage to the alert.
+    retrain = summary["retrain"]
+    assert retrain["state"] == "registered", retrain
+    with rc.engine.connect() as conn:
+        runs = conn.execute(sa.text("SELECT state, attempts, alert_id, trigger, version, details FROM retrain_runs")).all()
+    assert len(runs) == 1 and runs[0].attempts == 1 and runs[0].alert_id == alert["id"] and runs[0].trigger == "alert"
+    details = json.loads(runs[0].details)
+    counts = details["data"]["counts"]
+    assert counts["new_training_rows"] > 0 and counts["held_out_rows"] > 0 and counts["from_reference"] > 0
+    assert counts["from_reference"] + counts["from_approved"] == counts["new_training_rows"]
+    assert counts["training_rows"] == counts["champion_rows"] + counts["new_training_rows"] - counts["duplicates_dropped"]
+
+    version = runs[0].version
+    mv = rc.mlflow.get_model_version("tiny-support", str(version))
+    assert mv.tags["tuneloop.alert.id"] == str(alert["id"]) and mv.tags["tuneloop.alert.run_id"] == alert["mlflow_run_id"]
+    assert mv.tags["tuneloop.retrain.id"] == str(retrain["id"])
+    aliases = {k: str(v) for k, v in rc.mlflow.get_registered_model("tiny-support").aliases.items()}
+    assert aliases["challenger"] == str(version)
+    assert len(rc.mlflow.search_model_versions("name = 'tiny-support'")) == 2
+
+    # What the challenger learned from: champion rows + reviewed answers, never unreviewed outputs.
+    from monitors.references import stored_data_file
+
+    path, _ = stored_data_file(rc, "tiny-support", version, "train")
+    answers = {json.loads(line)["messages"][-1]["content"] for line in path.read_text().splitlines()}
+    with rc.engine.connect() as conn:
+        reviewed = {r for (r,) in conn.execute(sa.text("SELECT reference FROM feedback WHERE reference IS NOT NULL"))}
+        approved = {o for (o,) in conn.execute(sa.text(
+            "SELECT r.output FROM records r JOIN feedback f ON f.record_id = r.id WHERE f.rating >= 4"))}
+        german_outputs = {o for (o,) in conn.execute(sa.text("SELECT output FROM records WHERE prompt LIKE 'Wo ist%'"))} - approved
+    champion_file, _ = stored_data_file(rc, "tiny-support", summary["champion"]["version"], "train")
+    champion_answers = {json.loads(line)["messages"][-1]["content"] for line in champion_file.read_text().splitlines()}
+    new_answers = answers - champion_answers
+    assert new_answers & reviewed and new_answers <= reviewed | approved
+    assert german_outputs and not (answers & german_outputs)  # unapproved German outputs never train
+
+    # Both evaluated on the old task and on the held-out production task; the decision went through gates.
+    comparison = summary["comparison"]
+    assert set(comparison) == {"champion", "challenger"}
+    for who in comparison.values():
+        assert set(who["tasks"]) == {"answers", "production-holdout"}
+        run = rc.mlflow.get_run(who["eval_run_id"])
+        assert run.data.tags["tuneloop.eval.model"] == f"tiny-support:{who['version']}"
+        assert "production-holdout/rougeL" in run.data.metrics and "answers/rougeL" in run.data.metrics
+    decision = summary["decision"]
+    assert decision["action"] in ("promoted", "kept champion") and len(decision["gates"]) == 2
+    holder = aliases["champion"]
+    assert holder == (str(version) if decision["action"] == "promoted" else str(summary["champion"]["version"]))
+
+    # The webhook was down: the loop finished anyway; each delivery attempt is recorded, without the token.
+    with rc.engine.connect() as conn:
+        hooks = conn.execute(sa.text("SELECT n.event, n.state, n.attempts, a.detail FROM notifications n "
+                                     "JOIN delivery_attempts a ON a.notification_id = n.id WHERE n.sink != 'log'")).all()
+        logged = conn.execute(sa.text("SELECT event, state FROM notifications WHERE sink = 'log'")).all()
+    assert {h.event for h in hooks} == {"alert.opened", "challenger.registered"} and all(not h.state == "delivered" for h in hooks)
+    assert all("s3cret" not in h.detail for h in hooks)
+    assert sorted(logged) == [("alert.opened", "delivered"), ("challenger.registered", "delivered")]
+
+    # When the webhook comes back, the retries deliver what waited (each attempt kept).
+    received = _receive_webhooks(hook_port)
+    from monitors.notify import deliver_pending
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(received) < 2:
+        deliver_pending(rc.engine, timeout_s=1, max_attempts=20, base_delay_s=0.2)
+        time.sleep(0.2)
+    assert sorted(body["event"] for body in received) == ["alert.opened", "challenger.registered"]
+    assert received[0]["path"] == "/hook?token=s3cret"
+    with rc.engine.connect() as conn:
+        states = conn.execute(sa.text("SELECT state, attempts FROM notifications WHERE sink != 'log'")).all()
+    assert all(s.state == "delivered" and s.attempts >= 2 for s in states), states
+
+
+def _receive_webhooks(port: int) -> list[dict]:
+    """A real HTTP server on `port` that keeps every JSON body POSTed to it (a daemon thread)."""
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    received: list[dict] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+            received.append({**body, "path": self.path})
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            return
+
+    server = HTTPServer(("127.0.0.1", port), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return received
+
+
+def _ingest_directly(rc):  # type: ignore[no-untyped-def]
+    from monitors.records import ModelResolver, parse_records, store
+
+    def send(records: list[dict]) -> None:
+        store(rc.engine, parse_records(records, 100_000), ModelResolver(rc.mlflow))
+
+    return send
+
+
+def test_kill_9_of_the_active_scheduler_mid_training_hands_over_to_the_standby(loop_env, tiny_model: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import signal
+    import subprocess
+    from dataclasses import replace
+
+    from pipelines.scheduler import LEASE
+    from registry.leases import holder
+    from tuneloop.demo import Demo
+
+    rc = loop_env
+    monkeypatch.setenv("TUNELOOP_SCHEDULER__LEASE_SECONDS", "3")
+    monkeypatch.setenv("TUNELOOP_SCHEDULER__TICK_SECONDS", "0.5")
+    cfg = replace(tiny_config(tiny_model), retrain_steps=300, checkpoint_every=10)
+    demo = Demo(rc, cfg, lambda _s: None)
+    champion = demo.champion()
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+    send = _ingest_directly(rc)
+    send(demo.traffic("reference", start))
+    demo.declare(start, start + timedelta(seconds=cfg.reference_windows * cfg.window))
+    send(demo.traffic("calm", start + timedelta(hours=1)))
+    send(demo.traffic("drift", start + timedelta(hours=2)))
+
+    exe = Path(sys.executable).with_name("tuneloop")
+    schedulers = [subprocess.Popen([str(exe), "scheduler", "run", "--port", str(free_port())], start_new_session=True,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
+    try:
+        def retrain_row():  # type: ignore[no-untyped-def]
+            with rc.engine.connect() as conn:
+                return conn.execute(sa.text("SELECT id, state, attempts, training_run_id, version FROM retrain_runs")).first()
+
+        row = _wait(lambda: (r := retrain_row()) is not None and r.state == "training" and r.training_run_id
+                    and list((Path(rc.settings.home) / "runs" / r.training_run_id).glob("checkpoint-*")) and r, 240)
+        active_pid = int(holder(rc.engine, LEASE)["owner"].rsplit(":", 1)[1])
+        active = next(p for p in schedulers if p.pid == active_pid)
+        standby = next(p for p in schedulers if p.pid != active_pid)
+        os.kill(active.pid, signal.SIGKILL)  # the scheduler only: its worker must notice and stop by itself
+        active.wait(10)
+
+        done = _wait(lambda: (r := retrain_row()).state in ("registered", "failed") and r, 300)
+        assert done.state == "registered", rc.engine.connect().execute(sa.text("SELECT error FROM retrain_runs")).scalar()
+        assert int(holder(rc.engine, LEASE)["owner"].rsplit(":", 1)[1]) == standby.pid
+    finally:
+        for p in schedulers:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+                p.wait(30)
+
+    assert done.attempts == 2 and done.training_run_id == row.training_run_id  # resumed, not restarted
+    versions = rc.mlflow.search_model_versions("name = 'tiny-support'")
+    assert sorted(int(v.version) for v in versions) == [int(champion["version"]), done.version]
+    mv = rc.mlflow.get_model_version("tiny-support", str(done.version))
+    assert mv.tags["tuneloop.training_run_id"] == row.training_run_id
+    losses = rc.mlflow.get_metric_history(row.training_run_id, "train/loss")
+    assert max(m.step for m in losses) == 300
+    with rc.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM alerts")).scalar() == 1
+        assert conn.execute(sa.text("SELECT count(*) FROM retrain_runs")).scalar() == 1
+        events = conn.execute(sa.text("SELECT event, count(*) FROM notifications WHERE sink = 'log' GROUP BY event")).all()
+        windows = conn.execute(sa.text("SELECT count(*) FROM monitor_windows")).scalar()
+    assert sorted(events) == [("alert.opened", 1), ("challenger.registered", 1)]
+    assert windows == cfg.calm_windows + cfg.drift_windows  # every window judged once, none twice
+
+
+def _wait(probe, timeout_s: float):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"not reached within {timeout_s} s")

@@ -1,0 +1,278 @@
+"""The closed loop on the command line: alert rules and alerts, retraining loops and runs, the scheduler.
+
+    tuneloop alerts add RULE.yaml | list | show ID
+    tuneloop loop add LOOP.yaml | list
+    tuneloop retrain LOOP [--json]        queue a retrain and run it now (a worker subprocess)
+    tuneloop retrain list | show ID
+    tuneloop scheduler run | status       (`tuneloop up` runs the scheduler for you)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+
+from tuneloop.cli import output
+from tuneloop.cli.main import AppContext, pass_app
+
+JSON = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+
+
+# --- alerts -------------------------------------------------------------------------------------
+@click.group("alerts")
+def alerts_group() -> None:
+    """Alert rules (YAML) on monitors, and the alerts they raised (one per incident)."""
+
+
+@alerts_group.command("add")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--replace", is_flag=True, help="Update a rule of the same name.")
+@JSON
+@pass_app
+def alerts_add(app: AppContext, path: str, replace: bool, as_json: bool) -> None:
+    """Store the alert rule in PATH (see examples/alerts/); it applies from the monitor's next check."""
+    from monitors.alerts import add_rule
+
+    result = add_rule(app.registry, Path(path), replace=replace)
+    if as_json:
+        output.emit_json(result)
+        return
+    click.echo(f"alert rule `{result['rule']}` watches monitor `{result['monitor']}`: {result['when']} for "
+               f"{result['for_windows']} window(s), severity {result['severity']}")
+
+
+@alerts_group.command("list")
+@click.option("--status", type=click.Choice(["open", "resolved"]), default=None, help="Only alerts in this state.")
+@click.option("--monitor", default=None, help="Only alerts of this monitor.")
+@JSON
+@pass_app
+def alerts_list(app: AppContext, status: str | None, monitor: str | None, as_json: bool) -> None:
+    """Alerts, oldest first."""
+    from monitors.alerts import list_alerts
+
+    rows = list_alerts(app.registry, status=status, monitor=monitor)
+    if as_json:
+        output.emit_json(rows)
+        return
+    shown = [{**r, "drifted": ", ".join(r["summary"]["drifted_checks"]) or "-"} for r in rows]
+    click.echo(output.table(shown, ["id", "rule", "monitor", "severity", "status", "opened_at", "drifted"]) if rows else "no alerts")
+
+
+@alerts_group.command("show")
+@click.argument("alert_id", type=int)
+@JSON
+@pass_app
+def alerts_show(app: AppContext, alert_id: int, as_json: bool) -> None:
+    """One alert with its windows, notifications and every delivery attempt."""
+    from monitors.alerts import get
+    from monitors.notify import for_alert
+
+    alert = get(app.registry, alert_id) | {"notifications": for_alert(app.registry.engine, alert_id)}
+    if as_json:
+        output.emit_json(alert)
+        return
+    click.echo(json.dumps(alert, indent=2, default=str))
+
+
+# --- loops and retraining -----------------------------------------------------------------------
+@click.group("loop")
+def loop_group() -> None:
+    """Retraining loops: which monitors the scheduler checks, which alerts and crontab retrain, how to decide."""
+
+
+@loop_group.command("add")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--replace", is_flag=True, help="Update a loop of the same name.")
+@JSON
+@pass_app
+def loop_add(app: AppContext, path: str, replace: bool, as_json: bool) -> None:
+    """Store the loop in PATH (see examples/loops/); a running scheduler picks it up within seconds."""
+    from pipelines.retrain import add_loop
+
+    result = add_loop(app.registry, Path(path), replace=replace)
+    if as_json:
+        output.emit_json(result)
+        return
+    click.echo(f"loop `{result['loop']}` retrains {result['model']} on alerts {result['on_alerts'] or '-'}"
+               f"{' and cron ' + result['cron'] if result['cron'] else ''} (promotion: {result['promotion']})")
+
+
+@loop_group.command("list")
+@JSON
+@pass_app
+def loop_list(app: AppContext, as_json: bool) -> None:
+    """Declared loops."""
+    from pipelines.retrain import loops
+
+    rows = [s.model_dump(mode="json") for s in loops(app.registry)]
+    if as_json:
+        output.emit_json(rows)
+        return
+    shown = [{**r, "monitors": ", ".join(m["name"] for m in r["monitors"]) or "-", "on_alerts": ", ".join(r["on_alerts"]) or "-"}
+             for r in rows]
+    click.echo(output.table(shown, ["name", "model", "monitors", "on_alerts", "cron", "promotion"]) if rows else "no loops")
+
+
+class _LoopOrCommand(click.Group):
+    """`tuneloop retrain LOOP` queues and runs; a first word naming a subcommand runs that instead."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["now", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group("retrain", cls=_LoopOrCommand)
+def retrain_group() -> None:
+    """Retraining runs: `tuneloop retrain LOOP` queues one and runs it now; `list` and `show` report them."""
+
+
+@retrain_group.command("now")
+@click.argument("loop_name")
+@JSON
+@pass_app
+def retrain_now(app: AppContext, loop_name: str, as_json: bool) -> None:
+    """Queue a retrain of LOOP and run it in a worker subprocess, showing each stage."""
+    from pipelines.retrain import enqueue
+
+    run_id, _ = enqueue(app.registry, loop_name, "manual")
+    row = wait_for(app, run_id, quiet=as_json)
+    if as_json:
+        output.emit_json(row)
+        return
+    print_run(row)
+
+
+def wait_for(app: AppContext, run_id: int, *, quiet: bool = False, timeout_s: float = 24 * 3600) -> dict:
+    """Run retrain `run_id` in a worker subprocess and follow its state until it ends."""
+    from pipelines.retrain import TERMINAL, get, spawn_worker
+
+    worker = spawn_worker(app.config_file, run_id)
+    state, deadline = None, time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            row = get(app.registry, run_id)
+            if row["state"] != state and not quiet:
+                state = row["state"]
+                output.stage(f"retrain {run_id}: {state}")
+            if row["state"] in TERMINAL:
+                break
+            if worker.poll() is not None and get(app.registry, run_id)["state"] not in TERMINAL:
+                worker = spawn_worker(app.config_file, run_id)  # it died: the next claim resumes (at most once more)
+            time.sleep(1)
+    finally:
+        if worker.poll() is None:
+            worker.wait()
+    return get(app.registry, run_id)
+
+
+def print_run(row: dict) -> None:
+    click.echo(f"retrain {row['id']} of {row['model']} ({row['trigger']}): {row['state']}"
+               + (f", challenger v{row['version']}" if row["version"] else "") + (f" — {row['error']}" if row["error"] else ""))
+    decision = row["details"].get("decision")
+    if decision:
+        click.echo(f"  decision: {decision['action']} — {decision['why']}")
+
+
+@retrain_group.command("list")
+@JSON
+@pass_app
+def retrain_list(app: AppContext, as_json: bool) -> None:
+    """Every retraining run and its state."""
+    from pipelines.retrain import list_runs
+
+    rows = list_runs(app.registry)
+    if as_json:
+        output.emit_json(rows)
+        return
+    shown = [{**r, "decision": r["details"].get("decision", {}).get("action")} for r in rows]
+    click.echo(output.table(shown, ["id", "loop", "trigger", "state", "attempts", "version", "decision", "updated_at"])
+               if rows else "no retraining runs")
+
+
+@retrain_group.command("show")
+@click.argument("run_id", type=int)
+@JSON
+@pass_app
+def retrain_show(app: AppContext, run_id: int, as_json: bool) -> None:
+    """One retraining run: data counts, both evaluations, the decision."""
+    from pipelines.retrain import get
+
+    row = get(app.registry, run_id)
+    if as_json:
+        output.emit_json(row)
+        return
+    click.echo(json.dumps(row, indent=2, default=str))
+
+
+@retrain_group.command("worker", hidden=True)
+@click.argument("run_id", type=int)
+@pass_app
+def retrain_worker(app: AppContext, run_id: int) -> None:
+    """Drive one retraining run (started by the scheduler or `tuneloop retrain`)."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from pipelines.retrain import run_worker
+
+    row = run_worker(app.registry, run_id)
+    click.echo(f"retrain {run_id}: {row['state']}", err=True)
+
+
+# --- the scheduler ------------------------------------------------------------------------------
+@click.group("scheduler")
+def scheduler_group() -> None:
+    """The loop's scheduler: one active per database, others stand by (`tuneloop up` runs one)."""
+
+
+@scheduler_group.command("run")
+@click.option("--host", default=None, help="Health endpoint address (default: settings `server.host`).")
+@click.option("--port", type=int, default=None, help="Health endpoint port (default: settings `scheduler.port`, 8766).")
+@pass_app
+def scheduler_run(app: AppContext, host: str | None, port: int | None) -> None:
+    """Run the scheduler until SIGTERM/Ctrl-C: active while it holds the lease, standby otherwise."""
+    import logging
+    import signal
+    import threading
+
+    from pipelines.scheduler import LoopScheduler, serve_health
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    scheduler = LoopScheduler(app.registry, app.config_file)
+    server = serve_health(scheduler, host or app.settings.server.host, port or app.settings.scheduler.port)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    click.echo(f"scheduler {scheduler.owner}: health at http://{server.server_address[0]}:{server.server_address[1]}/health",
+               err=True)
+    try:
+        scheduler.run(stop)
+    except KeyboardInterrupt:
+        stop.set()
+    finally:
+        server.shutdown()
+    click.echo("scheduler stopped", err=True)
+
+
+@scheduler_group.command("status")
+@JSON
+@pass_app
+def scheduler_status(app: AppContext, as_json: bool) -> None:
+    """Which scheduler holds the lease, and the retraining queue."""
+    from pipelines.retrain import list_runs
+    from pipelines.scheduler import LEASE
+    from registry.leases import holder
+
+    lease = holder(app.registry.engine, LEASE)
+    queue = [{"id": r["id"], "state": r["state"], "loop": r["loop"]} for r in list_runs(app.registry) if r["state"] not in ("registered", "failed")]
+    result = {"lease": lease, "queue": queue}
+    if as_json:
+        output.emit_json(result)
+        return
+    if lease is None:
+        click.echo("no scheduler has run on this database")
+    else:
+        click.echo(f"scheduler lease: {lease['owner']} ({'live' if lease['live'] else 'lapsed'}, until {lease['expires_at']})")
+    click.echo(f"{len(queue)} retraining run(s) not finished" + "".join(f"\n  {q['id']} {q['loop']}: {q['state']}" for q in queue))

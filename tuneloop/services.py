@@ -1,0 +1,89 @@
+"""The platform's processes: the MLflow server, the ingest API and the scheduler, each started as a
+child in its own process group, checked through its health endpoint, and stopped with SIGTERM (then
+SIGKILL after a grace period). `tuneloop up` supervises all three; `tuneloop demo` and the tests
+start the ones they need.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from typing import Any
+
+from tuneloop.errors import StoreError
+
+HEALTH_TIMEOUT_S = 120
+
+
+def _tuneloop(config_file: str | None, *args: str) -> list[str]:
+    return [sys.executable, "-m", "tuneloop", *(["--config", config_file] if config_file else []), *args]
+
+
+def start_mlflow_server(settings: Any, host: str, port: int) -> subprocess.Popen:  # type: ignore[type-arg]
+    """Start `mlflow server` on the configured stores; the store URI travels by environment, not argv."""
+    env = dict(os.environ, MLFLOW_BACKEND_STORE_URI=settings.mlflow_uri, MLFLOW_REGISTRY_STORE_URI=settings.mlflow_uri)
+    command = [
+        sys.executable, "-m", "mlflow", "server",
+        "--default-artifact-root", settings.artifact_root,
+        "--no-serve-artifacts",
+        "--host", host,
+        "--port", str(port),
+        "--workers", "1",  # SQLite allows one writer; MLflow's own advice for a file store
+    ]
+    return subprocess.Popen(command, env=env, start_new_session=True)
+
+
+def start_ingest_server(config_file: str | None, host: str, port: int) -> subprocess.Popen:  # type: ignore[type-arg]
+    return subprocess.Popen(_tuneloop(config_file, "monitor", "serve", "--host", host, "--port", str(port)),
+                            start_new_session=True)
+
+
+def start_scheduler(config_file: str | None, host: str, port: int) -> subprocess.Popen:  # type: ignore[type-arg]
+    return subprocess.Popen(_tuneloop(config_file, "scheduler", "run", "--host", host, "--port", str(port)),
+                            start_new_session=True)
+
+
+def health(url: str, timeout_s: float = 2) -> dict[str, Any] | None:
+    """The JSON a health endpoint answers, or None when it does not answer 200."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+            if resp.status != 200:
+                return None
+            body = resp.read()
+    except OSError:
+        return None
+    try:
+        return json.loads(body) if body.strip().startswith(b"{") else {"status": body.decode(errors="replace").strip()}
+    except ValueError:
+        return {"status": "ok"}
+
+
+def wait_healthy(url: str, process: subprocess.Popen, timeout_s: float = HEALTH_TIMEOUT_S,  # type: ignore[type-arg]
+                 path: str = "/health", what: str = "the MLflow server") -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise StoreError(
+                f"{what} exited with code {process.returncode} before it was ready",
+                hint="read its output above; another process may hold the port",
+            )
+        if health(url + path) is not None:
+            return
+        time.sleep(0.5)
+    raise StoreError(f"{what} did not answer on {url} within {timeout_s:.0f} s", hint="check the port and the logs")
+
+
+def stop(process: subprocess.Popen, grace_s: float = 10) -> None:  # type: ignore[type-arg]
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()

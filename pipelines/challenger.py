@@ -41,7 +41,8 @@ def drive(rc: RegistryClient, run_id: int, *, on_stage: Callable[[str], None] | 
         retrain.update(rc, run_id, state="curating")
         from pipelines.curation import build
 
-        curated = build(rc, spec.model, champion_version, folder, min_rating=spec.feedback.min_rating, holdout=spec.holdout)
+        curated = build(rc, spec.model, champion_version, folder, min_rating=spec.feedback.min_rating, holdout=spec.holdout,
+                        champion_share=spec.champion_share)
         if curated.counts["new_training_rows"] == 0 and row["trigger"] == "alert":
             raise InvalidInput(
                 f"nothing new to learn: {curated.counts['reviewed_records']} production record(s) of `{spec.model}` carry "
@@ -170,7 +171,7 @@ def _finish(rc: RegistryClient, run_id: int, spec: Any, version: int, champion_v
         retrain.update(rc, run_id, details=details)
 
     if "decision" not in details:
-        details["decision"] = _decide(rc, spec, version, gates)
+        details["decision"] = _decide(rc, spec, version, gates, details["evals"])
         retrain.update(rc, run_id, details=details)
     _mirror(rc, run_id, details)
     if not details.get("notified"):
@@ -179,24 +180,27 @@ def _finish(rc: RegistryClient, run_id: int, spec: Any, version: int, champion_v
     retrain.update(rc, run_id, state="registered", details=details, error=None)
 
 
-def _decide(rc: RegistryClient, spec: Any, version: int, gates: Any) -> dict[str, Any]:
+def _decide(rc: RegistryClient, spec: Any, version: int, gates: Any, evals: dict[str, Any]) -> dict[str, Any]:
+    """Promote, keep the champion, or leave it to a person: the model's gates on the overall metrics and
+    on every task (old and new data), so a gain on the new data cannot hide a loss on the old."""
     from registry.promotion import promote
 
     policy = gates.policy_of(rc, spec.model)
     checks = [c.model_dump() for c in gates.evaluate(rc, rc.model_version(spec.model, version), policy)]
-    passed = bool(policy) and all(c["status"] != "failed" for c in checks)
-    if spec.promotion == "auto" and passed:
-        try:
-            promote(rc, spec.model, version, Alias.CHAMPION, reason="auto-promotion by the retraining loop")
-            return {"action": "promoted", "gates": checks, "why": "every gate passed and the loop auto-promotes"}
-        except GateFailed as exc:  # the champion moved meanwhile and the gates now read differently
-            return {"action": "kept champion", "gates": exc.details or checks, "why": exc.message}
+    checks += [c.model_dump() for c in gates.evaluate_per_task(
+        policy, evals["challenger"]["tasks"], evals["champion"]["tasks"], f"champion@v{evals['champion']['version']}")]
+    failed = [c["gate"] for c in checks if c["status"] == "failed"]
     if not policy:
         why = "the model has no gate policy, so nothing may promote it automatically; a release manager decides"
         return {"action": "awaiting review", "gates": checks, "why": why}
-    if not passed:
-        failed = [c["gate"] for c in checks if c["status"] == "failed"]
+    if failed:
         return {"action": "kept champion", "gates": checks, "why": "gates failed: " + "; ".join(failed)}
+    if spec.promotion == "auto":
+        try:
+            promote(rc, spec.model, version, Alias.CHAMPION, reason="auto-promotion by the retraining loop")
+            return {"action": "promoted", "gates": checks, "why": "every gate passed, overall and per task; the loop auto-promotes"}
+        except GateFailed as exc:  # the champion moved meanwhile and the gates now read differently
+            return {"action": "kept champion", "gates": checks, "why": exc.message}
     return {"action": "awaiting review", "gates": checks,
             "why": f"every gate passes; promotion is manual: tuneloop models promote {spec.model} {version} champion"}
 

@@ -5,7 +5,9 @@ was approved (at or above the loop's `min_rating`). The model's own unreviewed o
 Steps: read the champion's stored training file (verified by digest), turn each reviewed record into a
 row of the same format, hold out a deterministic share of the new rows (by record id) for
 evaluation, validate, and drop exact duplicates (and training rows that repeat a held-out prompt, so
-the held-out task measures generalisation, not recall).
+the held-out task measures generalisation, not recall). When the new rows outnumber the old, the
+champion's rows are repeated until they make `champion_share` of the set, so the challenger learns the
+new distribution without forgetting the one the champion was trained on.
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ def reviewed_examples(engine: sa.Engine, model: str, min_rating: float) -> list[
     return out
 
 
-def build(rc: Any, model: str, champion_version: int, folder: Path, *, min_rating: float, holdout: float) -> CuratedData:
+def build(rc: Any, model: str, champion_version: int, folder: Path, *, min_rating: float, holdout: float,
+          champion_share: float = 0.0) -> CuratedData:
     from monitors.references import stored_data_file
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -72,8 +75,8 @@ def build(rc: Any, model: str, champion_version: int, folder: Path, *, min_ratin
     held_prompts = {_norm(e["prompt"]) for e in held}
     system = _system_turn(champion_rows[0]) if fmt == "chat" else None
 
-    rows, seen, dropped_dupes, dropped_leaks = [], set(), 0, 0
-    for row in champion_rows + [_as_row(e, fmt, system) for e in learn]:
+    kept, seen, dropped_dupes, dropped_leaks = {"champion": [], "new": []}, set(), 0, 0
+    for source, row in [("champion", r) for r in champion_rows] + [("new", _as_row(e, fmt, system)) for e in learn]:
         key = json.dumps(row, sort_keys=True, ensure_ascii=False)
         if key in seen:
             dropped_dupes += 1
@@ -82,7 +85,9 @@ def build(rc: Any, model: str, champion_version: int, folder: Path, *, min_ratin
             dropped_leaks += 1
             continue
         seen.add(key)
-        rows.append(row)
+        kept[source].append(row)
+    repeats = _repeats(len(kept["champion"]), len(kept["new"]), champion_share)
+    rows = kept["champion"] * repeats + kept["new"]
     train = _write(folder / "train.jsonl", rows)
     data_io.load(train, fmt)  # validation: every row must be usable, or one error lists the bad ones
     holdout_path = _write(folder / "holdout.jsonl", [_as_row(e, fmt, system) for e in held]) if held else None
@@ -95,13 +100,22 @@ def build(rc: Any, model: str, champion_version: int, folder: Path, *, min_ratin
 
     counts = {"champion_rows": len(champion_rows), "reviewed_records": len(reviewed), "new_training_rows": len(learn),
               "held_out_rows": len(held), "duplicates_dropped": dropped_dupes, "held_out_prompts_dropped": dropped_leaks,
-              "training_rows": len(rows)}
+              "champion_repeats": repeats, "training_rows": len(rows)}
     for why in ("reference", "label", "approved"):
         counts[f"from_{why}"] = sum(e["why"] == why for e in learn)
     digests = {"train": "sha256:" + file_sha256(train)}
     if holdout_path:
         digests["holdout"] = "sha256:" + file_sha256(holdout_path)
     return CuratedData(train=train, holdout=holdout_path, eval=eval_path, counts=counts, digests=digests)
+
+
+def _repeats(champion: int, new: int, share: float) -> int:
+    """How many copies of the champion's rows make them at least `share` of the training rows."""
+    import math
+
+    if champion == 0 or share <= 0 or new == 0:
+        return 1
+    return max(1, math.ceil(share * new / ((1 - share) * champion)))
 
 
 def _share(record_id: str) -> float:

@@ -9,6 +9,7 @@
     recipe_overrides: ["training.max_steps=40"]   # applied to the champion's own recipe
     feedback: {min_rating: 4}         # an output rated this or higher is an approved training answer
     holdout: 0.2                      # share of the new labelled production rows kept for evaluation
+    champion_share: 0.5               # the champion's rows make at least half the training set (repeated)
     promotion: manual                 # `auto`: promote to champion when every gate passes
 """
 
@@ -49,6 +50,8 @@ class LoopSpec(Strict):
     recipe_overrides: list[str] = Field(default_factory=list, description="KEY=VALUE overrides of the champion's recipe")
     feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
     holdout: float = Field(0.2, ge=0.0, lt=1.0, description="Share of new labelled production rows held out for evaluation")
+    champion_share: float = Field(0.5, ge=0.0, lt=1.0, description="At least this share of the challenger's training rows "
+                                  "come from the champion's training set (its rows repeat to reach it), against forgetting")
     holdout_metrics: list[str] = Field(default_factory=lambda: ["rouge", "chrf"], description="Metrics of the held-out task")
     promotion: Literal["manual", "auto"] = Field("manual", description="`auto` promotes a challenger that passes every gate")
 

@@ -183,3 +183,29 @@ def record_metrics(rc: RegistryClient, name: str, version: int | str, metrics: d
     rc.model_version(name, version)
     for metric, value in metrics.items():
         rc.mlflow.set_model_version_tag(name, str(version), Tag.METRIC_PREFIX + metric, repr(float(value)))
+
+
+def evaluate_per_task(gates: list[Gate], candidate: dict[str, dict[str, float]], champion: dict[str, dict[str, float]],
+                      champion_label: str) -> list[GateCheck]:
+    """The gates applied to each task's metrics (task -> metric -> value), where the overall average could
+    hide a regression on one task behind a gain on another. Relative gates compare with the champion's
+    value on the same task; gates on other aliases or the base, and tasks without the metric, are left out."""
+    checks = []
+    for task, values in candidate.items():
+        for gate in gates:
+            value = values.get(gate.metric)
+            if value is None or (gate.ref is not None and gate.ref != "champion"):
+                continue
+            if gate.number is not None:
+                threshold, compared_with = gate.number, "absolute"
+            else:
+                held = champion.get(task, {}).get(gate.metric)
+                if held is None:
+                    continue
+                threshold, compared_with = gate.threshold_from(held), f"{champion_label} on {task}"
+            passed = _OPS[gate.op](value, threshold)
+            checks.append(GateCheck(
+                gate=f"{gate.text} [task {task}]", status="passed" if passed else "failed", value=value,
+                threshold=threshold, compared_with=compared_with,
+                reason="" if passed else f"{gate.metric} = {value:g} on {task} is not {gate.op} {threshold:g} ({compared_with})"))
+    return checks

@@ -24,7 +24,7 @@ def tiny_config(tiny_model: Path):  # type: ignore[no-untyped-def]
 
     return DemoConfig(base_name="tiny", base_source=str(tiny_model), adapter="tiny-support", method="lora",
                       train_rows=24, eval_rows=6, train_steps=6, retrain_steps=6, max_new_tokens=6, window=100,
-                      reference_windows=3, calm_windows=2, drift_windows=4, holdout_limit=4, learning_rate=0.01, batch_size=8,
+                      reference_windows=3, calm_windows=2, drift_windows=4, learning_rate=0.01, batch_size=8,
                       checkpoint_every=2)
 
 
@@ -85,7 +85,9 @@ def test_tiny_loop_end_to_end(loop_env, tiny_model: Path) -> None:
     counts = details["data"]["counts"]
     assert counts["new_training_rows"] > 0 and counts["held_out_rows"] > 0 and counts["from_reference"] > 0
     assert counts["from_reference"] + counts["from_approved"] == counts["new_training_rows"]
-    assert counts["training_rows"] == counts["champion_rows"] + counts["new_training_rows"] - counts["duplicates_dropped"]
+    unique = counts["champion_rows"] + counts["new_training_rows"] - counts["duplicates_dropped"] - counts["held_out_prompts_dropped"]
+    assert counts["champion_repeats"] > 1  # more new rows than old: the champion's rows repeat to keep half the set
+    assert counts["training_rows"] == unique + (counts["champion_repeats"] - 1) * counts["champion_rows"]
 
     version = runs[0].version
     mv = rc.mlflow.get_model_version("tiny-support", str(version))
@@ -120,7 +122,10 @@ def test_tiny_loop_end_to_end(loop_env, tiny_model: Path) -> None:
         assert run.data.tags["tuneloop.eval.model"] == f"tiny-support:{who['version']}"
         assert "production-holdout/rougeL" in run.data.metrics and "answers/rougeL" in run.data.metrics
     decision = summary["decision"]
-    assert decision["action"] in ("promoted", "kept champion") and len(decision["gates"]) == 2
+    assert decision["action"] in ("promoted", "kept champion")
+    per_task = [g["gate"] for g in decision["gates"] if "[task" in g["gate"]]
+    assert len(decision["gates"]) == 2 + len(per_task) and {g.rsplit(" ", 1)[1] for g in per_task} == {"answers]", "production-holdout]"}
+    assert (decision["action"] == "promoted") == all(g["status"] != "failed" for g in decision["gates"])
     holder = aliases["champion"]
     assert holder == (str(version) if decision["action"] == "promoted" else str(summary["champion"]["version"]))
 

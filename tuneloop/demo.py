@@ -33,7 +33,7 @@ class DemoConfig:
     adapter: str = "support-qlora"
     method: str = "qlora"
     train_rows: int = 48
-    eval_rows: int = 8
+    eval_rows: int = 24
     train_steps: int = 30
     retrain_steps: int = 30
     max_new_tokens: int = 32
@@ -43,7 +43,6 @@ class DemoConfig:
     drift_windows: int = 4
     drift_share: float = 0.5
     reviewed_share: float = 0.4  # of the drifted records, the share a person answered
-    holdout_limit: int = 8
     learning_rate: float = 2e-4
     batch_size: int = 4
     checkpoint_every: int = 10

@@ -1,0 +1,196 @@
+"""The closed loop's parts, each on its own: leases, the notification outbox, alert reconciliation,
+judging each window once, cron coalescing, the retraining queue, curation's choice of examples."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from pipelines import traffic
+from tests.conftest import free_port, run_cli
+from tests.registry_helpers import make_versions
+
+
+def _store(rc, rows: list[dict], model: str = "support:1", feedback: list[dict | None] | None = None) -> None:  # type: ignore[no-untyped-def]
+    from monitors.records import ModelResolver, parse_records, store
+
+    items = []
+    for i, r in enumerate(rows):
+        item = {"model": model, "prompt": r["prompt"], "output": r["output"]}
+        if feedback and feedback[i]:
+            item["feedback"] = feedback[i]
+        items.append(item)
+    store(rc.engine, parse_records(items, 100_000), ModelResolver(rc.mlflow))
+
+
+def _monitor(rc, tmp_path: Path, size: int = 100) -> None:  # type: ignore[no-untyped-def]
+    from monitors.service import add
+
+    make_versions(rc, "support", [{}])
+    rng3 = random.Random(3)
+    traffic.write(tmp_path / "reference.jsonl", [traffic.record(rng3) for _ in range(3000)])
+    spec = tmp_path / "monitor.yaml"
+    spec.write_text(f"name: mon\nmodel: support:1\nwindow: {{size: {size}}}\nmin_size: 50\n"
+                    "checks: [descriptors]\nreference: {file: reference.jsonl}\n")
+    add(rc, spec)
+
+
+def test_a_lease_has_one_holder_until_it_lapses(rc) -> None:  # type: ignore[no-untyped-def]
+    from registry import leases
+
+    assert leases.acquire(rc.engine, "x", "a", 1.0)
+    assert not leases.acquire(rc.engine, "x", "b", 1.0)
+    assert leases.acquire(rc.engine, "x", "a", 1.0)  # renewal
+    assert leases.holder(rc.engine, "x")["owner"] == "a"
+    time.sleep(1.1)
+    assert leases.acquire(rc.engine, "x", "b", 5.0)  # lapsed: b takes over
+    assert not leases.acquire(rc.engine, "x", "a", 5.0)
+    leases.release(rc.engine, "x", "a")  # not a's any more: nothing happens
+    assert leases.holder(rc.engine, "x")["owner"] == "b"
+    leases.release(rc.engine, "x", "b")
+    assert leases.holder(rc.engine, "x") is None
+
+
+def test_webhook_retries_back_off_record_every_attempt_and_give_up(sqlite_rc) -> None:  # type: ignore[no-untyped-def]
+    from monitors import notify
+
+    url = f"http://127.0.0.1:{free_port()}/hook?token=t0ps3cret"  # nothing listens
+    with sqlite_rc.engine.begin() as conn:
+        notify.enqueue(conn, "alert.opened", {"message": "m"}, [url])
+    started = time.monotonic()
+    assert notify.deliver_pending(sqlite_rc.engine, timeout_s=1, max_attempts=3, base_delay_s=0.5) == 1  # the log sink
+    assert time.monotonic() - started < 5  # a dead sink costs one bounded attempt, never a hang
+    assert notify.deliver_pending(sqlite_rc.engine, timeout_s=1, max_attempts=3, base_delay_s=0.5) == 0
+
+    def attempts() -> list:  # type: ignore[type-arg]
+        with sqlite_rc.engine.connect() as conn:
+            return conn.execute(sa.text("SELECT a.attempt, a.ok, a.detail, n.state FROM delivery_attempts a "
+                                        "JOIN notifications n ON n.id = a.notification_id WHERE n.sink != 'log' "
+                                        "ORDER BY a.attempt")).all()
+
+    assert [(a.attempt, a.ok, a.state) for a in attempts()] == [(1, False, "pending")]  # not due yet: backoff 0.5 s
+    time.sleep(0.6)
+    notify.deliver_pending(sqlite_rc.engine, timeout_s=1, max_attempts=3, base_delay_s=0.5)
+    assert len(attempts()) == 2
+    time.sleep(0.6)
+    notify.deliver_pending(sqlite_rc.engine, timeout_s=1, max_attempts=3, base_delay_s=0.5)
+    assert len(attempts()) == 2  # the second retry waits 2 × 0.5 s
+    time.sleep(0.5)
+    notify.deliver_pending(sqlite_rc.engine, timeout_s=1, max_attempts=3, base_delay_s=0.5)
+    rows = attempts()
+    assert [(a.attempt, a.ok) for a in rows] == [(1, False), (2, False), (3, False)] and rows[-1].state == "failed"
+    assert all("t0ps3cret" not in a.detail and "ConnectError" in a.detail for a in rows)
+
+
+def test_each_window_is_judged_once_and_alerts_reconcile_idempotently(rc, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from monitors import alerts
+    from monitors.service import check_pending
+
+    _monitor(rc, tmp_path)
+    rule = tmp_path / "rule.yaml"
+    rule.write_text("name: r\nmonitor: mon\nwhen: {drift: any}\nfor_windows: 2\nresolve_after: 2\nmin_size: 50\n")
+    alerts.add_rule(rc, rule)
+    rng = random.Random(5)
+    _store(rc, [traffic.record(rng) for _ in range(250)])
+    calm = check_pending(rc, "mon")
+    assert [w["status"] for w in calm] == ["ok", "ok"], [w["drifted_checks"] for w in calm]  # 250 records: two windows of 100
+    assert check_pending(rc, "mon") == []  # nothing new: nothing judged again
+    _store(rc, traffic.windows(3, 100, seed=6, kind="refusals", share=0.5)[50:])  # completes window 3, then 4 and 5
+    assert [w["status"] for w in check_pending(rc, "mon")] == ["drift", "drift", "drift"]
+
+    opened = alerts.evaluate(rc, "mon")
+    assert [(c.rule, c.kind) for c in opened] == [("r", "opened")]
+    assert alerts.evaluate(rc, "mon") == []  # replaying the same windows opens nothing twice
+    _store(rc, [traffic.record(rng) for _ in range(200)])
+    check_pending(rc, "mon")
+    assert [c.kind for c in alerts.evaluate(rc, "mon")] == ["resolved"]
+    rows = alerts.list_alerts(rc)
+    assert len(rows) == 1 and rows[0]["status"] == "resolved" and "output.refusal" in rows[0]["summary"]["drifted_checks"]
+    run = rc.mlflow.get_run(rows[0]["mlflow_run_id"])
+    assert run.data.tags["tuneloop.alert.status"] == "resolved"
+
+    # A rule on a check's statistic replays from the stored per-window statistics.
+    stat = tmp_path / "stat.yaml"
+    stat.write_text("name: s\nmonitor: mon\nwhen: {check: output.refusal, above: 0.15}\nfor_windows: 3\nmin_size: 50\n")
+    alerts.add_rule(rc, stat)
+    assert [(c.rule, c.kind) for c in alerts.evaluate(rc, "mon")] == [("s", "opened")]
+
+
+def _loop(rc, tmp_path: Path, cron: str | None = None) -> str:  # type: ignore[no-untyped-def]
+    from pipelines.retrain import add_loop
+
+    make_versions(rc, "adapter", [{}])
+    traffic.write(tmp_path / "eval.jsonl", [{"prompt": "a", "completion": "b"}])
+    (tmp_path / "suite.yaml").write_text("name: s\ntasks: [{name: t, data: eval.jsonl, metrics: [rouge]}]\n")
+    (tmp_path / "loop.yaml").write_text("name: l\nmodel: adapter\nsuite: suite.yaml\n" + (f'cron: "{cron}"\n' if cron else ""))
+    add_loop(rc, tmp_path / "loop.yaml")
+    return "l"
+
+
+def test_missed_cron_fires_coalesce_into_one_run_and_triggers_are_idempotent(sqlite_rc, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from pipelines.retrain import enqueue, list_runs
+    from pipelines.scheduler import LoopScheduler
+
+    _loop(sqlite_rc, tmp_path, cron="* * * * *")
+    with sqlite_rc.engine.begin() as conn:  # the scheduler was down for ten minutes
+        conn.execute(sa.text("UPDATE loops SET last_cron_at = :t"), {"t": datetime.now(UTC) - timedelta(minutes=10)})
+    scheduler = LoopScheduler(sqlite_rc)
+    first = scheduler.cron_due("l")
+    assert first is not None and scheduler.cron_due("l") is None
+    runs = list_runs(sqlite_rc)
+    assert len(runs) == 1 and runs[0]["trigger"] == "cron"
+    latest = datetime.fromisoformat(runs[0]["trigger_key"].split(":", 2)[2])
+    assert datetime.now(UTC) - latest < timedelta(minutes=1)  # the latest missed fire, not the oldest
+
+    a, created_a = enqueue(sqlite_rc, "l", "alert", "alert:7", alert_id=7)
+    b, created_b = enqueue(sqlite_rc, "l", "alert", "alert:7", alert_id=7)
+    assert a == b and created_a and not created_b
+
+
+def test_a_run_whose_workers_died_twice_is_failed_not_retried(sqlite_rc, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from pipelines.retrain import enqueue, get, run_worker
+
+    _loop(sqlite_rc, tmp_path)
+    run_id, _ = enqueue(sqlite_rc, "l", "manual")
+    with sqlite_rc.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE retrain_runs SET attempts = 2, state = 'training' WHERE id = :i"), {"i": run_id})
+    row = run_worker(sqlite_rc, run_id, lease_s=5)
+    assert row["state"] == "failed" and "died 2 times" in row["error"] and row["attempts"] == 3
+
+
+def test_only_reviewed_records_become_training_examples(sqlite_rc) -> None:  # type: ignore[no-untyped-def]
+    from pipelines.curation import _share, reviewed_examples
+
+    make_versions(sqlite_rc, "support", [{}])
+    rows = [{"prompt": f"p{i}", "output": f"o{i}"} for i in range(6)]
+    feedback = [{"reference": "gold"}, {"label": "refund"}, {"rating": 5}, {"rating": 3}, None, {"rating": 4.0}]
+    _store(sqlite_rc, rows, feedback=feedback)
+    picked = {(e["prompt"], e["answer"], e["why"]) for e in reviewed_examples(sqlite_rc.engine, "support", 4.0)}
+    assert picked == {("p0", "gold", "reference"), ("p1", "refund", "label"), ("p2", "o2", "approved"), ("p5", "o5", "approved")}
+    assert _share("record-1") == _share("record-1") and 0 <= _share("x") < 1
+
+
+def test_loop_and_rule_files_are_validated_with_every_problem_named(tmp_path: Path) -> None:
+    from tuneloop.errors import ConfigError
+
+    from pipelines.loop_spec import load_loop
+
+    bad = tmp_path / "loop.yaml"
+    bad.write_text('name: l\nmodel: m\nsuite: missing.yaml\ncron: "61 * * * *"\nmonitors: [{name: x, every: soon}]\nholdout: 1.5\n')
+    with pytest.raises(ConfigError) as err:
+        load_loop(bad)
+    text = str(err.value)
+    assert "`cron`" in text and "`monitors.0.every`" in text and "`holdout`" in text
+
+    rule = tmp_path / "rule.yaml"
+    rule.write_text("name: r\nmonitor: m\nwhen: {drift: any}\nwebhooks: [ftp://x]\n")
+    result = run_cli("alerts", "add", str(rule), env={"TUNELOOP_HOME": str(tmp_path / "home")})
+    assert result.returncode == 2 and "not http(s) URLs" in result.stderr
+    retrain = run_cli("retrain", "nope", "--json", env={"TUNELOOP_HOME": str(tmp_path / "home")})
+    assert retrain.returncode == 1 and json.loads(retrain.stdout)["error"] == "not_found"

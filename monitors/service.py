@@ -152,7 +152,11 @@ def judged_windows(rc: RegistryClient, name: str) -> tuple[list[int], list[Windo
     with rc.engine.connect() as conn:
         rows = conn.execute(sa.select(w).where(w.c.monitor == name).order_by(w.c.id)).mappings().all()
     ids, results = [], []
+    previous_seq = None
     for row in rows:
+        if row["last_seq"] == previous_seq:
+            continue  # `monitor check` run again with no new records: the same evidence, counted once
+        previous_seq = row["last_seq"]
         if row["checks"] is not None:
             checks = [CheckResult(**c) for c in json.loads(row["checks"])]
         else:  # windows judged before statistics were stored: the drifted names are all we know

@@ -88,14 +88,17 @@ def enqueue(rc: RegistryClient, loop_name: str, trigger: str, trigger_key: str |
 
 
 def enqueue_for_alerts(rc: RegistryClient) -> list[int]:
-    """A retrain for every open alert whose rule a loop subscribes to (idempotent: keyed by alert id)."""
+    """A retrain for every open alert whose rule a loop subscribes to (idempotent: keyed by alert id).
+
+    Called right after each check, so an incident is seen while it is open; resolved history does not
+    start retrains when a loop is added later."""
     created = []
     subscribed = {rule: spec.name for spec in loops(rc) for rule in spec.on_alerts}
     if not subscribed:
         return created
     a = tables.alerts
     with rc.engine.connect() as conn:
-        rows = conn.execute(sa.select(a.c.id, a.c.rule).where(a.c.rule.in_(list(subscribed)))).all()
+        rows = conn.execute(sa.select(a.c.id, a.c.rule).where(a.c.rule.in_(list(subscribed)), a.c.status == "open")).all()
     for row in rows:
         run_id, new = enqueue(rc, subscribed[row.rule], "alert", f"alert:{row.id}", alert_id=int(row.id))
         if new:

@@ -194,3 +194,20 @@ def test_loop_and_rule_files_are_validated_with_every_problem_named(tmp_path: Pa
     assert result.returncode == 2 and "not http(s) URLs" in result.stderr
     retrain = run_cli("retrain", "nope", "--json", env={"TUNELOOP_HOME": str(tmp_path / "home")})
     assert retrain.returncode == 1 and json.loads(retrain.stdout)["error"] == "not_found"
+
+
+def test_checking_the_same_records_again_adds_no_evidence_to_a_streak(sqlite_rc, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from monitors import alerts
+    from monitors.service import check
+
+    _monitor(sqlite_rc, tmp_path)
+    rule = tmp_path / "rule.yaml"
+    rule.write_text("name: r\nmonitor: mon\nwhen: {drift: any}\nfor_windows: 2\nmin_size: 50\n")
+    alerts.add_rule(sqlite_rc, rule)
+    _store(sqlite_rc, traffic.windows(1, 100, seed=6, kind="refusals", share=0.5))
+    for _ in range(3):  # one drifted window, judged three times by hand
+        assert check(sqlite_rc, "mon")["status"] == "drift"
+        assert alerts.evaluate(sqlite_rc, "mon") == []
+    _store(sqlite_rc, traffic.windows(1, 100, seed=7, kind="refusals", share=0.5))
+    check(sqlite_rc, "mon")
+    assert [c.kind for c in alerts.evaluate(sqlite_rc, "mon")] == ["opened"]

@@ -34,8 +34,8 @@ class DemoConfig:
     method: str = "qlora"
     train_rows: int = 48
     eval_rows: int = 24
-    train_steps: int = 30
-    retrain_steps: int = 30
+    train_steps: int = 60
+    retrain_steps: int = 120  # the challenger sees the champion's data as often as the champion did, plus the new rows
     max_new_tokens: int = 32
     window: int = 200
     reference_windows: int = 3  # pinned as the monitor's reference
@@ -43,7 +43,7 @@ class DemoConfig:
     drift_windows: int = 4
     drift_share: float = 0.5
     reviewed_share: float = 0.4  # of the drifted records, the share a person answered
-    learning_rate: float = 2e-4
+    learning_rate: float = 1e-3
     batch_size: int = 4
     checkpoint_every: int = 10
     extra_recipe: dict[str, Any] = field(default_factory=dict)

@@ -11,7 +11,8 @@ from tuneloop.cli.main import AppContext, pass_app
 
 
 @click.command()
-@click.option("--steps", type=click.IntRange(1, 10_000), default=None, help="Training steps of the champion and the challenger (default 30).")
+@click.option("--steps", type=click.IntRange(1, 10_000), default=None,
+              help="Training steps of the champion (default 60); the challenger, with twice the data, trains twice as long.")
 @click.option("--webhook", "webhooks", multiple=True, metavar="URL", help="Also POST the alert and the decision to URL.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON document on stdout.")
 @pass_app
@@ -32,7 +33,7 @@ def demo(app: AppContext, steps: int | None, webhooks: tuple[str, ...], as_json:
 
     started = time.monotonic()
     settings = app.settings
-    cfg = DemoConfig(**({"train_steps": steps, "retrain_steps": steps} if steps else {}))
+    cfg = DemoConfig(**({"train_steps": steps, "retrain_steps": 2 * steps} if steps else {}))
     output.stage(f"stores under {settings.home}; demo files under {settings.home / 'demo'}")
     rc = app.registry
     token = create(rc.engine, f"demo-{uuid.uuid4().hex[:8]}")

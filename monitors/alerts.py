@@ -22,7 +22,7 @@ from monitors import notify
 from monitors.alert_rules import AlertRule, incidents, load_rule
 from registry import tables
 from registry.client import RegistryClient
-from registry.db import locked
+from registry.db import locked, save_declared
 from tuneloop.errors import Conflict, NotFound
 
 EXPERIMENT = "alerts"
@@ -43,16 +43,8 @@ def add_rule(rc: RegistryClient, path: Path, *, replace: bool = False) -> dict[s
         if conn.execute(sa.select(tables.monitors.c.name).where(tables.monitors.c.name == rule.monitor)).first() is None:
             raise NotFound(f"alert rule `{rule.name}` watches monitor `{rule.monitor}`, which does not exist",
                            hint="add the monitor first: `tuneloop monitor add FILE`")
-    r = tables.alert_rules
-    with rc.engine.begin() as conn:
-        exists = conn.execute(sa.select(r.c.name).where(r.c.name == rule.name)).first() is not None
-        if exists and not replace:
-            raise Conflict(f"alert rule `{rule.name}` exists", hint="pass --replace to update it")
-        values = {"monitor": rule.monitor, "spec": rule.model_dump_json()}
-        if exists:
-            conn.execute(r.update().where(r.c.name == rule.name).values(**values))
-        else:
-            conn.execute(r.insert().values(name=rule.name, created_at=datetime.now(UTC), **values))
+    save_declared(rc.engine, tables.alert_rules, rule.name, {"monitor": rule.monitor, "spec": rule.model_dump_json()},
+                  replace=replace, kind="alert rule")
     return {"rule": rule.name, "monitor": rule.monitor, "when": rule.when.model_dump(exclude_none=True),
             "for_windows": rule.for_windows, "severity": rule.severity, "webhooks": len(rule.webhooks)}
 

@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from pipelines.loop_spec import LoopSpec, load_loop
 from registry import leases, tables
 from registry.client import RegistryClient
+from registry.db import save_declared
 from tuneloop.errors import Conflict, NotFound, TuneloopError
 
 STATES = ("queued", "curating", "training", "evaluating", "registered", "failed")
@@ -39,16 +40,8 @@ MAX_ATTEMPTS = 2
 def add_loop(rc: RegistryClient, path: Path, *, replace: bool = False) -> dict[str, Any]:
     spec = load_loop(path)
     rc.registered_model(spec.model)
-    l = tables.loops
-    with rc.engine.begin() as conn:
-        exists = conn.execute(sa.select(l.c.name).where(l.c.name == spec.name)).first() is not None
-        if exists and not replace:
-            raise Conflict(f"loop `{spec.name}` exists", hint="pass --replace to update it")
-        values = {"model": spec.model, "spec": spec.model_dump_json()}
-        if exists:
-            conn.execute(l.update().where(l.c.name == spec.name).values(**values))
-        else:
-            conn.execute(l.insert().values(name=spec.name, created_at=datetime.now(UTC), **values))
+    save_declared(rc.engine, tables.loops, spec.name, {"model": spec.model, "spec": spec.model_dump_json()},
+                  replace=replace, kind="loop")
     return {"loop": spec.name, "model": spec.model, "monitors": [m.model_dump() for m in spec.monitors],
             "on_alerts": spec.on_alerts, "cron": spec.cron, "promotion": spec.promotion}
 

@@ -242,3 +242,21 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def loop_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """Settings by environment, so the worker subprocesses see the same stores as the test."""
+    from registry.client import RegistryClient
+    from registry.db import dispose_engines
+    from tuneloop.settings import load_settings
+
+    for key in [k for k in os.environ if k.startswith("TUNELOOP_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("TUNELOOP_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TUNELOOP_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("TUNELOOP_NOTIFY__RETRY_BASE_SECONDS", "0.2")
+    monkeypatch.setenv("TUNELOOP_NOTIFY__TIMEOUT_SECONDS", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    yield RegistryClient(load_settings())
+    dispose_engines()

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_port
-from tests.test_loop import _ingest_directly, loop_env, tiny_config  # noqa: F401 - loop_env is a fixture
+from tests.loop_helpers import ingest_directly, tiny_config
 
 pytestmark = pytest.mark.acceptance
 
@@ -76,7 +76,7 @@ def test_mlflow_ui_shows_aliases_and_runs_after_a_tiny_loop(browser_binaries, lo
     demo = Demo(rc, replace(tiny_config(tiny_model)), lambda _s: None)
     champion = demo.champion()
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
-    send = _ingest_directly(rc)
+    send = ingest_directly(rc)
     send(demo.traffic("reference", start))
     demo.declare(start, start + timedelta(seconds=demo.cfg.reference_windows * demo.cfg.window))
     send(demo.traffic("calm", start + timedelta(hours=1)))

@@ -15,41 +15,15 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import free_port
+from tests.loop_helpers import ingest_directly, tiny_config
 
 pytestmark = pytest.mark.acceptance  # trains twice and evaluates three times: ~2 min
 
 
-def tiny_config(tiny_model: Path):  # type: ignore[no-untyped-def]
-    from tuneloop.demo import DemoConfig
-
-    return DemoConfig(base_name="tiny", base_source=str(tiny_model), adapter="tiny-support", method="lora",
-                      train_rows=24, eval_rows=6, train_steps=6, retrain_steps=6, max_new_tokens=6, window=100,
-                      reference_windows=3, calm_windows=2, drift_windows=4, learning_rate=0.01, batch_size=8,
-                      checkpoint_every=2)
-
-
-@pytest.fixture
-def loop_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    """Settings by environment, so the worker subprocesses see the same stores as the test."""
-    from registry.client import RegistryClient
-    from registry.db import dispose_engines
-    from tuneloop.settings import load_settings
-
-    for key in [k for k in os.environ if k.startswith("TUNELOOP_")]:
-        monkeypatch.delenv(key)
-    monkeypatch.setenv("TUNELOOP_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("TUNELOOP_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("TUNELOOP_NOTIFY__RETRY_BASE_SECONDS", "0.2")
-    monkeypatch.setenv("TUNELOOP_NOTIFY__TIMEOUT_SECONDS", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    yield RegistryClient(load_settings())
-    dispose_engines()
-
-
 def test_tiny_loop_end_to_end(loop_env, tiny_model: Path) -> None:
     from monitors.tokens import create
-    from tuneloop.services import start_ingest_server, stop, wait_healthy
     from tuneloop.demo import Demo, ingest_over_http
+    from tuneloop.services import start_ingest_server, stop, wait_healthy
 
     rc = loop_env
     hook_port = free_port()  # nothing listens there: the webhook sink is down for the whole loop
@@ -174,15 +148,6 @@ def _receive_webhooks(port: int) -> list[dict]:
     return received
 
 
-def _ingest_directly(rc):  # type: ignore[no-untyped-def]
-    from monitors.records import ModelResolver, parse_records, store
-
-    def send(records: list[dict]) -> None:
-        store(rc.engine, parse_records(records, 100_000), ModelResolver(rc.mlflow))
-
-    return send
-
-
 def test_kill_9_of_the_active_scheduler_mid_training_hands_over_to_the_standby(loop_env, tiny_model: Path,
                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     import signal
@@ -200,7 +165,7 @@ def test_kill_9_of_the_active_scheduler_mid_training_hands_over_to_the_standby(l
     demo = Demo(rc, cfg, lambda _s: None)
     champion = demo.champion()
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
-    send = _ingest_directly(rc)
+    send = ingest_directly(rc)
     send(demo.traffic("reference", start))
     demo.declare(start, start + timedelta(seconds=cfg.reference_windows * cfg.window))
     send(demo.traffic("calm", start + timedelta(hours=1)))

@@ -154,7 +154,7 @@ def test_missed_cron_fires_coalesce_into_one_run_and_triggers_are_idempotent(sql
 
 
 def test_a_run_whose_workers_died_twice_is_failed_not_retried(sqlite_rc, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from pipelines.retrain import enqueue, get, run_worker
+    from pipelines.retrain import enqueue, run_worker
 
     _loop(sqlite_rc, tmp_path)
     run_id, _ = enqueue(sqlite_rc, "l", "manual")
@@ -177,9 +177,8 @@ def test_only_reviewed_records_become_training_examples(sqlite_rc) -> None:  # t
 
 
 def test_loop_and_rule_files_are_validated_with_every_problem_named(tmp_path: Path) -> None:
-    from tuneloop.errors import ConfigError
-
     from pipelines.loop_spec import load_loop
+    from tuneloop.errors import ConfigError
 
     bad = tmp_path / "loop.yaml"
     bad.write_text('name: l\nmodel: m\nsuite: missing.yaml\ncron: "61 * * * *"\nmonitors: [{name: x, every: soon}]\nholdout: 1.5\n')

@@ -28,8 +28,8 @@ def demo(app: AppContext, steps: int | None, webhooks: tuple[str, ...], as_json:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from monitors.tokens import create
-    from tuneloop.services import start_ingest_server, stop, wait_healthy
     from tuneloop.demo import Demo, DemoConfig, ingest_over_http
+    from tuneloop.services import start_ingest_server, stop, wait_healthy
 
     started = time.monotonic()
     settings = app.settings

@@ -1,0 +1,23 @@
+"""A tiny closed loop for the loop tests: the demo's stages on a tiny random model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def tiny_config(tiny_model: Path):  # type: ignore[no-untyped-def]
+    from tuneloop.demo import DemoConfig
+
+    return DemoConfig(base_name="tiny", base_source=str(tiny_model), adapter="tiny-support", method="lora",
+                      train_rows=24, eval_rows=6, train_steps=6, retrain_steps=6, max_new_tokens=6, window=100,
+                      reference_windows=3, calm_windows=2, drift_windows=4, learning_rate=0.01, batch_size=8,
+                      checkpoint_every=2)
+
+
+def ingest_directly(rc):  # type: ignore[no-untyped-def]
+    from monitors.records import ModelResolver, parse_records, store
+
+    def send(records: list[dict]) -> None:
+        store(rc.engine, parse_records(records, 100_000), ModelResolver(rc.mlflow))
+
+    return send

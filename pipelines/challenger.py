@@ -10,7 +10,6 @@ registered lineage tags, alias `challenger`, the promotion decision, notificatio
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +21,10 @@ from tuneloop.names import Alias, Tag
 HOLDOUT_TASK = "production-holdout"
 
 
-def drive(rc: RegistryClient, run_id: int, *, on_stage: Callable[[str], None] | None = None) -> None:
+def drive(rc: RegistryClient, run_id: int) -> None:
     row = retrain.get(rc, run_id)
     spec = retrain.loop(rc, row["loop"])
     details = row["details"]
-    stage = on_stage or (lambda _s: None)
     if row["champion_version"] is None:
         champion = rc.mlflow.get_model_version_by_alias(spec.model, Alias.CHAMPION) if _has_champion(rc, spec.model) else None
         if champion is None:
@@ -37,7 +35,6 @@ def drive(rc: RegistryClient, run_id: int, *, on_stage: Callable[[str], None] | 
     folder = Path(rc.settings.home) / "retrains" / str(run_id)
 
     if "data" not in details:
-        stage("curating")
         retrain.update(rc, run_id, state="curating")
         from pipelines.curation import build
 
@@ -52,14 +49,12 @@ def drive(rc: RegistryClient, run_id: int, *, on_stage: Callable[[str], None] | 
 
     version = row["version"]
     if version is None:
-        stage("training")
         retrain.update(rc, run_id, state="training")
         version = _train(rc, run_id, spec, champion_version, details["data"])
         retrain.update(rc, run_id, version=version)
 
     evals = details.setdefault("evals", {})
     if "champion" not in evals or "challenger" not in evals:
-        stage("evaluating")
         retrain.update(rc, run_id, state="evaluating")
         suite = _suite(spec, details["data"].get("holdout"))
         for who, v in (("challenger", version), ("champion", champion_version)):
@@ -71,7 +66,6 @@ def drive(rc: RegistryClient, run_id: int, *, on_stage: Callable[[str], None] | 
                               "tasks": {t.name: t.metrics for t in result.tasks}}
                 retrain.update(rc, run_id, details=details)
 
-    stage("registering")
     _finish(rc, run_id, spec, version, champion_version, details)
 
 
@@ -87,7 +81,7 @@ def _has_champion(rc: RegistryClient, model: str) -> bool:
 
 def _train(rc: RegistryClient, run_id: int, spec: Any, champion_version: int, data: dict[str, Any]) -> int:
     from pipelines.recipes import Recipe
-    from pipelines.training.run import _latest_checkpoint, recipe_of_run, train
+    from pipelines.training.run import latest_checkpoint, recipe_of_run, train
     from tuneloop.yaml_models import apply_overrides
 
     row = retrain.get(rc, run_id)
@@ -96,7 +90,7 @@ def _train(rc: RegistryClient, run_id: int, spec: Any, champion_version: int, da
         done = _version_of_training_run(rc, spec.model, training_run)
         if done is not None:
             return done  # registered before the previous owner could record it: never register twice
-        if _latest_checkpoint(Path(rc.settings.home) / "runs" / training_run) is not None:
+        if latest_checkpoint(Path(rc.settings.home) / "runs" / training_run) is not None:
             return int(train(recipe_of_run(rc, training_run), rc, resume_run_id=training_run,
                              callbacks=[_record_run(rc, run_id)]).version)  # type: ignore[arg-type]
         rc.mlflow.set_terminated(training_run, "FAILED")  # died before its first checkpoint: start again

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop.digest import file_sha256
-from tuneloop.rowfiles import read_rows
 from tuneloop.errors import InvalidInput
+from tuneloop.rowfiles import read_rows
 
 ROLES = ("system", "user", "assistant")
 MAX_REPORTED = 20

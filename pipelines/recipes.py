@@ -8,7 +8,7 @@ paths are resolved against the recipe's folder.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, model_validator
 

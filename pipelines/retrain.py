@@ -18,7 +18,6 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -165,8 +164,7 @@ class _Heartbeat(threading.Thread):
                 continue  # a database hiccup: try again before the lease runs out
 
 
-def run_worker(rc: RegistryClient, run_id: int, *, lease_s: float | None = None,
-               on_stage: Callable[[str], None] | None = None) -> dict[str, Any]:
+def run_worker(rc: RegistryClient, run_id: int, *, lease_s: float | None = None) -> dict[str, Any]:
     """Claim run `run_id` and drive it to a terminal state; the final row."""
     from pipelines import challenger
 
@@ -187,7 +185,7 @@ def run_worker(rc: RegistryClient, run_id: int, *, lease_s: float | None = None,
     heartbeat = _Heartbeat(rc, lease_name(run_id), owner, lease_s)
     heartbeat.start()
     try:
-        challenger.drive(rc, run_id, on_stage=on_stage)
+        challenger.drive(rc, run_id)
     except TuneloopError as exc:
         update(rc, run_id, state="failed", error=f"{exc.message}" + (f" (fix: {exc.hint})" if exc.hint else ""))
     except Exception as exc:  # a bug or a library failure: recorded, not retried blindly

@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from monitors.checks import Record
+from monitors.checks import Record, permutations_for
 from monitors.domain import domain_check
-from monitors.checks import permutations_for
 from monitors.embedding import build_embedding_reference, mmd_check
 from monitors.monitor_spec import MonitorSpec, WindowSpec
 from monitors.quality import build_quality_reference, quality_checks

@@ -129,10 +129,11 @@ def test_adapter_trained_on_shuffled_labels_is_refused_by_a_gate_relative_to_the
 
 
 def test_eval_compare_and_human_review_through_the_cli(intents_registry, tmp_path: Path) -> None:
+    from scipy.stats import binomtest  # noqa: F401  (scipy ships with scikit-learn)
+
     from pipelines import data as data_io
     from pipelines.recipes import Recipe
     from registry.gates import metrics_of
-    from scipy.stats import binomtest  # noqa: F401  (scipy ships with scikit-learn)
 
     rc, data = intents_registry
     env = {"TUNELOOP_HOME": str(rc.settings.home)}

@@ -110,6 +110,10 @@ def test_tiny_loop_end_to_end(loop_env, tiny_model: Path) -> None:
         logged = conn.execute(sa.text("SELECT event, state FROM notifications WHERE sink = 'log'")).all()
     assert {h.event for h in hooks} == {"alert.opened", "challenger.registered"} and all(not h.state == "delivered" for h in hooks)
     assert all("s3cret" not in h.detail for h in hooks)
+    for run_id, artifact in ((alert["mlflow_run_id"], "alert.json"), (mv.tags["tuneloop.training_run_id"], "retrain.json")):
+        run = rc.mlflow.get_run(run_id)
+        stored = Path(rc.mlflow.download_artifacts(run_id, artifact)).read_text()
+        assert "s3cret" not in stored + json.dumps(run.data.params) + json.dumps(run.data.tags)
     assert sorted(logged) == [("alert.opened", "delivered"), ("challenger.registered", "delivered")]
 
     # When the webhook comes back, the retries deliver what waited (each attempt kept).

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
-
 import json
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from tests.conftest import run_cli

@@ -182,7 +182,7 @@ def train(
     with run_context as run:
         run_id = distributed.broadcast(run.info.run_id if main else None)
         output_dir = rc.settings.home / "runs" / run_id
-        checkpoint = _latest_checkpoint(output_dir) if resume_run_id else None
+        checkpoint = latest_checkpoint(output_dir) if resume_run_id else None
         if resume_run_id and checkpoint is None:
             raise NotFound(f"run `{resume_run_id}` has no checkpoint to resume from", hint="start a new training instead")
         if main and not resume_run_id:
@@ -335,7 +335,7 @@ def _adapter_folder(mv: Any) -> Path:
     return Path(download_artifacts(mv.tags[Tag.ARTIFACT_URI] + "/artifacts/adapter"))
 
 
-def _latest_checkpoint(output_dir: Path) -> Path | None:
+def latest_checkpoint(output_dir: Path) -> Path | None:
     found = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     return found[-1] if found else None
 

@@ -210,3 +210,14 @@ def test_checking_the_same_records_again_adds_no_evidence_to_a_streak(sqlite_rc,
     _store(sqlite_rc, traffic.windows(1, 100, seed=7, kind="refusals", share=0.5))
     check(sqlite_rc, "mon")
     assert [c.kind for c in alerts.evaluate(sqlite_rc, "mon")] == ["opened"]
+
+
+def test_shipped_alert_rules_and_loops_are_valid() -> None:
+    from monitors.alert_rules import load_rule
+    from pipelines.loop_spec import load_loop
+    from tests.conftest import REPO
+
+    rules = [load_rule(p) for p in sorted((REPO / "examples" / "alerts").glob("*.yaml"))]
+    loops = [load_loop(p) for p in sorted((REPO / "examples" / "loops").glob("*.yaml"))]
+    assert rules and loops
+    assert {rule for loop in loops for rule in loop.on_alerts} <= {r.name for r in rules}  # every subscription resolves

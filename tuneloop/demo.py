@@ -46,7 +46,11 @@ class DemoConfig:
     learning_rate: float = 1e-3
     batch_size: int = 4
     checkpoint_every: int = 10
+    holdout_limit: int | None = None
     extra_recipe: dict[str, Any] = field(default_factory=dict)
+
+
+QUICK = {"train_steps": 10, "retrain_steps": 20, "eval_rows": 8, "max_new_tokens": 16, "holdout_limit": 16}
 
 
 @dataclass
@@ -132,7 +136,7 @@ class Demo:
             "name": "support-loop", "model": cfg.adapter, "suite": "suite.yaml",
             "monitors": [{"name": "support-champion", "every": "5s"}], "on_alerts": ["support-drift"],
             "recipe_overrides": [f"training.max_steps={cfg.retrain_steps}"], "feedback": {"min_rating": 4},
-            "holdout": 0.25, "promotion": "auto"})
+            "holdout": 0.25, **({"holdout_limit": cfg.holdout_limit} if cfg.holdout_limit else {}), "promotion": "auto"})
         add_monitor(self.rc, self.folder / "monitor.yaml", replace=True)
         add_rule(self.rc, self.folder / "alert.yaml", replace=True)
         add_loop(self.rc, self.folder / "loop.yaml", replace=True)

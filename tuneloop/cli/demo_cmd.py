@@ -13,10 +13,11 @@ from tuneloop.cli.main import AppContext, pass_app
 @click.command()
 @click.option("--steps", type=click.IntRange(1, 10_000), default=None,
               help="Training steps of the champion (default 60); the challenger, with twice the data, trains twice as long.")
+@click.option("--quick", is_flag=True, help="A smoke run: 10/20 steps, 8 eval rows, 16 held-out rows (≈ half the time).")
 @click.option("--webhook", "webhooks", multiple=True, metavar="URL", help="Also POST the alert and the decision to URL.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON document on stdout.")
 @pass_app
-def demo(app: AppContext, steps: int | None, webhooks: tuple[str, ...], as_json: bool) -> None:
+def demo(app: AppContext, steps: int | None, quick: bool, webhooks: tuple[str, ...], as_json: bool) -> None:
     """The closed loop on SmolLM2-135M-Instruct: fine-tune, evaluate, promote, monitor, drift, alert, retrain, decide.
 
     Offline, on the embedded stores (≈ 10-15 min on 2 CPU cores). Everything it declares is written
@@ -28,12 +29,12 @@ def demo(app: AppContext, steps: int | None, webhooks: tuple[str, ...], as_json:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from monitors.tokens import create
-    from tuneloop.demo import Demo, DemoConfig, ingest_over_http
+    from tuneloop.demo import QUICK, Demo, DemoConfig, ingest_over_http
     from tuneloop.services import start_ingest_server, stop, wait_healthy
 
     started = time.monotonic()
     settings = app.settings
-    cfg = DemoConfig(**({"train_steps": steps, "retrain_steps": 2 * steps} if steps else {}))
+    cfg = DemoConfig(**{**(QUICK if quick else {}), **({"train_steps": steps, "retrain_steps": 2 * steps} if steps else {})})
     output.stage(f"stores under {settings.home}; demo files under {settings.home / 'demo'}")
     rc = app.registry
     token = create(rc.engine, f"demo-{uuid.uuid4().hex[:8]}")

@@ -88,8 +88,9 @@ def check_pending(rc: RegistryClient, name: str, *, limit: int = 1000) -> list[d
     """Judge every window that completed since the last judged one, oldest first (what the scheduler runs).
 
     Count windows end every `stride` records of the model; time windows are judged once per interval in
-    which records arrived. Records inside a pinned production-window reference are not judged against it. A window that is already judged is never judged again, so repeated calls
-    with no new traffic add nothing (and cannot stretch an alert's K-window streak).
+    which records arrived. Records inside a pinned production-window reference are not judged against
+    it. A window already judged is never judged again, so repeated calls with no new traffic add nothing
+    (and cannot stretch an alert's K-window streak).
     """
     row, spec = _monitor(rc, name)
     with rc.engine.connect() as conn:

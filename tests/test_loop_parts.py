@@ -88,6 +88,7 @@ def test_webhook_retries_back_off_record_every_attempt_and_give_up(sqlite_rc) ->
     assert all("t0ps3cret" not in a.detail and "ConnectError" in a.detail for a in rows)
 
 
+@pytest.mark.acceptance  # judges 7 windows and replays two rules on both stores: ~15 s
 def test_each_window_is_judged_once_and_alerts_reconcile_idempotently(rc, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from monitors import alerts
     from monitors.service import check_pending
@@ -195,6 +196,7 @@ def test_loop_and_rule_files_are_validated_with_every_problem_named(tmp_path: Pa
     assert retrain.returncode == 1 and json.loads(retrain.stdout)["error"] == "not_found"
 
 
+@pytest.mark.acceptance
 def test_checking_the_same_records_again_adds_no_evidence_to_a_streak(sqlite_rc, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from monitors import alerts
     from monitors.service import check

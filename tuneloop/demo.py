@@ -50,7 +50,7 @@ class DemoConfig:
     extra_recipe: dict[str, Any] = field(default_factory=dict)
 
 
-QUICK = {"train_steps": 10, "retrain_steps": 20, "eval_rows": 8, "max_new_tokens": 16, "holdout_limit": 16}
+QUICK = {"train_steps": 6, "retrain_steps": 12, "eval_rows": 6, "max_new_tokens": 12, "holdout_limit": 8}
 
 
 @dataclass

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -57,7 +56,10 @@ def alerts_list(app: AppContext, status: str | None, monitor: str | None, as_jso
     if as_json:
         output.emit_json(rows)
         return
-    shown = [{**r, "drifted": ", ".join(r["summary"]["drifted_checks"]) or "-"} for r in rows]
+    def drifted(checks: list[str]) -> str:
+        return ", ".join(checks[:3]) + (f" (+{len(checks) - 3} more)" if len(checks) > 3 else "") if checks else "-"
+
+    shown = [{**r, "drifted": drifted(r["summary"]["drifted_checks"])} for r in rows]
     click.echo(output.table(shown, ["id", "rule", "monitor", "severity", "status", "opened_at", "drifted"]) if rows else "no alerts")
 
 
@@ -74,7 +76,16 @@ def alerts_show(app: AppContext, alert_id: int, as_json: bool) -> None:
     if as_json:
         output.emit_json(alert)
         return
-    click.echo(json.dumps(alert, indent=2, default=str))
+    summary = alert["summary"]
+    click.echo(f"alert {alert['id']} ({alert['rule']}, {alert['severity']}): {alert['status']}\n"
+               f"  monitor {alert['monitor']} on {alert['model']}; condition {summary['condition']} held for "
+               f"{summary['for_windows']} window(s): {summary['window_ids']}\n"
+               f"  drifted: {', '.join(summary['drifted_checks']) or '-'}\n"
+               f"  opened {alert['opened_at']}" + (f", closed {alert['closed_at']}" if alert["closed_at"] else "")
+               + f"; MLflow run {alert['mlflow_run_id'] or '(not mirrored yet)'}")
+    for n in alert["notifications"]:
+        tries = ", ".join(f"#{a['attempt']} {'ok' if a['ok'] else a['detail']}" for a in n["attempts"]) or "not tried yet"
+        click.echo(f"  {n['event']} -> {n['sink']}: {n['state']} ({tries})")
 
 
 # --- loops and retraining -----------------------------------------------------------------------
@@ -205,7 +216,14 @@ def retrain_show(app: AppContext, run_id: int, as_json: bool) -> None:
     if as_json:
         output.emit_json(row)
         return
-    click.echo(json.dumps(row, indent=2, default=str))
+    print_run(row)
+    details = row["details"]
+    if details.get("data"):
+        click.echo("  data: " + ", ".join(f"{k} {v}" for k, v in details["data"]["counts"].items()))
+    for who, e in details.get("evals", {}).items():
+        for task, metrics in e["tasks"].items():
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+            click.echo(f"  {who} v{e['version']} on {task}: {shown}   (eval run {e['run_id']})")
 
 
 @retrain_group.command("worker", hidden=True)

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,31 @@ def spawn_worker(config_file: str | None, run_id: int) -> subprocess.Popen:  # t
     command = [sys.executable, "-m", "tuneloop", *(["--config", config_file] if config_file else []),
                "retrain", "worker", str(run_id)]
     return subprocess.Popen(command, stdin=subprocess.DEVNULL)
+
+
+def follow(rc: RegistryClient, config_file: str | None, run_id: int, on_state: Callable[[str], None],
+           timeout_s: float = 24 * 3600) -> dict[str, Any]:
+    """Run retrain `run_id` in a worker subprocess here and report each new state until it ends. A worker
+    that dies is started once more (the run's own claim limit decides whether it resumes)."""
+    import time
+
+    worker = spawn_worker(config_file, run_id)
+    state, deadline = None, time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            row = get(rc, run_id)
+            if row["state"] != state:
+                state = row["state"]
+                on_state(state)
+            if state in TERMINAL:
+                break
+            if worker.poll() is not None and get(rc, run_id)["state"] not in TERMINAL:
+                worker = spawn_worker(config_file, run_id)
+            time.sleep(1)
+    finally:
+        if worker.poll() is None:
+            worker.wait()
+    return get(rc, run_id)
 
 
 class _Heartbeat(threading.Thread):

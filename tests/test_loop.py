@@ -224,3 +224,26 @@ def _wait(probe, timeout_s: float):  # type: ignore[no-untyped-def]
             return value
         time.sleep(0.2)
     raise AssertionError(f"not reached within {timeout_s} s")
+
+
+def test_retrain_now_from_the_cli_follows_every_stage(loop_env, tiny_model: Path) -> None:
+    from tests.conftest import run_cli
+    from tuneloop.demo import Demo
+
+    rc = loop_env
+    demo = Demo(rc, tiny_config(tiny_model), lambda _s: None)
+    demo.champion()
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+    send = ingest_directly(rc)
+    send(demo.traffic("reference", start))
+    demo.declare(start, start + timedelta(seconds=demo.cfg.reference_windows * demo.cfg.window))
+    send(demo.traffic("drift", start + timedelta(hours=2)))  # reviewed answers exist; no window judged yet
+
+    env = {k: v for k, v in os.environ.items() if k.startswith(("TUNELOOP_", "HF_"))}
+    result = run_cli("retrain", "support-loop", env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    states = [line.rsplit(": ", 1)[1] for line in result.stderr.splitlines() if line.startswith("==> retrain 1:")]
+    assert states[0] == "queued" and states[-1] == "registered" and "training" in states and "evaluating" in states
+    assert "retrain 1 of tiny-support (manual): registered, challenger v2" in result.stdout
+    listed = json.loads(run_cli("retrain", "list", "--json", env=env).stdout)
+    assert [(r["trigger"], r["alert_id"], r["state"]) for r in listed] == [("manual", None, "registered")]

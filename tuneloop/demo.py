@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import random
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -169,7 +168,7 @@ class Demo:
         from monitors import alerts
         from monitors.notify import deliver_pending
         from monitors.service import check_pending
-        from pipelines.retrain import TERMINAL, enqueue_for_alerts, get, spawn_worker
+        from pipelines.retrain import enqueue_for_alerts, follow, get
 
         self.stage("7/8 judging the windows; the alert fires after 2 drifted windows in a row")
         windows = check_pending(self.rc, "support-champion")
@@ -180,22 +179,9 @@ class Demo:
             return {"windows": windows, "alerts": [c.__dict__ for c in changes], "retrain": None}
         run_id = created[0]
         self.stage(f"8/8 retraining a challenger (retrain {run_id}) in a worker process: curate, train, evaluate both, decide")
-        worker = spawn_worker(self.config_file, run_id)
-        state, deadline = None, time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            row = get(self.rc, run_id)
-            if row["state"] != state:
-                state = row["state"]
-                self.stage(f"    retrain {run_id}: {state}")
-            if state in TERMINAL:
-                break
-            if worker.poll() is not None and get(self.rc, run_id)["state"] not in TERMINAL:
-                worker = spawn_worker(self.config_file, run_id)
-            time.sleep(1)
-        worker.wait()
+        follow(self.rc, self.config_file, run_id, lambda state: self.stage(f"    retrain {run_id}: {state}"), timeout_s)
         deliver_pending(self.rc.engine, timeout_s=2, max_attempts=self.rc.settings.notify.max_attempts)
         return {"windows": windows, "alerts": [c.__dict__ for c in changes], "retrain": get(self.rc, run_id)}
-
 
     def run(self, ingest: Callable[[list[dict[str, Any]]], None], ui: str, webhooks: list[str] | None = None) -> dict[str, Any]:
         """The whole loop; `ingest` sends records through the ingest API. The summary."""

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import click
@@ -147,37 +146,19 @@ def retrain_group() -> None:
 @pass_app
 def retrain_now(app: AppContext, loop_name: str, as_json: bool) -> None:
     """Queue a retrain of LOOP and run it in a worker subprocess, showing each stage."""
-    from pipelines.retrain import enqueue
+    from pipelines.retrain import enqueue, follow
 
     run_id, _ = enqueue(app.registry, loop_name, "manual")
-    row = wait_for(app, run_id, quiet=as_json)
+
+    def show(state: str) -> None:
+        if not as_json:
+            output.stage(f"retrain {run_id}: {state}")
+
+    row = follow(app.registry, app.config_file, run_id, show)
     if as_json:
         output.emit_json(row)
         return
     print_run(row)
-
-
-def wait_for(app: AppContext, run_id: int, *, quiet: bool = False, timeout_s: float = 24 * 3600) -> dict:
-    """Run retrain `run_id` in a worker subprocess and follow its state until it ends."""
-    from pipelines.retrain import TERMINAL, get, spawn_worker
-
-    worker = spawn_worker(app.config_file, run_id)
-    state, deadline = None, time.monotonic() + timeout_s
-    try:
-        while time.monotonic() < deadline:
-            row = get(app.registry, run_id)
-            if row["state"] != state and not quiet:
-                state = row["state"]
-                output.stage(f"retrain {run_id}: {state}")
-            if row["state"] in TERMINAL:
-                break
-            if worker.poll() is not None and get(app.registry, run_id)["state"] not in TERMINAL:
-                worker = spawn_worker(app.config_file, run_id)  # it died: the next claim resumes (at most once more)
-            time.sleep(1)
-    finally:
-        if worker.poll() is None:
-            worker.wait()
-    return get(app.registry, run_id)
 
 
 def print_run(row: dict) -> None:

@@ -1,11 +1,12 @@
 """The closed loop, end to end: what `tuneloop demo` runs on SmolLM2-135M-Instruct, and what the
 loop tests run on a tiny random model.
 
- 1. import the base model                    6. replay in-distribution traffic through the ingest API,
- 2. QLoRA SFT on the support data               pin a window of it as the monitor's reference
- 3. evaluate it                              7. replay drifted traffic (German tickets, some reviewed)
- 4. promote it to `champion` through gates   8. the scheduler's jobs: judge windows, fire the alert,
- 5. declare monitor, alert rule and loop        retrain a challenger in a worker, evaluate both, decide
+ 1. import the base model                  5. replay in-distribution traffic through the ingest API
+ 2. QLoRA SFT on the support data             (pinned as the monitor's reference window)
+ 3. evaluate it                            6. declare monitor, alert rule and loop; replay more calm
+ 4. promote it to `champion` through gates    traffic, then drifted (German tickets, some reviewed)
+                                           7. judge the windows: the alert fires
+                                           8. retrain a challenger in a worker, evaluate both, decide
 
 Every file the demo declares (data, recipe, suite, monitor, rule, loop) is written under
 `<home>/demo/`, so a user can read and reuse them. The traffic is synthetic (`pipelines.traffic`):

@@ -14,7 +14,7 @@ hashed (sha256) so the data a model saw can be identified and fetched again.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,21 +39,45 @@ class Dataset:
 
 
 @dataclass
-class _Problems:
-    path: Path
-    items: list[str] = field(default_factory=list)
+class Problem:
+    line: int | None
+    message: str
 
-    def add(self, line: int | None, message: str) -> None:
-        self.items.append(f"{self.path}:{line}: {message}" if line else f"{self.path}: {message}")
+    @property
+    def kind(self) -> str:
+        """The message with row-specific numbers and field values masked, for counting problems by kind."""
+        import re
+
+        text = re.sub(r"\[\d+\]", "[i]", self.message)
+        text = re.sub(r"\d+", "N", text)
+        return re.sub(r"fields \[.*\]", "fields [...]", text)
+
+
+@dataclass
+class Scan:
+    """Every row of a file checked: the usable rows and every problem, with its line."""
+
+    path: Path
+    format: str
+    rows: list[dict[str, Any]]
+    lines: list[int]
+    problems: list[Problem]
+    total: int
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for p in self.problems:
+            out[p.kind] = out.get(p.kind, 0) + 1
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
     def raise_if_any(self) -> None:
-        if not self.items:
+        if not self.problems:
             return
-        shown = self.items[:MAX_REPORTED]
-        more = f"\n  ... and {len(self.items) - MAX_REPORTED} more" if len(self.items) > MAX_REPORTED else ""
+        shown = [f"{self.path}:{p.line}: {p.message}" if p.line else f"{self.path}: {p.message}" for p in self.problems]
+        more = f"\n  ... and {len(shown) - MAX_REPORTED} more" if len(shown) > MAX_REPORTED else ""
         raise InvalidInput(
-            f"{len(self.items)} problem(s) in the data:\n  " + "\n  ".join(shown) + more,
-            hint="fix or remove these rows (`tuneloop data validate` lists them too)",
+            f"{len(shown)} problem(s) in the data:\n  " + "\n  ".join(shown[:MAX_REPORTED]) + more,
+            hint=f"fix or remove these rows (`tuneloop data validate {self.path}` lists them all)",
         )
 
 
@@ -127,40 +151,53 @@ def _normalise(row: dict[str, Any], fmt: str) -> tuple[dict[str, Any] | None, st
 def load(path: str | Path, fmt: str = "auto", *, tokenizer: Any = None, max_length: int | None = None) -> Dataset:
     """Read and validate a whole file; raises one InvalidInput listing every bad row by line."""
     path = Path(path)
-    problems = _Problems(path)
     if not path.is_file():
         raise InvalidInput(f"data file `{path}` does not exist", hint="check `data.train` / `data.eval` in the recipe")
-    raw = read_rows(path)
-    if not raw:
+    scan = check(path, fmt, tokenizer=tokenizer, max_length=max_length)
+    if scan.total == 0:
         raise InvalidInput(f"`{path}` holds no rows", hint="a data set needs at least one example")
+    scan.raise_if_any()
+    return Dataset(path=path, format=scan.format, rows=scan.rows, lines=scan.lines, digest="sha256:" + file_sha256(path))
+
+
+def check(path: Path, fmt: str = "auto", *, tokenizer: Any = None, max_length: int | None = None,
+          max_chars: int | None = None) -> Scan:
+    """Check every row of `path` (nothing raised for bad rows): what `load` keeps and every problem found.
+
+    Over-long rows are measured in tokens when a tokenizer is given, else in characters with `max_chars`.
+    """
+    raw = read_rows(path)
+    problems: list[Problem] = []
     rows, lines = [], []
     detected = fmt
     for number, row in raw:
         if isinstance(row, str):
-            problems.add(number, row)
+            problems.append(Problem(number, row))
             continue
         if not isinstance(row, dict):
-            problems.add(number, "a row must be a JSON object")
+            problems.append(Problem(number, "a row must be a JSON object"))
             continue
         if detected == "auto":
             detected = detect_format(row) or "auto"
             if detected == "auto":
-                problems.add(number, f"cannot tell the format from fields {sorted(row)}; see `data.format`")
+                problems.append(Problem(number, f"cannot tell the format from fields {sorted(row)}; see `data.format`"))
                 continue
         normalised, why = _normalise(row, detected)
         if why:
-            problems.add(number, why)
+            problems.append(Problem(number, why))
             continue
         assert normalised is not None
         if tokenizer is not None and max_length is not None:
             length = _token_length(tokenizer, normalised)
             if length > max_length:
-                problems.add(number, f"{length} tokens, over `data.max_length` = {max_length}")
+                problems.append(Problem(number, f"{length} tokens, over `data.max_length` = {max_length}"))
                 continue
+        if max_chars is not None and (chars := len(json.dumps(normalised, ensure_ascii=False))) > max_chars:
+            problems.append(Problem(number, f"{chars} characters, over the limit of {max_chars}"))
+            continue
         rows.append(normalised)
         lines.append(number)
-    problems.raise_if_any()
-    return Dataset(path=path, format=detected, rows=rows, lines=lines, digest="sha256:" + file_sha256(path))
+    return Scan(path=path, format=detected, rows=rows, lines=lines, problems=problems, total=len(raw))
 
 
 def _token_length(tokenizer: Any, row: dict[str, Any]) -> int:

@@ -93,3 +93,38 @@ def test_over_long_rows_are_reported(tmp_path: Path, tiny_model: Path) -> None:
                                          {"prompt": "hello " * 50, "completion": "world"}])
     with pytest.raises(InvalidInput, match=r"p.jsonl:2: \d+ tokens, over `data.max_length` = 16"):
         data_io.load(path, tokenizer=tokenizer, max_length=16)
+
+
+def test_data_validate_lists_every_planted_problem_with_its_line(tmp_path: Path) -> None:
+    from tests.conftest import run_cli
+
+    def chat(*turns: tuple[str, str]) -> str:
+        return json.dumps({"messages": [{"role": r, "content": c} for r, c in turns]})
+
+    lines = [
+        chat(("user", "hi"), ("assistant", "hello")),                    # 1 fine
+        '{"messages": [{"role": "user", "content": "hi"}',                # 2 broken JSON
+        "[1, 2]",                                                          # 3 not an object
+        chat(("robot", "hi"), ("assistant", "x")),                        # 4 wrong role
+        chat(("user", "  "), ("assistant", "x")),                         # 5 empty turn
+        chat(("user", "q"), ("user", "x")),                               # 6 no assistant turn
+        chat(("user", "q"), ("assistant", "y" * 300)),                    # 7 over-long
+        chat(("system", "s"), ("user", "q"), ("assistant", "fine too")),  # 8 fine
+    ]
+    path = tmp_path / "planted.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    result = run_cli("data", "validate", str(path), "--max-chars", "200", "--json")
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    assert [p["line"] for p in report["problems"]] == [2, 3, 4, 5, 6, 7]
+    assert (report["rows"], report["valid_rows"], report["valid"], report["format"]) == (8, 2, False, "chat")
+    assert sum(report["counts"].values()) == 6 and report["counts"]["`messages[i].content` is empty"] == 1
+    text = run_cli("data", "validate", str(path))  # no length limit: row 7 is fine
+    assert text.returncode == 1 and f"{path}:7:" not in text.stdout and f"{path}:6: the last turn" in text.stdout
+    assert "8 row(s), 3 usable, format chat: 5 problem(s)" in text.stdout
+
+    path.write_text("\n".join([lines[0], lines[7]]) + "\n")
+    assert run_cli("data", "validate", str(path)).returncode == 0
+    path.write_bytes(b'{"a": "caf\xe9"}\n')  # latin-1, not UTF-8
+    broken = run_cli("data", "validate", str(path))
+    assert broken.returncode == 1 and "not UTF-8" in broken.stderr

@@ -57,6 +57,7 @@ def cli(ctx: click.Context, config_file: str | None) -> None:
 
 def _register_commands() -> None:
     from tuneloop.cli.config_cmd import config
+    from tuneloop.cli.data_cmd import data_group
     from tuneloop.cli.demo_cmd import demo
     from tuneloop.cli.eval_cmd import eval_group
     from tuneloop.cli.loop_cmd import alerts_group, loop_group, retrain_group, scheduler_group
@@ -65,7 +66,8 @@ def _register_commands() -> None:
     from tuneloop.cli.train_cmd import train
     from tuneloop.cli.up_cmd import up
 
-    for command in (config, demo, models, monitor, train, up, alerts_group, loop_group, retrain_group, scheduler_group):
+    for command in (config, data_group, demo, models, monitor, train, up, alerts_group, loop_group, retrain_group,
+                    scheduler_group):
         cli.add_command(command)
     cli.add_command(eval_group, name="eval")
 
@@ -78,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
 
     wants_json = "--json" in (argv if argv is not None else sys.argv[1:])
     try:
-        cli.main(args=argv, prog_name="tuneloop", standalone_mode=False)
-        return 0
+        result = cli.main(args=argv, prog_name="tuneloop", standalone_mode=False)
+        return result if isinstance(result, int) else 0  # click returns an Exit's code here instead of raising
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.ClickException as exc:  # usage errors: exit 2

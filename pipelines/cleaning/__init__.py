@@ -1,0 +1,1 @@
+"""Data cleaning for `tuneloop data curate`: text normalisation, PII scrubbing, exact and near dedup, splits."""

@@ -5,7 +5,8 @@ was approved (at or above the loop's `min_rating`). The model's own unreviewed o
 Steps: read the champion's stored training file (verified by digest), turn each reviewed record into a
 row of the same format, hold out a deterministic share of the new rows (by record id) for
 evaluation, validate, and drop exact duplicates (and training rows that repeat a held-out prompt, so
-the held-out task measures generalisation, not recall). When the new rows outnumber the old, the
+the held-out task measures generalisation, not recall). Production text is normalised and scrubbed of
+PII (e-mails, phones, cards, IBANs, IPs) first, as `tuneloop data curate` does. When the new rows outnumber the old, the
 champion's rows are repeated until they make `champion_share` of the set, so the challenger learns the
 new distribution without forgetting the one the champion was trained on.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,7 +71,7 @@ def build(rc: Any, model: str, champion_version: int, folder: Path, *, min_ratin
     if fmt in (None, "preference"):
         raise InvalidInput(f"cannot add production examples to {fmt or 'unrecognised'} training rows",
                            hint="retraining extends chat, instruction or completion data")
-    reviewed = reviewed_examples(rc.engine, model, min_rating)
+    reviewed, pii_found = _scrubbed(reviewed_examples(rc.engine, model, min_rating))
     held = [e for e in reviewed if _share(e["id"]) < holdout]
     learn = [e for e in reviewed if _share(e["id"]) >= holdout]
     held_prompts = {_norm(e["prompt"]) for e in held}
@@ -101,6 +103,7 @@ def build(rc: Any, model: str, champion_version: int, folder: Path, *, min_ratin
     counts = {"champion_rows": len(champion_rows), "reviewed_records": len(reviewed), "new_training_rows": len(learn),
               "held_out_rows": len(held), "duplicates_dropped": dropped_dupes, "held_out_prompts_dropped": dropped_leaks,
               "champion_repeats": repeats, "training_rows": len(rows)}
+    counts |= {f"pii_{kind}": n for kind, n in sorted(pii_found.items())}
     for why in ("reference", "label", "approved"):
         counts[f"from_{why}"] = sum(e["why"] == why for e in learn)
     digests = {"train": "sha256:" + file_sha256(train)}
@@ -116,6 +119,21 @@ def _repeats(champion: int, new: int, share: float) -> int:
     if champion == 0 or share <= 0 or new == 0:
         return 1
     return max(1, math.ceil(share * new / ((1 - share) * champion)))
+
+
+def _scrubbed(examples: list[dict[str, str]]) -> tuple[list[dict[str, str]], Counter[str]]:
+    """Production text normalised and scrubbed of PII (the `tuneloop data curate` steps) before it trains."""
+    from pipelines.cleaning.dedup import normalise
+    from pipelines.cleaning.pii import scrub
+
+    found: Counter[str] = Counter()
+    out = []
+    for e in examples:
+        prompt, in_prompt = scrub(normalise(e["prompt"]))
+        answer, in_answer = scrub(normalise(e["answer"]))
+        found.update(in_prompt + in_answer)
+        out.append({**e, "prompt": prompt, "answer": answer})
+    return out, found
 
 
 def _share(record_id: str) -> float:

@@ -223,3 +223,13 @@ def test_shipped_alert_rules_and_loops_are_valid() -> None:
     loops = [load_loop(p) for p in sorted((REPO / "examples" / "loops").glob("*.yaml"))]
     assert rules and loops
     assert {rule for loop in loops for rule in loop.on_alerts} <= {r.name for r in rules}  # every subscription resolves
+
+
+def test_production_examples_are_scrubbed_of_pii_before_they_train() -> None:
+    from pipelines.curation import _scrubbed
+
+    examples = [{"id": "1", "prompt": "I am jane@example.com,  card 4111 1111 1111 1111", "answer": "Refunded  to DE89 3704 0044 0532 0130 00",
+                 "why": "reference"}]
+    cleaned, found = _scrubbed(examples)
+    assert cleaned[0]["prompt"] == "I am [EMAIL], card [CARD]" and cleaned[0]["answer"] == "Refunded to [IBAN]"
+    assert dict(found) == {"email": 1, "card": 1, "iban": 1}

@@ -295,3 +295,19 @@ def test_two_processes_train_together_and_register_once(sqlite_rc, tiny_model: P
     experiment = sqlite_rc.mlflow.get_experiment_by_name("tuneloop-training")
     runs = sqlite_rc.mlflow.search_runs([experiment.experiment_id])
     assert len(runs) == 1 and runs[0].data.tags["tuneloop.world_size"] == "2"
+
+
+def test_a_partial_checkpoint_left_by_a_kill_is_passed_over(tmp_path: Path) -> None:
+    from pipelines.training.run import latest_checkpoint
+
+    for step, files in ((10, ["trainer_state.json", "optimizer.pt", "rng_state.pth"]),
+                        (20, ["trainer_state.json", "optimizer.pt", "rng_state_0.pth"]),
+                        (30, ["README.md"]),  # killed while saving: what CI once found
+                        (40, ["optimizer.pt", "rng_state.pth", "trainer_state.json"])):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        for name in files:
+            (folder / name).write_text("{}" if name.endswith(".json") else "x")
+    (tmp_path / "checkpoint-40" / "trainer_state.json").write_text('{"global_step": 4')  # cut short mid-write
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-20"
+    assert latest_checkpoint(tmp_path / "nothing") is None

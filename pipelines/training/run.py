@@ -336,8 +336,24 @@ def _adapter_folder(mv: Any) -> Path:
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:
+    """The newest complete checkpoint. A process killed while saving leaves a partial `checkpoint-N`
+    (seen: only its README); resuming from it fails, so it is passed over for the one before."""
     found = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    return found[-1] if found else None
+    for folder in reversed(found):
+        if _complete_checkpoint(folder):
+            return folder
+    return None
+
+
+def _complete_checkpoint(folder: Path) -> bool:
+    state = folder / "trainer_state.json"
+    if not (state.is_file() and (folder / "optimizer.pt").is_file() and list(folder.glob("rng_state*.pth"))):
+        return False
+    try:
+        json.loads(state.read_text())
+    except ValueError:
+        return False
+    return True
 
 
 FINAL_LOSS_ROWS = 16

@@ -253,6 +253,15 @@ def scheduler_run(app: AppContext, host: str | None, port: int | None) -> None:
     finally:
         server.shutdown()
     click.echo("scheduler stopped", err=True)
+    # A job still running (a check, a dispatch waiting on the database) is abandoned, not awaited: every job
+    # is idempotent and its writes are transactions, so the next active scheduler redoes it. Python would
+    # otherwise wait at exit for APScheduler's pool threads, holding up shutdown and takeover.
+    import os
+    import sys
+
+    sys.stderr.flush()
+    sys.stdout.flush()
+    os._exit(0)
 
 
 @scheduler_group.command("status")

@@ -39,7 +39,7 @@ def drive(rc: RegistryClient, run_id: int) -> None:
         from pipelines.curation import build
 
         curated = build(rc, spec.model, champion_version, folder, min_rating=spec.feedback.min_rating, holdout=spec.holdout,
-                        champion_share=spec.champion_share)
+                        champion_share=spec.champion_share, near_threshold=spec.near_threshold)
         if curated.counts["new_training_rows"] == 0 and row["trigger"] == "alert":
             raise InvalidInput(
                 f"nothing new to learn: {curated.counts['reviewed_records']} production record(s) of `{spec.model}` carry "

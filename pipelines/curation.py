@@ -59,7 +59,7 @@ def reviewed_examples(engine: sa.Engine, model: str, min_rating: float) -> list[
 
 
 def build(rc: Any, model: str, champion_version: int, folder: Path, *, min_rating: float, holdout: float,
-          champion_share: float = 0.0) -> CuratedData:
+          champion_share: float = 0.0, near_threshold: float | None = 0.8) -> CuratedData:
     from monitors.references import stored_data_file
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -77,6 +77,7 @@ def build(rc: Any, model: str, champion_version: int, folder: Path, *, min_ratin
     held_prompts = {_norm(e["prompt"]) for e in held}
     system = _system_turn(champion_rows[0]) if fmt == "chat" else None
 
+    held_rows = [_as_row(e, fmt, system) for e in held]
     kept, seen, dropped_dupes, dropped_leaks = {"champion": [], "new": []}, set(), 0, 0
     for source, row in [("champion", r) for r in champion_rows] + [("new", _as_row(e, fmt, system)) for e in learn]:
         key = json.dumps(row, sort_keys=True, ensure_ascii=False)
@@ -88,11 +89,14 @@ def build(rc: Any, model: str, champion_version: int, folder: Path, *, min_ratin
             continue
         seen.add(key)
         kept[source].append(row)
+    near_dropped, near_leaks = 0, 0
+    if near_threshold is not None and kept["new"]:
+        kept["new"], near_dropped, near_leaks = _drop_near_copies(kept["new"], kept["champion"], held_rows, near_threshold)
     repeats = _repeats(len(kept["champion"]), len(kept["new"]), champion_share)
     rows = kept["champion"] * repeats + kept["new"]
     train = _write(folder / "train.jsonl", rows)
     data_io.load(train, fmt)  # validation: every row must be usable, or one error lists the bad ones
-    holdout_path = _write(folder / "holdout.jsonl", [_as_row(e, fmt, system) for e in held]) if held else None
+    holdout_path = _write(folder / "holdout.jsonl", held_rows) if held else None
     eval_path = None
     try:
         eval_path, _ = stored_data_file(rc, model, champion_version, "eval")
@@ -102,14 +106,31 @@ def build(rc: Any, model: str, champion_version: int, folder: Path, *, min_ratin
 
     counts = {"champion_rows": len(champion_rows), "reviewed_records": len(reviewed), "new_training_rows": len(learn),
               "held_out_rows": len(held), "duplicates_dropped": dropped_dupes, "held_out_prompts_dropped": dropped_leaks,
+              "near_duplicates_dropped": near_dropped, "near_held_out_dropped": near_leaks,
               "champion_repeats": repeats, "training_rows": len(rows)}
     counts |= {f"pii_{kind}": n for kind, n in sorted(pii_found.items())}
     for why in ("reference", "label", "approved"):
         counts[f"from_{why}"] = sum(e["why"] == why for e in learn)
+    counts["new_rows_kept"] = len(kept["new"])
     digests = {"train": "sha256:" + file_sha256(train)}
     if holdout_path:
         digests["holdout"] = "sha256:" + file_sha256(holdout_path)
     return CuratedData(train=train, holdout=holdout_path, eval=eval_path, counts=counts, digests=digests)
+
+
+def _drop_near_copies(new: list[dict[str, Any]], champion: list[dict[str, Any]], held: list[dict[str, Any]],
+                      threshold: float) -> tuple[list[dict[str, Any]], int, int]:
+    """New rows that near-duplicate (Jaccard of word 3-grams ≥ threshold, as `tuneloop data curate`) a held-out
+    row — a leak into the held-out task — or a champion row or an earlier new row — no new information — are
+    dropped. (kept new rows, near duplicates dropped, near copies of held-out rows dropped)"""
+    from pipelines.cleaning.curate import text_of
+    from pipelines.cleaning.dedup import near_duplicates
+
+    texts = [text_of(r) for r in held + champion + new]
+    twins = near_duplicates(texts, threshold)[len(held) + len(champion):]
+    kept = [row for row, twin in zip(new, twins, strict=True) if twin is None]
+    leaks = sum(twin is not None and twin < len(held) for twin in twins)
+    return kept, len(new) - len(kept) - leaks, leaks
 
 
 def _repeats(champion: int, new: int, share: float) -> int:

@@ -10,6 +10,7 @@
     feedback: {min_rating: 4}         # an output rated this or higher is an approved training answer
     holdout: 0.2                      # share of the new labelled production rows kept for evaluation
     champion_share: 0.5               # the champion's rows make at least half the training set (repeated)
+    near_threshold: 0.8               # drop new rows this similar to a held-out, champion or earlier row
     promotion: manual                 # `auto`: promote to champion when every gate passes
 """
 
@@ -52,6 +53,8 @@ class LoopSpec(Strict):
     holdout: float = Field(0.2, ge=0.0, lt=1.0, description="Share of new labelled production rows held out for evaluation")
     champion_share: float = Field(0.5, ge=0.0, lt=1.0, description="At least this share of the challenger's training rows "
                                   "come from the champion's training set (its rows repeat to reach it), against forgetting")
+    near_threshold: float | None = Field(0.8, gt=0.0, le=1.0, description="New rows at this Jaccard similarity (word "
+                                         "3-grams) to a held-out, champion or earlier new row are dropped; null: exact only")
     holdout_limit: int | None = Field(None, ge=1, description="Evaluate at most this many held-out rows (default: all)")
     holdout_metrics: list[str] = Field(default_factory=lambda: ["rouge", "chrf"], description="Metrics of the held-out task")
     promotion: Literal["manual", "auto"] = Field("manual", description="`auto` promotes a challenger that passes every gate")

@@ -134,3 +134,37 @@ def test_curate_counts_every_planted_problem_and_changes_nothing_else(tmp_path: 
     assert tags == sorted("sha256:" + file_sha256(tmp_path / "out" / f"{split}.jsonl") for split in ("train", "eval"))
     assert run.data.metrics["dropped/near_duplicate"] == 1 and run.data.metrics["pii/card"] == 2
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"report.json", "report.html", "data"}
+
+
+def test_language_filter_drops_rows_in_other_languages_and_keeps_rows_too_short_to_tell(tmp_path: Path) -> None:
+    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+    from pipelines.cleaning.curate import CurateOptions, curate
+    from tuneloop.errors import InvalidInput
+
+    english = [("Where is my order 1234? It was due on Monday.", "Your order left our warehouse and arrives on Friday."),
+               ("Cancel my subscription please, the premium plan is too expensive.", "Your premium plan is cancelled.")]
+    foreign = [("Wo ist meine Bestellung 1234? Sie sollte gestern ankommen.", "Ihre Bestellung ist unterwegs und kommt bald an."),
+               ("Où est ma commande ? Elle devait arriver lundi dernier.", "Votre commande est en route et arrive vendredi."),
+               ("Мой заказ не пришёл, хотя должен был прийти в понедельник.", "Ваш заказ уже в пути и прибудет в пятницу.")]
+    short = [("Hi", "Hello")]
+    rows = english + foreign + short
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("".join(json.dumps({"instruction": q, "response": a}) + "\n" for q, a in rows))
+
+    report = curate(path, tmp_path / "out", CurateOptions(languages=("en",), eval_share=0.0))
+    identifier = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)  # the reference library, called directly
+    expected = {}
+    for q, a in rows:
+        language, p = identifier.classify(f"{q}\n{a}")
+        expected[language if p >= 0.5 else "unsure"] = expected.get(language if p >= 0.5 else "unsure", 0) + 1
+    assert report["languages"] == expected and expected["en"] == 2 and expected["unsure"] == 1
+    assert report["dropped"] == {"language": 3}
+    assert sorted(s["language"] for s in report["samples"]["language"]) == ["de", "fr", "ru"]
+    kept = [json.loads(line)["instruction"] for line in (tmp_path / "out" / "train.jsonl").read_text().splitlines()]
+    assert kept == [q for q, _ in english + short]
+
+    two = curate(path, tmp_path / "out2", CurateOptions(languages=("en", "de"), eval_share=0.0))
+    assert two["dropped"] == {"language": 2}
+    with pytest.raises(InvalidInput, match="unknown language code.*xx"):
+        curate(path, tmp_path / "out3", CurateOptions(languages=("en", "xx")))

@@ -59,7 +59,9 @@ def test_tiny_loop_end_to_end(loop_env, tiny_model: Path) -> None:
     counts = details["data"]["counts"]
     assert counts["new_training_rows"] > 0 and counts["held_out_rows"] > 0 and counts["from_reference"] > 0
     assert counts["from_reference"] + counts["from_approved"] == counts["new_training_rows"]
-    unique = counts["champion_rows"] + counts["new_training_rows"] - counts["duplicates_dropped"] - counts["held_out_prompts_dropped"]
+    unique = (counts["champion_rows"] + counts["new_training_rows"] - counts["duplicates_dropped"] - counts["held_out_prompts_dropped"]
+              - counts["near_duplicates_dropped"] - counts["near_held_out_dropped"])
+    assert counts["new_rows_kept"] == unique - counts["champion_rows"]
     assert counts["champion_repeats"] > 1  # more new rows than old: the champion's rows repeat to keep half the set
     assert counts["training_rows"] == unique + (counts["champion_repeats"] - 1) * counts["champion_rows"]
 

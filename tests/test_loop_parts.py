@@ -233,3 +233,24 @@ def test_production_examples_are_scrubbed_of_pii_before_they_train() -> None:
     cleaned, found = _scrubbed(examples)
     assert cleaned[0]["prompt"] == "I am [EMAIL], card [CARD]" and cleaned[0]["answer"] == "Refunded to [IBAN]"
     assert dict(found) == {"email": 1, "card": 1, "iban": 1}
+
+
+def test_new_rows_that_near_copy_held_out_or_kept_rows_are_dropped() -> None:
+    from pipelines.cleaning.dedup import jaccard, shingles
+    from pipelines.curation import _drop_near_copies
+
+    def row(prompt: str, answer: str) -> dict:
+        return {"prompt": prompt, "completion": answer}
+
+    held = [row("Where is my order 1234? It was due on Monday and I still have nothing.", "It ships on Tuesday from Berlin.")]
+    champion = [row("How do I reset my password after three failed attempts today?", "Use the link on the sign-in page.")]
+    leak = row("Where is my order 1234? It was due on Monday and I still have nothing!", "It ships on Tuesday from Berlin.")
+    copy_of_old = row("How do I reset my password after three failed attempts today??", "Use the link on the sign-in page.")
+    fresh = row("Can I pay for the family plan with a gift card?", "Yes, gift cards work for every plan.")
+    twin = row("Can I pay for the family plan with a gift card??", "Yes, gift cards work for every plan.")
+    near = 0.8
+    assert jaccard(shingles(leak["prompt"] + "\n" + leak["completion"]),
+                   shingles(held[0]["prompt"] + "\n" + held[0]["completion"])) >= near  # the planted copies really are near
+    kept, near_dropped, leaks = _drop_near_copies([leak, copy_of_old, fresh, twin], champion, held, near)
+    assert kept == [fresh] and near_dropped == 2 and leaks == 1
+    assert _drop_near_copies([fresh], champion, held, near) == ([fresh], 0, 0)

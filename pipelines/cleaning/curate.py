@@ -1,7 +1,9 @@
 """`tuneloop data curate`: one pass over a data file, every change and drop accounted for.
 
 Steps, in order: rows that fail validation are dropped (with the validator's reason); every text field
-is normalised (NFC, whitespace) and scrubbed of PII; rows outside the length limits are dropped; exact
+is normalised (NFC, whitespace) and scrubbed of PII; rows outside the length limits are dropped, and
+rows confidently in a language not asked for (`languages`; short rows the identifier is unsure of are
+kept and counted); exact
 duplicates, then near duplicates, are dropped (the first occurrence is kept); the rest is split into
 train and eval, reproducibly (seeded), stratified by label where rows carry one. The report counts every
 reason, shows samples, and adds up: rows in = rows out + rows dropped.
@@ -18,7 +20,7 @@ from typing import Any
 from pipelines import data as data_io
 from pipelines.cleaning import dedup, pii
 from tuneloop.digest import file_sha256
-from tuneloop.errors import TuneloopError
+from tuneloop.errors import InvalidInput, TuneloopError
 from tuneloop.rowfiles import read_rows
 
 SAMPLES = 3
@@ -35,14 +37,17 @@ class CurateOptions:
     min_chars: int = 1
     max_chars: int | None = None
     label_field: str = "label"
+    languages: tuple[str, ...] = ()  # ISO 639-1 codes to keep; empty: no language filter
+    language_confidence: float = 0.5  # how sure the identifier must be before a row is dropped for its language
 
 
 def curate(path: Path, out_dir: Path, options: CurateOptions, fmt: str = "auto") -> dict[str, Any]:
     scan = data_io.check(path, fmt)
     valid_lines = set(scan.lines)
+    _check_languages(options.languages)
     report: dict[str, Any] = {"input": str(path), "input_sha256": "sha256:" + file_sha256(path), "format": scan.format,
                               "rows_in": scan.total, "dropped": Counter(), "changed": Counter(), "pii": Counter(),
-                              "samples": {}}
+                              "languages": Counter(), "samples": {}}
 
     def sample(reason: str, entry: dict[str, Any]) -> None:
         report["samples"].setdefault(reason, [])
@@ -64,15 +69,24 @@ def curate(path: Path, out_dir: Path, options: CurateOptions, fmt: str = "auto")
             report["changed"]["pii_scrubbed"] += 1
             report["pii"].update(found)
             sample("pii_scrubbed", {"line": line, "kinds": dict(found)})
-        length = len(_text_of(cleaned))
+        length = len(text_of(cleaned))
         if length < options.min_chars or (options.max_chars is not None and length > options.max_chars):
             reason = "too_short" if length < options.min_chars else "too_long"
             report["dropped"][reason] += 1
             sample(reason, {"line": line, "chars": length})
             continue
+        if options.languages:
+            from pipelines.cleaning.language import detect
+
+            language = detect(text_of(cleaned), options.language_confidence)
+            report["languages"][language or "unsure"] += 1
+            if language is not None and language not in options.languages:
+                report["dropped"]["language"] += 1
+                sample("language", {"line": line, "language": language})
+                continue
         kept.append((line, cleaned))
 
-    texts = [_text_of(r) for _, r in kept]
+    texts = [text_of(r) for _, r in kept]
     exact = dedup.exact_duplicates(texts)
     near = dedup.near_duplicates(texts, options.near_threshold, seed=options.seed) if options.near_dedup else [None] * len(kept)
     rows, lines = [], []
@@ -88,7 +102,7 @@ def curate(path: Path, out_dir: Path, options: CurateOptions, fmt: str = "auto")
 
     out_dir.mkdir(parents=True, exist_ok=True)
     labels = [str(r[options.label_field]) if options.label_field in r else None for r in rows]
-    to_eval = dedup.split([_text_of(r) for r in rows], options.eval_share, seed=options.seed,
+    to_eval = dedup.split([text_of(r) for r in rows], options.eval_share, seed=options.seed,
                           labels=labels if any(labels) else None)
     train = _write(out_dir / "train.jsonl", [r for r, e in zip(rows, to_eval, strict=True) if not e])
     evaluation = _write(out_dir / "eval.jsonl", [r for r, e in zip(rows, to_eval, strict=True) if e]) if any(to_eval) else None
@@ -100,7 +114,7 @@ def curate(path: Path, out_dir: Path, options: CurateOptions, fmt: str = "auto")
                           **({"eval": "sha256:" + file_sha256(evaluation)} if evaluation else {})},
         "options": options.__dict__,
     })
-    for key in ("dropped", "changed", "pii"):
+    for key in ("dropped", "changed", "pii", "languages"):
         report[key] = dict(report[key])
     if report["rows_in"] != report["rows_out"] + sum(report["dropped"].values()):
         raise TuneloopError(f"curation lost track of rows: {report['rows_in']} in, {report['rows_out']} out, "
@@ -108,6 +122,18 @@ def curate(path: Path, out_dir: Path, options: CurateOptions, fmt: str = "auto")
     (out_dir / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
     (out_dir / "report.html").write_text(html_report(report), encoding="utf-8")
     return report
+
+
+def _check_languages(languages: tuple[str, ...]) -> None:
+    if not languages:
+        return
+    from pipelines.cleaning.language import known_languages
+
+    unknown = sorted(set(languages) - known_languages())
+    if unknown:
+        raise InvalidInput(f"unknown language code(s): {', '.join(unknown)}",
+                           hint="use ISO 639-1 codes such as en, de, fr, es (the identifier knows "
+                                f"{len(known_languages())} languages)")
 
 
 def _clean(row: dict[str, Any], scrub_pii: bool) -> tuple[dict[str, Any], bool, Counter[str]]:
@@ -133,7 +159,7 @@ def _clean(row: dict[str, Any], scrub_pii: bool) -> tuple[dict[str, Any], bool, 
     return cleaned, changed, found
 
 
-def _text_of(row: dict[str, Any]) -> str:
+def text_of(row: dict[str, Any]) -> str:
     if isinstance(row.get("messages"), list):
         return "\n".join(str(m.get("content", "")) for m in row["messages"])
     return "\n".join(str(row[k]) for k in TEXT_FIELDS if isinstance(row.get(k), str))
@@ -162,7 +188,8 @@ def html_report(report: dict[str, Any]) -> str:
             f"<h2>Dropped</h2><table>{rows(report['dropped'])}</table>"
             f"<h2>Changed</h2><table>{rows(report['changed'])}</table>"
             f"<h2>PII replaced</h2><table>{rows(report['pii'])}</table>"
-            f"<h2>Samples</h2>{samples}</body></html>")
+            + (f"<h2>Languages detected</h2><table>{rows(report['languages'])}</table>" if report.get("languages") else "")
+            + f"<h2>Samples</h2>{samples}</body></html>")
 
 
 def log_to_mlflow(rc: Any, report: dict[str, Any], out_dir: Path) -> str:

@@ -59,14 +59,19 @@ def validate(path: str, fmt: str, max_chars: int | None, as_json: bool) -> None:
 @click.option("--no-pii", is_flag=True, help="Keep e-mails, phones, cards, IBANs and IPs as they are.")
 @click.option("--min-chars", type=click.IntRange(0), default=1, show_default=True, help="Drop rows with less text.")
 @click.option("--max-chars", type=click.IntRange(1), default=None, help="Drop rows with more text.")
+@click.option("--languages", default="", metavar="CODES",
+              help="Keep only rows in these languages (comma-separated ISO 639-1 codes, e.g. en,de); rows too short "
+                   "to tell are kept.")
+@click.option("--language-confidence", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True,
+              help="How sure the language identifier must be before a row is dropped for its language.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the split.")
 @click.option("--no-mlflow", is_flag=True, help="Do not record the curated set in MLflow.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON document on stdout.")
 @pass_app
 def curate_cmd(app: AppContext, path: str, out_dir: str, fmt: str, eval_share: float, near_threshold: float,
-               no_near_dedup: bool, no_pii: bool, min_chars: int, max_chars: int | None, seed: int, no_mlflow: bool,
-               as_json: bool) -> None:
-    """Clean PATH into OUT: drop invalid rows, normalise text, scrub PII, filter by length, drop exact and
+               no_near_dedup: bool, no_pii: bool, min_chars: int, max_chars: int | None, languages: str,
+               language_confidence: float, seed: int, no_mlflow: bool, as_json: bool) -> None:
+    """Clean PATH into OUT: drop invalid rows, normalise text, scrub PII, filter by length and language, drop exact and
     near duplicates, split train/eval (seeded, stratified by `label`, near duplicates never across).
     OUT/report.json (and .html) counts every dropped or changed row by reason, with samples. The curated
     files are recorded in MLflow (experiment `<prefix>-data`) as datasets with their sha256."""
@@ -77,7 +82,9 @@ def curate_cmd(app: AppContext, path: str, out_dir: str, fmt: str, eval_share: f
     if not file.is_file():
         raise InvalidInput(f"data file `{file}` does not exist", hint="check the path")
     options = CurateOptions(scrub_pii=not no_pii, near_dedup=not no_near_dedup, near_threshold=near_threshold,
-                            eval_share=eval_share, seed=seed, min_chars=min_chars, max_chars=max_chars)
+                            eval_share=eval_share, seed=seed, min_chars=min_chars, max_chars=max_chars,
+                            languages=tuple(c.strip().lower() for c in languages.split(",") if c.strip()),
+                            language_confidence=language_confidence)
     report = curate(file, Path(out_dir), options, fmt)
     if not no_mlflow:
         from pipelines.cleaning.curate import log_to_mlflow
@@ -92,5 +99,7 @@ def curate_cmd(app: AppContext, path: str, out_dir: str, fmt: str, eval_share: f
     for reason, n in report["changed"].items():
         click.echo(f"  changed {n:6d}  {reason}" + (f" ({', '.join(f'{k} {v}' for k, v in report['pii'].items())})"
                                                    if reason == "pii_scrubbed" else ""))
+    if report["languages"]:
+        click.echo("  languages: " + ", ".join(f"{k} {v}" for k, v in sorted(report["languages"].items(), key=lambda kv: -kv[1])))
     click.echo(f"report: {Path(out_dir) / 'report.json'} and report.html"
                + (f"; MLflow run {report['mlflow_run_id']}" if "mlflow_run_id" in report else ""))

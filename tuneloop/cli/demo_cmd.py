@@ -71,7 +71,8 @@ def _print_summary(s: dict) -> None:  # type: ignore[type-arg]
                    + (f" — {r['error']}" if r["error"] else ""))
         if r["data"]:
             d = r["data"]
-            click.echo(f"  data: {d['champion_rows']} champion rows + {d['new_training_rows']} reviewed production rows; "
+            click.echo(f"  data: {d['champion_rows']} champion rows + {d.get('new_rows_kept', d['new_training_rows'])} reviewed "
+                       "production rows; "
                        f"{d['held_out_rows']} held out as task `production-holdout`")
     rows = []
     for who, e in s["comparison"].items():

@@ -148,6 +148,11 @@ def _normalise(row: dict[str, Any], fmt: str) -> tuple[dict[str, Any] | None, st
     }, None
 
 
+def row_problem(row: dict[str, Any], fmt: str) -> str | None:
+    """What is wrong with one row of format `fmt`, or None when it is usable."""
+    return _normalise(row, fmt)[1]
+
+
 def load(path: str | Path, fmt: str = "auto", *, tokenizer: Any = None, max_length: int | None = None) -> Dataset:
     """Read and validate a whole file; raises one InvalidInput listing every bad row by line."""
     path = Path(path)

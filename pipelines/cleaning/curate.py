@@ -1,12 +1,12 @@
 """`tuneloop data curate`: one pass over a data file, every change and drop accounted for.
 
-Steps, in order: rows that fail validation are dropped (with the validator's reason); every text field
-is normalised (NFC, whitespace) and scrubbed of PII; rows outside the length limits are dropped, and
-rows confidently in a language not asked for (`languages`; short rows the identifier is unsure of are
-kept and counted); exact
-duplicates, then near duplicates, are dropped (the first occurrence is kept); the rest is split into
-train and eval, reproducibly (seeded), stratified by label where rows carry one. The report counts every
-reason, shows samples, and adds up: rows in = rows out + rows dropped.
+Steps, in order: rows that fail validation are dropped (with the validator's reason), and so are
+synthetic rows nobody reviewed (`tuneloop data review`) under the policy `hold`; every text field is
+normalised (NFC, whitespace) and scrubbed of PII; rows outside the length limits are dropped, and rows
+confidently in a language not asked for (`languages`; short rows the identifier is unsure of are kept
+and counted); exact duplicates, then near duplicates, are dropped (the first occurrence is kept); the
+rest is split into train and eval, reproducibly (seeded), stratified by label where rows carry one. The
+report counts every reason, shows samples, and adds up: rows in = rows out + rows dropped.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 
 from pipelines import data as data_io
 from pipelines.cleaning import dedup, pii
+from pipelines.review import is_unreviewed_synthetic
 from tuneloop.digest import file_sha256
 from tuneloop.errors import InvalidInput, TuneloopError
 from tuneloop.rowfiles import read_rows
@@ -39,6 +40,7 @@ class CurateOptions:
     label_field: str = "label"
     languages: tuple[str, ...] = ()  # ISO 639-1 codes to keep; empty: no language filter
     language_confidence: float = 0.5  # how sure the identifier must be before a row is dropped for its language
+    unreviewed_synthetic: str = "hold"  # synthetic rows nobody reviewed: `hold` drops them (counted), `keep` keeps them
 
 
 def curate(path: Path, out_dir: Path, options: CurateOptions, fmt: str = "auto") -> dict[str, Any]:
@@ -61,6 +63,10 @@ def curate(path: Path, out_dir: Path, options: CurateOptions, fmt: str = "auto")
     kept: list[tuple[int, dict[str, Any]]] = []
     for line, row in read_rows(path):
         if line not in valid_lines or not isinstance(row, dict):
+            continue
+        if options.unreviewed_synthetic == "hold" and is_unreviewed_synthetic(row):
+            report["dropped"]["unreviewed_synthetic"] += 1
+            sample("unreviewed_synthetic", {"line": line, "id": row["synthetic"].get("id")})
             continue
         cleaned, normalised, found = _clean(row, options.scrub_pii)
         if normalised:
@@ -192,8 +198,9 @@ def html_report(report: dict[str, Any]) -> str:
             + f"<h2>Samples</h2>{samples}</body></html>")
 
 
-def log_to_mlflow(rc: Any, report: dict[str, Any], out_dir: Path) -> str:
-    """One run in experiment `<prefix>data`: the curated files and reports as artifacts, each split as an
+def log_to_mlflow(rc: Any, report: dict[str, Any], reports: list[Path], run_name: str,
+                  tags: dict[str, str] | None = None) -> str:
+    """One run in experiment `<prefix>data`: the written files and reports as artifacts, each file as an
     `mlflow.data` input tagged with our sha256 of its exact bytes. The run id."""
     import mlflow
     import pandas as pd
@@ -201,20 +208,24 @@ def log_to_mlflow(rc: Any, report: dict[str, Any], out_dir: Path) -> str:
     from registry.tracking import experiment_id
 
     with mlflow.start_run(experiment_id=experiment_id(rc.mlflow, rc.settings, "data"),
-                          run_name=f"curate {Path(report['input']).name}") as run:
+                          run_name=run_name) as run:
         mlflow.log_params({k: str(v) for k, v in report["options"].items()})
         mlflow.log_metrics({"rows_in": report["rows_in"], "rows_out": report["rows_out"],
                             **{f"dropped/{k}": v for k, v in report["dropped"].items()},
                             **{f"changed/{k}": v for k, v in report["changed"].items()},
                             **{f"pii/{k}": v for k, v in report["pii"].items()}})
-        mlflow.set_tags({"tuneloop.data.input.sha256": report["input_sha256"],
+        if report.get("languages"):
+            mlflow.log_metrics({f"language/{k}": v for k, v in report["languages"].items()})
+        mlflow.set_tags({**(tags or {}), "tuneloop.data.input.sha256": report["input_sha256"],
                          **{f"tuneloop.data.{k}.sha256": v for k, v in report["output_sha256"].items()}})
         for split, file in report["outputs"].items():
-            frame = pd.DataFrame([{k: json.dumps(v) if not isinstance(v, str) else v for k, v in json.loads(line).items()}
+            frame = pd.DataFrame([{k: json.dumps(v, ensure_ascii=False) if not isinstance(v, str) else v
+                                   for k, v in json.loads(line).items()}
                                   for line in Path(file).read_text(encoding="utf-8").splitlines()])
-            dataset = mlflow.data.from_pandas(frame, source=file, name=f"{Path(report['input']).stem}-{split}")
-            mlflow.log_input(dataset, context=split, tags={"sha256": report["output_sha256"][split]})
+            if not frame.empty:
+                dataset = mlflow.data.from_pandas(frame, source=file, name=f"{Path(report['input']).stem}-{split}")
+                mlflow.log_input(dataset, context=split, tags={"sha256": report["output_sha256"][split]})
             mlflow.log_artifact(file, artifact_path="data")
-        mlflow.log_artifact(str(out_dir / "report.json"))
-        mlflow.log_artifact(str(out_dir / "report.html"))
+        for file in reports:
+            mlflow.log_artifact(str(file))
         return str(run.info.run_id)

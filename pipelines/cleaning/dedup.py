@@ -95,3 +95,56 @@ def split(keys: Sequence[str], eval_share: float, *, seed: int = 0, labels: Sequ
                 to_eval[i] = True
             taken += len(members[group])
     return to_eval
+
+
+class DuplicateIndex:
+    """Texts seen so far, growing one at a time: is a new text an exact or near duplicate of one of them?
+    (What `tuneloop data synth` asks of each generated row, against the real data and the rows kept before.)"""
+
+    def __init__(self, threshold: float = 0.8, *, seed: int = 1) -> None:
+        from datasketch import MinHashLSH
+
+        self.threshold, self.seed = threshold, seed
+        self._exact: dict[str, int] = {}
+        self._sets: list[set[str]] = []
+        self._lsh = MinHashLSH(threshold=max(0.3, threshold - LSH_MARGIN), num_perm=NUM_PERM, weights=(0.1, 0.9))
+
+    def __len__(self) -> int:
+        return len(self._sets)
+
+    def add_many(self, texts: Sequence[str]) -> None:
+        from datasketch import MinHash
+
+        sets = [shingles(t) for t in texts]
+        hashes = MinHash.bulk([[s.encode() for s in x] for x in sets], num_perm=NUM_PERM, seed=self.seed)
+        for text, shingle_set, mh in zip(texts, sets, hashes, strict=True):
+            self._insert(text, shingle_set, mh)
+
+    def match(self, text: str) -> tuple[str, int] | None:
+        """("exact" | "near", index of the earlier text) or None."""
+        key = hashlib.sha256(comparable(text).encode()).hexdigest()
+        if key in self._exact:
+            return "exact", self._exact[key]
+        shingle_set = shingles(text)
+        for candidate in sorted(self._lsh.query(self._minhash(shingle_set))):
+            if jaccard(shingle_set, self._sets[candidate]) >= self.threshold:
+                return "near", candidate
+        return None
+
+    def add(self, text: str) -> int:
+        shingle_set = shingles(text)
+        return self._insert(text, shingle_set, self._minhash(shingle_set))
+
+    def _minhash(self, shingle_set: set[str]):  # type: ignore[no-untyped-def]
+        from datasketch import MinHash
+
+        mh = MinHash(num_perm=NUM_PERM, seed=self.seed)
+        mh.update_batch([s.encode() for s in shingle_set])
+        return mh
+
+    def _insert(self, text: str, shingle_set: set[str], mh) -> int:  # type: ignore[no-untyped-def]
+        index = len(self._sets)
+        self._exact.setdefault(hashlib.sha256(comparable(text).encode()).hexdigest(), index)
+        self._sets.append(shingle_set)
+        self._lsh.insert(index, mh)
+        return index

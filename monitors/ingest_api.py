@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from monitors import records as records_io
 from monitors import tokens
-from tuneloop.errors import InvalidInput, NotFound, TuneloopError
+from tuneloop.errors import InvalidInput, TuneloopError
 
 TOKEN_CACHE_SECONDS = 5.0
 

@@ -85,6 +85,7 @@ class SynthOptions:
     near_threshold: float = 0.8
     max_attempts: int | None = None  # generations before giving up; default 4 × count
     max_perplexity: float | None = None
+    keep_truncated: bool = False  # keep rows whose question or answer stopped at the token limit
     batch_size: int = 8
     seed: int = 0
 
@@ -165,7 +166,7 @@ class Screen:
     def verdict(self, c: Candidate) -> str | None:
         if data_io.row_problem(as_row(self.fmt, c.question, c.answer, None), self.fmt):
             return "invalid"
-        if c.truncated:
+        if c.truncated and not self.options.keep_truncated:
             return "truncated"
         length = len(c.question) + len(c.answer)
         if length < self.options.min_chars or len(c.question.split()) < MIN_QUESTION_WORDS:
@@ -212,6 +213,9 @@ def synthesize(rc: Any, generator: str, seeds_path: Path, out: Path, options: Sy
         same = (scorer_version.name, scorer_version.version) == (version.name, version.version)
         scoring = (model, tokenizer) if same else load_model(f"models:/{scorer_version.name}/{scorer_version.version}")
 
+    import torch
+
+    torch.manual_seed(options.seed)  # sampling draws from torch's generator: the same seed writes the same rows
     rng = random.Random(options.seed)
     system = Counter(s.system for s in seeds).most_common(1)[0][0]
     seeds = _distinct(seeds)  # a prompt showing the same question twice wastes its examples

@@ -31,9 +31,14 @@ def validate(path: str, fmt: str, max_chars: int | None, as_json: bool) -> None:
     file = Path(path)
     if not file.is_file():
         raise InvalidInput(f"data file `{file}` does not exist", hint="check the path")
+    from pipelines.review import is_unreviewed_synthetic
+    from tuneloop.rowfiles import read_rows
+
     scan = check(file, fmt, max_chars=max_chars)
+    unreviewed = sum(isinstance(row, dict) and is_unreviewed_synthetic(row) for _, row in read_rows(file))
     result = {"file": str(file), "format": scan.format, "rows": scan.total, "valid_rows": len(scan.rows),
               "valid": not scan.problems and scan.total > 0, "counts": scan.counts(),
+              "unreviewed_synthetic": unreviewed,
               "problems": [{"line": p.line, "message": p.message} for p in scan.problems]}
     if as_json:
         output.emit_json(result)
@@ -44,6 +49,8 @@ def validate(path: str, fmt: str, max_chars: int | None, as_json: bool) -> None:
         click.echo(f"{file}: {scan.total} row(s), {len(scan.rows)} usable, format {scan.format}: {verdict}")
         for kind, n in result["counts"].items():
             click.echo(f"  {n:6d}  {kind}")
+        if unreviewed:
+            click.echo(f"note: {unreviewed} synthetic row(s) nobody reviewed yet (`tuneloop data review export {file}`)")
     if not result["valid"]:
         raise click.exceptions.Exit(1)
 
@@ -130,6 +137,7 @@ def curate_cmd(app: AppContext, path: str, out_dir: str, fmt: str, eval_share: f
 @click.option("--temperature", type=click.FloatRange(0.0), default=0.9, show_default=True, help="Sampling temperature of questions.")
 @click.option("--question-tokens", type=click.IntRange(1), default=48, show_default=True, help="Questions cut at this limit are dropped.")
 @click.option("--answer-tokens", type=click.IntRange(1), default=160, show_default=True, help="Answers cut at this limit are dropped.")
+@click.option("--keep-truncated", is_flag=True, help="Keep rows whose question or answer stopped at its token limit.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the sampling and of the seed examples shown.")
 @click.option("--no-mlflow", is_flag=True, help="Do not record the synthetic set in MLflow.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON document on stdout.")
@@ -137,7 +145,8 @@ def curate_cmd(app: AppContext, path: str, out_dir: str, fmt: str, eval_share: f
 def synth_cmd(app: AppContext, seeds: str, generator: str, out_file: str, count: int, max_attempts: int | None,
               template_file: str | None, examples_per_prompt: int, real_files: tuple[str, ...], near_threshold: float,
               min_chars: int, max_chars: int, scorer: str | None, max_perplexity: float | None, temperature: float,
-              question_tokens: int, answer_tokens: int, seed: int, no_mlflow: bool, as_json: bool) -> None:
+              question_tokens: int, answer_tokens: int, keep_truncated: bool, seed: int, no_mlflow: bool,
+              as_json: bool) -> None:
     """Grow SEEDS (chat, instruction or completion rows) with rows the model writes: a new question from a few
     seed questions, then its answer. Rows that are invalid, too short or long, copies of real or earlier
     questions, or (with --max-perplexity) implausible are dropped and counted in OUT.report.json. Each kept
@@ -153,7 +162,8 @@ def synth_cmd(app: AppContext, seeds: str, generator: str, out_file: str, count:
     template = load_template(Path(template_file) if template_file else None)
     options = SynthOptions(count=count, examples_per_prompt=examples_per_prompt, question_tokens=question_tokens,
                            answer_tokens=answer_tokens, temperature=temperature, min_chars=min_chars, max_chars=max_chars,
-                           near_threshold=near_threshold, max_attempts=max_attempts, max_perplexity=max_perplexity, seed=seed)
+                           near_threshold=near_threshold, max_attempts=max_attempts, max_perplexity=max_perplexity,
+                           keep_truncated=keep_truncated, seed=seed)
     out = Path(out_file)
     report = synthesize(app.registry, generator, Path(seeds), out, options, template=template,
                         real=[Path(f) for f in real_files], scorer=scorer, progress=not as_json)

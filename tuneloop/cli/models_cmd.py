@@ -61,7 +61,8 @@ def list_models(app: AppContext, as_json: bool) -> None:
 @pass_app
 def show(app: AppContext, ref: str, as_json: bool) -> None:
     """A model's versions, aliases, gates and lineage. REF is NAME, NAME:VERSION or NAME@ALIAS."""
-    from registry.catalog import resolve, show as do_show
+    from registry.catalog import resolve
+    from registry.catalog import show as do_show
 
     name, version = ref, None
     if "@" in ref or ":" in ref:

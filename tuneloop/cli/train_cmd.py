@@ -33,7 +33,8 @@ def train(app: AppContext, recipe: str | None, overrides: tuple[str, ...], alias
         if recipe or overrides:
             raise UsageError("`--resume` continues a run with the recipe it started with",
                              hint="drop RECIPE and --set, or start a new run without --resume")
-        from pipelines.training.run import recipe_of_run, train as run_training
+        from pipelines.training.run import recipe_of_run
+        from pipelines.training.run import train as run_training
 
         result = run_training(recipe_of_run(app.registry, resume_run_id), app.registry, resume_run_id=resume_run_id, alias=alias)
         _print_result(result, as_json)

@@ -208,3 +208,18 @@ def test_curate_holds_back_unreviewed_synthetic_rows_by_policy(tmp_path: Path) -
     assert held["dropped"] == {"unreviewed_synthetic": 4} and held["rows_out"] == 3
     kept = curate(data, tmp_path / "kept", CurateOptions(eval_share=0.0, near_dedup=False, unreviewed_synthetic="keep"))
     assert kept["dropped"] == {} and kept["rows_out"] == 7
+
+
+def test_synth_refuses_bad_requests_before_loading_a_model(tmp_path: Path) -> None:
+    seeds = _seeds(tmp_path / "seeds.jsonl")
+    env = {"TUNELOOP_HOME": str(tmp_path / "home")}
+    no_scorer = run_cli("data", "synth", str(seeds), "--model", "m:1", "--out", str(tmp_path / "o.jsonl"), "--max-perplexity", "20",
+                        env=env)
+    assert no_scorer.returncode == 1 and "--score-with" in no_scorer.stderr
+    unknown = run_cli("data", "synth", str(seeds), "--model", "nobody:1", "--out", str(tmp_path / "o.jsonl"), env=env)
+    assert unknown.returncode != 0 and "nobody" in unknown.stderr and "Traceback" not in unknown.stderr
+    preference = tmp_path / "pref.jsonl"
+    preference.write_text(json.dumps({"prompt": "Which?", "chosen": "This one.", "rejected": "That one."}) + "\n")
+    refused = run_cli("data", "synth", str(preference), "--model", "nobody:1", "--out", str(tmp_path / "o.jsonl"), env=env)
+    assert refused.returncode == 1 and "preference rows" in refused.stderr
+    assert not (tmp_path / "o.jsonl").exists()

@@ -1,5 +1,5 @@
 """Language identification for the curation filter (py3langid: a naive Bayes model over byte n-grams,
-97 languages, bundled with the package — nothing is downloaded).
+140 languages, bundled with the package — nothing is downloaded).
 
 Short rows ("ok thanks", "Reset password") carry too little evidence: the identifier's confidence is
 then low and the row is counted as `unsure` and kept, rather than dropped on a guess.

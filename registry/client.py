@@ -33,7 +33,7 @@ class RegistryClient:
     def engine(self) -> Engine:
         from registry.db import get_engine
 
-        return get_engine(self.settings.database_url)
+        return get_engine(self.settings.database_url, migrate_on_start=self.settings.stores.migrate_on_start)
 
     @property
     def cache_dir(self) -> Path:

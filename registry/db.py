@@ -47,8 +47,9 @@ def _sqlite_engine(url: sa.URL) -> Engine:
     return engine
 
 
-def get_engine(database_url: str) -> Engine:
-    """One engine per URL and process, migrated to the latest schema on first use."""
+def get_engine(database_url: str, *, migrate_on_start: bool = True) -> Engine:
+    """One engine per URL and process, migrated to the latest schema on first use (or, with
+    `migrate_on_start` false, checked to be at it: see registry.schema)."""
     with _guard:
         engine = _engines.get(database_url)
         if engine is None:
@@ -65,7 +66,12 @@ def get_engine(database_url: str) -> Engine:
                 engine = sa.create_engine(url, pool_pre_ping=True)
             _engines[database_url] = engine
         if database_url not in _migrated:
-            migrate(engine)
+            if migrate_on_start:
+                migrate(engine)
+            else:
+                from registry.schema import require_current, tuneloop_status
+
+                require_current(tuneloop_status(database_url))
             _migrated.add(database_url)
         return engine
 

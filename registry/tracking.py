@@ -32,6 +32,10 @@ def connect(settings: Settings) -> MlflowClient:
     uri = settings.mlflow_uri
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    if not settings.stores.migrate_on_start and not uri.startswith(("http://", "https://", "databricks")):
+        from registry.schema import mlflow_status, require_current
+
+        require_current(mlflow_status(uri))  # MLflow would otherwise create the tables of an empty database
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     try:

@@ -44,6 +44,10 @@ class StoreSettings(_Section):
     artifact_root: str | None = Field(
         None, description="Where MLflow artifacts go: a folder or an s3:// URI. Default: <home>/artifacts"
     )
+    migrate_on_start: bool = Field(
+        True, description="Migrate both databases on first use; false: refuse a database that is behind "
+                          "(run `tuneloop db upgrade` in a release step)"
+    )
 
 
 class ServerSettings(_Section):

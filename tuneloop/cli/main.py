@@ -58,6 +58,7 @@ def cli(ctx: click.Context, config_file: str | None) -> None:
 def _register_commands() -> None:
     from tuneloop.cli.config_cmd import config
     from tuneloop.cli.data_cmd import data_group
+    from tuneloop.cli.db_cmd import db_group
     from tuneloop.cli.demo_cmd import demo
     from tuneloop.cli.eval_cmd import eval_group
     from tuneloop.cli.loop_cmd import alerts_group, loop_group, retrain_group, scheduler_group
@@ -66,7 +67,7 @@ def _register_commands() -> None:
     from tuneloop.cli.train_cmd import train
     from tuneloop.cli.up_cmd import up
 
-    for command in (config, data_group, demo, models, monitor, train, up, alerts_group, loop_group, retrain_group,
+    for command in (config, data_group, db_group, demo, models, monitor, train, up, alerts_group, loop_group, retrain_group,
                     scheduler_group):
         cli.add_command(command)
     cli.add_command(eval_group, name="eval")

@@ -39,7 +39,7 @@ def up(app: AppContext, host: str | None, port: int | None, ingest_port: int | N
     host = host or settings.server.host
     output.stage("preparing stores")
     connect(settings)  # creates and migrates MLflow's database before the server sees it
-    get_engine(settings.database_url)
+    get_engine(settings.database_url, migrate_on_start=settings.stores.migrate_on_start)
     urls = {"MLflow UI": f"http://{host}:{port or settings.server.mlflow_port}",
             "ingest API": f"http://{host}:{ingest_port or settings.ingest.port}",
             "scheduler": f"http://{host}:{scheduler_port or settings.scheduler.port}"}

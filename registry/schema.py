@@ -1,0 +1,150 @@
+"""Schema versions of the two databases tuneloop uses — MLflow's store and tuneloop's own tables — and
+their explicit upgrade (`tuneloop db check`, `tuneloop db upgrade`).
+
+By default both are migrated on first use. Deployments that forbid migrating on start set
+`stores.migrate_on_start = false`: tuneloop then refuses to open a database whose schema is behind,
+naming the command that upgrades it, and a release job runs `tuneloop db upgrade` once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from tuneloop.errors import StoreError
+from tuneloop.settings import Settings, redact_url
+
+
+@dataclass
+class SchemaStatus:
+    store: str  # "mlflow" | "tuneloop"
+    url: str  # password redacted
+    current: str | None  # None: no tables yet
+    head: str
+    pending: list[str] = field(default_factory=list)  # revisions still to apply, oldest first
+
+    @property
+    def up_to_date(self) -> bool:
+        return not self.pending
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"up_to_date": self.up_to_date}
+
+
+def _tuneloop_scripts():  # type: ignore[no-untyped-def]
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from registry.db import _MIGRATIONS
+
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    return ScriptDirectory.from_config(config)
+
+
+def _mlflow_scripts():  # type: ignore[no-untyped-def]
+    from alembic.script import ScriptDirectory
+    from mlflow.store.db.utils import _get_alembic_config
+
+    return ScriptDirectory.from_config(_get_alembic_config(db_url=""))
+
+
+def _pending(scripts: Any, current: str | None) -> tuple[str, list[str]]:
+    head = scripts.get_current_head()
+    revisions = [r.revision for r in scripts.iterate_revisions(head, current)]  # newest first
+    return head, list(reversed(revisions))
+
+
+def _current(engine: sa.Engine, version_table: str) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    if engine.url.get_backend_name() == "sqlite" and engine.url.database and not Path(engine.url.database).exists():
+        return None  # connecting would create the file: report it as empty instead
+    try:
+        with engine.connect() as conn:
+            return MigrationContext.configure(conn, opts={"version_table": version_table}).get_current_revision()
+    except sa.exc.OperationalError as exc:
+        raise StoreError(f"cannot open the database {redact_url(str(engine.url))}: {str(exc.orig).strip()[:300]}",
+                         hint="check the URL in `stores` and that the database server is running") from None
+
+
+def tuneloop_status(database_url: str) -> SchemaStatus:
+    engine = _raw_engine(database_url)
+    try:
+        current = _current(engine, "tuneloop_alembic_version")
+        head, pending = _pending(_tuneloop_scripts(), current)
+        return SchemaStatus("tuneloop", redact_url(database_url), current, head, pending)
+    finally:
+        engine.dispose()
+
+
+def mlflow_status(mlflow_uri: str) -> SchemaStatus:
+    if not mlflow_uri.startswith(("sqlite:", "postgresql", "mysql", "mssql")):
+        raise StoreError(f"`stores.mlflow_uri` {redact_url(mlflow_uri)} is not a database",
+                         hint="schema checks apply to a database-backed MLflow store")
+    engine = _raw_engine(mlflow_uri)
+    try:
+        current = _current(engine, "alembic_version")
+        head, pending = _pending(_mlflow_scripts(), current)
+        return SchemaStatus("mlflow", redact_url(mlflow_uri), current, head, pending)
+    finally:
+        engine.dispose()
+
+
+def status(settings: Settings) -> list[SchemaStatus]:
+    return [mlflow_status(settings.mlflow_uri), tuneloop_status(settings.database_url)]
+
+
+def upgrade(settings: Settings) -> list[SchemaStatus]:
+    """Apply every pending migration of both databases; the status afterwards."""
+    from mlflow.store.db.utils import _initialize_tables, _upgrade_db, create_sqlalchemy_engine
+
+    from registry.db import migrate
+    from registry.tracking import quiet_mlflow
+
+    quiet_mlflow()
+    _make_sqlite_folder(settings.mlflow_uri)
+    before = mlflow_status(settings.mlflow_uri)
+    if before.pending:
+        engine = create_sqlalchemy_engine(settings.mlflow_uri)
+        try:
+            if before.current is None:
+                _initialize_tables(engine)  # MLflow's own first-run path: base tables, then every migration
+            else:
+                _upgrade_db(engine)
+        finally:
+            engine.dispose()
+    _make_sqlite_folder(settings.database_url)
+    engine = _raw_engine(settings.database_url)
+    try:
+        migrate(engine)
+    finally:
+        engine.dispose()
+    return status(settings)
+
+
+def require_current(found: SchemaStatus) -> None:
+    """Raise when a database is behind (used instead of migrating when `stores.migrate_on_start` is false)."""
+    if found.pending:
+        state = "has no tables yet" if found.current is None else f"is at revision {found.current}"
+        raise StoreError(
+            f"the {found.store} database {found.url} {state}; {len(found.pending)} migration(s) pending "
+            f"(up to {found.head}) and `stores.migrate_on_start` is false",
+            hint="run `tuneloop db upgrade` (take a backup first), then retry",
+        )
+
+
+def _raw_engine(url: str) -> sa.Engine:
+    try:
+        return sa.create_engine(url, poolclass=sa.pool.NullPool)
+    except Exception:
+        raise StoreError(f"{redact_url(url)} is not a database URL",
+                         hint="use sqlite:///path/file.db or postgresql://user@host/db") from None
+
+
+def _make_sqlite_folder(url: str) -> None:
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,87 @@
+"""`tuneloop db check|upgrade` and `stores.migrate_on_start = false`, on empty SQLite and PostgreSQL stores:
+nothing migrates behind the operator's back, the pending revisions are named, one upgrade makes both current."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import BACKENDS, PG_ADMIN_URL, _pg, _postgres_available, run_cli
+
+
+@pytest.fixture(params=BACKENDS)
+def empty_stores(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """TUNELOOP_* variables for two empty databases (no tables at all), with migrate_on_start off."""
+    env = {"TUNELOOP_HOME": str(tmp_path / "home"), "TUNELOOP_STORES__MIGRATE_ON_START": "false"}
+    if request.param == "sqlite":
+        yield env
+        return
+    if not _postgres_available():
+        if os.environ.get("CI"):
+            pytest.fail("CI must run the PostgreSQL tests")
+        pytest.skip("PostgreSQL is not reachable")
+    names = [f"t_{uuid.uuid4().hex[:10]}_{kind}" for kind in ("mlflow", "own")]
+    for name in names:
+        _pg(PG_ADMIN_URL, f"CREATE DATABASE {name}")
+    base = PG_ADMIN_URL.rsplit("/", 1)[0]
+    env |= {"TUNELOOP_STORES__MLFLOW_URI": f"{base}/{names[0]}", "TUNELOOP_STORES__DATABASE_URL": f"{base}/{names[1]}"}
+    yield env
+    for name in names:
+        _pg(PG_ADMIN_URL, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def _database_url(env: dict[str, str]) -> str:
+    return env.get("TUNELOOP_STORES__DATABASE_URL") or f"sqlite:///{Path(env['TUNELOOP_HOME']) / 'tuneloop.db'}"
+
+
+def _status(env: dict[str, str]) -> dict[str, dict]:
+    from registry.schema import mlflow_status, tuneloop_status
+
+    mlflow_uri = env.get("TUNELOOP_STORES__MLFLOW_URI") or f"sqlite:///{Path(env['TUNELOOP_HOME']) / 'mlflow.db'}"
+    return {s.store: s.as_dict() for s in (mlflow_status(mlflow_uri), tuneloop_status(_database_url(env)))}
+
+
+def test_nothing_migrates_on_start_until_db_upgrade(empty_stores: dict[str, str]) -> None:
+    env = empty_stores
+    check = run_cli("db", "check", "--json", env=env)
+    assert check.returncode == 1, check.stderr
+    stores = {s["store"]: s for s in json.loads(check.stdout)["stores"]}
+    assert stores["tuneloop"]["current"] is None and stores["tuneloop"]["pending"] == ["0001", "0002", "0003", "0004"]
+    assert stores["mlflow"]["current"] is None and stores["mlflow"]["pending"][-1] == stores["mlflow"]["head"]
+
+    refused = run_cli("models", "list", "--json", env=env)
+    assert refused.returncode != 0 and "tuneloop db upgrade" in refused.stderr and "migrate_on_start" in refused.stderr
+    assert _status(env) == stores  # refusing created no tables
+
+    upgraded = run_cli("db", "upgrade", "--json", env=env)
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert json.loads(upgraded.stdout)["up_to_date"] and all(s["up_to_date"] for s in _status(env).values())
+    assert run_cli("models", "list", "--json", env=env).returncode == 0
+
+
+def test_a_database_behind_by_two_revisions_names_exactly_those(empty_stores: dict[str, str]) -> None:
+    import sqlalchemy as sa
+    from alembic import command
+    from alembic.config import Config
+
+    from registry.db import _MIGRATIONS
+    from registry.schema import require_current, tuneloop_status
+    from tuneloop.errors import StoreError
+
+    url = _database_url(empty_stores)
+    Path(empty_stores["TUNELOOP_HOME"]).mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url)
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0002")
+    engine.dispose()
+    found = tuneloop_status(url)
+    assert (found.current, found.pending, found.head) == ("0002", ["0003", "0004"], "0004")
+    with pytest.raises(StoreError, match="at revision 0002; 2 migration"):
+        require_current(found)

@@ -77,6 +77,22 @@ class NotifySettings(_Section):
     retry_base_seconds: float = Field(2.0, gt=0.0, le=3600.0, description="Backoff: attempt n waits base * 2^(n-1)")
 
 
+class KubernetesSettings(_Section):
+    """Where `tuneloop train --backend kubernetes` submits its Job (the chart's `training` values, per recipe)."""
+
+    namespace: str = Field("default", description="Namespace of the training Job")
+    context: str = Field("", description="kubectl context; empty: the current one")
+    image: str = Field("ghcr.io/tuneloop/tuneloop:0.1.0-cuda", description="Training image (the Dockerfile with CUDA=1)")
+    gpus: int = Field(1, ge=0, le=64, description="GPUs of one node the Job requests (`nvidia.com/gpu`); torchrun runs one process each")
+    stores_secret: str = Field("tuneloop-stores", description="Secret with keys mlflow-uri and database-url")
+    s3_secret: str = Field("tuneloop-s3", description="Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY; empty: pod identity")
+    s3_endpoint: str = Field("", description="S3-compatible endpoint (MinIO); empty: AWS S3")
+    artifact_root: str = Field("s3://tuneloop/artifacts", description="The cluster's artifact root (as the chart's)")
+    data_claim: str = Field("", description="PersistentVolumeClaim mounted at /data for recipes whose data lives there")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the Job must run on")
+    service_account: str = Field("", description="Service account of the Job's pod; empty: the namespace default")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="TUNELOOP_",
@@ -97,6 +113,7 @@ class Settings(BaseSettings):
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     notify: NotifySettings = Field(default_factory=NotifySettings)
+    kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
 
     @classmethod
     def settings_customise_sources(

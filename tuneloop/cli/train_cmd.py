@@ -14,10 +14,14 @@ from tuneloop.cli.main import AppContext, pass_app
 @click.option("--alias", default=None, help="Alias the registered version takes (gates apply), e.g. challenger.")
 @click.option("--resume", "resume_run_id", default=None, metavar="RUN_ID", help="Continue this run from its last checkpoint.")
 @click.option("--check", is_flag=True, help="Validate the recipe and its data, then stop (no model loads).")
+@click.option("--backend", type=click.Choice(["local", "kubernetes", "vertex"]), default="local", show_default=True,
+              help="Where to train: here, as a Kubernetes Job (settings [kubernetes]), or a Vertex AI custom job spec.")
+@click.option("--dry-run", is_flag=True, help="With a remote backend: print the job it would submit, submit nothing.")
+@click.option("--gpus", type=click.IntRange(0, 64), default=None, help="GPUs of the remote job (default: kubernetes.gpus).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @pass_app
 def train(app: AppContext, recipe: str | None, overrides: tuple[str, ...], alias: str | None, resume_run_id: str | None,
-          check: bool, as_json: bool) -> None:
+          check: bool, backend: str, dry_run: bool, gpus: int | None, as_json: bool) -> None:
     """Fine-tune with RECIPE (YAML; see examples/recipes/) and register the result.
 
     `tuneloop train --resume RUN_ID` continues a run from its last checkpoint, with its own recipe.
@@ -29,7 +33,12 @@ def train(app: AppContext, recipe: str | None, overrides: tuple[str, ...], alias
     from pipelines.recipes import load_recipe
     from tuneloop.errors import UsageError
 
+    if backend == "local" and (dry_run or gpus is not None):
+        raise UsageError("--dry-run and --gpus apply to a remote backend",
+                         hint="add --backend kubernetes (or vertex), or launch local GPUs with torchrun (see README)")
     if resume_run_id:
+        if backend != "local":
+            raise UsageError("`--resume` continues a run here", hint="drop --backend, or submit the recipe again")
         if recipe or overrides:
             raise UsageError("`--resume` continues a run with the recipe it started with",
                              hint="drop RECIPE and --set, or start a new run without --resume")
@@ -42,6 +51,9 @@ def train(app: AppContext, recipe: str | None, overrides: tuple[str, ...], alias
     if recipe is None:
         raise UsageError("missing RECIPE", hint="tuneloop train RECIPE.yaml, or tuneloop train --resume RUN_ID")
     parsed = load_recipe(recipe, list(overrides))
+    if backend != "local":
+        _submit(app, parsed, backend, dry_run, gpus, alias, as_json)
+        return
     if check:
         train_data = data_io.load(parsed.data.train, parsed.data.format)
         eval_data = data_io.load(parsed.data.eval, train_data.format) if parsed.data.eval else None
@@ -60,6 +72,34 @@ def train(app: AppContext, recipe: str | None, overrides: tuple[str, ...], alias
         output.stage(f"training `{parsed.name}` ({parsed.method}) on {parsed.base}")
     result = run_training(parsed, app.registry, recipe_path=Path(recipe), alias=alias)
     _print_result(result, as_json)
+
+
+def _submit(app: AppContext, recipe, backend: str, dry_run: bool, gpus: int | None, alias: str | None,  # type: ignore[no-untyped-def]
+            as_json: bool) -> None:
+    """Validate the recipe's local data, render the remote job, and submit it (kubernetes) or print it."""
+    import uuid
+
+    from pipelines import data as data_io
+    from pipelines.training import backends
+
+    for path in (recipe.data.train, recipe.data.eval):
+        if path is not None and not backends._remote(path):
+            data_io.load(path, recipe.data.format)  # bad rows fail here, not an hour later on a GPU node
+    settings = app.settings.kubernetes if gpus is None else app.settings.kubernetes.model_copy(update={"gpus": gpus})
+    args = ["--alias", alias] if alias else []
+    salt = uuid.uuid4().hex
+    if backend == "kubernetes":
+        submission = backends.submit_kubernetes(recipe, settings, args, salt=salt, dry_run=dry_run)
+    else:
+        submission = backends.vertex_custom_job(recipe, settings, args, salt=salt)
+    if as_json:
+        output.emit_json(submission.as_dict())
+    elif not submission.submitted:
+        click.echo(backends.describe(submission), nl=False)
+        if backend == "vertex" and not dry_run:
+            click.echo(f"# submit it with: {submission.follow}", err=True)
+    else:
+        click.echo(f"submitted job {submission.name}; follow it: {submission.follow}")
 
 
 def _print_result(result, as_json: bool) -> None:  # type: ignore[no-untyped-def]

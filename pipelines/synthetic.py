@@ -26,7 +26,7 @@ from typing import Any
 
 from pipelines import data as data_io
 from pipelines.cleaning.dedup import DuplicateIndex, jaccard, shingles
-from tuneloop.errors import InvalidInput
+from tuneloop.errors import InvalidInput, TuneloopError
 
 SAMPLES = 3
 MIN_QUESTION_WORDS = 3
@@ -192,6 +192,7 @@ def synthesize(rc: Any, generator: str, seeds_path: Path, out: Path, options: Sy
                progress: bool = True) -> dict[str, Any]:
     """Generate until `options.count` rows pass the checks (or the attempts run out); write them to `out`
     with `out`.report.json beside it. The report counts every candidate by outcome and adds up."""
+    import torch
     from tqdm.auto import tqdm
 
     from pipelines.evaluation.runner import load_model
@@ -199,9 +200,7 @@ def synthesize(rc: Any, generator: str, seeds_path: Path, out: Path, options: Sy
     from tuneloop.digest import file_sha256
 
     template = template or Template()
-    fmt, seeds = read_seeds(seeds_path)
-    if len(seeds) < 1:
-        raise InvalidInput(f"`{seeds_path}` holds no seed rows", hint="give at least one example to imitate")
+    fmt, seeds = read_seeds(seeds_path)  # an empty or broken seed file fails here, every bad row named
     real_files = list(real or [])
     screen = Screen(fmt, [s.question for s in seeds] + real_questions(real_files), options)
     version = resolve(rc, generator)
@@ -212,8 +211,6 @@ def synthesize(rc: Any, generator: str, seeds_path: Path, out: Path, options: Sy
     if scorer_version is not None:
         same = (scorer_version.name, scorer_version.version) == (version.name, version.version)
         scoring = (model, tokenizer) if same else load_model(f"models:/{scorer_version.name}/{scorer_version.version}")
-
-    import torch
 
     torch.manual_seed(options.seed)  # sampling draws from torch's generator: the same seed writes the same rows
     rng = random.Random(options.seed)
@@ -251,7 +248,9 @@ def synthesize(rc: Any, generator: str, seeds_path: Path, out: Path, options: Sy
     report.update({"rows_out": len(kept_rows), "dropped": dict(report["dropped"]), "options": asdict(options),
                    "outputs": {"synthetic": str(out)}, "output_sha256": {"synthetic": "sha256:" + file_sha256(out)},
                    "report": str(report_path)})
-    assert report["rows_in"] == report["rows_out"] + sum(report["dropped"].values()), report
+    if report["rows_in"] != report["rows_out"] + sum(report["dropped"].values()):
+        raise TuneloopError(f"synthesis lost track of candidates: {report['rows_in']} generated, {report['rows_out']} kept, "
+                            f"{report['dropped']} dropped", hint="report this as a bug")
     report_path.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
     return report
 

@@ -102,6 +102,10 @@ def test_default_values_render_the_services_with_probes_and_a_schema_upgrade_hoo
         assert env["TUNELOOP_STORES__DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "tuneloop-stores", "key": "database-url"}
         assert "limits" in container["resources"] and "requests" in container["resources"]
     assert deployments["rel-tuneloop-scheduler"]["spec"]["replicas"] == 2  # one active, one standby
+    (mlflow,) = _containers(deployments["rel-tuneloop-mlflow"])
+    mlflow_env = {e["name"]: e for e in mlflow["env"]}
+    assert mlflow_env["MLFLOW_BACKEND_STORE_URI"]["valueFrom"]["secretKeyRef"]["key"] == "mlflow-uri"
+    assert not any("URI" in a or "$(" in a for a in mlflow["command"])  # the store URI never travels in argv
     api_env = {e["name"]: e for e in _containers(deployments["rel-tuneloop-api"])[0]["env"]}
     assert api_env["TUNELOOP_INGEST__TOKENS"]["valueFrom"]["secretKeyRef"]["name"] == "tuneloop-ingest"
 

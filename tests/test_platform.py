@@ -38,6 +38,9 @@ def test_compose_runs_every_member_with_secrets_from_the_environment() -> None:
         for key in ("TUNELOOP_STORES__MLFLOW_URI", "TUNELOOP_STORES__DATABASE_URL", "AWS_SECRET_ACCESS_KEY"):
             assert re.search(r"\$\{[A-Z_]+(:\?[^}]*)?\}", env[key]), f"{name}.{key} must come from the environment"
     assert services["migrate"]["command"] == ["db", "upgrade"]
+    for name, service in services.items():  # passwords never travel in argv (visible in `ps`)
+        argv = json.dumps([service.get("entrypoint", []), service.get("command", [])])
+        assert "postgresql://" not in argv and "PASSWORD" not in argv, name
     for name in ("mlflow", "api", "scheduler"):
         assert services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
         assert "healthcheck" in services[name]

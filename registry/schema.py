@@ -71,27 +71,25 @@ def _current(engine: sa.Engine, version_table: str) -> str | None:
                          hint="check the URL in `stores` and that the database server is running") from None
 
 
-def tuneloop_status(database_url: str) -> SchemaStatus:
-    engine = _raw_engine(database_url)
+def _status(store: str, url: str, version_table: str, scripts: Any) -> SchemaStatus:
+    engine = _raw_engine(url)
     try:
-        current = _current(engine, "tuneloop_alembic_version")
-        head, pending = _pending(_tuneloop_scripts(), current)
-        return SchemaStatus("tuneloop", redact_url(database_url), current, head, pending)
+        current = _current(engine, version_table)
+        head, pending = _pending(scripts, current)
+        return SchemaStatus(store, redact_url(url), current, head, pending)
     finally:
         engine.dispose()
+
+
+def tuneloop_status(database_url: str) -> SchemaStatus:
+    return _status("tuneloop", database_url, "tuneloop_alembic_version", _tuneloop_scripts())
 
 
 def mlflow_status(mlflow_uri: str) -> SchemaStatus:
     if not mlflow_uri.startswith(("sqlite:", "postgresql", "mysql", "mssql")):
         raise StoreError(f"`stores.mlflow_uri` {redact_url(mlflow_uri)} is not a database",
                          hint="schema checks apply to a database-backed MLflow store")
-    engine = _raw_engine(mlflow_uri)
-    try:
-        current = _current(engine, "alembic_version")
-        head, pending = _pending(_mlflow_scripts(), current)
-        return SchemaStatus("mlflow", redact_url(mlflow_uri), current, head, pending)
-    finally:
-        engine.dispose()
+    return _status("mlflow", mlflow_uri, "alembic_version", _mlflow_scripts())
 
 
 def status(settings: Settings) -> list[SchemaStatus]:

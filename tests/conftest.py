@@ -260,3 +260,18 @@ def loop_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[n
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     yield RegistryClient(load_settings())
     dispose_engines()
+
+
+@pytest.fixture
+def empty_postgres_databases():  # type: ignore[no-untyped-def]
+    """(MLflow URL, tuneloop URL) of two new PostgreSQL databases without any table; dropped afterwards."""
+    if not _postgres_available():
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL}; CI must run the PostgreSQL tests")
+        pytest.skip("PostgreSQL is not reachable")
+    names = [f"t_{uuid.uuid4().hex[:10]}_{kind}" for kind in ("mlflow", "own")]
+    for name in names:
+        _pg(PG_ADMIN_URL, f"CREATE DATABASE {name}")
+    yield tuple(StoreFactory._url(name) for name in names)
+    for name in names:
+        _pg(PG_ADMIN_URL, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

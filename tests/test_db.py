@@ -4,34 +4,21 @@ nothing migrates behind the operator's back, the pending revisions are named, on
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import BACKENDS, PG_ADMIN_URL, _pg, _postgres_available, run_cli
+from tests.conftest import BACKENDS, run_cli
 
 
 @pytest.fixture(params=BACKENDS)
 def empty_stores(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
     """TUNELOOP_* variables for two empty databases (no tables at all), with migrate_on_start off."""
     env = {"TUNELOOP_HOME": str(tmp_path / "home"), "TUNELOOP_STORES__MIGRATE_ON_START": "false"}
-    if request.param == "sqlite":
-        yield env
-        return
-    if not _postgres_available():
-        if os.environ.get("CI"):
-            pytest.fail("CI must run the PostgreSQL tests")
-        pytest.skip("PostgreSQL is not reachable")
-    names = [f"t_{uuid.uuid4().hex[:10]}_{kind}" for kind in ("mlflow", "own")]
-    for name in names:
-        _pg(PG_ADMIN_URL, f"CREATE DATABASE {name}")
-    base = PG_ADMIN_URL.rsplit("/", 1)[0]
-    env |= {"TUNELOOP_STORES__MLFLOW_URI": f"{base}/{names[0]}", "TUNELOOP_STORES__DATABASE_URL": f"{base}/{names[1]}"}
-    yield env
-    for name in names:
-        _pg(PG_ADMIN_URL, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    if request.param == "postgres":
+        mlflow_uri, database_url = request.getfixturevalue("empty_postgres_databases")
+        env |= {"TUNELOOP_STORES__MLFLOW_URI": mlflow_uri, "TUNELOOP_STORES__DATABASE_URL": database_url}
+    return env
 
 
 def _database_url(env: dict[str, str]) -> str:

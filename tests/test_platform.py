@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from pipelines import traffic
-from tests.conftest import PG_ADMIN_URL, REPO, _pg, _postgres_available, free_port, run_cli
+from tests.conftest import REPO, free_port, run_cli
 
 PLATFORM = REPO / "platform"
 TUNELOOP_SERVICES = ("migrate", "mlflow", "api", "scheduler", "cli")
@@ -88,21 +88,6 @@ def s3_server():  # type: ignore[no-untyped-def]
     server.stop()
 
 
-@pytest.fixture
-def postgres_databases():  # type: ignore[no-untyped-def]
-    if not _postgres_available():
-        if os.environ.get("CI"):
-            pytest.fail("CI must run the PostgreSQL tests")
-        pytest.skip("PostgreSQL is not reachable")
-    names = [f"t_{uuid.uuid4().hex[:10]}_{kind}" for kind in ("mlflow", "own")]
-    for name in names:
-        _pg(PG_ADMIN_URL, f"CREATE DATABASE {name}")
-    base = PG_ADMIN_URL.rsplit("/", 1)[0]
-    yield f"{base}/{names[0]}", f"{base}/{names[1]}"
-    for name in names:
-        _pg(PG_ADMIN_URL, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
 def _ok(proc: subprocess.CompletedProcess) -> dict:  # type: ignore[type-arg]
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout)
@@ -124,11 +109,11 @@ def _wait_for(url: str, timeout: float = 60) -> None:
 
 @pytest.mark.acceptance
 @pytest.mark.postgres
-def test_register_train_ingest_and_check_drift_on_postgres_and_s3(postgres_databases, s3_server, tiny_model: Path,  # type: ignore[no-untyped-def]
+def test_register_train_ingest_and_check_drift_on_postgres_and_s3(empty_postgres_databases, s3_server, tiny_model: Path,  # type: ignore[no-untyped-def]
                                                                    tmp_path: Path) -> None:
     import httpx
 
-    mlflow_uri, database_url = postgres_databases
+    mlflow_uri, database_url = empty_postgres_databases
     s3_env, s3 = s3_server
     token = "ingest-" + uuid.uuid4().hex
     home = tmp_path / "home"

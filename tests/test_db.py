@@ -32,8 +32,10 @@ def _status(env: dict[str, str]) -> dict[str, dict]:
     return {s.store: s.as_dict() for s in (mlflow_status(mlflow_uri), tuneloop_status(_database_url(env)))}
 
 
-def test_nothing_migrates_on_start_until_db_upgrade(empty_stores: dict[str, str]) -> None:
-    env = empty_stores
+def test_nothing_migrates_on_start_until_db_upgrade(empty_postgres_databases: tuple[str, str], tmp_path: Path) -> None:
+    """On PostgreSQL, as in production (the SQLite path shares the code, and is checked below)."""
+    env = {"TUNELOOP_HOME": str(tmp_path / "home"), "TUNELOOP_STORES__MIGRATE_ON_START": "false",
+           "TUNELOOP_STORES__MLFLOW_URI": empty_postgres_databases[0], "TUNELOOP_STORES__DATABASE_URL": empty_postgres_databases[1]}
     check = run_cli("db", "check", "--json", env=env)
     assert check.returncode == 1, check.stderr
     stores = {s["store"]: s for s in json.loads(check.stdout)["stores"]}
@@ -72,3 +74,16 @@ def test_a_database_behind_by_two_revisions_names_exactly_those(empty_stores: di
     assert (found.current, found.pending, found.head) == ("0002", ["0003", "0004"], "0004")
     with pytest.raises(StoreError, match="at revision 0002; 2 migration"):
         require_current(found)
+
+
+def test_checking_an_embedded_home_that_does_not_exist_yet_creates_nothing(tmp_path: Path) -> None:
+    from registry.schema import require_current, status
+    from tuneloop.errors import StoreError
+    from tuneloop.settings import Settings
+
+    found = status(Settings(home=tmp_path / "home"))
+    assert [(s.store, s.current) for s in found] == [("mlflow", None), ("tuneloop", None)]
+    assert found[1].pending == ["0001", "0002", "0003", "0004"] and not (tmp_path / "home").exists()
+    with pytest.raises(StoreError, match="has no tables yet") as refused:
+        require_current(found[0])
+    assert "tuneloop db upgrade" in (refused.value.hint or "")

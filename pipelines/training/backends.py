@@ -51,12 +51,12 @@ def remote_recipe(recipe: Recipe, mount: str) -> tuple[dict[str, Any], dict[str,
     """(the recipe as the job reads it, {file name: content} of the data files shipped beside it)."""
     shipped: dict[str, str] = {}
     paths: dict[str, str] = {}
-    small = [p for p in (recipe.data.train, recipe.data.eval) if p is not None and not _remote(p)]
+    small = [p for p in (recipe.data.train, recipe.data.eval) if p is not None and not is_remote(p)]
     total = sum(p.stat().st_size for p in small if p.is_file())
     for key, path in (("train", recipe.data.train), ("eval", recipe.data.eval)):
         if path is None:
             continue
-        if _remote(path):
+        if is_remote(path):
             paths[key] = str(PurePosixPath(path))
             continue
         if not path.is_file():
@@ -66,15 +66,18 @@ def remote_recipe(recipe: Recipe, mount: str) -> tuple[dict[str, Any], dict[str,
                 f"the recipe's local data ({total:,} bytes) is too large to travel with the job (at most {SHIPPED_DATA_BYTES:,})",
                 hint="put the files on the job's storage and name them in the recipe: /data/... (kubernetes.data_claim) "
                      "or /gcs/BUCKET/... (Vertex AI)")
+        if path.suffix.lower() == ".parquet":
+            raise InvalidInput(f"`{path}` is Parquet, which cannot travel in a ConfigMap or an environment variable",
+                               hint="put it on the job's storage (/data/... or /gcs/BUCKET/...), or convert it to JSONL")
         name = f"{key}{path.suffix}"
-        shipped[name] = path.read_text(encoding="utf-8")
+        shipped[name] = path.read_bytes().decode("utf-8")  # exact bytes (no newline translation): the same sha256
         paths[key] = f"{mount}/{name}"
     document = recipe.model_dump(mode="json", exclude_none=True)
     document["data"].update(paths)
     return document, shipped
 
 
-def _remote(path: Path) -> bool:
+def is_remote(path: Path) -> bool:
     return str(PurePosixPath(path)).startswith(REMOTE_DATA_ROOTS)
 
 

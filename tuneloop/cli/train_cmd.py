@@ -83,7 +83,7 @@ def _submit(app: AppContext, recipe, backend: str, dry_run: bool, gpus: int | No
     from pipelines.training import backends
 
     for path in (recipe.data.train, recipe.data.eval):
-        if path is not None and not backends._remote(path):
+        if path is not None and not backends.is_remote(path):
             data_io.load(path, recipe.data.format)  # bad rows fail here, not an hour later on a GPU node
     settings = app.settings.kubernetes if gpus is None else app.settings.kubernetes.model_copy(update={"gpus": gpus})
     args = ["--alias", alias] if alias else []

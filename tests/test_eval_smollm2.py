@@ -99,6 +99,7 @@ def test_synthetic_rows_from_smollm2_validate_carry_lineage_and_round_trip_throu
     final = [json.loads(line) for line in reviewed.read_text().splitlines()]
     assert [r["synthetic"]["id"] for r in final] == [entries[0]["id"], entries[2]["id"]]
     assert final[1]["messages"][-1]["content"].startswith("Sorry about that") and final[1]["review"]["decision"] == "edited"
+    assert final[0]["review"]["reviewer"]  # no --reviewer: the settings' actor, else the OS user
     after = _ok(run_cli("data", "validate", str(reviewed), "--json"))
     assert after["valid"] and after["unreviewed_synthetic"] == 0
 

@@ -223,9 +223,11 @@ def review_export(path: str, sheet: str, sample: int | None, seed: int, everythi
               help="Reviewed data file to write (may be PATH itself: it is replaced whole).")
 @click.option("--unreviewed", type=click.Choice(["hold", "keep"]), default="hold", show_default=True,
               help="Synthetic rows still unreviewed: hold them back in OUT's .held.jsonl, or keep them in OUT.")
-@click.option("--reviewer", default=None, help="Who reviewed (recorded in each decided row).")
+@click.option("--reviewer", default=None, help="Who reviewed, recorded in each decided row [default: settings `actor`, else the OS user].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
-def review_import(path: str, sheet: str, out_file: str, unreviewed: str, reviewer: str | None, as_json: bool) -> None:
+@pass_app
+def review_import(app: AppContext, path: str, sheet: str, out_file: str, unreviewed: str, reviewer: str | None,
+                  as_json: bool) -> None:
     """Apply the decisions of SHEET to PATH: rejected rows leave, edits replace the text (the original stays in
     the row's `review`), accepted rows are marked; every sheet problem is reported before anything is written."""
     from pipelines.review import apply
@@ -233,7 +235,7 @@ def review_import(path: str, sheet: str, out_file: str, unreviewed: str, reviewe
 
     if not Path(path).is_file():
         raise InvalidInput(f"data file `{path}` does not exist", hint="check the path")
-    result = apply(Path(path), Path(sheet), Path(out_file), unreviewed=unreviewed, reviewer=reviewer)
+    result = apply(Path(path), Path(sheet), Path(out_file), unreviewed=unreviewed, reviewer=reviewer or app.settings.actor_name)
     if as_json:
         output.emit_json(result)
         return

@@ -8,6 +8,8 @@ naming the command that upgrades it, and a release job runs `tuneloop db upgrade
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,23 +107,45 @@ def upgrade(settings: Settings) -> list[SchemaStatus]:
 
     quiet_mlflow()
     _make_sqlite_folder(settings.mlflow_uri)
-    before = mlflow_status(settings.mlflow_uri)
-    if before.pending:
-        engine = create_sqlalchemy_engine(settings.mlflow_uri)
-        try:
-            if before.current is None:
-                _initialize_tables(engine)  # MLflow's own first-run path: base tables, then every migration
-            else:
-                _upgrade_db(engine)
-        finally:
-            engine.dispose()
-    _make_sqlite_folder(settings.database_url)
+    with _upgrade_lock(settings.mlflow_uri):
+        before = mlflow_status(settings.mlflow_uri)  # read under the lock: a concurrent upgrade may have run
+        if before.pending:
+            engine = create_sqlalchemy_engine(settings.mlflow_uri)
+            try:
+                if before.current is None:
+                    _initialize_tables(engine)  # MLflow's own first-run path: base tables, then every migration
+                else:
+                    _upgrade_db(engine)
+            finally:
+                engine.dispose()
+    _make_sqlite_folder(settings.database_url)  # tuneloop's own migrate() takes its own lock
     engine = _raw_engine(settings.database_url)
     try:
         migrate(engine)
     finally:
         engine.dispose()
     return status(settings)
+
+
+@contextmanager
+def _upgrade_lock(url: str) -> Iterator[None]:
+    """On PostgreSQL, a session advisory lock held while MLflow's schema is upgraded: two `tuneloop db upgrade`
+    (two release jobs, two pods) take turns instead of racing through the same migrations."""
+    from registry.db import _lock_key
+
+    engine = _raw_engine(url)
+    try:
+        if engine.url.get_backend_name() != "postgresql":
+            yield
+            return
+        with engine.connect() as conn:
+            conn.execute(sa.select(sa.func.pg_advisory_lock(_lock_key("mlflow.upgrade"))))
+            try:
+                yield
+            finally:
+                conn.execute(sa.select(sa.func.pg_advisory_unlock(_lock_key("mlflow.upgrade"))))
+    finally:
+        engine.dispose()
 
 
 def require_current(found: SchemaStatus) -> None:

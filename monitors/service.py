@@ -252,7 +252,13 @@ def _log(rc: RegistryClient, spec: MonitorSpec, run_id: str, step: int, result: 
         metrics += [Metric(f"p/{c.check}", c.p_value, now, step), Metric(f"stat/{c.check}", c.statistic, now, step)]
     rc.mlflow.log_batch(run_id, metrics=metrics)
     rc.mlflow.log_text(run_id, _html(spec, step, result), f"reports/window-{step:05d}.html")
-    rc.mlflow.log_figure(run_id, _plot(rc, run_id, result.threshold), "scores.png")
+    figure = _plot(rc, run_id, result.threshold)
+    try:
+        rc.mlflow.log_figure(run_id, figure, "scores.png")
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(figure)  # pyplot keeps every figure until closed: a long-running scheduler would grow without end
 
 
 def _plot(rc: RegistryClient, run_id: str, threshold: float) -> Any:

@@ -104,6 +104,9 @@ def test_each_window_is_judged_once_and_alerts_reconcile_idempotently(rc, tmp_pa
     assert check_pending(rc, "mon") == []  # nothing new: nothing judged again
     _store(rc, traffic.windows(3, 100, seed=6, kind="refusals", share=0.5)[50:])  # completes window 3, then 4 and 5
     assert [w["status"] for w in check_pending(rc, "mon")] == ["drift", "drift", "drift"]
+    import matplotlib.pyplot as plt
+
+    assert plt.get_fignums() == []  # each window's plot is closed once logged: a scheduler runs for months
 
     opened = alerts.evaluate(rc, "mon")
     assert [(c.rule, c.kind) for c in opened] == [("r", "opened")]

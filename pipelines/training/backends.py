@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shlex
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -178,12 +179,12 @@ def vertex_custom_job(recipe: Recipe, k: KubernetesSettings, args: list[str], *,
         raise InvalidInput(f"Vertex AI A100 machines come with {', '.join(map(str, VERTEX_A100_MACHINES))} GPUs, not {gpus}",
                            hint="set kubernetes.gpus (or --gpus) to one of those")
     document, shipped = remote_recipe(recipe, "/tmp/tuneloop-recipe")
-    files = {"recipe.yaml": _yaml(document), **shipped}
+    files = {"recipe.yaml": to_yaml([document]), **shipped}
     steps = ["mkdir -p /tmp/tuneloop-recipe"]
     steps += [f"printf '%s' \"$TUNELOOP_FILE_{i}\" > /tmp/tuneloop-recipe/{name}" for i, name in enumerate(files)]
     steps += [f"export TUNELOOP_STORES__MLFLOW_URI=$(gcloud secrets versions access latest --secret={k.stores_secret}-mlflow-uri)",
               f"export TUNELOOP_STORES__DATABASE_URL=$(gcloud secrets versions access latest --secret={k.stores_secret}-database-url)",
-              "exec " + " ".join(_quote(a) for a in train_command(gpus, "/tmp/tuneloop-recipe/recipe.yaml", args))]
+              "exec " + " ".join(shlex.quote(a) for a in train_command(gpus, "/tmp/tuneloop-recipe/recipe.yaml", args))]
     env = [{"name": f"TUNELOOP_FILE_{i}", "value": text} for i, text in enumerate(files.values())]
     env += [{"name": "TUNELOOP_STORES__ARTIFACT_ROOT", "value": k.artifact_root},
             {"name": "TUNELOOP_STORES__MIGRATE_ON_START", "value": "false"}]
@@ -197,18 +198,6 @@ def vertex_custom_job(recipe: Recipe, k: KubernetesSettings, args: list[str], *,
     spec = {"displayName": job_name(recipe, salt), "jobSpec": job_spec}
     return Submission("vertex", spec["displayName"], [spec],
                       follow="gcloud ai custom-jobs create --region REGION --config SPEC.json, then gcloud ai custom-jobs stream-logs")
-
-
-def _yaml(document: dict[str, Any]) -> str:
-    import yaml
-
-    return yaml.safe_dump(document, sort_keys=False)
-
-
-def _quote(arg: str) -> str:
-    import shlex
-
-    return shlex.quote(arg)
 
 
 def to_yaml(manifests: list[dict[str, Any]]) -> str:

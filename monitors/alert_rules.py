@@ -48,6 +48,11 @@ class Condition(Strict):
             raise ValueError("`above`/`below` go with `check`, not `drift`")
         return self
 
+    def describe(self) -> str:
+        if self.drift is not None:
+            return "any check drifted" if self.drift == "any" else f"`{self.drift}` drifted"
+        return f"`{self.check}` " + (f"above {self.above:g}" if self.above is not None else f"below {self.below:g}")
+
     def holds(self, window: WindowResult) -> bool:
         if self.drift is not None:
             return any(self.drift == "any" or fnmatch.fnmatchcase(name, self.drift) for name in window.drifted_checks)
@@ -91,17 +96,59 @@ class Incident:
         return {"opened_at_window": self.opened, "streak_started_at_window": self.first, "closed_at_window": self.closed}
 
 
+@dataclass
+class RuleState:
+    """Where a rule stands after replaying windows: its incidents, and why the last windows did or did not fire."""
+
+    incidents: list[Incident]
+    streak: int = 0  # consecutive judged windows the condition held in, with no incident open
+    cooldown_left: int = 0
+    skipped_last: str | None = None  # why the last window did not count, when it did not
+    last_holds: bool = False
+
+    def explain(self, rule: AlertRule) -> str:
+        """One sentence a person can act on."""
+        open_incident = self.incidents[-1] if self.incidents and self.incidents[-1].closed is None else None
+        parts = []
+        if self.skipped_last is not None:
+            parts.append(f"the last window {self.skipped_last}, so it neither counts nor breaks a streak")
+        if open_incident is not None:
+            parts.append(f"an incident is open since window {open_incident.opened}; it resolves after "
+                         f"{rule.resolve_after or rule.for_windows} calm windows in a row")
+        elif self.cooldown_left > 0:
+            parts.append(f"in cooldown after the last incident: {self.cooldown_left} more judged window(s) before a new "
+                         "one may fire")
+        elif self.streak > 0:
+            parts.append(f"streak {self.streak} of {rule.for_windows}: the condition held in {self.streak} window(s) in a row; "
+                         f"it fires at {rule.for_windows}")
+        else:
+            parts.append("the condition did not hold in the last judged window")
+        return "; ".join(parts)
+
+
 def incidents(rule: AlertRule, windows: Sequence[WindowResult]) -> list[Incident]:
     """Replay `rule` over windows in order; every incident it would have raised."""
+    return replay(rule, windows).incidents
+
+
+def replay(rule: AlertRule, windows: Sequence[WindowResult]) -> RuleState:
+    """Replay `rule` over windows in order: its incidents and the state it is left in."""
     found: list[Incident] = []
     streak_start: int | None = None
     streak = calm = 0
     open_incident: Incident | None = None
     cooldown_left = 0
+    skipped_last: str | None = None
+    holds = False
     resolve_after = rule.resolve_after or rule.for_windows
     for index, window in enumerate(windows):
-        if window.status == "not enough data" or window.size < rule.min_size:
+        if window.status == "not enough data":
+            skipped_last = f"held {window.size} records, too few for the monitor to judge (its min_size)"
             continue
+        if window.size < rule.min_size:
+            skipped_last = f"held {window.size} records, under the rule's min_size of {rule.min_size}"
+            continue
+        skipped_last = None
         holds = rule.when.holds(window)
         if open_incident is not None:
             calm = 0 if holds else calm + 1
@@ -121,4 +168,5 @@ def incidents(rule: AlertRule, windows: Sequence[WindowResult]) -> list[Incident
                 calm = 0
         else:
             streak, streak_start = 0, None
-    return found
+    return RuleState(incidents=found, streak=streak if open_incident is None else 0, cooldown_left=cooldown_left,
+                     skipped_last=skipped_last, last_holds=holds)

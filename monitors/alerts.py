@@ -46,6 +46,7 @@ def add_rule(rc: RegistryClient, path: Path, *, replace: bool = False) -> dict[s
     save_declared(rc.engine, tables.alert_rules, rule.name, {"monitor": rule.monitor, "spec": rule.model_dump_json()},
                   replace=replace, kind="alert rule")
     return {"rule": rule.name, "monitor": rule.monitor, "when": rule.when.model_dump(exclude_none=True),
+            "condition": rule.when.describe(),
             "for_windows": rule.for_windows, "severity": rule.severity, "webhooks": len(rule.webhooks)}
 
 
@@ -86,6 +87,18 @@ def evaluate(rc: RegistryClient, monitor: str) -> list[AlertChange]:
         mirror(rc, change.alert_id)
     _mirror_missing(rc)
     return changes
+
+
+def explain_rules(rc: RegistryClient, monitor: str) -> list[dict[str, str]]:
+    """[{rule, state}] for each rule on `monitor`: where it stands and why it did (not) fire."""
+    from monitors.alert_rules import replay
+    from monitors.service import judged_windows
+
+    rules = rules_of(rc, monitor)
+    if not rules:
+        return []
+    _, windows = judged_windows(rc, monitor)
+    return [{"rule": rule.name, "monitor": monitor, "state": replay(rule, windows).explain(rule)} for rule in rules]
 
 
 def _open(conn: sa.Connection, rule: AlertRule, model: str, ids: list[int], windows: list[Any], incident: Any) -> int:

@@ -1,15 +1,15 @@
 """`tuneloop monitor backtest`: run a monitor's checks over every window of a recorded file.
 
-Files are JSONL or CSV rows with `prompt` and `output`, and optionally `prediction`, `timestamp`
-(ISO 8601; needed by time windows) and feedback: `label`, `rating`, `reference_answer`, either flat
-or inside a `feedback` object as the ingest API takes it (`feedback.reference` is the reference answer;
-CSV: `feedback_label`, `feedback_rating`, `feedback_reference`). Users tune thresholds on history with it.
+Files are JSONL or CSV rows of the ingest API's one record schema (`monitors.records`: `prompt`,
+`output`, and optionally `prediction`, `timestamp` — needed by time windows — and feedback, flat or
+nested; `model` is optional here), or training rows (chat, instruction). Users tune thresholds on
+history with it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -21,60 +21,54 @@ from tuneloop.errors import InvalidInput
 
 
 def read_records(path: Path, *, need_time: bool = False) -> list[Record]:
+    """A file's rows as records: production records in the ingest API's one schema (`model` optional here),
+    or training rows (chat, instruction, completion: prompt = the user turns, output = the answer)."""
+    from monitors.records import HistoryRecord, from_csv_row, is_training_row, parse_records, record_from_training_row
     from tuneloop.rowfiles import read_rows
 
-    out, problems = [], []
-    for line, row in read_rows(path):
+    rows = read_rows(path)
+    if not rows:
+        raise InvalidInput(f"`{path}` holds no records", hint="one JSON object per line, or a CSV with a header")
+    out: list[Record | None] = []
+    produced, where, problems = [], [], []
+    for line, row in rows:
         if not isinstance(row, dict):
             problems.append(f"{path}:{line}: {row if isinstance(row, str) else 'a record must be an object'}")
-            continue
-        try:
-            out.append(_record(row, need_time))
-        except ValueError as exc:
-            problems.append(f"{path}:{line}: {exc}")
+        elif is_training_row(row):
+            out.append(record_from_training_row(row))
+            if out[-1] is None:
+                problems.append(f"{path}:{line}: a training row without a user turn and an answer")
+        else:
+            out.append(None)  # filled below, in order
+            produced.append(from_csv_row(row) if path.suffix.lower() == ".csv" else row)
+            where.append(f"{path}:{line}")
     if problems:
-        raise InvalidInput(f"{len(problems)} bad row(s):\n  " + "\n  ".join(problems[:20]),
-                           hint="every row needs `prompt` and `output` (and `timestamp` for time windows)")
-    if not out:
-        raise InvalidInput(f"`{path}` holds no records", hint="one JSON object per line, or a CSV with a header")
-    return out
+        raise InvalidInput(f"{len(problems)} bad row(s):\n  " + "\n  ".join(problems[:20]), hint=ROW_HINT)
+    parsed = iter(parse_records(produced, NO_LIMIT, where, schema=HistoryRecord))
+    records = [r if r is not None else _as_check_record(next(parsed)) for r in out]
+    if need_time:
+        places = iter(where)
+        missing = []
+        for record, from_training in zip(records, out, strict=True):
+            place = f"{path} (a training row)" if from_training is not None else next(places)
+            if record.ts is None:
+                missing.append(f"{place}: `timestamp` is missing")
+        if missing:
+            raise InvalidInput(f"{len(missing)} record(s) without a timestamp; time windows need one per record:\n  "
+                               + "\n  ".join(missing[:20]), hint="add `timestamp` (ISO 8601), or use a count window")
+    return records
 
 
-def _record(row: dict[str, Any], need_time: bool) -> Record:
-    prompt, output = row.get("prompt"), row.get("output")
-    if not isinstance(prompt, str) or not isinstance(output, str):
-        raise ValueError("`prompt` and `output` must be text")
-    feedback = row.get("feedback") if isinstance(row.get("feedback"), dict) else {}
-    flat = {k.removeprefix("feedback_"): v for k, v in row.items() if k.startswith("feedback_")}
-
-    def pick(*names: str) -> Any:
-        for source in (row, feedback, flat):
-            for name in names:
-                if source.get(name) not in (None, ""):
-                    return source[name]
-        return None
-
-    label, answer, rating, prediction = pick("label"), pick("reference_answer", "reference"), pick("rating"), row.get("prediction", output)
-    if rating is not None:
-        try:
-            rating = float(rating)
-        except (TypeError, ValueError):
-            raise ValueError(f"`rating` must be a number, got {rating!r}") from None
-    return Record(prompt, output, str(prediction) if prediction not in (None, "") else None,
-                  str(label) if label is not None else None, rating, str(answer) if answer is not None else None,
-                  _timestamp(pick("timestamp", "ts"), need_time))
+ROW_HINT = ("every row is a record (`prompt`, `output`, optional `prediction`, `timestamp`, feedback) or a training row "
+            "(`messages`, or `instruction`/`response`); see examples/data/support_records.jsonl")
+NO_LIMIT = 10**9  # the ingest API's text limit protects a server; a local replay has none
 
 
-def _timestamp(value: Any, needed: bool) -> datetime | None:
-    if value is None:
-        if needed:
-            raise ValueError("`timestamp` is missing: time windows need one per record")
-        return None
-    try:
-        ts = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"`timestamp` {value!r} is not ISO 8601 (e.g. 2026-11-29T14:00:00Z)") from None
-    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+def _as_check_record(r: Any) -> Record:
+    ts = r.timestamp if r.timestamp is None or r.timestamp.tzinfo else r.timestamp.replace(tzinfo=UTC)
+    fb = r.feedback
+    return Record(r.prompt, r.output, r.prediction if r.prediction is not None else r.output,
+                  fb.label if fb else None, fb.rating if fb else None, fb.reference if fb else None, ts)
 
 
 @dataclass

@@ -116,6 +116,8 @@ def create_app(settings: Any) -> FastAPI:
         authorise(request)
         payload = await read_json(request)
         try:
+            if isinstance(payload, dict) and "reference_answer" in payload and "reference" not in payload:
+                payload = {**payload, "reference": payload.pop("reference_answer")}
             feedback = records_io.Feedback.model_validate(payload)
         except ValidationError as exc:
             raise InvalidInput(f"invalid feedback: {exc}", hint="send {rating?, label?, reference?}") from None

@@ -1,6 +1,9 @@
 """Production records: what a deployed model was asked and answered, with optional feedback.
 
-One schema serves the ingest API and `tuneloop monitor ingest FILE`. A batch is stored in one
+One schema serves the ingest API, `tuneloop monitor ingest FILE` and `tuneloop monitor backtest`: the
+same fields are accepted and refused by all three, and feedback may be nested (`feedback: {rating,
+label, reference}`) or flat (`rating`, `label`, `reference` or `reference_answer` beside `prompt`; in
+CSV `feedback_rating`, `feedback_label`, `feedback_reference`). A batch is stored in one
 transaction: every record of it, or none. Record ids make retries harmless (an id already stored is
 skipped), and an idempotency key makes a retried request return the first answer.
 """
@@ -64,6 +67,45 @@ class RecordIn(BaseModel):
         return value
 
 
+class HistoryRecord(RecordIn):
+    """A recorded row replayed by `monitor backtest`: the same fields, but `model` is optional (no registry)."""
+
+    model: StrictStr | None = Field(None, description="NAME@ALIAS or NAME:VERSION (not needed to replay history)")  # type: ignore[assignment]
+
+
+FLAT_FEEDBACK = {"rating": "rating", "label": "label", "reference": "reference", "reference_answer": "reference"}
+
+
+def fold_feedback(item: Any) -> tuple[Any, list[str]]:
+    """Flat feedback fields moved into `feedback` (nested `reference_answer` read as `reference`), and the
+    problems found: a field given both ways with different values."""
+    if not isinstance(item, dict):
+        return item, []
+    out = dict(item)
+    nested = out.get("feedback")
+    if nested is not None and not isinstance(nested, dict):
+        return out, []  # validation names it
+    feedback: dict[str, Any] = {}
+    problems = []
+    sources = [("feedback." + k, k, v) for k, v in (nested or {}).items()]
+    for key in list(out):
+        name = key.removeprefix("feedback_")
+        if (key.startswith("feedback_") or key in FLAT_FEEDBACK) and name in FLAT_FEEDBACK:
+            sources.append((key, name, out.pop(key)))
+    for where, name, value in sources:
+        target = FLAT_FEEDBACK.get(name, name)  # an unknown nested key stays for validation to refuse
+        if value in (None, ""):
+            continue
+        if target in feedback and feedback[target][1] != value:
+            problems.append(f"`{where}` and `{feedback[target][0]}` disagree; give the feedback once")
+            continue
+        feedback[target] = (where, value)
+    out.pop("feedback", None)
+    if feedback:
+        out["feedback"] = {name: value for name, (_, value) in feedback.items()}
+    return out, problems
+
+
 def check_lengths(record: RecordIn, max_chars: int) -> list[str]:
     fields = {"prompt": record.prompt, "output": record.output, "prediction": record.prediction}
     if record.feedback:
@@ -72,13 +114,18 @@ def check_lengths(record: RecordIn, max_chars: int) -> list[str]:
             for name, text in fields.items() if text is not None and len(text) > max_chars]
 
 
-def parse_records(items: Sequence[Any], max_chars: int, where: Sequence[str] | None = None) -> list[RecordIn]:
+def parse_records(items: Sequence[Any], max_chars: int, where: Sequence[str] | None = None, *,
+                  schema: type[RecordIn] = RecordIn) -> list[RecordIn]:
     """Validate every item; one InvalidInput lists each problem with its place (record index or file:line)."""
     out, problems = [], []
     for i, item in enumerate(items):
         place = where[i] if where else f"records[{i}]"
+        item, conflicts = fold_feedback(item)
+        if conflicts:
+            problems += [f"{place}: {c}" for c in conflicts]
+            continue
         try:
-            record = RecordIn.model_validate(item)
+            record = schema.model_validate(item)
         except ValidationError as exc:
             for err in exc.errors():
                 field = ".".join(str(p) for p in err["loc"]) or "(record)"
@@ -115,10 +162,26 @@ class ModelResolver:
             else:
                 mv = self._client.get_model_version(name, str(version))
         except MlflowException:
-            raise NotFound(f"unknown model `{ref}`", hint="name a registered model version: NAME@ALIAS or NAME:VERSION") from None
+            raise self._not_found(ref, name, alias, version) from None
         result = (name, int(mv.version), alias)
         self._cache[ref] = (time.monotonic(), result)
         return result
+
+
+    def _not_found(self, ref: str, name: str, alias: str | None, version: int | None) -> NotFound:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self._client.get_registered_model(name)
+        except MlflowException:
+            return NotFound(f"unknown model `{ref}`: no registered model `{name}`",
+                            hint="see `tuneloop models list`; name a registered version as NAME@ALIAS or NAME:VERSION")
+        if alias:
+            return NotFound(f"`{ref}` has no holder: no version of `{name}` holds alias `{alias}` yet",
+                            hint=f"promote one first: `tuneloop models promote {name}:VERSION --alias {alias}`, "
+                                 f"or name a version: `{name}:VERSION`")
+        return NotFound(f"unknown model `{ref}`: `{name}` has no version {version}",
+                        hint=f"see `tuneloop models show {name}` for its versions")
 
 
 def _split_ref(ref: str) -> tuple[str, str | None, int | None]:
@@ -228,7 +291,7 @@ def count(engine: sa.Engine, model: str | None = None) -> int:
         return int(conn.execute(query).scalar() or 0)
 
 
-def records_from_file(path: Any, max_chars: int) -> list[RecordIn]:
+def records_from_file(path: Any, max_chars: int, *, schema: type[RecordIn] = RecordIn) -> list[RecordIn]:
     """Records from JSONL (objects as the API takes them) or CSV (flat columns; `feedback_label`,
     `feedback_rating`, `feedback_reference`, `metadata` as JSON). Every bad row is reported with its line."""
     from pathlib import Path
@@ -244,14 +307,14 @@ def records_from_file(path: Any, max_chars: int) -> list[RecordIn]:
         if isinstance(row, str) or not isinstance(row, dict):
             problems.append(f"{path}:{line}: {row if isinstance(row, str) else 'a record must be an object'}")
             continue
-        items.append(_from_csv_row(row) if path.suffix.lower() == ".csv" else row)
+        items.append(from_csv_row(row) if path.suffix.lower() == ".csv" else row)
         where.append(f"{path}:{line}")
     if problems:
         raise InvalidInput("invalid records:\n  " + "\n  ".join(problems[:20]), hint="fix these rows; nothing was stored")
-    return parse_records(items, max_chars, where)
+    return parse_records(items, max_chars, where, schema=schema)
 
 
-def _from_csv_row(row: dict[str, Any]) -> dict[str, Any]:
+def from_csv_row(row: dict[str, Any]) -> dict[str, Any]:
     def number(value: Any) -> Any:
         try:
             return float(value)
@@ -261,6 +324,8 @@ def _from_csv_row(row: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {k: v for k, v in row.items() if v not in ("", None) and not k.startswith("feedback_")}
     if "latency_ms" in out:
         out["latency_ms"] = number(out["latency_ms"])
+    if "rating" in out:
+        out["rating"] = number(out["rating"])
     if "metadata" in out:
         try:
             out["metadata"] = json.loads(out["metadata"])
@@ -273,3 +338,34 @@ def _from_csv_row(row: dict[str, Any]) -> dict[str, Any]:
         out["feedback"] = feedback
     out.setdefault("output", "")
     return out
+
+
+# --- training rows read as records (monitor references, backtest files) ---------------------------
+TRAINING_ROW_KEYS = ("messages", "instruction", "completion", "chosen")
+
+
+def is_training_row(row: dict[str, Any]) -> bool:
+    return any(key in row for key in TRAINING_ROW_KEYS)
+
+
+def record_from_training_row(row: Any) -> Any:
+    """prompt = the user turns (joined as the server joins a chat's), output = the answer, for every
+    training data format; None when the row has neither."""
+    from monitors.checks import Record
+    from tuneloop.rowfiles import chat_prompt
+
+    if not isinstance(row, dict):
+        return None
+    messages = row.get("messages")
+    if isinstance(messages, str):
+        messages = json.loads(messages)
+    if isinstance(messages, list) and messages:
+        if not isinstance(messages[-1], dict) or messages[-1].get("role") != "assistant":
+            return None
+        return Record(chat_prompt(messages[:-1]), str(messages[-1].get("content", "")))
+    prompt = row.get("instruction") or row.get("prompt")
+    answer = row.get("response") or row.get("output") or row.get("completion") or row.get("chosen")
+    if isinstance(prompt, str) and isinstance(answer, str):
+        extra = row.get("input")
+        return Record(f"{prompt}\n\n{extra}" if isinstance(extra, str) and extra else prompt, answer)
+    return None

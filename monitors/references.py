@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from monitors.backtest import read_records
 from monitors.checks import Record
 from monitors.monitor_spec import MonitorSpec
-from monitors.records import ModelResolver
+from monitors.records import ModelResolver, record_from_training_row
 from registry import tables
 from tuneloop.digest import file_sha256
 from tuneloop.errors import InvalidInput
@@ -66,7 +66,7 @@ def _training_data(rc: Any, name: str, version: int, context: str) -> tuple[list
     path, digest = stored_data_file(rc, name, version, context)
     from tuneloop.rowfiles import read_rows
 
-    records = [_from_training_row(row) for _, row in read_rows(path)]
+    records = [record_from_training_row(row) for _, row in read_rows(path)]
     return [r for r in records if r is not None], f"`{context}` data of {name}:{version} ({digest[:23]})"
 
 
@@ -84,24 +84,6 @@ def stored_data_file(rc: Any, name: str, version: int, context: str) -> tuple[Pa
         raise InvalidInput(f"the stored `{context}` data of {name}:{version} does not match its digest {digest}",
                            hint="the artifact store was changed; pin a reference file instead")
     return files[0], digest
-
-
-def _from_training_row(row: Any) -> Record | None:
-    """prompt = the user turns, output = the answer, for every training data format."""
-    if not isinstance(row, dict):
-        return None
-    messages = row.get("messages")
-    if isinstance(messages, str):
-        messages = json.loads(messages)
-    if isinstance(messages, list) and messages:
-        users = [m.get("content", "") for m in messages[:-1] if isinstance(m, dict) and m.get("role") == "user"]
-        return Record("\n".join(users), str(messages[-1].get("content", "")))
-    prompt = row.get("instruction") or row.get("prompt")
-    answer = row.get("response") or row.get("output") or row.get("completion") or row.get("chosen")
-    if isinstance(prompt, str) and isinstance(answer, str):
-        extra = row.get("input")
-        return Record(f"{prompt}\n\n{extra}" if isinstance(extra, str) and extra else prompt, answer)
-    return None
 
 
 def write_jsonl(records: list[Record], folder: Path) -> Path:

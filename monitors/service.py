@@ -81,7 +81,27 @@ def check(rc: RegistryClient, name: str) -> dict[str, Any]:
     """Judge the latest window of the monitor's model and log it."""
     row, spec = _monitor(rc, name)
     window, last_seq = _latest_window(rc, spec)
-    return _judge(rc, row, spec, window, last_seq)
+    result = _judge(rc, row, spec, window, last_seq)
+    if result["status"] == "not enough data":
+        result["notes"] = [*result["notes"], why_small(rc, spec, result["size"])]
+    return result
+
+
+def why_small(rc: RegistryClient, spec: MonitorSpec, size: int) -> str:
+    """Why a window is too small to judge, naming where else this model's records are (other aliases or versions)."""
+    name, version, alias = ModelResolver(rc.mlflow).resolve(spec.model or "")
+    watched = f"alias `{alias}`" if alias else f"version {version}"
+    r = tables.records
+    query = sa.select(r.c.alias, r.c.version, sa.func.count()).where(r.c.model == name).group_by(r.c.alias, r.c.version)
+    with rc.engine.connect() as conn:
+        groups = [(a, int(v), int(n)) for a, v, n in conn.execute(query)
+                  if not ((a == alias) if alias else (v == version and a is None))]
+    text = f"{size} record(s) of {name} under {watched} in the window; {spec.min_size} are needed (min_size)"
+    if groups:
+        elsewhere = ", ".join(f"{n:,} under alias `{a}` (v{v})" if a else f"{n:,} sent as version {v}"
+                              for a, v, n in sorted(groups, key=lambda g: -g[2]))
+        text += f". This model has other records: {elsewhere} — the monitor watches `{spec.model}` only"
+    return text
 
 
 def check_pending(rc: RegistryClient, name: str, *, limit: int = 1000) -> list[dict[str, Any]]:

@@ -28,7 +28,7 @@ def drive(rc: RegistryClient, run_id: int) -> None:
     if row["champion_version"] is None:
         champion = rc.mlflow.get_model_version_by_alias(spec.model, Alias.CHAMPION) if _has_champion(rc, spec.model) else None
         if champion is None:
-            raise NotFound(f"`{spec.model}` has no champion to retrain", hint=f"promote a version: tuneloop models promote {spec.model} N champion")
+            raise NotFound(f"`{spec.model}` has no champion to retrain", hint=f"promote a version: `tuneloop models promote {spec.model}:VERSION --alias champion`")
         retrain.update(rc, run_id, champion_version=int(champion.version))
         row["champion_version"] = int(champion.version)
     champion_version = int(row["champion_version"])
@@ -39,7 +39,8 @@ def drive(rc: RegistryClient, run_id: int) -> None:
         from pipelines.curation import build
 
         curated = build(rc, spec.model, champion_version, folder, min_rating=spec.feedback.min_rating, holdout=spec.holdout,
-                        champion_share=spec.champion_share, near_threshold=spec.near_threshold)
+                        champion_share=spec.champion_share, near_threshold=spec.near_threshold,
+                        holdout_limit=spec.holdout_limit)
         if curated.counts["new_training_rows"] == 0 and row["trigger"] == "alert":
             raise InvalidInput(
                 f"nothing new to learn: {curated.counts['reviewed_records']} production record(s) of `{spec.model}` carry "
@@ -61,12 +62,19 @@ def drive(rc: RegistryClient, run_id: int) -> None:
             if who not in evals:
                 from pipelines.evaluation.runner import evaluate
 
-                result = evaluate(rc, suite, f"{spec.model}:{v}", progress=False)
+                result = evaluate(rc, suite, f"{spec.model}:{v}", progress=False, on_progress=_reporter(rc, run_id, who, v))
                 evals[who] = {"version": v, "run_id": result.run_id, "metrics": result.metrics,
                               "tasks": {t.name: t.metrics for t in result.tasks}}
                 retrain.update(rc, run_id, details=details)
 
     _finish(rc, run_id, spec, version, champion_version, details)
+
+
+def _reporter(rc: RegistryClient, run_id: int, who: str, version: int) -> Any:
+    def report(text: str) -> None:
+        retrain.report_progress(rc, run_id, f"evaluating {who} v{version}: {text}")
+
+    return report
 
 
 def _has_champion(rc: RegistryClient, model: str) -> bool:
@@ -81,13 +89,13 @@ def _has_champion(rc: RegistryClient, model: str) -> bool:
 
 def _train(rc: RegistryClient, run_id: int, spec: Any, champion_version: int, data: dict[str, Any]) -> int:
     from pipelines.recipes import Recipe
-    from pipelines.training.run import latest_checkpoint, recipe_of_run, train
+    from pipelines.training.run import latest_checkpoint, recipe_of_run, train, version_of_training_run
     from tuneloop.yaml_models import apply_overrides
 
     row = retrain.get(rc, run_id)
     training_run = row["training_run_id"]
     if training_run:
-        done = _version_of_training_run(rc, spec.model, training_run)
+        done = version_of_training_run(rc, spec.model, training_run)
         if done is not None:
             return done  # registered before the previous owner could record it: never register twice
         if latest_checkpoint(Path(rc.settings.home) / "runs" / training_run) is not None:
@@ -118,13 +126,6 @@ def _record_run(rc: RegistryClient, run_id: int) -> Any:
                 mlflow.set_tags({"tuneloop.retrain.id": str(run_id)})
 
     return RecordRun()
-
-
-def _version_of_training_run(rc: RegistryClient, model: str, training_run: str) -> int | None:
-    for mv in rc.mlflow.search_model_versions(f"name = '{model}'"):
-        if (mv.tags or {}).get(Tag.TRAINING_RUN_ID) == training_run:
-            return int(mv.version)
-    return None
 
 
 def _suite(spec: Any, holdout: str | None) -> Any:
@@ -197,7 +198,7 @@ def _decide(rc: RegistryClient, spec: Any, version: int, gates: Any, evals: dict
         except GateFailed as exc:  # the champion moved meanwhile and the gates now read differently
             return {"action": "kept champion", "gates": checks, "why": exc.message}
     return {"action": "awaiting review", "gates": checks,
-            "why": f"every gate passes; promotion is manual: tuneloop models promote {spec.model} {version} champion"}
+            "why": f"every gate passes; promotion is manual: `tuneloop models promote {spec.model}:{version} --alias champion`"}
 
 
 def _mirror(rc: RegistryClient, run_id: int, details: dict[str, Any]) -> None:

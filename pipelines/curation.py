@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from pipelines import data as data_io
 from registry import tables
 from tuneloop.errors import InvalidInput
-from tuneloop.rowfiles import read_rows
+from tuneloop.rowfiles import chat_prompt, read_rows
 
 
 @dataclass
@@ -41,8 +41,12 @@ class CuratedData:
         return {k: str(v) if isinstance(v, Path) else v for k, v in out.items()}
 
 
-def reviewed_examples(engine: sa.Engine, model: str, min_rating: float) -> list[dict[str, str]]:
-    """[{id, prompt, answer, why}] of the model's production records whose feedback makes a training answer."""
+def reviewed_examples(engine: sa.Engine, model: str, min_rating: float, *, labels_train: bool = True) -> list[dict[str, str]]:
+    """[{id, prompt, answer, why}] of the model's production records whose feedback makes a training answer.
+
+    A label is a training answer only for a model whose training answers are labels (`labels_train`); for
+    an answer model it stays what it is — evidence for the monitor's quality checks — and never becomes an
+    assistant turn (its record still trains through a reference answer or an approved rating)."""
     r, f = tables.records, tables.feedback
     query = (sa.select(r.c.id, r.c.prompt, r.c.output, f.c.reference, f.c.label, f.c.rating)
              .select_from(r.join(f, f.c.record_id == r.c.id)).where(r.c.model == model).order_by(r.c.seq))
@@ -51,15 +55,40 @@ def reviewed_examples(engine: sa.Engine, model: str, min_rating: float) -> list[
         for row in conn.execute(query):
             if row.reference and row.reference.strip():
                 out.append({"id": row.id, "prompt": row.prompt, "answer": row.reference, "why": "reference"})
-            elif row.label and row.label.strip():
+            elif labels_train and row.label and row.label.strip():
                 out.append({"id": row.id, "prompt": row.prompt, "answer": row.label, "why": "label"})
             elif row.rating is not None and row.rating >= min_rating and row.output.strip():
                 out.append({"id": row.id, "prompt": row.prompt, "answer": row.output, "why": "approved"})
+            elif row.label and row.label.strip():
+                out.append({"id": row.id, "prompt": row.prompt, "answer": "", "why": "label kept for quality checks"})
     return out
 
 
+MAX_LABEL_WORDS = 4  # a training answer this short, from a small set, is a label
+MAX_LABELS = 50
+
+
+def answers_are_labels(rows: list[dict[str, Any]]) -> bool:
+    """Whether a training set teaches labels (intents, classes) rather than answers: every answer is a few
+    words and they come from a small set that repeats."""
+    answers = [_answer_of(row) for row in rows]
+    if not answers or any(a is None for a in answers):
+        return False
+    distinct = set(answers)
+    return (all(len(str(a).split()) <= MAX_LABEL_WORDS for a in distinct)
+            and len(distinct) <= min(MAX_LABELS, max(1, len(answers) // 2)))
+
+
+def _answer_of(row: dict[str, Any]) -> str | None:
+    messages = row.get("messages")
+    if isinstance(messages, list) and messages and isinstance(messages[-1], dict):
+        return str(messages[-1].get("content", "")).strip()
+    answer = row.get("response") or row.get("completion") or row.get("output")
+    return str(answer).strip() if isinstance(answer, str) else None
+
+
 def build(rc: Any, model: str, champion_version: int, folder: Path, *, min_rating: float, holdout: float,
-          champion_share: float = 0.0, near_threshold: float | None = 0.8) -> CuratedData:
+          champion_share: float = 0.0, near_threshold: float | None = 0.8, holdout_limit: int | None = None) -> CuratedData:
     from monitors.references import stored_data_file
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -71,9 +100,17 @@ def build(rc: Any, model: str, champion_version: int, folder: Path, *, min_ratin
     if fmt in (None, "preference"):
         raise InvalidInput(f"cannot add production examples to {fmt or 'unrecognised'} training rows",
                            hint="retraining extends chat, instruction or completion data")
-    reviewed, pii_found = _scrubbed(reviewed_examples(rc.engine, model, min_rating))
-    held = [e for e in reviewed if _share(e["id"]) < holdout]
-    learn = [e for e in reviewed if _share(e["id"]) >= holdout]
+    labels_train = answers_are_labels(champion_rows)
+    examples = reviewed_examples(rc.engine, model, min_rating, labels_train=labels_train)
+    labels_kept = sum(e["why"] == "label kept for quality checks" for e in examples)
+    reviewed, pii_found = _scrubbed([e for e in examples if e["answer"]])
+    # The lowest shares are held out, at most `holdout_limit` of them; the rest train.
+    by_share = sorted(reviewed, key=lambda e: _share(e["id"]))
+    held_ids = {e["id"] for e in by_share if _share(e["id"]) < holdout}
+    if holdout_limit is not None:
+        held_ids = set([e["id"] for e in by_share if e["id"] in held_ids][:holdout_limit])
+    held = [e for e in reviewed if e["id"] in held_ids]
+    learn = [e for e in reviewed if e["id"] not in held_ids]
     held_prompts = {_norm(e["prompt"]) for e in held}
     system = _system_turn(champion_rows[0]) if fmt == "chat" else None
 
@@ -107,7 +144,8 @@ def build(rc: Any, model: str, champion_version: int, folder: Path, *, min_ratin
     counts = {"champion_rows": len(champion_rows), "reviewed_records": len(reviewed), "new_training_rows": len(learn),
               "held_out_rows": len(held), "duplicates_dropped": dropped_dupes, "held_out_prompts_dropped": dropped_leaks,
               "near_duplicates_dropped": near_dropped, "near_held_out_dropped": near_leaks,
-              "champion_repeats": repeats, "training_rows": len(rows)}
+              "champion_repeats": repeats, "training_rows": len(rows), "labels_kept_for_quality": labels_kept,
+              "champion_answers_are_labels": int(labels_train)}
     counts |= {f"pii_{kind}": n for kind, n in sorted(pii_found.items())}
     for why in ("reference", "label", "approved"):
         counts[f"from_{why}"] = sum(e["why"] == why for e in learn)
@@ -186,7 +224,7 @@ def _as_row(example: dict[str, str], fmt: str, system: dict[str, str] | None) ->
 def _prompt_of(row: dict[str, Any]) -> str:
     messages = row.get("messages")
     if isinstance(messages, list):
-        return "\n".join(str(m.get("content", "")) for m in messages if isinstance(m, dict) and m.get("role") == "user")
+        return chat_prompt(messages)
     text = str(row.get("instruction") or row.get("prompt") or "")
     extra = row.get("input")
     return f"{text}\n\n{extra}" if isinstance(extra, str) and extra else text

@@ -55,7 +55,8 @@ class LoopSpec(Strict):
                                   "come from the champion's training set (its rows repeat to reach it), against forgetting")
     near_threshold: float | None = Field(0.8, gt=0.0, le=1.0, description="New rows at this Jaccard similarity (word "
                                          "3-grams) to a held-out, champion or earlier new row are dropped; null: exact only")
-    holdout_limit: int | None = Field(None, ge=1, description="Evaluate at most this many held-out rows (default: all)")
+    holdout_limit: int | None = Field(200, ge=1, description="Hold out at most this many new rows (the rest train), so "
+                                      "evaluating both models on them stays within minutes; null: no cap")
     holdout_metrics: list[str] = Field(default_factory=lambda: ["rouge", "chrf"], description="Metrics of the held-out task")
     promotion: Literal["manual", "auto"] = Field("manual", description="`auto` promotes a challenger that passes every gate")
 

@@ -1,4 +1,5 @@
-"""Durable retraining runs: queued -> curating -> training -> evaluating -> registered | failed.
+"""Durable retraining runs: queued -> curating -> training -> evaluating -> registered | failed, or
+cancelled by a person (`tuneloop retrain cancel ID`) at any stage before it ends.
 
 Each run is a row in `retrain_runs`, unique per trigger (one per alert incident, one per cron fire),
 so enqueuing twice creates nothing. A worker process (`tuneloop retrain worker ID`, started by the
@@ -31,8 +32,8 @@ from registry.client import RegistryClient
 from registry.db import save_declared
 from tuneloop.errors import Conflict, NotFound, TuneloopError
 
-STATES = ("queued", "curating", "training", "evaluating", "registered", "failed")
-TERMINAL = ("registered", "failed")
+STATES = ("queued", "curating", "training", "evaluating", "registered", "failed", "cancelled")
+TERMINAL = ("registered", "failed", "cancelled")
 MAX_ATTEMPTS = 2
 
 
@@ -130,11 +131,68 @@ def list_runs(rc: RegistryClient) -> list[dict[str, Any]]:
 
 
 def update(rc: RegistryClient, run_id: int, **values: Any) -> None:
+    """Record a stage's result; a cancelled run is never written again (its worker may not know yet)."""
     if "details" in values:
         values["details"] = json.dumps(values["details"], default=str)
+    r = tables.retrain_runs
     with rc.engine.begin() as conn:
-        conn.execute(tables.retrain_runs.update().where(tables.retrain_runs.c.id == run_id)
-                     .values(updated_at=datetime.now(UTC), **values))
+        conn.execute(r.update().where(r.c.id == run_id, r.c.state != "cancelled").values(updated_at=datetime.now(UTC), **values))
+
+
+def report_progress(rc: RegistryClient, run_id: int, text: str) -> None:
+    """What the running stage is doing now (e.g. `evaluating challenger: answers 40/120`), for `follow`."""
+    r = tables.retrain_runs
+    with rc.engine.begin() as conn:
+        details = conn.execute(sa.select(r.c.details).where(r.c.id == run_id)).scalar()
+        if details is None:
+            return
+        merged = {**json.loads(details), "progress": text}
+        conn.execute(r.update().where(r.c.id == run_id, r.c.state != "cancelled").values(details=json.dumps(merged, default=str)))
+
+
+def cancel(rc: RegistryClient, run_id: int, reason: str) -> dict[str, Any]:
+    """End a run for good: state `cancelled` with who and why, its lease released, a notification queued.
+    Its worker notices within a second and stops; nothing resumes it."""
+    from monitors import notify
+
+    row = get(rc, run_id)
+    if row["state"] in TERMINAL:
+        raise Conflict(f"retraining run {run_id} already ended: it is `{row['state']}`",
+                       hint="only a queued or running retrain can be cancelled; `tuneloop retrain list` shows them")
+    actor = rc.settings.actor_name
+    why = f"cancelled by {actor}" + (f": {reason}" if reason else "")
+    r = tables.retrain_runs
+    with rc.engine.begin() as conn:
+        moved = conn.execute(r.update().where(r.c.id == run_id, r.c.state.not_in(TERMINAL))
+                             .values(state="cancelled", error=why, updated_at=datetime.now(UTC))).rowcount
+        if not moved:
+            raise Conflict(f"retraining run {run_id} ended while it was being cancelled", hint="see `tuneloop retrain show`")
+        conn.execute(tables.leases.delete().where(tables.leases.c.name == lease_name(run_id)))
+        notify.enqueue(conn, "retrain.cancelled", {
+            "retrain_id": run_id, "loop": row["loop"], "model": row["model"], "stage": row["state"], "actor": actor,
+            "reason": reason, "message": f"retrain {run_id} of {row['model']} {why} (it was {row['state']})"},
+            _webhooks_of(rc, row), alert_id=row["alert_id"])
+    if row["training_run_id"]:
+        try:
+            rc.mlflow.set_terminated(row["training_run_id"], "KILLED")
+        except Exception:  # the run's record in MLflow is a mirror: the cancellation itself is stored
+            pass
+    return get(rc, run_id)
+
+
+def _webhooks_of(rc: RegistryClient, row: dict[str, Any]) -> list[str]:
+    if row["alert_id"] is None:
+        return []
+    from monitors.alerts import get as get_alert
+    from monitors.alerts import rules_of
+
+    rule = get_alert(rc, int(row["alert_id"]))["rule"]
+    return next((r.webhooks for r in rules_of(rc) if r.name == rule), [])
+
+
+def is_cancelled(rc: RegistryClient, run_id: int) -> bool:
+    with rc.engine.connect() as conn:
+        return conn.execute(sa.select(tables.retrain_runs.c.state).where(tables.retrain_runs.c.id == run_id)).scalar() == "cancelled"
 
 
 # --- workers ------------------------------------------------------------------------------------
@@ -146,19 +204,23 @@ def spawn_worker(config_file: str | None, run_id: int) -> subprocess.Popen:  # t
 
 
 def follow(rc: RegistryClient, config_file: str | None, run_id: int, on_state: Callable[[str], None],
-           timeout_s: float = 24 * 3600) -> dict[str, Any]:
-    """Run retrain `run_id` in a worker subprocess here and report each new state until it ends. A worker
-    that dies is started once more (the run's own claim limit decides whether it resumes)."""
+           timeout_s: float = 24 * 3600, on_progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run retrain `run_id` in a worker subprocess here and report each new state (and, with `on_progress`,
+    what the stage is doing) until it ends. A worker that dies is started once more (the run's own claim
+    limit decides whether it resumes)."""
     import time
 
     worker = spawn_worker(config_file, run_id)
-    state, deadline = None, time.monotonic() + timeout_s
+    state, progress, deadline = None, None, time.monotonic() + timeout_s
     try:
         while time.monotonic() < deadline:
             row = get(rc, run_id)
             if row["state"] != state:
                 state = row["state"]
                 on_state(state)
+            if on_progress is not None and row["details"].get("progress") not in (None, progress):
+                progress = row["details"]["progress"]
+                on_progress(progress)
             if state in TERMINAL:
                 break
             if worker.poll() is not None and get(rc, run_id)["state"] not in TERMINAL:
@@ -173,9 +235,9 @@ def follow(rc: RegistryClient, config_file: str | None, run_id: int, on_state: C
 class _Heartbeat(threading.Thread):
     """Renews the run's lease; exits the process at once if the lease is lost or the parent died."""
 
-    def __init__(self, rc: RegistryClient, name: str, owner: str, lease_s: float) -> None:
+    def __init__(self, rc: RegistryClient, run_id: int, owner: str, lease_s: float) -> None:
         super().__init__(daemon=True)
-        self.rc, self.name, self.owner, self.lease_s = rc, name, owner, lease_s
+        self.rc, self.run_id, self.name, self.owner, self.lease_s = rc, run_id, lease_name(run_id), owner, lease_s
         self.parent = os.getppid()
         self.stopped = threading.Event()
 
@@ -184,6 +246,9 @@ class _Heartbeat(threading.Thread):
             if os.getppid() != self.parent:
                 os._exit(75)  # the scheduler that started us died: our lease lapses and the next owner resumes
             try:
+                if is_cancelled(self.rc, self.run_id):
+                    leases.release(self.rc.engine, self.name, self.owner)
+                    os._exit(0)  # a person ended the run: nothing more of it is recorded
                 if not leases.acquire(self.rc.engine, self.name, self.owner, self.lease_s):
                     os._exit(75)
             except Exception:
@@ -208,7 +273,7 @@ def run_worker(rc: RegistryClient, run_id: int, *, lease_s: float | None = None)
         leases.release(rc.engine, lease_name(run_id), owner)
         return get(rc, run_id)
     update(rc, run_id, attempts=attempts)
-    heartbeat = _Heartbeat(rc, lease_name(run_id), owner, lease_s)
+    heartbeat = _Heartbeat(rc, run_id, owner, lease_s)
     heartbeat.start()
     try:
         challenger.drive(rc, run_id)

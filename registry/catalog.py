@@ -69,7 +69,9 @@ def resolve(rc: RegistryClient, ref: str) -> ModelVersion:
         try:
             return rc.mlflow.get_model_version_by_alias(name, alias)
         except MlflowException:
-            raise NotFound(f"`{name}` has no alias `{alias}`", hint=f"see `tuneloop models show {name}`") from None
+            raise NotFound(f"`{ref}` has no holder: no version of `{name}` holds alias `{alias}` yet",
+                           hint=f"promote one first: `tuneloop models promote {name}:VERSION --alias {alias}`, "
+                                f"or name a version: `{name}:VERSION` (see `tuneloop models show {name}`)") from None
     if ":" in ref:
         name, version = ref.rsplit(":", 1)
         return rc.model_version(name, parse_version(name, version))

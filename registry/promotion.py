@@ -82,10 +82,19 @@ def promote(
             return PromotionResult(move=None, gates=[], unaudited=unaudited)
         checks = gates.evaluate(rc, candidate, policy)
         failed = [c for c in checks if c.status == "failed"]
+        if checks and all(c.status == "skipped" for c in checks) and not force:
+            raise GateFailed(
+                f"promotion of `{model}` v{number} to `{alias}` refused: no evidence — none of the "
+                f"{len(checks)} gates could be evaluated:\n  " + "\n  ".join(f"skipped {c.gate}: {c.reason}" for c in checks),
+                hint=f"run `tuneloop eval SUITE --model {model}:{number}` (and on the base or the current holder for "
+                     "relative gates), add an absolute gate, or override with --force --reason TEXT",
+                details=[c.model_dump() for c in checks],
+            )
         if failed and not force:
             raise GateFailed(
                 f"promotion of `{model}` v{number} to `{alias}` refused: "
-                f"{len(failed)} of {len(checks)} gates failed:\n  " + "\n  ".join(f"{c.gate}: {c.reason}" for c in failed),
+                f"{len(failed)} of {len(checks)} gates failed:\n  "
+                + "\n  ".join(f"{c.status} {c.gate}: {c.reason}" for c in checks if c.status != "passed"),
                 hint="improve the model, or override with --force --reason TEXT (recorded in the audit trail)",
                 details=[c.model_dump() for c in checks],
             )

@@ -190,6 +190,7 @@ def _from_gguf(gguf_path: Path, cache_dir: Path, *, source: str, license: str | 
     target = cache_dir / "gguf" / source_digest.removeprefix("sha256:")
     if not target.is_dir():  # conversions land by atomic rename, so a folder there is complete
         _convert_gguf(gguf_path, target)
+    _drop_load_time_keys(target)  # also mends a conversion cached by older code
     prepared = inspect_folder(target, source=source)
     return PreparedModel(
         folder=target,
@@ -200,6 +201,25 @@ def _from_gguf(gguf_path: Path, cache_dir: Path, *, source: str, license: str | 
         license=license or _gguf_license(gguf_path),
         source_digest=source_digest,
     )
+
+
+# Keys transformers copies from the *loading* call into a saved tokenizer_config.json: they say how
+# this machine read the file (offline or not, its cache), not what the model is, and would make the
+# same GGUF convert to different bytes — different digests — on two machines.
+LOAD_TIME_KEYS = ("local_files_only", "is_local", "cache_dir", "_commit_hash", "revision", "token", "gguf_file",
+                  "force_download", "proxies", "subfolder")
+
+
+def _drop_load_time_keys(folder: Path) -> None:
+    path = folder / "tokenizer_config.json"
+    if not path.is_file():
+        return
+    config = json.loads(path.read_text(encoding="utf-8"))
+    kept = {k: v for k, v in config.items() if k not in LOAD_TIME_KEYS}
+    if kept != config:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(kept, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
 
 
 def _gguf_license(gguf_path: Path) -> str | None:
@@ -238,6 +258,7 @@ def _convert_gguf(gguf_path: Path, target: Path) -> None:
         plain.generation_config = loaded.generation_config
         plain.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
+        _drop_load_time_keys(staging)
         if target.exists():  # a concurrent import finished first
             shutil.rmtree(staging)
         else:

@@ -45,6 +45,21 @@ def test_small_windows_are_skipped_and_cooldown_delays_the_next_incident() -> No
     assert [i.opened for i in incidents(_rule(cooldown_windows=4), _windows(pattern))] == [2, 15]
 
 
+def test_the_rule_says_why_drifted_windows_did_not_alert() -> None:
+    from monitors.alert_rules import replay
+
+    rule = _rule(cooldown_windows=4, resolve_after=2)
+    assert replay(rule, _windows("..DD")).explain(rule).startswith("streak 2 of 3: the condition held in 2 window(s)")
+    assert "held 50 records, too few for the monitor to judge" in replay(rule, _windows("DDs")).explain(rule)
+    small = _rule(min_size=600)
+    assert "held 500 records, under the rule's min_size of 600" in replay(small, _windows("D")).explain(small)
+    assert "streak 2 of 3" in replay(rule, _windows("DDs")).explain(rule)  # a small window neither counts nor breaks it
+    assert replay(rule, _windows("DDD")).explain(rule).startswith("an incident is open since window 2")
+    cooling = replay(rule, _windows("DDD..D")).explain(rule)  # closed at 4; window 5 is the first cooldown window
+    assert cooling.startswith("in cooldown after the last incident: 3 more judged window(s)")
+    assert replay(rule, _windows("DD.")).explain(rule) == "the condition did not hold in the last judged window"
+
+
 def test_conditions_on_a_named_check_or_a_statistic() -> None:
     windows = _windows("DDDD")
     assert len(incidents(_rule(when={"drift": "output.*"}), windows)) == 1

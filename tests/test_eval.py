@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -139,18 +140,22 @@ def test_eval_compare_and_human_review_through_the_cli(intents_registry, tmp_pat
     env = {"TUNELOOP_HOME": str(rc.settings.home)}
     good = _train(rc, data, seed=1)
     bad = _train(rc, _chat_file(tmp_path / "shuffled.jsonl", _shuffled(INTENTS)), seed=1)
-    suite = _suite(tmp_path, data, ["accuracy", "exact_match"])
+    suite = _suite(tmp_path, data, ["accuracy", "exact_match", "latency_ms"])
     runs = {}
     for version in (good.version, bad.version):
         result = run_cli("eval", str(suite), "--model", f"tiny-intents:{version}", "--json", env=env)
         assert result.returncode == 0, result.stderr
         runs[version] = json.loads(result.stdout)["run_id"]
+    shown = run_cli("eval", str(suite), "--model", f"tiny-intents:{good.version}", env=env)  # no terminal here
+    assert shown.returncode == 0 and re.search(r"==> \S+: generating \d+/\d+", shown.stderr), shown.stderr
 
     compared = run_cli("eval", "compare", runs[good.version], runs[bad.version], "--json", env=env)
     assert compared.returncode == 0, compared.stderr
     rows = {r["metric"]: r for r in json.loads(compared.stdout)["metrics"]}
     assert rows["accuracy"]["a"] == 1.0 and rows["accuracy"]["b"] < 0.5 and rows["accuracy"]["significant"]
-    assert "A better" in run_cli("eval", "compare", runs[good.version], runs[bad.version], env=env).stdout
+    assert rows["latency_ms"]["note"] == "per-batch timing, not tested" and not rows["latency_ms"]["significant"]
+    shown_compare = run_cli("eval", "compare", runs[good.version], runs[bad.version], env=env).stdout
+    assert "A better" in shown_compare and "per-batch timing, not tested" in shown_compare
 
     sheet = tmp_path / "review" / "sheet"
     exported = run_cli("eval", "human", "export", f"tiny-intents:{good.version}", f"tiny-intents:{bad.version}",

@@ -125,6 +125,27 @@ def test_records_feedback_and_idempotent_retries(server: Server) -> None:
     assert tuple(fb) == (4.0, "it ships on Friday") and labels == 5
 
 
+def test_the_api_takes_feedback_flat_or_nested_as_the_cli_and_backtest_do(server: Server) -> None:
+    from tests.test_new_user import ROWS
+
+    stored = _post(server, {"records": ROWS})
+    assert stored.status_code == 201, stored.text
+    refused = _post(server, {**ROWS[0], "id": "x", "lable": "refund"})
+    assert refused.status_code == 422 and "`lable`: unknown field" in refused.text
+    clash = _post(server, {**ROWS[0], "id": "y", "feedback": {"label": "cancel"}})
+    assert clash.status_code == 422 and "`label` and `feedback.label` disagree" in clash.text
+    assert _post(server, {"reference_answer": "r2"}, path="/v1/records/flat/feedback").status_code == 201
+
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(f"sqlite:///{server.home / 'tuneloop.db'}")
+    with engine.connect() as conn:
+        rows = set(conn.execute(sa.text("SELECT record_id, label, rating, reference FROM feedback")).all())
+    engine.dispose()
+    assert rows == {("flat", None, None, "r2"), ("nested", "refund", 4.0, "r"), ("mixed", "refund", 4.0, "r")}
+    assert server.count() == (3, 3)  # nothing of the refused requests
+
+
 def _bad_cases() -> list[tuple[str, object | bytes, dict, int, str]]:
     ok = _record()
     return [

@@ -13,8 +13,10 @@ import pytest
 import sqlalchemy as sa
 
 from pipelines import traffic
-from tests.conftest import free_port, run_cli
+from tests.conftest import REPO, free_port, run_cli
 from tests.registry_helpers import make_versions
+
+REPO_EXAMPLES = REPO / "examples"
 
 
 def _store(rc, rows: list[dict], model: str = "support:1", feedback: list[dict | None] | None = None) -> None:  # type: ignore[no-untyped-def]
@@ -257,3 +259,104 @@ def test_new_rows_that_near_copy_held_out_or_kept_rows_are_dropped() -> None:
     kept, near_dropped, leaks = _drop_near_copies([leak, copy_of_old, fresh, twin], champion, held, near)
     assert kept == [fresh] and near_dropped == 2 and leaks == 1
     assert _drop_near_copies([fresh], champion, held, near) == ([fresh], 0, 0)
+
+
+def _champion_with_training_file(rc, name: str, source: Path) -> int:  # type: ignore[no-untyped-def]
+    """A version whose training run stored `source` as `tuneloop train` stores it (no model needed)."""
+    from registry.tracking import experiment_id
+    from tuneloop.digest import file_sha256
+    from tuneloop.names import Tag
+
+    digest = "sha256:" + file_sha256(source)
+    run = rc.mlflow.create_run(experiment_id(rc.mlflow, rc.settings, "training"))
+    rc.mlflow.log_artifact(run.info.run_id, str(source), f"data/training/{digest.removeprefix('sha256:')[:16]}")
+    rc.mlflow.set_tag(run.info.run_id, "tuneloop.data.training.sha256", digest)
+    rc.mlflow.set_terminated(run.info.run_id)
+    rc.mlflow.create_registered_model(name, tags={Tag.KIND: "adapter"})
+    return int(rc.mlflow.create_model_version(name, "file:///nowhere", run_id=run.info.run_id).version)
+
+
+@pytest.mark.parametrize("kind", ["answers", "labels"])
+def test_feedback_trains_only_in_the_champions_own_format(kind: str, sqlite_rc, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A label trains a model whose answers are labels; for an answer model it stays quality evidence and never
+    becomes an assistant turn (the support answer model once learned to answer "shipping")."""
+    from pipelines.curation import answers_are_labels, build
+    from tuneloop.rowfiles import read_rows
+
+    source = REPO_EXAMPLES / ("data/support_train.jsonl" if kind == "answers" else "data/intents_train.jsonl")
+    assert answers_are_labels([row for _, row in read_rows(source)]) == (kind == "labels")
+    version = _champion_with_training_file(sqlite_rc, "m", source)
+    rows = [{"prompt": f"Where is my parcel number {i} of the week {i % 7}?", "output": f"It ships on day {i}."} for i in range(30)]
+    feedback: list[dict | None] = [{"label": "shipping"} if i % 3 else {"reference": f"Your parcel {i} ships today."}
+                                   for i in range(30)]
+    from monitors.records import ModelResolver, parse_records, store
+
+    items = [{"id": f"r{i}", "model": f"m:{version}", **row, "feedback": fb} for i, (row, fb) in enumerate(zip(rows, feedback))]
+    store(sqlite_rc.engine, parse_records(items, 100_000), ModelResolver(sqlite_rc.mlflow))
+    curated = build(sqlite_rc, "m", version, tmp_path / "out", min_rating=4, holdout=0.5, holdout_limit=3)
+    counts = curated.counts
+    trained = [row for _, row in read_rows(curated.train)] + [row for _, row in read_rows(curated.holdout)]
+    answers = [r["messages"][-1]["content"] if "messages" in r else r["response"] for r in trained]
+    if kind == "answers":
+        assert "shipping" not in answers and counts["labels_kept_for_quality"] == 20 and counts["from_label"] == 0
+        assert counts["reviewed_records"] == 10
+    else:
+        assert "shipping" in answers and counts["labels_kept_for_quality"] == 0 and counts["from_label"] > 0
+        assert counts["reviewed_records"] == 30
+    from pipelines.curation import _share
+
+    eligible = [i for i, fb in enumerate(feedback) if kind == "labels" or "reference" in fb]  # type: ignore[operator]
+    below = sum(_share(f"r{i}") < 0.5 for i in eligible)
+    assert below > 3 and counts["held_out_rows"] == 3  # capped by holdout_limit; the rest train
+    assert counts["held_out_rows"] + counts["new_training_rows"] == counts["reviewed_records"]
+
+
+_HOLD_LEASE = """
+import sys, time
+from registry.client import RegistryClient
+from registry import leases
+from pipelines import retrain
+from tuneloop.settings import Settings
+rc = RegistryClient(Settings.model_validate_json(sys.argv[1]))
+run_id = int(sys.argv[2])
+owner = leases.owner_id()
+assert leases.acquire(rc.engine, retrain.lease_name(run_id), owner, 5.0)
+retrain._Heartbeat(rc, run_id, owner, 5.0).start()   # what a worker runs beside its stages
+print("READY", flush=True)
+time.sleep(60)
+sys.exit(3)   # never reached: the heartbeat ends the process when the run is cancelled
+"""
+
+
+def test_a_cancelled_retrain_ends_for_good(sqlite_rc, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    from pipelines.retrain import cancel, enqueue, get, lease_name, run_worker, runnable, update
+    from registry import leases
+    from tuneloop.errors import Conflict
+
+    _loop(sqlite_rc, tmp_path)
+    run_id, _ = enqueue(sqlite_rc, "l", "manual")
+    update(sqlite_rc, run_id, state="training")
+    worker = subprocess.Popen([sys.executable, "-c", _HOLD_LEASE, sqlite_rc.settings.model_dump_json(), str(run_id)],
+                              stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert worker.stdout is not None and worker.stdout.readline().strip() == "READY"
+        row = cancel(sqlite_rc, run_id, "labels were wrong")
+        assert worker.wait(timeout=10) == 0  # the worker saw it within a heartbeat and stopped
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    assert row["state"] == "cancelled" and row["error"] == f"cancelled by {sqlite_rc.settings.actor_name}: labels were wrong"
+    assert leases.holder(sqlite_rc.engine, lease_name(run_id)) is None and run_id not in runnable(sqlite_rc)
+    update(sqlite_rc, run_id, state="evaluating")  # a stage finishing late never revives it
+    assert get(sqlite_rc, run_id)["state"] == "cancelled"
+    assert run_worker(sqlite_rc, run_id, lease_s=5)["state"] == "cancelled"  # nothing resumes it
+    with sqlite_rc.engine.connect() as conn:
+        events = conn.execute(sa.text("SELECT event, payload FROM notifications")).all()
+    assert [e for e, _ in events] == ["retrain.cancelled"] and "labels were wrong" in events[0][1]
+    with pytest.raises(Conflict, match="already ended: it is `cancelled`"):
+        cancel(sqlite_rc, run_id, "again")
+    shown = run_cli("retrain", "cancel", str(run_id), env={"TUNELOOP_HOME": str(sqlite_rc.settings.home)})
+    assert shown.returncode == 1 and "already ended" in shown.stderr

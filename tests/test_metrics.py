@@ -97,12 +97,18 @@ def test_paired_bootstrap_and_wilson_interval() -> None:
     from monitors.metrics.stats import paired_bootstrap, wilson_interval
 
     a = [0.2, 0.4, 0.3, 0.5, 0.1, 0.3, 0.2, 0.4] * 4
-    better = [x + 0.3 for x in a]
+    better = [x + 0.3 + 0.02 * (i % 3) for i, x in enumerate(a)]
     mean = lambda values: (lambda idx: sum(values[i] for i in idx) / len(idx))  # noqa: E731
     same = paired_bootstrap(mean(a), mean(a), len(a))
     assert same.delta == 0 and not same.significant
     up = paired_bootstrap(mean(a), mean(better), len(a))
-    assert up.significant and up.low > 0 and up.delta == pytest.approx(0.3) and up.p_value < 0.01
+    assert up.significant and up.low > 0 and up.delta == pytest.approx(0.3 + 0.02 * 31 / 32) and up.p_value < 0.01
+    # The same shift on every example: the interval has zero width and its bootstrap p-value (0) means
+    # nothing; an exact sign test decides — 32 of 32 examples better is significant, 1 of 1 is not.
+    constant = paired_bootstrap(mean(a), mean([x + 0.3 for x in a]), len(a))
+    assert constant.zero_width and constant.significant and constant.p_value == pytest.approx(2 * 0.5**32)
+    single = paired_bootstrap(mean([558.1]), mean([0.0]), 1)
+    assert single.zero_width and not single.significant and single.p_value == 1.0
     noisy = paired_bootstrap(mean(a), mean([x + (0.01 if i % 2 else -0.01) for i, x in enumerate(a)]), len(a))
     assert not noisy.significant and noisy.low < 0 < noisy.high
 

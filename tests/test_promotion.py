@@ -26,8 +26,13 @@ def test_absolute_gate_refuses_and_moves_nothing(rc) -> None:
 def test_relative_gate_reads_the_alias_holder(rc) -> None:
     v1, v2, v3 = make_versions(rc, "m", [{"rougeL": 0.50}, {"rougeL": 0.495}, {"rougeL": 0.48}])
     gates.set_policy(rc, "m", ["rougeL >= champion - 0.01"])
-    first = promote(rc, "m", v1, "champion")
-    assert [g.status for g in first.gates] == ["skipped"]  # no holder, no base: skipped and recorded
+    with pytest.raises(GateFailed) as no_evidence:  # no holder, no base: no gate can be evaluated
+        promote(rc, "m", v1, "champion")
+    assert "no evidence" in no_evidence.value.message and "skipped rougeL >= champion - 0.01" in no_evidence.value.message
+    assert "tuneloop eval" in (no_evidence.value.hint or "") and "--force --reason" in (no_evidence.value.hint or "")
+    assert history(rc, "m")[0] == []  # nothing moved
+    first = promote(rc, "m", v1, "champion", force=True, reason="first champion: nothing to compare with")
+    assert [g.status for g in first.gates] == ["skipped"] and first.move is not None and first.move.forced
     assert "no holder of `champion`" in first.gates[0].reason
     second = promote(rc, "m", v2, "champion")  # 0.495 >= 0.50 - 0.01
     assert second.gates[0].status == "passed" and second.gates[0].threshold == pytest.approx(0.49)
@@ -150,7 +155,7 @@ def test_audit_entries_are_mirrored_into_mlflow(rc) -> None:
     from tuneloop.names import Experiment
 
     v1, v2 = make_versions(rc, "m", [{"accuracy": 0.9}, {"accuracy": 0.95}])
-    gates.set_policy(rc, "m", ["accuracy >= champion"])
+    gates.set_policy(rc, "m", ["accuracy >= 0.5", "accuracy >= champion"])  # the absolute gate is the first evidence
     promote(rc, "m", v1, "champion")
     promote(rc, "m", v2, "champion")
     exp = rc.mlflow.get_experiment_by_name(f"{rc.settings.experiment_prefix}-{Experiment.AUDIT}")

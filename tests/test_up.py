@@ -56,14 +56,16 @@ def test_up_serves_the_registry_and_stops_on_ctrl_c(sqlite_rc, tmp_path: Path) -
         with urllib.request.urlopen(f"http://127.0.0.1:{scheduler_port}/health", timeout=10) as resp:
             scheduler = json.loads(resp.read())
         assert scheduler["role"] in ("active", "standby") and scheduler["owner"].endswith(tuple("0123456789"))
+        time.sleep(5)  # `up` probes every member's health every 2 s
     finally:
         proc.send_signal(signal.SIGINT)
         try:
-            _, err = proc.communicate(timeout=30)
+            out, err = proc.communicate(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
             raise
     assert proc.returncode == 0, err
     assert "tuneloop is up: MLflow UI at" in err and "stopped" in err
     assert "scheduler: " in err  # the status line
+    assert "GET /health" not in out + err  # the probes are not logged (they drowned everything else)
     assert not _port_open(port) and not _port_open(ingest_port) and not _port_open(scheduler_port)

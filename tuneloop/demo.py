@@ -81,10 +81,11 @@ class Demo:
         self._write_inputs(int(base.version))
         self.stage(f"2/8 {cfg.method} fine-tuning `{cfg.adapter}` on {cfg.train_rows} support conversations ({cfg.train_steps} steps)")
         trained = train(load_recipe(self.folder / "recipe.yaml"), self.rc)
-        self.stage("3/8 evaluating the fine-tuned adapter")
+        self.stage("3/8 evaluating the fine-tuned adapter and its base (what the first promotion compares with)")
         suite = load_suite(self.folder / "suite.yaml")
+        evaluate(self.rc, suite, f"{cfg.base_name}:{base.version}", progress=False)
         first_eval = evaluate(self.rc, suite, f"{cfg.adapter}:{trained.version}", progress=False)
-        self.stage("4/8 promoting it to `champion` through the gates")
+        self.stage("4/8 promoting it to `champion` through the gates (no champion yet: compared with the base)")
         gates.set_policy(self.rc, cfg.adapter, ["rougeL >= champion - 0.02", "chrf >= champion - 2"])
         moved = promote(self.rc, cfg.adapter, int(trained.version or 0), "champion", reason="demo: first champion")
         return {"version": trained.version, "training_run_id": trained.run_id, "final_loss": trained.final_loss,
@@ -180,7 +181,8 @@ class Demo:
             return {"windows": windows, "alerts": [c.__dict__ for c in changes], "retrain": None}
         run_id = created[0]
         self.stage(f"8/8 retraining a challenger (retrain {run_id}) in a worker process: curate, train, evaluate both, decide")
-        follow(self.rc, self.config_file, run_id, lambda state: self.stage(f"    retrain {run_id}: {state}"), timeout_s)
+        follow(self.rc, self.config_file, run_id, lambda state: self.stage(f"    retrain {run_id}: {state}"), timeout_s,
+               on_progress=lambda text: self.stage(f"      {text}"))
         deliver_pending(self.rc.engine, timeout_s=2, max_attempts=self.rc.settings.notify.max_attempts)
         return {"windows": windows, "alerts": [c.__dict__ for c in changes], "retrain": get(self.rc, run_id)}
 

@@ -49,3 +49,10 @@ def _utf8_text(path: Path) -> str:
             f"{path}:{line}: byte 0x{raw[exc.start]:02x} at column {column} is not UTF-8",
             hint="re-encode the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)",
         ) from None
+
+
+def chat_prompt(messages: list[Any]) -> str:
+    """A chat's prompt as one text: its user turns, in order, joined by a newline. Monitor references,
+    backtests and retraining read training rows this way, so production prompts must be joined alike
+    (or windows would drift on formatting alone)."""
+    return "\n".join(str(m.get("content", "")) for m in messages if isinstance(m, dict) and m.get("role") == "user")

@@ -34,6 +34,9 @@ def start_mlflow_server(settings: Any, host: str, port: int) -> subprocess.Popen
         "--host", host,
         "--port", str(port),
         "--workers", "1",  # SQLite allows one writer; MLflow's own advice for a file store
+        # No access log: `tuneloop up` probes /health every few seconds, which drowned everything else
+        # (398 of 400 lines after 13 minutes). Errors are still logged.
+        "--uvicorn-opts", "--no-access-log",
     ]
     return subprocess.Popen(command, env=env, start_new_session=True)
 

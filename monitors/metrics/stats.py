@@ -21,7 +21,15 @@ class Difference:
     confidence: float
 
     @property
+    def zero_width(self) -> bool:
+        """Every resample gave the same delta: the interval says nothing about uncertainty, so it alone never
+        makes a difference significant (the p-value is then an exact sign test over the examples)."""
+        return self.high - self.low <= 1e-9 * max(1.0, abs(self.delta))
+
+    @property
     def significant(self) -> bool:
+        if self.zero_width:
+            return self.delta != 0 and self.p_value < 1 - self.confidence
         return self.low > 0 or self.high < 0
 
 
@@ -45,7 +53,22 @@ def paired_bootstrap(
     at_or_below = sum(d <= 0 for d in deltas) / resamples
     at_or_above = sum(d >= 0 for d in deltas) / resamples
     p_value = min(1.0, 2 * min(at_or_below, at_or_above))
-    return Difference(a=a, b=b, delta=b - a, low=low, high=high, p_value=p_value, confidence=confidence)
+    result = Difference(a=a, b=b, delta=b - a, low=low, high=high, p_value=p_value, confidence=confidence)
+    if result.zero_width:  # the bootstrap p-value would be 0 however few the examples: test their signs instead
+        result = Difference(a=a, b=b, delta=b - a, low=low, high=high, p_value=_sign_test(stat_a, stat_b, n),
+                            confidence=confidence)
+    return result
+
+
+def _sign_test(stat_a: Statistic, stat_b: Statistic, n: int) -> float:
+    """Exact two-sided sign test of the per-example differences (ties dropped): 2 · 0.5^n when all n agree."""
+    from scipy.stats import binomtest
+
+    signs = [stat_b([i]) - stat_a([i]) for i in range(n)]
+    up, down = sum(d > 0 for d in signs), sum(d < 0 for d in signs)
+    if up + down == 0:
+        return 1.0
+    return float(binomtest(up, up + down, 0.5).pvalue)
 
 
 @dataclass(frozen=True)

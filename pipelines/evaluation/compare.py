@@ -33,6 +33,8 @@ class MetricComparison:
     p_value: float
     significant: bool
     better: str  # "a", "b" or "neither" (not significant)
+    zero_width: bool = False  # every resample gave the same delta: significance comes from a sign test
+    note: str = ""  # why a difference is not tested, when it is not
 
 
 @dataclass
@@ -104,9 +106,14 @@ def compare(rc: RegistryClient, ref_a: str, ref_b: str, *, suite: str | None = N
                 continue
             diff = paired_bootstrap(stat_a, stat_b, len(table_a), resamples=resamples, confidence=confidence, seed=seed)
             lower = metric in LOWER_IS_BETTER
-            better = "neither" if not diff.significant else ("b" if (diff.delta < 0) == lower else "a")
+            # Latency is measured once per generation batch and copied to its examples: they are not
+            # independent observations (and two runs may have seen different machine load).
+            note = "per-batch timing, not tested" if metric == "latency_ms" else ""
+            significant = diff.significant and not note
+            better = "neither" if not significant else ("b" if (diff.delta < 0) == lower else "a")
             rows.append(MetricComparison(task=task, metric=metric, a=diff.a, b=diff.b, delta=diff.delta, low=diff.low,
-                                         high=diff.high, p_value=diff.p_value, significant=diff.significant, better=better))
+                                         high=diff.high, p_value=diff.p_value, significant=significant, better=better,
+                                         zero_width=diff.zero_width, note=note))
     rows.sort(key=lambda r: (r.task, r.metric))
     return Comparison(run_a=run_a.info.run_id, run_b=run_b.info.run_id, model_a=run_a.data.tags[EvalTag.MODEL],
                       model_b=run_b.data.tags[EvalTag.MODEL], confidence=confidence, rows=rows, skipped=skipped)

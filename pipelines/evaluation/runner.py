@@ -8,6 +8,7 @@ per-example table for the MLflow UI), and finally attach the results to the vers
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,7 +88,11 @@ def load_task_data(task: Task) -> TaskData:
 
 
 def evaluate(rc: RegistryClient, suite: Suite, model_ref: str, *, suite_path: Path | None = None,
-             progress: bool = True) -> EvalResult:
+             progress: bool = True, on_progress: Callable[[str], None] | None = None) -> EvalResult:
+    """Run every task of `suite` on one version, log it to MLflow and attach the metrics to the version.
+
+    `progress` draws a bar per task on stderr; `on_progress` gets the same news as text (`answers:
+    generating 40/120`), at most once a second, for callers without a terminal (a retrain's worker)."""
     import mlflow
     import pandas as pd
 
@@ -105,7 +110,7 @@ def evaluate(rc: RegistryClient, suite: Suite, model_ref: str, *, suite_path: Pa
                          "tuneloop.eval.kind": mv.tags.get(Tag.KIND, ""), "tuneloop.eval.method": mv.tags.get(Tag.METHOD, "")})
         mlflow.log_params({"model": model_id, "suite": suite.name, "tasks": ",".join(t.name for t in suite.tasks)})
         mlflow.log_text(json.dumps(suite.model_dump(mode="json"), indent=2, default=str), "suite.json")
-        results = [_run_task(model, tokenizer, data, progress) for data in task_data]
+        results = [_run_task(model, tokenizer, data, progress, on_progress) for data in task_data]
         overall = _overall(results)
         mlflow.log_metrics(overall)
         for r in results:
@@ -145,7 +150,25 @@ def json_digest(value: Any) -> str:
     return "sha256:" + hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _run_task(model: Any, tokenizer: Any, data: TaskData, progress: bool) -> TaskResult:
+class _Progress:
+    """A tqdm bar that also tells `on_progress`, throttled (generation calls it once per batch)."""
+
+    def __init__(self, bar: Any, task: str, total: int, on_progress: Callable[[str], None] | None) -> None:
+        self.bar, self.task, self.total, self.on_progress = bar, task, total, on_progress
+        self.done, self.told_at = 0, 0.0
+
+    def update(self, n: int) -> None:
+        import time
+
+        self.bar.update(n)
+        self.done += n
+        if self.on_progress is not None and (time.monotonic() - self.told_at >= 1.0 or self.done >= self.total):
+            self.told_at = time.monotonic()
+            self.on_progress(f"{self.task}: generating {self.done}/{self.total}")
+
+
+def _run_task(model: Any, tokenizer: Any, data: TaskData, progress: bool,
+              on_progress: Callable[[str], None] | None = None) -> TaskResult:
     from tqdm.auto import tqdm
 
     from monitors.metrics import perplexity as ppl
@@ -161,7 +184,8 @@ def _run_task(model: Any, tokenizer: Any, data: TaskData, progress: bool) -> Tas
     if task.needs_generation:
         with tqdm(total=len(rendered), desc=f"{task.name}: generating", unit="ex", disable=not progress) as bar:
             generations = generate(model, tokenizer, rendered, max_new_tokens=task.generation.max_new_tokens,
-                                   temperature=task.generation.temperature, batch_size=task.generation.batch_size, progress=bar)
+                                   temperature=task.generation.temperature, batch_size=task.generation.batch_size,
+                                   progress=_Progress(bar, task.name, len(rendered), on_progress))
         for example, g in zip(examples, generations, strict=True):
             example.update(prediction=g.text, latency_ms=g.latency_ms, prompt_tokens=g.prompt_tokens, output_tokens=g.output_tokens)
         pair_metrics = [m for m in task.metrics if m in PAIR_METRICS]
@@ -177,6 +201,8 @@ def _run_task(model: Any, tokenizer: Any, data: TaskData, progress: bool) -> Tas
             metrics["latency_ms"] = sum(g.latency_ms for g in generations) / len(generations)
         metrics["output_tokens"] = sum(g.output_tokens for g in generations) / len(generations)
     if "perplexity" in task.metrics:
+        if on_progress is not None:
+            on_progress(f"{task.name}: scoring perplexity of {len(data.references)} references")
         sequences = ppl.encode(tokenizer, data.references, prompts=rendered)
         result = ppl.perplexity(model, sequences, batch_size=task.perplexity.batch_size, window=task.perplexity.window,
                                 stride=task.perplexity.stride, pad_token_id=tokenizer.pad_token_id or 0)

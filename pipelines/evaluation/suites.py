@@ -104,12 +104,24 @@ class Suite(Strict):
 def load_suite(path: str | Path, overrides: list[str] | None = None) -> Suite:
     path = Path(path)
     suite = load_yaml_model(path, Suite, kind="eval suite", overrides=overrides,
-                            hint="fix the keys above; examples/evals/ shows a working suite")
+                            hint="fix the keys above; examples/evals/ shows a working suite",
+                            examples="examples/evals/ has a working suite")
     root = path.resolve().parent
     tasks = [t.model_copy(update={"data": (root / t.data).resolve()}) for t in suite.tasks]
-    missing = [f"`tasks.{i}.data`: `{t.data}` does not exist" for i, t in enumerate(tasks) if not t.data.is_file()]
+    missing = [
+        f"`tasks.{i}.data`: `{task.data}` does not exist"
+        + ("" if raw.data.is_absolute() else f" (`{raw.data}` is relative, so it is read from the suite's folder)")
+        for i, (raw, task) in enumerate(zip(suite.tasks, tasks, strict=True)) if not task.data.is_file()
+    ]
     if missing:
         from tuneloop.errors import ConfigError
 
-        raise ConfigError(f"invalid eval suite `{path}`:\n  " + "\n  ".join(missing), hint="fix the data paths")
+        raise ConfigError(f"invalid eval suite `{path}`:\n  " + "\n  ".join(missing),
+                          hint="fix the path, relative to the suite file, or give an absolute path")
+    return suite.model_copy(update={"tasks": tasks})
+
+
+def cap_tasks(suite: Suite, limit: int) -> Suite:
+    """Every task on at most its first `limit` rows (a task's own smaller limit stays)."""
+    tasks = [t.model_copy(update={"limit": min(t.limit or limit, limit)}) for t in suite.tasks]
     return suite.model_copy(update={"tasks": tasks})

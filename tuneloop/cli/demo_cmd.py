@@ -20,7 +20,8 @@ from tuneloop.cli.main import AppContext, pass_app
 def demo(app: AppContext, steps: int | None, quick: bool, webhooks: tuple[str, ...], as_json: bool) -> None:
     """The closed loop on SmolLM2-135M-Instruct: fine-tune, evaluate, promote, monitor, drift, alert, retrain, decide.
 
-    Offline, on the embedded stores (≈ 10-15 min on 2 CPU cores). Everything it declares is written
+    Offline, on the embedded stores: about 9 min on 2 CPU cores with the converted model cached, about
+    1 min more the first time (measured: README, "What the demo does"). Everything it declares is written
     under <home>/demo/; everything it records is in MLflow (`tuneloop up` serves the UI).
     """
     import os

@@ -40,18 +40,26 @@ def eval_group() -> None:
 @eval_group.command("run")
 @click.argument("suite", type=click.Path(dir_okay=False))
 @click.option("--model", "model_ref", required=True, metavar="NAME@ALIAS|NAME:VERSION", help="Version to evaluate.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a suite key, e.g. tasks.0.limit=20.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a suite key; a task by name or index: tasks.answers.limit=20 or tasks.0.limit=20.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Use at most the first N rows of every task (a quick look).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @pass_app
-def run_suite(app: AppContext, suite: str, model_ref: str, overrides: tuple[str, ...], as_json: bool) -> None:
+def run_suite(app: AppContext, suite: str, model_ref: str, overrides: tuple[str, ...], limit: int | None,
+              as_json: bool) -> None:
     """Run SUITE against one version (same as `tuneloop eval SUITE --model ...`)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from pipelines.evaluation.runner import evaluate
-    from pipelines.evaluation.suites import load_suite
+    from pipelines.evaluation.suites import cap_tasks, load_suite
 
     parsed = load_suite(suite, list(overrides))
+    if limit is not None:
+        parsed = cap_tasks(parsed, limit)
     output.stage(f"evaluating {model_ref} with suite `{parsed.name}` ({len(parsed.tasks)} task(s))")
-    result = evaluate(app.registry, parsed, model_ref, suite_path=Path(suite), progress=not as_json and output.is_tty())
+    bar = not as_json and output.is_tty()
+    result = evaluate(app.registry, parsed, model_ref, suite_path=Path(suite), progress=bar,
+                      on_progress=None if bar or as_json else _progress_lines())
     if as_json:
         output.emit_json(result.as_dict())
         return
@@ -101,10 +109,36 @@ def compare_cmd(app: AppContext, a: str, b: str, suite: str | None, resamples: i
     click.echo(f"A = {result.model_a} (run {result.run_a})\nB = {result.model_b} (run {result.run_b})")
     rows = [{"task": r.task, "metric": r.metric, "A": _fmt(r.a), "B": _fmt(r.b), "B-A": _fmt(r.delta),
              f"{confidence:.0%} CI": f"[{_fmt(r.low)}, {_fmt(r.high)}]", "p": f"{r.p_value:.3f}",
-             "verdict": f"{r.better.upper()} better" if r.significant else "not significant"} for r in result.rows]
+             "verdict": _verdict(r)} for r in result.rows]
     click.echo(output.table(rows, ["task", "metric", "A", "B", "B-A", f"{confidence:.0%} CI", "p", "verdict"]))
     for note in result.skipped:
         click.echo(f"skipped {note}")
+    if any(r.zero_width and not r.note for r in result.rows):
+        click.echo("zero-width intervals: every example differs by the same amount, so their verdict comes from an "
+                   "exact sign test over the examples, not from the interval")
+
+
+def _progress_lines() -> Any:
+    """Without a terminal (a pipe, CI) no bar can redraw: a line per tenth of each task instead."""
+    shown: set[str] = set()
+
+    def report(text: str) -> None:
+        task, _, rest = text.partition(": ")
+        done, _, total = rest.rpartition(" ")[2].partition("/")
+        key = text if not (done.isdigit() and total.isdigit()) else f"{task}:{10 * int(done) // max(1, int(total))}"
+        if key not in shown:
+            shown.add(key)
+            output.stage(text)
+
+    return report
+
+
+def _verdict(row: Any) -> str:
+    if row.note:
+        return row.note
+    if row.significant:
+        return f"{row.better.upper()} better" + (" (sign test)" if row.zero_width else "")
+    return "not significant"
 
 
 @eval_group.group("human")

@@ -38,8 +38,8 @@ def alerts_add(app: AppContext, path: str, replace: bool, as_json: bool) -> None
     if as_json:
         output.emit_json(result)
         return
-    click.echo(f"alert rule `{result['rule']}` watches monitor `{result['monitor']}`: {result['when']} for "
-               f"{result['for_windows']} window(s), severity {result['severity']}")
+    click.echo(f"alert rule `{result['rule']}` watches monitor `{result['monitor']}`: fires when {result['condition']} "
+               f"in {result['for_windows']} judged window(s) in a row, severity {result['severity']}")
 
 
 @alerts_group.command("list")
@@ -60,6 +60,11 @@ def alerts_list(app: AppContext, status: str | None, monitor: str | None, as_jso
 
     shown = [{**r, "drifted": drifted(r["summary"]["drifted_checks"])} for r in rows]
     click.echo(output.table(shown, ["id", "rule", "monitor", "severity", "status", "opened_at", "drifted"]) if rows else "no alerts")
+    from monitors.alerts import explain_rules, rules_of
+
+    for name in sorted({r.monitor for r in rules_of(app.registry)} if monitor is None else {monitor}):
+        for rule in explain_rules(app.registry, name):
+            click.echo(f"rule `{rule['rule']}` on {name}: {rule['state']}")
 
 
 @alerts_group.command("show")
@@ -106,8 +111,10 @@ def loop_add(app: AppContext, path: str, replace: bool, as_json: bool) -> None:
     if as_json:
         output.emit_json(result)
         return
-    click.echo(f"loop `{result['loop']}` retrains {result['model']} on alerts {result['on_alerts'] or '-'}"
-               f"{' and cron ' + result['cron'] if result['cron'] else ''} (promotion: {result['promotion']})")
+    triggers = [f"incidents of {', '.join(f'`{a}`' for a in result['on_alerts'])}"] if result["on_alerts"] else []
+    triggers += [f"cron `{result['cron']}` (UTC)"] if result["cron"] else []
+    click.echo(f"loop `{result['loop']}` retrains {result['model']} on {' and '.join(triggers) or 'demand only'} "
+               f"(promotion: {result['promotion']})")
 
 
 @loop_group.command("list")
@@ -154,7 +161,11 @@ def retrain_now(app: AppContext, loop_name: str, as_json: bool) -> None:
         if not as_json:
             output.stage(f"retrain {run_id}: {state}")
 
-    row = follow(app.registry, app.config_file, run_id, show)
+    def progress(text: str) -> None:
+        if not as_json:
+            click.echo(f"    {text}", err=True)
+
+    row = follow(app.registry, app.config_file, run_id, show, on_progress=progress)
     if as_json:
         output.emit_json(row)
         return
@@ -205,6 +216,22 @@ def retrain_show(app: AppContext, run_id: int, as_json: bool) -> None:
         for task, metrics in e["tasks"].items():
             shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
             click.echo(f"  {who} v{e['version']} on {task}: {shown}   (eval run {e['run_id']})")
+
+
+@retrain_group.command("cancel")
+@click.argument("run_id", type=int)
+@click.option("--reason", default="", help="Why; recorded on the run and in the notification.")
+@JSON
+@pass_app
+def retrain_cancel(app: AppContext, run_id: int, reason: str, as_json: bool) -> None:
+    """End retraining run RUN_ID for good: its worker stops, nothing resumes it, the reason is recorded."""
+    from pipelines.retrain import cancel
+
+    row = cancel(app.registry, run_id, reason)
+    if as_json:
+        output.emit_json(row)
+        return
+    print_run(row)
 
 
 @retrain_group.command("worker", hidden=True)
@@ -274,7 +301,9 @@ def scheduler_status(app: AppContext, as_json: bool) -> None:
     from registry.leases import holder
 
     lease = holder(app.registry.engine, LEASE)
-    queue = [{"id": r["id"], "state": r["state"], "loop": r["loop"]} for r in list_runs(app.registry) if r["state"] not in ("registered", "failed")]
+    from pipelines.retrain import TERMINAL
+
+    queue = [{"id": r["id"], "state": r["state"], "loop": r["loop"]} for r in list_runs(app.registry) if r["state"] not in TERMINAL]
     result = {"lease": lease, "queue": queue}
     if as_json:
         output.emit_json(result)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import click
@@ -94,19 +93,43 @@ def _link(step: dict[str, Any]) -> str:
     return text
 
 
+def _version_of(app: AppContext, name: str, version: str | None) -> tuple[str, int]:
+    """`NAME VERSION`, or one `NAME:VERSION` / `NAME@ALIAS` argument, to (model, version number)."""
+    from registry.catalog import resolve
+    from registry.promotion import parse_version
+    from tuneloop.errors import UsageError
+
+    if version is not None:
+        if "@" in name or ":" in name:
+            raise UsageError(f"`{name}` already names a version; drop `{version}`",
+                             hint=f"write `{name}` alone, or NAME VERSION")
+        return name, parse_version(name, version)
+    if "@" not in name and ":" not in name:
+        raise UsageError(f"`{name}` names a model, not a version",
+                         hint=f"write {name}:VERSION, {name}@ALIAS or `{name} VERSION`")
+    mv = resolve(app.registry, name)
+    return mv.name, int(mv.version)
+
+
 @models.command("promote")
-@click.argument("name")
-@click.argument("version")
+@click.argument("name", metavar="NAME[:VERSION|@ALIAS]")
+@click.argument("version", required=False)
 @click.option("--alias", required=True, help="The alias to move, e.g. champion.")
 @click.option("--force", is_flag=True, help="Move the alias even if gates fail (needs --reason).")
 @click.option("--reason", default="", help="Why; recorded in the audit trail.")
 @json_option
 @pass_app
-def promote(app: AppContext, name: str, version: str, alias: str, force: bool, reason: str, as_json: bool) -> None:
-    """Point ALIAS of model NAME at VERSION, if every gate of the model's policy passes."""
+def promote(app: AppContext, name: str, version: str | None, alias: str, force: bool, reason: str, as_json: bool) -> None:
+    """Point ALIAS at a version, if every gate of the model's policy passes.
+
+    The version: `NAME VERSION`, `NAME:VERSION`, or `NAME@OTHER_ALIAS` (e.g. promote the challenger:
+    `tuneloop models promote support-qlora@challenger --alias champion`).
+    """
     from registry.promotion import promote as do_promote
 
-    result = do_promote(app.registry, name, version, alias, force=force, reason=reason)
+    name, number = _version_of(app, name, version)
+    version = str(number)
+    result = do_promote(app.registry, name, number, alias, force=force, reason=reason)
     payload = {
         "model": name,
         "alias": alias,
@@ -202,12 +225,12 @@ def gates_cmd(app: AppContext, name: str, gates: tuple[str, ...], clear: bool, a
 
 
 @models.command("set-metrics")
-@click.argument("ref")
+@click.argument("ref", metavar="NAME:VERSION|NAME@ALIAS")
 @click.argument("metrics", nargs=-1, required=True)
 @json_option
 @pass_app
 def set_metrics(app: AppContext, ref: str, metrics: tuple[str, ...], as_json: bool) -> None:
-    """Attach results to version REF (NAME:VERSION), e.g. `accuracy=0.91`; `tuneloop eval` does this for you."""
+    """Attach results to version REF (NAME:VERSION or NAME@ALIAS), e.g. `accuracy=0.91`; `tuneloop eval` does this for you."""
     from registry.catalog import resolve
     from registry.gates import record_metrics
     from tuneloop.errors import UsageError
@@ -224,7 +247,7 @@ def set_metrics(app: AppContext, ref: str, metrics: tuple[str, ...], as_json: bo
     if as_json:
         output.emit_json({"model": mv.name, "version": int(mv.version), "metrics": values})
     else:
-        click.echo(f"recorded {json.dumps(values)} on {mv.name} v{mv.version}")
+        click.echo(f"recorded {', '.join(f'{k}={v:g}' for k, v in values.items())} on {mv.name} v{mv.version}")
 
 
 def _warn_unaudited(moves: list[Any]) -> None:
@@ -236,16 +259,19 @@ def _warn_unaudited(moves: list[Any]) -> None:
 
 
 @models.command("merge")
-@click.argument("name")
-@click.argument("version")
+@click.argument("name", metavar="NAME[:VERSION|@ALIAS]")
+@click.argument("version", required=False)
 @click.option("--into", "target", default=None, help="Registered model name of the result (default NAME-merged).")
 @json_option
 @pass_app
-def merge(app: AppContext, name: str, version: str, target: str | None, as_json: bool) -> None:
-    """Merge LoRA adapter NAME:VERSION into its unquantized base and register the result as a base model."""
+def merge(app: AppContext, name: str, version: str | None, target: str | None, as_json: bool) -> None:
+    """Merge a LoRA adapter version (NAME VERSION, NAME:VERSION or NAME@ALIAS) into its unquantized base
+    and register the result as a base model."""
     from pipelines.merge import merge as do_merge
     from registry.catalog import version_info
 
+    name, number = _version_of(app, name, version)
+    version = str(number)
     output.stage(f"merging {name}:{version} into its full-precision base, tensor by tensor")
     info = version_info(do_merge(app.registry, name, version, target))
     if as_json:

@@ -139,9 +139,12 @@ def backtest_cmd(app: AppContext, monitor_file: str, reference: str | None, curr
     click.echo(f"{s['drifted']} of {s['judged']} judged windows drifted ({s['windows']} windows)")
     if rule is not None:
         found = result["alerts"]["incidents"]
-        click.echo(f"alert `{rule.name}` ({rule.severity}) would have fired {len(found)} time(s)"
-                   + "".join(f"\n  at window {i['opened_at_window']} (streak from {i['streak_started_at_window']}, "
-                             f"closed at {i['closed_at_window'] if i['closed_at_window'] is not None else 'open'})" for i in found))
+        click.echo(f"alert `{rule.name}` ({rule.severity}) would have fired {len(found)} time(s)")
+        for i in found:
+            closed = (f"resolved at window {i['closed_at_window']}" if i["closed_at_window"] is not None
+                      else "still open at the last window")
+            click.echo(f"  fired at window {i['opened_at_window']}, after drift from window {i['streak_started_at_window']} "
+                       f"on; {closed}")
 
 
 @monitor.command("add")
@@ -176,13 +179,18 @@ def check_cmd(app: AppContext, name: str, as_json: bool) -> None:
     n = app.settings.notify
     deliver_pending(app.registry.engine, timeout_s=n.timeout_seconds, max_attempts=n.max_attempts, base_delay_s=n.retry_base_seconds)
     result["alerts"] = [c.__dict__ for c in changes]
+    result["rules"] = alerts.explain_rules(app.registry, name)
     if as_json:
         output.emit_json(result)
         return
     fired = ", ".join(result["drifted_checks"]) or "none"
     click.echo(f"{name}: {result['status']} ({result['size']} records; drifted checks: {fired}); MLflow run {result['run_id']}")
+    for note in result["notes"]:
+        click.echo(f"  note: {note}")
     for c in changes:
         click.echo(f"alert {c.alert_id} ({c.rule}) {c.kind}; `tuneloop alerts show {c.alert_id}`")
+    for rule in result["rules"]:
+        click.echo(f"rule `{rule['rule']}`: {rule['state']}")
 
 
 @monitor.command("status")

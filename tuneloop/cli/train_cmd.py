@@ -10,10 +10,11 @@ from tuneloop.cli.main import AppContext, pass_app
 
 @click.command()
 @click.argument("recipe", type=click.Path(dir_okay=False), required=False)
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key, e.g. training.max_steps=20.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key (dotted path), e.g. training.max_steps=20; `--keys` lists them.")
 @click.option("--alias", default=None, help="Alias the registered version takes (gates apply), e.g. challenger.")
 @click.option("--resume", "resume_run_id", default=None, metavar="RUN_ID", help="Continue this run from its last checkpoint.")
-@click.option("--check", is_flag=True, help="Validate the recipe and its data, then stop (no model loads).")
+@click.option("--check", is_flag=True, help="Validate the recipe, its data and its base model's registration, then stop (no model loads).")
+@click.option("--keys", "list_keys", is_flag=True, help="List every recipe key with its type, default and meaning, then stop.")
 @click.option("--backend", type=click.Choice(["local", "kubernetes", "vertex"]), default="local", show_default=True,
               help="Where to train: here, as a Kubernetes Job (settings [kubernetes]), or a Vertex AI custom job spec.")
 @click.option("--dry-run", is_flag=True, help="With a remote backend: print the job it would submit, submit nothing.")
@@ -21,12 +22,17 @@ from tuneloop.cli.main import AppContext, pass_app
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @pass_app
 def train(app: AppContext, recipe: str | None, overrides: tuple[str, ...], alias: str | None, resume_run_id: str | None,
-          check: bool, backend: str, dry_run: bool, gpus: int | None, as_json: bool) -> None:
+          check: bool, list_keys: bool, backend: str, dry_run: bool, gpus: int | None, as_json: bool) -> None:
     """Fine-tune with RECIPE (YAML; see examples/recipes/) and register the result.
 
-    `tuneloop train --resume RUN_ID` continues a run from its last checkpoint, with its own recipe.
+    `tuneloop train --keys` lists every recipe key. `tuneloop train --resume RUN_ID` continues an
+    unfinished run from its last checkpoint, with its own recipe.
     """
     import os
+
+    if list_keys:
+        _print_keys(as_json)
+        return
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from pipelines import data as data_io
@@ -55,14 +61,19 @@ def train(app: AppContext, recipe: str | None, overrides: tuple[str, ...], alias
         _submit(app, parsed, backend, dry_run, gpus, alias, as_json)
         return
     if check:
+        from pipelines.training.run import resolve_base
+
         train_data = data_io.load(parsed.data.train, parsed.data.format)
         eval_data = data_io.load(parsed.data.eval, train_data.format) if parsed.data.eval else None
+        base = resolve_base(app.registry, parsed.base)
         summary = {"recipe": recipe, "valid": True, "method": parsed.method, "train_rows": len(train_data),
-                   "eval_rows": len(eval_data) if eval_data else 0, "format": train_data.format}
+                   "eval_rows": len(eval_data) if eval_data else 0, "format": train_data.format,
+                   "base": f"{base.name}:{base.version}"}
         if as_json:
             output.emit_json(summary)
         else:
-            click.echo(f"recipe and data are valid: {summary}")
+            click.echo(f"recipe `{recipe}` is valid: {parsed.method} on base {summary['base']}, "
+                       f"{summary['train_rows']} training and {summary['eval_rows']} eval rows ({summary['format']} format)")
         return
     from pathlib import Path
 
@@ -102,6 +113,18 @@ def _submit(app: AppContext, recipe, backend: str, dry_run: bool, gpus: int | No
         click.echo(f"submitted job {submission.name}; follow it: {submission.follow}")
 
 
+def _print_keys(as_json: bool) -> None:
+    from pipelines.recipes import Recipe
+    from tuneloop.yaml_models import describe_keys
+
+    rows = describe_keys(Recipe)
+    if as_json:
+        output.emit_json(rows)
+        return
+    click.echo("Recipe keys (YAML; nested keys as `section.key`, also for --set):\n")
+    click.echo(output.table(rows, ["key", "type", "default", "help"]))
+
+
 def _print_result(result, as_json: bool) -> None:  # type: ignore[no-untyped-def]
     if result.version is None:  # a non-main rank of a distributed run: rank 0 reports
         return
@@ -110,4 +133,8 @@ def _print_result(result, as_json: bool) -> None:  # type: ignore[no-untyped-def
         return
     click.echo(f"registered {result.model} v{result.version} from run {result.run_id}"
                + (f"  (alias {result.alias})" if result.alias else ""))
-    click.echo(f"  final loss {result.final_loss:.4f}; precision {result.precision['dtype']} ({result.precision['reason']})")
+    from pipelines.training.run import FINAL_LOSS_ROWS
+
+    click.echo(f"  loss of the final weights on the first {FINAL_LOSS_ROWS} training rows (eval mode, no dropout; "
+               f"the bar shows the training-mode loss of the last steps): {result.final_loss:.4f}")
+    click.echo(f"  precision {result.precision['dtype']} ({result.precision['reason']})")

@@ -75,7 +75,7 @@ def test_small_windows_say_not_enough_data_and_bad_files_fail(reference: Path, t
     bad.write_text('{"prompt": "hi", "output": "hello"}\n{"prompt": 3, "output": "x"}\n')
     result = run_cli("monitor", "backtest", "--monitor", str(_monitor(tmp_path)), "--reference", str(reference),
                      "--current", str(bad), env={"TUNELOOP_HOME": str(tmp_path / "home")})
-    assert result.returncode == 1 and f"{bad}:2: `prompt` and `output` must be text" in result.stderr
+    assert result.returncode == 1 and f"{bad}:2: `prompt`: Input should be a valid string" in result.stderr  # the ingest API's words
 
 
 def test_odd_text_gives_a_result(reference: Path, tmp_path: Path) -> None:

@@ -48,6 +48,9 @@ class DemoConfig:
     checkpoint_every: int = 10
     holdout_limit: int | None = None
     extra_recipe: dict[str, Any] = field(default_factory=dict)
+    # Set only where the fine-tune cannot be expected to beat its base (a tiny random model in tests): the
+    # first promotion is then forced with this reason, recorded as FORCED in the audit trail.
+    force_first_promotion: str | None = None
 
 
 QUICK = {"train_steps": 6, "retrain_steps": 12, "eval_rows": 6, "max_new_tokens": 12, "holdout_limit": 8}
@@ -87,7 +90,9 @@ class Demo:
         first_eval = evaluate(self.rc, suite, f"{cfg.adapter}:{trained.version}", progress=False)
         self.stage("4/8 promoting it to `champion` through the gates (no champion yet: compared with the base)")
         gates.set_policy(self.rc, cfg.adapter, ["rougeL >= champion - 0.02", "chrf >= champion - 2"])
-        moved = promote(self.rc, cfg.adapter, int(trained.version or 0), "champion", reason="demo: first champion")
+        moved = promote(self.rc, cfg.adapter, int(trained.version or 0), "champion",
+                        force=cfg.force_first_promotion is not None,
+                        reason=cfg.force_first_promotion or "demo: first champion")
         return {"version": trained.version, "training_run_id": trained.run_id, "final_loss": trained.final_loss,
                 "eval_run_id": first_eval.run_id, "metrics": first_eval.metrics,
                 "gates": [g.model_dump() for g in moved.gates]}

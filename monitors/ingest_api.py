@@ -117,7 +117,7 @@ def create_app(settings: Any) -> FastAPI:
         payload = await read_json(request)
         try:
             if isinstance(payload, dict) and "reference_answer" in payload and "reference" not in payload:
-                payload = {**payload, "reference": payload.pop("reference_answer")}
+                payload = {("reference" if k == "reference_answer" else k): v for k, v in payload.items()}
             feedback = records_io.Feedback.model_validate(payload)
         except ValidationError as exc:
             raise InvalidInput(f"invalid feedback: {exc}", hint="send {rating?, label?, reference?}") from None

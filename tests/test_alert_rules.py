@@ -113,8 +113,10 @@ def test_k3_rule_on_same_distribution_traffic_fires_rarely_and_once_per_planted_
     def results(rows: list[dict]) -> list[WindowResult]:
         return [check_window(ref, [Record(**r) for r in rows[i : i + 500]]) for i in range(0, len(rows), 500)]
 
-    false_alerts = sum(len(incidents(rule, results(drift_data.windows(50, 500, seed=1000 + s)))) for s in range(20))
-    assert false_alerts <= 2
+    # A fifth of the full replay (benchmarks/alert_false_alarms.py runs 20 × 50 windows: at most 2 alerts in
+    # 1000 fresh windows); here 4 × 50, the first four seeds of the same traffic.
+    false_alerts = sum(len(incidents(rule, results(drift_data.windows(50, 500, seed=1000 + s)))) for s in range(4))
+    assert false_alerts <= 1
     for s, kind in enumerate(("off_topic", "refusals", "wrong_predictions")):
         rows = drift_data.windows(15, 500, seed=2000 + s) + drift_data.windows(15, 500, seed=3000 + s, kind=kind, share=0.2) \
             + drift_data.windows(20, 500, seed=4000 + s)

@@ -212,15 +212,9 @@ def _mirror(rc: RegistryClient, run_id: int, details: dict[str, Any]) -> None:
 
 def _notify(rc: RegistryClient, run_id: int, spec: Any, version: int, champion_version: int, details: dict[str, Any]) -> None:
     from monitors import notify
-    from monitors.alerts import rules_of
 
     row = retrain.get(rc, run_id)
-    webhooks: list[str] = []
-    if row["alert_id"] is not None:
-        from monitors.alerts import get as get_alert
-
-        rule = get_alert(rc, int(row["alert_id"]))["rule"]
-        webhooks = next((r.webhooks for r in rules_of(rc) if r.name == rule), [])
+    webhooks = retrain.webhooks_of(rc, row)
     decision = details["decision"]
     message = (f"retrain {run_id}: {spec.model} v{version} is `challenger` (champion v{champion_version}); "
                f"decision: {decision['action']} — {decision['why']}")

@@ -171,7 +171,7 @@ def cancel(rc: RegistryClient, run_id: int, reason: str) -> dict[str, Any]:
         notify.enqueue(conn, "retrain.cancelled", {
             "retrain_id": run_id, "loop": row["loop"], "model": row["model"], "stage": row["state"], "actor": actor,
             "reason": reason, "message": f"retrain {run_id} of {row['model']} {why} (it was {row['state']})"},
-            _webhooks_of(rc, row), alert_id=row["alert_id"])
+            webhooks_of(rc, row), alert_id=row["alert_id"])
     if row["training_run_id"]:
         try:
             rc.mlflow.set_terminated(row["training_run_id"], "KILLED")
@@ -180,7 +180,8 @@ def cancel(rc: RegistryClient, run_id: int, reason: str) -> dict[str, Any]:
     return get(rc, run_id)
 
 
-def _webhooks_of(rc: RegistryClient, row: dict[str, Any]) -> list[str]:
+def webhooks_of(rc: RegistryClient, row: dict[str, Any]) -> list[str]:
+    """The webhooks of the alert rule whose incident started the run (none for cron and manual runs)."""
     if row["alert_id"] is None:
         return []
     from monitors.alerts import get as get_alert

@@ -17,10 +17,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from monitors.alert_rules import AlertRule, incidents  # noqa: E402
-from monitors.checks import Record  # noqa: E402
-from monitors.drift import build_reference, check_window  # noqa: E402
-from pipelines import traffic  # noqa: E402
+from tuneloop.monitors.alert_rules import AlertRule, incidents  # noqa: E402
+from tuneloop.monitors.checks import Record  # noqa: E402
+from tuneloop.monitors.drift import build_reference, check_window  # noqa: E402
+from tuneloop.pipelines import traffic  # noqa: E402
 
 
 def main() -> None:

@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines import traffic  # noqa: E402
-from pipelines.cleaning import dedup  # noqa: E402
+from tuneloop.pipelines import traffic  # noqa: E402
+from tuneloop.pipelines.cleaning import dedup  # noqa: E402
 
 THRESHOLD = 0.8
 

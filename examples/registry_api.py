@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import sys
 
-from registry import gates
-from registry.base_models import import_base
-from registry.client import RegistryClient
-from registry.promotion import history, promote
+from tuneloop.registry import gates
+from tuneloop.registry.base_models import import_base
+from tuneloop.registry.client import RegistryClient
+from tuneloop.registry.promotion import history, promote
 
 
 def main(source: str) -> None:

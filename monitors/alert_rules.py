@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
+from tuneloop.monitors.checks import WindowResult
 
-from monitors.checks import WindowResult
 from tuneloop.yaml_models import Strict, load_yaml_model
 
 

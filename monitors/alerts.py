@@ -17,13 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from tuneloop.monitors import notify
+from tuneloop.monitors.alert_rules import AlertRule, incidents, load_rule
+from tuneloop.registry.client import RegistryClient
 
-from monitors import notify
-from monitors.alert_rules import AlertRule, incidents, load_rule
-from registry import tables
-from registry.client import RegistryClient
-from registry.db import locked, save_declared
 from tuneloop.errors import Conflict, NotFound
+from tuneloop.store import tables
+from tuneloop.store.engine import save_declared
+from tuneloop.store.locks import locked
 
 EXPERIMENT = "alerts"
 
@@ -61,7 +62,7 @@ def rules_of(rc: RegistryClient, monitor: str | None = None) -> list[AlertRule]:
 
 def evaluate(rc: RegistryClient, monitor: str) -> list[AlertChange]:
     """Reconcile the alerts of `monitor` with its judged windows; what opened or resolved now."""
-    from monitors.service import judged_windows
+    from tuneloop.monitors.service import judged_windows
 
     rules = rules_of(rc, monitor)
     if not rules:
@@ -91,8 +92,8 @@ def evaluate(rc: RegistryClient, monitor: str) -> list[AlertChange]:
 
 def explain_rules(rc: RegistryClient, monitor: str) -> list[dict[str, str]]:
     """[{rule, state}] for each rule on `monitor`: where it stands and why it did (not) fire."""
-    from monitors.alert_rules import replay
-    from monitors.service import judged_windows
+    from tuneloop.monitors.alert_rules import replay
+    from tuneloop.monitors.service import judged_windows
 
     rules = rules_of(rc, monitor)
     if not rules:
@@ -130,7 +131,7 @@ def _resolve(conn: sa.Connection, rule: AlertRule, row: Any, closed_window_id: i
 
 def mirror(rc: RegistryClient, alert_id: int) -> str:
     """Create or update the alert's MLflow run (tags, alert.json); its run id."""
-    from registry.tracking import experiment_id
+    from tuneloop.registry.tracking import experiment_id
 
     alert = get(rc, alert_id)
     tags = {"tuneloop.alert.id": str(alert_id), "tuneloop.alert.rule": alert["rule"], "tuneloop.alert.monitor": alert["monitor"],

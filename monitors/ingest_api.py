@@ -17,9 +17,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
+from tuneloop.monitors import records as records_io
+from tuneloop.monitors import tokens
 
-from monitors import records as records_io
-from monitors import tokens
 from tuneloop.errors import InvalidInput, TuneloopError
 
 TOKEN_CACHE_SECONDS = 5.0
@@ -47,7 +47,7 @@ class _Tokens:
 
 
 def create_app(settings: Any) -> FastAPI:
-    from registry.client import RegistryClient
+    from tuneloop.registry.client import RegistryClient
 
     rc = RegistryClient(settings)
     engine = rc.engine

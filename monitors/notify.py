@@ -19,7 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from registry import tables
+from tuneloop.store import tables
 
 log = logging.getLogger("tuneloop.notify")
 LOG_SINK = "log"

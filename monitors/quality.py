@@ -16,9 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-
-from monitors.checks import CheckResult, Record, lower_than, more_often, permutation_test
-from monitors.metrics.classification import normalise_label
+from tuneloop.monitors.checks import CheckResult, Record, lower_than, more_often, permutation_test
+from tuneloop.monitors.metrics.classification import normalise_label
 
 MIN_REFERENCE = 100
 F1_REFERENCE_SAMPLE = 2000
@@ -104,7 +103,7 @@ def _f1_check(window: list[tuple[str, str]], reference: list[tuple[str, str]], t
 
 
 def _rouge_l(records: Sequence[Record]) -> np.ndarray:
-    from monitors.metrics.text import rouge_per_pair
+    from tuneloop.monitors.metrics.text import rouge_per_pair
 
     scores = rouge_per_pair([r.output for r in records], [r.reference_answer or "" for r in records], tokenizer="unicode")
     return np.asarray(scores["rougeL"], dtype=float)

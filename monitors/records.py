@@ -22,8 +22,8 @@ from typing import Annotated, Any
 import sqlalchemy as sa
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictStr, ValidationError, field_validator
 
-from registry import tables
 from tuneloop.errors import InvalidInput, NotFound
+from tuneloop.store import tables
 
 ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 
@@ -351,7 +351,8 @@ def is_training_row(row: dict[str, Any]) -> bool:
 def record_from_training_row(row: Any) -> Any:
     """prompt = the user turns (joined as the server joins a chat's), output = the answer, for every
     training data format; None when the row has neither."""
-    from monitors.checks import Record
+    from tuneloop.monitors.checks import Record
+
     from tuneloop.rowfiles import chat_prompt
 
     if not isinstance(row, dict):

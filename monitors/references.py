@@ -18,14 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from tuneloop.monitors.backtest import read_records
+from tuneloop.monitors.checks import Record
+from tuneloop.monitors.monitor_spec import MonitorSpec
+from tuneloop.monitors.records import ModelResolver, record_from_training_row
 
-from monitors.backtest import read_records
-from monitors.checks import Record
-from monitors.monitor_spec import MonitorSpec
-from monitors.records import ModelResolver, record_from_training_row
-from registry import tables
 from tuneloop.digest import file_sha256
 from tuneloop.errors import InvalidInput
+from tuneloop.store import tables
 
 
 def materialise(rc: Any, spec: MonitorSpec) -> tuple[list[Record], str]:

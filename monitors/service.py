@@ -21,18 +21,18 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from tuneloop.monitors.backtest import read_records
+from tuneloop.monitors.checks import Record, WindowResult
+from tuneloop.monitors.drift import Reference, build_reference, check_window
+from tuneloop.monitors.embedding import Embedder
+from tuneloop.monitors.monitor_spec import MonitorSpec, load_monitor
+from tuneloop.monitors.records import ModelResolver
+from tuneloop.monitors.references import as_record, materialise, model_records, write_jsonl
+from tuneloop.registry.client import RegistryClient
 
-from monitors.backtest import read_records
-from monitors.checks import Record, WindowResult
-from monitors.drift import Reference, build_reference, check_window
-from monitors.embedding import Embedder
-from monitors.monitor_spec import MonitorSpec, load_monitor
-from monitors.records import ModelResolver
-from monitors.references import as_record, materialise, model_records, write_jsonl
-from registry import tables
-from registry.client import RegistryClient
 from tuneloop.digest import file_sha256
 from tuneloop.errors import Conflict, InvalidInput, NotFound
+from tuneloop.store import tables
 
 EXPERIMENT = "monitors"
 MIN_REFERENCE = 100
@@ -167,7 +167,7 @@ def _judge(rc: RegistryClient, row: Any, spec: MonitorSpec, window: list[Record]
 
 def judged_windows(rc: RegistryClient, name: str) -> tuple[list[int], list[WindowResult]]:
     """(window ids, results) of every judged window of monitor `name`, oldest first, as alert rules replay them."""
-    from monitors.checks import CheckResult
+    from tuneloop.monitors.checks import CheckResult
 
     w = tables.monitor_windows
     with rc.engine.connect() as conn:
@@ -219,6 +219,12 @@ def _latest_window(rc: RegistryClient, spec: MonitorSpec) -> tuple[list[Record],
     return [as_record(row) for row in rows], (rows[-1].seq if rows else 0)
 
 
+# Part of the statistics cache's key: raise it whenever what `build_reference` returns, or where its
+# classes live, changes (2: the classes moved from `monitors.*` to `tuneloop.monitors.*`). A cache
+# written by other code is then never unpickled; it is rebuilt from the pinned records.
+REFERENCE_CACHE_VERSION = 2
+
+
 def _embedder(rc: RegistryClient) -> Embedder:
     return Embedder(Path(rc.settings.cache_dir).expanduser() / "embeddings-minilm.sqlite")
 
@@ -227,11 +233,17 @@ def _statistics(rc: RegistryClient, spec: MonitorSpec, digest: str, pinned: Path
     """The reference statistics for these records and checks: from the cache, else built from `pinned`
     (or the run's artifact) and cached."""
     wants_embeddings = "embedding" in spec.checks
-    key = digest.removeprefix("sha256:") + ("-embedding" if wants_embeddings else "")
+    key = digest.removeprefix("sha256:") + ("-embedding" if wants_embeddings else "") + f"-v{REFERENCE_CACHE_VERSION}"
     cache = Path(rc.settings.cache_dir).expanduser() / "monitor-references" / f"{key}.pickle"
     if cache.is_file():
-        with open(cache, "rb") as f:
-            return pickle.load(f)  # noqa: S301 - our own cache file, keyed by the content digest
+        try:
+            with open(cache, "rb") as f:
+                cached = pickle.load(f)  # noqa: S301 - our own cache file, keyed by the content digest and code version
+            if isinstance(cached, Reference):
+                return cached
+        except Exception:
+            pass
+        cache.unlink(missing_ok=True)  # unreadable or not ours (a crash mid-write, a library upgrade): rebuilt below
     if pinned is None:
         assert run_id is not None
         pinned = Path(rc.mlflow.download_artifacts(run_id, f"reference/{digest.removeprefix('sha256:')[:16]}/records.jsonl"))
@@ -248,7 +260,7 @@ def _statistics(rc: RegistryClient, spec: MonitorSpec, digest: str, pinned: Path
 
 
 def _create_run(rc: RegistryClient, spec: MonitorSpec) -> str:
-    from registry.tracking import experiment_id
+    from tuneloop.registry.tracking import experiment_id
 
     run = rc.mlflow.create_run(experiment_id(rc.mlflow, rc.settings, EXPERIMENT), run_name=f"monitor {spec.name}",
                                tags={"tuneloop.monitor": spec.name, "tuneloop.monitor.model": spec.model or ""})

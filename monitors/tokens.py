@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
-from registry import tables
 from tuneloop.errors import Conflict, NotFound
+from tuneloop.store import tables
 
 TOKEN_PREFIX = "tlk_"
 

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from monitors.checks import Record
-from monitors.monitor_spec import WindowSpec
+from tuneloop.monitors.checks import Record
+from tuneloop.monitors.monitor_spec import WindowSpec
 
 
 @dataclass

@@ -13,8 +13,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipelines import retrain
-from registry.client import RegistryClient
+from tuneloop.pipelines import retrain
+from tuneloop.registry.client import RegistryClient
+
 from tuneloop.errors import GateFailed, InvalidInput, NotFound
 from tuneloop.names import Alias, Tag
 
@@ -36,7 +37,7 @@ def drive(rc: RegistryClient, run_id: int) -> None:
 
     if "data" not in details:
         retrain.update(rc, run_id, state="curating")
-        from pipelines.curation import build
+        from tuneloop.pipelines.curation import build
 
         curated = build(rc, spec.model, champion_version, folder, min_rating=spec.feedback.min_rating, holdout=spec.holdout,
                         champion_share=spec.champion_share, near_threshold=spec.near_threshold,
@@ -60,7 +61,7 @@ def drive(rc: RegistryClient, run_id: int) -> None:
         suite = _suite(spec, details["data"].get("holdout"))
         for who, v in (("challenger", version), ("champion", champion_version)):
             if who not in evals:
-                from pipelines.evaluation.runner import evaluate
+                from tuneloop.pipelines.evaluation.runner import evaluate
 
                 result = evaluate(rc, suite, f"{spec.model}:{v}", progress=False, on_progress=_reporter(rc, run_id, who, v))
                 evals[who] = {"version": v, "run_id": result.run_id, "metrics": result.metrics,
@@ -88,8 +89,9 @@ def _has_champion(rc: RegistryClient, model: str) -> bool:
 
 
 def _train(rc: RegistryClient, run_id: int, spec: Any, champion_version: int, data: dict[str, Any]) -> int:
-    from pipelines.recipes import Recipe
-    from pipelines.training.run import latest_checkpoint, recipe_of_run, train, version_of_training_run
+    from tuneloop.pipelines.recipes import Recipe
+    from tuneloop.pipelines.training.run import latest_checkpoint, recipe_of_run, train, version_of_training_run
+
     from tuneloop.yaml_models import apply_overrides
 
     row = retrain.get(rc, run_id)
@@ -129,7 +131,7 @@ def _record_run(rc: RegistryClient, run_id: int) -> Any:
 
 
 def _suite(spec: Any, holdout: str | None) -> Any:
-    from pipelines.evaluation.suites import Task, load_suite
+    from tuneloop.pipelines.evaluation.suites import Task, load_suite
 
     suite = load_suite(spec.suite)
     if not holdout:
@@ -141,14 +143,14 @@ def _suite(spec: Any, holdout: str | None) -> Any:
 
 
 def _finish(rc: RegistryClient, run_id: int, spec: Any, version: int, champion_version: int, details: dict[str, Any]) -> None:
-    from registry import gates
-    from registry.promotion import promote
+    from tuneloop.registry import gates
+    from tuneloop.registry.promotion import promote
 
     row = retrain.get(rc, run_id)
     lineage = {"tuneloop.retrain.id": str(run_id), "tuneloop.retrain.trigger": row["trigger"],
                "tuneloop.retrain.champion": f"{spec.model}:{champion_version}"}
     if row["alert_id"] is not None:
-        from monitors.alerts import get as get_alert
+        from tuneloop.monitors.alerts import get as get_alert
 
         alert = get_alert(rc, int(row["alert_id"]))
         lineage |= {"tuneloop.alert.id": str(alert["id"]), "tuneloop.alert.rule": alert["rule"],
@@ -179,7 +181,7 @@ def _finish(rc: RegistryClient, run_id: int, spec: Any, version: int, champion_v
 def _decide(rc: RegistryClient, spec: Any, version: int, gates: Any, evals: dict[str, Any]) -> dict[str, Any]:
     """Promote, keep the champion, or leave it to a person: the model's gates on the overall metrics and
     on every task (old and new data), so a gain on the new data cannot hide a loss on the old."""
-    from registry.promotion import promote
+    from tuneloop.registry.promotion import promote
 
     policy = gates.policy_of(rc, spec.model)
     checks = [c.model_dump() for c in gates.evaluate(rc, rc.model_version(spec.model, version), policy)]
@@ -211,7 +213,7 @@ def _mirror(rc: RegistryClient, run_id: int, details: dict[str, Any]) -> None:
 
 
 def _notify(rc: RegistryClient, run_id: int, spec: Any, version: int, champion_version: int, details: dict[str, Any]) -> None:
-    from monitors import notify
+    from tuneloop.monitors import notify
 
     row = retrain.get(rc, run_id)
     webhooks = retrain.webhooks_of(rc, row)

@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from tuneloop.pipelines import data as data_io
 
-from pipelines import data as data_io
-from registry import tables
 from tuneloop.errors import InvalidInput
 from tuneloop.rowfiles import chat_prompt, read_rows
+from tuneloop.store import tables
 
 
 @dataclass
@@ -89,7 +89,7 @@ def _answer_of(row: dict[str, Any]) -> str | None:
 
 def build(rc: Any, model: str, champion_version: int, folder: Path, *, min_rating: float, holdout: float,
           champion_share: float = 0.0, near_threshold: float | None = 0.8, holdout_limit: int | None = None) -> CuratedData:
-    from monitors.references import stored_data_file
+    from tuneloop.monitors.references import stored_data_file
 
     folder.mkdir(parents=True, exist_ok=True)
     champion_file, _ = stored_data_file(rc, model, champion_version, "train")
@@ -161,8 +161,8 @@ def _drop_near_copies(new: list[dict[str, Any]], champion: list[dict[str, Any]],
     """New rows that near-duplicate (Jaccard of word 3-grams ≥ threshold, as `tuneloop data curate`) a held-out
     row — a leak into the held-out task — or a champion row or an earlier new row — no new information — are
     dropped. (kept new rows, near duplicates dropped, near copies of held-out rows dropped)"""
-    from pipelines.cleaning.curate import text_of
-    from pipelines.cleaning.dedup import near_duplicates
+    from tuneloop.pipelines.cleaning.curate import text_of
+    from tuneloop.pipelines.cleaning.dedup import near_duplicates
 
     texts = [text_of(r) for r in held + champion + new]
     twins = near_duplicates(texts, threshold)[len(held) + len(champion):]
@@ -182,8 +182,8 @@ def _repeats(champion: int, new: int, share: float) -> int:
 
 def _scrubbed(examples: list[dict[str, str]]) -> tuple[list[dict[str, str]], Counter[str]]:
     """Production text normalised and scrubbed of PII (the `tuneloop data curate` steps) before it trains."""
-    from pipelines.cleaning.dedup import normalise
-    from pipelines.cleaning.pii import scrub
+    from tuneloop.pipelines.cleaning.dedup import normalise
+    from tuneloop.pipelines.cleaning.pii import scrub
 
     found: Counter[str] = Counter()
     out = []

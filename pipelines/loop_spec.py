@@ -31,7 +31,7 @@ class MonitorSchedule(Strict):
     @field_validator("every")
     @classmethod
     def _duration(cls, value: str) -> str:
-        from monitors.monitor_spec import parse_duration
+        from tuneloop.monitors.monitor_spec import parse_duration
 
         parse_duration(value)
         return value
@@ -71,7 +71,7 @@ class LoopSpec(Strict):
 
 
 def load_loop(path: str | Path) -> LoopSpec:
-    from pipelines.evaluation.suites import load_suite
+    from tuneloop.pipelines.evaluation.suites import load_suite
 
     path = Path(path)
     spec = load_yaml_model(path, LoopSpec, kind="loop", hint="see examples/loops/support.yaml")

@@ -16,7 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from registry.client import RegistryClient
+from tuneloop.registry.client import RegistryClient
+
 from tuneloop.errors import Conflict, InvalidInput
 from tuneloop.names import ModelKind, Tag
 
@@ -112,14 +113,13 @@ def merge_folder(base_dir: Path, adapter_dir: Path, out_dir: Path) -> None:
 def merge(rc: RegistryClient, name: str, version: int | str, target: str | None = None) -> Any:
     """Merge adapter NAME:VERSION into its base and register the result as a base model version."""
     from mlflow.artifacts import download_artifacts
-
-    from registry.base_models import register_full_model
-    from registry.promotion import parse_version
+    from tuneloop.registry.base_models import register_full_model
+    from tuneloop.registry.promotion import parse_version
 
     mv = rc.model_version(name, parse_version(name, version))
     if mv.tags.get(Tag.KIND) != ModelKind.ADAPTER:
         raise Conflict(f"`{name}` v{mv.version} is not an adapter", hint="merge takes an adapter version")
-    from pipelines.training.run import base_folder  # verifies the base's digest
+    from tuneloop.pipelines.training.run import base_folder  # verifies the base's digest
 
     base = rc.model_version(mv.tags[Tag.BASE_NAME], mv.tags[Tag.BASE_VERSION])
     adapter_dir = Path(download_artifacts(mv.tags[Tag.ARTIFACT_URI] + "/artifacts/adapter"))

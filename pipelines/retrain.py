@@ -14,23 +14,18 @@ continues from its last checkpoint, a version already registered by the training
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import threading
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from tuneloop.pipelines.loop_spec import LoopSpec, load_loop
+from tuneloop.registry.client import RegistryClient
 
-from pipelines.loop_spec import LoopSpec, load_loop
-from registry import leases, tables
-from registry.client import RegistryClient
-from registry.db import save_declared
-from tuneloop.errors import Conflict, NotFound, TuneloopError
+from tuneloop.errors import Conflict, NotFound
+from tuneloop.store import leases, tables
+from tuneloop.store.engine import save_declared
 
 STATES = ("queued", "curating", "training", "evaluating", "registered", "failed", "cancelled")
 TERMINAL = ("registered", "failed", "cancelled")
@@ -153,7 +148,7 @@ def report_progress(rc: RegistryClient, run_id: int, text: str) -> None:
 def cancel(rc: RegistryClient, run_id: int, reason: str) -> dict[str, Any]:
     """End a run for good: state `cancelled` with who and why, its lease released, a notification queued.
     Its worker notices within a second and stops; nothing resumes it."""
-    from monitors import notify
+    from tuneloop.monitors import notify
 
     row = get(rc, run_id)
     if row["state"] in TERMINAL:
@@ -184,8 +179,8 @@ def webhooks_of(rc: RegistryClient, row: dict[str, Any]) -> list[str]:
     """The webhooks of the alert rule whose incident started the run (none for cron and manual runs)."""
     if row["alert_id"] is None:
         return []
-    from monitors.alerts import get as get_alert
-    from monitors.alerts import rules_of
+    from tuneloop.monitors.alerts import get as get_alert
+    from tuneloop.monitors.alerts import rules_of
 
     rule = get_alert(rc, int(row["alert_id"]))["rule"]
     return next((r.webhooks for r in rules_of(rc) if r.name == rule), [])
@@ -194,95 +189,3 @@ def webhooks_of(rc: RegistryClient, row: dict[str, Any]) -> list[str]:
 def is_cancelled(rc: RegistryClient, run_id: int) -> bool:
     with rc.engine.connect() as conn:
         return conn.execute(sa.select(tables.retrain_runs.c.state).where(tables.retrain_runs.c.id == run_id)).scalar() == "cancelled"
-
-
-# --- workers ------------------------------------------------------------------------------------
-def spawn_worker(config_file: str | None, run_id: int) -> subprocess.Popen:  # type: ignore[type-arg]
-    """Start `tuneloop retrain worker RUN_ID` as a child process (training runs there, not in the scheduler)."""
-    command = [sys.executable, "-m", "tuneloop", *(["--config", config_file] if config_file else []),
-               "retrain", "worker", str(run_id)]
-    return subprocess.Popen(command, stdin=subprocess.DEVNULL)
-
-
-def follow(rc: RegistryClient, config_file: str | None, run_id: int, on_state: Callable[[str], None],
-           timeout_s: float = 24 * 3600, on_progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run retrain `run_id` in a worker subprocess here and report each new state (and, with `on_progress`,
-    what the stage is doing) until it ends. A worker that dies is started once more (the run's own claim
-    limit decides whether it resumes)."""
-    import time
-
-    worker = spawn_worker(config_file, run_id)
-    state, progress, deadline = None, None, time.monotonic() + timeout_s
-    try:
-        while time.monotonic() < deadline:
-            row = get(rc, run_id)
-            if row["state"] != state:
-                state = row["state"]
-                on_state(state)
-            if on_progress is not None and row["details"].get("progress") not in (None, progress):
-                progress = row["details"]["progress"]
-                on_progress(progress)
-            if state in TERMINAL:
-                break
-            if worker.poll() is not None and get(rc, run_id)["state"] not in TERMINAL:
-                worker = spawn_worker(config_file, run_id)
-            time.sleep(1)
-    finally:
-        if worker.poll() is None:
-            worker.wait()
-    return get(rc, run_id)
-
-
-class _Heartbeat(threading.Thread):
-    """Renews the run's lease; exits the process at once if the lease is lost or the parent died."""
-
-    def __init__(self, rc: RegistryClient, run_id: int, owner: str, lease_s: float) -> None:
-        super().__init__(daemon=True)
-        self.rc, self.run_id, self.name, self.owner, self.lease_s = rc, run_id, lease_name(run_id), owner, lease_s
-        self.parent = os.getppid()
-        self.stopped = threading.Event()
-
-    def run(self) -> None:
-        while not self.stopped.wait(min(1.0, self.lease_s / 3)):
-            if os.getppid() != self.parent:
-                os._exit(75)  # the scheduler that started us died: our lease lapses and the next owner resumes
-            try:
-                if is_cancelled(self.rc, self.run_id):
-                    leases.release(self.rc.engine, self.name, self.owner)
-                    os._exit(0)  # a person ended the run: nothing more of it is recorded
-                if not leases.acquire(self.rc.engine, self.name, self.owner, self.lease_s):
-                    os._exit(75)
-            except Exception:
-                continue  # a database hiccup: try again before the lease runs out
-
-
-def run_worker(rc: RegistryClient, run_id: int, *, lease_s: float | None = None) -> dict[str, Any]:
-    """Claim run `run_id` and drive it to a terminal state; the final row."""
-    from pipelines import challenger
-
-    lease_s = lease_s or rc.settings.scheduler.lease_seconds
-    row = get(rc, run_id)
-    if row["state"] in TERMINAL:
-        return row
-    owner = leases.owner_id()
-    if not leases.acquire(rc.engine, lease_name(run_id), owner, lease_s):
-        raise Conflict(f"retraining run {run_id} is owned by a live worker", hint="wait for it; `tuneloop retrain list`")
-    attempts = row["attempts"] + 1
-    if attempts > MAX_ATTEMPTS:
-        update(rc, run_id, state="failed", attempts=attempts,
-               error=f"its worker died {row['attempts']} times (last in state `{row['state']}`); not retried again")
-        leases.release(rc.engine, lease_name(run_id), owner)
-        return get(rc, run_id)
-    update(rc, run_id, attempts=attempts)
-    heartbeat = _Heartbeat(rc, run_id, owner, lease_s)
-    heartbeat.start()
-    try:
-        challenger.drive(rc, run_id)
-    except TuneloopError as exc:
-        update(rc, run_id, state="failed", error=f"{exc.message}" + (f" (fix: {exc.hint})" if exc.hint else ""))
-    except Exception as exc:  # a bug or a library failure: recorded, not retried blindly
-        update(rc, run_id, state="failed", error=rc.settings.scrub(f"{type(exc).__name__}: {exc}"))
-    finally:
-        heartbeat.stopped.set()
-        leases.release(rc.engine, lease_name(run_id), owner)
-    return get(rc, run_id)

@@ -24,9 +24,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import sqlalchemy as sa
+from tuneloop.registry.client import RegistryClient
 
-from registry import leases, tables
-from registry.client import RegistryClient
+from tuneloop.store import leases, tables
 
 log = logging.getLogger("tuneloop.scheduler")
 LEASE = "scheduler"
@@ -92,9 +92,8 @@ class LoopScheduler:
     def reload(self) -> None:
         """(Re)build the monitor and cron jobs when the declared loops change."""
         from apscheduler.triggers.cron import CronTrigger
-
-        from monitors.monitor_spec import parse_duration
-        from pipelines.retrain import loops
+        from tuneloop.monitors.monitor_spec import parse_duration
+        from tuneloop.pipelines.retrain import loops
 
         specs = loops(self.rc)
         digest = json.dumps([s.model_dump(mode="json") for s in specs], sort_keys=True)
@@ -116,16 +115,15 @@ class LoopScheduler:
         self._loops_digest = digest
 
     def check_monitor(self, name: str) -> None:
-        from monitors import alerts
-        from monitors.service import check_pending
+        from tuneloop.monitors import alerts
+        from tuneloop.monitors.service import check_pending
 
         self._guard(f"check {name}", lambda: (check_pending(self.rc, name), alerts.evaluate(self.rc, name)))
 
     def cron_due(self, loop_name: str) -> int | None:
         """Enqueue one retrain for the latest cron fire not yet handled (missed fires coalesce)."""
         from apscheduler.triggers.cron import CronTrigger
-
-        from pipelines.retrain import enqueue
+        from tuneloop.pipelines.retrain import enqueue
 
         l = tables.loops
         with self.rc.engine.connect() as conn:
@@ -149,7 +147,8 @@ class LoopScheduler:
         return run_id
 
     def dispatch(self) -> None:
-        from pipelines.retrain import enqueue_for_alerts, loops, runnable, spawn_worker
+        from tuneloop.pipelines.retrain import enqueue_for_alerts, loops, runnable
+        from tuneloop.pipelines.worker import spawn_worker
 
         def work() -> None:
             enqueue_for_alerts(self.rc)
@@ -169,7 +168,7 @@ class LoopScheduler:
         self._guard("dispatch", work)
 
     def deliver(self) -> None:
-        from monitors.notify import deliver_pending
+        from tuneloop.monitors.notify import deliver_pending
 
         n = self.rc.settings.notify
         self._guard("deliver", lambda: deliver_pending(self.rc.engine, timeout_s=n.timeout_seconds,

@@ -24,8 +24,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines import data as data_io
-from pipelines.cleaning.dedup import DuplicateIndex, jaccard, shingles
+from tuneloop.pipelines import data as data_io
+from tuneloop.pipelines.cleaning.dedup import DuplicateIndex, jaccard, shingles
+
 from tuneloop.errors import InvalidInput, TuneloopError
 
 SAMPLES = 3
@@ -194,9 +195,9 @@ def synthesize(rc: Any, generator: str, seeds_path: Path, out: Path, options: Sy
     with `out`.report.json beside it. The report counts every candidate by outcome and adds up."""
     import torch
     from tqdm.auto import tqdm
+    from tuneloop.pipelines.evaluation.runner import load_model
+    from tuneloop.registry.catalog import resolve
 
-    from pipelines.evaluation.runner import load_model
-    from registry.catalog import resolve
     from tuneloop.digest import file_sha256
 
     template = template or Template()
@@ -256,7 +257,7 @@ def synthesize(rc: Any, generator: str, seeds_path: Path, out: Path, options: Sy
 
 
 def _distinct(seeds: list[Seed]) -> list[Seed]:
-    from pipelines.cleaning.dedup import comparable
+    from tuneloop.pipelines.cleaning.dedup import comparable
 
     seen: set[str] = set()
     out = []
@@ -269,7 +270,7 @@ def _distinct(seeds: list[Seed]) -> list[Seed]:
 
 def _generate(model: Any, tokenizer: Any, seeds: list[Seed], system: str | None, template: Template,
               options: SynthOptions, rng: random.Random, n: int) -> list[Candidate]:
-    from pipelines.evaluation.generation import generate, render_prompt
+    from tuneloop.pipelines.evaluation.generation import generate, render_prompt
 
     shown = [rng.sample(seeds, min(options.examples_per_prompt, len(seeds))) for _ in range(n)]
     question_prompts = [template.question.format(examples="\n".join("- " + " ".join(s.question.split()) for s in group))
@@ -292,7 +293,7 @@ def _generate(model: Any, tokenizer: Any, seeds: list[Seed], system: str | None,
 
 def _score(model: Any, tokenizer: Any, batch: list[Candidate]) -> None:
     """Perplexity of each answer given its question, under the scoring model (NaN-free: empty answers score inf)."""
-    from monitors.metrics import perplexity as ppl
+    from tuneloop.monitors.metrics import perplexity as ppl
 
     scored = [c for c in batch if c.answer.strip()]
     if not scored:

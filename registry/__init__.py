@@ -1,5 +1,5 @@
 """The model registry: base models, adapters, lineage, aliases, gated promotion and audit.
 
-Built on MLflow's registry; tuneloop's own tables (audit, locks) live in `registry.db`.
+Built on MLflow's registry; tuneloop's own tables (audit, locks) live in `tuneloop.store`.
 Import submodules directly; this package imports nothing heavy.
 """

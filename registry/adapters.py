@@ -6,15 +6,15 @@ import json
 from pathlib import Path
 
 from mlflow.entities.model_registry import ModelVersion
+from tuneloop.registry import audit
+from tuneloop.registry.base_models import check_model_name, hf_model_uri
+from tuneloop.registry.client import RegistryClient
+from tuneloop.registry.versions import log_and_register
 
-from registry import audit
-from registry.base_models import check_model_name, hf_model_uri
-from registry.client import RegistryClient
-from registry.db import locked
-from registry.versions import log_and_register
 from tuneloop.digest import folder_sha256
 from tuneloop.errors import Conflict, InvalidInput, UsageError
 from tuneloop.names import AdapterMethod, ModelKind, Tag
+from tuneloop.store.locks import locked
 
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -54,7 +54,7 @@ def register_adapter(
     quantize the base the way it was during training, so the adapter is served as it was trained.
     `parent_adapter` (`NAME:VERSION`) records the adapter this one continued from (DPO after SFT).
     """
-    from registry.promotion import lock_name
+    from tuneloop.registry.promotion import lock_name
 
     check_model_name(name)
     if method not in AdapterMethod._value2member_map_:

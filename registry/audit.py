@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from registry.tables import audit_log, audit_mirror
 from tuneloop.names import Experiment, Tag
 from tuneloop.schemas import AliasMove, GateCheck, MoveKind
+from tuneloop.store.tables import audit_log, audit_mirror
 
 if TYPE_CHECKING:
-    from registry.client import RegistryClient
+    from tuneloop.registry.client import RegistryClient
 
 GENESIS = "0" * 64
 
@@ -69,7 +69,7 @@ def append(
     reason: str = "",
     gates: list[GateCheck] | None = None,
 ) -> AliasMove:
-    """Append one entry; call inside `registry.db.locked(engine, lock_name(model))`."""
+    """Append one entry; call inside `tuneloop.store.locks.locked(engine, lock_name(model))`."""
     last = conn.execute(
         sa.select(audit_log.c.entry_hash).where(audit_log.c.model == model).order_by(audit_log.c.id.desc()).limit(1)
     ).scalar()
@@ -143,7 +143,7 @@ def reconcile(rc: RegistryClient, conn: Connection, model: str) -> list[AliasMov
 
 def mirror_pending(rc: RegistryClient, conn: Connection, model: str) -> None:
     """Copy audit entries not yet in MLflow into runs of the audit experiment (one run each)."""
-    from registry.tracking import experiment_id
+    from tuneloop.registry.tracking import experiment_id
 
     pending = conn.execute(
         sa.select(audit_log)

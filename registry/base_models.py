@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from mlflow.entities.model_registry import ModelVersion
+from tuneloop.registry import audit, sources
+from tuneloop.registry.client import RegistryClient
+from tuneloop.registry.versions import log_and_register
 
-from registry import audit, sources
-from registry.client import RegistryClient
-from registry.db import locked
-from registry.versions import log_and_register
 from tuneloop.errors import Conflict, UsageError
 from tuneloop.names import ModelKind, Tag
+from tuneloop.store.locks import locked
 
 _NAME_RULE = "letters, digits, `.`, `_` or `-`, at most 200 characters"
 
@@ -49,7 +49,7 @@ def register_full_model(
 def _register_folder(
     rc: RegistryClient, name: str, prepared: sources.PreparedModel, extra_tags: dict[str, str], *, run_name: str
 ) -> tuple[ModelVersion, bool]:
-    from registry.promotion import lock_name
+    from tuneloop.registry.promotion import lock_name
 
     existing_model = rc.mlflow.search_registered_models(filter_string=f"name = '{name}'")
     if existing_model and existing_model[0].tags.get(Tag.KIND, ModelKind.BASE) != ModelKind.BASE:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 from mlflow.entities.model_registry import ModelVersion
+from tuneloop.registry.client import RegistryClient
+from tuneloop.registry.gates import metrics_of
+from tuneloop.registry.promotion import parse_version, reconcile
 
-from registry.client import RegistryClient
-from registry.gates import metrics_of
-from registry.promotion import parse_version, reconcile
 from tuneloop.errors import NotFound
 from tuneloop.names import Tag
 from tuneloop.schemas import ModelVersionInfo

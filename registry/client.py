@@ -25,13 +25,13 @@ class RegistryClient:
 
     @cached_property
     def mlflow(self) -> MlflowClient:
-        from registry.tracking import connect
+        from tuneloop.registry.tracking import connect
 
         return connect(self.settings)
 
     @cached_property
     def engine(self) -> Engine:
-        from registry.db import get_engine
+        from tuneloop.store.engine import get_engine
 
         return get_engine(self.settings.database_url, migrate_on_start=self.settings.stores.migrate_on_start)
 

@@ -21,8 +21,7 @@ from tuneloop.schemas import GateCheck
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
-
-    from registry.client import RegistryClient
+    from tuneloop.registry.client import RegistryClient
 
 _OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"

@@ -1,7 +1,7 @@
 """Moving aliases: gated promotion, rollback and history.
 
 Gate check, alias move and audit entry happen inside one transaction holding the model's lock
-(`registry.db.locked`), so concurrent promoters serialise and every audit entry starts where the
+(`tuneloop.store.locks.locked`), so concurrent promoters serialise and every audit entry starts where the
 previous one for that alias ended.
 """
 
@@ -12,12 +12,12 @@ import re
 from dataclasses import dataclass
 
 from sqlalchemy.engine import Connection
+from tuneloop.registry import audit, gates
+from tuneloop.registry.client import RegistryClient
 
-from registry import audit, gates
-from registry.client import RegistryClient
-from registry.db import locked
 from tuneloop.errors import Conflict, GateFailed, NotFound, UsageError
 from tuneloop.schemas import AliasMove, GateCheck, MoveKind
+from tuneloop.store.locks import locked
 
 log = logging.getLogger(__name__)
 _ALIAS = re.compile(r"^[A-Za-z_][\w-]{0,254}$")

@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import logging
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tuneloop.errors import StoreError
+from tuneloop.quiet import quiet_mlflow
 from tuneloop.settings import Settings
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
-
-
-def quiet_mlflow() -> None:
-    """MLflow and friends chat on INFO and warn about things users cannot act on."""
-    for name in ("mlflow", "alembic", "urllib3", "httpx", "transformers.modeling_utils"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", module="mlflow")
-    warnings.filterwarnings("ignore", message=".*type hint.*", category=UserWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 def connect(settings: Settings) -> MlflowClient:
@@ -33,7 +23,7 @@ def connect(settings: Settings) -> MlflowClient:
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     if not settings.stores.migrate_on_start and not uri.startswith(("http://", "https://", "databricks")):
-        from registry.schema import mlflow_status, require_current
+        from tuneloop.store.schema import mlflow_status, require_current
 
         require_current(mlflow_status(uri))  # MLflow would otherwise create the tables of an empty database
     mlflow.set_tracking_uri(uri)

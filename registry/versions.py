@@ -14,8 +14,7 @@ from tuneloop.names import Experiment, Tag
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
-
-    from registry.client import RegistryClient
+    from tuneloop.registry.client import RegistryClient
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 PIP_REQUIREMENTS = ["torch>=2.4", "transformers>=4.45", "peft>=0.13", "safetensors", "accelerate"]
@@ -114,7 +113,7 @@ def _stage_folder(source: Path, target: Path) -> Path:
 
 
 def _experiment(rc: RegistryClient) -> str:
-    from registry.tracking import experiment_id
+    from tuneloop.registry.tracking import experiment_id
 
     return experiment_id(rc.mlflow, rc.settings, Experiment.REGISTRY)
 

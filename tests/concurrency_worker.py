@@ -8,8 +8,9 @@ import sys
 
 
 def main(settings_json: str, worker: int, rounds: int, versions: int) -> None:
-    from registry.client import RegistryClient
-    from registry.promotion import promote
+    from tuneloop.registry.client import RegistryClient
+    from tuneloop.registry.promotion import promote
+
     from tuneloop.errors import GateFailed
     from tuneloop.settings import Settings
 

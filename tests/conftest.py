@@ -26,8 +26,8 @@ BACKENDS = [b.strip() for b in os.environ.get("TUNELOOP_TEST_BACKENDS", "sqlite,
 _MIGRATE = """
 import sys
 from tuneloop.settings import Settings, StoreSettings
-from registry.tracking import connect
-from registry.db import get_engine
+from tuneloop.registry.tracking import connect
+from tuneloop.store.engine import get_engine
 s = Settings(home=sys.argv[1], stores=StoreSettings(mlflow_uri=sys.argv[2], database_url=sys.argv[3]))
 connect(s)
 get_engine(s.database_url)
@@ -173,7 +173,7 @@ class StoreFactory:
     def cleanup(self, final: bool = False) -> None:
         if self.backend != "postgres":
             return
-        from registry.db import dispose_engines
+        from tuneloop.store.engine import dispose_engines
 
         dispose_engines()
         names = self.created + (list(self.templates) if final else [])
@@ -211,7 +211,8 @@ def stores(store_factory: StoreFactory):  # type: ignore[no-untyped-def]
 @pytest.fixture
 def rc(stores: StoreFactory, tmp_path: Path):  # type: ignore[no-untyped-def]
     """A RegistryClient on fresh stores of the parametrised backend."""
-    from registry.client import RegistryClient
+    from tuneloop.registry.client import RegistryClient
+
     from tuneloop.settings import Settings
 
     return RegistryClient(Settings(**stores.settings_kwargs(tmp_path / "home")))
@@ -220,7 +221,8 @@ def rc(stores: StoreFactory, tmp_path: Path):  # type: ignore[no-untyped-def]
 @pytest.fixture
 def sqlite_rc(tmp_path: Path):  # type: ignore[no-untyped-def]
     """A RegistryClient on fresh embedded stores (migrated on first use)."""
-    from registry.client import RegistryClient
+    from tuneloop.registry.client import RegistryClient
+
     from tuneloop.settings import Settings
 
     return RegistryClient(Settings(home=tmp_path / "home"))
@@ -247,9 +249,10 @@ def free_port() -> int:
 @pytest.fixture
 def loop_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
     """Settings by environment, so the worker subprocesses see the same stores as the test."""
-    from registry.client import RegistryClient
-    from registry.db import dispose_engines
+    from tuneloop.registry.client import RegistryClient
+
     from tuneloop.settings import load_settings
+    from tuneloop.store.engine import dispose_engines
 
     for key in [k for k in os.environ if k.startswith("TUNELOOP_")]:
         monkeypatch.delenv(key)

@@ -16,7 +16,7 @@ def tiny_config(tiny_model: Path):  # type: ignore[no-untyped-def]
 
 
 def ingest_directly(rc):  # type: ignore[no-untyped-def]
-    from monitors.records import ModelResolver, parse_records, store
+    from tuneloop.monitors.records import ModelResolver, parse_records, store
 
     def send(records: list[dict]) -> None:
         store(rc.engine, parse_records(records, 100_000), ModelResolver(rc.mlflow))

@@ -7,7 +7,7 @@ from tuneloop.names import Tag
 
 def make_versions(rc, name: str, metrics: list[dict[str, float]], kind: str = "base", base: tuple[str, int] | None = None):  # type: ignore[no-untyped-def]
     """Create one version per metrics dict (attached where gates read them); returns version numbers."""
-    from registry.gates import record_metrics
+    from tuneloop.registry.gates import record_metrics
 
     client = rc.mlflow
     if not client.search_registered_models(filter_string=f"name = '{name}'"):

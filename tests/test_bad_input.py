@@ -45,7 +45,7 @@ def _snapshot(rc) -> dict:  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def seeded(rc, tiny_model: Path):  # type: ignore[no-untyped-def]
-    from registry.base_models import import_base
+    from tuneloop.registry.base_models import import_base
 
     import_base(rc, "tiny", str(tiny_model))
     import_base(rc, "other", str(tiny_model))

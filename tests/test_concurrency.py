@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 import pytest
+from tuneloop.registry import gates
+from tuneloop.registry.promotion import history
 
-from registry import gates
-from registry.promotion import history
 from tests.conftest import REPO
 from tests.registry_helpers import make_versions
 

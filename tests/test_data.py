@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from tuneloop.pipelines import data as data_io
 
-from pipelines import data as data_io
 from tuneloop.digest import file_sha256
 from tuneloop.errors import InvalidInput
 

@@ -26,7 +26,7 @@ def _database_url(env: dict[str, str]) -> str:
 
 
 def _status(env: dict[str, str]) -> dict[str, dict]:
-    from registry.schema import mlflow_status, tuneloop_status
+    from tuneloop.store.schema import mlflow_status, tuneloop_status
 
     mlflow_uri = env.get("TUNELOOP_STORES__MLFLOW_URI") or f"sqlite:///{Path(env['TUNELOOP_HOME']) / 'mlflow.db'}"
     return {s.store: s.as_dict() for s in (mlflow_status(mlflow_uri), tuneloop_status(_database_url(env)))}
@@ -62,15 +62,14 @@ def test_a_database_behind_by_two_revisions_names_exactly_those(empty_stores: di
     from alembic import command
     from alembic.config import Config
 
-    from registry.db import _MIGRATIONS
-    from registry.schema import require_current, tuneloop_status
     from tuneloop.errors import StoreError
+    from tuneloop.store.schema import MIGRATIONS, require_current, tuneloop_status
 
     url = _database_url(empty_stores)
     Path(empty_stores["TUNELOOP_HOME"]).mkdir(parents=True, exist_ok=True)
     engine = sa.create_engine(url)
     config = Config()
-    config.set_main_option("script_location", str(_MIGRATIONS))
+    config.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as conn:
         config.attributes["connection"] = conn
         command.upgrade(config, "0002")
@@ -82,9 +81,9 @@ def test_a_database_behind_by_two_revisions_names_exactly_those(empty_stores: di
 
 
 def test_checking_an_embedded_home_that_does_not_exist_yet_creates_nothing(tmp_path: Path) -> None:
-    from registry.schema import require_current, status
     from tuneloop.errors import StoreError
     from tuneloop.settings import Settings
+    from tuneloop.store.schema import require_current, status
 
     found = status(Settings(home=tmp_path / "home"))
     assert [(s.store, s.current) for s in found] == [("mlflow", None), ("tuneloop", None)]

@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from tuneloop.pipelines import traffic as drift_data
 
-from pipelines import traffic as drift_data
 from tests.conftest import run_cli
 
 

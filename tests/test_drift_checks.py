@@ -9,14 +9,13 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 from scipy import stats
-
-from monitors.checks import Record, permutations_for
-from monitors.domain import domain_check
-from monitors.embedding import build_embedding_reference, mmd_check
-from monitors.monitor_spec import MonitorSpec, WindowSpec
-from monitors.quality import build_quality_reference, quality_checks
-from monitors.windowing import split
-from pipelines import traffic as drift_data
+from tuneloop.monitors.checks import Record, permutations_for
+from tuneloop.monitors.domain import domain_check
+from tuneloop.monitors.embedding import build_embedding_reference, mmd_check
+from tuneloop.monitors.monitor_spec import MonitorSpec, WindowSpec
+from tuneloop.monitors.quality import build_quality_reference, quality_checks
+from tuneloop.monitors.windowing import split
+from tuneloop.pipelines import traffic as drift_data
 
 
 def _unit(rng: np.random.Generator, n: int, shift: float = 0.0) -> np.ndarray:
@@ -178,7 +177,7 @@ def test_window_and_reference_declarations_are_validated() -> None:
 def test_shipped_example_monitor_is_valid() -> None:
     from pathlib import Path
 
-    from monitors.monitor_spec import load_monitor
+    from tuneloop.monitors.monitor_spec import load_monitor
 
     for path in (Path(__file__).parents[1] / "examples" / "monitors").glob("*.yaml"):
         spec = load_monitor(path)

@@ -35,8 +35,8 @@ def _suite(tmp_path: Path, data: Path, metrics: list[str], max_new_tokens: int =
 
 
 def _train(rc, data: Path, seed: int, alias: str | None = None):  # type: ignore[no-untyped-def]
-    from pipelines.recipes import Recipe
-    from pipelines.training.run import train
+    from tuneloop.pipelines.recipes import Recipe
+    from tuneloop.pipelines.training.run import train
 
     recipe = Recipe.model_validate({
         "name": "tiny-intents", "method": "lora", "base": "tiny:1", "data": {"train": str(data), "max_length": 64},
@@ -57,16 +57,16 @@ def _shuffled(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 @pytest.fixture
 def intents_registry(sqlite_rc, tiny_model: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
-    from registry.base_models import import_base
+    from tuneloop.registry.base_models import import_base
 
     import_base(sqlite_rc, "tiny", str(tiny_model))
     return sqlite_rc, _chat_file(tmp_path / "intents.jsonl", INTENTS)
 
 
 def test_suite_run_logs_to_mlflow_and_attaches_results_to_the_version(intents_registry, tmp_path: Path) -> None:
-    from pipelines.evaluation.runner import EvalTag, evaluate, read_table
-    from pipelines.evaluation.suites import load_suite
-    from registry.gates import metrics_of
+    from tuneloop.pipelines.evaluation.runner import EvalTag, evaluate, read_table
+    from tuneloop.pipelines.evaluation.suites import load_suite
+    from tuneloop.registry.gates import metrics_of
 
     rc, data = intents_registry
     trained = _train(rc, data, seed=1)
@@ -99,11 +99,12 @@ def test_suite_run_logs_to_mlflow_and_attaches_results_to_the_version(intents_re
 def test_adapter_trained_on_shuffled_labels_is_refused_by_a_gate_relative_to_the_champion(
     intents_registry, tmp_path: Path, seed: int
 ) -> None:
-    from pipelines.evaluation.compare import compare
-    from pipelines.evaluation.runner import evaluate
-    from pipelines.evaluation.suites import load_suite
-    from registry.gates import set_policy
-    from registry.promotion import history, promote
+    from tuneloop.pipelines.evaluation.compare import compare
+    from tuneloop.pipelines.evaluation.runner import evaluate
+    from tuneloop.pipelines.evaluation.suites import load_suite
+    from tuneloop.registry.gates import set_policy
+    from tuneloop.registry.promotion import history, promote
+
     from tuneloop.errors import GateFailed
 
     rc, data = intents_registry
@@ -131,10 +132,9 @@ def test_adapter_trained_on_shuffled_labels_is_refused_by_a_gate_relative_to_the
 
 def test_eval_compare_and_human_review_through_the_cli(intents_registry, tmp_path: Path) -> None:
     from scipy.stats import binomtest  # noqa: F401  (scipy ships with scikit-learn)
-
-    from pipelines import data as data_io
-    from pipelines.recipes import Recipe
-    from registry.gates import metrics_of
+    from tuneloop.pipelines import data as data_io
+    from tuneloop.pipelines.recipes import Recipe
+    from tuneloop.registry.gates import metrics_of
 
     rc, data = intents_registry
     env = {"TUNELOOP_HOME": str(rc.settings.home)}
@@ -183,7 +183,7 @@ def test_eval_compare_and_human_review_through_the_cli(intents_registry, tmp_pat
     review = json.loads(imported.stdout)
     assert (review["wins"], review["losses"], review["ties"]) == (0, 7, 1)
     assert review["win_rate"] == pytest.approx(0.5 / 8)
-    from monitors.metrics.stats import wilson_interval
+    from tuneloop.monitors.metrics.stats import wilson_interval
 
     assert (review["low"], review["high"]) == pytest.approx((wilson_interval(0.5, 8).low, wilson_interval(0.5, 8).high))
     assert metrics_of(rc.mlflow.get_model_version("tiny-intents", bad.version))["win_rate"] == pytest.approx(0.5 / 8)

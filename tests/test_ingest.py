@@ -63,10 +63,11 @@ class Server:
 
 @pytest.fixture
 def server(tiny_model: Path, tmp_path: Path) -> Iterator[Server]:
-    from registry.base_models import import_base
-    from registry.client import RegistryClient
-    from registry.db import dispose_engines
+    from tuneloop.registry.base_models import import_base
+    from tuneloop.registry.client import RegistryClient
+
     from tuneloop.settings import Settings
+    from tuneloop.store.engine import dispose_engines
 
     home = tmp_path / "home"
     import_base(RegistryClient(Settings(home=home)), "tiny", str(tiny_model))
@@ -234,7 +235,7 @@ def test_file_ingest_is_all_or_nothing(server: Server, tmp_path: Path) -> None:
 
 
 def test_python_client_batches_in_the_background(server: Server) -> None:
-    from monitors.client import IngestClient
+    from tuneloop.monitors.client import IngestClient
 
     client = IngestClient(server.url, TOKEN, batch_size=50, flush_interval_s=0.1)
     start = time.perf_counter()

@@ -21,7 +21,8 @@ pytestmark = pytest.mark.acceptance  # trains twice and evaluates three times: ~
 
 
 def test_tiny_loop_end_to_end(loop_env, tiny_model: Path) -> None:
-    from monitors.tokens import create
+    from tuneloop.monitors.tokens import create
+
     from tuneloop.demo import Demo, ingest_over_http
     from tuneloop.services import start_ingest_server, stop, wait_healthy
 
@@ -74,7 +75,7 @@ def test_tiny_loop_end_to_end(loop_env, tiny_model: Path) -> None:
     assert len(rc.mlflow.search_model_versions("name = 'tiny-support'")) == 2
 
     # What the challenger learned from: champion rows + reviewed answers, never unreviewed outputs.
-    from monitors.references import stored_data_file
+    from tuneloop.monitors.references import stored_data_file
 
     path, _ = stored_data_file(rc, "tiny-support", version, "train")
     answers = {json.loads(line)["messages"][-1]["content"] for line in path.read_text().splitlines()}
@@ -120,7 +121,7 @@ def test_tiny_loop_end_to_end(loop_env, tiny_model: Path) -> None:
 
     # When the webhook comes back, the retries deliver what waited (each attempt kept).
     received = _receive_webhooks(hook_port)
-    from monitors.notify import deliver_pending
+    from tuneloop.monitors.notify import deliver_pending
 
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and len(received) < 2:
@@ -160,9 +161,10 @@ def test_kill_9_of_the_active_scheduler_mid_training_hands_over_to_the_standby(l
     import subprocess
     from dataclasses import replace
 
-    from pipelines.scheduler import LEASE
-    from registry.leases import holder
+    from tuneloop.pipelines.scheduler import LEASE
+
     from tuneloop.demo import Demo
+    from tuneloop.store.leases import holder
 
     rc = loop_env
     monkeypatch.setenv("TUNELOOP_SCHEDULER__LEASE_SECONDS", "3")

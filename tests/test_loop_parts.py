@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from tuneloop.pipelines import traffic
 
-from pipelines import traffic
 from tests.conftest import REPO, free_port, run_cli
 from tests.registry_helpers import make_versions
 
@@ -20,7 +20,7 @@ REPO_EXAMPLES = REPO / "examples"
 
 
 def _store(rc, rows: list[dict], model: str = "support:1", feedback: list[dict | None] | None = None) -> None:  # type: ignore[no-untyped-def]
-    from monitors.records import ModelResolver, parse_records, store
+    from tuneloop.monitors.records import ModelResolver, parse_records, store
 
     items = []
     for i, r in enumerate(rows):
@@ -32,7 +32,7 @@ def _store(rc, rows: list[dict], model: str = "support:1", feedback: list[dict |
 
 
 def _monitor(rc, tmp_path: Path, size: int = 100) -> None:  # type: ignore[no-untyped-def]
-    from monitors.service import add
+    from tuneloop.monitors.service import add
 
     make_versions(rc, "support", [{}])
     rng3 = random.Random(3)
@@ -44,7 +44,7 @@ def _monitor(rc, tmp_path: Path, size: int = 100) -> None:  # type: ignore[no-un
 
 
 def test_a_lease_has_one_holder_until_it_lapses(rc) -> None:  # type: ignore[no-untyped-def]
-    from registry import leases
+    from tuneloop.store import leases
 
     assert leases.acquire(rc.engine, "x", "a", 1.0)
     assert not leases.acquire(rc.engine, "x", "b", 1.0)
@@ -60,7 +60,7 @@ def test_a_lease_has_one_holder_until_it_lapses(rc) -> None:  # type: ignore[no-
 
 
 def test_webhook_retries_back_off_record_every_attempt_and_give_up(sqlite_rc) -> None:  # type: ignore[no-untyped-def]
-    from monitors import notify
+    from tuneloop.monitors import notify
 
     url = f"http://127.0.0.1:{free_port()}/hook?token=t0ps3cret"  # nothing listens
     with sqlite_rc.engine.begin() as conn:
@@ -92,8 +92,8 @@ def test_webhook_retries_back_off_record_every_attempt_and_give_up(sqlite_rc) ->
 
 @pytest.mark.acceptance  # judges 7 windows and replays two rules on both stores: ~15 s
 def test_each_window_is_judged_once_and_alerts_reconcile_idempotently(rc, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from monitors import alerts
-    from monitors.service import check_pending
+    from tuneloop.monitors import alerts
+    from tuneloop.monitors.service import check_pending
 
     _monitor(rc, tmp_path)
     rule = tmp_path / "rule.yaml"
@@ -129,7 +129,7 @@ def test_each_window_is_judged_once_and_alerts_reconcile_idempotently(rc, tmp_pa
 
 
 def _loop(rc, tmp_path: Path, cron: str | None = None) -> str:  # type: ignore[no-untyped-def]
-    from pipelines.retrain import add_loop
+    from tuneloop.pipelines.retrain import add_loop
 
     make_versions(rc, "adapter", [{}])
     traffic.write(tmp_path / "eval.jsonl", [{"prompt": "a", "completion": "b"}])
@@ -140,8 +140,8 @@ def _loop(rc, tmp_path: Path, cron: str | None = None) -> str:  # type: ignore[n
 
 
 def test_missed_cron_fires_coalesce_into_one_run_and_triggers_are_idempotent(sqlite_rc, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from pipelines.retrain import enqueue, list_runs
-    from pipelines.scheduler import LoopScheduler
+    from tuneloop.pipelines.retrain import enqueue, list_runs
+    from tuneloop.pipelines.scheduler import LoopScheduler
 
     _loop(sqlite_rc, tmp_path, cron="* * * * *")
     with sqlite_rc.engine.begin() as conn:  # the scheduler was down for ten minutes
@@ -160,7 +160,8 @@ def test_missed_cron_fires_coalesce_into_one_run_and_triggers_are_idempotent(sql
 
 
 def test_a_run_whose_workers_died_twice_is_failed_not_retried(sqlite_rc, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from pipelines.retrain import enqueue, run_worker
+    from tuneloop.pipelines.retrain import enqueue
+    from tuneloop.pipelines.worker import run_worker
 
     _loop(sqlite_rc, tmp_path)
     run_id, _ = enqueue(sqlite_rc, "l", "manual")
@@ -171,7 +172,7 @@ def test_a_run_whose_workers_died_twice_is_failed_not_retried(sqlite_rc, tmp_pat
 
 
 def test_only_reviewed_records_become_training_examples(sqlite_rc) -> None:  # type: ignore[no-untyped-def]
-    from pipelines.curation import _share, reviewed_examples
+    from tuneloop.pipelines.curation import _share, reviewed_examples
 
     make_versions(sqlite_rc, "support", [{}])
     rows = [{"prompt": f"p{i}", "output": f"o{i}"} for i in range(6)]
@@ -183,7 +184,8 @@ def test_only_reviewed_records_become_training_examples(sqlite_rc) -> None:  # t
 
 
 def test_loop_and_rule_files_are_validated_with_every_problem_named(tmp_path: Path) -> None:
-    from pipelines.loop_spec import load_loop
+    from tuneloop.pipelines.loop_spec import load_loop
+
     from tuneloop.errors import ConfigError
 
     bad = tmp_path / "loop.yaml"
@@ -203,8 +205,8 @@ def test_loop_and_rule_files_are_validated_with_every_problem_named(tmp_path: Pa
 
 @pytest.mark.acceptance
 def test_checking_the_same_records_again_adds_no_evidence_to_a_streak(sqlite_rc, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from monitors import alerts
-    from monitors.service import check
+    from tuneloop.monitors import alerts
+    from tuneloop.monitors.service import check
 
     _monitor(sqlite_rc, tmp_path)
     rule = tmp_path / "rule.yaml"
@@ -220,8 +222,9 @@ def test_checking_the_same_records_again_adds_no_evidence_to_a_streak(sqlite_rc,
 
 
 def test_shipped_alert_rules_and_loops_are_valid() -> None:
-    from monitors.alert_rules import load_rule
-    from pipelines.loop_spec import load_loop
+    from tuneloop.monitors.alert_rules import load_rule
+    from tuneloop.pipelines.loop_spec import load_loop
+
     from tests.conftest import REPO
 
     rules = [load_rule(p) for p in sorted((REPO / "examples" / "alerts").glob("*.yaml"))]
@@ -231,7 +234,7 @@ def test_shipped_alert_rules_and_loops_are_valid() -> None:
 
 
 def test_production_examples_are_scrubbed_of_pii_before_they_train() -> None:
-    from pipelines.curation import _scrubbed
+    from tuneloop.pipelines.curation import _scrubbed
 
     examples = [{"id": "1", "prompt": "I am jane@example.com,  card 4111 1111 1111 1111", "answer": "Refunded  to DE89 3704 0044 0532 0130 00",
                  "why": "reference"}]
@@ -241,8 +244,8 @@ def test_production_examples_are_scrubbed_of_pii_before_they_train() -> None:
 
 
 def test_new_rows_that_near_copy_held_out_or_kept_rows_are_dropped() -> None:
-    from pipelines.cleaning.dedup import jaccard, shingles
-    from pipelines.curation import _drop_near_copies
+    from tuneloop.pipelines.cleaning.dedup import jaccard, shingles
+    from tuneloop.pipelines.curation import _drop_near_copies
 
     def row(prompt: str, answer: str) -> dict:
         return {"prompt": prompt, "completion": answer}
@@ -263,7 +266,8 @@ def test_new_rows_that_near_copy_held_out_or_kept_rows_are_dropped() -> None:
 
 def _champion_with_training_file(rc, name: str, source: Path) -> int:  # type: ignore[no-untyped-def]
     """A version whose training run stored `source` as `tuneloop train` stores it (no model needed)."""
-    from registry.tracking import experiment_id
+    from tuneloop.registry.tracking import experiment_id
+
     from tuneloop.digest import file_sha256
     from tuneloop.names import Tag
 
@@ -280,7 +284,8 @@ def _champion_with_training_file(rc, name: str, source: Path) -> int:  # type: i
 def test_feedback_trains_only_in_the_champions_own_format(kind: str, sqlite_rc, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """A label trains a model whose answers are labels; for an answer model it stays quality evidence and never
     becomes an assistant turn (the support answer model once learned to answer "shipping")."""
-    from pipelines.curation import answers_are_labels, build
+    from tuneloop.pipelines.curation import answers_are_labels, build
+
     from tuneloop.rowfiles import read_rows
 
     source = REPO_EXAMPLES / ("data/support_train.jsonl" if kind == "answers" else "data/intents_train.jsonl")
@@ -289,7 +294,7 @@ def test_feedback_trains_only_in_the_champions_own_format(kind: str, sqlite_rc, 
     rows = [{"prompt": f"Where is my parcel number {i} of the week {i % 7}?", "output": f"It ships on day {i}."} for i in range(30)]
     feedback: list[dict | None] = [{"label": "shipping"} if i % 3 else {"reference": f"Your parcel {i} ships today."}
                                    for i in range(30)]
-    from monitors.records import ModelResolver, parse_records, store
+    from tuneloop.monitors.records import ModelResolver, parse_records, store
 
     items = [{"id": f"r{i}", "model": f"m:{version}", **row, "feedback": fb} for i, (row, fb) in enumerate(zip(rows, feedback))]
     store(sqlite_rc.engine, parse_records(items, 100_000), ModelResolver(sqlite_rc.mlflow))
@@ -303,7 +308,7 @@ def test_feedback_trains_only_in_the_champions_own_format(kind: str, sqlite_rc, 
     else:
         assert "shipping" in answers and counts["labels_kept_for_quality"] == 0 and counts["from_label"] > 0
         assert counts["reviewed_records"] == 30
-    from pipelines.curation import _share
+    from tuneloop.pipelines.curation import _share
 
     eligible = [i for i, fb in enumerate(feedback) if kind == "labels" or "reference" in fb]  # type: ignore[operator]
     below = sum(_share(f"r{i}") < 0.5 for i in eligible)
@@ -313,15 +318,15 @@ def test_feedback_trains_only_in_the_champions_own_format(kind: str, sqlite_rc, 
 
 _HOLD_LEASE = """
 import sys, time
-from registry.client import RegistryClient
-from registry import leases
-from pipelines import retrain
+from tuneloop.registry.client import RegistryClient
+from tuneloop.store import leases
+from tuneloop.pipelines import retrain, worker
 from tuneloop.settings import Settings
 rc = RegistryClient(Settings.model_validate_json(sys.argv[1]))
 run_id = int(sys.argv[2])
 owner = leases.owner_id()
 assert leases.acquire(rc.engine, retrain.lease_name(run_id), owner, 5.0)
-retrain._Heartbeat(rc, run_id, owner, 5.0).start()   # what a worker runs beside its stages
+worker.Heartbeat(rc, run_id, owner, 5.0).start()   # what a worker runs beside its stages
 print("READY", flush=True)
 time.sleep(60)
 sys.exit(3)   # never reached: the heartbeat ends the process when the run is cancelled
@@ -332,9 +337,11 @@ def test_a_cancelled_retrain_ends_for_good(sqlite_rc, tmp_path: Path) -> None:  
     import subprocess
     import sys
 
-    from pipelines.retrain import cancel, enqueue, get, lease_name, run_worker, runnable, update
-    from registry import leases
+    from tuneloop.pipelines.retrain import cancel, enqueue, get, lease_name, runnable, update
+    from tuneloop.pipelines.worker import run_worker
+
     from tuneloop.errors import Conflict
+    from tuneloop.store import leases
 
     _loop(sqlite_rc, tmp_path)
     run_id, _ = enqueue(sqlite_rc, "l", "manual")

@@ -22,8 +22,7 @@ def test_merged_logits_equal_base_plus_adapter(tiny_model: Path, tmp_path: Path)
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from pipelines.merge import merge_folder
+    from tuneloop.pipelines.merge import merge_folder
 
     adapter = build_tiny_adapter(tiny_model, tmp_path / "adapter")
     merge_folder(tiny_model, adapter, tmp_path / "merged")
@@ -36,9 +35,9 @@ def test_merged_logits_equal_base_plus_adapter(tiny_model: Path, tmp_path: Path)
 
 
 def test_merge_command_registers_with_lineage(sqlite_rc, tiny_model: Path, tiny_adapter: Path) -> None:
-    from registry.adapters import register_adapter
-    from registry.base_models import import_base
-    from registry.catalog import lineage_chain
+    from tuneloop.registry.adapters import register_adapter
+    from tuneloop.registry.base_models import import_base
+    from tuneloop.registry.catalog import lineage_chain
 
     import_base(sqlite_rc, "tiny", str(tiny_model))
     register_adapter(sqlite_rc, "tiny-lora", tiny_adapter, base_name="tiny", base_version=1, method="qlora")
@@ -56,8 +55,8 @@ def test_merge_command_registers_with_lineage(sqlite_rc, tiny_model: Path, tiny_
 def test_prompt_tuning_cannot_be_merged(tiny_model: Path, tmp_path: Path) -> None:
     from peft import PromptTuningConfig, get_peft_model
     from transformers import AutoModelForCausalLM
+    from tuneloop.pipelines.merge import merge_folder
 
-    from pipelines.merge import merge_folder
     from tuneloop.errors import Conflict
 
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=2))

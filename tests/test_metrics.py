@@ -34,8 +34,7 @@ def _label_pairs() -> tuple[list[str], list[str]]:
 def test_rouge_bleu_chrf_equal_the_reference_libraries(stemming: bool, subset: str) -> None:
     import sacrebleu
     from rouge_score import rouge_scorer
-
-    from monitors.metrics.scoring import ScoreOptions, score_pairs
+    from tuneloop.monitors.metrics.scoring import ScoreOptions, score_pairs
 
     predictions, references = _text_pairs()
     if subset == "single":
@@ -59,9 +58,8 @@ def test_rouge_bleu_chrf_equal_the_reference_libraries(stemming: bool, subset: s
 
 def test_unicode_tokenizer_scores_non_latin_text_that_the_default_drops() -> None:
     from rouge_score import rouge_scorer
-
-    from monitors.metrics.scoring import ScoreOptions, score_pairs
-    from monitors.metrics.text import UnicodeTokenizer
+    from tuneloop.monitors.metrics.scoring import ScoreOptions, score_pairs
+    from tuneloop.monitors.metrics.text import UnicodeTokenizer
 
     prediction, reference = ["注文 は 発送 されました"], ["ご注文 は 発送 済み です"]
     default = score_pairs(prediction, reference, ["rouge1"])
@@ -73,9 +71,8 @@ def test_unicode_tokenizer_scores_non_latin_text_that_the_default_drops() -> Non
 
 def test_classification_metrics_equal_scikit_learn_with_normalised_labels() -> None:
     from sklearn.metrics import accuracy_score, f1_score
-
-    from monitors.metrics.classification import normalise_label
-    from monitors.metrics.scoring import score_pairs
+    from tuneloop.monitors.metrics.classification import normalise_label
+    from tuneloop.monitors.metrics.scoring import score_pairs
 
     predictions, references = _label_pairs()
     ours = score_pairs(predictions, references, ["f1", "accuracy", "exact_match"]).values
@@ -93,8 +90,7 @@ def test_classification_metrics_equal_scikit_learn_with_normalised_labels() -> N
 
 def test_paired_bootstrap_and_wilson_interval() -> None:
     from scipy.stats import binomtest
-
-    from monitors.metrics.stats import paired_bootstrap, wilson_interval
+    from tuneloop.monitors.metrics.stats import paired_bootstrap, wilson_interval
 
     a = [0.2, 0.4, 0.3, 0.5, 0.1, 0.3, 0.2, 0.4] * 4
     better = [x + 0.3 + 0.02 * (i % 3) for i, x in enumerate(a)]
@@ -121,8 +117,7 @@ def test_paired_bootstrap_and_wilson_interval() -> None:
 def test_perplexity_equals_exp_mean_nll_from_the_logits(tiny_model: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from monitors.metrics.perplexity import encode, perplexity
+    from tuneloop.monitors.metrics.perplexity import encode, perplexity
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
@@ -205,8 +200,7 @@ def test_bad_csv_row_names_its_line(tmp_path: Path) -> None:
 
 def test_rouge_split_across_processes_equals_the_library(monkeypatch: pytest.MonkeyPatch) -> None:
     from rouge_score import rouge_scorer
-
-    from monitors.metrics import text
+    from tuneloop.monitors.metrics import text
 
     predictions, references = _text_pairs()
     monkeypatch.setattr(text, "PARALLEL_MIN_PAIRS", 4)  # 8 pairs -> 2 worker processes

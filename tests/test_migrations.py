@@ -12,7 +12,7 @@ from tests.conftest import REPO
 
 _FIRST_USE = """
 import sys
-from registry.db import get_engine
+from tuneloop.store.engine import get_engine
 import sqlalchemy as sa
 engine = get_engine(sys.argv[1])
 with engine.connect() as conn:
@@ -34,7 +34,7 @@ def _first_use_in_parallel(url: str, processes: int = 4) -> None:
 def _head() -> str:
     from alembic.script import ScriptDirectory
 
-    return str(ScriptDirectory(str(REPO / "registry" / "migrations")).get_current_head())
+    return str(ScriptDirectory(str(REPO / "tuneloop" / "store" / "migrations")).get_current_head())
 
 
 def test_concurrent_first_use_migrates_once(tmp_path: Path) -> None:

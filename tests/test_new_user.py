@@ -27,11 +27,12 @@ def _ok(result):  # type: ignore[no-untyped-def]
 
 def _support_adapter(tmp_path: Path, tiny_model: Path, tiny_adapter: Path) -> dict[str, str]:
     """The README's `support-qlora` registered (a tiny adapter stands in for the trained one)."""
-    from registry.adapters import register_adapter
-    from registry.base_models import import_base
-    from registry.client import RegistryClient
-    from registry.db import dispose_engines
+    from tuneloop.registry.adapters import register_adapter
+    from tuneloop.registry.base_models import import_base
+    from tuneloop.registry.client import RegistryClient
+
     from tuneloop.settings import Settings
+    from tuneloop.store.engine import dispose_engines
 
     env = _home(tmp_path)
     rc = RegistryClient(Settings(home=tmp_path / "home", cache_dir=tmp_path / "cache"))
@@ -83,8 +84,9 @@ def test_the_readme_monitoring_section_runs_on_the_shipped_files(tmp_path: Path,
 
 
 def test_chat_and_instruction_rows_are_reference_records(tmp_path: Path) -> None:
-    from monitors.backtest import read_records
-    from monitors.records import record_from_training_row
+    from tuneloop.monitors.backtest import read_records
+    from tuneloop.monitors.records import record_from_training_row
+
     from tuneloop.rowfiles import chat_prompt
 
     chat = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Where is order 12?"},
@@ -119,7 +121,7 @@ ROWS = [  # the same feedback, every way a user may write it
 
 
 def test_one_record_schema_for_ingest_and_backtest(tmp_path: Path, tiny_model: Path) -> None:
-    from monitors.backtest import read_records
+    from tuneloop.monitors.backtest import read_records
 
     good = tmp_path / "good.jsonl"
     good.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
@@ -154,8 +156,9 @@ def test_one_record_schema_for_ingest_and_backtest(tmp_path: Path, tiny_model: P
 
 
 def test_set_addresses_list_items_by_name_and_index_and_limit_caps_every_task(tmp_path: Path) -> None:
-    from pipelines.evaluation.suites import cap_tasks, load_suite
-    from pipelines.recipes import load_recipe
+    from tuneloop.pipelines.evaluation.suites import cap_tasks, load_suite
+    from tuneloop.pipelines.recipes import load_recipe
+
     from tuneloop.errors import ConfigError
 
     suite = EXAMPLES / "evals/support.yaml"

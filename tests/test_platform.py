@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tuneloop.pipelines import traffic
 
-from pipelines import traffic
 from tests.conftest import REPO, free_port, run_cli
 
 PLATFORM = REPO / "platform"
@@ -61,9 +61,10 @@ def test_compose_runs_every_member_with_secrets_from_the_environment() -> None:
 
 def test_the_dockerfile_installs_every_package_with_s3_support_in_both_variants() -> None:
     dockerfile = (PLATFORM / "Dockerfile").read_text()
-    packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
-    for package in packages:
-        assert f"COPY {package.rstrip('*')} ./{package.rstrip('*')}" in dockerfile
+    folders = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"].values()
+    assert set(folders) == {"tuneloop", "registry", "monitors", "pipelines"}
+    for folder in folders:  # every folder the package-dir mapping installs from
+        assert f"COPY {folder} ./{folder}" in dockerfile
     assert "COPY platform" not in dockerfile  # platform/ shadows the stdlib module (GUIDE §1)
     assert "ARG CUDA=0" in dockerfile and 'pip install ".[s3]"' in dockerfile and "download.pytorch.org/whl/cpu" in dockerfile
     assert "USER 10001" in dockerfile  # the chart's podSecurityContext runs as this user

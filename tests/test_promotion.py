@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import sqlalchemy as sa
+from tuneloop.registry import gates
+from tuneloop.registry.promotion import history, promote, rollback
 
-from registry import gates
-from registry.promotion import history, promote, rollback
 from tests.registry_helpers import make_versions
 from tuneloop.errors import ConfigError, Conflict, GateFailed, NotFound, UsageError
 
@@ -125,8 +125,9 @@ def test_gate_policy_with_unknown_metric_is_refused_whole(rc) -> None:
 
 
 def test_audit_log_is_append_only_and_tamper_evident(rc) -> None:
-    from registry.audit import verify_chain
-    from registry.tables import audit_log
+    from tuneloop.registry.audit import verify_chain
+
+    from tuneloop.store.tables import audit_log
 
     v1, v2 = make_versions(rc, "m", [{}, {}])
     promote(rc, "m", v1, "champion")
@@ -166,13 +167,13 @@ def test_audit_entries_are_mirrored_into_mlflow(rc) -> None:
 
 
 def test_registering_a_version_also_detects_unaudited_moves(rc, tiny_model) -> None:  # type: ignore[no-untyped-def]
-    from registry.base_models import import_base
+    from tuneloop.registry.base_models import import_base
 
     import_base(rc, "tiny", str(tiny_model))
     rc.mlflow.set_registered_model_alias("tiny", "champion", "1")  # behind tuneloop's back
     import_base(rc, "tiny", str(tiny_model))  # the next registry operation
     with rc.engine.connect() as conn:
-        from registry.audit import entries
+        from tuneloop.registry.audit import entries
 
         moves = entries(conn, "tiny")
     assert [(m.kind, m.alias, m.to_version) for m in moves] == [("unaudited", "champion", 1)]

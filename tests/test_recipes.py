@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tuneloop.pipelines import data as data_io
+from tuneloop.pipelines.recipes import load_recipe
 
-from pipelines import data as data_io
-from pipelines.recipes import load_recipe
 from tests.conftest import REPO, run_cli
 from tuneloop.errors import ConfigError
 

@@ -18,8 +18,7 @@ from tuneloop.names import Tag
 
 def test_import_base_records_digest_parameters_architecture_and_dedups(rc, tiny_model: Path) -> None:
     from transformers import AutoModelForCausalLM
-
-    from registry.base_models import import_base
+    from tuneloop.registry.base_models import import_base
 
     mv, existed = import_base(rc, "tiny", str(tiny_model))
     assert not existed and int(mv.version) == 1
@@ -36,7 +35,7 @@ def test_import_base_records_digest_parameters_architecture_and_dedups(rc, tiny_
 
 
 def test_changed_content_becomes_a_new_version(rc, tiny_model: Path, tmp_path: Path) -> None:
-    from registry.base_models import import_base
+    from tuneloop.registry.base_models import import_base
 
     copy = shutil.copytree(tiny_model, tmp_path / "copy")
     config = json.loads((copy / "config.json").read_text())
@@ -48,9 +47,9 @@ def test_changed_content_becomes_a_new_version(rc, tiny_model: Path, tmp_path: P
 
 
 def test_adapter_lineage_and_show(rc, tiny_model: Path, tiny_adapter: Path) -> None:
-    from registry.adapters import register_adapter
-    from registry.base_models import import_base
-    from registry.catalog import show
+    from tuneloop.registry.adapters import register_adapter
+    from tuneloop.registry.base_models import import_base
+    from tuneloop.registry.catalog import show
 
     base, _ = import_base(rc, "tiny", str(tiny_model))
     mv = register_adapter(
@@ -83,8 +82,8 @@ def test_adapter_lineage_and_show(rc, tiny_model: Path, tiny_adapter: Path) -> N
 
 
 def test_adapter_refuses_bad_input(rc, tiny_model: Path, tiny_adapter: Path, tmp_path: Path) -> None:
-    from registry.adapters import register_adapter
-    from registry.base_models import import_base
+    from tuneloop.registry.adapters import register_adapter
+    from tuneloop.registry.base_models import import_base
 
     base, _ = import_base(rc, "tiny", str(tiny_model))
     with pytest.raises(UsageError, match="method"):
@@ -143,9 +142,9 @@ def _reference_generation(base: Path, adapter: Path | None, prompts: list[str]) 
 
 @pytest.mark.acceptance
 def test_plain_mlflow_loads_base_and_adapter_by_alias(rc, tiny_model: Path, tiny_adapter: Path) -> None:
-    from registry.adapters import register_adapter
-    from registry.base_models import import_base
-    from registry.promotion import promote
+    from tuneloop.registry.adapters import register_adapter
+    from tuneloop.registry.base_models import import_base
+    from tuneloop.registry.promotion import promote
 
     base, _ = import_base(rc, "tiny", str(tiny_model))
     register_adapter(rc, "tiny-lora", tiny_adapter, base_name="tiny", base_version=base.version, method="lora")
@@ -163,9 +162,8 @@ def test_plain_mlflow_loads_base_and_adapter_by_alias(rc, tiny_model: Path, tiny
 @pytest.mark.acceptance
 def test_adapter_refuses_a_base_changed_after_registration(sqlite_rc, tiny_model: Path, tiny_adapter: Path) -> None:
     from mlflow.artifacts import download_artifacts
-
-    from registry.adapters import register_adapter
-    from registry.base_models import import_base
+    from tuneloop.registry.adapters import register_adapter
+    from tuneloop.registry.base_models import import_base
 
     base, _ = import_base(sqlite_rc, "tiny", str(tiny_model))
     mv = register_adapter(sqlite_rc, "tiny-lora", tiny_adapter, base_name="tiny", base_version=1, method="lora")

@@ -34,7 +34,8 @@ def _all_bytes_under(folder: Path) -> bytes:
 
 @pytest.mark.acceptance
 def test_planted_secrets_appear_nowhere(stores, tmp_path: Path, tiny_model: Path) -> None:
-    from registry.client import RegistryClient
+    from tuneloop.registry.client import RegistryClient
+
     from tuneloop.settings import Settings
 
     home = tmp_path / "home"

@@ -8,8 +8,8 @@ import struct
 from pathlib import Path
 
 import pytest
+from tuneloop.registry.sources import inspect_folder, prepare, safetensors_parameter_count
 
-from registry.sources import inspect_folder, prepare, safetensors_parameter_count
 from tuneloop.digest import folder_sha256
 from tuneloop.errors import InvalidInput
 

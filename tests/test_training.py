@@ -56,9 +56,9 @@ def _history(rc, run_id: str, key: str) -> list[float]:  # type: ignore[no-untyp
 
 @pytest.mark.parametrize("method", list(SETTINGS))
 def test_method_learns_and_is_registered_with_lineage(method: str, sqlite_rc, tiny_model: Path, tmp_path: Path) -> None:
-    from pipelines.recipes import Recipe
-    from pipelines.training.run import train
-    from registry.base_models import import_base
+    from tuneloop.pipelines.recipes import Recipe
+    from tuneloop.pipelines.training.run import train
+    from tuneloop.registry.base_models import import_base
 
     import_base(sqlite_rc, "tiny", str(tiny_model))
     data = _data(tmp_path, preference=method == "dpo")
@@ -93,8 +93,8 @@ def test_method_learns_and_is_registered_with_lineage(method: str, sqlite_rc, ti
 
 _RELOAD = """
 import sys, mlflow
-from pipelines.recipes import Recipe
-from pipelines.training.run import reloaded_training_loss
+from tuneloop.pipelines.recipes import Recipe
+from tuneloop.pipelines.training.run import reloaded_training_loss
 mlflow.set_tracking_uri(sys.argv[1]); mlflow.set_registry_uri(sys.argv[1])
 recipe = Recipe.model_validate_json(sys.argv[3])
 print("LOSS", reloaded_training_loss(sys.argv[2], recipe))
@@ -111,9 +111,9 @@ def _reloaded_loss(rc, model_uri: str, recipe) -> float:  # type: ignore[no-unty
 @pytest.mark.acceptance
 @pytest.mark.parametrize("method", list(SETTINGS))
 def test_registered_version_reproduces_the_final_loss_in_a_fresh_process(method: str, sqlite_rc, tiny_model: Path, tmp_path: Path) -> None:
-    from pipelines.recipes import Recipe
-    from pipelines.training.run import train
-    from registry.base_models import import_base
+    from tuneloop.pipelines.recipes import Recipe
+    from tuneloop.pipelines.training.run import train
+    from tuneloop.registry.base_models import import_base
 
     import_base(sqlite_rc, "tiny", str(tiny_model))
     # fp32 on every CPU: this checks that the registered weights are the trained ones, to 1e-4; under bf16
@@ -130,10 +130,10 @@ def test_registered_version_reproduces_the_final_loss_in_a_fresh_process(method:
 
 @pytest.mark.acceptance
 def test_dpo_on_top_of_an_sft_adapter_keeps_it_as_reference_and_lineage(sqlite_rc, tiny_model: Path, tmp_path: Path) -> None:
-    from pipelines.recipes import Recipe
-    from pipelines.training.run import train
-    from registry.base_models import import_base
-    from registry.catalog import lineage_chain
+    from tuneloop.pipelines.recipes import Recipe
+    from tuneloop.pipelines.training.run import train
+    from tuneloop.registry.base_models import import_base
+    from tuneloop.registry.catalog import lineage_chain
 
     import_base(sqlite_rc, "tiny", str(tiny_model))
     sft = train(Recipe.model_validate(_recipe("lora", _data(tmp_path, preference=False))), sqlite_rc, alias="champion")
@@ -157,10 +157,9 @@ def test_dpo_on_top_of_an_sft_adapter_keeps_it_as_reference_and_lineage(sqlite_r
 def test_method_structure(tiny_model: Path) -> None:
     """qlora: NF4 with double quantization; hybrid: only LoRA + chosen modules train; prompt tuning: only the prompt."""
     import bitsandbytes as bnb
-
-    from pipelines.recipes import Recipe
-    from pipelines.training.models import load_base, trainable_model
-    from pipelines.training.precision import choose
+    from tuneloop.pipelines.recipes import Recipe
+    from tuneloop.pipelines.training.models import load_base, trainable_model
+    from tuneloop.pipelines.training.precision import choose
 
     choice = choose("fp32", "off", parameters=0, batch_tokens=0, hidden=0, layers=0)
 
@@ -189,12 +188,11 @@ def test_qlora_adapter_weights_keep_the_fp32_compute_dtype(tiny_model: Path, tmp
     (bf16 LoRA weights made a step 1.7x slower on an AVX2 CPU)."""
     import torch
     from transformers import AutoTokenizer
-
-    from pipelines import data as data_io
-    from pipelines.recipes import Recipe
-    from pipelines.training.models import load_base, trainable_model
-    from pipelines.training.precision import choose
-    from pipelines.training.run import _build_trainer
+    from tuneloop.pipelines import data as data_io
+    from tuneloop.pipelines.recipes import Recipe
+    from tuneloop.pipelines.training.models import load_base, trainable_model
+    from tuneloop.pipelines.training.precision import choose
+    from tuneloop.pipelines.training.run import _build_trainer
 
     recipe = Recipe.model_validate(_recipe("qlora", _data(tmp_path, preference=False)))
     choice = choose("fp32", "off", parameters=0, batch_tokens=0, hidden=0, layers=0)
@@ -208,9 +206,10 @@ def test_qlora_adapter_weights_keep_the_fp32_compute_dtype(tiny_model: Path, tmp
 
 
 def test_bad_data_fails_before_the_model_loads(sqlite_rc, tiny_model: Path, tmp_path: Path) -> None:
-    from pipelines.recipes import Recipe
-    from pipelines.training.run import train
-    from registry.base_models import import_base
+    from tuneloop.pipelines.recipes import Recipe
+    from tuneloop.pipelines.training.run import train
+    from tuneloop.registry.base_models import import_base
+
     from tuneloop.errors import InvalidInput
 
     import_base(sqlite_rc, "tiny", str(tiny_model))
@@ -234,10 +233,9 @@ def _adapter_tensors(rc, name: str, version: int) -> dict:  # type: ignore[no-un
 @pytest.mark.acceptance
 def test_kill_9_then_resume_equals_an_uninterrupted_run(sqlite_rc, tiny_model: Path, tmp_path: Path) -> None:
     import torch
-
-    from pipelines.recipes import Recipe
-    from pipelines.training.run import recipe_of_run, train
-    from registry.base_models import import_base
+    from tuneloop.pipelines.recipes import Recipe
+    from tuneloop.pipelines.training.run import recipe_of_run, train
+    from tuneloop.registry.base_models import import_base
 
     import_base(sqlite_rc, "tiny", str(tiny_model))
     spec = _recipe("lora", _data(tmp_path, preference=False))
@@ -272,8 +270,7 @@ def test_two_processes_train_together_and_register_once(sqlite_rc, tiny_model: P
     import os
 
     import yaml
-
-    from registry.base_models import import_base
+    from tuneloop.registry.base_models import import_base
 
     import_base(sqlite_rc, "tiny", str(tiny_model))
     spec = _recipe("lora", _data(tmp_path, preference=False))
@@ -298,7 +295,7 @@ def test_two_processes_train_together_and_register_once(sqlite_rc, tiny_model: P
 
 
 def test_a_partial_checkpoint_left_by_a_kill_is_passed_over(tmp_path: Path) -> None:
-    from pipelines.training.run import latest_checkpoint
+    from tuneloop.pipelines.training.run import latest_checkpoint
 
     for step, files in ((10, ["trainer_state.json", "optimizer.pt", "rng_state.pth"]),
                         (20, ["trainer_state.json", "optimizer.pt", "rng_state_0.pth"]),

@@ -24,9 +24,10 @@ class KillAtStep(TrainerCallback):
 
 
 def main(settings_json: str, recipe_json: str, kill_at: int) -> None:
-    from pipelines.recipes import Recipe
-    from pipelines.training.run import train
-    from registry.client import RegistryClient
+    from tuneloop.pipelines.recipes import Recipe
+    from tuneloop.pipelines.training.run import train
+    from tuneloop.registry.client import RegistryClient
+
     from tuneloop.settings import Settings
 
     rc = RegistryClient(Settings.model_validate_json(settings_json))

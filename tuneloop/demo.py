@@ -70,13 +70,13 @@ class Demo:
 
     # --- 1-4: a champion ----------------------------------------------------------------------
     def champion(self) -> dict[str, Any]:
-        from pipelines.evaluation.runner import evaluate
-        from pipelines.evaluation.suites import load_suite
-        from pipelines.recipes import load_recipe
-        from pipelines.training.run import train
-        from registry import gates
-        from registry.base_models import import_base
-        from registry.promotion import promote
+        from tuneloop.pipelines.evaluation.runner import evaluate
+        from tuneloop.pipelines.evaluation.suites import load_suite
+        from tuneloop.pipelines.recipes import load_recipe
+        from tuneloop.pipelines.training.run import train
+        from tuneloop.registry import gates
+        from tuneloop.registry.base_models import import_base
+        from tuneloop.registry.promotion import promote
 
         cfg = self.cfg
         self.stage(f"1/8 importing {cfg.base_name} ({cfg.base_source})")
@@ -98,7 +98,7 @@ class Demo:
                 "gates": [g.model_dump() for g in moved.gates]}
 
     def _write_inputs(self, base_version: int) -> None:
-        from pipelines import traffic
+        from tuneloop.pipelines import traffic
 
         cfg = self.cfg
         rng = random.Random(7)
@@ -123,9 +123,9 @@ class Demo:
 
     # --- 5: monitor, alert rule, loop ---------------------------------------------------------
     def declare(self, reference_start: datetime, reference_end: datetime, webhooks: list[str] | None = None) -> None:
-        from monitors.alerts import add_rule
-        from monitors.service import add as add_monitor
-        from pipelines.retrain import add_loop
+        from tuneloop.monitors.alerts import add_rule
+        from tuneloop.monitors.service import add as add_monitor
+        from tuneloop.pipelines.retrain import add_loop
 
         cfg = self.cfg
         self.stage("6/8 declaring the monitor (reference: the first production window), the alert rule and the loop")
@@ -150,7 +150,7 @@ class Demo:
     # --- 6-7: production traffic --------------------------------------------------------------
     def traffic(self, part: str, start: datetime) -> list[dict[str, Any]]:
         """Records as the ingest API takes them: `reference`, `calm` (in-distribution) or `drift` (German tickets planted)."""
-        from pipelines import traffic
+        from tuneloop.pipelines import traffic
 
         cfg = self.cfg
         drifted = part == "drift"
@@ -172,10 +172,11 @@ class Demo:
 
     # --- 8: the scheduler's jobs, one pass at a time -------------------------------------------
     def close_the_loop(self, timeout_s: float = 3600) -> dict[str, Any]:
-        from monitors import alerts
-        from monitors.notify import deliver_pending
-        from monitors.service import check_pending
-        from pipelines.retrain import enqueue_for_alerts, follow, get
+        from tuneloop.monitors import alerts
+        from tuneloop.monitors.notify import deliver_pending
+        from tuneloop.monitors.service import check_pending
+        from tuneloop.pipelines.retrain import enqueue_for_alerts, get
+        from tuneloop.pipelines.worker import follow
 
         self.stage("7/8 judging the windows; the alert fires after 2 drifted windows in a row")
         windows = check_pending(self.rc, "support-champion")
@@ -212,8 +213,8 @@ class Demo:
 
 def ingest_over_http(url: str, token: str) -> Callable[[list[dict[str, Any]]], None]:
     """An `ingest` for `Demo.run` that posts through the ingest API with the batching client."""
-    from monitors.client import IngestClient
     from tuneloop.errors import StoreError
+    from tuneloop.monitors.client import IngestClient
 
     def send(records: list[dict[str, Any]]) -> None:
         client = IngestClient(url, token, batch_size=500)
@@ -228,7 +229,7 @@ def ingest_over_http(url: str, token: str) -> Callable[[list[dict[str, Any]]], N
 
 
 def summary(demo: Demo, champion: dict[str, Any], loop: dict[str, Any], ui: str) -> dict[str, Any]:
-    from monitors.alerts import list_alerts
+    from tuneloop.monitors.alerts import list_alerts
 
     retrain = loop["retrain"] or {}
     details = retrain.get("details", {})

@@ -16,7 +16,7 @@ import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from pipelines import traffic
+from tuneloop.pipelines import traffic
 
 HERE = Path(__file__).resolve().parent
 MODEL = "support-qlora@champion"

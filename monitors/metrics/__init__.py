@@ -5,6 +5,6 @@ BLEU/chrF via `sacrebleu`, F1/accuracy via scikit-learn. Perplexity (torch) live
 `monitors.metrics.perplexity` so that importing this package stays light.
 """
 
-from monitors.metrics.scoring import METRIC_NAMES, PairScores, score_pairs
+from tuneloop.monitors.metrics.scoring import METRIC_NAMES, PairScores, score_pairs
 
 __all__ = ["METRIC_NAMES", "PairScores", "score_pairs"]

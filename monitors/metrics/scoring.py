@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from monitors.metrics import classification, text
+import tuneloop.monitors.metrics.classification as classification
+import tuneloop.monitors.metrics.text as text
+
 from tuneloop.errors import UsageError
 
 PAIR_METRICS = (*text.ROUGE_TYPES, "bleu", "chrf", "f1_macro", "f1_micro", "accuracy", "exact_match")

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines import data as data_io
-from pipelines.cleaning import dedup, pii
-from pipelines.review import is_unreviewed_synthetic
+from tuneloop.pipelines import data as data_io
+from tuneloop.pipelines.cleaning import dedup, pii
+from tuneloop.pipelines.review import is_unreviewed_synthetic
+
 from tuneloop.digest import file_sha256
 from tuneloop.errors import InvalidInput, TuneloopError
 from tuneloop.rowfiles import read_rows
@@ -82,7 +83,7 @@ def curate(path: Path, out_dir: Path, options: CurateOptions, fmt: str = "auto")
             sample(reason, {"line": line, "chars": length})
             continue
         if options.languages:
-            from pipelines.cleaning.language import detect
+            from tuneloop.pipelines.cleaning.language import detect
 
             language = detect(text_of(cleaned), options.language_confidence)
             report["languages"][language or "unsure"] += 1
@@ -133,7 +134,7 @@ def curate(path: Path, out_dir: Path, options: CurateOptions, fmt: str = "auto")
 def _check_languages(languages: tuple[str, ...]) -> None:
     if not languages:
         return
-    from pipelines.cleaning.language import known_languages
+    from tuneloop.pipelines.cleaning.language import known_languages
 
     unknown = sorted(set(languages) - known_languages())
     if unknown:
@@ -204,8 +205,7 @@ def log_to_mlflow(rc: Any, report: dict[str, Any], reports: list[Path], run_name
     `mlflow.data` input tagged with our sha256 of its exact bytes. The run id."""
     import mlflow
     import pandas as pd
-
-    from registry.tracking import experiment_id
+    from tuneloop.registry.tracking import experiment_id
 
     with mlflow.start_run(experiment_id=experiment_id(rc.mlflow, rc.settings, "data"),
                           run_name=run_name) as run:

@@ -10,11 +10,12 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from monitors.metrics import classification, text
-from monitors.metrics.perplexity import from_nll
-from monitors.metrics.stats import paired_bootstrap
-from pipelines.evaluation.runner import EvalTag, read_table
-from registry.client import RegistryClient
+from tuneloop.monitors.metrics import classification, text
+from tuneloop.monitors.metrics.perplexity import from_nll
+from tuneloop.monitors.metrics.stats import paired_bootstrap
+from tuneloop.pipelines.evaluation.runner import EvalTag, read_table
+from tuneloop.registry.client import RegistryClient
+
 from tuneloop.errors import InvalidInput, NotFound
 from tuneloop.names import LOWER_IS_BETTER
 
@@ -65,7 +66,7 @@ def find_eval_run(rc: RegistryClient, ref: str, suite: str | None = None) -> Any
         if EvalTag.MODEL not in run.data.tags:
             raise InvalidInput(f"run `{ref}` is not a tuneloop eval run", hint="pass the run id `tuneloop eval` printed")
         return run
-    from registry.catalog import resolve
+    from tuneloop.registry.catalog import resolve
 
     mv = resolve(rc, ref)
     query = f"tags.`{EvalTag.MODEL}` = '{mv.name}:{mv.version}'" + (f" and tags.`{EvalTag.SUITE}` = '{suite}'" if suite else "")
@@ -77,8 +78,8 @@ def find_eval_run(rc: RegistryClient, ref: str, suite: str | None = None) -> Any
 
 
 def _eval_experiments(rc: RegistryClient) -> list[str]:
-    from pipelines.evaluation.runner import EXPERIMENT
-    from registry.tracking import experiment_id
+    from tuneloop.pipelines.evaluation.runner import EXPERIMENT
+    from tuneloop.registry.tracking import experiment_id
 
     return [experiment_id(rc.mlflow, rc.settings, EXPERIMENT)]
 

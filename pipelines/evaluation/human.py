@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from monitors.metrics.stats import wilson_interval
-from pipelines.evaluation.compare import find_eval_run
-from pipelines.evaluation.runner import read_table
-from registry.client import RegistryClient
+from tuneloop.monitors.metrics.stats import wilson_interval
+from tuneloop.pipelines.evaluation.compare import find_eval_run
+from tuneloop.pipelines.evaluation.runner import read_table
+from tuneloop.registry.client import RegistryClient
+
 from tuneloop.errors import InvalidInput, UsageError
 
 EXPERIMENT = "human-eval"
@@ -43,8 +44,7 @@ class ExportResult:
 def export_sheet(rc: RegistryClient, ref_a: str, ref_b: str, task: str, out: Path, *, seed: int = 0,
                  suite: str | None = None) -> ExportResult:
     import mlflow
-
-    from registry.tracking import experiment_id
+    from tuneloop.registry.tracking import experiment_id
 
     run_a, run_b = find_eval_run(rc, ref_a, suite), find_eval_run(rc, ref_b, suite)
     table_a, table_b = read_table(rc, run_a.info.run_id, task), read_table(rc, run_b.info.run_id, task)
@@ -151,7 +151,7 @@ def import_ratings(rc: RegistryClient, ratings_path: Path, *, review_id: str | N
                             "wins": wins, "losses": losses, "ties": ties, "ratings": n})
         mlflow.log_artifact(str(ratings_path), artifact_path="ratings")
     if record_on_version:
-        from registry.gates import record_metrics
+        from tuneloop.registry.gates import record_metrics
 
         name, version = result.model_b.rsplit(":", 1)
         record_metrics(rc, name, version, {"win_rate": result.win_rate})

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from monitors.metrics.scoring import PairScores, ScoreOptions, expand_metrics, score_pairs
+from tuneloop.monitors.metrics.scoring import PairScores, ScoreOptions, expand_metrics, score_pairs
+
 from tuneloop.errors import InvalidInput
 
 FIELDS = ("prediction", "reference")

@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from monitors.metrics.scoring import PAIR_METRICS, ScoreOptions, score_pairs
-from pipelines import data as data_io
-from pipelines.evaluation.suites import Suite, Task
-from registry.client import RegistryClient
+from tuneloop.monitors.metrics.scoring import PAIR_METRICS, ScoreOptions, score_pairs
+from tuneloop.pipelines import data as data_io
+from tuneloop.pipelines.evaluation.suites import Suite, Task
+from tuneloop.registry.client import RegistryClient
+
 from tuneloop.digest import file_sha256
 from tuneloop.errors import InvalidInput, NotFound
 from tuneloop.names import Metric, Tag
@@ -95,9 +96,8 @@ def evaluate(rc: RegistryClient, suite: Suite, model_ref: str, *, suite_path: Pa
     generating 40/120`), at most once a second, for callers without a terminal (a retrain's worker)."""
     import mlflow
     import pandas as pd
-
-    from registry.catalog import resolve
-    from registry.tracking import experiment_id
+    from tuneloop.registry.catalog import resolve
+    from tuneloop.registry.tracking import experiment_id
 
     mv = resolve(rc, model_ref)
     task_data = [load_task_data(t) for t in suite.tasks]  # bad data fails before the model loads
@@ -170,9 +170,8 @@ class _Progress:
 def _run_task(model: Any, tokenizer: Any, data: TaskData, progress: bool,
               on_progress: Callable[[str], None] | None = None) -> TaskResult:
     from tqdm.auto import tqdm
-
-    from monitors.metrics import perplexity as ppl
-    from pipelines.evaluation.generation import generate, render_prompt
+    from tuneloop.monitors.metrics import perplexity as ppl
+    from tuneloop.pipelines.evaluation.generation import generate, render_prompt
 
     task = data.task
     rendered = [render_prompt(tokenizer, p) for p in data.prompts]
@@ -224,7 +223,7 @@ def _overall(results: list[TaskResult]) -> dict[str, float]:
 
 def _attach_to_version(rc: RegistryClient, mv: Any, overall: dict[str, float], run_id: str, suite: str) -> None:
     """Gate-readable results on the version (`tuneloop.metric.<name>`) and a link to the eval run."""
-    from registry.gates import record_metrics
+    from tuneloop.registry.gates import record_metrics
 
     known = {k: v for k, v in overall.items() if k in Metric._value2member_map_}
     record_metrics(rc, mv.name, mv.version, known)

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
+from tuneloop.monitors.metrics.scoring import GROUPS, PAIR_METRICS
 
-from monitors.metrics.scoring import GROUPS, PAIR_METRICS
 from tuneloop.yaml_models import Strict, load_yaml_model
 
 MODEL_METRICS = ("perplexity", "latency_ms")

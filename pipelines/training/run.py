@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines import data as data_io
-from pipelines.recipes import Recipe
-from pipelines.training import distributed
-from pipelines.training.precision import PrecisionChoice, choose
-from registry.client import RegistryClient
+from tuneloop.pipelines import data as data_io
+from tuneloop.pipelines.recipes import Recipe
+from tuneloop.pipelines.training import distributed
+from tuneloop.pipelines.training.precision import PrecisionChoice, choose
+from tuneloop.registry.client import RegistryClient
+
 from tuneloop.digest import folder_sha256
 from tuneloop.errors import Conflict, InvalidInput, NotFound
 from tuneloop.names import Tag
@@ -44,7 +45,7 @@ def resolve_base(rc: RegistryClient, ref: str) -> Any:
     """The base version a recipe's `base` names; an unregistered base names `models import-base`."""
     import re
 
-    from registry.catalog import resolve
+    from tuneloop.registry.catalog import resolve
 
     name = re.split(r"[@:]", ref, maxsplit=1)[0]
     try:
@@ -67,8 +68,7 @@ def resolve_base(rc: RegistryClient, ref: str) -> Any:
 def base_folder(mv: Any) -> Path:
     """The stored Hugging Face folder of a base version, verified against its recorded digest."""
     from mlflow.artifacts import download_artifacts
-
-    from registry.base_models import hf_model_uri
+    from tuneloop.registry.base_models import hf_model_uri
 
     folder = Path(download_artifacts(hf_model_uri(mv)))
     if folder_sha256(folder) != mv.tags[Tag.CONTENT_DIGEST]:
@@ -152,8 +152,7 @@ def train(
     import mlflow
     import torch
     from transformers import AutoTokenizer
-
-    from pipelines.training.models import load_base, trainable_model
+    from tuneloop.pipelines.training.models import load_base, trainable_model
 
     # 1. Everything that can be wrong with the recipe and data is found before the model loads.
     base_mv = resolve_base(rc, recipe.base)
@@ -214,7 +213,7 @@ def train(
         mv = _register(rc, recipe, trainer, tokenizer, base_mv, train_data, eval_data, run_id, sft_adapter)
     taken = alias or recipe.alias
     if taken:
-        from registry.promotion import promote
+        from tuneloop.registry.promotion import promote
 
         promote(rc, recipe.name, mv.version, taken)
     return TrainResult(
@@ -230,8 +229,7 @@ def train(
 
 def _open_run(rc: RegistryClient, recipe: Recipe, resume_run_id: str | None) -> Any:
     import mlflow
-
-    from registry.tracking import experiment_id
+    from tuneloop.registry.tracking import experiment_id
 
     if resume_run_id:
         return mlflow.start_run(run_id=resume_run_id, log_system_metrics=True)
@@ -261,8 +259,7 @@ def _log_run_inputs(recipe: Recipe, recipe_path: Path | None, choice: PrecisionC
 
 def _attach_callbacks(trainer: Any, extra: list[Any]) -> None:
     from transformers.trainer_callback import ProgressCallback
-
-    from pipelines.training.tracking import MlflowStepMetrics, ProgressBar
+    from tuneloop.pipelines.training.tracking import MlflowStepMetrics, ProgressBar
 
     trainer.add_callback(MlflowStepMetrics())  # first, so it adds tok/s before the bar reads the logs
     trainer.remove_callback(ProgressCallback)
@@ -275,8 +272,8 @@ def _attach_callbacks(trainer: Any, extra: list[Any]) -> None:
 def _register(rc: RegistryClient, recipe: Recipe, trainer: Any, tokenizer: Any, base_mv: Any,
               train_data: data_io.Dataset, eval_data: data_io.Dataset | None, run_id: str,
               sft_adapter: SftAdapter | None) -> Any:
-    from registry.adapters import register_adapter
-    from registry.base_models import register_full_model
+    from tuneloop.registry.adapters import register_adapter
+    from tuneloop.registry.base_models import register_full_model
 
     digests = {"train": train_data.digest, **({"eval": eval_data.digest} if eval_data else {})}
     with tempfile.TemporaryDirectory(dir=rc.settings.home) as tmp:
@@ -361,7 +358,7 @@ class SftAdapter:
 def _sft_adapter(rc: RegistryClient, recipe: Recipe, base_mv: Any) -> SftAdapter | None:
     if recipe.method != "dpo" or not recipe.dpo.sft_adapter:
         return None
-    from registry.catalog import resolve
+    from tuneloop.registry.catalog import resolve
 
     mv = resolve(rc, recipe.dpo.sft_adapter)
     if mv.tags.get(Tag.KIND) != "adapter" or (mv.tags.get(Tag.BASE_NAME), mv.tags.get(Tag.BASE_VERSION)) != (

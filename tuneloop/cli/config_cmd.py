@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from tuneloop.cli import output
-from tuneloop.cli.main import AppContext, pass_app
+from tuneloop.cli.context import AppContext, pass_app
 
 
 @click.group()

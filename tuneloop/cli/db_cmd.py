@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from tuneloop.cli import output
-from tuneloop.cli.main import AppContext, pass_app
+from tuneloop.cli.context import AppContext, pass_app
 
 
 @click.group("db")
@@ -28,7 +28,7 @@ def _show(found: list, as_json: bool) -> None:  # type: ignore[type-arg]
 @pass_app
 def check(app: AppContext, as_json: bool) -> None:
     """Report each database's schema revision and the migrations pending; exit 1 when any are."""
-    from registry.schema import status
+    from tuneloop.store.schema import status
 
     found = status(app.settings)
     _show(found, as_json)
@@ -44,6 +44,6 @@ def check(app: AppContext, as_json: bool) -> None:
 def upgrade_cmd(app: AppContext, as_json: bool) -> None:
     """Apply every pending migration of MLflow's store and of tuneloop's tables (safe to rerun; two
     concurrent runs on PostgreSQL serialise on a lock)."""
-    from registry.schema import upgrade
+    from tuneloop.store.schema import upgrade
 
     _show(upgrade(app.settings), as_json)

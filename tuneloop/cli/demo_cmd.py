@@ -7,7 +7,7 @@ import time
 import click
 
 from tuneloop.cli import output
-from tuneloop.cli.main import AppContext, pass_app
+from tuneloop.cli.context import AppContext, pass_app
 
 
 @click.command()
@@ -29,8 +29,8 @@ def demo(app: AppContext, steps: int | None, quick: bool, webhooks: tuple[str, .
     import uuid
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from monitors.tokens import create
     from tuneloop.demo import QUICK, Demo, DemoConfig, ingest_over_http
+    from tuneloop.monitors.tokens import create
     from tuneloop.services import start_ingest_server, stop, wait_healthy
 
     started = time.monotonic()

@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from tuneloop.cli import output
-from tuneloop.cli.main import AppContext, pass_app
+from tuneloop.cli.context import AppContext, pass_app
 
 
 class _SuiteOrCommand(click.Group):
@@ -50,8 +50,8 @@ def run_suite(app: AppContext, suite: str, model_ref: str, overrides: tuple[str,
               as_json: bool) -> None:
     """Run SUITE against one version (same as `tuneloop eval SUITE --model ...`)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from pipelines.evaluation.runner import evaluate
-    from pipelines.evaluation.suites import cap_tasks, load_suite
+    from tuneloop.pipelines.evaluation.runner import evaluate
+    from tuneloop.pipelines.evaluation.suites import cap_tasks, load_suite
 
     parsed = load_suite(suite, list(overrides))
     if limit is not None:
@@ -77,8 +77,8 @@ def run_suite(app: AppContext, suite: str, model_ref: str, overrides: tuple[str,
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: metric name -> value.")
 def score(path: str, metrics: str, no_stemming: bool, rouge_tokenizer: str, as_json: bool) -> None:
     """Score prediction/reference pairs without a model (ROUGE/F1/accuracy in [0, 1]; BLEU/chrF 0-100)."""
-    from monitors.metrics.scoring import ScoreOptions
-    from pipelines.evaluation.predictions import score_file
+    from tuneloop.monitors.metrics.scoring import ScoreOptions
+    from tuneloop.pipelines.evaluation.predictions import score_file
 
     result = score_file(Path(path), metrics.split(","), ScoreOptions(rouge_stemming=not no_stemming, rouge_tokenizer=rouge_tokenizer))
     if as_json:
@@ -100,7 +100,7 @@ def score(path: str, metrics: str, no_stemming: bool, rouge_tokenizer: str, as_j
 @pass_app
 def compare_cmd(app: AppContext, a: str, b: str, suite: str | None, resamples: int, confidence: float, as_json: bool) -> None:
     """Metric deltas B - A with paired bootstrap intervals. A and B: eval run ids or NAME@ALIAS / NAME:VERSION."""
-    from pipelines.evaluation.compare import compare
+    from tuneloop.pipelines.evaluation.compare import compare
 
     result = compare(app.registry, a, b, suite=suite, resamples=resamples, confidence=confidence)
     if as_json:
@@ -157,7 +157,7 @@ def human() -> None:
 @pass_app
 def human_export(app: AppContext, a: str, b: str, task: str, out: str, suite: str | None, seed: int, as_json: bool) -> None:
     """Write a blinded sheet comparing eval runs (or versions) A and B on TASK. Give raters only the sheet."""
-    from pipelines.evaluation.human import export_sheet
+    from tuneloop.pipelines.evaluation.human import export_sheet
 
     result = export_sheet(app.registry, a, b, task, Path(out), seed=seed, suite=suite)
     if as_json:
@@ -175,7 +175,7 @@ def human_export(app: AppContext, a: str, b: str, task: str, out: str, suite: st
 @pass_app
 def human_import(app: AppContext, ratings: str, review_id: str | None, pairs: str | None, as_json: bool) -> None:
     """Read RATINGS (the sheet with `rating` = left/right/tie), log B's win rate with a Wilson interval."""
-    from pipelines.evaluation.human import import_ratings
+    from tuneloop.pipelines.evaluation.human import import_ratings
 
     result = import_ratings(app.registry, Path(ratings), review_id=review_id, pairs_out=Path(pairs) if pairs else None)
     if as_json:

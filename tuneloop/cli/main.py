@@ -1,4 +1,4 @@
-"""Entry point of the `tuneloop` console script.
+"""Entry point of the `tuneloop` console script: the group, its commands, and error reporting.
 
 `tuneloop --help` must stay fast: nothing here imports torch, transformers, mlflow or evidently.
 Errors from tuneloop's hierarchy print a message and a fix and exit with the error's code; any
@@ -9,41 +9,12 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
 
 import click
 
 from tuneloop import __version__
 from tuneloop.cli import output
-
-
-class AppContext:
-    """Lazily loaded settings and registry client shared by the commands of one invocation."""
-
-    def __init__(self, config_file: str | None) -> None:
-        self.config_file = config_file
-        self._settings: Any = None
-        self._registry: Any = None
-        self.json = False
-
-    @property
-    def settings(self) -> Any:
-        if self._settings is None:
-            from tuneloop.settings import load_settings
-
-            self._settings = load_settings(self.config_file)
-        return self._settings
-
-    @property
-    def registry(self) -> Any:
-        if self._registry is None:
-            from registry.client import RegistryClient
-
-            self._registry = RegistryClient(self.settings)
-        return self._registry
-
-
-pass_app = click.make_pass_decorator(AppContext)
+from tuneloop.cli.context import AppContext
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

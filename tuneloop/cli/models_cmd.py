@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from tuneloop.cli import output
-from tuneloop.cli.main import AppContext, pass_app
+from tuneloop.cli.context import AppContext, pass_app
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 
@@ -24,8 +24,8 @@ def models() -> None:
 @pass_app
 def import_base(app: AppContext, name: str, source: str, as_json: bool) -> None:
     """Register SOURCE as a version of base model NAME (the same content twice gives the same version)."""
-    from registry.base_models import import_base as do_import
-    from registry.catalog import version_info
+    from tuneloop.registry.base_models import import_base as do_import
+    from tuneloop.registry.catalog import version_info
 
     output.stage(f"importing {source} as base model `{name}`")
     mv, existed = do_import(app.registry, name, source)
@@ -43,7 +43,7 @@ def import_base(app: AppContext, name: str, source: str, as_json: bool) -> None:
 @pass_app
 def list_models(app: AppContext, as_json: bool) -> None:
     """Every registered model with its versions and aliases."""
-    from registry.catalog import list_models as do_list
+    from tuneloop.registry.catalog import list_models as do_list
 
     rows = do_list(app.registry)
     if as_json:
@@ -60,8 +60,8 @@ def list_models(app: AppContext, as_json: bool) -> None:
 @pass_app
 def show(app: AppContext, ref: str, as_json: bool) -> None:
     """A model's versions, aliases, gates and lineage. REF is NAME, NAME:VERSION or NAME@ALIAS."""
-    from registry.catalog import resolve
-    from registry.catalog import show as do_show
+    from tuneloop.registry.catalog import resolve
+    from tuneloop.registry.catalog import show as do_show
 
     name, version = ref, None
     if "@" in ref or ":" in ref:
@@ -95,9 +95,9 @@ def _link(step: dict[str, Any]) -> str:
 
 def _version_of(app: AppContext, name: str, version: str | None) -> tuple[str, int]:
     """`NAME VERSION`, or one `NAME:VERSION` / `NAME@ALIAS` argument, to (model, version number)."""
-    from registry.catalog import resolve
-    from registry.promotion import parse_version
     from tuneloop.errors import UsageError
+    from tuneloop.registry.catalog import resolve
+    from tuneloop.registry.promotion import parse_version
 
     if version is not None:
         if "@" in name or ":" in name:
@@ -125,7 +125,7 @@ def promote(app: AppContext, name: str, version: str | None, alias: str, force: 
     The version: `NAME VERSION`, `NAME:VERSION`, or `NAME@OTHER_ALIAS` (e.g. promote the challenger:
     `tuneloop models promote support-qlora@challenger --alias champion`).
     """
-    from registry.promotion import promote as do_promote
+    from tuneloop.registry.promotion import promote as do_promote
 
     name, number = _version_of(app, name, version)
     version = str(number)
@@ -159,7 +159,7 @@ def promote(app: AppContext, name: str, version: str | None, alias: str, force: 
 @pass_app
 def rollback(app: AppContext, name: str, alias: str, reason: str, as_json: bool) -> None:
     """Move ALIAS back to the version that held it before the current one."""
-    from registry.promotion import rollback as do_rollback
+    from tuneloop.registry.promotion import rollback as do_rollback
 
     result = do_rollback(app.registry, name, alias, reason=reason)
     assert result.move is not None
@@ -177,7 +177,7 @@ def rollback(app: AppContext, name: str, alias: str, reason: str, as_json: bool)
 @pass_app
 def history(app: AppContext, name: str, alias: str | None, as_json: bool) -> None:
     """Every alias move of NAME: when, who, from → to, gates, forced, reason."""
-    from registry.promotion import history as do_history
+    from tuneloop.registry.promotion import history as do_history
 
     moves, broken = do_history(app.registry, name, alias)
     if as_json:
@@ -210,8 +210,8 @@ def history(app: AppContext, name: str, alias: str | None, as_json: bool) -> Non
 @pass_app
 def gates_cmd(app: AppContext, name: str, gates: tuple[str, ...], clear: bool, as_json: bool) -> None:
     """Show or set the gate policy of model NAME (`--set` replaces the whole policy)."""
-    from registry import gates as gate_api
     from tuneloop.errors import UsageError
+    from tuneloop.registry import gates as gate_api
 
     if clear and gates:
         raise UsageError("`--set` and `--clear` exclude each other", hint="pass one of them")
@@ -231,9 +231,9 @@ def gates_cmd(app: AppContext, name: str, gates: tuple[str, ...], clear: bool, a
 @pass_app
 def set_metrics(app: AppContext, ref: str, metrics: tuple[str, ...], as_json: bool) -> None:
     """Attach results to version REF (NAME:VERSION or NAME@ALIAS), e.g. `accuracy=0.91`; `tuneloop eval` does this for you."""
-    from registry.catalog import resolve
-    from registry.gates import record_metrics
     from tuneloop.errors import UsageError
+    from tuneloop.registry.catalog import resolve
+    from tuneloop.registry.gates import record_metrics
 
     values: dict[str, float] = {}
     for item in metrics:
@@ -267,8 +267,8 @@ def _warn_unaudited(moves: list[Any]) -> None:
 def merge(app: AppContext, name: str, version: str | None, target: str | None, as_json: bool) -> None:
     """Merge a LoRA adapter version (NAME VERSION, NAME:VERSION or NAME@ALIAS) into its unquantized base
     and register the result as a base model."""
-    from pipelines.merge import merge as do_merge
-    from registry.catalog import version_info
+    from tuneloop.pipelines.merge import merge as do_merge
+    from tuneloop.registry.catalog import version_info
 
     name, number = _version_of(app, name, version)
     version = str(number)

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from tuneloop.cli import output
-from tuneloop.cli.main import AppContext, pass_app
+from tuneloop.cli.context import AppContext, pass_app
 
 
 @click.group()
@@ -21,7 +21,7 @@ def monitor() -> None:
 @pass_app
 def serve(app: AppContext, host: str | None, port: int | None) -> None:
     """Run the ingest API alone (`tuneloop up` runs it beside MLflow)."""
-    from monitors.ingest_api import serve as run
+    from tuneloop.monitors.ingest_api import serve as run
 
     run(app.settings, host, port)
 
@@ -32,7 +32,7 @@ def serve(app: AppContext, host: str | None, port: int | None) -> None:
 @pass_app
 def ingest(app: AppContext, path: str, as_json: bool) -> None:
     """Store the records of a JSONL or CSV file (all or nothing; ids already stored are skipped)."""
-    from monitors.records import ModelResolver, records_from_file, store
+    from tuneloop.monitors.records import ModelResolver, records_from_file, store
 
     parsed = records_from_file(Path(path), app.settings.ingest.max_text_chars)
     result = store(app.registry.engine, parsed, ModelResolver(app.registry.mlflow))
@@ -53,7 +53,7 @@ def token() -> None:
 @pass_app
 def token_create(app: AppContext, name: str, as_json: bool) -> None:
     """Create a token; it is printed once and only its hash is kept."""
-    from monitors.tokens import create
+    from tuneloop.monitors.tokens import create
 
     value = create(app.registry.engine, name)
     if as_json:
@@ -68,7 +68,7 @@ def token_create(app: AppContext, name: str, as_json: bool) -> None:
 @pass_app
 def token_list(app: AppContext, as_json: bool) -> None:
     """Token names and dates (never the tokens)."""
-    from monitors.tokens import listing
+    from tuneloop.monitors.tokens import listing
 
     rows = listing(app.registry.engine)
     if as_json:
@@ -82,7 +82,7 @@ def token_list(app: AppContext, as_json: bool) -> None:
 @pass_app
 def token_revoke(app: AppContext, name: str) -> None:
     """Revoke a token; the API refuses it within seconds."""
-    from monitors.tokens import revoke
+    from tuneloop.monitors.tokens import revoke
 
     revoke(app.registry.engine, name)
     click.echo(f"token `{name}` revoked")
@@ -100,14 +100,14 @@ def token_revoke(app: AppContext, name: str) -> None:
 def backtest_cmd(app: AppContext, monitor_file: str, reference: str | None, current: str, alert_file: str | None,
                  as_json: bool) -> None:
     """Run the monitor's checks over every window of CURRENT against REFERENCE, to tune it on history."""
-    from monitors.backtest import backtest, read_records
-    from monitors.monitor_spec import load_monitor
     from tuneloop.errors import InvalidInput
+    from tuneloop.monitors.backtest import backtest, read_records
+    from tuneloop.monitors.monitor_spec import load_monitor
 
     spec = load_monitor(monitor_file)
     rule = None
     if alert_file is not None:
-        from monitors.alert_rules import load_rule
+        from tuneloop.monitors.alert_rules import load_rule
 
         rule = load_rule(alert_file)  # a bad rule fails before any window is checked
     if reference is None:
@@ -116,7 +116,7 @@ def backtest_cmd(app: AppContext, monitor_file: str, reference: str | None, curr
         reference = str(spec.reference.file)
     embedder = None
     if "embedding" in spec.checks:
-        from monitors.embedding import Embedder
+        from tuneloop.monitors.embedding import Embedder
 
         embedder = Embedder(Path(app.settings.cache_dir).expanduser() / "embeddings-minilm.sqlite")
     need_time = spec.window.kind == "time"
@@ -124,7 +124,7 @@ def backtest_cmd(app: AppContext, monitor_file: str, reference: str | None, curr
                       embedder=embedder, progress=not as_json and output.is_tty())
     result = outcome.as_dict()
     if rule is not None:
-        from monitors.alert_rules import incidents
+        from tuneloop.monitors.alert_rules import incidents
 
         result["alerts"] = {"rule": rule.name, "severity": rule.severity,
                             "incidents": [i.as_dict() for i in incidents(rule, [w for _, _, w in outcome.windows])]}
@@ -154,7 +154,7 @@ def backtest_cmd(app: AppContext, monitor_file: str, reference: str | None, curr
 @pass_app
 def add_cmd(app: AppContext, path: str, replace: bool, as_json: bool) -> None:
     """Declare the monitor in PATH (YAML; see examples/monitors/)."""
-    from monitors.service import add
+    from tuneloop.monitors.service import add
 
     result = add(app.registry, Path(path), replace=replace)
     if as_json:
@@ -170,9 +170,9 @@ def add_cmd(app: AppContext, path: str, replace: bool, as_json: bool) -> None:
 @pass_app
 def check_cmd(app: AppContext, name: str, as_json: bool) -> None:
     """Judge the monitor's latest window now, log it to MLflow and apply its alert rules (exit 0 even on drift)."""
-    from monitors import alerts
-    from monitors.notify import deliver_pending
-    from monitors.service import check
+    from tuneloop.monitors import alerts
+    from tuneloop.monitors.notify import deliver_pending
+    from tuneloop.monitors.service import check
 
     result = check(app.registry, name)
     changes = alerts.evaluate(app.registry, name)
@@ -198,7 +198,7 @@ def check_cmd(app: AppContext, name: str, as_json: bool) -> None:
 @pass_app
 def status_cmd(app: AppContext, as_json: bool) -> None:
     """Every monitor's last state."""
-    from monitors.service import status
+    from tuneloop.monitors.service import status
 
     rows = status(app.registry)
     if as_json:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from tuneloop.cli import output
-from tuneloop.cli.main import AppContext, pass_app
+from tuneloop.cli.context import AppContext, pass_app
 
 
 @click.command()
@@ -35,9 +35,9 @@ def train(app: AppContext, recipe: str | None, overrides: tuple[str, ...], alias
         return
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from pipelines import data as data_io
-    from pipelines.recipes import load_recipe
     from tuneloop.errors import UsageError
+    from tuneloop.pipelines import data as data_io
+    from tuneloop.pipelines.recipes import load_recipe
 
     if backend == "local" and (dry_run or gpus is not None):
         raise UsageError("--dry-run and --gpus apply to a remote backend",
@@ -48,8 +48,8 @@ def train(app: AppContext, recipe: str | None, overrides: tuple[str, ...], alias
         if recipe or overrides:
             raise UsageError("`--resume` continues a run with the recipe it started with",
                              hint="drop RECIPE and --set, or start a new run without --resume")
-        from pipelines.training.run import recipe_of_run
-        from pipelines.training.run import train as run_training
+        from tuneloop.pipelines.training.run import recipe_of_run
+        from tuneloop.pipelines.training.run import train as run_training
 
         result = run_training(recipe_of_run(app.registry, resume_run_id), app.registry, resume_run_id=resume_run_id, alias=alias)
         _print_result(result, as_json)
@@ -61,7 +61,7 @@ def train(app: AppContext, recipe: str | None, overrides: tuple[str, ...], alias
         _submit(app, parsed, backend, dry_run, gpus, alias, as_json)
         return
     if check:
-        from pipelines.training.run import resolve_base
+        from tuneloop.pipelines.training.run import resolve_base
 
         train_data = data_io.load(parsed.data.train, parsed.data.format)
         eval_data = data_io.load(parsed.data.eval, train_data.format) if parsed.data.eval else None
@@ -77,7 +77,7 @@ def train(app: AppContext, recipe: str | None, overrides: tuple[str, ...], alias
         return
     from pathlib import Path
 
-    from pipelines.training.run import train as run_training
+    from tuneloop.pipelines.training.run import train as run_training
 
     if os.environ.get("RANK", "0") == "0":
         output.stage(f"training `{parsed.name}` ({parsed.method}) on {parsed.base}")
@@ -90,8 +90,8 @@ def _submit(app: AppContext, recipe, backend: str, dry_run: bool, gpus: int | No
     """Validate the recipe's local data, render the remote job, and submit it (kubernetes) or print it."""
     import uuid
 
-    from pipelines import data as data_io
-    from pipelines.training import backends
+    from tuneloop.pipelines import data as data_io
+    from tuneloop.pipelines.training import backends
 
     for path in (recipe.data.train, recipe.data.eval):
         if path is not None and not backends.is_remote(path):
@@ -114,7 +114,7 @@ def _submit(app: AppContext, recipe, backend: str, dry_run: bool, gpus: int | No
 
 
 def _print_keys(as_json: bool) -> None:
-    from pipelines.recipes import Recipe
+    from tuneloop.pipelines.recipes import Recipe
     from tuneloop.yaml_models import describe_keys
 
     rows = describe_keys(Recipe)
@@ -133,7 +133,7 @@ def _print_result(result, as_json: bool) -> None:  # type: ignore[no-untyped-def
         return
     click.echo(f"registered {result.model} v{result.version} from run {result.run_id}"
                + (f"  (alias {result.alias})" if result.alias else ""))
-    from pipelines.training.run import FINAL_LOSS_ROWS
+    from tuneloop.pipelines.training.run import FINAL_LOSS_ROWS
 
     click.echo(f"  loss of the final weights on the first {FINAL_LOSS_ROWS} training rows (eval mode, no dropout; "
                f"the bar shows the training-mode loss of the last steps): {result.final_loss:.4f}")

@@ -13,7 +13,7 @@ import time
 import click
 
 from tuneloop.cli import output
-from tuneloop.cli.main import AppContext, pass_app
+from tuneloop.cli.context import AppContext, pass_app
 from tuneloop.errors import StoreError
 
 
@@ -31,9 +31,9 @@ def up(app: AppContext, host: str | None, port: int | None, ingest_port: int | N
     A second `tuneloop up` on the same database (on other ports) runs its scheduler as a standby that
     takes over when the active one's lease lapses.
     """
-    from registry.db import get_engine
-    from registry.tracking import connect
+    from tuneloop.registry.tracking import connect
     from tuneloop.services import health, start_ingest_server, start_mlflow_server, start_scheduler, stop, wait_healthy
+    from tuneloop.store.engine import get_engine
 
     settings = app.settings
     host = host or settings.server.host

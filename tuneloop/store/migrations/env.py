@@ -1,8 +1,8 @@
-"""Alembic environment: tuneloop always passes an open connection (see registry.db.migrate)."""
+"""Alembic environment: tuneloop always passes an open connection (see tuneloop.store.schema.migrate)."""
 
 from alembic import context
 
-from registry.tables import metadata
+from tuneloop.store.tables import metadata
 
 connection = context.config.attributes["connection"]
 context.configure(

@@ -18,6 +18,9 @@ import sqlalchemy as sa
 
 from tuneloop.errors import StoreError
 from tuneloop.settings import Settings, redact_url
+from tuneloop.store.locks import lock_key
+
+MIGRATIONS = Path(__file__).with_name("migrations")
 
 
 @dataclass
@@ -39,11 +42,8 @@ class SchemaStatus:
 def _tuneloop_scripts():  # type: ignore[no-untyped-def]
     from alembic.config import Config
     from alembic.script import ScriptDirectory
-
-    from registry.db import _MIGRATIONS
-
     config = Config()
-    config.set_main_option("script_location", str(_MIGRATIONS))
+    config.set_main_option("script_location", str(MIGRATIONS))
     return ScriptDirectory.from_config(config)
 
 
@@ -83,6 +83,26 @@ def _status(store: str, url: str, version_table: str, scripts: Any) -> SchemaSta
         engine.dispose()
 
 
+def migrate(engine: sa.Engine) -> None:
+    """Apply Alembic migrations up to head; two processes starting at once serialise on a lock."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    try:
+        with engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(lock_key("tuneloop.migrate"))))
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")
+    except sa.exc.OperationalError as exc:
+        raise StoreError(
+            f"cannot open tuneloop's database: {exc.orig}",
+            hint="check `stores.database_url` and that the database server is running",
+        ) from None
+
+
 def tuneloop_status(database_url: str) -> SchemaStatus:
     return _status("tuneloop", database_url, "tuneloop_alembic_version", _tuneloop_scripts())
 
@@ -102,8 +122,7 @@ def upgrade(settings: Settings) -> list[SchemaStatus]:
     """Apply every pending migration of both databases; the status afterwards."""
     from mlflow.store.db.utils import _initialize_tables, _upgrade_db, create_sqlalchemy_engine
 
-    from registry.db import migrate
-    from registry.tracking import quiet_mlflow
+    from tuneloop.quiet import quiet_mlflow
 
     quiet_mlflow()
     _make_sqlite_folder(settings.mlflow_uri)
@@ -131,19 +150,17 @@ def upgrade(settings: Settings) -> list[SchemaStatus]:
 def _upgrade_lock(url: str) -> Iterator[None]:
     """On PostgreSQL, a session advisory lock held while MLflow's schema is upgraded: two `tuneloop db upgrade`
     (two release jobs, two pods) take turns instead of racing through the same migrations."""
-    from registry.db import _lock_key
-
     engine = _raw_engine(url)
     try:
         if engine.url.get_backend_name() != "postgresql":
             yield
             return
         with engine.connect() as conn:
-            conn.execute(sa.select(sa.func.pg_advisory_lock(_lock_key("mlflow.upgrade"))))
+            conn.execute(sa.select(sa.func.pg_advisory_lock(lock_key("mlflow.upgrade"))))
             try:
                 yield
             finally:
-                conn.execute(sa.select(sa.func.pg_advisory_unlock(_lock_key("mlflow.upgrade"))))
+                conn.execute(sa.select(sa.func.pg_advisory_unlock(lock_key("mlflow.upgrade"))))
     finally:
         engine.dispose()
 

@@ -1,4 +1,4 @@
-"""tuneloop's own tables. Alembic migrations in `registry/migrations` create and evolve them."""
+"""tuneloop's own tables. Alembic migrations in `tuneloop/store/migrations` create and evolve them."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 A lease is held until `expires_at`; its owner renews it well before then. Anyone may take a lease that
 has lapsed, so a crashed owner (kill -9, a lost node) is replaced after at most one lease period.
-Taking and renewing happen under the database's write lock (`registry.db.locked`), so two candidates
+Taking and renewing happen under the database's write lock (`tuneloop.store.locks.locked`), so two candidates
 can never both believe they hold it.
 """
 
@@ -15,8 +15,8 @@ from datetime import UTC, datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from registry import tables
-from registry.db import locked
+from tuneloop.store import tables
+from tuneloop.store.locks import locked
 
 
 def owner_id() -> str:

@@ -1,25 +1,21 @@
-"""tuneloop's own database: engine, migrations applied on first use, and named locks.
+"""tuneloop's own database: one engine per URL and process, migrated (or checked) on first use.
 
 SQLite (WAL mode) by default, PostgreSQL in production. Every transaction on SQLite starts with
 `BEGIN IMMEDIATE`, so it holds the database's write lock from its first statement: that makes
-`locked()` a real mutual exclusion across processes. On PostgreSQL `locked()` takes a
-transaction-scoped advisory lock.
+`tuneloop.store.locks.locked()` a real mutual exclusion across processes.
 """
 
 from __future__ import annotations
 
 import threading
-import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 
 from tuneloop.errors import StoreError
+from tuneloop.store import schema
 
-_MIGRATIONS = Path(__file__).with_name("migrations")
 _engines: dict[str, Engine] = {}
 _migrated: set[str] = set()
 _guard = threading.Lock()
@@ -49,7 +45,7 @@ def _sqlite_engine(url: sa.URL) -> Engine:
 
 def get_engine(database_url: str, *, migrate_on_start: bool = True) -> Engine:
     """One engine per URL and process, migrated to the latest schema on first use (or, with
-    `migrate_on_start` false, checked to be at it: see registry.schema)."""
+    `migrate_on_start` false, checked to be at it: see tuneloop.store.schema)."""
     with _guard:
         engine = _engines.get(database_url)
         if engine is None:
@@ -67,11 +63,9 @@ def get_engine(database_url: str, *, migrate_on_start: bool = True) -> Engine:
             _engines[database_url] = engine
         if database_url not in _migrated:
             if migrate_on_start:
-                migrate(engine)
+                schema.migrate(engine)
             else:
-                from registry.schema import require_current, tuneloop_status
-
-                require_current(tuneloop_status(database_url))
+                schema.require_current(schema.tuneloop_status(database_url))
             _migrated.add(database_url)
         return engine
 
@@ -82,39 +76,6 @@ def dispose_engines() -> None:
             engine.dispose()
         _engines.clear()
         _migrated.clear()
-
-
-def _lock_key(name: str) -> int:
-    return zlib.crc32(name.encode()) - (1 << 31)  # fits a signed 32-bit advisory key
-
-
-def migrate(engine: Engine) -> None:
-    """Apply Alembic migrations up to head; two processes starting at once serialise on a lock."""
-    from alembic import command
-    from alembic.config import Config
-
-    config = Config()
-    config.set_main_option("script_location", str(_MIGRATIONS))
-    try:
-        with engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_lock_key("tuneloop.migrate"))))
-            config.attributes["connection"] = conn
-            command.upgrade(config, "head")
-    except sa.exc.OperationalError as exc:
-        raise StoreError(
-            f"cannot open tuneloop's database: {exc.orig}",
-            hint="check `stores.database_url` and that the database server is running",
-        ) from None
-
-
-@contextmanager
-def locked(engine: Engine, name: str) -> Iterator[Connection]:
-    """A transaction that holds the named lock until it commits or rolls back."""
-    with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_lock_key(name))))
-        yield conn
 
 
 def save_declared(engine: Engine, table: sa.Table, name: str, values: dict, *, replace: bool, kind: str) -> None:  # type: ignore[type-arg]

@@ -105,7 +105,7 @@ def direct_section(home: Path, total: int, batch: int) -> float:
     start = time.perf_counter()
     for at in range(0, total, batch):
         rows = [{**{k: v for k, v in r.items() if k != "latency_ms"}, "id": "d" + r["id"], "version": 1, "alias": None,
-                 "prediction": r["output"], "ts": now, "latency_ms": r["latency_ms"], "meta": "{}", "received_at": now}
+                 "prediction": r["output"], "ts": now, "latency_ms": r["latency_ms"], "meta": {}, "received_at": now}
                 for r in _records(batch, at)]
         with engine.begin() as conn:
             conn.execute(tables.records.insert(), rows)

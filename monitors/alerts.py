@@ -40,9 +40,8 @@ def add_rule(rc: RegistryClient, path: Path, *, replace: bool = False) -> dict[s
     rule = load_rule(path)
     if rule.monitor is None:
         raise Conflict(f"alert rule `{rule.name}` names no `monitor`", hint="add `monitor: NAME` (see `tuneloop monitor status`)")
-    with rc.engine.connect() as conn:
-        if conn.execute(sa.select(tables.monitors.c.name).where(tables.monitors.c.name == rule.monitor)).first() is None:
-            raise NotFound(f"alert rule `{rule.name}` watches monitor `{rule.monitor}`, which does not exist",
+    if rc.stores.monitors.get(rule.monitor) is None:
+        raise NotFound(f"alert rule `{rule.name}` watches monitor `{rule.monitor}`, which does not exist",
                            hint="add the monitor first: `tuneloop monitor add FILE`")
     save_declared(rc.engine, tables.alert_rules, rule.name, {"monitor": rule.monitor, "spec": rule.model_dump_json()},
                   replace=replace, kind="alert rule")
@@ -70,9 +69,11 @@ def evaluate(rc: RegistryClient, monitor: str) -> list[AlertChange]:
     ids, windows = judged_windows(rc, monitor)
     changes: list[AlertChange] = []
     a = tables.alerts
+    watched = rc.stores.monitors.get(monitor)
+    if watched is None:
+        return []
+    model = watched.spec["model"]
     with locked(rc.engine, f"alerts:{monitor}") as conn:
-        model = conn.execute(sa.select(tables.monitors.c.spec).where(tables.monitors.c.name == monitor)).scalar_one()
-        model = json.loads(model)["model"]
         for rule in rules:
             known = {row.opened_window_id: row for row in conn.execute(sa.select(a).where(a.c.rule == rule.name))}
             for incident in incidents(rule, windows):

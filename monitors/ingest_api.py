@@ -21,6 +21,7 @@ from tuneloop.monitors import records as records_io
 from tuneloop.monitors import tokens
 
 from tuneloop.errors import InvalidInput, TuneloopError
+from tuneloop.store import Stores
 
 TOKEN_CACHE_SECONDS = 5.0
 
@@ -28,8 +29,8 @@ TOKEN_CACHE_SECONDS = 5.0
 class _Tokens:
     """Hashes of valid tokens: from settings, plus stored (non-revoked) ones, re-read every few seconds."""
 
-    def __init__(self, engine: Any, configured: list[str]) -> None:
-        self._engine = engine
+    def __init__(self, stores: Stores, configured: list[str]) -> None:
+        self._stores = stores
         self._configured = {tokens.token_hash(t) for t in configured}
         self._stored: set[str] = set()
         self._read_at = 0.0
@@ -41,7 +42,7 @@ class _Tokens:
             return True
         with self._lock:
             if time.monotonic() - self._read_at > TOKEN_CACHE_SECONDS:
-                self._stored = tokens.active_hashes(self._engine)
+                self._stored = tokens.active_hashes(self._stores)
                 self._read_at = time.monotonic()
             return digest in self._stored
 
@@ -50,9 +51,8 @@ def create_app(settings: Any) -> FastAPI:
     from tuneloop.registry.client import RegistryClient
 
     rc = RegistryClient(settings)
-    engine = rc.engine
     resolver = records_io.ModelResolver(rc.mlflow)
-    accepted = _Tokens(engine, [t.get_secret_value() for t in settings.ingest.tokens])
+    accepted = _Tokens(rc.stores, [t.get_secret_value() for t in settings.ingest.tokens])
     limits = settings.ingest
     app = FastAPI(title="tuneloop ingest", version="1", docs_url="/docs", redoc_url=None)
 
@@ -108,7 +108,7 @@ def create_app(settings: Any) -> FastAPI:
         key = request.headers.get("idempotency-key")
         if key is not None and not (0 < len(key) <= 200):
             raise _HttpProblem(400, "`Idempotency-Key` must be 1-200 characters")
-        result = await run_in_threadpool(records_io.store, engine, parsed, resolver, idempotency_key=key)
+        result = await run_in_threadpool(records_io.store, rc.stores, parsed, resolver, idempotency_key=key)
         return JSONResponse(result.as_dict(), status_code=200 if result.replayed else 201)
 
     @app.post("/v1/records/{record_id}/feedback")
@@ -121,7 +121,7 @@ def create_app(settings: Any) -> FastAPI:
             feedback = records_io.Feedback.model_validate(payload)
         except ValidationError as exc:
             raise InvalidInput(f"invalid feedback: {exc}", hint="send {rating?, label?, reference?}") from None
-        await run_in_threadpool(records_io.add_feedback, engine, record_id, feedback)
+        await run_in_threadpool(records_io.add_feedback, rc.stores, record_id, feedback)
         return JSONResponse({"record_id": record_id, "stored": True}, status_code=201)
 
     return app

@@ -15,15 +15,14 @@ import re
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-import sqlalchemy as sa
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictStr, ValidationError, field_validator
 
 from tuneloop.errors import InvalidInput, NotFound
-from tuneloop.store import tables
+from tuneloop.store import Stores
+from tuneloop.store.records import BatchResult, FeedbackValues, NewRecord
 
 ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 
@@ -196,99 +195,28 @@ def _split_ref(ref: str) -> tuple[str, str | None, int | None]:
     raise InvalidInput(f"`model` must be NAME@ALIAS or NAME:VERSION, not `{ref}`", hint="e.g. support-qlora@champion")
 
 
-@dataclass
-class StoreResult:
-    stored: int
-    duplicates: int
-    ids: list[str]
-    replayed: bool = False
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"stored": self.stored, "duplicates": self.duplicates, "ids": self.ids, "replayed": self.replayed}
-
-
-def store(engine: sa.Engine, records: Sequence[RecordIn], resolver: ModelResolver, *,
-          idempotency_key: str | None = None) -> StoreResult:
+def store(stores: Stores, batch: Sequence[RecordIn], resolver: ModelResolver, *,
+          idempotency_key: str | None = None) -> BatchResult:
     """Resolve models, then write every record (and its feedback) in one transaction."""
-    resolved = [resolver.resolve(r.model) for r in records]
+    resolved = [resolver.resolve(r.model) for r in batch]
     now = datetime.now(UTC)
-    rows, feedback_rows = [], []
-    for record, (name, version, alias) in zip(records, resolved, strict=True):
+    rows, feedback_of = [], []
+    for record, (name, version, alias) in zip(batch, resolved, strict=True):
         record_id = record.id or uuid.uuid4().hex
         ts = record.timestamp or now
-        rows.append({
-            "id": record_id, "model": name, "version": version, "alias": alias, "prompt": record.prompt,
-            "output": record.output, "prediction": record.prediction if record.prediction is not None else record.output,
-            "ts": ts if ts.tzinfo else ts.replace(tzinfo=UTC), "latency_ms": record.latency_ms,
-            "meta": json.dumps(record.metadata, default=str), "received_at": now,
-        })
+        rows.append(NewRecord(
+            id=record_id, model=name, version=version, alias=alias, prompt=record.prompt, output=record.output,
+            prediction=record.prediction if record.prediction is not None else record.output,
+            ts=ts if ts.tzinfo else ts.replace(tzinfo=UTC), latency_ms=record.latency_ms,
+            meta=json.loads(json.dumps(record.metadata, default=str)), received_at=now))
         if record.feedback is not None:
-            feedback_rows.append({"record_id": record_id, **record.feedback.model_dump(), "at": now})
-    try:
-        return _store_once(engine, rows, feedback_rows, idempotency_key, now)
-    except sa.exc.IntegrityError:
-        if not idempotency_key:
-            raise
-        # The same key committed concurrently (PostgreSQL has no BEGIN IMMEDIATE): this try replays it.
-        return _store_once(engine, rows, feedback_rows, idempotency_key, now)
+            feedback_of.append((record_id, FeedbackValues(**record.feedback.model_dump())))
+    return stores.records.add_batch(rows, feedback_of, now, idempotency_key=idempotency_key)
 
 
-def _store_once(engine: sa.Engine, rows: list[dict[str, Any]], feedback_rows: list[dict[str, Any]],
-                idempotency_key: str | None, now: datetime) -> StoreResult:
-    with engine.begin() as conn:
-        if idempotency_key:
-            earlier = _replay(conn, idempotency_key)
-            if earlier is not None:
-                return earlier
-        result = _insert(conn, rows, feedback_rows)
-        if idempotency_key:
-            conn.execute(tables.ingest_requests.insert().values(key=idempotency_key, response=json.dumps(result.as_dict()), at=now))
-        return result
-
-
-def _replay(conn: sa.Connection, key: str) -> StoreResult | None:
-    stored = conn.execute(sa.select(tables.ingest_requests.c.response).where(tables.ingest_requests.c.key == key)).scalar()
-    if stored is None:
-        return None
-    return StoreResult(**{**json.loads(stored), "replayed": True})
-
-
-def _insert(conn: sa.Connection, rows: list[dict[str, Any]], feedback_rows: list[dict[str, Any]]) -> StoreResult:
-    ids = [r["id"] for r in rows]
-    existing = set(conn.execute(sa.select(tables.records.c.id).where(tables.records.c.id.in_(ids))).scalars())
-    unique: dict[str, dict[str, Any]] = {}  # an id repeated within the batch is stored once
-    for row in rows:
-        if row["id"] not in existing:
-            unique.setdefault(row["id"], row)
-    if unique:
-        conn.execute(tables.records.insert(), list(unique.values()))
-    for row in feedback_rows:
-        upsert_feedback(conn, row)
-    return StoreResult(stored=len(unique), duplicates=len(rows) - len(unique), ids=ids)
-
-
-def upsert_feedback(conn: sa.Connection, row: dict[str, Any]) -> None:
-    table = tables.feedback
-    updated = conn.execute(table.update().where(table.c.record_id == row["record_id"]).values(
-        rating=row["rating"], label=row["label"], reference=row["reference"], at=row["at"]))
-    if updated.rowcount == 0:
-        conn.execute(table.insert().values(**row))
-
-
-def add_feedback(engine: sa.Engine, record_id: str, feedback: Feedback) -> None:
-    with engine.begin() as conn:
-        found = conn.execute(sa.select(tables.records.c.id).where(tables.records.c.id == record_id)).scalar()
-        if found is None:
-            raise NotFound(f"no record `{record_id}`", hint="send feedback for a record id the API acknowledged")
-        upsert_feedback(conn, {"record_id": record_id, **feedback.model_dump(), "at": datetime.now(UTC)})
-
-
-def count(engine: sa.Engine, model: str | None = None) -> int:
-    query = sa.select(sa.func.count()).select_from(tables.records)
-    if model:
-        query = query.where(tables.records.c.model == model)
-    with engine.connect() as conn:
-        return int(conn.execute(query).scalar() or 0)
+def add_feedback(stores: Stores, record_id: str, feedback: Feedback) -> None:
+    if not stores.records.add_feedback(record_id, FeedbackValues(**feedback.model_dump()), datetime.now(UTC)):
+        raise NotFound(f"no record `{record_id}`", hint="send feedback for a record id the API acknowledged")
 
 
 def records_from_file(path: Any, max_chars: int, *, schema: type[RecordIn] = RecordIn) -> list[RecordIn]:

@@ -17,7 +17,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
 from tuneloop.monitors.backtest import read_records
 from tuneloop.monitors.checks import Record
 from tuneloop.monitors.monitor_spec import MonitorSpec
@@ -25,7 +24,7 @@ from tuneloop.monitors.records import ModelResolver, record_from_training_row
 
 from tuneloop.digest import file_sha256
 from tuneloop.errors import InvalidInput
-from tuneloop.store import tables
+from tuneloop.store.records import ModelSlice, StoredRecord
 
 
 def materialise(rc: Any, spec: MonitorSpec) -> tuple[list[Record], str]:
@@ -40,22 +39,12 @@ def materialise(rc: Any, spec: MonitorSpec) -> tuple[list[Record], str]:
     if ref.training_data is not None:
         return _training_data(rc, name, version, ref.training_data)
     assert ref.window is not None
-    r = tables.records
-    query = model_records(name, version, alias).where(r.c.ts >= ref.window.start, r.c.ts < ref.window.end).order_by(r.c.seq)
-    with rc.engine.connect() as conn:
-        records = [as_record(row) for row in conn.execute(query)]
+    stored = rc.stores.records.of(ModelSlice(name, version, alias), start=ref.window.start, end=ref.window.end)
+    records = [as_record(row) for row in stored]
     return records, f"production records of {spec.model} from {ref.window.start.isoformat()} to {ref.window.end.isoformat()}"
 
 
-def model_records(name: str, version: int, alias: str | None) -> sa.Select:
-    """Stored records of a model (by alias when the monitor names one, else by version), with feedback."""
-    r, f = tables.records, tables.feedback
-    return (sa.select(r.c.seq, r.c.prompt, r.c.output, r.c.prediction, r.c.ts, f.c.label, f.c.rating, f.c.reference)
-            .select_from(r.outerjoin(f, f.c.record_id == r.c.id))
-            .where(r.c.model == name, (r.c.alias == alias) if alias else (r.c.version == version)))
-
-
-def as_record(row: Any) -> Record:
+def as_record(row: StoredRecord) -> Record:
     return Record(row.prompt, row.output, row.prediction, row.label, row.rating, row.reference, row.ts)
 
 

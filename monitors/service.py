@@ -12,7 +12,6 @@ statistics (and embeddings) are built once per reference digest and set of check
 from __future__ import annotations
 
 import html
-import json
 import os
 import pickle
 import shutil
@@ -20,19 +19,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
 from tuneloop.monitors.backtest import read_records
 from tuneloop.monitors.checks import Record, WindowResult
 from tuneloop.monitors.drift import Reference, build_reference, check_window
 from tuneloop.monitors.embedding import Embedder
 from tuneloop.monitors.monitor_spec import MonitorSpec, load_monitor
 from tuneloop.monitors.records import ModelResolver
-from tuneloop.monitors.references import as_record, materialise, model_records, write_jsonl
+from tuneloop.monitors.references import as_record, materialise, write_jsonl
 from tuneloop.registry.client import RegistryClient
 
 from tuneloop.digest import file_sha256
 from tuneloop.errors import Conflict, InvalidInput, NotFound
-from tuneloop.store import tables
+from tuneloop.store.monitors import MonitorRow
+from tuneloop.store.records import ModelSlice
 
 EXPERIMENT = "monitors"
 MIN_REFERENCE = 100
@@ -43,7 +42,7 @@ def add(rc: RegistryClient, path: Path, *, replace: bool = False) -> dict[str, A
     if spec.reference is None or spec.model is None:
         raise InvalidInput(f"monitor `{path}` needs `model` and `reference`", hint="see examples/monitors/support.yaml")
     ModelResolver(rc.mlflow).resolve(spec.model)  # an unknown model fails here, not at the first check
-    existing = _row(rc, spec.name)
+    existing = rc.stores.monitors.get(spec.name)
     if existing is not None and not replace:
         raise Conflict(f"monitor `{spec.name}` exists", hint="pass --replace to update it")
     records, source = materialise(rc, spec)
@@ -53,7 +52,7 @@ def add(rc: RegistryClient, path: Path, *, replace: bool = False) -> dict[str, A
     staging = Path(rc.settings.cache_dir).expanduser() / "monitor-references"
     staging.mkdir(parents=True, exist_ok=True)
     pinned = write_jsonl(records, staging)
-    run_id = existing["mlflow_run_id"] if existing else None
+    run_id = existing.mlflow_run_id if existing else None
     created = run_id is None
     try:
         digest = "sha256:" + file_sha256(pinned)
@@ -61,12 +60,7 @@ def add(rc: RegistryClient, path: Path, *, replace: bool = False) -> dict[str, A
         if created:
             run_id = _create_run(rc, spec)
         _pin(rc, spec, run_id, digest, pinned, source)
-        with rc.engine.begin() as conn:
-            values = {"spec": spec.model_dump_json(), "reference_sha256": digest, "mlflow_run_id": run_id}
-            if existing is not None:
-                conn.execute(tables.monitors.update().where(tables.monitors.c.name == spec.name).values(**values))
-            else:
-                conn.execute(tables.monitors.insert().values(name=spec.name, created_at=datetime.now(UTC), **values))
+        rc.stores.monitors.save(spec.name, spec.model_dump(mode="json"), digest, run_id)
     except Exception:
         if created and run_id is not None:
             rc.mlflow.delete_run(run_id)  # nothing half-written: no run without its monitor
@@ -91,11 +85,8 @@ def why_small(rc: RegistryClient, spec: MonitorSpec, size: int) -> str:
     """Why a window is too small to judge, naming where else this model's records are (other aliases or versions)."""
     name, version, alias = ModelResolver(rc.mlflow).resolve(spec.model or "")
     watched = f"alias `{alias}`" if alias else f"version {version}"
-    r = tables.records
-    query = sa.select(r.c.alias, r.c.version, sa.func.count()).where(r.c.model == name).group_by(r.c.alias, r.c.version)
-    with rc.engine.connect() as conn:
-        groups = [(a, int(v), int(n)) for a, v, n in conn.execute(query)
-                  if not ((a == alias) if alias else (v == version and a is None))]
+    groups = [(a, v, n) for a, v, n in rc.stores.records.groups(name)
+              if not ((a == alias) if alias else (v == version and a is None))]
     text = f"{size} record(s) of {name} under {watched} in the window; {spec.min_size} are needed (min_size)"
     if groups:
         elsewhere = ", ".join(f"{n:,} under alias `{a}` (v{v})" if a else f"{n:,} sent as version {v}"
@@ -113,16 +104,11 @@ def check_pending(rc: RegistryClient, name: str, *, limit: int = 1000) -> list[d
     (and cannot stretch an alert's K-window streak).
     """
     row, spec = _monitor(rc, name)
-    with rc.engine.connect() as conn:
-        judged = conn.execute(sa.select(sa.func.max(tables.monitor_windows.c.last_seq))
-                              .where(tables.monitor_windows.c.monitor == name)).scalar() or 0
-    model = ModelResolver(rc.mlflow).resolve(spec.model or "")
-    r = tables.records
-    pending = model_records(*model).where(r.c.seq > judged)
-    if spec.reference is not None and spec.reference.window is not None:  # never judge the reference against itself
-        pending = pending.where(r.c.ts >= spec.reference.window.end)
-    with rc.engine.connect() as conn:
-        new_seqs = [x.seq for x in conn.execute(pending.order_by(r.c.seq))]
+    judged = rc.stores.monitors.last_judged_seq(name)
+    model = ModelSlice(*ModelResolver(rc.mlflow).resolve(spec.model or ""))
+    window_ref = spec.reference.window if spec.reference is not None else None
+    # never judge a pinned production-window reference against itself
+    new_seqs = rc.stores.records.seqs_after(model, judged, not_before=window_ref.end if window_ref else None)
     if not new_seqs:
         return []
     if spec.window.kind == "time":
@@ -133,89 +119,71 @@ def check_pending(rc: RegistryClient, name: str, *, limit: int = 1000) -> list[d
     for end in range(stride, len(new_seqs) + 1, stride):
         if len(results) >= limit:
             break
-        query = model_records(*model).where(r.c.seq <= new_seqs[end - 1]).order_by(r.c.seq.desc()).limit(spec.window.size)
-        with rc.engine.connect() as conn:
-            rows = conn.execute(query).all()
-        rows.reverse()
+        rows = rc.stores.records.of(model, upto_seq=new_seqs[end - 1], newest=int(spec.window.size))
         results.append(_judge(rc, row, spec, [as_record(x) for x in rows], rows[-1].seq))
     return results
 
 
-def _monitor(rc: RegistryClient, name: str) -> tuple[Any, MonitorSpec]:
-    row = _row(rc, name)
+def _monitor(rc: RegistryClient, name: str) -> tuple[MonitorRow, MonitorSpec]:
+    row = rc.stores.monitors.get(name)
     if row is None:
         raise NotFound(f"no monitor `{name}`", hint="add one with `tuneloop monitor add FILE`; `tuneloop monitor status` lists them")
-    return row, MonitorSpec.model_validate_json(row["spec"])
+    return row, MonitorSpec.model_validate(row.spec)
 
 
-def _judge(rc: RegistryClient, row: Any, spec: MonitorSpec, window: list[Record], last_seq: int) -> dict[str, Any]:
-    reference = _statistics(rc, spec, row["reference_sha256"], None, run_id=row["mlflow_run_id"])
+def _judge(rc: RegistryClient, row: MonitorRow, spec: MonitorSpec, window: list[Record], last_seq: int) -> dict[str, Any]:
+    reference = _statistics(rc, spec, row.reference_sha256, None, run_id=row.mlflow_run_id)
     result = check_window(reference, window, alpha=spec.alpha, min_size=spec.min_size, checks=spec.checks,
                           embedder=_embedder(rc) if "embedding" in spec.checks else None)
     stats = [{"check": c.check, "statistic": c.statistic, "p_value": c.p_value, "drifted": c.drifted} for c in result.checks]
-    with rc.engine.begin() as conn:
-        window_id = conn.execute(tables.monitor_windows.insert().values(
-            monitor=spec.name, last_seq=last_seq, size=result.size, status=result.status,
-            drifted_checks=json.dumps(result.drifted_checks), checks=json.dumps(stats),
-            checked_at=datetime.now(UTC))).inserted_primary_key[0]
-        step = conn.execute(sa.select(sa.func.count()).select_from(tables.monitor_windows).where(
-            tables.monitor_windows.c.monitor == spec.name)).scalar_one() - 1
-    _log(rc, spec, row["mlflow_run_id"], step, result)
-    return {"monitor": spec.name, "model": spec.model, "step": step, "window_id": int(window_id),
-            "run_id": row["mlflow_run_id"], **result.as_dict()}
+    window_id, step = rc.stores.monitors.add_window(spec.name, last_seq=last_seq, size=result.size, status=result.status,
+                                                    drifted_checks=list(result.drifted_checks), checks=stats)
+    _log(rc, spec, row.mlflow_run_id, step, result)
+    return {"monitor": spec.name, "model": spec.model, "step": step, "window_id": window_id,
+            "run_id": row.mlflow_run_id, **result.as_dict()}
 
 
 def judged_windows(rc: RegistryClient, name: str) -> tuple[list[int], list[WindowResult]]:
     """(window ids, results) of every judged window of monitor `name`, oldest first, as alert rules replay them."""
     from tuneloop.monitors.checks import CheckResult
 
-    w = tables.monitor_windows
-    with rc.engine.connect() as conn:
-        rows = conn.execute(sa.select(w).where(w.c.monitor == name).order_by(w.c.id)).mappings().all()
     ids, results = [], []
     previous_seq = None
-    for row in rows:
-        if row["last_seq"] == previous_seq:
+    for window in rc.stores.monitors.windows(name):
+        if window.last_seq == previous_seq:
             continue  # `monitor check` run again with no new records: the same evidence, counted once
-        previous_seq = row["last_seq"]
-        if row["checks"] is not None:
-            checks = [CheckResult(**c) for c in json.loads(row["checks"])]
+        previous_seq = window.last_seq
+        if window.checks is not None:
+            checks = [CheckResult(**_nan_for_none(c)) for c in window.checks]
         else:  # windows judged before statistics were stored: the drifted names are all we know
-            checks = [CheckResult(check=n, statistic=float("nan"), p_value=0.0, drifted=True) for n in json.loads(row["drifted_checks"])]
-        ids.append(int(row["id"]))
-        results.append(WindowResult(size=row["size"], status=row["status"], threshold=float("nan"), checks=checks))
+            checks = [CheckResult(check=n, statistic=float("nan"), p_value=0.0, drifted=True) for n in window.drifted_checks]
+        ids.append(window.id)
+        results.append(WindowResult(size=window.size, status=str(window.status), threshold=float("nan"), checks=checks))
     return ids, results
 
 
 def status(rc: RegistryClient) -> list[dict[str, Any]]:
     out = []
-    with rc.engine.connect() as conn:
-        for m in conn.execute(sa.select(tables.monitors).order_by(tables.monitors.c.name)).mappings():
-            last = conn.execute(sa.select(tables.monitor_windows).where(tables.monitor_windows.c.monitor == m["name"])
-                                .order_by(tables.monitor_windows.c.id.desc()).limit(1)).mappings().first()
-            spec = MonitorSpec.model_validate_json(m["spec"])
-            out.append({"monitor": m["name"], "model": spec.model, "state": last["status"] if last else "never checked",
-                        "drifted_checks": json.loads(last["drifted_checks"]) if last else [],
-                        "window_records": last["size"] if last else 0,
-                        "checked_at": last["checked_at"].isoformat() if last else None, "run_id": m["mlflow_run_id"]})
+    for m in rc.stores.monitors.all():
+        last = rc.stores.monitors.last_window(m.name)
+        out.append({"monitor": m.name, "model": MonitorSpec.model_validate(m.spec).model,
+                    "state": str(last.status) if last else "never checked",
+                    "drifted_checks": last.drifted_checks if last else [], "window_records": last.size if last else 0,
+                    "checked_at": last.checked_at.isoformat() if last else None, "run_id": m.mlflow_run_id})
     return out
 
 
-def _row(rc: RegistryClient, name: str) -> Any:
-    with rc.engine.connect() as conn:
-        return conn.execute(sa.select(tables.monitors).where(tables.monitors.c.name == name)).mappings().first()
+def _nan_for_none(check: dict[str, Any]) -> dict[str, Any]:
+    """JSON stores a NaN statistic as null; a check result holds it as NaN again."""
+    return {k: float("nan") if v is None and k in ("statistic", "p_value") else v for k, v in check.items()}
 
 
 def _latest_window(rc: RegistryClient, spec: MonitorSpec) -> tuple[list[Record], int]:
-    r = tables.records
-    query = model_records(*ModelResolver(rc.mlflow).resolve(spec.model or ""))
+    model = ModelSlice(*ModelResolver(rc.mlflow).resolve(spec.model or ""))
     if spec.window.kind == "time":
-        query = query.where(r.c.ts >= datetime.now(UTC) - spec.window.length).order_by(r.c.seq.desc())
+        rows = rc.stores.records.of(model, start=datetime.now(UTC) - spec.window.length)
     else:
-        query = query.order_by(r.c.seq.desc()).limit(spec.window.size)
-    with rc.engine.connect() as conn:
-        rows = conn.execute(query).all()
-    rows.reverse()
+        rows = rc.stores.records.of(model, newest=int(spec.window.size))
     return [as_record(row) for row in rows], (rows[-1].seq if rows else 0)
 
 

@@ -20,12 +20,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
 from tuneloop.pipelines import data as data_io
 
 from tuneloop.errors import InvalidInput
 from tuneloop.rowfiles import chat_prompt, read_rows
-from tuneloop.store import tables
+from tuneloop.store import Stores
 
 
 @dataclass
@@ -41,26 +40,22 @@ class CuratedData:
         return {k: str(v) if isinstance(v, Path) else v for k, v in out.items()}
 
 
-def reviewed_examples(engine: sa.Engine, model: str, min_rating: float, *, labels_train: bool = True) -> list[dict[str, str]]:
+def reviewed_examples(stores: Stores, model: str, min_rating: float, *, labels_train: bool = True) -> list[dict[str, str]]:
     """[{id, prompt, answer, why}] of the model's production records whose feedback makes a training answer.
 
     A label is a training answer only for a model whose training answers are labels (`labels_train`); for
     an answer model it stays what it is — evidence for the monitor's quality checks — and never becomes an
     assistant turn (its record still trains through a reference answer or an approved rating)."""
-    r, f = tables.records, tables.feedback
-    query = (sa.select(r.c.id, r.c.prompt, r.c.output, f.c.reference, f.c.label, f.c.rating)
-             .select_from(r.join(f, f.c.record_id == r.c.id)).where(r.c.model == model).order_by(r.c.seq))
     out = []
-    with engine.connect() as conn:
-        for row in conn.execute(query):
-            if row.reference and row.reference.strip():
-                out.append({"id": row.id, "prompt": row.prompt, "answer": row.reference, "why": "reference"})
-            elif labels_train and row.label and row.label.strip():
-                out.append({"id": row.id, "prompt": row.prompt, "answer": row.label, "why": "label"})
-            elif row.rating is not None and row.rating >= min_rating and row.output.strip():
-                out.append({"id": row.id, "prompt": row.prompt, "answer": row.output, "why": "approved"})
-            elif row.label and row.label.strip():
-                out.append({"id": row.id, "prompt": row.prompt, "answer": "", "why": "label kept for quality checks"})
+    for row in stores.records.reviewed(model):
+        if row.reference and row.reference.strip():
+            out.append({"id": row.id, "prompt": row.prompt, "answer": row.reference, "why": "reference"})
+        elif labels_train and row.label and row.label.strip():
+            out.append({"id": row.id, "prompt": row.prompt, "answer": row.label, "why": "label"})
+        elif row.rating is not None and row.rating >= min_rating and row.output.strip():
+            out.append({"id": row.id, "prompt": row.prompt, "answer": row.output, "why": "approved"})
+        elif row.label and row.label.strip():
+            out.append({"id": row.id, "prompt": row.prompt, "answer": "", "why": "label kept for quality checks"})
     return out
 
 
@@ -101,7 +96,7 @@ def build(rc: Any, model: str, champion_version: int, folder: Path, *, min_ratin
         raise InvalidInput(f"cannot add production examples to {fmt or 'unrecognised'} training rows",
                            hint="retraining extends chat, instruction or completion data")
     labels_train = answers_are_labels(champion_rows)
-    examples = reviewed_examples(rc.engine, model, min_rating, labels_train=labels_train)
+    examples = reviewed_examples(rc.stores, model, min_rating, labels_train=labels_train)
     labels_kept = sum(e["why"] == "label kept for quality checks" for e in examples)
     reviewed, pii_found = _scrubbed([e for e in examples if e["answer"]])
     # The lowest shares are held out, at most `holdout_limit` of them; the rest train.

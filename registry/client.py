@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion, RegisteredModel
     from sqlalchemy.engine import Engine
 
+    from tuneloop.store import Stores
+
 
 class RegistryClient:
     def __init__(self, settings: Settings | None = None) -> None:
@@ -34,6 +36,13 @@ class RegistryClient:
         from tuneloop.store.engine import get_engine
 
         return get_engine(self.settings.database_url, migrate_on_start=self.settings.stores.migrate_on_start)
+
+    @cached_property
+    def stores(self) -> Stores:
+        """tuneloop's own database, one store per aggregate (`tuneloop.store`)."""
+        from tuneloop.store import Stores
+
+        return Stores(self.engine)
 
     @property
     def cache_dir(self) -> Path:

@@ -19,6 +19,6 @@ def ingest_directly(rc):  # type: ignore[no-untyped-def]
     from tuneloop.monitors.records import ModelResolver, parse_records, store
 
     def send(records: list[dict]) -> None:
-        store(rc.engine, parse_records(records, 100_000), ModelResolver(rc.mlflow))
+        store(rc.stores, parse_records(records, 100_000), ModelResolver(rc.mlflow))
 
     return send

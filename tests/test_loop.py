@@ -34,7 +34,7 @@ def test_tiny_loop_end_to_end(loop_env, tiny_model: Path) -> None:
     try:
         wait_healthy(f"http://127.0.0.1:{ingest_port}", server, path="/v1/health", what="the ingest API")
         summary = Demo(rc, tiny_config(tiny_model), stages.append).run(
-            ingest_over_http(f"http://127.0.0.1:{ingest_port}", create(rc.engine, "t")), "ui",
+            ingest_over_http(f"http://127.0.0.1:{ingest_port}", create(rc.stores, "t")), "ui",
             webhooks=[f"http://127.0.0.1:{hook_port}/hook?token=s3cret"])
     finally:
         stop(server)

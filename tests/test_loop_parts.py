@@ -28,7 +28,7 @@ def _store(rc, rows: list[dict], model: str = "support:1", feedback: list[dict |
         if feedback and feedback[i]:
             item["feedback"] = feedback[i]
         items.append(item)
-    store(rc.engine, parse_records(items, 100_000), ModelResolver(rc.mlflow))
+    store(rc.stores, parse_records(items, 100_000), ModelResolver(rc.mlflow))
 
 
 def _monitor(rc, tmp_path: Path, size: int = 100) -> None:  # type: ignore[no-untyped-def]
@@ -178,7 +178,7 @@ def test_only_reviewed_records_become_training_examples(sqlite_rc) -> None:  # t
     rows = [{"prompt": f"p{i}", "output": f"o{i}"} for i in range(6)]
     feedback = [{"reference": "gold"}, {"label": "refund"}, {"rating": 5}, {"rating": 3}, None, {"rating": 4.0}]
     _store(sqlite_rc, rows, feedback=feedback)
-    picked = {(e["prompt"], e["answer"], e["why"]) for e in reviewed_examples(sqlite_rc.engine, "support", 4.0)}
+    picked = {(e["prompt"], e["answer"], e["why"]) for e in reviewed_examples(sqlite_rc.stores, "support", 4.0)}
     assert picked == {("p0", "gold", "reference"), ("p1", "refund", "label"), ("p2", "o2", "approved"), ("p5", "o5", "approved")}
     assert _share("record-1") == _share("record-1") and 0 <= _share("x") < 1
 
@@ -297,7 +297,7 @@ def test_feedback_trains_only_in_the_champions_own_format(kind: str, sqlite_rc, 
     from tuneloop.monitors.records import ModelResolver, parse_records, store
 
     items = [{"id": f"r{i}", "model": f"m:{version}", **row, "feedback": fb} for i, (row, fb) in enumerate(zip(rows, feedback))]
-    store(sqlite_rc.engine, parse_records(items, 100_000), ModelResolver(sqlite_rc.mlflow))
+    store(sqlite_rc.stores, parse_records(items, 100_000), ModelResolver(sqlite_rc.mlflow))
     curated = build(sqlite_rc, "m", version, tmp_path / "out", min_rating=4, holdout=0.5, holdout_limit=3)
     counts = curated.counts
     trained = [row for _, row in read_rows(curated.train)] + [row for _, row in read_rows(curated.holdout)]

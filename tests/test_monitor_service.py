@@ -19,7 +19,7 @@ def _store(rc, rows: list[dict]) -> None:  # type: ignore[no-untyped-def]
 
     items = [{"model": "support:1", "prompt": r["prompt"], "output": r["output"], "prediction": r["prediction"],
               "feedback": {"label": r["label"]}} for r in rows]
-    store(rc.engine, parse_records(items, 100_000), ModelResolver(rc.mlflow))
+    store(rc.stores, parse_records(items, 100_000), ModelResolver(rc.mlflow))
 
 
 def test_add_check_status_and_mlflow_report(sqlite_rc, tmp_path: Path) -> None:
@@ -129,7 +129,7 @@ def test_reference_from_the_versions_eval_data_and_from_a_pinned_production_wind
     hour = [{"model": f"trained:{version}", "prompt": r["prompt"], "output": r["output"],
              "timestamp": (now - timedelta(minutes=i % 50)).isoformat()}
             for i, r in enumerate(drift_data.windows(1, 300, seed=7, kind="refusals", share=0.2))]
-    store(rc.engine, parse_records(week + hour, 100_000), ModelResolver(rc.mlflow))
+    store(rc.stores, parse_records(week + hour, 100_000), ModelResolver(rc.mlflow))
     start, end = (now - timedelta(days=7)).strftime("%Y-%m-%dT%H:%M:%SZ"), (now - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
     pinned = tmp_path / "window-ref.yaml"
     pinned.write_text(f"name: from-window\nmodel: trained:{version}\nwindow: {{kind: time, duration: 1h}}\n"

@@ -64,6 +64,31 @@ def _rows(url: str) -> dict[str, list[tuple]]:
         engine.dispose()
 
 
+VERSION_TABLES = {"alembic_version", "tuneloop_alembic_version"}
+JSON_COLUMNS = [("records", "meta", "seq"), ("monitors", "spec", "name"), ("monitor_windows", "checks", "id"),
+                ("monitor_windows", "drifted_checks", "id")]
+
+
+def _head() -> str:
+    from alembic.script import ScriptDirectory
+
+    from tuneloop.store.schema import MIGRATIONS
+
+    return ScriptDirectory(str(MIGRATIONS)).get_current_head()
+
+
+def _documents(url: str) -> dict[str, list]:
+    """Every JSON document the columns hold, parsed (text before the upgrade, JSON after it on PostgreSQL)."""
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            return {f"{t}.{c}": [(k, json.loads(v) if isinstance(v, str) else v)
+                                 for k, v in conn.execute(sa.text(f"SELECT {key}, {c} FROM {t} ORDER BY {key}"))]
+                    for t, c, key in JSON_COLUMNS}
+    finally:
+        engine.dispose()
+
+
 @pytest.fixture(params=BACKENDS)
 def old_home(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
     if request.param == "postgres" and not _postgres_available():
@@ -88,13 +113,17 @@ def test_upgrade_keeps_every_row_the_audit_guards_and_the_chain(old_home) -> Non
         assert own[table], f"the a3a2416 fixture has no {table} rows"
     assert before["mlflow"]["registered_models"] and before["mlflow"]["model_versions"]
 
+    documents_before = _documents(_url(env, "tuneloop"))
     upgraded = run_cli("db", "upgrade", "--json", env=env)
     assert upgraded.returncode == 0, upgraded.stderr[-3000:]
     assert json.loads(upgraded.stdout)["up_to_date"] is True
     after = {name: _rows(_url(env, name)) for name in ("mlflow", "tuneloop")}
     for name in before:
         for table, rows in before[name].items():
-            assert after[name].get(table) == rows, f"{name}.{table} changed in the upgrade"
+            if table not in VERSION_TABLES:
+                assert after[name].get(table) == rows, f"{name}.{table} changed in the upgrade"
+    assert after["tuneloop"]["tuneloop_alembic_version"] == [(_head(),)]
+    assert _documents(_url(env, "tuneloop")) == documents_before  # JSON text became JSON, the same documents
 
     # The audit log is still append-only, on both backends, after whatever the upgrade rebuilt.
     engine = sa.create_engine(_url(env, "tuneloop"), poolclass=sa.pool.NullPool)
@@ -154,7 +183,7 @@ def test_what_a3a2416_stored_still_loads_after_the_upgrade(old_home, tmp_path: P
         windows_before = conn.execute(sa.text("SELECT count(*) FROM monitor_windows")).scalar()
         prompts = [r[0] for r in conn.execute(sa.text("SELECT prompt FROM records ORDER BY id LIMIT 100"))]
     records = [{"model": f"{ADAPTER}@champion", "prompt": p, "output": "ok"} for p in prompts]
-    store(rc.engine, parse_records(records, 100_000), ModelResolver(rc.mlflow))
+    store(rc.stores, parse_records(records, 100_000), ModelResolver(rc.mlflow))
     judged = check_pending(rc, "support-champion")
     assert len(judged) == 1 and judged[0]["status"] in ("ok", "drift")
     with rc.engine.connect() as conn:

@@ -38,7 +38,7 @@ def demo(app: AppContext, steps: int | None, quick: bool, webhooks: tuple[str, .
     cfg = DemoConfig(**{**(QUICK if quick else {}), **({"train_steps": steps, "retrain_steps": 2 * steps} if steps else {})})
     output.stage(f"stores under {settings.home}; demo files under {settings.home / 'demo'}")
     rc = app.registry
-    token = create(rc.engine, f"demo-{uuid.uuid4().hex[:8]}")
+    token = create(rc.stores, f"demo-{uuid.uuid4().hex[:8]}")
     with socket.socket() as s:  # a free port: a running `tuneloop up` may hold the configured one
         s.bind((settings.server.host, 0))
         port = s.getsockname()[1]

@@ -35,7 +35,7 @@ def ingest(app: AppContext, path: str, as_json: bool) -> None:
     from tuneloop.monitors.records import ModelResolver, records_from_file, store
 
     parsed = records_from_file(Path(path), app.settings.ingest.max_text_chars)
-    result = store(app.registry.engine, parsed, ModelResolver(app.registry.mlflow))
+    result = store(app.registry.stores, parsed, ModelResolver(app.registry.mlflow))
     if as_json:
         output.emit_json({"stored": result.stored, "duplicates": result.duplicates, "file": path})
         return
@@ -55,7 +55,7 @@ def token_create(app: AppContext, name: str, as_json: bool) -> None:
     """Create a token; it is printed once and only its hash is kept."""
     from tuneloop.monitors.tokens import create
 
-    value = create(app.registry.engine, name)
+    value = create(app.registry.stores, name)
     if as_json:
         output.emit_json({"name": name, "token": value})
         return
@@ -70,7 +70,7 @@ def token_list(app: AppContext, as_json: bool) -> None:
     """Token names and dates (never the tokens)."""
     from tuneloop.monitors.tokens import listing
 
-    rows = listing(app.registry.engine)
+    rows = listing(app.registry.stores)
     if as_json:
         output.emit_json(rows)
         return
@@ -84,7 +84,7 @@ def token_revoke(app: AppContext, name: str) -> None:
     """Revoke a token; the API refuses it within seconds."""
     from tuneloop.monitors.tokens import revoke
 
-    revoke(app.registry.engine, name)
+    revoke(app.registry.stores, name)
     click.echo(f"token `{name}` revoked")
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
+from tuneloop.store.types import JSONDocument, UTCDateTime
+
 metadata = sa.MetaData()
 
 # Append-only: database triggers refuse UPDATE and DELETE, and each row carries the hash of the
@@ -12,7 +14,7 @@ audit_log = sa.Table(
     "audit_log",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("at", UTCDateTime(), nullable=False),
     sa.Column("actor", sa.String(200), nullable=False),
     sa.Column("model", sa.String(400), nullable=False),
     sa.Column("alias", sa.String(200), nullable=False),
@@ -49,10 +51,10 @@ records = sa.Table(
     sa.Column("prompt", sa.Text, nullable=False),
     sa.Column("output", sa.Text, nullable=False),
     sa.Column("prediction", sa.Text, nullable=True),
-    sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("ts", UTCDateTime(), nullable=False),
     sa.Column("latency_ms", sa.Float, nullable=True),
-    sa.Column("meta", sa.Text, nullable=False, default="{}"),
-    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("meta", JSONDocument(), nullable=False, default=dict),
+    sa.Column("received_at", UTCDateTime(), nullable=False),
     sa.Index("ix_records_model_ts", "model", "ts"),
 )
 
@@ -64,7 +66,7 @@ feedback = sa.Table(
     sa.Column("rating", sa.Float, nullable=True),
     sa.Column("label", sa.Text, nullable=True),
     sa.Column("reference", sa.Text, nullable=True),
-    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("at", UTCDateTime(), nullable=False),
 )
 
 # Write tokens of the ingest API, stored as sha256 hashes only.
@@ -73,8 +75,8 @@ ingest_tokens = sa.Table(
     metadata,
     sa.Column("name", sa.String(200), primary_key=True),
     sa.Column("token_sha256", sa.String(64), nullable=False, unique=True),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("revoked_at", UTCDateTime(), nullable=True),
 )
 
 # Idempotency keys of acknowledged requests: a retry gets the stored answer and stores nothing again.
@@ -82,8 +84,8 @@ ingest_requests = sa.Table(
     "ingest_requests",
     metadata,
     sa.Column("key", sa.String(200), primary_key=True),
-    sa.Column("response", sa.Text, nullable=False),
-    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("response", JSONDocument(), nullable=False),
+    sa.Column("at", UTCDateTime(), nullable=False),
 )
 
 # Monitors declared with `tuneloop monitor add`, and the windows they checked.
@@ -91,10 +93,10 @@ monitors = sa.Table(
     "monitors",
     metadata,
     sa.Column("name", sa.String(200), primary_key=True),
-    sa.Column("spec", sa.Text, nullable=False),  # the validated YAML, as JSON
+    sa.Column("spec", JSONDocument(), nullable=False),  # the validated YAML
     sa.Column("reference_sha256", sa.String(80), nullable=False),
     sa.Column("mlflow_run_id", sa.String(64), nullable=True),  # one run per monitor, a step per window
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
 )
 
 monitor_windows = sa.Table(
@@ -105,12 +107,12 @@ monitor_windows = sa.Table(
     sa.Column("last_seq", sa.BigInteger, nullable=False),  # the newest record the window held
     sa.Column("size", sa.Integer, nullable=False),
     sa.Column("status", sa.String(20), nullable=False),
-    sa.Column("drifted_checks", sa.Text, nullable=False),
-    sa.Column("checked_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("drifted_checks", JSONDocument(), nullable=False),
+    sa.Column("checked_at", UTCDateTime(), nullable=False),
     sa.Index("ix_monitor_windows_monitor", "monitor", "id"),
 )
 # Per-check statistics of each window (JSON), so alert rules on a check's statistic can replay history.
-monitor_windows.append_column(sa.Column("checks", sa.Text, nullable=True))
+monitor_windows.append_column(sa.Column("checks", JSONDocument(), nullable=True))
 
 # --- the closed loop: alert rules, alerts, notifications, leases, retraining runs -----------------
 alert_rules = sa.Table(
@@ -119,7 +121,7 @@ alert_rules = sa.Table(
     sa.Column("name", sa.String(200), primary_key=True),
     sa.Column("monitor", sa.String(200), nullable=False),
     sa.Column("spec", sa.Text, nullable=False),  # the validated YAML, as JSON
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
 )
 
 # One row per incident, never one per window: (rule, opened_window) is unique, so two evaluators
@@ -137,8 +139,8 @@ alerts = sa.Table(
     sa.Column("first_window_id", sa.BigInteger, nullable=False),
     sa.Column("closed_window_id", sa.BigInteger, nullable=True),
     sa.Column("summary", sa.Text, nullable=False),  # JSON: what held, drifted checks per window
-    sa.Column("opened_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("closed_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("opened_at", UTCDateTime(), nullable=False),
+    sa.Column("closed_at", UTCDateTime(), nullable=True),
     sa.Column("mlflow_run_id", sa.String(64), nullable=True),  # the mirror; filled once MLflow has it
     sa.UniqueConstraint("rule", "opened_window_id", name="uq_alerts_incident"),
 )
@@ -154,8 +156,8 @@ notifications = sa.Table(
     sa.Column("payload", sa.Text, nullable=False),
     sa.Column("state", sa.String(20), nullable=False),  # pending | delivered | failed
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
-    sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("next_attempt_at", UTCDateTime(), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Index("ix_notifications_pending", "state", "next_attempt_at"),
 )
 
@@ -165,7 +167,7 @@ delivery_attempts = sa.Table(
     sa.Column("id", _BIG_ID, primary_key=True, autoincrement=True),
     sa.Column("notification_id", sa.BigInteger, sa.ForeignKey("notifications.id", ondelete="CASCADE"), nullable=False),
     sa.Column("attempt", sa.Integer, nullable=False),
-    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("at", UTCDateTime(), nullable=False),
     sa.Column("ok", sa.Boolean, nullable=False),
     sa.Column("detail", sa.Text, nullable=False),  # HTTP status or the error, never the URL
     sa.Column("seconds", sa.Float, nullable=False),
@@ -177,8 +179,8 @@ leases = sa.Table(
     metadata,
     sa.Column("name", sa.String(200), primary_key=True),
     sa.Column("owner", sa.String(200), nullable=False),
-    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("acquired_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=False),
+    sa.Column("acquired_at", UTCDateTime(), nullable=False),
 )
 
 # Retraining policies declared with `tuneloop loop add`.
@@ -188,8 +190,8 @@ loops = sa.Table(
     sa.Column("name", sa.String(200), primary_key=True),
     sa.Column("model", sa.String(400), nullable=False),
     sa.Column("spec", sa.Text, nullable=False),
-    sa.Column("last_cron_at", sa.DateTime(timezone=True), nullable=True),  # the last cron fire handled
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("last_cron_at", UTCDateTime(), nullable=True),  # the last cron fire handled
+    sa.Column("created_at", UTCDateTime(), nullable=False),
 )
 
 # Durable retraining runs: queued -> curating -> training -> evaluating -> registered | failed.
@@ -209,7 +211,7 @@ retrain_runs = sa.Table(
     sa.Column("version", sa.Integer, nullable=True),
     sa.Column("details", sa.Text, nullable=False, default="{}"),  # JSON: data digests, eval runs, decision
     sa.Column("error", sa.Text, nullable=True),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
     sa.Index("ix_retrain_runs_state", "state"),
 )

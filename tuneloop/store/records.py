@@ -1,0 +1,192 @@
+"""Production records and their feedback, and the answers of acknowledged ingest requests.
+
+A batch is one transaction: every record of it or none. An id already stored is skipped (retries are
+harmless); an idempotency key returns the first answer to a retried request and stores nothing again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from tuneloop.store.base import Store, Transaction
+from tuneloop.store.tables import feedback, ingest_requests, records
+
+
+@dataclass(frozen=True)
+class NewRecord:
+    id: str
+    model: str
+    version: int
+    alias: str | None
+    prompt: str
+    output: str
+    prediction: str
+    ts: datetime
+    latency_ms: float | None
+    meta: dict[str, Any]
+    received_at: datetime
+
+
+@dataclass(frozen=True)
+class FeedbackValues:
+    rating: float | None = None
+    label: str | None = None
+    reference: str | None = None
+
+
+@dataclass(frozen=True)
+class StoredRecord:
+    """A record as monitors read it: what was asked and answered, with the latest feedback folded in."""
+
+    seq: int
+    prompt: str
+    output: str
+    prediction: str | None
+    ts: datetime
+    label: str | None
+    rating: float | None
+    reference: str | None
+
+
+@dataclass(frozen=True)
+class ReviewedRecord:
+    id: str
+    prompt: str
+    output: str
+    reference: str | None
+    label: str | None
+    rating: float | None
+
+
+@dataclass(frozen=True)
+class ModelSlice:
+    """The records a monitor watches: those sent under `alias` when it names one, else those of `version`."""
+
+    name: str
+    version: int
+    alias: str | None = None
+
+
+@dataclass
+class BatchResult:
+    stored: int
+    duplicates: int
+    ids: list[str] = field(default_factory=list)
+    replayed: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class RecordStore(Store):
+    def add_batch(self, batch: Sequence[NewRecord], feedback_of: Sequence[tuple[str, FeedbackValues]], at: datetime,
+                  *, idempotency_key: str | None = None) -> BatchResult:
+        try:
+            return self._add_once(batch, feedback_of, at, idempotency_key)
+        except sa.exc.IntegrityError:
+            if not idempotency_key:
+                raise
+            # The same key committed concurrently (PostgreSQL has no BEGIN IMMEDIATE): this try replays it.
+            return self._add_once(batch, feedback_of, at, idempotency_key)
+
+    def _add_once(self, batch: Sequence[NewRecord], feedback_of: Sequence[tuple[str, FeedbackValues]], at: datetime,
+                  idempotency_key: str | None) -> BatchResult:
+        with self.engine.begin() as conn:
+            if idempotency_key:
+                earlier = conn.execute(sa.select(ingest_requests.c.response)
+                                       .where(ingest_requests.c.key == idempotency_key)).scalar()
+                if earlier is not None:
+                    return BatchResult(**{**earlier, "replayed": True})
+            ids = [r.id for r in batch]
+            existing = set(conn.execute(sa.select(records.c.id).where(records.c.id.in_(ids))).scalars())
+            unique: dict[str, NewRecord] = {}  # an id repeated within the batch is stored once
+            for record in batch:
+                if record.id not in existing:
+                    unique.setdefault(record.id, record)
+            if unique:
+                conn.execute(records.insert(), [asdict(r) for r in unique.values()])
+            for record_id, values in feedback_of:
+                _upsert_feedback(conn, record_id, values, at)
+            result = BatchResult(stored=len(unique), duplicates=len(batch) - len(unique), ids=ids)
+            if idempotency_key:
+                conn.execute(ingest_requests.insert().values(key=idempotency_key, response=result.as_dict(), at=at))
+            return result
+
+    def add_feedback(self, record_id: str, values: FeedbackValues, at: datetime) -> bool:
+        """Feedback for a stored record (the latest wins); False when there is no such record."""
+        with self.engine.begin() as conn:
+            if conn.execute(sa.select(records.c.id).where(records.c.id == record_id)).scalar() is None:
+                return False
+            _upsert_feedback(conn, record_id, values, at)
+        return True
+
+    def count(self, model: str | None = None) -> int:
+        query = sa.select(sa.func.count()).select_from(records)
+        if model:
+            query = query.where(records.c.model == model)
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar() or 0)
+
+    def of(self, watched: ModelSlice, *, start: datetime | None = None, end: datetime | None = None,
+           upto_seq: int | None = None, newest: int | None = None) -> list[StoredRecord]:
+        """Records of `watched`, oldest first: within [start, end), up to `upto_seq`, the `newest` N of those."""
+        query = _of(watched)
+        if start is not None:
+            query = query.where(records.c.ts >= start)
+        if end is not None:
+            query = query.where(records.c.ts < end)
+        if upto_seq is not None:
+            query = query.where(records.c.seq <= upto_seq)
+        query = query.order_by(records.c.seq.desc())
+        if newest is not None:
+            query = query.limit(newest)
+        with self.engine.connect() as conn:
+            rows = [StoredRecord(*row) for row in conn.execute(query)]
+        rows.reverse()
+        return rows
+
+    def seqs_after(self, watched: ModelSlice, after_seq: int, *, not_before: datetime | None = None) -> list[int]:
+        """Arrival numbers of `watched`'s records after `after_seq` (and at or after `not_before`), in order."""
+        query = sa.select(records.c.seq).where(_is(watched), records.c.seq > after_seq)
+        if not_before is not None:
+            query = query.where(records.c.ts >= not_before)
+        with self.engine.connect() as conn:
+            return list(conn.execute(query.order_by(records.c.seq)).scalars())
+
+    def groups(self, model: str) -> list[tuple[str | None, int, int]]:
+        """(alias, version, count) of every way `model`'s records were sent."""
+        query = (sa.select(records.c.alias, records.c.version, sa.func.count()).where(records.c.model == model)
+                 .group_by(records.c.alias, records.c.version))
+        with self.engine.connect() as conn:
+            return [(a, int(v), int(n)) for a, v, n in conn.execute(query)]
+
+    def reviewed(self, model: str) -> list[ReviewedRecord]:
+        """Records of `model` that have feedback, in arrival order."""
+        query = (sa.select(records.c.id, records.c.prompt, records.c.output, feedback.c.reference, feedback.c.label,
+                           feedback.c.rating)
+                 .select_from(records.join(feedback, feedback.c.record_id == records.c.id))
+                 .where(records.c.model == model).order_by(records.c.seq))
+        with self.engine.connect() as conn:
+            return [ReviewedRecord(*row) for row in conn.execute(query)]
+
+
+def _is(watched: ModelSlice) -> sa.ColumnElement[bool]:
+    by = (records.c.alias == watched.alias) if watched.alias else (records.c.version == watched.version)
+    return sa.and_(records.c.model == watched.name, by)
+
+
+def _of(watched: ModelSlice) -> sa.Select[Any]:
+    return (sa.select(records.c.seq, records.c.prompt, records.c.output, records.c.prediction, records.c.ts,
+                      feedback.c.label, feedback.c.rating, feedback.c.reference)
+            .select_from(records.outerjoin(feedback, feedback.c.record_id == records.c.id)).where(_is(watched)))
+
+
+def _upsert_feedback(conn: Transaction, record_id: str, values: FeedbackValues, at: datetime) -> None:
+    updated = conn.execute(feedback.update().where(feedback.c.record_id == record_id).values(**asdict(values), at=at))
+    if updated.rowcount == 0:
+        conn.execute(feedback.insert().values(record_id=record_id, **asdict(values), at=at))

@@ -12,19 +12,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
 from tuneloop.monitors import notify
 from tuneloop.monitors.alert_rules import AlertRule, incidents, load_rule
 from tuneloop.registry.client import RegistryClient
 
 from tuneloop.errors import Conflict, NotFound
-from tuneloop.store import tables
-from tuneloop.store.engine import save_declared
-from tuneloop.store.locks import locked
+from tuneloop.store import Stores, Transaction
+from tuneloop.store.alerts import AlertStatus
 
 EXPERIMENT = "alerts"
 
@@ -43,20 +40,15 @@ def add_rule(rc: RegistryClient, path: Path, *, replace: bool = False) -> dict[s
     if rc.stores.monitors.get(rule.monitor) is None:
         raise NotFound(f"alert rule `{rule.name}` watches monitor `{rule.monitor}`, which does not exist",
                            hint="add the monitor first: `tuneloop monitor add FILE`")
-    save_declared(rc.engine, tables.alert_rules, rule.name, {"monitor": rule.monitor, "spec": rule.model_dump_json()},
-                  replace=replace, kind="alert rule")
+    if not rc.stores.alerts.save_rule(rule.name, rule.monitor, rule.model_dump(mode="json"), replace=replace):
+        raise Conflict(f"alert rule `{rule.name}` exists", hint="pass --replace to update it")
     return {"rule": rule.name, "monitor": rule.monitor, "when": rule.when.model_dump(exclude_none=True),
             "condition": rule.when.describe(),
             "for_windows": rule.for_windows, "severity": rule.severity, "webhooks": len(rule.webhooks)}
 
 
 def rules_of(rc: RegistryClient, monitor: str | None = None) -> list[AlertRule]:
-    r = tables.alert_rules
-    query = sa.select(r.c.spec).order_by(r.c.name)
-    if monitor is not None:
-        query = query.where(r.c.monitor == monitor)
-    with rc.engine.connect() as conn:
-        return [AlertRule.model_validate_json(spec) for (spec,) in conn.execute(query)]
+    return [AlertRule.model_validate(row.spec) for row in rc.stores.alerts.rules(monitor)]
 
 
 def evaluate(rc: RegistryClient, monitor: str) -> list[AlertChange]:
@@ -68,23 +60,21 @@ def evaluate(rc: RegistryClient, monitor: str) -> list[AlertChange]:
         return []
     ids, windows = judged_windows(rc, monitor)
     changes: list[AlertChange] = []
-    a = tables.alerts
     watched = rc.stores.monitors.get(monitor)
     if watched is None:
         return []
     model = watched.spec["model"]
-    with locked(rc.engine, f"alerts:{monitor}") as conn:
+    with rc.stores.transaction(lock=f"alerts:{monitor}") as tx:
         for rule in rules:
-            known = {row.opened_window_id: row for row in conn.execute(sa.select(a).where(a.c.rule == rule.name))}
+            known = {alert.opened_window_id: alert for alert in rc.stores.alerts.of_rule(tx, rule.name)}
             for incident in incidents(rule, windows):
-                opened_id = ids[incident.opened]
-                row = known.get(opened_id)
-                if row is None:
-                    alert_id = _open(conn, rule, model, ids, windows, incident)
+                alert = known.get(ids[incident.opened])
+                if alert is None:
+                    alert_id = _open(rc.stores, tx, rule, model, ids, windows, incident)
                     changes.append(AlertChange(alert_id, rule.name, "opened"))
-                elif incident.closed is not None and row.status == "open":
-                    _resolve(conn, rule, row, ids[incident.closed])
-                    changes.append(AlertChange(int(row.id), rule.name, "resolved"))
+                elif incident.closed is not None and alert.status == AlertStatus.OPEN:
+                    _resolve(rc.stores, tx, rule, alert.id, ids[incident.closed])
+                    changes.append(AlertChange(alert.id, rule.name, "resolved"))
     for change in changes:
         mirror(rc, change.alert_id)
     _mirror_missing(rc)
@@ -103,31 +93,30 @@ def explain_rules(rc: RegistryClient, monitor: str) -> list[dict[str, str]]:
     return [{"rule": rule.name, "monitor": monitor, "state": replay(rule, windows).explain(rule)} for rule in rules]
 
 
-def _open(conn: sa.Connection, rule: AlertRule, model: str, ids: list[int], windows: list[Any], incident: Any) -> int:
+def _open(stores: Stores, tx: Transaction, rule: AlertRule, model: str, ids: list[int], windows: list[Any],
+          incident: Any) -> int:
     streak = range(incident.first, incident.opened + 1)
     drifted = sorted({name for i in streak for name in windows[i].drifted_checks})
     condition = rule.when.model_dump(exclude_none=True)
     summary = {"condition": condition, "for_windows": rule.for_windows, "window_ids": [ids[i] for i in streak],
                "drifted_checks": drifted, "window_sizes": [windows[i].size for i in streak]}
-    now = datetime.now(UTC)
-    alert_id = int(conn.execute(tables.alerts.insert().values(
-        rule=rule.name, monitor=rule.monitor, model=model, severity=rule.severity, status="open",
-        opened_window_id=ids[incident.opened], first_window_id=ids[incident.first], summary=json.dumps(summary),
-        opened_at=now)).inserted_primary_key[0])
+    assert rule.monitor is not None
+    alert_id = stores.alerts.open(tx, rule=rule.name, monitor=rule.monitor, model=model, severity=rule.severity,
+                                  opened_window_id=ids[incident.opened], first_window_id=ids[incident.first],
+                                  summary=summary)
     message = (f"[{rule.severity}] {rule.name}: monitor {rule.monitor} ({model}) held {condition} for "
                f"{rule.for_windows} window(s); drifted: {', '.join(drifted) or '-'}")
-    notify.enqueue(conn, "alert.opened", {"alert_id": alert_id, "rule": rule.name, "monitor": rule.monitor, "model": model,
+    notify.enqueue(stores, tx, "alert.opened", {"alert_id": alert_id, "rule": rule.name, "monitor": rule.monitor, "model": model,
                                           "severity": rule.severity, "message": message, **summary},
                    rule.webhooks, alert_id=alert_id)
     return alert_id
 
 
-def _resolve(conn: sa.Connection, rule: AlertRule, row: Any, closed_window_id: int) -> None:
-    conn.execute(tables.alerts.update().where(tables.alerts.c.id == row.id).values(
-        status="resolved", closed_window_id=closed_window_id, closed_at=datetime.now(UTC)))
-    notify.enqueue(conn, "alert.resolved", {"alert_id": int(row.id), "rule": rule.name, "monitor": rule.monitor,
-                                            "message": f"{rule.name} resolved (alert {row.id})"},
-                   rule.webhooks, alert_id=int(row.id))
+def _resolve(stores: Stores, tx: Transaction, rule: AlertRule, alert_id: int, closed_window_id: int) -> None:
+    stores.alerts.resolve(tx, alert_id, closed_window_id)
+    notify.enqueue(stores, tx, "alert.resolved", {"alert_id": alert_id, "rule": rule.name, "monitor": rule.monitor,
+                                                  "message": f"{rule.name} resolved (alert {alert_id})"},
+                   rule.webhooks, alert_id=alert_id)
 
 
 def mirror(rc: RegistryClient, alert_id: int) -> str:
@@ -145,8 +134,7 @@ def mirror(rc: RegistryClient, alert_id: int) -> str:
         run_id = str(run.info.run_id)
         rc.mlflow.log_param(run_id, "condition", json.dumps(alert["summary"]["condition"]))
         rc.mlflow.set_terminated(run_id, "FINISHED")
-        with rc.engine.begin() as conn:
-            conn.execute(tables.alerts.update().where(tables.alerts.c.id == alert_id).values(mlflow_run_id=run_id))
+        rc.stores.alerts.set_mirror(alert_id, run_id)
     else:
         for key, value in tags.items():
             rc.mlflow.set_tag(run_id, key, value)
@@ -157,34 +145,17 @@ def mirror(rc: RegistryClient, alert_id: int) -> str:
 
 def _mirror_missing(rc: RegistryClient) -> None:
     """Mirror alerts whose MLflow run was never created (MLflow was down when they opened)."""
-    with rc.engine.connect() as conn:
-        missing = [i for (i,) in conn.execute(sa.select(tables.alerts.c.id).where(tables.alerts.c.mlflow_run_id.is_(None)))]
-    for alert_id in missing:
-        mirror(rc, int(alert_id))
+    for alert_id in rc.stores.alerts.unmirrored():
+        mirror(rc, alert_id)
 
 
 def get(rc: RegistryClient, alert_id: int) -> dict[str, Any]:
-    with rc.engine.connect() as conn:
-        row = conn.execute(sa.select(tables.alerts).where(tables.alerts.c.id == alert_id)).mappings().first()
-    if row is None:
+    alert = rc.stores.alerts.get(alert_id)
+    if alert is None:
         raise NotFound(f"no alert {alert_id}", hint="`tuneloop alerts list` shows them")
-    return _public(row)
+    return alert.as_dict()
 
 
 def list_alerts(rc: RegistryClient, *, status: str | None = None, monitor: str | None = None) -> list[dict[str, Any]]:
-    a = tables.alerts
-    query = sa.select(a).order_by(a.c.id)
-    if status:
-        query = query.where(a.c.status == status)
-    if monitor:
-        query = query.where(a.c.monitor == monitor)
-    with rc.engine.connect() as conn:
-        return [_public(row) for row in conn.execute(query).mappings()]
-
-
-def _public(row: Any) -> dict[str, Any]:
-    out = dict(row)
-    out["summary"] = json.loads(out["summary"])
-    for key in ("opened_at", "closed_at"):
-        out[key] = out[key].isoformat() if out[key] else None
-    return out
+    wanted = AlertStatus(status) if status else None
+    return [alert.as_dict() for alert in rc.stores.alerts.all(status=wanted, monitor=monitor)]

@@ -13,53 +13,34 @@ from __future__ import annotations
 import json
 import logging
 import time
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
-
-from tuneloop.store import tables
+from tuneloop.store import Stores, Transaction
 
 log = logging.getLogger("tuneloop.notify")
 LOG_SINK = "log"
 
 
-def enqueue(conn: Connection, event: str, payload: dict[str, Any], sinks: list[str], *, alert_id: int | None = None) -> None:
-    now = datetime.now(UTC)
-    for sink in dict.fromkeys([LOG_SINK, *sinks]):
-        conn.execute(tables.notifications.insert().values(
-            event=event, alert_id=alert_id, sink=sink, payload=json.dumps({"event": event, **payload}, default=str),
-            state="pending", attempts=0, next_attempt_at=now, created_at=now))
+def enqueue(stores: Stores, tx: Transaction, event: str, payload: dict[str, Any], sinks: list[str], *,
+            alert_id: int | None = None) -> None:
+    """Queue `event` for the log and every sink, inside the producer's transaction `tx`."""
+    document = json.loads(json.dumps({"event": event, **payload}, default=str))
+    stores.outbox.add(tx, event, document, list(dict.fromkeys([LOG_SINK, *sinks])), alert_id=alert_id)
 
 
-def deliver_pending(engine: Engine, *, timeout_s: float = 5.0, max_attempts: int = 8, base_delay_s: float = 2.0,
+def deliver_pending(stores: Stores, *, timeout_s: float = 5.0, max_attempts: int = 8, base_delay_s: float = 2.0,
                     limit: int = 100) -> int:
     """Try every notification that is due once; the number delivered."""
-    n = tables.notifications
-    now = datetime.now(UTC)
-    with engine.begin() as conn:  # claim: push the due rows' next attempt out so a second deliverer skips them
-        due = conn.execute(sa.select(n.c.id, n.c.sink, n.c.payload, n.c.attempts).where(
-            n.c.state == "pending", n.c.next_attempt_at <= now).order_by(n.c.id).limit(limit)).all()
-        if due:
-            conn.execute(n.update().where(n.c.id.in_([d.id for d in due])).values(
-                next_attempt_at=now + timedelta(seconds=4 * timeout_s)))
     delivered = 0
-    for row in due:
+    for row in stores.outbox.claim_due(hold_s=4 * timeout_s, limit=limit):
         started = time.monotonic()
         ok, detail = _send(row.sink, row.payload, timeout_s)
-        attempt = row.attempts + 1
-        with engine.begin() as conn:
-            conn.execute(tables.delivery_attempts.insert().values(
-                notification_id=row.id, attempt=attempt, at=datetime.now(UTC), ok=ok, detail=detail[:500],
-                seconds=time.monotonic() - started))
-            state = "delivered" if ok else ("failed" if attempt >= max_attempts else "pending")
-            retry_at = datetime.now(UTC) + timedelta(seconds=base_delay_s * 2 ** (attempt - 1))
-            conn.execute(n.update().where(n.c.id == row.id).values(state=state, attempts=attempt, next_attempt_at=retry_at))
+        stores.outbox.record_attempt(row, ok=ok, detail=detail, seconds=time.monotonic() - started,
+                                     max_attempts=max_attempts, retry_after_s=base_delay_s * 2 ** row.attempts)
         delivered += ok
         if not ok:
-            log.warning("notification %s to %s failed (attempt %d/%d): %s", row.id, sink_label(row.sink), attempt,
-                        max_attempts, detail)
+            log.warning("notification %s to %s failed (attempt %d/%d): %s", row.id, sink_label(row.sink),
+                        row.attempts + 1, max_attempts, detail)
     return delivered
 
 
@@ -72,29 +53,22 @@ def sink_label(sink: str) -> str:
     return f"webhook {urlsplit(sink).hostname}"
 
 
-def _send(sink: str, payload: str, timeout_s: float) -> tuple[bool, str]:
+def _send(sink: str, payload: dict[str, Any], timeout_s: float) -> tuple[bool, str]:
     if sink == LOG_SINK:
-        event = json.loads(payload)
-        log.warning("%s: %s", event.get("event"), event.get("message", payload))
+        log.warning("%s: %s", payload.get("event"), payload.get("message", json.dumps(payload)))
         return True, "logged"
     import httpx
 
     try:
-        response = httpx.post(sink, content=payload, headers={"content-type": "application/json"}, timeout=timeout_s)
+        response = httpx.post(sink, content=json.dumps(payload), headers={"content-type": "application/json"},
+                              timeout=timeout_s)
     except httpx.HTTPError as exc:
         return False, f"{type(exc).__name__}: {str(exc).replace(sink, '<webhook>')}"
     return 200 <= response.status_code < 300, f"HTTP {response.status_code}"
 
 
-def for_alert(engine: Engine, alert_id: int) -> list[dict[str, Any]]:
+def for_alert(stores: Stores, alert_id: int) -> list[dict[str, Any]]:
     """Every notification of an alert with its attempts (for `tuneloop alerts show`)."""
-    n, a = tables.notifications, tables.delivery_attempts
-    with engine.connect() as conn:
-        rows = conn.execute(sa.select(n).where(n.c.alert_id == alert_id).order_by(n.c.id)).mappings().all()
-        out = []
-        for row in rows:
-            attempts = conn.execute(sa.select(a).where(a.c.notification_id == row["id"]).order_by(a.c.attempt)).mappings().all()
-            out.append({"event": row["event"], "sink": sink_label(row["sink"]), "state": row["state"],
-                        "attempts": [{"attempt": x["attempt"], "ok": x["ok"], "detail": x["detail"],
-                                      "at": x["at"].isoformat()} for x in attempts]})
-    return out
+    return [{"event": n.event, "sink": sink_label(n.sink), "state": str(n.state),
+             "attempts": [{"attempt": x.attempt, "ok": x.ok, "detail": x.detail, "at": x.at.isoformat()} for x in attempts]}
+            for n, attempts in stores.outbox.of_alert(alert_id)]

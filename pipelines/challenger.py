@@ -220,8 +220,7 @@ def _notify(rc: RegistryClient, run_id: int, spec: Any, version: int, champion_v
     decision = details["decision"]
     message = (f"retrain {run_id}: {spec.model} v{version} is `challenger` (champion v{champion_version}); "
                f"decision: {decision['action']} — {decision['why']}")
-    with rc.engine.begin() as conn:
-        notify.enqueue(conn, "challenger.registered", {"retrain_id": run_id, "model": spec.model, "version": version,
-                                                       "champion_version": champion_version, "decision": decision,
-                                                       "message": message}, webhooks,
-                       alert_id=row["alert_id"])
+    with rc.stores.transaction() as tx:
+        notify.enqueue(rc.stores, tx, "challenger.registered", {
+            "retrain_id": run_id, "model": spec.model, "version": version, "champion_version": champion_version,
+            "decision": decision, "message": message}, webhooks, alert_id=row["alert_id"])

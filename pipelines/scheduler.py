@@ -23,10 +23,10 @@ from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import sqlalchemy as sa
 from tuneloop.registry.client import RegistryClient
 
-from tuneloop.store import leases, tables
+from tuneloop.store import leases
+from tuneloop.store.leases import Lease
 
 log = logging.getLogger("tuneloop.scheduler")
 LEASE = "scheduler"
@@ -53,7 +53,7 @@ class LoopScheduler:
         try:
             while not stop.is_set():
                 try:
-                    holding = leases.acquire(self.rc.engine, LEASE, self.owner, self.lease_s)
+                    holding = self.rc.stores.leases.acquire(LEASE, self.owner, self.lease_s)
                 except Exception as exc:  # the database is unreachable: step down, the lease will lapse
                     self.last_error = f"lease: {type(exc).__name__}: {exc}"
                     holding = False
@@ -65,7 +65,7 @@ class LoopScheduler:
         finally:
             if self.role == "active":
                 self._deactivate("shutting down")
-                leases.release(self.rc.engine, LEASE, self.owner)
+                self.rc.stores.leases.release(LEASE, self.owner)
 
     def _activate(self) -> None:
         from apscheduler.schedulers.background import BackgroundScheduler
@@ -125,14 +125,11 @@ class LoopScheduler:
         from apscheduler.triggers.cron import CronTrigger
         from tuneloop.pipelines.retrain import enqueue
 
-        l = tables.loops
-        with self.rc.engine.connect() as conn:
-            row = conn.execute(sa.select(l).where(l.c.name == loop_name)).mappings().first()
-        spec = json.loads(row["spec"]) if row else None
-        if not spec or not spec.get("cron"):
+        row = self.rc.stores.loops.loop(loop_name)
+        if row is None or not row.spec.get("cron"):
             return None
-        trigger = CronTrigger.from_crontab(spec["cron"], timezone="UTC")
-        since = _aware(row["last_cron_at"] or row["created_at"])
+        trigger = CronTrigger.from_crontab(row.spec["cron"], timezone="UTC")
+        since = row.last_cron_at or row.created_at
         now = datetime.now(UTC)
         due = None
         fire = trigger.get_next_fire_time(None, since + timedelta(seconds=1))
@@ -142,8 +139,7 @@ class LoopScheduler:
         if due is None:
             return None
         run_id, _ = enqueue(self.rc, loop_name, "cron", f"cron:{loop_name}:{due.isoformat()}")
-        with self.rc.engine.begin() as conn:
-            conn.execute(l.update().where(l.c.name == loop_name).values(last_cron_at=due))
+        self.rc.stores.loops.set_last_cron(loop_name, due)
         return run_id
 
     def dispatch(self) -> None:
@@ -171,7 +167,7 @@ class LoopScheduler:
         from tuneloop.monitors.notify import deliver_pending
 
         n = self.rc.settings.notify
-        self._guard("deliver", lambda: deliver_pending(self.rc.engine, timeout_s=n.timeout_seconds,
+        self._guard("deliver", lambda: deliver_pending(self.rc.stores, timeout_s=n.timeout_seconds,
                                                        max_attempts=n.max_attempts, base_delay_s=n.retry_base_seconds))
 
     def _guard(self, what: str, job: Any) -> None:
@@ -188,7 +184,7 @@ class LoopScheduler:
         if self._scheduler is not None:
             jobs = [{"id": j.id, "next_run": j.next_run_time.isoformat() if j.next_run_time else None}
                     for j in self._scheduler.get_jobs()]
-        return {"status": "ok", "role": self.role, "owner": self.owner, "lease": leases.holder(self.rc.engine, LEASE),
+        return {"status": "ok", "role": self.role, "owner": self.owner, "lease": _lease_dict(self.rc.stores.leases.holder(LEASE)),
                 "jobs": jobs, "workers": sorted(self.workers), "last_error": self.last_error}
 
 
@@ -215,5 +211,6 @@ def serve_health(scheduler: LoopScheduler, host: str, port: int) -> ThreadingHTT
     return server
 
 
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+def _lease_dict(lease: Lease | None) -> dict[str, Any] | None:
+    return lease.as_dict() if lease else None

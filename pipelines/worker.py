@@ -71,9 +71,9 @@ class Heartbeat(threading.Thread):
                 os._exit(75)  # the scheduler that started us died: our lease lapses and the next owner resumes
             try:
                 if retrain.is_cancelled(self.rc, self.run_id):
-                    leases.release(self.rc.engine, self.name, self.owner)
+                    self.rc.stores.leases.release(self.name, self.owner)
                     os._exit(0)  # a person ended the run: nothing more of it is recorded
-                if not leases.acquire(self.rc.engine, self.name, self.owner, self.lease_s):
+                if not self.rc.stores.leases.acquire(self.name, self.owner, self.lease_s):
                     os._exit(75)
             except Exception:
                 continue  # a database hiccup: try again before the lease runs out
@@ -86,13 +86,13 @@ def run_worker(rc: RegistryClient, run_id: int, *, lease_s: float | None = None)
     if row["state"] in retrain.TERMINAL:
         return row
     owner = leases.owner_id()
-    if not leases.acquire(rc.engine, retrain.lease_name(run_id), owner, lease_s):
+    if not rc.stores.leases.acquire(retrain.lease_name(run_id), owner, lease_s):
         raise Conflict(f"retraining run {run_id} is owned by a live worker", hint="wait for it; `tuneloop retrain list`")
     attempts = row["attempts"] + 1
     if attempts > retrain.MAX_ATTEMPTS:
         retrain.update(rc, run_id, state="failed", attempts=attempts,
                        error=f"its worker died {row['attempts']} times (last in state `{row['state']}`); not retried again")
-        leases.release(rc.engine, retrain.lease_name(run_id), owner)
+        rc.stores.leases.release(retrain.lease_name(run_id), owner)
         return retrain.get(rc, run_id)
     retrain.update(rc, run_id, attempts=attempts)
     heartbeat = Heartbeat(rc, run_id, owner, lease_s)
@@ -105,5 +105,5 @@ def run_worker(rc: RegistryClient, run_id: int, *, lease_s: float | None = None)
         retrain.update(rc, run_id, state="failed", error=rc.settings.scrub(f"{type(exc).__name__}: {exc}"))
     finally:
         heartbeat.stopped.set()
-        leases.release(rc.engine, retrain.lease_name(run_id), owner)
+        rc.stores.leases.release(retrain.lease_name(run_id), owner)
     return retrain.get(rc, run_id)

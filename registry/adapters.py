@@ -14,7 +14,6 @@ from tuneloop.registry.versions import log_and_register
 from tuneloop.digest import folder_sha256
 from tuneloop.errors import Conflict, InvalidInput, UsageError
 from tuneloop.names import AdapterMethod, ModelKind, Tag
-from tuneloop.store.locks import locked
 
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -83,9 +82,9 @@ def register_adapter(
         Tag.TRAINING_RUN_ID: training_run_id or "",
         **({Tag.PARENT_ADAPTER: parent_adapter} if parent_adapter else {}),
     }
-    with locked(rc.engine, lock_name(name)) as conn:
+    with rc.stores.transaction(lock=lock_name(name)) as tx:
         if existing:
-            audit.reconcile(rc, conn, name)
+            audit.reconcile(rc, tx, name)
         return log_and_register(
             rc,
             name,

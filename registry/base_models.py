@@ -11,7 +11,6 @@ from tuneloop.registry.versions import log_and_register
 
 from tuneloop.errors import Conflict, UsageError
 from tuneloop.names import ModelKind, Tag
-from tuneloop.store.locks import locked
 
 _NAME_RULE = "letters, digits, `.`, `_` or `-`, at most 200 characters"
 
@@ -57,9 +56,9 @@ def _register_folder(
             f"`{name}` is a registered {existing_model[0].tags.get(Tag.KIND)} model, not a base model",
             hint="choose another name for the base model",
         )
-    with locked(rc.engine, lock_name(name)) as conn:  # serialises the digest check with the registration
+    with rc.stores.transaction(lock=lock_name(name)) as tx:  # serialises the digest check with the registration
         if existing_model:
-            audit.reconcile(rc, conn, name)
+            audit.reconcile(rc, tx, name)
             found = find_by_digest(rc, name, prepared.digest)
             if found is not None:
                 return found, True

@@ -16,7 +16,6 @@ from tuneloop.settings import Settings, load_settings
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion, RegisteredModel
-    from sqlalchemy.engine import Engine
 
     from tuneloop.store import Stores
 
@@ -32,17 +31,12 @@ class RegistryClient:
         return connect(self.settings)
 
     @cached_property
-    def engine(self) -> Engine:
+    def stores(self) -> Stores:
+        """tuneloop's own database, one store per aggregate (`tuneloop.store`); migrated or checked on first use."""
+        from tuneloop.store import Stores
         from tuneloop.store.engine import get_engine
 
-        return get_engine(self.settings.database_url, migrate_on_start=self.settings.stores.migrate_on_start)
-
-    @cached_property
-    def stores(self) -> Stores:
-        """tuneloop's own database, one store per aggregate (`tuneloop.store`)."""
-        from tuneloop.store import Stores
-
-        return Stores(self.engine)
+        return Stores(get_engine(self.settings.database_url, migrate_on_start=self.settings.stores.migrate_on_start))
 
     @property
     def cache_dir(self) -> Path:

@@ -1,7 +1,7 @@
 """Moving aliases: gated promotion, rollback and history.
 
 Gate check, alias move and audit entry happen inside one transaction holding the model's lock
-(`tuneloop.store.locks.locked`), so concurrent promoters serialise and every audit entry starts where the
+(`Stores.transaction(lock=...)`), so concurrent promoters serialise and every audit entry starts where the
 previous one for that alias ended.
 """
 
@@ -11,13 +11,12 @@ import logging
 import re
 from dataclasses import dataclass
 
-from sqlalchemy.engine import Connection
 from tuneloop.registry import audit, gates
 from tuneloop.registry.client import RegistryClient
 
 from tuneloop.errors import Conflict, GateFailed, NotFound, UsageError
 from tuneloop.schemas import AliasMove, GateCheck, MoveKind
-from tuneloop.store.locks import locked
+from tuneloop.store import Transaction
 
 log = logging.getLogger(__name__)
 _ALIAS = re.compile(r"^[A-Za-z_][\w-]{0,254}$")
@@ -73,12 +72,12 @@ def promote(
         raise UsageError("`--force` needs `--reason`", hint='say why the gates are overridden: --reason "..."')
     number = parse_version(model, version)
     policy = gates.policy_of(rc, model)  # also checks the model exists
-    with locked(rc.engine, lock_name(model)) as conn:
-        unaudited = audit.reconcile(rc, conn, model)
+    with rc.stores.transaction(lock=lock_name(model)) as tx:
+        unaudited = audit.reconcile(rc, tx, model)
         candidate = rc.model_version(model, number)
-        current = audit.last_holders(conn, model).get(alias)
+        current = audit.last_holders(rc.stores, tx, model).get(alias)
         if current == number:
-            _mirror(rc, conn, model)
+            _mirror(rc, tx, model)
             return PromotionResult(move=None, gates=[], unaudited=unaudited)
         checks = gates.evaluate(rc, candidate, policy)
         failed = [c for c in checks if c.status == "failed"]
@@ -98,8 +97,7 @@ def promote(
                 hint="improve the model, or override with --force --reason TEXT (recorded in the audit trail)",
                 details=[c.model_dump() for c in checks],
             )
-        move = _move_alias(
-            rc, conn, model, alias, "promote", current, number, forced=bool(failed) or force, reason=reason, checks=checks
+        move = _move_alias(rc, tx, model, alias, "promote", current, number, forced=bool(failed) or force, reason=reason, checks=checks
         )
     return PromotionResult(move=move, gates=checks, unaudited=unaudited)
 
@@ -108,9 +106,9 @@ def rollback(rc: RegistryClient, model: str, alias: str, *, reason: str = "") ->
     """Move `alias` back to the version that held it before the current holder."""
     _check_alias(alias)
     rc.registered_model(model)
-    with locked(rc.engine, lock_name(model)) as conn:
-        unaudited = audit.reconcile(rc, conn, model)
-        history = audit.entries(conn, model, alias)
+    with rc.stores.transaction(lock=lock_name(model)) as tx:
+        unaudited = audit.reconcile(rc, tx, model)
+        history = audit.entries(rc.stores, tx, model, alias)
         if not history or history[-1].to_version is None:
             raise NotFound(f"`{model}@{alias}` has no holder to roll back", hint=f"see `tuneloop models history {model}`")
         previous = history[-1].from_version
@@ -121,13 +119,13 @@ def rollback(rc: RegistryClient, model: str, alias: str, *, reason: str = "") ->
             )
         rc.model_version(model, previous)  # it may have been deleted since
         reason = reason or f"rollback of entry {history[-1].id}"
-        move = _move_alias(rc, conn, model, alias, "rollback", history[-1].to_version, previous, reason=reason)
+        move = _move_alias(rc, tx, model, alias, "rollback", history[-1].to_version, previous, reason=reason)
     return PromotionResult(move=move, gates=[], unaudited=unaudited)
 
 
 def _move_alias(
     rc: RegistryClient,
-    conn: Connection,
+    tx: Transaction,
     model: str,
     alias: str,
     kind: MoveKind,
@@ -140,7 +138,8 @@ def _move_alias(
 ) -> AliasMove:
     """Audit entry first, then the MLflow alias: if setting the alias fails, the entry rolls back with it."""
     move = audit.append(
-        conn,
+        rc.stores,
+        tx,
         actor=rc.settings.actor_name,
         model=model,
         alias=alias,
@@ -152,30 +151,30 @@ def _move_alias(
         gates=checks,
     )
     rc.mlflow.set_registered_model_alias(model, alias, str(to_version))
-    _mirror(rc, conn, model)
+    _mirror(rc, tx, model)
     return move
 
 
 def history(rc: RegistryClient, model: str, alias: str | None = None) -> tuple[list[AliasMove], list[int]]:
     """Every alias move of `model` (oldest first) and the ids of entries that fail the hash chain."""
     rc.registered_model(model)
-    with locked(rc.engine, lock_name(model)) as conn:
-        audit.reconcile(rc, conn, model)
-        _mirror(rc, conn, model)
-        return audit.entries(conn, model, alias), audit.verify_chain(conn, model)
+    with rc.stores.transaction(lock=lock_name(model)) as tx:
+        audit.reconcile(rc, tx, model)
+        _mirror(rc, tx, model)
+        return audit.entries(rc.stores, tx, model, alias), audit.verify_chain(rc.stores, tx, model)
 
 
 def reconcile(rc: RegistryClient, model: str) -> list[AliasMove]:
-    with locked(rc.engine, lock_name(model)) as conn:
-        moves = audit.reconcile(rc, conn, model)
-        _mirror(rc, conn, model)
+    with rc.stores.transaction(lock=lock_name(model)) as tx:
+        moves = audit.reconcile(rc, tx, model)
+        _mirror(rc, tx, model)
         return moves
 
 
-def _mirror(rc: RegistryClient, conn: Connection, model: str) -> None:
+def _mirror(rc: RegistryClient, tx: Transaction, model: str) -> None:
     """Mirror into MLflow; a failure leaves entries pending for the next operation, never loses them."""
     try:
-        with conn.begin_nested():
-            audit.mirror_pending(rc, conn, model)
+        with rc.stores.savepoint(tx):
+            audit.mirror_pending(rc, tx, model)
     except Exception as exc:
         log.warning("could not mirror audit entries of %s into MLflow yet: %s", model, rc.settings.scrub(str(exc)))

@@ -37,7 +37,7 @@ def _snapshot(rc) -> dict:  # type: ignore[no-untyped-def]
     versions = sorted((v.name, str(v.version)) for v in client.search_model_versions())
     experiments = client.search_experiments(view_type=3)
     runs = client.search_runs([e.experiment_id for e in experiments], run_view_type=3) if experiments else []
-    with rc.engine.connect() as conn:
+    with rc.stores.engine.connect() as conn:
         audit = conn.execute(sa.text("SELECT count(*) FROM audit_log")).scalar()
     tags = {m.name: dict(m.tags) for m in client.search_registered_models()}
     return {"models": models, "versions": versions, "runs": len(runs), "audit": audit, "tags": tags}

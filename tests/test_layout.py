@@ -117,6 +117,25 @@ def test_layers_import_one_way() -> None:
     assert not wrong, "\n".join(sorted(wrong))
 
 
+def test_sql_lives_only_in_the_storage_layer() -> None:
+    """SQLAlchemy and Alembic are imported only under tuneloop/store/, and nothing above it reaches for the engine."""
+    wrong = []
+    for name, path in our_modules().items():
+        if name.startswith("tuneloop.store"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            wrong += [f"{name}:{node.lineno} imports {n}" for n in names if n.split(".")[0] in ("sqlalchemy", "alembic")]
+            if isinstance(node, ast.Attribute) and node.attr == "engine":
+                wrong.append(f"{name}:{node.lineno} uses `.engine` (go through a store)")
+            if isinstance(node, ast.ImportFrom) and node.module in ("tuneloop.store.tables", "tuneloop.store.locks") or (
+                    isinstance(node, ast.ImportFrom) and node.module == "tuneloop.store"
+                    and {a.name for a in node.names} & {"tables", "locks"}):
+                wrong.append(f"{name}:{node.lineno} imports the tables or locks (go through a store)")
+    assert not wrong, "\n".join(wrong)
+
+
 def find_cycles(edges: dict[str, set[str]]) -> list[list[str]]:
     """One cycle per back edge met in a depth-first walk (empty when the graph is acyclic)."""
     cycles: list[list[str]] = []

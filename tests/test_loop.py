@@ -53,7 +53,7 @@ def test_tiny_loop_end_to_end(loop_env, tiny_model: Path) -> None:
     # The retrain: one run, every stage recorded, the challenger registered with lineage to the alert.
     retrain = summary["retrain"]
     assert retrain["state"] == "registered", retrain
-    with rc.engine.connect() as conn:
+    with rc.stores.engine.connect() as conn:
         runs = conn.execute(sa.text("SELECT state, attempts, alert_id, trigger, version, details FROM retrain_runs")).all()
     assert len(runs) == 1 and runs[0].attempts == 1 and runs[0].alert_id == alert["id"] and runs[0].trigger == "alert"
     details = json.loads(runs[0].details)
@@ -79,7 +79,7 @@ def test_tiny_loop_end_to_end(loop_env, tiny_model: Path) -> None:
 
     path, _ = stored_data_file(rc, "tiny-support", version, "train")
     answers = {json.loads(line)["messages"][-1]["content"] for line in path.read_text().splitlines()}
-    with rc.engine.connect() as conn:
+    with rc.stores.engine.connect() as conn:
         reviewed = {r for (r,) in conn.execute(sa.text("SELECT reference FROM feedback WHERE reference IS NOT NULL"))}
         approved = {o for (o,) in conn.execute(sa.text(
             "SELECT r.output FROM records r JOIN feedback f ON f.record_id = r.id WHERE f.rating >= 4"))}
@@ -107,7 +107,7 @@ def test_tiny_loop_end_to_end(loop_env, tiny_model: Path) -> None:
     assert holder == (str(version) if decision["action"] == "promoted" else str(summary["champion"]["version"]))
 
     # The webhook was down: the loop finished anyway; each delivery attempt is recorded, without the token.
-    with rc.engine.connect() as conn:
+    with rc.stores.engine.connect() as conn:
         hooks = conn.execute(sa.text("SELECT n.event, n.state, n.attempts, a.detail FROM notifications n "
                                      "JOIN delivery_attempts a ON a.notification_id = n.id WHERE n.sink != 'log'")).all()
         logged = conn.execute(sa.text("SELECT event, state FROM notifications WHERE sink = 'log'")).all()
@@ -125,11 +125,11 @@ def test_tiny_loop_end_to_end(loop_env, tiny_model: Path) -> None:
 
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and len(received) < 2:
-        deliver_pending(rc.engine, timeout_s=1, max_attempts=20, base_delay_s=0.2)
+        deliver_pending(rc.stores, timeout_s=1, max_attempts=20, base_delay_s=0.2)
         time.sleep(0.2)
     assert sorted(body["event"] for body in received) == ["alert.opened", "challenger.registered"]
     assert received[0]["path"] == "/hook?token=s3cret"
-    with rc.engine.connect() as conn:
+    with rc.stores.engine.connect() as conn:
         states = conn.execute(sa.text("SELECT state, attempts FROM notifications WHERE sink != 'log'")).all()
     assert all(s.state == "delivered" and s.attempts >= 2 for s in states), states
 
@@ -164,7 +164,6 @@ def test_kill_9_of_the_active_scheduler_mid_training_hands_over_to_the_standby(l
     from tuneloop.pipelines.scheduler import LEASE
 
     from tuneloop.demo import Demo
-    from tuneloop.store.leases import holder
 
     rc = loop_env
     monkeypatch.setenv("TUNELOOP_SCHEDULER__LEASE_SECONDS", "3")
@@ -184,20 +183,20 @@ def test_kill_9_of_the_active_scheduler_mid_training_hands_over_to_the_standby(l
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
     try:
         def retrain_row():  # type: ignore[no-untyped-def]
-            with rc.engine.connect() as conn:
+            with rc.stores.engine.connect() as conn:
                 return conn.execute(sa.text("SELECT id, state, attempts, training_run_id, version FROM retrain_runs")).first()
 
         row = _wait(lambda: (r := retrain_row()) is not None and r.state == "training" and r.training_run_id
                     and list((Path(rc.settings.home) / "runs" / r.training_run_id).glob("checkpoint-*")) and r, 240)
-        active_pid = int(holder(rc.engine, LEASE)["owner"].rsplit(":", 1)[1])
+        active_pid = int(rc.stores.leases.holder(LEASE).owner.rsplit(":", 1)[1])
         active = next(p for p in schedulers if p.pid == active_pid)
         standby = next(p for p in schedulers if p.pid != active_pid)
         os.kill(active.pid, signal.SIGKILL)  # the scheduler only: its worker must notice and stop by itself
         active.wait(10)
 
         done = _wait(lambda: (r := retrain_row()).state in ("registered", "failed") and r, 300)
-        assert done.state == "registered", rc.engine.connect().execute(sa.text("SELECT error FROM retrain_runs")).scalar()
-        assert int(holder(rc.engine, LEASE)["owner"].rsplit(":", 1)[1]) == standby.pid
+        assert done.state == "registered", rc.stores.engine.connect().execute(sa.text("SELECT error FROM retrain_runs")).scalar()
+        assert int(rc.stores.leases.holder(LEASE).owner.rsplit(":", 1)[1]) == standby.pid
     finally:
         for p in schedulers:
             if p.poll() is None:
@@ -211,7 +210,7 @@ def test_kill_9_of_the_active_scheduler_mid_training_hands_over_to_the_standby(l
     assert mv.tags["tuneloop.training_run_id"] == row.training_run_id
     losses = rc.mlflow.get_metric_history(row.training_run_id, "train/loss")
     assert max(m.step for m in losses) == 150
-    with rc.engine.connect() as conn:
+    with rc.stores.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM alerts")).scalar() == 1
         assert conn.execute(sa.text("SELECT count(*) FROM retrain_runs")).scalar() == 1
         events = conn.execute(sa.text("SELECT event, count(*) FROM notifications WHERE sink = 'log' GROUP BY event")).all()

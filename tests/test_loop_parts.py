@@ -44,47 +44,45 @@ def _monitor(rc, tmp_path: Path, size: int = 100) -> None:  # type: ignore[no-un
 
 
 def test_a_lease_has_one_holder_until_it_lapses(rc) -> None:  # type: ignore[no-untyped-def]
-    from tuneloop.store import leases
-
-    assert leases.acquire(rc.engine, "x", "a", 1.0)
-    assert not leases.acquire(rc.engine, "x", "b", 1.0)
-    assert leases.acquire(rc.engine, "x", "a", 1.0)  # renewal
-    assert leases.holder(rc.engine, "x")["owner"] == "a"
+    assert rc.stores.leases.acquire("x", "a", 1.0)
+    assert not rc.stores.leases.acquire("x", "b", 1.0)
+    assert rc.stores.leases.acquire("x", "a", 1.0)  # renewal
+    assert rc.stores.leases.holder("x").owner == "a"
     time.sleep(1.1)
-    assert leases.acquire(rc.engine, "x", "b", 5.0)  # lapsed: b takes over
-    assert not leases.acquire(rc.engine, "x", "a", 5.0)
-    leases.release(rc.engine, "x", "a")  # not a's any more: nothing happens
-    assert leases.holder(rc.engine, "x")["owner"] == "b"
-    leases.release(rc.engine, "x", "b")
-    assert leases.holder(rc.engine, "x") is None
+    assert rc.stores.leases.acquire("x", "b", 5.0)  # lapsed: b takes over
+    assert not rc.stores.leases.acquire("x", "a", 5.0)
+    rc.stores.leases.release("x", "a")  # not a's any more: nothing happens
+    assert rc.stores.leases.holder("x").owner == "b"
+    rc.stores.leases.release("x", "b")
+    assert rc.stores.leases.holder("x") is None
 
 
 def test_webhook_retries_back_off_record_every_attempt_and_give_up(sqlite_rc) -> None:  # type: ignore[no-untyped-def]
     from tuneloop.monitors import notify
 
     url = f"http://127.0.0.1:{free_port()}/hook?token=t0ps3cret"  # nothing listens
-    with sqlite_rc.engine.begin() as conn:
-        notify.enqueue(conn, "alert.opened", {"message": "m"}, [url])
+    with sqlite_rc.stores.transaction() as tx:
+        notify.enqueue(sqlite_rc.stores, tx, "alert.opened", {"message": "m"}, [url])
     started = time.monotonic()
-    assert notify.deliver_pending(sqlite_rc.engine, timeout_s=1, max_attempts=3, base_delay_s=0.5) == 1  # the log sink
+    assert notify.deliver_pending(sqlite_rc.stores, timeout_s=1, max_attempts=3, base_delay_s=0.5) == 1  # the log sink
     assert time.monotonic() - started < 5  # a dead sink costs one bounded attempt, never a hang
-    assert notify.deliver_pending(sqlite_rc.engine, timeout_s=1, max_attempts=3, base_delay_s=0.5) == 0
+    assert notify.deliver_pending(sqlite_rc.stores, timeout_s=1, max_attempts=3, base_delay_s=0.5) == 0
 
     def attempts() -> list:  # type: ignore[type-arg]
-        with sqlite_rc.engine.connect() as conn:
+        with sqlite_rc.stores.engine.connect() as conn:
             return conn.execute(sa.text("SELECT a.attempt, a.ok, a.detail, n.state FROM delivery_attempts a "
                                         "JOIN notifications n ON n.id = a.notification_id WHERE n.sink != 'log' "
                                         "ORDER BY a.attempt")).all()
 
     assert [(a.attempt, a.ok, a.state) for a in attempts()] == [(1, False, "pending")]  # not due yet: backoff 0.5 s
     time.sleep(0.6)
-    notify.deliver_pending(sqlite_rc.engine, timeout_s=1, max_attempts=3, base_delay_s=0.5)
+    notify.deliver_pending(sqlite_rc.stores, timeout_s=1, max_attempts=3, base_delay_s=0.5)
     assert len(attempts()) == 2
     time.sleep(0.6)
-    notify.deliver_pending(sqlite_rc.engine, timeout_s=1, max_attempts=3, base_delay_s=0.5)
+    notify.deliver_pending(sqlite_rc.stores, timeout_s=1, max_attempts=3, base_delay_s=0.5)
     assert len(attempts()) == 2  # the second retry waits 2 × 0.5 s
     time.sleep(0.5)
-    notify.deliver_pending(sqlite_rc.engine, timeout_s=1, max_attempts=3, base_delay_s=0.5)
+    notify.deliver_pending(sqlite_rc.stores, timeout_s=1, max_attempts=3, base_delay_s=0.5)
     rows = attempts()
     assert [(a.attempt, a.ok) for a in rows] == [(1, False), (2, False), (3, False)] and rows[-1].state == "failed"
     assert all("t0ps3cret" not in a.detail and "ConnectError" in a.detail for a in rows)
@@ -144,7 +142,7 @@ def test_missed_cron_fires_coalesce_into_one_run_and_triggers_are_idempotent(sql
     from tuneloop.pipelines.scheduler import LoopScheduler
 
     _loop(sqlite_rc, tmp_path, cron="* * * * *")
-    with sqlite_rc.engine.begin() as conn:  # the scheduler was down for ten minutes
+    with sqlite_rc.stores.engine.begin() as conn:  # the scheduler was down for ten minutes
         conn.execute(sa.text("UPDATE loops SET last_cron_at = :t"), {"t": datetime.now(UTC) - timedelta(minutes=10)})
     scheduler = LoopScheduler(sqlite_rc)
     first = scheduler.cron_due("l")
@@ -165,7 +163,7 @@ def test_a_run_whose_workers_died_twice_is_failed_not_retried(sqlite_rc, tmp_pat
 
     _loop(sqlite_rc, tmp_path)
     run_id, _ = enqueue(sqlite_rc, "l", "manual")
-    with sqlite_rc.engine.begin() as conn:
+    with sqlite_rc.stores.engine.begin() as conn:
         conn.execute(sa.text("UPDATE retrain_runs SET attempts = 2, state = 'training' WHERE id = :i"), {"i": run_id})
     row = run_worker(sqlite_rc, run_id, lease_s=5)
     assert row["state"] == "failed" and "died 2 times" in row["error"] and row["attempts"] == 3
@@ -325,7 +323,7 @@ from tuneloop.settings import Settings
 rc = RegistryClient(Settings.model_validate_json(sys.argv[1]))
 run_id = int(sys.argv[2])
 owner = leases.owner_id()
-assert leases.acquire(rc.engine, retrain.lease_name(run_id), owner, 5.0)
+assert rc.stores.leases.acquire(retrain.lease_name(run_id), owner, 5.0)
 worker.Heartbeat(rc, run_id, owner, 5.0).start()   # what a worker runs beside its stages
 print("READY", flush=True)
 time.sleep(60)
@@ -341,7 +339,6 @@ def test_a_cancelled_retrain_ends_for_good(sqlite_rc, tmp_path: Path) -> None:  
     from tuneloop.pipelines.worker import run_worker
 
     from tuneloop.errors import Conflict
-    from tuneloop.store import leases
 
     _loop(sqlite_rc, tmp_path)
     run_id, _ = enqueue(sqlite_rc, "l", "manual")
@@ -356,11 +353,11 @@ def test_a_cancelled_retrain_ends_for_good(sqlite_rc, tmp_path: Path) -> None:  
         if worker.poll() is None:
             worker.kill()
     assert row["state"] == "cancelled" and row["error"] == f"cancelled by {sqlite_rc.settings.actor_name}: labels were wrong"
-    assert leases.holder(sqlite_rc.engine, lease_name(run_id)) is None and run_id not in runnable(sqlite_rc)
+    assert sqlite_rc.stores.leases.holder(lease_name(run_id)) is None and run_id not in runnable(sqlite_rc)
     update(sqlite_rc, run_id, state="evaluating")  # a stage finishing late never revives it
     assert get(sqlite_rc, run_id)["state"] == "cancelled"
     assert run_worker(sqlite_rc, run_id, lease_s=5)["state"] == "cancelled"  # nothing resumes it
-    with sqlite_rc.engine.connect() as conn:
+    with sqlite_rc.stores.engine.connect() as conn:
         events = conn.execute(sa.text("SELECT event, payload FROM notifications")).all()
     assert [e for e, _ in events] == ["retrain.cancelled"] and "labels were wrong" in events[0][1]
     with pytest.raises(Conflict, match="already ended: it is `cancelled`"):

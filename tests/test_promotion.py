@@ -133,13 +133,13 @@ def test_audit_log_is_append_only_and_tamper_evident(rc) -> None:
     promote(rc, "m", v1, "champion")
     promote(rc, "m", v2, "champion")
     with pytest.raises(sa.exc.DatabaseError, match="append-only"):
-        with rc.engine.begin() as conn:
+        with rc.stores.engine.begin() as conn:
             conn.execute(audit_log.update().values(reason="nothing to see"))
     with pytest.raises(sa.exc.DatabaseError, match="append-only"):
-        with rc.engine.begin() as conn:
+        with rc.stores.engine.begin() as conn:
             conn.execute(audit_log.delete())
     # Going around the trigger (a DBA with DDL rights) breaks the hash chain visibly.
-    with rc.engine.begin() as conn:
+    with rc.stores.engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(sa.text("ALTER TABLE audit_log DISABLE TRIGGER audit_log_append_only"))
             conn.execute(sa.text("UPDATE audit_log SET to_version = 99 WHERE id = (SELECT min(id) FROM audit_log)"))
@@ -148,8 +148,8 @@ def test_audit_log_is_append_only_and_tamper_evident(rc) -> None:
             conn.execute(sa.text("DROP TRIGGER audit_log_no_update"))
             conn.execute(sa.text("UPDATE audit_log SET to_version = 99 WHERE id = (SELECT min(id) FROM audit_log)"))
     first_id = min(m.id for m in history(rc, "m")[0])
-    with rc.engine.begin() as conn:
-        assert verify_chain(conn, "m") == [first_id]
+    with rc.stores.transaction() as tx:
+        assert verify_chain(rc.stores, tx, "m") == [first_id]
 
 
 def test_audit_entries_are_mirrored_into_mlflow(rc) -> None:
@@ -172,8 +172,8 @@ def test_registering_a_version_also_detects_unaudited_moves(rc, tiny_model) -> N
     import_base(rc, "tiny", str(tiny_model))
     rc.mlflow.set_registered_model_alias("tiny", "champion", "1")  # behind tuneloop's back
     import_base(rc, "tiny", str(tiny_model))  # the next registry operation
-    with rc.engine.connect() as conn:
-        from tuneloop.registry.audit import entries
+    from tuneloop.registry.audit import entries
 
-        moves = entries(conn, "tiny")
+    with rc.stores.transaction() as tx:
+        moves = entries(rc.stores, tx, "tiny")
     assert [(m.kind, m.alias, m.to_version) for m in moves] == [("unaudited", "champion", 1)]

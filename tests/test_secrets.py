@@ -68,7 +68,7 @@ def test_planted_secrets_appear_nowhere(stores, tmp_path: Path, tiny_model: Path
     mlflow_text = _all_text_in_mlflow(rc)
     assert "tiny" in mlflow_text  # the search really saw the stores
     stored = _all_bytes_under(home)  # artifacts, both SQLite files, caches
-    with rc.engine.connect() as conn:
+    with rc.stores.engine.connect() as conn:
         audit_text = json.dumps([list(map(str, r)) for r in conn.execute(sa.text("SELECT * FROM audit_log"))])
     for secret in secrets:
         for text in outputs:

@@ -66,7 +66,9 @@ def _rows(url: str) -> dict[str, list[tuple]]:
 
 VERSION_TABLES = {"alembic_version", "tuneloop_alembic_version"}
 JSON_COLUMNS = [("records", "meta", "seq"), ("monitors", "spec", "name"), ("monitor_windows", "checks", "id"),
-                ("monitor_windows", "drifted_checks", "id")]
+                ("monitor_windows", "drifted_checks", "id"), ("alert_rules", "spec", "name"), ("alerts", "summary", "id"),
+                ("notifications", "payload", "id"), ("loops", "spec", "name"), ("retrain_runs", "details", "id"),
+                ("ingest_requests", "response", "key")]
 
 
 def _head() -> str:
@@ -171,7 +173,7 @@ def test_what_a3a2416_stored_still_loads_after_the_upgrade(old_home, tmp_path: P
     # and an unreadable cache under today's key is rebuilt.
     cache = Path(settings.cache_dir) / "monitor-references"
     cache.mkdir(parents=True)
-    with rc.engine.connect() as conn:
+    with rc.stores.engine.connect() as conn:
         digest = conn.execute(sa.text("SELECT reference_sha256 FROM monitors WHERE name = 'support-champion'")).scalar()
     old_cache = cache / f"{digest.removeprefix('sha256:')}.pickle"  # a3a2416's key: the digest alone
     old_cache.write_bytes(b"cmonitors.drift\nReference\n.")  # a pickle naming the old module path
@@ -179,14 +181,14 @@ def test_what_a3a2416_stored_still_loads_after_the_upgrade(old_home, tmp_path: P
     current.write_bytes(b"not a pickle: a write cut short")
 
     # New records of the champion are judged against the monitor's pinned reference (an a3a2416 artifact).
-    with rc.engine.connect() as conn:
+    with rc.stores.engine.connect() as conn:
         windows_before = conn.execute(sa.text("SELECT count(*) FROM monitor_windows")).scalar()
         prompts = [r[0] for r in conn.execute(sa.text("SELECT prompt FROM records ORDER BY id LIMIT 100"))]
     records = [{"model": f"{ADAPTER}@champion", "prompt": p, "output": "ok"} for p in prompts]
     store(rc.stores, parse_records(records, 100_000), ModelResolver(rc.mlflow))
     judged = check_pending(rc, "support-champion")
     assert len(judged) == 1 and judged[0]["status"] in ("ok", "drift")
-    with rc.engine.connect() as conn:
+    with rc.stores.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM monitor_windows")).scalar() == windows_before + 1
     assert "monitors" not in sys.modules and "monitors.drift" not in sys.modules  # the old cache was never opened
     assert isinstance(pickle.loads(current.read_bytes()), Reference)  # rebuilt

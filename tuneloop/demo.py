@@ -181,7 +181,7 @@ class Demo:
         self.stage("7/8 judging the windows; the alert fires after 2 drifted windows in a row")
         windows = check_pending(self.rc, "support-champion")
         changes = alerts.evaluate(self.rc, "support-champion")
-        deliver_pending(self.rc.engine, timeout_s=2, max_attempts=self.rc.settings.notify.max_attempts)
+        deliver_pending(self.rc.stores, timeout_s=2, max_attempts=self.rc.settings.notify.max_attempts)
         created = enqueue_for_alerts(self.rc)
         if not created:
             return {"windows": windows, "alerts": [c.__dict__ for c in changes], "retrain": None}
@@ -189,7 +189,7 @@ class Demo:
         self.stage(f"8/8 retraining a challenger (retrain {run_id}) in a worker process: curate, train, evaluate both, decide")
         follow(self.rc, self.config_file, run_id, lambda state: self.stage(f"    retrain {run_id}: {state}"), timeout_s,
                on_progress=lambda text: self.stage(f"      {text}"))
-        deliver_pending(self.rc.engine, timeout_s=2, max_attempts=self.rc.settings.notify.max_attempts)
+        deliver_pending(self.rc.stores, timeout_s=2, max_attempts=self.rc.settings.notify.max_attempts)
         return {"windows": windows, "alerts": [c.__dict__ for c in changes], "retrain": get(self.rc, run_id)}
 
     def run(self, ingest: Callable[[list[dict[str, Any]]], None], ui: str, webhooks: list[str] | None = None) -> dict[str, Any]:

@@ -76,7 +76,7 @@ def alerts_show(app: AppContext, alert_id: int, as_json: bool) -> None:
     from tuneloop.monitors.alerts import get
     from tuneloop.monitors.notify import for_alert
 
-    alert = get(app.registry, alert_id) | {"notifications": for_alert(app.registry.engine, alert_id)}
+    alert = get(app.registry, alert_id) | {"notifications": for_alert(app.registry.stores, alert_id)}
     if as_json:
         output.emit_json(alert)
         return
@@ -299,11 +299,10 @@ def scheduler_status(app: AppContext, as_json: bool) -> None:
     """Which scheduler holds the lease, and the retraining queue."""
     from tuneloop.pipelines.retrain import list_runs
     from tuneloop.pipelines.scheduler import LEASE
-    from tuneloop.store.leases import holder
+    from tuneloop.store.loops import TERMINAL
 
-    lease = holder(app.registry.engine, LEASE)
-    from tuneloop.pipelines.retrain import TERMINAL
-
+    held = app.registry.stores.leases.holder(LEASE)
+    lease = held.as_dict() if held else None
     queue = [{"id": r["id"], "state": r["state"], "loop": r["loop"]} for r in list_runs(app.registry) if r["state"] not in TERMINAL]
     result = {"lease": lease, "queue": queue}
     if as_json:

@@ -177,7 +177,7 @@ def check_cmd(app: AppContext, name: str, as_json: bool) -> None:
     result = check(app.registry, name)
     changes = alerts.evaluate(app.registry, name)
     n = app.settings.notify
-    deliver_pending(app.registry.engine, timeout_s=n.timeout_seconds, max_attempts=n.max_attempts, base_delay_s=n.retry_base_seconds)
+    deliver_pending(app.registry.stores, timeout_s=n.timeout_seconds, max_attempts=n.max_attempts, base_delay_s=n.retry_base_seconds)
     result["alerts"] = [c.__dict__ for c in changes]
     result["rules"] = alerts.explain_rules(app.registry, name)
     if as_json:

@@ -31,15 +31,13 @@ def up(app: AppContext, host: str | None, port: int | None, ingest_port: int | N
     A second `tuneloop up` on the same database (on other ports) runs its scheduler as a standby that
     takes over when the active one's lease lapses.
     """
-    from tuneloop.registry.tracking import connect
     from tuneloop.services import health, start_ingest_server, start_mlflow_server, start_scheduler, stop, wait_healthy
-    from tuneloop.store.engine import get_engine
 
     settings = app.settings
     host = host or settings.server.host
     output.stage("preparing stores")
-    connect(settings)  # creates and migrates MLflow's database before the server sees it
-    get_engine(settings.database_url, migrate_on_start=settings.stores.migrate_on_start)
+    app.registry.mlflow  # noqa: B018 - creates and migrates MLflow's database before the server sees it
+    app.registry.stores  # noqa: B018 - and tuneloop's (or checks both, with migrate_on_start false)
     urls = {"MLflow UI": f"http://{host}:{port or settings.server.mlflow_port}",
             "ingest API": f"http://{host}:{ingest_port or settings.ingest.port}",
             "scheduler": f"http://{host}:{scheduler_port or settings.scheduler.port}"}

@@ -15,7 +15,12 @@ from functools import cached_property
 from sqlalchemy.engine import Engine
 
 from tuneloop.store.base import Transaction
+from tuneloop.store.alerts import AlertStore
+from tuneloop.store.audit import AuditStore
+from tuneloop.store.leases import LeaseStore
+from tuneloop.store.loops import LoopStore
 from tuneloop.store.monitors import MonitorStore
+from tuneloop.store.outbox import OutboxStore
 from tuneloop.store.records import RecordStore
 from tuneloop.store.tokens import TokenStore
 
@@ -40,6 +45,16 @@ class Stores:
         with self.engine.begin() as conn:
             yield conn
 
+    @contextmanager
+    def savepoint(self, tx: Transaction) -> Iterator[None]:
+        """A nested transaction inside `tx`: what fails inside it rolls back alone, `tx` goes on."""
+        with tx.begin_nested():
+            yield
+
+    @cached_property
+    def audit(self) -> AuditStore:
+        return AuditStore(self.engine)
+
     @cached_property
     def tokens(self) -> TokenStore:
         return TokenStore(self.engine)
@@ -51,3 +66,19 @@ class Stores:
     @cached_property
     def monitors(self) -> MonitorStore:
         return MonitorStore(self.engine)
+
+    @cached_property
+    def alerts(self) -> AlertStore:
+        return AlertStore(self.engine)
+
+    @cached_property
+    def outbox(self) -> OutboxStore:
+        return OutboxStore(self.engine)
+
+    @cached_property
+    def loops(self) -> LoopStore:
+        return LoopStore(self.engine)
+
+    @cached_property
+    def leases(self) -> LeaseStore:
+        return LeaseStore(self.engine)

@@ -76,19 +76,3 @@ def dispose_engines() -> None:
             engine.dispose()
         _engines.clear()
         _migrated.clear()
-
-
-def save_declared(engine: Engine, table: sa.Table, name: str, values: dict, *, replace: bool, kind: str) -> None:  # type: ignore[type-arg]
-    """Insert a declared thing (alert rule, loop) by name, or update it when `replace` is given."""
-    from datetime import UTC, datetime
-
-    from tuneloop.errors import Conflict
-
-    with engine.begin() as conn:
-        exists = conn.execute(sa.select(table.c.name).where(table.c.name == name)).first() is not None
-        if exists and not replace:
-            raise Conflict(f"{kind} `{name}` exists", hint="pass --replace to update it")
-        if exists:
-            conn.execute(table.update().where(table.c.name == name).values(**values))
-        else:
-            conn.execute(table.insert().values(name=name, created_at=datetime.now(UTC), **values))

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import os
 import socket
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
 
-from tuneloop.store import tables
+from tuneloop.store.base import Store
 from tuneloop.store.locks import locked
+from tuneloop.store.tables import leases
 
 
 def owner_id() -> str:
@@ -24,40 +26,47 @@ def owner_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def acquire(engine: Engine, name: str, owner: str, seconds: float) -> bool:
-    """Take or renew lease `name` for `seconds`; False while another owner holds it."""
-    now = datetime.now(UTC)
-    lease = tables.leases
-    with locked(engine, f"lease:{name}") as conn:
-        row = conn.execute(sa.select(lease).where(lease.c.name == name)).mappings().first()
-        expires = now + timedelta(seconds=seconds)
-        if row is None:
-            conn.execute(lease.insert().values(name=name, owner=owner, expires_at=expires, acquired_at=now))
+@dataclass(frozen=True)
+class Lease:
+    name: str
+    owner: str
+    expires_at: datetime
+    acquired_at: datetime
+
+    @property
+    def live(self) -> bool:
+        return self.expires_at > datetime.now(UTC)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"owner": self.owner, "expires_at": self.expires_at.isoformat(),
+                "acquired_at": self.acquired_at.isoformat(), "live": self.live}
+
+
+class LeaseStore(Store):
+    def acquire(self, name: str, owner: str, seconds: float) -> bool:
+        """Take or renew lease `name` for `seconds`; False while another owner holds it."""
+        now = datetime.now(UTC)
+        with locked(self.engine, f"lease:{name}") as conn:
+            row = conn.execute(sa.select(leases).where(leases.c.name == name)).first()
+            expires = now + timedelta(seconds=seconds)
+            if row is None:
+                conn.execute(leases.insert().values(name=name, owner=owner, expires_at=expires, acquired_at=now))
+                return True
+            if row.owner != owner and row.expires_at > now:
+                return False
+            values: dict[str, Any] = {"owner": owner, "expires_at": expires}
+            if row.owner != owner:
+                values["acquired_at"] = now
+            conn.execute(leases.update().where(leases.c.name == name).values(**values))
             return True
-        if row["owner"] != owner and _aware(row["expires_at"]) > now:
-            return False
-        values = {"owner": owner, "expires_at": expires}
-        if row["owner"] != owner:
-            values["acquired_at"] = now
-        conn.execute(lease.update().where(lease.c.name == name).values(**values))
-        return True
 
+    def release(self, name: str, owner: str) -> None:
+        """Give lease `name` up, if `owner` still holds it."""
+        with locked(self.engine, f"lease:{name}") as conn:
+            conn.execute(leases.delete().where(leases.c.name == name, leases.c.owner == owner))
 
-def release(engine: Engine, name: str, owner: str) -> None:
-    with locked(engine, f"lease:{name}") as conn:
-        conn.execute(tables.leases.delete().where(tables.leases.c.name == name, tables.leases.c.owner == owner))
-
-
-def holder(engine: Engine, name: str) -> dict | None:
-    """{owner, expires_at, acquired_at, live} of lease `name`, or None if nobody ever took it."""
-    with engine.connect() as conn:
-        row = conn.execute(sa.select(tables.leases).where(tables.leases.c.name == name)).mappings().first()
-    if row is None:
-        return None
-    expires = _aware(row["expires_at"])
-    return {"owner": row["owner"], "expires_at": expires.isoformat(), "acquired_at": _aware(row["acquired_at"]).isoformat(),
-            "live": expires > datetime.now(UTC)}
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)  # SQLite returns naive datetimes
+    def holder(self, name: str) -> Lease | None:
+        """Who holds (or last held) lease `name`; None if nobody ever took it, or it was released."""
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(leases).where(leases.c.name == name)).first()
+        return Lease(row.name, row.owner, row.expires_at, row.acquired_at) if row else None

@@ -120,7 +120,7 @@ alert_rules = sa.Table(
     metadata,
     sa.Column("name", sa.String(200), primary_key=True),
     sa.Column("monitor", sa.String(200), nullable=False),
-    sa.Column("spec", sa.Text, nullable=False),  # the validated YAML, as JSON
+    sa.Column("spec", JSONDocument(), nullable=False),  # the validated YAML
     sa.Column("created_at", UTCDateTime(), nullable=False),
 )
 
@@ -138,7 +138,7 @@ alerts = sa.Table(
     sa.Column("opened_window_id", sa.BigInteger, nullable=False),
     sa.Column("first_window_id", sa.BigInteger, nullable=False),
     sa.Column("closed_window_id", sa.BigInteger, nullable=True),
-    sa.Column("summary", sa.Text, nullable=False),  # JSON: what held, drifted checks per window
+    sa.Column("summary", JSONDocument(), nullable=False),  # what held, drifted checks per window
     sa.Column("opened_at", UTCDateTime(), nullable=False),
     sa.Column("closed_at", UTCDateTime(), nullable=True),
     sa.Column("mlflow_run_id", sa.String(64), nullable=True),  # the mirror; filled once MLflow has it
@@ -153,7 +153,7 @@ notifications = sa.Table(
     sa.Column("event", sa.String(60), nullable=False),  # alert.opened, alert.resolved, challenger.registered
     sa.Column("alert_id", sa.BigInteger, nullable=True),
     sa.Column("sink", sa.Text, nullable=False),  # "log" or a webhook URL (may hold a token: never logged)
-    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("payload", JSONDocument(), nullable=False),
     sa.Column("state", sa.String(20), nullable=False),  # pending | delivered | failed
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     sa.Column("next_attempt_at", UTCDateTime(), nullable=False),
@@ -189,7 +189,7 @@ loops = sa.Table(
     metadata,
     sa.Column("name", sa.String(200), primary_key=True),
     sa.Column("model", sa.String(400), nullable=False),
-    sa.Column("spec", sa.Text, nullable=False),
+    sa.Column("spec", JSONDocument(), nullable=False),  # the validated loop YAML
     sa.Column("last_cron_at", UTCDateTime(), nullable=True),  # the last cron fire handled
     sa.Column("created_at", UTCDateTime(), nullable=False),
 )
@@ -209,7 +209,7 @@ retrain_runs = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     sa.Column("training_run_id", sa.String(64), nullable=True),
     sa.Column("version", sa.Integer, nullable=True),
-    sa.Column("details", sa.Text, nullable=False, default="{}"),  # JSON: data digests, eval runs, decision
+    sa.Column("details", JSONDocument(), nullable=False, default=dict),  # data digests, eval runs, decision
     sa.Column("error", sa.Text, nullable=True),
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("updated_at", UTCDateTime(), nullable=False),

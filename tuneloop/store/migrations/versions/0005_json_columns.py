@@ -1,5 +1,6 @@
 """JSON documents in JSON columns: records.meta, ingest_requests.response, monitors.spec,
-monitor_windows.drifted_checks and .checks.
+monitor_windows.drifted_checks and .checks, alert_rules.spec, alerts.summary, notifications.payload,
+loops.spec, retrain_runs.details. (audit_log.gates stays text: the hash chain covers its exact bytes.)
 
 On PostgreSQL the columns become `json` (which keeps the text it is given, byte for byte). Python's json
 module wrote NaN and Infinity, which PostgreSQL refuses: those documents are rewritten first with null in
@@ -22,7 +23,9 @@ branch_labels = None
 depends_on = None
 
 COLUMNS = [("records", "meta", "seq"), ("ingest_requests", "response", "key"), ("monitors", "spec", "name"),
-           ("monitor_windows", "drifted_checks", "id"), ("monitor_windows", "checks", "id")]
+           ("monitor_windows", "drifted_checks", "id"), ("monitor_windows", "checks", "id"),
+           ("alert_rules", "spec", "name"), ("alerts", "summary", "id"), ("notifications", "payload", "id"),
+           ("loops", "spec", "name"), ("retrain_runs", "details", "id")]
 
 
 def _finite(value):  # type: ignore[no-untyped-def]

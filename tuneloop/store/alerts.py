@@ -1,0 +1,113 @@
+"""Alert rules declared with `tuneloop alerts add`, and alerts: one row per incident, never per window.
+
+(rule, opened_window_id) is unique, so two evaluators replaying the same windows cannot open the same
+incident twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import sqlalchemy as sa
+
+from tuneloop.store.base import Store, Transaction
+from tuneloop.store.declared import save_declared
+from tuneloop.store.tables import alert_rules, alerts
+
+
+class AlertStatus(StrEnum):
+    OPEN = "open"
+    RESOLVED = "resolved"
+
+
+@dataclass(frozen=True)
+class AlertRuleRow:
+    name: str
+    monitor: str
+    spec: dict[str, Any]  # the validated rule YAML
+
+
+@dataclass(frozen=True)
+class Alert:
+    id: int
+    rule: str
+    monitor: str
+    model: str
+    severity: str
+    status: AlertStatus
+    opened_window_id: int
+    first_window_id: int
+    closed_window_id: int | None
+    summary: dict[str, Any]  # what held, drifted checks per window
+    opened_at: datetime
+    closed_at: datetime | None
+    mlflow_run_id: str | None  # the mirror; filled once MLflow has it
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["status"] = str(self.status)
+        out["opened_at"] = self.opened_at.isoformat()
+        out["closed_at"] = self.closed_at.isoformat() if self.closed_at else None
+        return out
+
+
+def _alert(row: Any) -> Alert:
+    return Alert(int(row.id), row.rule, row.monitor, row.model, row.severity, AlertStatus(row.status),
+                 int(row.opened_window_id), int(row.first_window_id),
+                 int(row.closed_window_id) if row.closed_window_id is not None else None, row.summary, row.opened_at,
+                 row.closed_at, row.mlflow_run_id)
+
+
+class AlertStore(Store):
+    def save_rule(self, name: str, monitor: str, spec: dict[str, Any], *, replace: bool) -> bool:
+        """Store rule `name`; False when it exists and `replace` is not given (nothing changed)."""
+        return save_declared(self.engine, alert_rules, name, {"monitor": monitor, "spec": spec}, replace=replace)
+
+    def rules(self, monitor: str | None = None) -> list[AlertRuleRow]:
+        query = sa.select(alert_rules.c.name, alert_rules.c.monitor, alert_rules.c.spec).order_by(alert_rules.c.name)
+        if monitor is not None:
+            query = query.where(alert_rules.c.monitor == monitor)
+        with self.engine.connect() as conn:
+            return [AlertRuleRow(*row) for row in conn.execute(query)]
+
+    def of_rule(self, tx: Transaction, rule: str) -> list[Alert]:
+        return [_alert(r) for r in tx.execute(sa.select(alerts).where(alerts.c.rule == rule))]
+
+    def open(self, tx: Transaction, *, rule: str, monitor: str, model: str, severity: str, opened_window_id: int,
+             first_window_id: int, summary: dict[str, Any]) -> int:
+        return int(tx.execute(alerts.insert().values(
+            rule=rule, monitor=monitor, model=model, severity=severity, status=AlertStatus.OPEN,
+            opened_window_id=opened_window_id, first_window_id=first_window_id, summary=summary,
+            opened_at=datetime.now(UTC))).inserted_primary_key[0])
+
+    def resolve(self, tx: Transaction, alert_id: int, closed_window_id: int) -> None:
+        tx.execute(alerts.update().where(alerts.c.id == alert_id).values(
+            status=AlertStatus.RESOLVED, closed_window_id=closed_window_id, closed_at=datetime.now(UTC)))
+
+    def set_mirror(self, alert_id: int, run_id: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(alerts.update().where(alerts.c.id == alert_id).values(mlflow_run_id=run_id))
+
+    def get(self, alert_id: int) -> Alert | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(alerts).where(alerts.c.id == alert_id)).first()
+        return _alert(row) if row else None
+
+    def all(self, *, status: AlertStatus | None = None, monitor: str | None = None,
+            rules: list[str] | None = None) -> list[Alert]:
+        query = sa.select(alerts).order_by(alerts.c.id)
+        if status:
+            query = query.where(alerts.c.status == status)
+        if monitor:
+            query = query.where(alerts.c.monitor == monitor)
+        if rules is not None:
+            query = query.where(alerts.c.rule.in_(rules))
+        with self.engine.connect() as conn:
+            return [_alert(r) for r in conn.execute(query)]
+
+    def unmirrored(self) -> list[int]:
+        with self.engine.connect() as conn:
+            return [int(i) for i in conn.execute(sa.select(alerts.c.id).where(alerts.c.mlflow_run_id.is_(None))).scalars()]

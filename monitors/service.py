@@ -206,12 +206,12 @@ def _statistics(rc: RegistryClient, spec: MonitorSpec, digest: str, pinned: Path
     if cache.is_file():
         try:
             with open(cache, "rb") as f:
-                cached = pickle.load(f)  # noqa: S301 - our own cache file, keyed by the content digest and code version
-            if isinstance(cached, Reference):
-                return cached
-        except Exception:
-            pass
-        cache.unlink(missing_ok=True)  # unreadable or not ours (a crash mid-write, a library upgrade): rebuilt below
+                cached = pickle.load(f)  # our own file, keyed by the content digest and the code version
+        except Exception:  # unreadable: a write cut short, a library upgrade
+            cached = None
+        if isinstance(cached, Reference):
+            return cached
+        cache.unlink(missing_ok=True)  # rebuilt below
     if pinned is None:
         assert run_id is not None
         pinned = Path(rc.mlflow.download_artifacts(run_id, f"reference/{digest.removeprefix('sha256:')[:16]}/records.jsonl"))

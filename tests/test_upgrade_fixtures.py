@@ -120,8 +120,8 @@ def test_upgrade_keeps_every_row_the_audit_guards_and_the_chain(old_home) -> Non
     assert upgraded.returncode == 0, upgraded.stderr[-3000:]
     assert json.loads(upgraded.stdout)["up_to_date"] is True
     after = {name: _rows(_url(env, name)) for name in ("mlflow", "tuneloop")}
-    for name in before:
-        for table, rows in before[name].items():
+    for name, tables in before.items():
+        for table, rows in tables.items():
             if table not in VERSION_TABLES:
                 assert after[name].get(table) == rows, f"{name}.{table} changed in the upgrade"
     assert after["tuneloop"]["tuneloop_alembic_version"] == [(_head(),)]
@@ -146,13 +146,14 @@ def test_upgrade_keeps_every_row_the_audit_guards_and_the_chain(old_home) -> Non
 
 
 def test_what_a3a2416_stored_still_loads_after_the_upgrade(old_home, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from tuneloop.monitors.records import ModelResolver, parse_records, store
     from tuneloop.monitors.drift import Reference
+    from tuneloop.monitors.records import ModelResolver, parse_records, store
     from tuneloop.monitors.service import REFERENCE_CACHE_VERSION, check_pending
     from tuneloop.pipelines.recipes import Recipe
     from tuneloop.pipelines.training.run import recipe_of_run
-    from tuneloop.registry.client import RegistryClient
     from tuneloop.registry.catalog import resolve
+    from tuneloop.registry.client import RegistryClient
+
     from tuneloop.names import Tag
     from tuneloop.settings import Settings, StoreSettings
 
@@ -192,3 +193,32 @@ def test_what_a3a2416_stored_still_loads_after_the_upgrade(old_home, tmp_path: P
         assert conn.execute(sa.text("SELECT count(*) FROM monitor_windows")).scalar() == windows_before + 1
     assert "monitors" not in sys.modules and "monitors.drift" not in sys.modules  # the old cache was never opened
     assert isinstance(pickle.loads(current.read_bytes()), Reference)  # rebuilt
+
+
+def test_nan_that_old_code_wrote_becomes_null_on_postgres_and_reads_back_as_nan(old_home) -> None:  # type: ignore[no-untyped-def]
+    import math
+
+    from tuneloop.monitors.service import judged_windows
+    from tuneloop.registry.client import RegistryClient
+    from tuneloop.settings import Settings, StoreSettings
+
+    backend, env = old_home
+    engine = sa.create_engine(_url(env, "tuneloop"), poolclass=sa.pool.NullPool)
+    try:
+        with engine.begin() as conn:  # what Python's json.dumps wrote for a NaN statistic (PostgreSQL's json refuses it)
+            first = conn.execute(sa.text("SELECT min(id) FROM monitor_windows")).scalar()
+            conn.execute(sa.text("UPDATE monitor_windows SET checks = :text WHERE id = :id"), {"id": first, "text": json.dumps(
+                [{"check": "descriptors", "statistic": float("nan"), "p_value": 0.5, "drifted": False}])})
+        assert run_cli("db", "upgrade", env=env).returncode == 0
+        with engine.connect() as conn:
+            stored = conn.execute(sa.text("SELECT checks FROM monitor_windows WHERE id = :id"), {"id": first}).scalar()
+    finally:
+        engine.dispose()
+    stored = json.loads(stored) if isinstance(stored, str) else stored
+    if backend == "postgres":
+        assert stored[0]["statistic"] is None and stored[0]["p_value"] == 0.5
+    rc = RegistryClient(Settings(home=env["TUNELOOP_HOME"], stores=StoreSettings(
+        mlflow_uri=_url(env, "mlflow"), database_url=_url(env, "tuneloop"))))
+    ids, windows = judged_windows(rc, "support-champion")
+    check = windows[ids.index(first)].checks[0]
+    assert math.isnan(check.statistic) and check.p_value == 0.5 and len(ids) == 6

@@ -14,9 +14,9 @@ from functools import cached_property
 
 from sqlalchemy.engine import Engine
 
-from tuneloop.store.base import Transaction
 from tuneloop.store.alerts import AlertStore
 from tuneloop.store.audit import AuditStore
+from tuneloop.store.base import Transaction
 from tuneloop.store.leases import LeaseStore
 from tuneloop.store.loops import LoopStore
 from tuneloop.store.monitors import MonitorStore

@@ -44,11 +44,11 @@ def upgrade() -> None:
         return
     for table, column, key in COLUMNS:
         suspects = conn.execute(sa.text(
-            f"SELECT {key}, {column} FROM {table} WHERE {column} ~ 'NaN|Infinity'")).all()  # noqa: S608 - our names
+            f"SELECT {key}, {column} FROM {table} WHERE {column} ~ 'NaN|Infinity'")).all()
         for row_key, text in suspects:
             cleaned = json.dumps(_finite(json.loads(text)))
             if cleaned != text:
-                conn.execute(sa.text(f"UPDATE {table} SET {column} = :text WHERE {key} = :key"),  # noqa: S608
+                conn.execute(sa.text(f"UPDATE {table} SET {column} = :text WHERE {key} = :key"),
                              {"text": cleaned, "key": row_key})
         op.alter_column(table, column, type_=sa.JSON(), postgresql_using=f"{column}::json")
 

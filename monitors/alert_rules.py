@@ -21,8 +21,8 @@ replays a rule over history exactly as the live loop applies it.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -88,9 +88,9 @@ def load_rule(path: str | Path) -> AlertRule:
 
 @dataclass
 class Incident:
-    opened: int  # index of the window that fired the alert
+    opened: int  # the window that fired the alert (its index in a backtest, its id in a live monitor)
     first: int  # first window of the streak that led to it
-    closed: int | None = None  # index of the window that closed it; None while open
+    closed: int | None = None  # the window that closed it; None while open
 
     def as_dict(self) -> dict[str, Any]:
         return {"opened_at_window": self.opened, "streak_started_at_window": self.first, "closed_at_window": self.closed}
@@ -98,22 +98,37 @@ class Incident:
 
 @dataclass
 class RuleState:
-    """Where a rule stands after replaying windows: its incidents, and why the last windows did or did not fire."""
+    """Where a rule stands after reading windows: the incidents opened or closed in the windows read, and
+    what the next window continues from (stored between live evaluations, so none replays history)."""
 
-    incidents: list[Incident]
+    incidents: list[Incident] = field(default_factory=list)
     streak: int = 0  # consecutive judged windows the condition held in, with no incident open
+    streak_start: int | None = None
+    calm: int = 0  # consecutive calm windows while an incident is open
+    open: Incident | None = None
     cooldown_left: int = 0
     skipped_last: str | None = None  # why the last window did not count, when it did not
     last_holds: bool = False
+    last_seq: int | None = None  # the newest record of the last window read (the same evidence is read once)
 
-    def explain(self, rule: AlertRule) -> str:
-        """One sentence a person can act on."""
-        open_incident = self.incidents[-1] if self.incidents and self.incidents[-1].closed is None else None
+    def carried(self) -> dict[str, Any]:
+        """What the next evaluation needs, as JSON (the incidents are stored as alerts)."""
+        kept = {k: v for k, v in asdict(self).items() if k != "incidents"}
+        return kept
+
+    @classmethod
+    def resume(cls, carried: dict[str, Any]) -> RuleState:
+        values = dict(carried)
+        values["open"] = Incident(**values["open"]) if values.get("open") else None
+        return cls(**values)
+
+    def explain(self, rule: AlertRule, window_name: Callable[[int], int] = lambda i: i) -> str:
+        """One sentence a person can act on (`window_name`: how a person knows the window the state names)."""
         parts = []
         if self.skipped_last is not None:
             parts.append(f"the last window {self.skipped_last}, so it neither counts nor breaks a streak")
-        if open_incident is not None:
-            parts.append(f"an incident is open since window {open_incident.opened}; it resolves after "
+        if self.open is not None:
+            parts.append(f"an incident is open since window {window_name(self.open.opened)}; it resolves after "
                          f"{rule.resolve_after or rule.for_windows} calm windows in a row")
         elif self.cooldown_left > 0:
             parts.append(f"in cooldown after the last incident: {self.cooldown_left} more judged window(s) before a new "
@@ -131,42 +146,43 @@ def incidents(rule: AlertRule, windows: Sequence[WindowResult]) -> list[Incident
     return replay(rule, windows).incidents
 
 
-def replay(rule: AlertRule, windows: Sequence[WindowResult]) -> RuleState:
-    """Replay `rule` over windows in order: its incidents and the state it is left in."""
-    found: list[Incident] = []
-    streak_start: int | None = None
-    streak = calm = 0
-    open_incident: Incident | None = None
-    cooldown_left = 0
-    skipped_last: str | None = None
-    holds = False
+def replay(rule: AlertRule, windows: Sequence[WindowResult], *, ids: Sequence[int] | None = None,
+           state: RuleState | None = None) -> RuleState:
+    """Read windows in order, from `state` (a fresh rule when None): the state the rule is left in, whose
+    `incidents` are those that opened or closed in these windows. `ids` name the windows (default: their
+    index)."""
+    names = list(ids) if ids is not None else list(range(len(windows)))
+    now = RuleState(**{**asdict(state), "incidents": []}) if state is not None else RuleState()
+    if state is not None:
+        now.open = state.open  # the same object: closing it below closes the carried incident
     resolve_after = rule.resolve_after or rule.for_windows
-    for index, window in enumerate(windows):
+    for name, window in zip(names, windows, strict=True):
         if window.status == "not enough data":
-            skipped_last = f"held {window.size} records, too few for the monitor to judge (its min_size)"
+            now.skipped_last = f"held {window.size} records, too few for the monitor to judge (its min_size)"
             continue
         if window.size < rule.min_size:
-            skipped_last = f"held {window.size} records, under the rule's min_size of {rule.min_size}"
+            now.skipped_last = f"held {window.size} records, under the rule's min_size of {rule.min_size}"
             continue
-        skipped_last = None
-        holds = rule.when.holds(window)
-        if open_incident is not None:
-            calm = 0 if holds else calm + 1
-            if calm >= resolve_after:
-                open_incident.closed, open_incident = index, None
-                cooldown_left, streak, streak_start = rule.cooldown_windows, 0, None
+        now.skipped_last = None
+        now.last_holds = holds = rule.when.holds(window)
+        if now.open is not None:
+            now.calm = 0 if holds else now.calm + 1
+            if now.calm >= resolve_after:
+                now.open.closed = name
+                if now.open not in now.incidents:
+                    now.incidents.append(now.open)
+                now.open, now.cooldown_left, now.streak, now.streak_start = None, rule.cooldown_windows, 0, None
             continue
-        if cooldown_left > 0:
-            cooldown_left -= 1
+        if now.cooldown_left > 0:
+            now.cooldown_left -= 1
             continue
         if holds:
-            streak_start = index if streak == 0 else streak_start
-            streak += 1
-            if streak >= rule.for_windows:
-                open_incident = Incident(opened=index, first=streak_start if streak_start is not None else index)
-                found.append(open_incident)
-                calm = 0
+            now.streak_start = name if now.streak == 0 else now.streak_start
+            now.streak += 1
+            if now.streak >= rule.for_windows:
+                now.open = Incident(opened=name, first=now.streak_start if now.streak_start is not None else name)
+                now.incidents.append(now.open)
+                now.calm, now.streak, now.streak_start = 0, 0, None
         else:
-            streak, streak_start = 0, None
-    return RuleState(incidents=found, streak=streak if open_incident is None else 0, cooldown_left=cooldown_left,
-                     skipped_last=skipped_last, last_holds=holds)
+            now.streak, now.streak_start = 0, None
+    return now

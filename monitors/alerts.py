@@ -1,10 +1,11 @@
 """Alerts: rules stored with `tuneloop alerts add`, evaluated after each judged window.
 
-`evaluate(rc, monitor)` replays each of the monitor's rules over every judged window
-(`alert_rules.incidents`, the same pure function `monitor backtest --alert` uses) and reconciles the
-result with the `alerts` table: a new incident becomes one row, an incident that closed is marked
-resolved. Rows are keyed by (rule, window that fired), so replaying again — after a crash, or from a
-second process — never opens an incident twice. Each change queues notifications in the same
+`evaluate(rc, monitor)` reads each of the monitor's rules over the windows judged since it last read
+(`alert_rules.replay`, the same pure function `monitor backtest --alert` uses, continued from the
+rule's stored state) and reconciles the result with the `alerts` table: a new incident becomes one row,
+an incident that closed is marked resolved. The state, the alerts and their notifications commit
+together, and rows are keyed by (rule, window that fired), so evaluating again — after a crash, or
+from a second process — never opens an incident twice. Each change queues notifications in the same
 transaction and is mirrored to MLflow (experiment `<prefix>alerts`, one run per alert).
 """
 
@@ -16,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop.monitors import notify
-from tuneloop.monitors.alert_rules import AlertRule, incidents, load_rule
+from tuneloop.monitors.alert_rules import AlertRule, Incident, RuleState, load_rule, replay
+from tuneloop.monitors.checks import WindowResult
 from tuneloop.registry.client import RegistryClient
 
 from tuneloop.errors import Conflict, NotFound
@@ -52,29 +54,41 @@ def rules_of(rc: RegistryClient, monitor: str | None = None) -> list[AlertRule]:
 
 
 def evaluate(rc: RegistryClient, monitor: str) -> list[AlertChange]:
-    """Reconcile the alerts of `monitor` with its judged windows; what opened or resolved now."""
+    """Reconcile the alerts of `monitor` with the windows judged since each rule last read; what opened or
+    resolved now. Each rule continues from its stored state, so the cost does not grow with the monitor's age."""
     from tuneloop.monitors.service import judged_windows
 
     rules = rules_of(rc, monitor)
-    if not rules:
-        return []
-    ids, windows = judged_windows(rc, monitor)
-    changes: list[AlertChange] = []
     watched = rc.stores.monitors.get(monitor)
-    if watched is None:
+    if not rules or watched is None:
         return []
+    changes: list[AlertChange] = []
     model = watched.spec["model"]
     with rc.stores.transaction(lock=f"alerts:{monitor}") as tx:
         for rule in rules:
+            saved = rc.stores.alerts.rule_state(tx, rule.name)
+            state = RuleState.resume(saved[1]) if saved else None
+            ids, windows, last_seq = judged_windows(rc, monitor, after_id=saved[0] if saved else 0,
+                                                    previous_seq=state.last_seq if state else None, tx=tx)
+            if not ids:
+                continue
+            now = replay(rule, windows, ids=ids, state=state)
+            now.last_seq = last_seq
             known = {alert.opened_window_id: alert for alert in rc.stores.alerts.of_rule(tx, rule.name)}
-            for incident in incidents(rule, windows):
-                alert = known.get(ids[incident.opened])
+            for incident in now.incidents:
+                alert = known.get(incident.opened)
                 if alert is None:
-                    alert_id = _open(rc.stores, tx, rule, model, ids, windows, incident)
+                    streak_ids, streak, _ = judged_windows(rc, monitor, after_id=incident.first - 1, tx=tx)
+                    in_streak = {i: w for i, w in zip(streak_ids, streak, strict=True) if i <= incident.opened}
+                    alert_id = _open(rc.stores, tx, rule, model, in_streak, incident)
                     changes.append(AlertChange(alert_id, rule.name, "opened"))
-                elif incident.closed is not None and alert.status == AlertStatus.OPEN:
-                    _resolve(rc.stores, tx, rule, alert.id, ids[incident.closed])
-                    changes.append(AlertChange(alert.id, rule.name, "resolved"))
+                    alert_open = True
+                else:
+                    alert_id, alert_open = alert.id, alert.status == AlertStatus.OPEN
+                if incident.closed is not None and alert_open:
+                    _resolve(rc.stores, tx, rule, alert_id, incident.closed)
+                    changes.append(AlertChange(alert_id, rule.name, "resolved"))
+            rc.stores.alerts.save_rule_state(tx, rule.name, ids[-1], now.carried())
     for change in changes:
         mirror(rc, change.alert_id)
     _mirror_missing(rc)
@@ -82,27 +96,26 @@ def evaluate(rc: RegistryClient, monitor: str) -> list[AlertChange]:
 
 
 def explain_rules(rc: RegistryClient, monitor: str) -> list[dict[str, str]]:
-    """[{rule, state}] for each rule on `monitor`: where it stands and why it did (not) fire."""
-    from tuneloop.monitors.alert_rules import replay
-    from tuneloop.monitors.service import judged_windows
+    """[{rule, state}] for each rule on `monitor`: where it stands and why it did (not) fire, as last evaluated."""
+    out = []
+    for rule in rules_of(rc, monitor):
+        saved = rc.stores.alerts.rule_state(None, rule.name)
+        step = lambda window_id: rc.stores.monitors.step_of(monitor, window_id)  # noqa: E731 - the MLflow step users see
+        state = RuleState.resume(saved[1]).explain(rule, step) if saved else "no judged window yet"
+        out.append({"rule": rule.name, "monitor": monitor, "state": state})
+    return out
 
-    rules = rules_of(rc, monitor)
-    if not rules:
-        return []
-    _, windows = judged_windows(rc, monitor)
-    return [{"rule": rule.name, "monitor": monitor, "state": replay(rule, windows).explain(rule)} for rule in rules]
 
-
-def _open(stores: Stores, tx: Transaction, rule: AlertRule, model: str, ids: list[int], windows: list[Any],
-          incident: Any) -> int:
-    streak = range(incident.first, incident.opened + 1)
+def _open(stores: Stores, tx: Transaction, rule: AlertRule, model: str, windows: dict[int, WindowResult],
+          incident: Incident) -> int:
+    streak = list(windows)  # the streak's windows, first to the one that fired
     drifted = sorted({name for i in streak for name in windows[i].drifted_checks})
     condition = rule.when.model_dump(exclude_none=True)
-    summary = {"condition": condition, "for_windows": rule.for_windows, "window_ids": [ids[i] for i in streak],
+    summary = {"condition": condition, "for_windows": rule.for_windows, "window_ids": streak,
                "drifted_checks": drifted, "window_sizes": [windows[i].size for i in streak]}
     assert rule.monitor is not None
     alert_id = stores.alerts.open(tx, rule=rule.name, monitor=rule.monitor, model=model, severity=rule.severity,
-                                  opened_window_id=ids[incident.opened], first_window_id=ids[incident.first],
+                                  opened_window_id=incident.opened, first_window_id=incident.first,
                                   summary=summary)
     message = (f"[{rule.severity}] {rule.name}: monitor {rule.monitor} ({model}) held {condition} for "
                f"{rule.for_windows} window(s); drifted: {', '.join(drifted) or '-'}")

@@ -9,7 +9,7 @@ history with it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -84,13 +84,15 @@ class Backtest:
     monitor: str
     reference_size: int
     windows: list[tuple[int, int, WindowResult]]  # (first row, last row, result)
+    complete: list[bool]  # per window: all its records are in the file (count), or it closed before now (time)
 
     def as_dict(self) -> dict[str, Any]:
         judged = [w for _, _, w in self.windows if w.status != "not enough data"]
         return {
             "monitor": self.monitor,
             "reference_records": self.reference_size,
-            "windows": [{"index": i, "first": a, "last": b, **w.as_dict()} for i, (a, b, w) in enumerate(self.windows)],
+            "windows": [{"index": i, "first": a, "last": b, "complete": done, **w.as_dict()}
+                        for i, ((a, b, w), done) in enumerate(zip(self.windows, self.complete, strict=True))],
             "summary": {"windows": len(self.windows), "judged": len(judged),
                         "drifted": sum(w.status == "drift" for w in judged),
                         "drift_share": sum(w.status == "drift" for w in judged) / len(judged) if judged else None},
@@ -105,10 +107,11 @@ def backtest(spec: MonitorSpec, reference: list[Record], current: list[Record], 
     ref = build_reference(reference, embedder=embedder if "embedding" in spec.checks else None)
     from tqdm import tqdm
 
-    windows = []
-    for window in tqdm(split(current, spec.window), desc="windows", unit="window", disable=not progress):
+    windows, complete = [], []
+    for window in tqdm(split(current, spec.window, now=datetime.now(UTC)), desc="windows", unit="window", disable=not progress):
         result = check_window(ref, window.records, alpha=spec.alpha, min_size=spec.min_size, checks=spec.checks, embedder=embedder)
         if window.start is not None:
             result.start, result.end = window.start.isoformat(), window.end.isoformat() if window.end else None
         windows.append((min(window.rows, default=0), max(window.rows, default=0), result))
-    return Backtest(monitor=spec.name, reference_size=len(reference), windows=windows)
+        complete.append(window.complete)
+    return Backtest(monitor=spec.name, reference_size=len(reference), windows=windows, complete=complete)

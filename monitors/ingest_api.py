@@ -51,7 +51,7 @@ def create_app(settings: Any) -> FastAPI:
     from tuneloop.registry.client import RegistryClient
 
     rc = RegistryClient(settings)
-    resolver = records_io.ModelResolver(rc.mlflow)
+    resolver = rc.models
     accepted = _Tokens(rc.stores, [t.get_secret_value() for t in settings.ingest.tokens])
     limits = settings.ingest
     app = FastAPI(title="tuneloop ingest", version="1", docs_url="/docs", redoc_url=None)

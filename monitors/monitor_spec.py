@@ -4,7 +4,8 @@
     model: support-qlora@champion
     window: {kind: count, size: 500}        # tumbling windows of 500 records
     # window: {kind: count, size: 500, step: 100}   sliding: a window every 100 records
-    # window: {kind: time, duration: 1h, step: 15m} sliding by time (tumbling without `step`)
+    # window: {kind: time, duration: 1h, step: 15m} sliding by time (tumbling without `step`); windows
+    #   align to the epoch in UTC and are judged `grace` (default 1m) after they end
     min_size: 200                           # smaller windows report "not enough data"
     alpha: 0.05                             # chance of a false alarm per window (Bonferroni over checks)
     checks: [descriptors, domain, quality]  # + embedding (all-MiniLM-L6-v2, MMD permutation test)
@@ -46,8 +47,10 @@ class WindowSpec(Strict):
     duration: str | None = Field(None, description="Length of a time window, e.g. 1h, 30m, 7d (time windows)")
     step: int | str | None = Field(None, description="Sliding windows: records (count) or a duration (time) between "
                                    "window starts; omitted = tumbling (step = the window's length)")
+    grace: str | None = Field(None, description="Time windows: how long after its end a window waits for late records "
+                              "before it is judged (default 1m); records arriving later are counted as late")
 
-    @field_validator("duration")
+    @field_validator("duration", "grace")
     @classmethod
     def _duration_parses(cls, value: str | None) -> str | None:
         if value is not None:
@@ -64,6 +67,8 @@ class WindowSpec(Strict):
         else:
             if self.duration is not None:
                 raise ValueError("`duration` is for `kind: time`; a `count` window has `size`")
+            if self.grace is not None:
+                raise ValueError("`grace` is for `kind: time`: a count window is complete when its last record arrives")
             if self.step is not None and (not isinstance(self.step, int) or not 1 <= self.step <= self.size):
                 raise ValueError(f"`step` must be a number of records between 1 and `size` ({self.size})")
         return self
@@ -72,6 +77,10 @@ class WindowSpec(Strict):
     def length(self) -> timedelta:
         assert self.duration is not None
         return parse_duration(self.duration)
+
+    @property
+    def grace_length(self) -> timedelta:
+        return parse_duration(self.grace) if self.grace is not None else timedelta(minutes=1)
 
     @property
     def stride(self) -> int | timedelta:

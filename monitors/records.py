@@ -11,8 +11,6 @@ skipped), and an idempotency key makes a retried request return the first answer
 from __future__ import annotations
 
 import json
-import re
-import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -21,6 +19,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictStr, ValidationError, field_validator
 
 from tuneloop.errors import InvalidInput, NotFound
+from tuneloop.registry.resolver import ModelResolver
 from tuneloop.store import Stores
 from tuneloop.store.records import BatchResult, FeedbackValues, NewRecord
 
@@ -137,62 +136,6 @@ def parse_records(items: Sequence[Any], max_chars: int, where: Sequence[str] | N
         shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
         raise InvalidInput("invalid records:\n  " + "\n  ".join(shown), hint="fix these fields; nothing was stored")
     return out
-
-
-class ModelResolver:
-    """NAME@ALIAS / NAME:VERSION to (name, version, alias), checked against the registry, cached briefly."""
-
-    TTL_SECONDS = 15.0
-
-    def __init__(self, mlflow_client: Any) -> None:
-        self._client = mlflow_client
-        self._cache: dict[str, tuple[float, tuple[str, int, str | None]]] = {}
-
-    def resolve(self, ref: str) -> tuple[str, int, str | None]:
-        cached = self._cache.get(ref)
-        if cached and time.monotonic() - cached[0] < self.TTL_SECONDS:
-            return cached[1]
-        from mlflow.exceptions import MlflowException
-
-        name, alias, version = _split_ref(ref)
-        try:
-            if alias:
-                mv = self._client.get_model_version_by_alias(name, alias)
-            else:
-                mv = self._client.get_model_version(name, str(version))
-        except MlflowException:
-            raise self._not_found(ref, name, alias, version) from None
-        result = (name, int(mv.version), alias)
-        self._cache[ref] = (time.monotonic(), result)
-        return result
-
-
-    def _not_found(self, ref: str, name: str, alias: str | None, version: int | None) -> NotFound:
-        from mlflow.exceptions import MlflowException
-
-        try:
-            self._client.get_registered_model(name)
-        except MlflowException:
-            return NotFound(f"unknown model `{ref}`: no registered model `{name}`",
-                            hint="see `tuneloop models list`; name a registered version as NAME@ALIAS or NAME:VERSION")
-        if alias:
-            return NotFound(f"`{ref}` has no holder: no version of `{name}` holds alias `{alias}` yet",
-                            hint=f"promote one first: `tuneloop models promote {name}:VERSION --alias {alias}`, "
-                                 f"or name a version: `{name}:VERSION`")
-        return NotFound(f"unknown model `{ref}`: `{name}` has no version {version}",
-                        hint=f"see `tuneloop models show {name}` for its versions")
-
-
-def _split_ref(ref: str) -> tuple[str, str | None, int | None]:
-    if "@" in ref:
-        name, alias = ref.split("@", 1)
-        if name and re.fullmatch(r"[\w.-]+", alias):
-            return name, alias, None
-    elif ":" in ref:
-        name, version = ref.rsplit(":", 1)
-        if name and version.isdigit():
-            return name, None, int(version)
-    raise InvalidInput(f"`model` must be NAME@ALIAS or NAME:VERSION, not `{ref}`", hint="e.g. support-qlora@champion")
 
 
 def store(stores: Stores, batch: Sequence[RecordIn], resolver: ModelResolver, *,

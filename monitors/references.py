@@ -20,7 +20,7 @@ from typing import Any
 from tuneloop.monitors.backtest import read_records
 from tuneloop.monitors.checks import Record
 from tuneloop.monitors.monitor_spec import MonitorSpec
-from tuneloop.monitors.records import ModelResolver, record_from_training_row
+from tuneloop.monitors.records import record_from_training_row
 
 from tuneloop.digest import file_sha256
 from tuneloop.errors import InvalidInput
@@ -35,7 +35,7 @@ def materialise(rc: Any, spec: MonitorSpec) -> tuple[list[Record], str]:
         if not ref.file.is_file():
             raise InvalidInput(f"reference file `{ref.file}` does not exist", hint="fix `reference.file`")
         return read_records(ref.file), f"file {ref.file} (sha256:{file_sha256(ref.file)[:16]})"
-    name, version, alias = ModelResolver(rc.mlflow).resolve(spec.model)
+    name, version, alias = rc.models.resolve(spec.model)
     if ref.training_data is not None:
         return _training_data(rc, name, version, ref.training_data)
     assert ref.window is not None

@@ -1,5 +1,6 @@
-"""Declared monitors: `add` stores one, `check` judges its latest window of production records and
-logs it to MLflow, `status` shows every monitor's last state.
+"""Declared monitors: `add` stores one, `judge_pending` judges its completed windows of production
+records and logs each to MLflow (`rejudge_latest`: a `--latest` look), `status` shows every monitor's
+last state. `tuneloop.monitors.judging.check` is the path callers take.
 
 Each monitor has one MLflow run (experiment `<prefix>monitors`) created by `add`: the pinned reference
 records as an artifact (`reference/<sha256>/records.jsonl`, see `monitors.references`), then a step
@@ -24,13 +25,15 @@ from tuneloop.monitors.checks import Record, WindowResult
 from tuneloop.monitors.drift import Reference, build_reference, check_window
 from tuneloop.monitors.embedding import Embedder
 from tuneloop.monitors.monitor_spec import MonitorSpec, load_monitor
-from tuneloop.monitors.records import ModelResolver
+from tuneloop.monitors.pending import not_before, pending_windows
 from tuneloop.monitors.references import as_record, materialise, write_jsonl
+from tuneloop.monitors.windowing import closes_at, first_index, index_of
 from tuneloop.registry.client import RegistryClient
 
 from tuneloop.digest import file_sha256
 from tuneloop.errors import Conflict, InvalidInput, NotFound
-from tuneloop.store.monitors import MonitorRow
+from tuneloop.store import Transaction
+from tuneloop.store.monitors import JudgedWindow, MonitorRow, WindowPlace
 from tuneloop.store.records import ModelSlice
 
 EXPERIMENT = "monitors"
@@ -41,7 +44,7 @@ def add(rc: RegistryClient, path: Path, *, replace: bool = False) -> dict[str, A
     spec = load_monitor(path)
     if spec.reference is None or spec.model is None:
         raise InvalidInput(f"monitor `{path}` needs `model` and `reference`", hint="see examples/monitors/support.yaml")
-    ModelResolver(rc.mlflow).resolve(spec.model)  # an unknown model fails here, not at the first check
+    rc.models.resolve(spec.model)  # an unknown model fails here, not at the first check
     existing = rc.stores.monitors.get(spec.name)
     if existing is not None and not replace:
         raise Conflict(f"monitor `{spec.name}` exists", hint="pass --replace to update it")
@@ -71,57 +74,101 @@ def add(rc: RegistryClient, path: Path, *, replace: bool = False) -> dict[str, A
             "reference_sha256": digest, "checks": spec.checks, "run_id": run_id}
 
 
-def check(rc: RegistryClient, name: str) -> dict[str, Any]:
-    """Judge the latest window of the monitor's model and log it."""
+def rejudge_latest(rc: RegistryClient, name: str) -> dict[str, Any]:
+    """Judge the monitor's newest records again — the newest `size` (count) or the last `duration` (time) —
+    and log it: a look that neither moves the monitor's cursor nor counts as alert evidence."""
     row, spec = _monitor(rc, name)
-    window, last_seq = _latest_window(rc, spec)
-    result = _judge(rc, row, spec, window, last_seq)
-    if result["status"] == "not enough data":
-        result["notes"] = [*result["notes"], why_small(rc, spec, result["size"])]
-    return result
+    model = _slice(rc, spec)
+    if spec.window.kind == "time":
+        now = datetime.now(UTC)
+        rows = rc.stores.records.of(model, start=now - spec.window.length)
+        place = WindowPlace(last_seq=rows[-1].seq if rows else 0, start=now - spec.window.length, end=now, rejudged=True)
+    else:
+        rows = rc.stores.records.of(model, newest=int(spec.window.size))
+        place = WindowPlace(last_seq=rows[-1].seq if rows else 0, first_seq=rows[0].seq if rows else None, rejudged=True)
+    judge = _Judge(rc, row, spec)
+    return judge(place, [as_record(r) for r in rows])
+
+
+def judge_pending(rc: RegistryClient, name: str, *, limit: int = 1000) -> tuple[list[dict[str, Any]], int]:
+    """Judge every window of monitor `name` that completed since the last judged one, oldest first; and
+    count the records that arrived for windows already judged. (the windows judged, the late records)
+
+    Count windows complete when their last record arrives, time windows `grace` after they end (see
+    `monitors.windowing`); records inside a pinned production-window reference are not judged against it.
+    Called again with nothing new, it judges nothing (and cannot stretch an alert's K-window streak).
+    """
+    row, spec = _monitor(rc, name)
+    model = _slice(rc, spec)
+    upto_seq = rc.stores.records.last_seq()
+    late = rc.stores.monitors.count_late(name, model, upto_seq=upto_seq) if spec.window.kind == "time" else 0
+    last = rc.stores.monitors.last_window(name, counted_only=True)
+    windows = pending_windows(rc.stores, spec, model, last, upto_seq=upto_seq, now=datetime.now(UTC), limit=limit)
+    if not windows:
+        return [], late
+    judge = _Judge(rc, row, spec)
+    return [judge(w.place, w.records) for w in windows], late
+
+
+def next_window(rc: RegistryClient, name: str) -> str:
+    """Where the monitor's next window stands, in words."""
+    _, spec = _monitor(rc, name)
+    model = _slice(rc, spec)
+    last = rc.stores.monitors.last_window(name, counted_only=True)
+    if spec.window.kind == "time":
+        if last is not None and last.start is not None:
+            index = index_of(last.start, spec.window) + 1
+        else:
+            first = rc.stores.records.first_time(model, not_before=not_before(spec))
+            if first is None:
+                return f"no records of {spec.model} yet" + _elsewhere(rc, spec)
+            index = first_index(first, spec.window)
+        return f"the next window closes at {closes_at(index, spec.window).isoformat()} (window end + grace)"
+    arrived = len(_next_window_records(rc, spec, model, last))
+    return f"{arrived} of the next window's {spec.window.size} records have arrived" + (_elsewhere(rc, spec) if last is None else "")
+
+
+def _next_window_records(rc: RegistryClient, spec: MonitorSpec, model: ModelSlice, last: JudgedWindow | None) -> list[Any]:
+    """The records of the next, not yet complete, count window."""
+    size, stride = spec.window.size, int(spec.window.stride)  # type: ignore[call-overload]
+    if last is None:
+        return rc.stores.records.page(model, limit=size, not_before=not_before(spec))
+    first = last.first_seq if last.first_seq is not None else last.last_seq + 1
+    return rc.stores.records.page(model, from_seq=first, skip=stride if last.first_seq is not None else 0, limit=size,
+                                  not_before=not_before(spec))
+
+
+def window_dict(rc: RegistryClient, name: str, window: JudgedWindow) -> dict[str, Any]:
+    """A stored window as `monitor check --json` shows one."""
+    out: dict[str, Any] = {"monitor": name, "window_id": window.id, "status": str(window.status), "size": window.size,
+                           "drifted_checks": window.drifted_checks, "checked_at": window.checked_at.isoformat(),
+                           "late": window.late, **_place(window.first_seq, window.last_seq, window.start, window.end)}
+    return out
+
+
+def _place(first_seq: int | None, last_seq: int, start: datetime | None, end: datetime | None) -> dict[str, Any]:
+    if start is not None:
+        return {"start": start.isoformat(), "end": end.isoformat() if end else None}
+    return {"first_seq": first_seq, "last_seq": last_seq}
 
 
 def why_small(rc: RegistryClient, spec: MonitorSpec, size: int) -> str:
     """Why a window is too small to judge, naming where else this model's records are (other aliases or versions)."""
-    name, version, alias = ModelResolver(rc.mlflow).resolve(spec.model or "")
+    name, version, alias = rc.models.resolve(spec.model or "")
     watched = f"alias `{alias}`" if alias else f"version {version}"
+    return f"{size} record(s) of {name} under {watched} in the window; {spec.min_size} are needed (min_size)" + _elsewhere(rc, spec)
+
+
+def _elsewhere(rc: RegistryClient, spec: MonitorSpec) -> str:
+    """Where else the monitored model's records are, when it has records sent another way ("" when not)."""
+    name, version, alias = rc.models.resolve(spec.model or "")
     groups = [(a, v, n) for a, v, n in rc.stores.records.groups(name)
               if not ((a == alias) if alias else (v == version and a is None))]
-    text = f"{size} record(s) of {name} under {watched} in the window; {spec.min_size} are needed (min_size)"
-    if groups:
-        elsewhere = ", ".join(f"{n:,} under alias `{a}` (v{v})" if a else f"{n:,} sent as version {v}"
-                              for a, v, n in sorted(groups, key=lambda g: -g[2]))
-        text += f". This model has other records: {elsewhere} — the monitor watches `{spec.model}` only"
-    return text
-
-
-def check_pending(rc: RegistryClient, name: str, *, limit: int = 1000) -> list[dict[str, Any]]:
-    """Judge every window that completed since the last judged one, oldest first (what the scheduler runs).
-
-    Count windows end every `stride` records of the model; time windows are judged once per interval in
-    which records arrived. Records inside a pinned production-window reference are not judged against
-    it. A window already judged is never judged again, so repeated calls with no new traffic add nothing
-    (and cannot stretch an alert's K-window streak).
-    """
-    row, spec = _monitor(rc, name)
-    judged = rc.stores.monitors.last_judged_seq(name)
-    model = ModelSlice(*ModelResolver(rc.mlflow).resolve(spec.model or ""))
-    window_ref = spec.reference.window if spec.reference is not None else None
-    # never judge a pinned production-window reference against itself
-    new_seqs = rc.stores.records.seqs_after(model, judged, not_before=window_ref.end if window_ref else None)
-    if not new_seqs:
-        return []
-    if spec.window.kind == "time":
-        window, last_seq = _latest_window(rc, spec)
-        return [_judge(rc, row, spec, window, last_seq)]
-    stride = int(spec.window.stride)
-    results = []
-    for end in range(stride, len(new_seqs) + 1, stride):
-        if len(results) >= limit:
-            break
-        rows = rc.stores.records.of(model, upto_seq=new_seqs[end - 1], newest=int(spec.window.size))
-        results.append(_judge(rc, row, spec, [as_record(x) for x in rows], rows[-1].seq))
-    return results
+    if not groups:
+        return ""
+    elsewhere = ", ".join(f"{n:,} under alias `{a}` (v{v})" if a else f"{n:,} sent as version {v}"
+                          for a, v, n in sorted(groups, key=lambda g: -g[2]))
+    return f". This model has other records: {elsewhere} — the monitor watches `{spec.model}` only"
 
 
 def _monitor(rc: RegistryClient, name: str) -> tuple[MonitorRow, MonitorSpec]:
@@ -131,27 +178,48 @@ def _monitor(rc: RegistryClient, name: str) -> tuple[MonitorRow, MonitorSpec]:
     return row, MonitorSpec.model_validate(row.spec)
 
 
-def _judge(rc: RegistryClient, row: MonitorRow, spec: MonitorSpec, window: list[Record], last_seq: int) -> dict[str, Any]:
-    reference = _statistics(rc, spec, row.reference_sha256, None, run_id=row.mlflow_run_id)
-    result = check_window(reference, window, alpha=spec.alpha, min_size=spec.min_size, checks=spec.checks,
-                          embedder=_embedder(rc) if "embedding" in spec.checks else None)
-    stats = [{"check": c.check, "statistic": c.statistic, "p_value": c.p_value, "drifted": c.drifted} for c in result.checks]
-    window_id, step = rc.stores.monitors.add_window(spec.name, last_seq=last_seq, size=result.size, status=result.status,
-                                                    drifted_checks=list(result.drifted_checks), checks=stats)
-    _log(rc, spec, row.mlflow_run_id, step, result)
-    return {"monitor": spec.name, "model": spec.model, "step": step, "window_id": window_id,
-            "run_id": row.mlflow_run_id, **result.as_dict()}
+def _slice(rc: RegistryClient, spec: MonitorSpec) -> ModelSlice:
+    return ModelSlice(*rc.models.resolve(spec.model or ""))
 
 
-def judged_windows(rc: RegistryClient, name: str) -> tuple[list[int], list[WindowResult]]:
-    """(window ids, results) of every judged window of monitor `name`, oldest first, as alert rules replay them."""
+class _Judge:
+    """Judges windows of one monitor in one check: the reference statistics and the embedder are loaded once."""
+
+    def __init__(self, rc: RegistryClient, row: MonitorRow, spec: MonitorSpec) -> None:
+        self.rc, self.row, self.spec = rc, row, spec
+        self.reference = _statistics(rc, spec, row.reference_sha256, None, run_id=row.mlflow_run_id)
+        self.embedder = _embedder(rc) if "embedding" in spec.checks else None
+
+    def __call__(self, place: WindowPlace, window: list[Record]) -> dict[str, Any]:
+        rc, spec = self.rc, self.spec
+        result = check_window(self.reference, window, alpha=spec.alpha, min_size=spec.min_size, checks=spec.checks,
+                              embedder=self.embedder)
+        stats = [{"check": c.check, "statistic": c.statistic, "p_value": c.p_value, "drifted": c.drifted} for c in result.checks]
+        window_id, step = rc.stores.monitors.add_window(spec.name, place, size=result.size, status=result.status,
+                                                        drifted_checks=list(result.drifted_checks), checks=stats)
+        assert self.row.mlflow_run_id is not None
+        _log(rc, spec, self.row.mlflow_run_id, step, result)
+        out = {"monitor": spec.name, "model": spec.model, "step": step, "window_id": window_id,
+               "run_id": self.row.mlflow_run_id, **result.as_dict(),
+               **_place(place.first_seq, place.last_seq, place.start, place.end)}  # a time window's bounds, not its records' span
+        if place.rejudged:
+            out["rejudged"] = True
+        if result.status == "not enough data":
+            out["notes"] = [*out["notes"], why_small(rc, spec, result.size)]
+        return out
+
+
+def judged_windows(rc: RegistryClient, name: str, *, after_id: int = 0, previous_seq: int | None = None,
+                   tx: Transaction | None = None) -> tuple[list[int], list[WindowResult], int | None]:
+    """(window ids, results, the newest record's seq) of the windows of monitor `name` judged after window
+    `after_id`, oldest first, as alert rules read them (a `--latest` look is no evidence)."""
     from tuneloop.monitors.checks import CheckResult
 
     ids, results = [], []
-    previous_seq = None
-    for window in rc.stores.monitors.windows(name):
-        if window.last_seq == previous_seq:
-            continue  # `monitor check` run again with no new records: the same evidence, counted once
+    for window in rc.stores.monitors.windows(name, after_id=after_id, counted_only=True, tx=tx):
+        placed = window.first_seq is not None or window.start is not None
+        if not placed and window.last_seq == previous_seq:
+            continue  # judged before 0006 by `monitor check` again with no new records: the same evidence, counted once
         previous_seq = window.last_seq
         if window.checks is not None:
             checks = [CheckResult(**_nan_for_none(c)) for c in window.checks]
@@ -159,7 +227,7 @@ def judged_windows(rc: RegistryClient, name: str) -> tuple[list[int], list[Windo
             checks = [CheckResult(check=n, statistic=float("nan"), p_value=0.0, drifted=True) for n in window.drifted_checks]
         ids.append(window.id)
         results.append(WindowResult(size=window.size, status=str(window.status), threshold=float("nan"), checks=checks))
-    return ids, results
+    return ids, results, previous_seq
 
 
 def status(rc: RegistryClient) -> list[dict[str, Any]]:
@@ -176,15 +244,6 @@ def status(rc: RegistryClient) -> list[dict[str, Any]]:
 def _nan_for_none(check: dict[str, Any]) -> dict[str, Any]:
     """JSON stores a NaN statistic as null; a check result holds it as NaN again."""
     return {k: float("nan") if v is None and k in ("statistic", "p_value") else v for k, v in check.items()}
-
-
-def _latest_window(rc: RegistryClient, spec: MonitorSpec) -> tuple[list[Record], int]:
-    model = ModelSlice(*ModelResolver(rc.mlflow).resolve(spec.model or ""))
-    if spec.window.kind == "time":
-        rows = rc.stores.records.of(model, start=datetime.now(UTC) - spec.window.length)
-    else:
-        rows = rc.stores.records.of(model, newest=int(spec.window.size))
-    return [as_record(row) for row in rows], (rows[-1].seq if rows else 0)
 
 
 # Part of the statistics cache's key: raise it whenever what `build_reference` returns, or where its
@@ -243,6 +302,10 @@ def _pin(rc: RegistryClient, spec: MonitorSpec, run_id: str, digest: str, pinned
         rc.mlflow.set_tag(run_id, f"tuneloop.monitor.{key}", value)
 
 
+P_FLOOR = 1e-12  # smaller p-values are drawn at the floor: a fixed axis
+PLOTTED_WINDOWS = 1000  # scores.png shows the newest windows: its cost stays flat over a monitor's life
+
+
 def _log(rc: RegistryClient, spec: MonitorSpec, run_id: str, step: int, result: WindowResult) -> None:
     from mlflow.entities import Metric
 
@@ -252,7 +315,7 @@ def _log(rc: RegistryClient, spec: MonitorSpec, run_id: str, step: int, result: 
         metrics += [Metric(f"p/{c.check}", c.p_value, now, step), Metric(f"stat/{c.check}", c.statistic, now, step)]
     rc.mlflow.log_batch(run_id, metrics=metrics)
     rc.mlflow.log_text(run_id, _html(spec, step, result), f"reports/window-{step:05d}.html")
-    figure = _plot(rc, run_id, result.threshold)
+    figure = _plot(rc, spec.name, result.threshold)
     try:
         rc.mlflow.log_figure(run_id, figure, "scores.png")
     finally:
@@ -261,25 +324,30 @@ def _log(rc: RegistryClient, spec: MonitorSpec, run_id: str, step: int, result: 
         plt.close(figure)  # pyplot keeps every figure until closed: a long-running scheduler would grow without end
 
 
-def _plot(rc: RegistryClient, run_id: str, threshold: float) -> Any:
+def _plot(rc: RegistryClient, name: str, threshold: float) -> Any:
+    """The smallest p-value of each of the newest windows, from the stored window statistics."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [k for k in rc.mlflow.get_run(run_id).data.metrics if k.startswith("p/")]
-    by_step: dict[int, float] = {}
-    for key in keys:
-        for m in rc.mlflow.get_metric_history(run_id, key):
-            by_step[m.step] = min(by_step.get(m.step, 1.0), m.value)
-    steps = sorted(by_step)
+    total, windows = rc.stores.monitors.recent(name, PLOTTED_WINDOWS)
+    steps, lowest = [], []
+    for step, window in enumerate(windows, start=total - len(windows)):
+        p_values = [c["p_value"] for c in window.checks or [] if c.get("p_value") is not None]
+        if p_values:
+            steps.append(step)
+            lowest.append(min(max(min(p_values), P_FLOOR), 1.0))
+    # Fixed axes and margins: the drawing costs the same at the 10th window and the 5,000th.
     fig, ax = plt.subplots(figsize=(8, 3))
-    ax.semilogy(steps, [max(by_step[s], 1e-300) for s in steps], marker="o", label="smallest p-value of the window")
+    fig.subplots_adjust(left=0.09, right=0.98, bottom=0.17, top=0.95)
+    ax.semilogy(steps, lowest, marker="o" if len(steps) <= 100 else None, label="smallest p-value of the window")
+    ax.set_ylim(P_FLOOR / 2, 2.0)
     if threshold == threshold:  # not NaN
         ax.axhline(threshold, color="red", linestyle="--", label=f"alarm threshold {threshold:.2g}")
-    ax.set_xlabel("window")
+    ax.set_xlabel("window" if total <= PLOTTED_WINDOWS else f"window (the newest {PLOTTED_WINDOWS} of {total})")
+    ax.set_ylabel(f"p-value (floor {P_FLOOR:g})")
     ax.legend(loc="lower left")
-    fig.tight_layout()
     return fig
 
 

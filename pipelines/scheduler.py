@@ -115,10 +115,9 @@ class LoopScheduler:
         self._loops_digest = digest
 
     def check_monitor(self, name: str) -> None:
-        from tuneloop.monitors import alerts
-        from tuneloop.monitors.service import check_pending
+        from tuneloop.monitors.judging import check
 
-        self._guard(f"check {name}", lambda: (check_pending(self.rc, name), alerts.evaluate(self.rc, name)))
+        self._guard(f"check {name}", lambda: check(self.rc, name))
 
     def cron_due(self, loop_name: str) -> int | None:
         """Enqueue one retrain for the latest cron fire not yet handled (missed fires coalesce)."""

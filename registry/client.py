@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 
+    from tuneloop.registry.resolver import ModelResolver
     from tuneloop.store import Stores
 
 
@@ -29,6 +30,13 @@ class RegistryClient:
         from tuneloop.registry.tracking import connect
 
         return connect(self.settings)
+
+    @cached_property
+    def models(self) -> ModelResolver:
+        """This process's resolver of NAME@ALIAS / NAME:VERSION (one cache; see `registry.resolver`)."""
+        from tuneloop.registry.resolver import ModelResolver
+
+        return ModelResolver(self.mlflow, ttl_seconds=self.settings.stores.alias_cache_seconds)
 
     @cached_property
     def stores(self) -> Stores:

@@ -151,6 +151,7 @@ def _move_alias(
         gates=checks,
     )
     rc.mlflow.set_registered_model_alias(model, alias, str(to_version))
+    rc.models.forget(model)  # what this process just promoted is what it resolves next
     _mirror(rc, tx, model)
     return move
 

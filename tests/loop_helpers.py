@@ -16,9 +16,9 @@ def tiny_config(tiny_model: Path):  # type: ignore[no-untyped-def]
 
 
 def ingest_directly(rc):  # type: ignore[no-untyped-def]
-    from tuneloop.monitors.records import ModelResolver, parse_records, store
+    from tuneloop.monitors.records import parse_records, store
 
     def send(records: list[dict]) -> None:
-        store(rc.stores, parse_records(records, 100_000), ModelResolver(rc.mlflow))
+        store(rc.stores, parse_records(records, 100_000), rc.models)
 
     return send

@@ -150,8 +150,31 @@ def test_windows_are_cut_as_declared() -> None:
     hourly = split(stamped, WindowSpec(kind="time", duration="1h"))
     assert [len(w.records) for w in hourly] == [60, 60]
     assert all(w.start <= r.ts < w.end for w in hourly for r in w.records)  # type: ignore[operator]
+    # Sliding time windows are every aligned window that holds a record: the first starts half an hour
+    # before the first record (it holds 00:00-00:30), the last ends half an hour after the newest.
     overlapping = split(stamped, WindowSpec(kind="time", duration="1h", step="30m"))
-    assert [len(w.records) for w in overlapping] == [60, 60, 60] and overlapping[1].records[0].prompt == "p30"
+    assert [len(w.records) for w in overlapping] == [30, 60, 60, 60, 30] and overlapping[2].records[0].prompt == "p30"
+    assert [w.start.strftime("%H:%M") for w in overlapping] == ["23:30", "00:00", "00:30", "01:00", "01:30"]  # type: ignore[union-attr]
+
+
+def test_time_windows_align_to_the_epoch_and_complete_when_closed() -> None:
+    t0 = datetime(2026, 11, 1, 0, 10, tzinfo=UTC)  # not on an hour
+    records = [Record(f"p{i}", "o", ts=t0 + timedelta(minutes=i)) for i in range(100)]  # 00:10 .. 01:49
+    hourly = split(records, WindowSpec(kind="time", duration="1h"), now=datetime(2026, 11, 1, 2, 0, 30, tzinfo=UTC))
+    assert [(w.start.hour, w.end.hour, len(w.records)) for w in hourly] == [(0, 1, 50), (1, 2, 50)]  # type: ignore[union-attr]
+    assert [w.complete for w in hourly] == [True, False]  # 01:00-02:00 closes at 02:01 (grace 1m by default)
+    graced = split(records, WindowSpec(kind="time", duration="1h", grace="10s"), now=datetime(2026, 11, 1, 2, 0, 30, tzinfo=UTC))
+    assert [w.complete for w in graced] == [True, True]
+    daily = split(records, WindowSpec(kind="time", duration="1d"))
+    assert len(daily) == 1 and daily[0].start == datetime(2026, 11, 1, tzinfo=UTC)  # midnight UTC, not the first record
+    gap = split([records[0], Record("late", "o", ts=t0 + timedelta(hours=3))], WindowSpec(kind="time", duration="1h"))
+    assert [len(w.records) for w in gap] == [1, 0, 0, 1]  # empty windows in between are windows too
+    counted = split(records[:25], WindowSpec(kind="count", size=10))
+    assert [w.complete for w in counted] == [True, True, False]
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="`grace` is for `kind: time`"):
+        WindowSpec(kind="count", grace="1m")
 
 
 def test_window_and_reference_declarations_are_validated() -> None:

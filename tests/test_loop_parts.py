@@ -20,7 +20,7 @@ REPO_EXAMPLES = REPO / "examples"
 
 
 def _store(rc, rows: list[dict], model: str = "support:1", feedback: list[dict | None] | None = None) -> None:  # type: ignore[no-untyped-def]
-    from tuneloop.monitors.records import ModelResolver, parse_records, store
+    from tuneloop.monitors.records import parse_records, store
 
     items = []
     for i, r in enumerate(rows):
@@ -28,7 +28,7 @@ def _store(rc, rows: list[dict], model: str = "support:1", feedback: list[dict |
         if feedback and feedback[i]:
             item["feedback"] = feedback[i]
         items.append(item)
-    store(rc.stores, parse_records(items, 100_000), ModelResolver(rc.mlflow))
+    store(rc.stores, parse_records(items, 100_000), rc.models)
 
 
 def _monitor(rc, tmp_path: Path, size: int = 100) -> None:  # type: ignore[no-untyped-def]
@@ -91,7 +91,12 @@ def test_webhook_retries_back_off_record_every_attempt_and_give_up(sqlite_rc) ->
 @pytest.mark.acceptance  # judges 7 windows and replays two rules on both stores: ~15 s
 def test_each_window_is_judged_once_and_alerts_reconcile_idempotently(rc, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from tuneloop.monitors import alerts
-    from tuneloop.monitors.service import check_pending
+    from tuneloop.monitors.service import judge_pending
+
+    def check_pending(rc, name):  # type: ignore[no-untyped-def]
+        judged, late = judge_pending(rc, name)
+        assert late == 0  # count windows have no late records
+        return judged
 
     _monitor(rc, tmp_path)
     rule = tmp_path / "rule.yaml"
@@ -204,19 +209,23 @@ def test_loop_and_rule_files_are_validated_with_every_problem_named(tmp_path: Pa
 @pytest.mark.acceptance
 def test_checking_the_same_records_again_adds_no_evidence_to_a_streak(sqlite_rc, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from tuneloop.monitors import alerts
-    from tuneloop.monitors.service import check
+    from tuneloop.monitors.service import judge_pending, rejudge_latest
 
     _monitor(sqlite_rc, tmp_path)
     rule = tmp_path / "rule.yaml"
     rule.write_text("name: r\nmonitor: mon\nwhen: {drift: any}\nfor_windows: 2\nmin_size: 50\n")
     alerts.add_rule(sqlite_rc, rule)
     _store(sqlite_rc, traffic.windows(1, 100, seed=6, kind="refusals", share=0.5))
-    for _ in range(3):  # one drifted window, judged three times by hand
-        assert check(sqlite_rc, "mon")["status"] == "drift"
+    for _ in range(3):  # one drifted window, looked at three times with `--latest`: no evidence at all
+        assert rejudge_latest(sqlite_rc, "mon")["status"] == "drift"
         assert alerts.evaluate(sqlite_rc, "mon") == []
+    judged, _ = judge_pending(sqlite_rc, "mon")
+    assert [w["status"] for w in judged] == ["drift"]  # the window itself is judged once, as any other
+    assert alerts.evaluate(sqlite_rc, "mon") == []  # streak 1 of 2
     _store(sqlite_rc, traffic.windows(1, 100, seed=7, kind="refusals", share=0.5))
-    check(sqlite_rc, "mon")
+    judge_pending(sqlite_rc, "mon")
     assert [c.kind for c in alerts.evaluate(sqlite_rc, "mon")] == ["opened"]
+    assert alerts.explain_rules(sqlite_rc, "mon")[0]["state"].startswith("an incident is open since window 4")  # the MLflow step
 
 
 def test_shipped_alert_rules_and_loops_are_valid() -> None:
@@ -292,10 +301,10 @@ def test_feedback_trains_only_in_the_champions_own_format(kind: str, sqlite_rc, 
     rows = [{"prompt": f"Where is my parcel number {i} of the week {i % 7}?", "output": f"It ships on day {i}."} for i in range(30)]
     feedback: list[dict | None] = [{"label": "shipping"} if i % 3 else {"reference": f"Your parcel {i} ships today."}
                                    for i in range(30)]
-    from tuneloop.monitors.records import ModelResolver, parse_records, store
+    from tuneloop.monitors.records import parse_records, store
 
     items = [{"id": f"r{i}", "model": f"m:{version}", **row, "feedback": fb} for i, (row, fb) in enumerate(zip(rows, feedback))]
-    store(sqlite_rc.stores, parse_records(items, 100_000), ModelResolver(sqlite_rc.mlflow))
+    store(sqlite_rc.stores, parse_records(items, 100_000), sqlite_rc.models)
     curated = build(sqlite_rc, "m", version, tmp_path / "out", min_rating=4, holdout=0.5, holdout_limit=3)
     counts = curated.counts
     trained = [row for _, row in read_rows(curated.train)] + [row for _, row in read_rows(curated.holdout)]

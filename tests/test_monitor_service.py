@@ -15,11 +15,11 @@ from tests.registry_helpers import make_versions
 
 
 def _store(rc, rows: list[dict]) -> None:  # type: ignore[no-untyped-def]
-    from tuneloop.monitors.records import ModelResolver, parse_records, store
+    from tuneloop.monitors.records import parse_records, store
 
     items = [{"model": "support:1", "prompt": r["prompt"], "output": r["output"], "prediction": r["prediction"],
               "feedback": {"label": r["label"]}} for r in rows]
-    store(rc.stores, parse_records(items, 100_000), ModelResolver(rc.mlflow))
+    store(rc.stores, parse_records(items, 100_000), rc.models)
 
 
 def test_add_check_status_and_mlflow_report(sqlite_rc, tmp_path: Path) -> None:
@@ -35,25 +35,31 @@ def test_add_check_status_and_mlflow_report(sqlite_rc, tmp_path: Path) -> None:
     again = run_cli("monitor", "add", str(spec), env=env)
     assert again.returncode == 1 and "exists" in again.stderr
 
+    # `monitor check` judges each window once it is complete: 150 records are part of the first window
     _store(sqlite_rc, drift_data.windows(1, 150, seed=1))
     thin = json.loads(run_cli("monitor", "check", "support-mon", "--json", env=env).stdout)
-    assert thin["status"] == "not enough data" and thin["size"] == 150
+    assert thin["judged"] == [] and thin["latest"] is None
+    assert thin["notes"] == ["nothing new was judged: 150 of the next window's 500 records have arrived"]
 
-    _store(sqlite_rc, drift_data.windows(1, 500, seed=2))
+    _store(sqlite_rc, drift_data.windows(1, 350, seed=2))
     calm = json.loads(run_cli("monitor", "check", "support-mon", "--json", env=env).stdout)
-    assert calm["status"] == "ok" and calm["size"] == 500 and calm["drifted_checks"] == []
+    assert [(w["status"], w["size"], w["drifted_checks"], w["step"]) for w in calm["judged"]] == [("ok", 500, [], 0)]
 
     _store(sqlite_rc, drift_data.windows(1, 500, seed=3, kind="refusals", share=0.2))
-    alarm = json.loads(run_cli("monitor", "check", "support-mon", "--json", env=env).stdout)
-    assert alarm["status"] == "drift" and "output.refusal" in alarm["drifted_checks"] and alarm["step"] == 2
+    checked = run_cli("monitor", "check", "support-mon", env=env)
+    assert "support-mon window 1 (records " in checked.stdout and ": drift (500 records" in checked.stdout, checked.stdout
+    again = json.loads(run_cli("monitor", "check", "support-mon", "--json", env=env).stdout)
+    assert again["judged"] == [] and again["latest"]["status"] == "drift"  # nothing new: the latest window's state
+    alarm = again["latest"]
+    assert "output.refusal" in alarm["drifted_checks"] and alarm["size"] == 500
 
     states = json.loads(run_cli("monitor", "status", "--json", env=env).stdout)
     assert [(s["monitor"], s["state"]) for s in states] == [("support-mon", "drift")]
-    run_id = alarm["run_id"]
-    assert [m.value for m in sorted(sqlite_rc.mlflow.get_metric_history(run_id, "drift"), key=lambda m: m.step)] == [0.0, 0.0, 1.0]
+    run_id = calm["judged"][0]["run_id"]
+    assert [m.value for m in sorted(sqlite_rc.mlflow.get_metric_history(run_id, "drift"), key=lambda m: m.step)] == [0.0, 1.0]
     artifacts = {a.path for a in sqlite_rc.mlflow.list_artifacts(run_id, "reports")} | {a.path for a in sqlite_rc.mlflow.list_artifacts(run_id)}
-    assert {"reports/window-00002.html", "scores.png"} <= artifacts
-    report = Path(sqlite_rc.mlflow.download_artifacts(run_id, "reports/window-00002.html")).read_text()
+    assert {"reports/window-00001.html", "scores.png"} <= artifacts
+    report = Path(sqlite_rc.mlflow.download_artifacts(run_id, "reports/window-00001.html")).read_text()
     assert "output.refusal" in report and "DRIFT" in report
 
     missing = run_cli("monitor", "check", "nope", env=env)
@@ -67,8 +73,10 @@ def test_add_check_status_and_mlflow_report(sqlite_rc, tmp_path: Path) -> None:
         cached.unlink()
     with open(tmp_path / "reference.jsonl", "w") as f:
         f.write(json.dumps(drift_data.record(rng)) + "\n")
-    rebuilt = json.loads(run_cli("monitor", "check", "support-mon", "--json", env=env).stdout)
+    # `--latest` re-judges the newest 500 records (window 1 again): logged as step 2, no alert evidence
+    rebuilt = json.loads(run_cli("monitor", "check", "support-mon", "--latest", "--json", env=env).stdout)["judged"][0]
     assert rebuilt["status"] == "drift" and rebuilt["drifted_checks"] == alarm["drifted_checks"]
+    assert rebuilt["rejudged"] is True and rebuilt["step"] == 2
     too_small = run_cli("monitor", "add", str(spec), "--replace", env=env)
     assert too_small.returncode == 1 and "holds 1 records; at least 100" in too_small.stderr
     assert {a.path for a in sqlite_rc.mlflow.list_artifacts(run_id, "reference")} == pinned  # the old pin is intact
@@ -105,7 +113,7 @@ def _env(rc, tmp_path: Path) -> dict[str, str]:  # type: ignore[no-untyped-def]
 @pytest.mark.acceptance  # trains a tiny model and runs five CLI processes, on both stores: ~75 s
 def test_reference_from_the_versions_eval_data_and_from_a_pinned_production_window(rc, tiny_model: Path, tmp_path: Path) -> None:
     """On SQLite and PostgreSQL: time windows and pinned windows compare real timestamps."""
-    from tuneloop.monitors.records import ModelResolver, parse_records, store
+    from tuneloop.monitors.records import parse_records, store
 
     rng = random.Random(5)
     version = _version_with_eval_data(rc, tiny_model, tmp_path, [drift_data.record(rng) for _ in range(400)])
@@ -129,12 +137,12 @@ def test_reference_from_the_versions_eval_data_and_from_a_pinned_production_wind
     hour = [{"model": f"trained:{version}", "prompt": r["prompt"], "output": r["output"],
              "timestamp": (now - timedelta(minutes=i % 50)).isoformat()}
             for i, r in enumerate(drift_data.windows(1, 300, seed=7, kind="refusals", share=0.2))]
-    store(rc.stores, parse_records(week + hour, 100_000), ModelResolver(rc.mlflow))
+    store(rc.stores, parse_records(week + hour, 100_000), rc.models)
     start, end = (now - timedelta(days=7)).strftime("%Y-%m-%dT%H:%M:%SZ"), (now - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
     pinned = tmp_path / "window-ref.yaml"
     pinned.write_text(f"name: from-window\nmodel: trained:{version}\nwindow: {{kind: time, duration: 1h}}\n"
                       f"min_size: 100\nreference: {{window: {{start: '{start}', end: '{end}'}}}}\n")
     added = json.loads(run_cli("monitor", "add", str(pinned), "--json", env=env).stdout)
     assert added["reference_records"] == 600
-    result = json.loads(run_cli("monitor", "check", "from-window", "--json", env=env).stdout)
+    result = json.loads(run_cli("monitor", "check", "from-window", "--latest", "--json", env=env).stdout)["judged"][0]
     assert result["size"] == 300 and result["status"] == "drift" and "output.refusal" in result["drifted_checks"]

@@ -61,9 +61,13 @@ def test_the_readme_monitoring_section_runs_on_the_shipped_files(tmp_path: Path,
     assert "on incidents of `support-drift` and cron `0 3 1 */3 *` (UTC)" in loop
     ingested = json.loads(_ok(run_cli("monitor", "ingest", records, "--json", env=env)).stdout)
     assert ingested["stored"] == 1500
-    checked = _ok(run_cli("monitor", "check", "support-champion", env=env))
-    assert checked.stdout.startswith("support-champion: drift")  # the newest 250 records hold German tickets
-    assert "rule `support-drift`: streak 1 of 3" in checked.stdout  # why no alert yet, in words
+    checked = _ok(run_cli("monitor", "check", "support-champion", env=env))  # judges the six windows, as the backtest below
+    assert [line.split(":")[1].split()[0] for line in checked.stdout.splitlines() if line.startswith("support-champion window")] \
+        == ["ok", "ok", "ok", "drift", "drift", "drift"], checked.stdout
+    assert "alert 1 (support-drift) opened" in checked.stdout
+    assert "rule `support-drift`: an incident is open since window 5" in checked.stdout  # where it stands, in words
+    latest = _ok(run_cli("monitor", "check", "support-champion", "--latest", env=env))
+    assert "drift (re-judged: --latest) (250 records" in latest.stdout  # the newest 250 records hold German tickets
 
     # A monitor on an alias with no records of its own says where this model's records are.
     _ok(run_cli("models", "promote", "support-qlora@champion", "--alias", "challenger", env=env))
@@ -73,7 +77,7 @@ def test_the_readme_monitoring_section_runs_on_the_shipped_files(tmp_path: Path,
                                       "reference": {"file": str(EXAMPLES / "data/support_reference.jsonl")}}))
     _ok(run_cli("monitor", "add", str(shadow), env=env))
     empty = json.loads(_ok(run_cli("monitor", "check", "support-challenger", "--json", env=env)).stdout)
-    assert empty["status"] == "not enough data" and empty["size"] == 0
+    assert empty["judged"] == [] and empty["latest"] is None
     assert any("1,500 under alias `champion` (v1)" in note for note in empty["notes"]), empty["notes"]
 
     # The backtest of the same shipped files: the README's command, the same rule.

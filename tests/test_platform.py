@@ -153,7 +153,7 @@ def test_register_train_ingest_and_check_drift_on_postgres_and_s3(empty_postgres
                                    headers={"authorization": f"Bearer {token}"}, timeout=30)
                 assert reply.status_code in (200, 201), reply.text
             check = _ok(run_cli("monitor", "check", "prod", "--json", env=env))
-        assert check["status"] == "drift" and "output.refusal" in check["drifted_checks"]
+        assert check["latest"]["status"] == "drift" and "output.refusal" in check["latest"]["drifted_checks"]
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -147,8 +147,8 @@ def test_upgrade_keeps_every_row_the_audit_guards_and_the_chain(old_home) -> Non
 
 def test_what_a3a2416_stored_still_loads_after_the_upgrade(old_home, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from tuneloop.monitors.drift import Reference
-    from tuneloop.monitors.records import ModelResolver, parse_records, store
-    from tuneloop.monitors.service import REFERENCE_CACHE_VERSION, check_pending
+    from tuneloop.monitors.records import parse_records, store
+    from tuneloop.monitors.service import REFERENCE_CACHE_VERSION, judge_pending
     from tuneloop.pipelines.recipes import Recipe
     from tuneloop.pipelines.training.run import recipe_of_run
     from tuneloop.registry.catalog import resolve
@@ -186,8 +186,8 @@ def test_what_a3a2416_stored_still_loads_after_the_upgrade(old_home, tmp_path: P
         windows_before = conn.execute(sa.text("SELECT count(*) FROM monitor_windows")).scalar()
         prompts = [r[0] for r in conn.execute(sa.text("SELECT prompt FROM records ORDER BY id LIMIT 100"))]
     records = [{"model": f"{ADAPTER}@champion", "prompt": p, "output": "ok"} for p in prompts]
-    store(rc.stores, parse_records(records, 100_000), ModelResolver(rc.mlflow))
-    judged = check_pending(rc, "support-champion")
+    store(rc.stores, parse_records(records, 100_000), rc.models)
+    judged, _late = judge_pending(rc, "support-champion")  # the next window after the last one a3a2416 judged
     assert len(judged) == 1 and judged[0]["status"] in ("ok", "drift")
     with rc.stores.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM monitor_windows")).scalar() == windows_before + 1
@@ -219,6 +219,6 @@ def test_nan_that_old_code_wrote_becomes_null_on_postgres_and_reads_back_as_nan(
         assert stored[0]["statistic"] is None and stored[0]["p_value"] == 0.5
     rc = RegistryClient(Settings(home=env["TUNELOOP_HOME"], stores=StoreSettings(
         mlflow_uri=_url(env, "mlflow"), database_url=_url(env, "tuneloop"))))
-    ids, windows = judged_windows(rc, "support-champion")
+    ids, windows, _ = judged_windows(rc, "support-champion")
     check = windows[ids.index(first)].checks[0]
     assert math.isnan(check.statistic) and check.p_value == 0.5 and len(ids) == 6

@@ -172,15 +172,14 @@ class Demo:
 
     # --- 8: the scheduler's jobs, one pass at a time -------------------------------------------
     def close_the_loop(self, timeout_s: float = 3600) -> dict[str, Any]:
-        from tuneloop.monitors import alerts
+        from tuneloop.monitors.judging import check
         from tuneloop.monitors.notify import deliver_pending
-        from tuneloop.monitors.service import check_pending
         from tuneloop.pipelines.retrain import enqueue_for_alerts, get
         from tuneloop.pipelines.worker import follow
 
         self.stage("7/8 judging the windows; the alert fires after 2 drifted windows in a row")
-        windows = check_pending(self.rc, "support-champion")
-        changes = alerts.evaluate(self.rc, "support-champion")
+        outcome = check(self.rc, "support-champion")
+        windows, changes = outcome.judged, outcome.alerts
         deliver_pending(self.rc.stores, timeout_s=2, max_attempts=self.rc.settings.notify.max_attempts)
         created = enqueue_for_alerts(self.rc)
         if not created:

@@ -48,6 +48,10 @@ class StoreSettings(_Section):
         True, description="Migrate both databases on first use; false: refuse a database that is behind "
                           "(run `tuneloop db upgrade` in a release step)"
     )
+    alias_cache_seconds: float = Field(
+        5.0, ge=0.0, le=300.0, description="How long a resolved NAME@ALIAS is trusted before the registry is asked "
+                                          "again (a move made through tuneloop in this process is seen at once)"
+    )
 
 
 class ServerSettings(_Section):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -32,10 +33,10 @@ def serve(app: AppContext, host: str | None, port: int | None) -> None:
 @pass_app
 def ingest(app: AppContext, path: str, as_json: bool) -> None:
     """Store the records of a JSONL or CSV file (all or nothing; ids already stored are skipped)."""
-    from tuneloop.monitors.records import ModelResolver, records_from_file, store
+    from tuneloop.monitors.records import records_from_file, store
 
     parsed = records_from_file(Path(path), app.settings.ingest.max_text_chars)
-    result = store(app.registry.stores, parsed, ModelResolver(app.registry.mlflow))
+    result = store(app.registry.stores, parsed, app.registry.models)
     if as_json:
         output.emit_json({"stored": result.stored, "duplicates": result.duplicates, "file": path})
         return
@@ -166,31 +167,48 @@ def add_cmd(app: AppContext, path: str, replace: bool, as_json: bool) -> None:
 
 @monitor.command("check")
 @click.argument("name")
+@click.option("--latest", is_flag=True, help="Re-judge the newest records (the last `size` records, or the last "
+              "`duration`) instead of the pending windows; logged, but no evidence for alert rules.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @pass_app
-def check_cmd(app: AppContext, name: str, as_json: bool) -> None:
-    """Judge the monitor's latest window now, log it to MLflow and apply its alert rules (exit 0 even on drift)."""
-    from tuneloop.monitors import alerts
+def check_cmd(app: AppContext, name: str, latest: bool, as_json: bool) -> None:
+    """Judge every window of the monitor that completed since the last check, log each to MLflow and apply
+    its alert rules (exit 0 even on drift)."""
+    from tuneloop.monitors.judging import check
     from tuneloop.monitors.notify import deliver_pending
-    from tuneloop.monitors.service import check
 
-    result = check(app.registry, name)
-    changes = alerts.evaluate(app.registry, name)
+    outcome = check(app.registry, name, latest=latest)
     n = app.settings.notify
     deliver_pending(app.registry.stores, timeout_s=n.timeout_seconds, max_attempts=n.max_attempts, base_delay_s=n.retry_base_seconds)
-    result["alerts"] = [c.__dict__ for c in changes]
-    result["rules"] = alerts.explain_rules(app.registry, name)
     if as_json:
-        output.emit_json(result)
+        output.emit_json(outcome.as_dict())
         return
-    fired = ", ".join(result["drifted_checks"]) or "none"
-    click.echo(f"{name}: {result['status']} ({result['size']} records; drifted checks: {fired}); MLflow run {result['run_id']}")
-    for note in result["notes"]:
+    for w in outcome.judged:
+        fired = ", ".join(w["drifted_checks"]) or "none"
+        again = " (re-judged: --latest)" if w.get("rejudged") else ""
+        click.echo(f"{name} window {w['step']} ({_where(w)}): {w['status']}{again} ({w['size']} records; drifted checks: "
+                   f"{fired}); MLflow run {w['run_id']}")
+        for note in w["notes"]:
+            click.echo(f"  note: {note}")
+    if not outcome.judged:
+        last = outcome.latest
+        state = (f"the latest window ({_where(last)}) was {last['status']} ({last['size']} records)" if last
+                 else "no window judged yet")
+        click.echo(f"{name}: {state}")
+    for note in outcome.notes:
         click.echo(f"  note: {note}")
-    for c in changes:
+    for c in outcome.alerts:
         click.echo(f"alert {c.alert_id} ({c.rule}) {c.kind}; `tuneloop alerts show {c.alert_id}`")
-    for rule in result["rules"]:
+    for rule in outcome.rules:
         click.echo(f"rule `{rule['rule']}`: {rule['state']}")
+
+
+def _where(window: dict[str, Any]) -> str:
+    if window.get("first_seq") is not None:
+        return f"records {window['first_seq']}-{window['last_seq']}"
+    if window.get("start"):
+        return f"{window['start']} .. {window['end']}"
+    return f"up to record {window.get('last_seq')}"
 
 
 @monitor.command("status")

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from tuneloop.store.base import Store, Transaction
 from tuneloop.store.declared import save_declared
-from tuneloop.store.tables import alert_rules, alerts
+from tuneloop.store.tables import alert_rule_states, alert_rules, alerts
 
 
 class AlertStatus(StrEnum):
@@ -64,7 +64,26 @@ def _alert(row: Any) -> Alert:
 class AlertStore(Store):
     def save_rule(self, name: str, monitor: str, spec: dict[str, Any], *, replace: bool) -> bool:
         """Store rule `name`; False when it exists and `replace` is not given (nothing changed)."""
-        return save_declared(self.engine, alert_rules, name, {"monitor": monitor, "spec": spec}, replace=replace)
+        saved = save_declared(self.engine, alert_rules, name, {"monitor": monitor, "spec": spec}, replace=replace)
+        if saved:  # a changed rule reads its monitor's windows afresh
+            with self.engine.begin() as conn:
+                conn.execute(alert_rule_states.delete().where(alert_rule_states.c.rule == name))
+        return saved
+
+    def rule_state(self, tx: Transaction | None, rule: str) -> tuple[int, dict[str, Any]] | None:
+        """(the last window id the rule read, its replay state), or None before its first evaluation."""
+        query = sa.select(alert_rule_states.c.last_window_id, alert_rule_states.c.state).where(alert_rule_states.c.rule == rule)
+        if tx is None:
+            with self.engine.connect() as conn:
+                row = conn.execute(query).first()
+        else:
+            row = tx.execute(query).first()
+        return (int(row[0]), row[1]) if row else None
+
+    def save_rule_state(self, tx: Transaction, rule: str, last_window_id: int, state: dict[str, Any]) -> None:
+        values = {"last_window_id": last_window_id, "state": state}
+        if tx.execute(alert_rule_states.update().where(alert_rule_states.c.rule == rule).values(**values)).rowcount == 0:
+            tx.execute(alert_rule_states.insert().values(rule=rule, **values))
 
     def rules(self, monitor: str | None = None) -> list[AlertRuleRow]:
         query = sa.select(alert_rules.c.name, alert_rules.c.monitor, alert_rules.c.spec).order_by(alert_rules.c.name)

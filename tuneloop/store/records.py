@@ -150,13 +150,34 @@ class RecordStore(Store):
         rows.reverse()
         return rows
 
-    def seqs_after(self, watched: ModelSlice, after_seq: int, *, not_before: datetime | None = None) -> list[int]:
-        """Arrival numbers of `watched`'s records after `after_seq` (and at or after `not_before`), in order."""
-        query = sa.select(records.c.seq).where(_is(watched), records.c.seq > after_seq)
+    def page(self, watched: ModelSlice, *, from_seq: int | None = None, skip: int = 0, limit: int,
+             not_before: datetime | None = None) -> list[StoredRecord]:
+        """Up to `limit` records of `watched` in arrival order, from `from_seq` on (the first `skip` of them
+        left out), at or after `not_before`: one count window."""
+        query = _of(watched)
+        if from_seq is not None:
+            query = query.where(records.c.seq >= from_seq)
         if not_before is not None:
             query = query.where(records.c.ts >= not_before)
+        query = query.order_by(records.c.seq).offset(skip).limit(limit)
         with self.engine.connect() as conn:
-            return list(conn.execute(query.order_by(records.c.seq)).scalars())
+            return [StoredRecord(*row) for row in conn.execute(query)]
+
+    def first_time(self, watched: ModelSlice, *, not_before: datetime | None = None,
+                   after_seq: int | None = None) -> datetime | None:
+        """The earliest timestamp of `watched`'s records (at or after `not_before`, past `after_seq`)."""
+        query = sa.select(sa.func.min(records.c.ts)).where(in_slice(watched))
+        if not_before is not None:
+            query = query.where(records.c.ts >= not_before)
+        if after_seq is not None:
+            query = query.where(records.c.seq > after_seq)
+        with self.engine.connect() as conn:
+            return conn.execute(query).scalar()  # min() keeps the column's type: an aware UTC datetime
+
+    def last_seq(self) -> int:
+        """The newest arrival number of any record (0 when none)."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.max(records.c.seq))).scalar() or 0)
 
     def groups(self, model: str) -> list[tuple[str | None, int, int]]:
         """(alias, version, count) of every way `model`'s records were sent."""
@@ -175,7 +196,7 @@ class RecordStore(Store):
             return [ReviewedRecord(*row) for row in conn.execute(query)]
 
 
-def _is(watched: ModelSlice) -> sa.ColumnElement[bool]:
+def in_slice(watched: ModelSlice) -> sa.ColumnElement[bool]:
     by = (records.c.alias == watched.alias) if watched.alias else (records.c.version == watched.version)
     return sa.and_(records.c.model == watched.name, by)
 
@@ -183,7 +204,7 @@ def _is(watched: ModelSlice) -> sa.ColumnElement[bool]:
 def _of(watched: ModelSlice) -> sa.Select[Any]:
     return (sa.select(records.c.seq, records.c.prompt, records.c.output, records.c.prediction, records.c.ts,
                       feedback.c.label, feedback.c.rating, feedback.c.reference)
-            .select_from(records.outerjoin(feedback, feedback.c.record_id == records.c.id)).where(_is(watched)))
+            .select_from(records.outerjoin(feedback, feedback.c.record_id == records.c.id)).where(in_slice(watched)))
 
 
 def _upsert_feedback(conn: Transaction, record_id: str, values: FeedbackValues, at: datetime) -> None:

@@ -56,6 +56,7 @@ records = sa.Table(
     sa.Column("meta", JSONDocument(), nullable=False, default=dict),
     sa.Column("received_at", UTCDateTime(), nullable=False),
     sa.Index("ix_records_model_ts", "model", "ts"),
+    sa.Index("ix_records_model_seq", "model", "seq"),  # count windows read a model's records in arrival order (0006)
 )
 
 # Feedback may come with the record or later, by record id; the latest feedback wins.
@@ -113,6 +114,23 @@ monitor_windows = sa.Table(
 )
 # Per-check statistics of each window (JSON), so alert rules on a check's statistic can replay history.
 monitor_windows.append_column(sa.Column("checks", JSONDocument(), nullable=True))
+# Where the window lies (migration 0006): count windows by the first and last record they hold, time
+# windows by their bounds. `late` counts records that arrived for the window after it was judged;
+# `rejudged` marks a `monitor check --latest` look, which neither moves the cursor nor feeds alert rules.
+monitor_windows.append_column(sa.Column("first_seq", sa.BigInteger, nullable=True))
+monitor_windows.append_column(sa.Column("window_start", UTCDateTime(), nullable=True))
+monitor_windows.append_column(sa.Column("window_end", UTCDateTime(), nullable=True))
+monitor_windows.append_column(sa.Column("late", sa.Integer, nullable=False, server_default="0"))
+monitor_windows.append_column(sa.Column("rejudged", sa.Boolean, nullable=False, server_default=sa.false()))
+
+# How far each monitor has looked at its records: late records are those past `seen_seq` that fall in
+# a window already judged.
+monitor_cursors = sa.Table(
+    "monitor_cursors",
+    metadata,
+    sa.Column("monitor", sa.String(200), sa.ForeignKey("monitors.name", ondelete="CASCADE"), primary_key=True),
+    sa.Column("seen_seq", sa.BigInteger, nullable=False),
+)
 
 # --- the closed loop: alert rules, alerts, notifications, leases, retraining runs -----------------
 alert_rules = sa.Table(
@@ -122,6 +140,16 @@ alert_rules = sa.Table(
     sa.Column("monitor", sa.String(200), nullable=False),
     sa.Column("spec", JSONDocument(), nullable=False),  # the validated YAML
     sa.Column("created_at", UTCDateTime(), nullable=False),
+)
+
+# Where each alert rule stands after the windows it has read (migration 0006): the next evaluation
+# continues from here instead of replaying the monitor's whole history.
+alert_rule_states = sa.Table(
+    "alert_rule_states",
+    metadata,
+    sa.Column("rule", sa.String(200), primary_key=True),
+    sa.Column("last_window_id", sa.BigInteger, nullable=False),
+    sa.Column("state", JSONDocument(), nullable=False),
 )
 
 # One row per incident, never one per window: (rule, opened_window) is unique, so two evaluators

@@ -1,0 +1,93 @@
+"""The live monitor's windows that are ready to judge: `windowing`'s windows over the stored records.
+
+A monitor continues from the last window it judged (its cursor), so every complete window is judged
+exactly once, however often it is checked: a count window once its last record arrived, a time window
+once it closed. Records a window holds are read up to one arrival number (`upto_seq`), so a record
+arriving while a check runs is either judged in its window or counted late there, never both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from tuneloop.monitors.checks import Record
+from tuneloop.monitors.monitor_spec import MonitorSpec
+from tuneloop.monitors.references import as_record
+from tuneloop.monitors.windowing import bounds, closes_at, count_spans, first_index, index_of
+
+from tuneloop.store import Stores
+from tuneloop.store.monitors import JudgedWindow, WindowPlace
+from tuneloop.store.records import ModelSlice
+
+
+@dataclass
+class PendingWindow:
+    place: WindowPlace
+    records: list[Record]
+
+
+def pending_windows(stores: Stores, spec: MonitorSpec, model: ModelSlice, last: JudgedWindow | None, *,
+                    upto_seq: int, now: datetime, limit: int) -> list[PendingWindow]:
+    """The complete windows after `last` (the monitor's newest counted window), oldest first, at most `limit`."""
+    if spec.window.kind == "time":
+        return _time_windows(stores, spec, model, last, upto_seq=upto_seq, now=now, limit=limit)
+    return _count_windows(stores, spec, model, last, upto_seq=upto_seq, limit=limit)
+
+
+def not_before(spec: MonitorSpec) -> datetime | None:
+    """Records before the end of a pinned production-window reference are the reference: never judged against it."""
+    return spec.reference.window.end if spec.reference is not None and spec.reference.window is not None else None
+
+
+CHUNK_WINDOWS = 20  # count windows read from the store at a time
+
+
+def _count_windows(stores: Stores, spec: MonitorSpec, model: ModelSlice, last: JudgedWindow | None, *,
+                   upto_seq: int, limit: int) -> list[PendingWindow]:
+    """`windowing.count_spans` over the records from the window after `last` on, a chunk at a time."""
+    size, stride = spec.window.size, int(spec.window.stride)  # type: ignore[call-overload]
+    from_seq, skip = (None, 0) if last is None else (_first_seq(stores, model, last, size), stride)
+    found: list[PendingWindow] = []
+    while len(found) < limit:
+        wanted = min(CHUNK_WINDOWS, limit - len(found))
+        rows = [r for r in stores.records.page(model, from_seq=from_seq, skip=skip, limit=(wanted - 1) * stride + size,
+                                               not_before=not_before(spec)) if r.seq <= upto_seq]
+        spans = [(a, b) for a, b, complete in count_spans(len(rows), spec.window) if complete][:wanted]
+        for a, b in spans:
+            found.append(PendingWindow(WindowPlace(last_seq=rows[b - 1].seq, first_seq=rows[a].seq),
+                                       [as_record(r) for r in rows[a:b]]))
+        if len(spans) < wanted:
+            return found
+        from_seq, skip = rows[spans[-1][0]].seq, stride
+    return found
+
+
+def _first_seq(stores: Stores, model: ModelSlice, last: JudgedWindow, size: int) -> int:
+    if last.first_seq is not None:
+        return last.first_seq
+    # a window judged before windows knew where they start: it held the newest `size` records up to its last
+    held = stores.records.of(model, upto_seq=last.last_seq, newest=size)
+    return held[0].seq if held else last.last_seq + 1
+
+
+def _time_windows(stores: Stores, spec: MonitorSpec, model: ModelSlice, last: JudgedWindow | None, *,
+                  upto_seq: int, now: datetime, limit: int) -> list[PendingWindow]:
+    window = spec.window
+    if last is not None and last.start is not None:
+        index = index_of(last.start, window) + 1
+    else:  # the first check, or the first after windows knew their bounds: from the oldest unjudged record
+        first = stores.records.first_time(model, not_before=not_before(spec),
+                                          after_seq=last.last_seq if last is not None else None)
+        if first is None:
+            return []
+        index = first_index(first, window)
+    found: list[PendingWindow] = []
+    floor = not_before(spec)
+    while len(found) < limit and closes_at(index, window) <= now:
+        start, end = bounds(index, window)
+        rows = stores.records.of(model, start=max(start, floor) if floor else start, end=end, upto_seq=upto_seq)
+        found.append(PendingWindow(WindowPlace(last_seq=rows[-1].seq if rows else 0, start=start, end=end),
+                                   [as_record(r) for r in rows]))
+        index += 1
+    return found

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -100,8 +101,8 @@ def explain_rules(rc: RegistryClient, monitor: str) -> list[dict[str, str]]:
     out = []
     for rule in rules_of(rc, monitor):
         saved = rc.stores.alerts.rule_state(None, rule.name)
-        step = lambda window_id: rc.stores.monitors.step_of(monitor, window_id)  # noqa: E731 - the MLflow step users see
-        state = RuleState.resume(saved[1]).explain(rule, step) if saved else "no judged window yet"
+        state = RuleState.resume(saved[1]).explain(rule, partial(rc.stores.monitors.step_of, monitor)) if saved \
+            else "no judged window yet"  # windows named by their MLflow step, as users see them
         out.append({"rule": rule.name, "monitor": monitor, "state": state})
     return out
 

@@ -43,6 +43,15 @@ def not_before(spec: MonitorSpec) -> datetime | None:
 CHUNK_WINDOWS = 20  # count windows read from the store at a time
 
 
+def next_time_index(stores: Stores, spec: MonitorSpec, model: ModelSlice, last: JudgedWindow | None) -> int | None:
+    """The time window after `last`; without one (the first check, or the first after windows knew their
+    bounds) the window of the oldest unjudged record; None when there is no record."""
+    if last is not None and last.start is not None:
+        return index_of(last.start, spec.window) + 1
+    first = stores.records.first_time(model, not_before=not_before(spec), after_seq=last.last_seq if last is not None else None)
+    return first_index(first, spec.window) if first is not None else None
+
+
 def _count_windows(stores: Stores, spec: MonitorSpec, model: ModelSlice, last: JudgedWindow | None, *,
                    upto_seq: int, limit: int) -> list[PendingWindow]:
     """`windowing.count_spans` over the records from the window after `last` on, a chunk at a time."""
@@ -74,14 +83,9 @@ def _first_seq(stores: Stores, model: ModelSlice, last: JudgedWindow, size: int)
 def _time_windows(stores: Stores, spec: MonitorSpec, model: ModelSlice, last: JudgedWindow | None, *,
                   upto_seq: int, now: datetime, limit: int) -> list[PendingWindow]:
     window = spec.window
-    if last is not None and last.start is not None:
-        index = index_of(last.start, window) + 1
-    else:  # the first check, or the first after windows knew their bounds: from the oldest unjudged record
-        first = stores.records.first_time(model, not_before=not_before(spec),
-                                          after_seq=last.last_seq if last is not None else None)
-        if first is None:
-            return []
-        index = first_index(first, window)
+    index = next_time_index(stores, spec, model, last)
+    if index is None:
+        return []
     found: list[PendingWindow] = []
     floor = not_before(spec)
     while len(found) < limit and closes_at(index, window) <= now:

@@ -25,9 +25,9 @@ from tuneloop.monitors.checks import Record, WindowResult
 from tuneloop.monitors.drift import Reference, build_reference, check_window
 from tuneloop.monitors.embedding import Embedder
 from tuneloop.monitors.monitor_spec import MonitorSpec, load_monitor
-from tuneloop.monitors.pending import not_before, pending_windows
+from tuneloop.monitors.pending import next_time_index, not_before, pending_windows
 from tuneloop.monitors.references import as_record, materialise, write_jsonl
-from tuneloop.monitors.windowing import closes_at, first_index, index_of
+from tuneloop.monitors.windowing import closes_at
 from tuneloop.registry.client import RegistryClient
 
 from tuneloop.digest import file_sha256
@@ -116,13 +116,9 @@ def next_window(rc: RegistryClient, name: str) -> str:
     model = _slice(rc, spec)
     last = rc.stores.monitors.last_window(name, counted_only=True)
     if spec.window.kind == "time":
-        if last is not None and last.start is not None:
-            index = index_of(last.start, spec.window) + 1
-        else:
-            first = rc.stores.records.first_time(model, not_before=not_before(spec))
-            if first is None:
-                return f"no records of {spec.model} yet" + _elsewhere(rc, spec)
-            index = first_index(first, spec.window)
+        index = next_time_index(rc.stores, spec, model, last)
+        if index is None:
+            return f"no records of {spec.model} yet" + _elsewhere(rc, spec)
         return f"the next window closes at {closes_at(index, spec.window).isoformat()} (window end + grace)"
     arrived = len(_next_window_records(rc, spec, model, last))
     return f"{arrived} of the next window's {spec.window.size} records have arrived" + (_elsewhere(rc, spec) if last is None else "")

@@ -34,7 +34,6 @@ EARLY, REPEATS = 10, 5
 
 def _inner(windows: int, home: Path) -> dict[str, float]:
     """Build the monitor to `windows` windows in this process (whichever tuneloop is importable); the timings."""
-    sys.path.insert(0, str(REPO))
     from tuneloop.monitors import alerts, service
     from tuneloop.monitors.records import parse_records, store
     from tuneloop.pipelines import traffic
@@ -43,6 +42,7 @@ def _inner(windows: int, home: Path) -> dict[str, float]:
 
     from tests.registry_helpers import make_versions
 
+    print(f"  code from {Path(service.__file__).parents[1]}", file=sys.stderr)
     rc = RegistryClient(Settings(home=home / "home", cache_dir=home / "cache"))
     make_versions(rc, "support", [{}])
     rng = random.Random(3)
@@ -93,23 +93,27 @@ def _inner(windows: int, home: Path) -> dict[str, float]:
     return {"early": statistics.median(early), "late": statistics.median(late), "windows": float(judged)}
 
 
-def _baseline_tree(rev: str, into: Path) -> Path:
-    """The code at `rev` laid out as installed (tuneloop/registry, /monitors, /pipelines): a PYTHONPATH entry."""
+def _layout(source: Path, into: Path) -> Path:
+    """The code in `source` laid out as installed (tuneloop/registry, /monitors, /pipelines): a PYTHONPATH
+    entry. Both sides run from a copy, so edits to the working tree during a run change neither."""
     tree = into / "tree"
-    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(into / "checkout"), rev], check=True,
-                   capture_output=True)
-    shutil.copytree(into / "checkout" / "tuneloop", tree / "tuneloop")
+    ignore = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(source / "tuneloop", tree / "tuneloop", ignore=ignore)
     for package in ("registry", "monitors", "pipelines"):
-        shutil.copytree(into / "checkout" / package, tree / "tuneloop" / package)
-    shutil.copytree(into / "checkout" / "tests", tree / "tests")
+        shutil.copytree(source / package, tree / "tuneloop" / package, ignore=ignore)
+    shutil.copytree(source / "tests", tree / "tests", ignore=shutil.ignore_patterns("__pycache__", "fixtures"))
     return tree
 
 
-def _run(windows: int, pythonpath: Path | None, work: Path) -> dict[str, float]:
-    env = {**os.environ, "TUNELOOP_HOME": str(work / "home")}
-    if pythonpath is not None:
-        env["PYTHONPATH"] = str(pythonpath)
-    cwd = pythonpath or REPO
+def _baseline_tree(rev: str, into: Path) -> Path:
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(into / "checkout"), rev], check=True,
+                   capture_output=True)
+    return _layout(into / "checkout", into)
+
+
+def _run(windows: int, pythonpath: Path, work: Path) -> dict[str, float]:
+    env = {**os.environ, "TUNELOOP_HOME": str(work / "home"), "PYTHONPATH": str(pythonpath)}
+    cwd = pythonpath
     out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--inner", str(windows), str(work)], env=env,
                          cwd=cwd, check=True, stdout=subprocess.PIPE)
     return json.loads(out.stdout)
@@ -129,9 +133,10 @@ def main() -> None:
         work = Path(tmp)
         (work / "old").mkdir()
         (work / "new").mkdir()
+        new_tree = _layout(REPO, work / "new")
         old = _run(args.baseline_windows, _baseline_tree(args.baseline_rev, work / "old"), work / "old")
         subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(work / "old" / "checkout")], check=False)
-        new = _run(args.windows, None, work / "new")
+        new = _run(args.windows, new_tree, work / "new")
     print(f"{'code':<22}{'windows':>9}{'10th check s':>14}{'check then s':>14}{'ratio':>8}")
     print(f"{args.baseline_rev + ' (before)':<22}{old['windows']:>9.0f}{old['early']:>14.3f}{old['late']:>14.3f}"
           f"{old['late'] / old['early']:>8.2f}")

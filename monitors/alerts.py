@@ -1,9 +1,11 @@
 """Alerts: rules stored with `tuneloop alerts add`, evaluated after each judged window.
 
-`evaluate(rc, monitor)` reads each of the monitor's rules over the windows judged since it last read
-(`alert_rules.replay`, the same pure function `monitor backtest --alert` uses, continued from the
-rule's stored state) and reconciles the result with the `alerts` table: a new incident becomes one row,
-an incident that closed is marked resolved. The state, the alerts and their notifications commit
+`evaluate(rc, monitor, version)` reads each of the monitor's rules over the windows of the watched
+model version judged since it last read (`alert_rules.replay`, the same pure function `monitor
+backtest --alert` uses, continued from the rule's stored state) and reconciles the result with the
+`alerts` table: a new incident becomes one row, an incident that closed is marked resolved. When the
+monitored alias moved to another version, an incident still open is closed as `superseded` and the
+rule's streak starts afresh on the new version's windows. The state, the alerts and their notifications commit
 together, and rows are keyed by (rule, window that fired), so evaluating again — after a crash, or
 from a second process — never opens an incident twice. Each change queues notifications in the same
 transaction and is mirrored to MLflow (experiment `<prefix>alerts`, one run per alert).
@@ -17,9 +19,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from tuneloop.monitors import notify
+from tuneloop.monitors import notify, tenures
 from tuneloop.monitors.alert_rules import AlertRule, Incident, RuleState, load_rule, replay
 from tuneloop.monitors.checks import WindowResult
+from tuneloop.monitors.monitor_spec import MonitorSpec
 from tuneloop.registry.client import RegistryClient
 
 from tuneloop.errors import Conflict, NotFound
@@ -33,7 +36,7 @@ EXPERIMENT = "alerts"
 class AlertChange:
     alert_id: int
     rule: str
-    kind: str  # opened | resolved
+    kind: str  # opened | resolved | superseded
 
 
 def add_rule(rc: RegistryClient, path: Path, *, replace: bool = False) -> dict[str, Any]:
@@ -54,9 +57,10 @@ def rules_of(rc: RegistryClient, monitor: str | None = None) -> list[AlertRule]:
     return [AlertRule.model_validate(row.spec) for row in rc.stores.alerts.rules(monitor)]
 
 
-def evaluate(rc: RegistryClient, monitor: str) -> list[AlertChange]:
-    """Reconcile the alerts of `monitor` with the windows judged since each rule last read; what opened or
-    resolved now. Each rule continues from its stored state, so the cost does not grow with the monitor's age."""
+def evaluate(rc: RegistryClient, monitor: str, version: int | None = None) -> list[AlertChange]:
+    """Reconcile the alerts of `monitor` with the windows of model `version` (default: the version it
+    watches now) judged since each rule last read; what opened, resolved or was superseded now. Each rule
+    continues from its stored state, so the cost does not grow with the monitor's age."""
     from tuneloop.monitors.service import judged_windows
 
     rules = rules_of(rc, monitor)
@@ -65,12 +69,18 @@ def evaluate(rc: RegistryClient, monitor: str) -> list[AlertChange]:
         return []
     changes: list[AlertChange] = []
     model = watched.spec["model"]
+    if version is None:
+        version = tenures.holder(rc, MonitorSpec.model_validate(watched.spec)).version
     with rc.stores.transaction(lock=f"alerts:{monitor}") as tx:
         for rule in rules:
             saved = rc.stores.alerts.rule_state(tx, rule.name)
-            state = RuleState.resume(saved[1]) if saved else None
-            ids, windows, last_seq = judged_windows(rc, monitor, after_id=saved[0] if saved else 0,
-                                                    previous_seq=state.last_seq if state else None, tx=tx)
+            moved = saved is not None and saved.version is not None and saved.version != version
+            if moved:
+                assert saved is not None
+                changes += _supersede(rc.stores, tx, rule, saved.version, version)
+            state = RuleState.resume(saved.state) if saved and not moved else None
+            ids, windows, last_seq = judged_windows(rc, monitor, after_id=saved.last_window_id if saved else 0,
+                                                    previous_seq=state.last_seq if state else None, version=version, tx=tx)
             if not ids:
                 continue
             now = replay(rule, windows, ids=ids, state=state)
@@ -79,9 +89,9 @@ def evaluate(rc: RegistryClient, monitor: str) -> list[AlertChange]:
             for incident in now.incidents:
                 alert = known.get(incident.opened)
                 if alert is None:
-                    streak_ids, streak, _ = judged_windows(rc, monitor, after_id=incident.first - 1, tx=tx)
+                    streak_ids, streak, _ = judged_windows(rc, monitor, after_id=incident.first - 1, version=version, tx=tx)
                     in_streak = {i: w for i, w in zip(streak_ids, streak, strict=True) if i <= incident.opened}
-                    alert_id = _open(rc.stores, tx, rule, model, in_streak, incident)
+                    alert_id = _open(rc.stores, tx, rule, model, version, in_streak, incident)
                     changes.append(AlertChange(alert_id, rule.name, "opened"))
                     alert_open = True
                 else:
@@ -89,7 +99,7 @@ def evaluate(rc: RegistryClient, monitor: str) -> list[AlertChange]:
                 if incident.closed is not None and alert_open:
                     _resolve(rc.stores, tx, rule, alert_id, incident.closed)
                     changes.append(AlertChange(alert_id, rule.name, "resolved"))
-            rc.stores.alerts.save_rule_state(tx, rule.name, ids[-1], now.carried())
+            rc.stores.alerts.save_rule_state(tx, rule.name, ids[-1], now.carried(), version=version)
     for change in changes:
         mirror(rc, change.alert_id)
     _mirror_missing(rc)
@@ -101,18 +111,34 @@ def explain_rules(rc: RegistryClient, monitor: str) -> list[dict[str, str]]:
     out = []
     for rule in rules_of(rc, monitor):
         saved = rc.stores.alerts.rule_state(None, rule.name)
-        state = RuleState.resume(saved[1]).explain(rule, partial(rc.stores.monitors.step_of, monitor)) if saved \
+        state = RuleState.resume(saved.state).explain(rule, partial(rc.stores.monitors.step_of, monitor)) if saved \
             else "no judged window yet"  # windows named by their MLflow step, as users see them
         out.append({"rule": rule.name, "monitor": monitor, "state": state})
     return out
 
 
-def _open(stores: Stores, tx: Transaction, rule: AlertRule, model: str, windows: dict[int, WindowResult],
+def _supersede(stores: Stores, tx: Transaction, rule: AlertRule, old: int, new: int) -> list[AlertChange]:
+    """Close the rule's open incidents on version `old`: the alias it watches now points at `new`."""
+    changes = []
+    for alert in stores.alerts.of_rule(tx, rule.name):
+        if alert.status != AlertStatus.OPEN:
+            continue
+        stores.alerts.supersede(tx, alert.id)
+        message = (f"{rule.name}: alert {alert.id} superseded — {alert.model} moved from version {old} to {new}; "
+                   f"the new version is watched afresh")
+        notify.enqueue(stores, tx, "alert.superseded", {"alert_id": alert.id, "rule": rule.name, "monitor": rule.monitor,
+                                                        "model": alert.model, "from_version": old, "to_version": new,
+                                                        "message": message}, rule.webhooks, alert_id=alert.id)
+        changes.append(AlertChange(alert.id, rule.name, "superseded"))
+    return changes
+
+
+def _open(stores: Stores, tx: Transaction, rule: AlertRule, model: str, version: int, windows: dict[int, WindowResult],
           incident: Incident) -> int:
     streak = list(windows)  # the streak's windows, first to the one that fired
     drifted = sorted({name for i in streak for name in windows[i].drifted_checks})
     condition = rule.when.model_dump(exclude_none=True)
-    summary = {"condition": condition, "for_windows": rule.for_windows, "window_ids": streak,
+    summary = {"condition": condition, "for_windows": rule.for_windows, "version": version, "window_ids": streak,
                "drifted_checks": drifted, "window_sizes": [windows[i].size for i in streak]}
     assert rule.monitor is not None
     alert_id = stores.alerts.open(tx, rule=rule.name, monitor=rule.monitor, model=model, severity=rule.severity,

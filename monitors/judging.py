@@ -33,16 +33,17 @@ class CheckOutcome:
 
 
 def check(rc: RegistryClient, name: str, *, latest: bool = False, limit: int = 1000) -> CheckOutcome:
-    late = 0
     if latest:
-        judged = [service.rejudge_latest(rc, name)]
+        judged, late, version, notes = [service.rejudge_latest(rc, name)], 0, None, []
     else:
-        judged, late = service.judge_pending(rc, name, limit=limit)
-    changes = alerts.evaluate(rc, name)
-    notes = []
+        pending = service.judge_pending(rc, name, limit=limit)
+        judged, late, version, notes = pending.judged, pending.late, pending.version, list(pending.notes)
+    if version is None:
+        version = judged[0]["version"]
+    changes = alerts.evaluate(rc, name, version)
     newest: dict[str, Any] | None = judged[-1] if judged else None
     if not judged:
-        last = rc.stores.monitors.last_window(name, counted_only=True)
+        last = rc.stores.monitors.last_window(name, counted_only=True, version=version)
         newest = service.window_dict(rc, name, last) if last is not None else None
         notes.append(f"nothing new was judged: {service.next_window(rc, name)}")
     if late:

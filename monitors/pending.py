@@ -27,12 +27,22 @@ class PendingWindow:
     records: list[Record]
 
 
+@dataclass(frozen=True)
+class Floor:
+    """Records a version's windows never hold, because they are its reference: those before the end of the
+    monitor's pinned production window (its first version), or up to `after_seq` (a later version's own
+    first records)."""
+
+    not_before: datetime | None = None
+    after_seq: int | None = None
+
+
 def pending_windows(stores: Stores, spec: MonitorSpec, model: ModelSlice, last: JudgedWindow | None, *,
-                    upto_seq: int, now: datetime, limit: int) -> list[PendingWindow]:
-    """The complete windows after `last` (the monitor's newest counted window), oldest first, at most `limit`."""
+                    floor: Floor, upto_seq: int, now: datetime, limit: int) -> list[PendingWindow]:
+    """The complete windows after `last` (the version's newest counted window), oldest first, at most `limit`."""
     if spec.window.kind == "time":
-        return _time_windows(stores, spec, model, last, upto_seq=upto_seq, now=now, limit=limit)
-    return _count_windows(stores, spec, model, last, upto_seq=upto_seq, limit=limit)
+        return _time_windows(stores, spec, model, last, floor=floor, upto_seq=upto_seq, now=now, limit=limit)
+    return _count_windows(stores, spec, model, last, floor=floor, upto_seq=upto_seq, limit=limit)
 
 
 def not_before(spec: MonitorSpec) -> datetime | None:
@@ -43,28 +53,31 @@ def not_before(spec: MonitorSpec) -> datetime | None:
 CHUNK_WINDOWS = 20  # count windows read from the store at a time
 
 
-def next_time_index(stores: Stores, spec: MonitorSpec, model: ModelSlice, last: JudgedWindow | None) -> int | None:
+def next_time_index(stores: Stores, spec: MonitorSpec, model: ModelSlice, last: JudgedWindow | None,
+                    floor: Floor) -> int | None:
     """The time window after `last`; without one (the first check, or the first after windows knew their
     bounds) the window of the oldest unjudged record; None when there is no record."""
     if last is not None and last.start is not None:
         return index_of(last.start, spec.window) + 1
-    first = stores.records.first_time(model, not_before=not_before(spec), after_seq=last.last_seq if last is not None else None)
+    after = max((s for s in (last.last_seq if last is not None else None, floor.after_seq) if s is not None), default=None)
+    first = stores.records.first_time(model, not_before=floor.not_before, after_seq=after)
     return first_index(first, spec.window) if first is not None else None
 
 
 def _count_windows(stores: Stores, spec: MonitorSpec, model: ModelSlice, last: JudgedWindow | None, *,
-                   upto_seq: int, limit: int) -> list[PendingWindow]:
+                   floor: Floor, upto_seq: int, limit: int) -> list[PendingWindow]:
     """`windowing.count_spans` over the records from the window after `last` on, a chunk at a time."""
     size, stride = spec.window.size, int(spec.window.stride)  # type: ignore[call-overload]
-    from_seq, skip = (None, 0) if last is None else (_first_seq(stores, model, last, size), stride)
+    first = floor.after_seq + 1 if floor.after_seq is not None else None
+    from_seq, skip = (first, 0) if last is None else (_first_seq(stores, model, last, size), stride)
     found: list[PendingWindow] = []
     while len(found) < limit:
         wanted = min(CHUNK_WINDOWS, limit - len(found))
         rows = [r for r in stores.records.page(model, from_seq=from_seq, skip=skip, limit=(wanted - 1) * stride + size,
-                                               not_before=not_before(spec)) if r.seq <= upto_seq]
+                                               not_before=floor.not_before) if r.seq <= upto_seq]
         spans = [(a, b) for a, b, complete in count_spans(len(rows), spec.window) if complete][:wanted]
         for a, b in spans:
-            found.append(PendingWindow(WindowPlace(last_seq=rows[b - 1].seq, first_seq=rows[a].seq),
+            found.append(PendingWindow(WindowPlace(last_seq=rows[b - 1].seq, first_seq=rows[a].seq, version=model.version),
                                        [as_record(r) for r in rows[a:b]]))
         if len(spans) < wanted:
             return found
@@ -81,17 +94,17 @@ def _first_seq(stores: Stores, model: ModelSlice, last: JudgedWindow, size: int)
 
 
 def _time_windows(stores: Stores, spec: MonitorSpec, model: ModelSlice, last: JudgedWindow | None, *,
-                  upto_seq: int, now: datetime, limit: int) -> list[PendingWindow]:
+                  floor: Floor, upto_seq: int, now: datetime, limit: int) -> list[PendingWindow]:
     window = spec.window
-    index = next_time_index(stores, spec, model, last)
+    index = next_time_index(stores, spec, model, last, floor)
     if index is None:
         return []
     found: list[PendingWindow] = []
-    floor = not_before(spec)
     while len(found) < limit and closes_at(index, window) <= now:
         start, end = bounds(index, window)
-        rows = stores.records.of(model, start=max(start, floor) if floor else start, end=end, upto_seq=upto_seq)
-        found.append(PendingWindow(WindowPlace(last_seq=rows[-1].seq if rows else 0, start=start, end=end),
-                                   [as_record(r) for r in rows]))
+        rows = stores.records.of(model, start=max(start, floor.not_before) if floor.not_before else start, end=end,
+                                 upto_seq=upto_seq, after_seq=floor.after_seq)
+        found.append(PendingWindow(WindowPlace(last_seq=rows[-1].seq if rows else 0, start=start, end=end,
+                                               version=model.version), [as_record(r) for r in rows]))
         index += 1
     return found

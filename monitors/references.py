@@ -1,5 +1,5 @@
-"""Where a monitor's reference records come from: a file, the monitored version's stored training or
-eval data, or a pinned window of its own production records.
+"""Where a monitor's reference records come from — a file, the monitored version's stored training or
+eval data, or a pinned window of its own production records — and how they are pinned and read back.
 
 `monitor add` materialises the reference once and pins it: the records are written as JSONL and stored
 as an artifact of the monitor's MLflow run, keyed by their sha256. Later edits of the source (a file
@@ -13,12 +13,17 @@ quality baseline: its records have prompt and output only.
 from __future__ import annotations
 
 import json
+import os
+import pickle
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from tuneloop.monitors.backtest import read_records
 from tuneloop.monitors.checks import Record
+from tuneloop.monitors.drift import Reference, build_reference
+from tuneloop.monitors.embedding import Embedder
 from tuneloop.monitors.monitor_spec import MonitorSpec
 from tuneloop.monitors.records import record_from_training_row
 
@@ -83,3 +88,79 @@ def write_jsonl(records: list[Record], folder: Path) -> Path:
                    "rating": r.rating, "reference_answer": r.reference_answer, "timestamp": r.ts.isoformat() if r.ts else None}
             f.write(json.dumps({k: v for k, v in row.items() if v is not None}, ensure_ascii=False) + "\n")
     return path
+
+
+MIN_REFERENCE = 100
+
+
+def pin_records(rc: Any, spec: MonitorSpec, run_id: str, records: list[Record], source: str) -> str:
+    """Validate `records` as the reference of monitor `spec`, cache their statistics and store them in the
+    monitor's run (`reference/<sha256[:16]>/records.jsonl`); their digest."""
+    require_enough(records, source)
+    staging = Path(rc.settings.cache_dir).expanduser() / "monitor-references"
+    staging.mkdir(parents=True, exist_ok=True)
+    pinned = write_jsonl(records, staging)
+    try:
+        digest = "sha256:" + file_sha256(pinned)
+        statistics(rc, spec, digest, pinned)  # validates the records and fills the cache now
+        rc.mlflow.log_artifact(run_id, str(pinned), f"reference/{digest.removeprefix('sha256:')[:16]}")
+    finally:
+        shutil.rmtree(pinned.parent, ignore_errors=True)
+    return digest
+
+
+def require_enough(records: list[Record], source: str) -> None:
+    if len(records) < MIN_REFERENCE:
+        raise InvalidInput(f"the reference ({source}) holds {len(records)} records; at least {MIN_REFERENCE} are needed",
+                           hint="use a larger file, the eval data or a longer production window")
+
+
+def pinned_records(rc: Any, spec: MonitorSpec, digest: str, run_id: str | None) -> list[Record]:
+    return read_records(pinned_file(rc, spec, digest, run_id))
+
+
+# Part of the statistics cache's key: raise it whenever what `build_reference` returns, or where its
+# classes live, changes (2: the classes moved from `monitors.*` to `tuneloop.monitors.*`; 3: to
+# `tuneloop.monitors.drift.*`). A cache written by other code is then never unpickled; it is rebuilt
+# from the pinned records.
+REFERENCE_CACHE_VERSION = 3
+
+
+def embedder(rc: Any) -> Embedder:
+    return Embedder(Path(rc.settings.cache_dir).expanduser() / "embeddings-minilm.sqlite")
+
+
+def statistics(rc: Any, spec: MonitorSpec, digest: str, pinned: Path | None, *, run_id: str | None = None) -> Reference:
+    """The reference statistics for these records and checks: from the cache, else built from `pinned`
+    (or the run's artifact) and cached."""
+    wants_embeddings = "embedding" in spec.checks
+    key = digest.removeprefix("sha256:") + ("-embedding" if wants_embeddings else "") + f"-v{REFERENCE_CACHE_VERSION}"
+    cache = Path(rc.settings.cache_dir).expanduser() / "monitor-references" / f"{key}.pickle"
+    if cache.is_file():
+        try:
+            with open(cache, "rb") as f:
+                cached = pickle.load(f)  # our own file, keyed by the content digest and the code version
+        except Exception:  # unreadable: a write cut short, a library upgrade
+            cached = None
+        if isinstance(cached, Reference):
+            return cached
+        cache.unlink(missing_ok=True)  # rebuilt below
+    if pinned is None:
+        pinned = pinned_file(rc, spec, digest, run_id)
+    reference = build_reference(read_records(pinned), embedder=embedder(rc) if wants_embeddings else None)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        pickle.dump(reference, f)
+    tmp.replace(cache)
+    return reference
+
+
+def pinned_file(rc: Any, spec: MonitorSpec, digest: str, run_id: str | None) -> Path:
+    """A local copy of the monitor's pinned reference records, checked against their digest."""
+    assert run_id is not None
+    pinned = Path(rc.mlflow.download_artifacts(run_id, f"reference/{digest.removeprefix('sha256:')[:16]}/records.jsonl"))
+    if "sha256:" + file_sha256(pinned) != digest:
+        raise InvalidInput(f"the pinned reference of monitor `{spec.name}` changed in the artifact store",
+                           hint="pin it again with `tuneloop monitor add --replace`")
+    return pinned

@@ -12,32 +12,34 @@ statistics (and embeddings) are built once per reference digest and set of check
 
 from __future__ import annotations
 
-import html
-import os
-import pickle
-import shutil
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tuneloop.monitors.backtest import read_records
+from tuneloop.monitors import reports, tenures
 from tuneloop.monitors.checks import Record, WindowResult
-from tuneloop.monitors.drift import Reference, build_reference, check_window
-from tuneloop.monitors.embedding import Embedder
+from tuneloop.monitors.drift import check_window
 from tuneloop.monitors.monitor_spec import MonitorSpec, load_monitor
-from tuneloop.monitors.pending import next_time_index, not_before, pending_windows
-from tuneloop.monitors.references import as_record, materialise, write_jsonl
+from tuneloop.monitors.pending import Floor, next_time_index, pending_windows
+from tuneloop.monitors.references import (
+    as_record,
+    embedder,
+    materialise,
+    pin_records,
+    pinned_records,
+    require_enough,
+    statistics,
+)
 from tuneloop.monitors.windowing import closes_at
 from tuneloop.registry.client import RegistryClient
 
-from tuneloop.digest import file_sha256
 from tuneloop.errors import Conflict, InvalidInput, NotFound
 from tuneloop.store import Transaction
 from tuneloop.store.monitors import JudgedWindow, MonitorRow, WindowPlace
 from tuneloop.store.records import ModelSlice
 
 EXPERIMENT = "monitors"
-MIN_REFERENCE = 100
 
 
 def add(rc: RegistryClient, path: Path, *, replace: bool = False) -> dict[str, Any]:
@@ -48,28 +50,23 @@ def add(rc: RegistryClient, path: Path, *, replace: bool = False) -> dict[str, A
     existing = rc.stores.monitors.get(spec.name)
     if existing is not None and not replace:
         raise Conflict(f"monitor `{spec.name}` exists", hint="pass --replace to update it")
+    _, version, _ = rc.models.resolve(spec.model)
     records, source = materialise(rc, spec)
-    if len(records) < MIN_REFERENCE:
-        raise InvalidInput(f"the reference ({source}) holds {len(records)} records; at least {MIN_REFERENCE} are needed",
-                           hint="use a larger file, the eval data or a longer production window")
-    staging = Path(rc.settings.cache_dir).expanduser() / "monitor-references"
-    staging.mkdir(parents=True, exist_ok=True)
-    pinned = write_jsonl(records, staging)
+    require_enough(records, source)  # before a run exists
     run_id = existing.mlflow_run_id if existing else None
     created = run_id is None
     try:
-        digest = "sha256:" + file_sha256(pinned)
-        _statistics(rc, spec, digest, pinned)  # validates the records and fills the cache now
         if created:
             run_id = _create_run(rc, spec)
-        _pin(rc, spec, run_id, digest, pinned, source)
-        rc.stores.monitors.save(spec.name, spec.model_dump(mode="json"), digest, run_id)
+        assert run_id is not None
+        digest = pin_records(rc, spec, run_id, records, source)
+        _describe(rc, spec, run_id, digest, source)
+        rc.stores.monitors.save(spec.name, spec.model_dump(mode="json"), digest, run_id, version=version,
+                                reference_source=source)
     except Exception:
         if created and run_id is not None:
             rc.mlflow.delete_run(run_id)  # nothing half-written: no run without its monitor
         raise
-    finally:
-        shutil.rmtree(pinned.parent, ignore_errors=True)
     return {"monitor": spec.name, "model": spec.model, "reference": source, "reference_records": len(records),
             "reference_sha256": digest, "checks": spec.checks, "run_id": run_id}
 
@@ -78,67 +75,95 @@ def rejudge_latest(rc: RegistryClient, name: str) -> dict[str, Any]:
     """Judge the monitor's newest records again — the newest `size` (count) or the last `duration` (time) —
     and log it: a look that neither moves the monitor's cursor nor counts as alert evidence."""
     row, spec = _monitor(rc, name)
-    model = _slice(rc, spec)
+    watch = tenures.watch(rc, row, spec)
+    if not watch.ready:
+        raise Conflict(f"monitor `{name}` has no reference for version {watch.model.version} yet: {watch.notes[-1]}",
+                       hint="check again once its first records have arrived")
+    model, after = watch.model, watch.floor.after_seq
     if spec.window.kind == "time":
         now = datetime.now(UTC)
-        rows = rc.stores.records.of(model, start=now - spec.window.length)
-        place = WindowPlace(last_seq=rows[-1].seq if rows else 0, start=now - spec.window.length, end=now, rejudged=True)
+        rows = rc.stores.records.of(model, start=now - spec.window.length, after_seq=after)
+        place = WindowPlace(last_seq=rows[-1].seq if rows else 0, start=now - spec.window.length, end=now, rejudged=True,
+                            version=model.version)
     else:
-        rows = rc.stores.records.of(model, newest=int(spec.window.size))
-        place = WindowPlace(last_seq=rows[-1].seq if rows else 0, first_seq=rows[0].seq if rows else None, rejudged=True)
-    judge = _Judge(rc, row, spec)
-    return judge(place, [as_record(r) for r in rows])
+        rows = rc.stores.records.of(model, newest=int(spec.window.size), after_seq=after)
+        place = WindowPlace(last_seq=rows[-1].seq if rows else 0, first_seq=rows[0].seq if rows else None, rejudged=True,
+                            version=model.version)
+    judge = _Judge(rc, row, spec, watch.tenure.reference_sha256)
+    out = judge(place, [as_record(r) for r in rows])
+    judge.plot()
+    return out
 
 
-def judge_pending(rc: RegistryClient, name: str, *, limit: int = 1000) -> tuple[list[dict[str, Any]], int]:
-    """Judge every window of monitor `name` that completed since the last judged one, oldest first; and
-    count the records that arrived for windows already judged. (the windows judged, the late records)
+@dataclass
+class Pending:
+    """What `judge_pending` did: the windows judged, the late records counted, for which version."""
+
+    judged: list[dict[str, Any]]
+    late: int
+    version: int
+    notes: list[str] = field(default_factory=list)
+
+
+def judge_pending(rc: RegistryClient, name: str, *, limit: int = 1000) -> Pending:
+    """Judge every window of monitor `name` that completed since the last judged one of the version it
+    watches, oldest first; and count the records that arrived for windows already judged.
 
     Count windows complete when their last record arrives, time windows `grace` after they end (see
-    `monitors.windowing`); records inside a pinned production-window reference are not judged against it.
-    Called again with nothing new, it judges nothing (and cannot stretch an alert's K-window streak).
+    `monitors.windowing`); records that are the version's reference are not judged against it (see
+    `monitors.tenures`). Called again with nothing new, it judges nothing (and cannot stretch an
+    alert's K-window streak).
     """
     row, spec = _monitor(rc, name)
-    model = _slice(rc, spec)
+    watch = tenures.watch(rc, row, spec)
+    model = watch.model
     upto_seq = rc.stores.records.last_seq()
     late = rc.stores.monitors.count_late(name, model, upto_seq=upto_seq) if spec.window.kind == "time" else 0
-    last = rc.stores.monitors.last_window(name, counted_only=True)
-    windows = pending_windows(rc.stores, spec, model, last, upto_seq=upto_seq, now=datetime.now(UTC), limit=limit)
+    if not watch.ready:
+        return Pending([], late, model.version, watch.notes)
+    last = rc.stores.monitors.last_window(name, counted_only=True, version=model.version)
+    windows = pending_windows(rc.stores, spec, model, last, floor=watch.floor, upto_seq=upto_seq, now=datetime.now(UTC),
+                              limit=limit)
     if not windows:
-        return [], late
-    judge = _Judge(rc, row, spec)
-    return [judge(w.place, w.records) for w in windows], late
+        return Pending([], late, model.version, watch.notes)
+    judge = _Judge(rc, row, spec, watch.tenure.reference_sha256)
+    judged = [judge(w.place, w.records) for w in windows]
+    judge.plot()  # once per check: a catch-up over many windows draws one picture
+    return Pending(judged, late, model.version, watch.notes)
 
 
 def next_window(rc: RegistryClient, name: str) -> str:
     """Where the monitor's next window stands, in words."""
     _, spec = _monitor(rc, name)
-    model = _slice(rc, spec)
-    last = rc.stores.monitors.last_window(name, counted_only=True)
+    model = tenures.holder(rc, spec)
+    floor = tenures.floor_of(spec, rc.stores.monitors.tenure(name, model.version))
+    last = rc.stores.monitors.last_window(name, counted_only=True, version=model.version)
     if spec.window.kind == "time":
-        index = next_time_index(rc.stores, spec, model, last)
+        index = next_time_index(rc.stores, spec, model, last, floor)
         if index is None:
             return f"no records of {spec.model} yet" + _elsewhere(rc, spec)
         return f"the next window closes at {closes_at(index, spec.window).isoformat()} (window end + grace)"
-    arrived = len(_next_window_records(rc, spec, model, last))
+    arrived = len(_next_window_records(rc, spec, model, last, floor))
     return f"{arrived} of the next window's {spec.window.size} records have arrived" + (_elsewhere(rc, spec) if last is None else "")
 
 
-def _next_window_records(rc: RegistryClient, spec: MonitorSpec, model: ModelSlice, last: JudgedWindow | None) -> list[Any]:
+def _next_window_records(rc: RegistryClient, spec: MonitorSpec, model: ModelSlice, last: JudgedWindow | None,
+                         floor: Floor) -> list[Any]:
     """The records of the next, not yet complete, count window."""
     size, stride = spec.window.size, int(spec.window.stride)  # type: ignore[call-overload]
     if last is None:
-        return rc.stores.records.page(model, limit=size, not_before=not_before(spec))
+        first = floor.after_seq + 1 if floor.after_seq is not None else None
+        return rc.stores.records.page(model, from_seq=first, limit=size, not_before=floor.not_before)
     first = last.first_seq if last.first_seq is not None else last.last_seq + 1
     return rc.stores.records.page(model, from_seq=first, skip=stride if last.first_seq is not None else 0, limit=size,
-                                  not_before=not_before(spec))
+                                  not_before=floor.not_before)
 
 
 def window_dict(rc: RegistryClient, name: str, window: JudgedWindow) -> dict[str, Any]:
     """A stored window as `monitor check --json` shows one."""
     out: dict[str, Any] = {"monitor": name, "window_id": window.id, "status": str(window.status), "size": window.size,
                            "drifted_checks": window.drifted_checks, "checked_at": window.checked_at.isoformat(),
-                           "late": window.late, **_place(window.first_seq, window.last_seq, window.start, window.end)}
+                           "late": window.late, "version": window.version, **_place(window.first_seq, window.last_seq, window.start, window.end)}
     return out
 
 
@@ -159,7 +184,7 @@ def _elsewhere(rc: RegistryClient, spec: MonitorSpec) -> str:
     """Where else the monitored model's records are, when it has records sent another way ("" when not)."""
     name, version, alias = rc.models.resolve(spec.model or "")
     groups = [(a, v, n) for a, v, n in rc.stores.records.groups(name)
-              if not ((a == alias) if alias else (v == version and a is None))]
+              if not ((a == alias and v == version) if alias else (v == version and a is None))]
     if not groups:
         return ""
     elsewhere = ", ".join(f"{n:,} under alias `{a}` (v{v})" if a else f"{n:,} sent as version {v}"
@@ -174,17 +199,16 @@ def _monitor(rc: RegistryClient, name: str) -> tuple[MonitorRow, MonitorSpec]:
     return row, MonitorSpec.model_validate(row.spec)
 
 
-def _slice(rc: RegistryClient, spec: MonitorSpec) -> ModelSlice:
-    return ModelSlice(*rc.models.resolve(spec.model or ""))
-
-
 class _Judge:
     """Judges windows of one monitor in one check: the reference statistics and the embedder are loaded once."""
 
-    def __init__(self, rc: RegistryClient, row: MonitorRow, spec: MonitorSpec) -> None:
-        self.rc, self.row, self.spec = rc, row, spec
-        self.reference = _statistics(rc, spec, row.reference_sha256, None, run_id=row.mlflow_run_id)
-        self.embedder = _embedder(rc) if "embedding" in spec.checks else None
+    def __init__(self, rc: RegistryClient, row: MonitorRow, spec: MonitorSpec, reference_sha256: str | None) -> None:
+        assert reference_sha256 is not None
+        self.rc, self.row, self.spec, self.digest = rc, row, spec, reference_sha256
+        self.reference = statistics(rc, spec, reference_sha256, None, run_id=row.mlflow_run_id)
+        self.embedder = embedder(rc) if "embedding" in spec.checks else None
+        self.threshold = float("nan")
+        self.reference_records: list[Record] | None = None  # read when an Evidently report needs them
 
     def __call__(self, place: WindowPlace, window: list[Record]) -> dict[str, Any]:
         rc, spec = self.rc, self.spec
@@ -195,35 +219,113 @@ class _Judge:
                                                         drifted_checks=list(result.drifted_checks), checks=stats)
         assert self.row.mlflow_run_id is not None
         _log(rc, spec, self.row.mlflow_run_id, step, result)
-        out = {"monitor": spec.name, "model": spec.model, "step": step, "window_id": window_id,
+        self.threshold = result.threshold
+        out = {"monitor": spec.name, "model": spec.model, "version": place.version, "step": step, "window_id": window_id,
                "run_id": self.row.mlflow_run_id, **result.as_dict(),
                **_place(place.first_seq, place.last_seq, place.start, place.end)}  # a time window's bounds, not its records' span
+        if result.status == "drift" and rc.settings.monitors.evidently_reports == "drift":
+            out["evidently_report"] = self.log_evidently(step, result, window)
         if place.rejudged:
             out["rejudged"] = True
         if result.status == "not enough data":
             out["notes"] = [*out["notes"], why_small(rc, spec, result.size)]
         return out
 
+    def log_evidently(self, step: int, result: WindowResult, window: list[Record]) -> str:
+        if self.reference_records is None:
+            self.reference_records = pinned_records(self.rc, self.spec, self.digest, self.row.mlflow_run_id)
+        return _log_evidently(self.rc, self.row, self.spec, step, result, window, self.reference_records)
+
+    def plot(self) -> None:
+        """Draw `scores.png` from the stored window statistics, the windows judged in this check included."""
+        assert self.row.mlflow_run_id is not None
+        total, lowest = self.rc.stores.monitors.recent_lowest_p(self.spec.name, reports.PLOTTED_WINDOWS)
+        figure = reports.scores_plot(total, lowest, self.threshold)
+        try:
+            self.rc.mlflow.log_figure(self.row.mlflow_run_id, figure, "scores.png")
+        finally:
+            import matplotlib.pyplot as plt
+
+            plt.close(figure)  # pyplot keeps every figure until closed: a long-running scheduler would grow without end
+
 
 def judged_windows(rc: RegistryClient, name: str, *, after_id: int = 0, previous_seq: int | None = None,
-                   tx: Transaction | None = None) -> tuple[list[int], list[WindowResult], int | None]:
-    """(window ids, results, the newest record's seq) of the windows of monitor `name` judged after window
-    `after_id`, oldest first, as alert rules read them (a `--latest` look is no evidence)."""
-    from tuneloop.monitors.checks import CheckResult
-
+                   version: int | None = None, tx: Transaction | None = None) -> tuple[list[int], list[WindowResult], int | None]:
+    """(window ids, results, the newest record's seq) of the windows of monitor `name` (of model `version`)
+    judged after window `after_id`, oldest first, as alert rules read them (a `--latest` look is no evidence)."""
     ids, results = [], []
-    for window in rc.stores.monitors.windows(name, after_id=after_id, counted_only=True, tx=tx):
+    for window in rc.stores.monitors.windows(name, after_id=after_id, counted_only=True, version=version, tx=tx):
         placed = window.first_seq is not None or window.start is not None
         if not placed and window.last_seq == previous_seq:
             continue  # judged before 0006 by `monitor check` again with no new records: the same evidence, counted once
         previous_seq = window.last_seq
-        if window.checks is not None:
-            checks = [CheckResult(**_nan_for_none(c)) for c in window.checks]
-        else:  # windows judged before statistics were stored: the drifted names are all we know
-            checks = [CheckResult(check=n, statistic=float("nan"), p_value=0.0, drifted=True) for n in window.drifted_checks]
         ids.append(window.id)
-        results.append(WindowResult(size=window.size, status=str(window.status), threshold=float("nan"), checks=checks))
+        results.append(_result_of(window))
     return ids, results, previous_seq
+
+
+def _result_of(window: JudgedWindow, threshold: float = float("nan")) -> WindowResult:
+    """A stored window's verdict as the checks gave it."""
+    from tuneloop.monitors.checks import CheckResult
+
+    if window.checks is not None:
+        checks = [CheckResult(**_nan_for_none(c)) for c in window.checks]
+    else:  # windows judged before statistics were stored: the drifted names are all we know
+        checks = [CheckResult(check=n, statistic=float("nan"), p_value=0.0, drifted=True) for n in window.drifted_checks]
+    return WindowResult(size=window.size, status=str(window.status), threshold=threshold, checks=checks)
+
+
+def report(rc: RegistryClient, name: str, *, step: int | None = None) -> dict[str, Any]:
+    """Log the Evidently report of the monitor's window at `step` (default: its newest) against its reference."""
+    row, spec = _monitor(rc, name)
+    total, window = rc.stores.monitors.at_step(name, step)
+    if window is None:
+        if total == 0:
+            raise NotFound(f"monitor `{name}` has judged no window yet", hint=f"run `tuneloop monitor check {name}` first")
+        raise NotFound(f"monitor `{name}` has no window {step}: its windows are 0 to {total - 1}",
+                       hint="pass `--window` with one of them, or leave it out for the newest")
+    now = tenures.holder(rc, spec)
+    version = window.version if window.version is not None else now.version
+    tenure = rc.stores.monitors.tenure(name, version)
+    model = ModelSlice(now.name, version, now.alias)
+    records = _records_of(rc, model, tenures.floor_of(spec, tenure), window)
+    if len(records) != window.size:
+        raise Conflict(f"window {window_step(total, step)} of monitor `{name}` held {window.size} records; "
+                       f"{len(records)} of them are stored now", hint="records were deleted since it was judged")
+    result = _result_of(window, threshold=spec.alpha / max(1, len(window.checks or window.drifted_checks)))
+    at = window_step(total, step)
+    digest = tenure.reference_sha256 if tenure is not None and tenure.reference_sha256 else row.reference_sha256
+    path = _log_evidently(rc, row, spec, at, result, records, pinned_records(rc, spec, digest, row.mlflow_run_id))
+    return {"monitor": name, "window": at, "window_id": window.id, "status": str(window.status), "size": window.size,
+            "run_id": row.mlflow_run_id, "artifact": path}
+
+
+def window_step(total: int, step: int | None) -> int:
+    return total - 1 if step is None else step
+
+
+def _log_evidently(rc: RegistryClient, row: MonitorRow, spec: MonitorSpec, step: int, result: WindowResult,
+                   window: list[Record], reference: list[Record]) -> str:
+    """Log the Evidently report of a judged window against the reference in the monitor's run; its artifact path."""
+    page = reports.evidently_html(spec.name, spec.model or "", step, result, spec.alpha, window=window, reference=reference)
+    path = f"reports/window-{step:05d}-evidently.html"
+    assert row.mlflow_run_id is not None
+    rc.mlflow.log_text(row.mlflow_run_id, page, path)
+    return path
+
+
+def _records_of(rc: RegistryClient, model: ModelSlice, floor: Floor, window: JudgedWindow) -> list[Record]:
+    """The records a stored window was judged on (not those that arrived late for it)."""
+    if window.start is not None:
+        rows = rc.stores.records.of(model, start=window.start, end=window.end, upto_seq=window.last_seq,
+                                    after_seq=floor.after_seq)
+        rows = [r for r in rows if floor.not_before is None or r.ts >= floor.not_before]
+    elif window.first_seq is not None:
+        rows = [r for r in rc.stores.records.page(model, from_seq=window.first_seq, limit=window.size, not_before=floor.not_before)
+                if r.seq <= window.last_seq]
+    else:  # judged before windows knew where they start: the newest records up to its last
+        rows = rc.stores.records.of(model, upto_seq=window.last_seq, newest=window.size)
+    return [as_record(r) for r in rows]
 
 
 def status(rc: RegistryClient) -> list[dict[str, Any]]:
@@ -242,46 +344,6 @@ def _nan_for_none(check: dict[str, Any]) -> dict[str, Any]:
     return {k: float("nan") if v is None and k in ("statistic", "p_value") else v for k, v in check.items()}
 
 
-# Part of the statistics cache's key: raise it whenever what `build_reference` returns, or where its
-# classes live, changes (2: the classes moved from `monitors.*` to `tuneloop.monitors.*`). A cache
-# written by other code is then never unpickled; it is rebuilt from the pinned records.
-REFERENCE_CACHE_VERSION = 2
-
-
-def _embedder(rc: RegistryClient) -> Embedder:
-    return Embedder(Path(rc.settings.cache_dir).expanduser() / "embeddings-minilm.sqlite")
-
-
-def _statistics(rc: RegistryClient, spec: MonitorSpec, digest: str, pinned: Path | None, *, run_id: str | None = None) -> Reference:
-    """The reference statistics for these records and checks: from the cache, else built from `pinned`
-    (or the run's artifact) and cached."""
-    wants_embeddings = "embedding" in spec.checks
-    key = digest.removeprefix("sha256:") + ("-embedding" if wants_embeddings else "") + f"-v{REFERENCE_CACHE_VERSION}"
-    cache = Path(rc.settings.cache_dir).expanduser() / "monitor-references" / f"{key}.pickle"
-    if cache.is_file():
-        try:
-            with open(cache, "rb") as f:
-                cached = pickle.load(f)  # our own file, keyed by the content digest and the code version
-        except Exception:  # unreadable: a write cut short, a library upgrade
-            cached = None
-        if isinstance(cached, Reference):
-            return cached
-        cache.unlink(missing_ok=True)  # rebuilt below
-    if pinned is None:
-        assert run_id is not None
-        pinned = Path(rc.mlflow.download_artifacts(run_id, f"reference/{digest.removeprefix('sha256:')[:16]}/records.jsonl"))
-        if "sha256:" + file_sha256(pinned) != digest:
-            raise InvalidInput(f"the pinned reference of monitor `{spec.name}` changed in the artifact store",
-                               hint="pin it again with `tuneloop monitor add --replace`")
-    reference = build_reference(read_records(pinned), embedder=_embedder(rc) if wants_embeddings else None)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        pickle.dump(reference, f)
-    tmp.replace(cache)
-    return reference
-
-
 def _create_run(rc: RegistryClient, spec: MonitorSpec) -> str:
     from tuneloop.registry.tracking import experiment_id
 
@@ -290,16 +352,11 @@ def _create_run(rc: RegistryClient, spec: MonitorSpec) -> str:
     return str(run.info.run_id)
 
 
-def _pin(rc: RegistryClient, spec: MonitorSpec, run_id: str, digest: str, pinned: Path, source: str) -> None:
-    """Store the reference records in the monitor's run, and describe the monitor in its tags."""
-    rc.mlflow.log_artifact(run_id, str(pinned), f"reference/{digest.removeprefix('sha256:')[:16]}")
+def _describe(rc: RegistryClient, spec: MonitorSpec, run_id: str, digest: str, source: str) -> None:
+    """Describe the monitor in its run's tags."""
     for key, value in {"reference": source[:5000], "reference_sha256": digest, "alpha": str(spec.alpha),
                        "window": spec.window.model_dump_json(exclude_none=True), "checks": ",".join(spec.checks)}.items():
         rc.mlflow.set_tag(run_id, f"tuneloop.monitor.{key}", value)
-
-
-P_FLOOR = 1e-12  # smaller p-values are drawn at the floor: a fixed axis
-PLOTTED_WINDOWS = 1000  # scores.png shows the newest windows: its cost stays flat over a monitor's life
 
 
 def _log(rc: RegistryClient, spec: MonitorSpec, run_id: str, step: int, result: WindowResult) -> None:
@@ -310,59 +367,5 @@ def _log(rc: RegistryClient, spec: MonitorSpec, run_id: str, step: int, result: 
     for c in result.checks:
         metrics += [Metric(f"p/{c.check}", c.p_value, now, step), Metric(f"stat/{c.check}", c.statistic, now, step)]
     rc.mlflow.log_batch(run_id, metrics=metrics)
-    rc.mlflow.log_text(run_id, _html(spec, step, result), f"reports/window-{step:05d}.html")
-    figure = _plot(rc, spec.name, result.threshold)
-    try:
-        rc.mlflow.log_figure(run_id, figure, "scores.png")
-    finally:
-        import matplotlib.pyplot as plt
-
-        plt.close(figure)  # pyplot keeps every figure until closed: a long-running scheduler would grow without end
-
-
-def _plot(rc: RegistryClient, name: str, threshold: float) -> Any:
-    """The smallest p-value of each of the newest windows, from the stored window statistics."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    total, windows = rc.stores.monitors.recent(name, PLOTTED_WINDOWS)
-    steps, lowest = [], []
-    for step, window in enumerate(windows, start=total - len(windows)):
-        p_values = [c["p_value"] for c in window.checks or [] if c.get("p_value") is not None]
-        if p_values:
-            steps.append(step)
-            lowest.append(min(max(min(p_values), P_FLOOR), 1.0))
-    # Fixed axes and margins: the drawing costs the same at the 10th window and the 5,000th.
-    fig, ax = plt.subplots(figsize=(8, 3))
-    fig.subplots_adjust(left=0.09, right=0.98, bottom=0.17, top=0.95)
-    ax.semilogy(steps, lowest, marker="o" if len(steps) <= 100 else None, label="smallest p-value of the window")
-    ax.set_ylim(P_FLOOR / 2, 2.0)
-    if threshold == threshold:  # not NaN
-        ax.axhline(threshold, color="red", linestyle="--", label=f"alarm threshold {threshold:.2g}")
-    ax.set_xlabel("window" if total <= PLOTTED_WINDOWS else f"window (the newest {PLOTTED_WINDOWS} of {total})")
-    ax.set_ylabel(f"p-value (floor {P_FLOOR:g})")
-    ax.legend(loc="lower left")
-    return fig
-
-
-def _html(spec: MonitorSpec, step: int, result: WindowResult) -> str:
-    rows = "".join(
-        f"<tr{' class=drift' if c.drifted else ''}><td>{html.escape(c.check)}</td><td>{c.statistic:.4g}</td>"
-        f"<td>{c.p_value:.3g}</td><td>{'DRIFT' if c.drifted else ''}</td></tr>" for c in result.checks)
-    explained = ""
-    for c in result.checks:
-        if c.details.get("typical_words") or c.details.get("typical_examples"):
-            words = ", ".join(html.escape(w) for w in c.details.get("typical_words", []))
-            examples = "".join(f"<li>{html.escape(e)}</li>" for e in c.details.get("typical_examples", []))
-            explained += (f"<h2>{html.escape(c.check)}{' (drifted)' if c.drifted else ''}</h2>"
-                          f"<p>words most typical of this window: {words or '-'}</p><ul>{examples}</ul>")
-    notes = "".join(f"<li>{html.escape(n)}</li>" for n in result.notes)
-    return (f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(spec.name)} window {step}</title>"
-            "<style>body{font-family:sans-serif}td,th{padding:2px 8px}.drift{background:#fdd}</style></head><body>"
-            f"<h1>{html.escape(spec.name)}: window {step}</h1><p>model {html.escape(spec.model or '')}, "
-            f"{result.size} records, status <b>{html.escape(result.status)}</b>, per-check threshold {result.threshold:.3g} "
-            f"(alpha {spec.alpha} / {len(result.checks)} checks)</p>"
-            f"<table><tr><th>check</th><th>statistic</th><th>p-value</th><th></th></tr>{rows}</table>"
-            f"{explained}{f'<h2>Left out</h2><ul>{notes}</ul>' if notes else ''}</body></html>")
+    rc.mlflow.log_text(run_id, reports.window_html(spec.name, spec.model or "", step, result, spec.alpha),
+                       f"reports/window-{step:05d}.html")

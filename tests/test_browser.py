@@ -67,6 +67,24 @@ def _wait_for_text(driver, texts: list[str], timeout_s: float = 60) -> str:  # t
     raise AssertionError(f"the page never showed {texts}; it showed:\n{body[:2000]}")
 
 
+def _wait_for_frame_text(driver, texts: list[str], timeout_s: float = 90) -> None:  # type: ignore[no-untyped-def]
+    """Wait until an iframe of the page (the MLflow UI shows HTML artifacts in one) shows every text."""
+    from selenium.webdriver.common.by import By
+
+    deadline, seen = time.monotonic() + timeout_s, ""
+    while time.monotonic() < deadline:
+        for frame in driver.find_elements(By.TAG_NAME, "iframe"):
+            driver.switch_to.frame(frame)
+            try:
+                seen = driver.find_element(By.TAG_NAME, "body").text
+            finally:
+                driver.switch_to.default_content()
+            if all(t in seen for t in texts):
+                return
+        time.sleep(0.5)
+    raise AssertionError(f"no frame showed {texts}; the last one showed:\n{seen[:2000]}")
+
+
 def test_mlflow_ui_shows_aliases_and_runs_after_a_tiny_loop(browser_binaries, loop_env, tiny_model: Path) -> None:
     from dataclasses import replace
 
@@ -113,6 +131,15 @@ def test_mlflow_ui_shows_aliases_and_runs_after_a_tiny_loop(browser_binaries, lo
                                 f"eval support-demo on tiny-support:{champion['version']}"])
         driver.get(f"{ui}/#/models/tiny-support/versions/{challenger}")
         _wait_for_text(driver, ["tuneloop.alert.id", "tuneloop.retrain.id"])
+
+        # the drifted window's Evidently report, as the MLflow UI shows the artifact: tuneloop's verdict
+        # above Evidently's own widgets, rendered by its scripts
+        monitor = rc.stores.monitors.all()[0]
+        drifted = [a.path for a in rc.mlflow.list_artifacts(monitor.mlflow_run_id, "reports") if a.path.endswith("-evidently.html")]
+        assert drifted, "a drifted window has an Evidently report"
+        experiment = rc.mlflow.get_run(monitor.mlflow_run_id).info.experiment_id
+        driver.get(f"{ui}/#/experiments/{experiment}/runs/{monitor.mlflow_run_id}/artifacts/{drifted[0]}")
+        _wait_for_frame_text(driver, ["The verdicts that count are tuneloop's", "DRIFT", "output length", "prompt words"])
     finally:
         if driver is not None:
             driver.quit()

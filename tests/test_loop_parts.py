@@ -94,7 +94,8 @@ def test_each_window_is_judged_once_and_alerts_reconcile_idempotently(rc, tmp_pa
     from tuneloop.monitors.service import judge_pending
 
     def check_pending(rc, name):  # type: ignore[no-untyped-def]
-        judged, late = judge_pending(rc, name)
+        pending = judge_pending(rc, name)
+        judged, late = pending.judged, pending.late
         assert late == 0  # count windows have no late records
         return judged
 
@@ -219,7 +220,7 @@ def test_checking_the_same_records_again_adds_no_evidence_to_a_streak(sqlite_rc,
     for _ in range(3):  # one drifted window, looked at three times with `--latest`: no evidence at all
         assert rejudge_latest(sqlite_rc, "mon")["status"] == "drift"
         assert alerts.evaluate(sqlite_rc, "mon") == []
-    judged, _ = judge_pending(sqlite_rc, "mon")
+    judged = judge_pending(sqlite_rc, "mon").judged
     assert [w["status"] for w in judged] == ["drift"]  # the window itself is judged once, as any other
     assert alerts.evaluate(sqlite_rc, "mon") == []  # streak 1 of 2
     _store(sqlite_rc, traffic.windows(1, 100, seed=7, kind="refusals", share=0.5))

@@ -46,7 +46,7 @@ def test_concurrent_first_use_migrates_once(tmp_path: Path) -> None:
         tables = {r[0] for r in conn.execute(sa.text("SELECT name FROM sqlite_master WHERE type='table'"))}
     assert {"audit_log", "audit_mirror", "records", "feedback", "ingest_tokens", "ingest_requests",
             "tuneloop_alembic_version"} <= tables
-    assert _head() == "0006" and {"monitors", "monitor_windows", "monitor_cursors", "alert_rules", "alert_rule_states", "alerts",
+    assert _head() == "0007" and {"monitors", "monitor_windows", "monitor_cursors", "alert_rules", "alert_rule_states", "alerts",
                                   "notifications",
                                   "delivery_attempts", "leases", "loops", "retrain_runs"} <= tables
 

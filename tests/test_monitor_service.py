@@ -61,6 +61,20 @@ def test_add_check_status_and_mlflow_report(sqlite_rc, tmp_path: Path) -> None:
     assert {"reports/window-00001.html", "scores.png"} <= artifacts
     report = Path(sqlite_rc.mlflow.download_artifacts(run_id, "reports/window-00001.html")).read_text()
     assert "output.refusal" in report and "DRIFT" in report
+    # the drifted window, and only it, has an Evidently report: tuneloop's verdict on top, Evidently's summaries below
+    assert "reports/window-00001-evidently.html" in artifacts and "reports/window-00000-evidently.html" not in artifacts
+    evidently = Path(sqlite_rc.mlflow.download_artifacts(run_id, "reports/window-00001-evidently.html")).read_text()
+    start, end = evidently.index("<section id=tuneloop-verdict"), evidently.index("</section>")
+    banner, rest = evidently[start:end], evidently[:start] + evidently[end:]
+    assert "The verdicts that count are tuneloop's" in banner and "output.refusal" in banner and "DRIFT" in banner
+    assert "output length" in rest and "prompt words" in rest  # Evidently's text descriptors of both columns
+    # `monitor report` logs one for any window on demand; an unknown window is refused naming the range
+    asked = json.loads(run_cli("monitor", "report", "support-mon", "--window", "0", "--json", env=env).stdout)
+    assert (asked["window"], asked["status"], asked["size"], asked["artifact"]) == (0, "ok", 500, "reports/window-00000-evidently.html")
+    calm_page = Path(sqlite_rc.mlflow.download_artifacts(run_id, asked["artifact"])).read_text()
+    assert "status <b>ok</b>" in calm_page[calm_page.index("<section id=tuneloop-verdict"):calm_page.index("</section>")]
+    beyond = run_cli("monitor", "report", "support-mon", "--window", "7", env=env)
+    assert beyond.returncode == 1 and "no window 7: its windows are 0 to 1" in beyond.stderr
 
     missing = run_cli("monitor", "check", "nope", env=env)
     assert missing.returncode == 1 and "no monitor `nope`" in missing.stderr

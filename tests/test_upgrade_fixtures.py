@@ -148,7 +148,8 @@ def test_upgrade_keeps_every_row_the_audit_guards_and_the_chain(old_home) -> Non
 def test_what_a3a2416_stored_still_loads_after_the_upgrade(old_home, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from tuneloop.monitors.drift import Reference
     from tuneloop.monitors.records import parse_records, store
-    from tuneloop.monitors.service import REFERENCE_CACHE_VERSION, judge_pending
+    from tuneloop.monitors.references import REFERENCE_CACHE_VERSION
+    from tuneloop.monitors.service import judge_pending
     from tuneloop.pipelines.recipes import Recipe
     from tuneloop.pipelines.training.run import recipe_of_run
     from tuneloop.registry.catalog import resolve
@@ -181,13 +182,22 @@ def test_what_a3a2416_stored_still_loads_after_the_upgrade(old_home, tmp_path: P
     current = cache / f"{digest.removeprefix('sha256:')}-v{REFERENCE_CACHE_VERSION}.pickle"
     current.write_bytes(b"not a pickle: a write cut short")
 
-    # New records of the champion are judged against the monitor's pinned reference (an a3a2416 artifact).
+    # Windows a3a2416 judged know their model version now: that of the newest record they held (0007).
+    with rc.stores.engine.connect() as conn:
+        unversioned = conn.execute(sa.text(
+            "SELECT count(*) FROM monitor_windows w JOIN records r ON r.seq = w.last_seq "
+            "WHERE w.version IS NULL OR w.version <> r.version")).scalar()
+        versioned = conn.execute(sa.text("SELECT count(*) FROM monitor_windows WHERE version IS NOT NULL")).scalar()
+    assert unversioned == 0 and versioned > 0
+
+    # New records of the champion are judged against the monitor's pinned reference (an a3a2416 artifact),
+    # continuing that version's windows: the monitor had no per-version state, so the holder is adopted.
     with rc.stores.engine.connect() as conn:
         windows_before = conn.execute(sa.text("SELECT count(*) FROM monitor_windows")).scalar()
         prompts = [r[0] for r in conn.execute(sa.text("SELECT prompt FROM records ORDER BY id LIMIT 100"))]
     records = [{"model": f"{ADAPTER}@champion", "prompt": p, "output": "ok"} for p in prompts]
     store(rc.stores, parse_records(records, 100_000), rc.models)
-    judged, _late = judge_pending(rc, "support-champion")  # the next window after the last one a3a2416 judged
+    judged = judge_pending(rc, "support-champion").judged  # the next window after the last one a3a2416 judged
     assert len(judged) == 1 and judged[0]["status"] in ("ok", "drift")
     with rc.stores.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM monitor_windows")).scalar() == windows_before + 1

@@ -12,7 +12,7 @@ import os
 from contextvars import ContextVar
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -51,6 +51,14 @@ class StoreSettings(_Section):
     alias_cache_seconds: float = Field(
         5.0, ge=0.0, le=300.0, description="How long a resolved NAME@ALIAS is trusted before the registry is asked "
                                           "again (a move made through tuneloop in this process is seen at once)"
+    )
+
+
+class MonitorSettings(_Section):
+    evidently_reports: Literal["drift", "off"] = Field(
+        "drift", description="`drift`: log an Evidently report (column summaries, text descriptors) of every drifted "
+                             "window in the monitor's run (about 4 MB each; the first one in a process imports Evidently, "
+                             "about 5 s); `off`: only on `tuneloop monitor report`"
     )
 
 
@@ -114,6 +122,7 @@ class Settings(BaseSettings):
     hf_token: SecretStr | None = Field(None, description="Hugging Face token (never logged)")
     stores: StoreSettings = Field(default_factory=StoreSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
+    monitors: MonitorSettings = Field(default_factory=MonitorSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     notify: NotifySettings = Field(default_factory=NotifySettings)

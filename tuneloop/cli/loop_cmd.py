@@ -43,7 +43,7 @@ def alerts_add(app: AppContext, path: str, replace: bool, as_json: bool) -> None
 
 
 @alerts_group.command("list")
-@click.option("--status", type=click.Choice(["open", "resolved"]), default=None, help="Only alerts in this state.")
+@click.option("--status", type=click.Choice(["open", "resolved", "superseded"]), default=None, help="Only alerts in this state.")
 @click.option("--monitor", default=None, help="Only alerts of this monitor.")
 @JSON
 @pass_app

@@ -211,6 +211,26 @@ def _where(window: dict[str, Any]) -> str:
     return f"up to record {window.get('last_seq')}"
 
 
+@monitor.command("report")
+@click.argument("name")
+@click.option("--window", "step", type=int, default=None, help="The window's number (its step in the monitor's "
+              "MLflow run, as `monitor check` prints it); default: the newest.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@pass_app
+def report_cmd(app: AppContext, name: str, step: int | None, as_json: bool) -> None:
+    """Log an Evidently report of one window against the monitor's reference (column summaries, text
+    descriptors, under tuneloop's verdict) as an artifact of the monitor's MLflow run."""
+    from tuneloop.monitors.service import report
+
+    output.stage(f"building the Evidently report of a window of `{name}` (Evidently loads in a few seconds)")
+    result = report(app.registry, name, step=step)
+    if as_json:
+        output.emit_json(result)
+        return
+    click.echo(f"{name} window {result['window']} ({result['status']}, {result['size']} records): Evidently report "
+               f"`{result['artifact']}` in MLflow run {result['run_id']}")
+
+
 @monitor.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @pass_app

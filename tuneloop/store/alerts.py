@@ -21,6 +21,14 @@ from tuneloop.store.tables import alert_rule_states, alert_rules, alerts
 class AlertStatus(StrEnum):
     OPEN = "open"
     RESOLVED = "resolved"
+    SUPERSEDED = "superseded"  # the monitored alias moved to another version while the incident was open
+
+
+@dataclass(frozen=True)
+class RuleStateRow:
+    last_window_id: int  # the last window the rule read
+    state: dict[str, Any]  # its replay state
+    version: int | None  # the model version whose windows its streak counts (None: saved before 0007)
 
 
 @dataclass(frozen=True)
@@ -70,18 +78,20 @@ class AlertStore(Store):
                 conn.execute(alert_rule_states.delete().where(alert_rule_states.c.rule == name))
         return saved
 
-    def rule_state(self, tx: Transaction | None, rule: str) -> tuple[int, dict[str, Any]] | None:
-        """(the last window id the rule read, its replay state), or None before its first evaluation."""
-        query = sa.select(alert_rule_states.c.last_window_id, alert_rule_states.c.state).where(alert_rule_states.c.rule == rule)
+    def rule_state(self, tx: Transaction | None, rule: str) -> RuleStateRow | None:
+        """Where the rule stands, or None before its first evaluation."""
+        query = (sa.select(alert_rule_states.c.last_window_id, alert_rule_states.c.state, alert_rule_states.c.version)
+                 .where(alert_rule_states.c.rule == rule))
         if tx is None:
             with self.engine.connect() as conn:
                 row = conn.execute(query).first()
         else:
             row = tx.execute(query).first()
-        return (int(row[0]), row[1]) if row else None
+        return RuleStateRow(int(row[0]), row[1], int(row[2]) if row[2] is not None else None) if row else None
 
-    def save_rule_state(self, tx: Transaction, rule: str, last_window_id: int, state: dict[str, Any]) -> None:
-        values = {"last_window_id": last_window_id, "state": state}
+    def save_rule_state(self, tx: Transaction, rule: str, last_window_id: int, state: dict[str, Any], *,
+                        version: int) -> None:
+        values = {"last_window_id": last_window_id, "state": state, "version": version}
         if tx.execute(alert_rule_states.update().where(alert_rule_states.c.rule == rule).values(**values)).rowcount == 0:
             tx.execute(alert_rule_states.insert().values(rule=rule, **values))
 
@@ -105,6 +115,10 @@ class AlertStore(Store):
     def resolve(self, tx: Transaction, alert_id: int, closed_window_id: int) -> None:
         tx.execute(alerts.update().where(alerts.c.id == alert_id).values(
             status=AlertStatus.RESOLVED, closed_window_id=closed_window_id, closed_at=datetime.now(UTC)))
+
+    def supersede(self, tx: Transaction, alert_id: int) -> None:
+        tx.execute(alerts.update().where(alerts.c.id == alert_id).values(status=AlertStatus.SUPERSEDED,
+                                                                         closed_at=datetime.now(UTC)))
 
     def set_mirror(self, alert_id: int, run_id: str) -> None:
         with self.engine.begin() as conn:

@@ -65,7 +65,8 @@ class ReviewedRecord:
 
 @dataclass(frozen=True)
 class ModelSlice:
-    """The records a monitor watches: those sent under `alias` when it names one, else those of `version`."""
+    """The records a monitor watches: those of `version` — sent under `alias`, when it names one (the
+    version holding the alias now: records are attributed to the holder when they arrive)."""
 
     name: str
     version: int
@@ -133,9 +134,12 @@ class RecordStore(Store):
             return int(conn.execute(query).scalar() or 0)
 
     def of(self, watched: ModelSlice, *, start: datetime | None = None, end: datetime | None = None,
-           upto_seq: int | None = None, newest: int | None = None) -> list[StoredRecord]:
-        """Records of `watched`, oldest first: within [start, end), up to `upto_seq`, the `newest` N of those."""
+           upto_seq: int | None = None, after_seq: int | None = None, newest: int | None = None) -> list[StoredRecord]:
+        """Records of `watched`, oldest first: within [start, end), past `after_seq` up to `upto_seq`, the
+        `newest` N of those."""
         query = _of(watched)
+        if after_seq is not None:
+            query = query.where(records.c.seq > after_seq)
         if start is not None:
             query = query.where(records.c.ts >= start)
         if end is not None:
@@ -197,7 +201,10 @@ class RecordStore(Store):
 
 
 def in_slice(watched: ModelSlice) -> sa.ColumnElement[bool]:
-    by = (records.c.alias == watched.alias) if watched.alias else (records.c.version == watched.version)
+    """Records of `watched`: its version's, and of those only the ones sent under its alias when it names one."""
+    by = records.c.version == watched.version
+    if watched.alias:
+        by = sa.and_(records.c.alias == watched.alias, by)
     return sa.and_(records.c.model == watched.name, by)
 
 

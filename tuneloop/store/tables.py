@@ -122,6 +122,28 @@ monitor_windows.append_column(sa.Column("window_start", UTCDateTime(), nullable=
 monitor_windows.append_column(sa.Column("window_end", UTCDateTime(), nullable=True))
 monitor_windows.append_column(sa.Column("late", sa.Integer, nullable=False, server_default="0"))
 monitor_windows.append_column(sa.Column("rejudged", sa.Boolean, nullable=False, server_default=sa.false()))
+# The smallest p-value of the window's checks (migration 0007): what scores.png draws, read without
+# decoding every window's statistics.
+monitor_windows.append_column(sa.Column("lowest_p", sa.Float, nullable=True))
+# The model version whose records the window held (migration 0007): a monitor on NAME@ALIAS keeps its
+# cursor, windows and streaks per version, and starts afresh when the alias moves.
+monitor_windows.append_column(sa.Column("version", sa.Integer, nullable=True))
+sa.Index("ix_monitor_windows_version", monitor_windows.c.monitor, monitor_windows.c.version, monitor_windows.c.id)
+
+# Each model version a monitor watched (migration 0007), with the reference it is judged against:
+# the monitor's own for its first version and for a file; the version's eval data; or, for a pinned
+# production window, the version's first `window.size` records (up to `reference_last_seq`, never
+# judged against themselves). `reference_sha256` is null while those records are still arriving.
+monitor_versions = sa.Table(
+    "monitor_versions",
+    metadata,
+    sa.Column("monitor", sa.String(200), sa.ForeignKey("monitors.name", ondelete="CASCADE"), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("reference_sha256", sa.String(80), nullable=True),
+    sa.Column("reference_last_seq", sa.BigInteger, nullable=True),
+    sa.Column("reference_source", sa.Text, nullable=True),
+    sa.Column("started_at", UTCDateTime(), nullable=False),
+)
 
 # How far each monitor has looked at its records: late records are those past `seen_seq` that fall in
 # a window already judged.
@@ -151,6 +173,8 @@ alert_rule_states = sa.Table(
     sa.Column("last_window_id", sa.BigInteger, nullable=False),
     sa.Column("state", JSONDocument(), nullable=False),
 )
+# The model version whose windows the rule's streak counts (migration 0007)
+alert_rule_states.append_column(sa.Column("version", sa.Integer, nullable=True))
 
 # One row per incident, never one per window: (rule, opened_window) is unique, so two evaluators
 # replaying the same windows cannot open the same incident twice.

@@ -17,10 +17,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tuneloop.monitors.alert_rules import AlertRule, incidents  # noqa: E402
-from tuneloop.monitors.checks import Record  # noqa: E402
-from tuneloop.monitors.drift import build_reference, check_window  # noqa: E402
-from tuneloop.pipelines import traffic  # noqa: E402
+from tuneloop.monitors.alerting.rules import AlertRule, incidents  # noqa: E402
+from tuneloop.monitors.drift.checks import Record  # noqa: E402
+from tuneloop.monitors.drift.judge import build_reference, check_window  # noqa: E402
+
+from tuneloop.demo import traffic  # noqa: E402
 
 
 def main() -> None:

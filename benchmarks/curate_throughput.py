@@ -19,8 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tuneloop.pipelines import traffic  # noqa: E402
-from tuneloop.pipelines.cleaning import dedup  # noqa: E402
+from tuneloop.pipelines.data.cleaning import dedup  # noqa: E402
+
+from tuneloop.demo import traffic  # noqa: E402
 
 THRESHOLD = 0.8
 

@@ -1,5 +1,5 @@
 """False alarms and power of tuneloop's drift checks beside Evidently's default `DataDriftPreset`, on the
-same windows of synthetic support traffic (`pipelines/traffic.py`).
+same windows of synthetic support traffic (`tuneloop/demo/traffic.py`).
 
 Evidently gets the same raw columns (prompt and output as text, prediction and label as categories)
 plus its own descriptors of both texts (TextLength, WordCount, NonLetterCharacterPercentage;
@@ -20,7 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tuneloop.pipelines import traffic as drift_data  # noqa: E402
+from tuneloop.demo import traffic as drift_data  # noqa: E402
 
 
 def _evidently_dataset(frame):  # type: ignore[no-untyped-def]
@@ -47,7 +47,7 @@ def _evidently_verdict(current, reference) -> tuple[bool, bool]:  # type: ignore
 
 def main() -> None:
     import pandas as pd
-    from tuneloop.monitors.drift import Record, build_reference, check_window
+    from tuneloop.monitors.drift.judge import Record, build_reference, check_window
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--windows", type=int, default=20)

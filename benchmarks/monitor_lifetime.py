@@ -34,13 +34,20 @@ EARLY, REPEATS = 10, 5
 
 def _inner(windows: int, home: Path) -> dict[str, float]:
     """Build the monitor to `windows` windows in this process (whichever tuneloop is importable); the timings."""
-    from tuneloop.monitors import alerts, service
-    from tuneloop.monitors.records import parse_records, store
-    from tuneloop.pipelines import traffic
+    from tuneloop.monitors import service
     from tuneloop.registry.client import RegistryClient
     from tuneloop.settings import Settings
 
     from tests.registry_helpers import make_versions
+
+    try:  # this tree's layout
+        from tuneloop.demo import traffic
+        from tuneloop.monitors.alerting import alerts
+        from tuneloop.monitors.ingestion.records import parse_records, store
+    except ImportError:  # the baseline's: flat monitors/ and pipelines/
+        from tuneloop.monitors import alerts  # type: ignore[no-redef]
+        from tuneloop.monitors.records import parse_records, store  # type: ignore[no-redef]
+        from tuneloop.pipelines import traffic  # type: ignore[no-redef]
 
     print(f"  code from {Path(service.__file__).parents[1]}", file=sys.stderr)
     rc = RegistryClient(Settings(home=home / "home", cache_dir=home / "cache"))

@@ -118,10 +118,10 @@ def drift_section(n: int) -> None:
     import pandas as pd
 
     sys.path.insert(0, str(REPO))
-    from tuneloop.monitors.drift import Record, build_reference, check_window
-    from tuneloop.pipelines import traffic as drift_data
+    from tuneloop.monitors.drift.judge import Record, build_reference, check_window
 
     from benchmarks.drift_quality import _evidently_dataset, _evidently_verdict
+    from tuneloop.demo import traffic as drift_data
 
     rng = random.Random(1)
     reference_rows = [drift_data.record(rng) for _ in range(n)]

@@ -75,7 +75,7 @@ def _data_file(tmp: Path) -> Path:
 
 
 def _rows(tmp: Path) -> list[dict]:
-    from tuneloop.pipelines import data as data_io
+    from tuneloop.pipelines.data import formats as data_io
 
     return data_io.load(_data_file(tmp)).rows
 
@@ -112,7 +112,7 @@ def run_stock(steps: int) -> float:
 def run_tuneloop(steps: int) -> float:
     """tuneloop's qlora recipe end to end (registry, MLflow run, precision policy, registration)."""
     import yaml
-    from tuneloop.pipelines.recipes import load_recipe
+    from tuneloop.pipelines.training.recipes import load_recipe
     from tuneloop.pipelines.training.run import train
     from tuneloop.registry.base_models import import_base
     from tuneloop.registry.client import RegistryClient

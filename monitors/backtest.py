@@ -1,6 +1,6 @@
 """`tuneloop monitor backtest`: run a monitor's checks over every window of a recorded file.
 
-Files are JSONL or CSV rows of the ingest API's one record schema (`monitors.records`: `prompt`,
+Files are JSONL or CSV rows of the ingest API's one record schema (`monitors.ingestion.records`: `prompt`,
 `output`, and optionally `prediction`, `timestamp` — needed by time windows — and feedback, flat or
 nested; `model` is optional here), or training rows (chat, instruction). Users tune thresholds on
 history with it.
@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tuneloop.monitors.checks import Record, WindowResult
-from tuneloop.monitors.drift import build_reference, check_window
+from tuneloop.monitors.drift.checks import Record, WindowResult
+from tuneloop.monitors.drift.judge import build_reference, check_window
 from tuneloop.monitors.monitor_spec import MonitorSpec
 from tuneloop.monitors.windowing import split
 
@@ -24,7 +24,7 @@ from tuneloop.errors import InvalidInput
 def read_records(path: Path, *, need_time: bool = False) -> list[Record]:
     """A file's rows as records: production records in the ingest API's one schema (`model` optional here),
     or training rows (chat, instruction, completion: prompt = the user turns, output = the answer)."""
-    from tuneloop.monitors.records import (
+    from tuneloop.monitors.ingestion.records import (
         HistoryRecord,
         from_csv_row,
         is_training_row,

@@ -13,8 +13,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from tuneloop.monitors import alerts, service
-from tuneloop.monitors.alerts import AlertChange
+from tuneloop.monitors import service
+from tuneloop.monitors.alerting import alerts
+from tuneloop.monitors.alerting.alerts import AlertChange
 from tuneloop.registry.client import RegistryClient
 
 

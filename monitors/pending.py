@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from tuneloop.monitors.checks import Record
+from tuneloop.monitors.drift.checks import Record
 from tuneloop.monitors.monitor_spec import MonitorSpec
 from tuneloop.monitors.references import as_record
 from tuneloop.monitors.windowing import bounds, closes_at, count_spans, first_index, index_of

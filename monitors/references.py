@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop.monitors.backtest import read_records
-from tuneloop.monitors.checks import Record
-from tuneloop.monitors.drift import Reference, build_reference
-from tuneloop.monitors.embedding import Embedder
+from tuneloop.monitors.drift.checks import Record
+from tuneloop.monitors.drift.embedding import Embedder
+from tuneloop.monitors.drift.judge import Reference, build_reference
+from tuneloop.monitors.ingestion.records import record_from_training_row
 from tuneloop.monitors.monitor_spec import MonitorSpec
-from tuneloop.monitors.records import record_from_training_row
 
 from tuneloop.digest import file_sha256
 from tuneloop.errors import InvalidInput
@@ -121,7 +121,7 @@ def pinned_records(rc: Any, spec: MonitorSpec, digest: str, run_id: str | None) 
 
 # Part of the statistics cache's key: raise it whenever what `build_reference` returns, or where its
 # classes live, changes (2: the classes moved from `monitors.*` to `tuneloop.monitors.*`; 3: to
-# `tuneloop.monitors.drift.*`). A cache written by other code is then never unpickled; it is rebuilt
+# `tuneloop.monitors.drift.judge.*`). A cache written by other code is then never unpickled; it is rebuilt
 # from the pinned records.
 REFERENCE_CACHE_VERSION = 3
 

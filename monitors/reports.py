@@ -16,7 +16,7 @@ import html
 import math
 from typing import Any
 
-from tuneloop.monitors.checks import Record, WindowResult
+from tuneloop.monitors.drift.checks import Record, WindowResult
 
 P_FLOOR = 1e-12  # smaller p-values are drawn at the floor: a fixed axis
 PLOTTED_WINDOWS = 1000  # scores.png shows the newest windows: its cost stays flat over a monitor's life

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop.monitors import reports, tenures
-from tuneloop.monitors.checks import Record, WindowResult
-from tuneloop.monitors.drift import check_window
+from tuneloop.monitors.drift.checks import Record, WindowResult
+from tuneloop.monitors.drift.judge import check_window
 from tuneloop.monitors.monitor_spec import MonitorSpec, load_monitor
 from tuneloop.monitors.pending import Floor, next_time_index, pending_windows
 from tuneloop.monitors.references import (
@@ -266,7 +266,7 @@ def judged_windows(rc: RegistryClient, name: str, *, after_id: int = 0, previous
 
 def _result_of(window: JudgedWindow, threshold: float = float("nan")) -> WindowResult:
     """A stored window's verdict as the checks gave it."""
-    from tuneloop.monitors.checks import CheckResult
+    from tuneloop.monitors.drift.checks import CheckResult
 
     if window.checks is not None:
         checks = [CheckResult(**_nan_for_none(c)) for c in window.checks]

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from tuneloop.monitors.checks import Record
+from tuneloop.monitors.drift.checks import Record
 from tuneloop.monitors.monitor_spec import WindowSpec
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 
 def tiny_config(tiny_model: Path):  # type: ignore[no-untyped-def]
-    from tuneloop.demo import DemoConfig
+    from tuneloop.demo.run import DemoConfig
 
     return DemoConfig(base_name="tiny", base_source=str(tiny_model), adapter="tiny-support", method="lora",
                       train_rows=24, eval_rows=6, train_steps=6, retrain_steps=6, max_new_tokens=6, window=100,
@@ -16,7 +16,7 @@ def tiny_config(tiny_model: Path):  # type: ignore[no-untyped-def]
 
 
 def ingest_directly(rc):  # type: ignore[no-untyped-def]
-    from tuneloop.monitors.records import parse_records, store
+    from tuneloop.monitors.ingestion.records import parse_records, store
 
     def send(records: list[dict]) -> None:
         store(rc.stores, parse_records(records, 100_000), rc.models)

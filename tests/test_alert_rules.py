@@ -8,11 +8,11 @@ import random
 from pathlib import Path
 
 import pytest
-from tuneloop.monitors.alert_rules import AlertRule, incidents, load_rule
-from tuneloop.monitors.checks import CheckResult, WindowResult
-from tuneloop.pipelines import traffic as drift_data
+from tuneloop.monitors.alerting.rules import AlertRule, incidents, load_rule
+from tuneloop.monitors.drift.checks import CheckResult, WindowResult
 
 from tests.conftest import run_cli
+from tuneloop.demo import traffic as drift_data
 
 
 def _windows(pattern: str) -> list[WindowResult]:
@@ -46,7 +46,7 @@ def test_small_windows_are_skipped_and_cooldown_delays_the_next_incident() -> No
 
 
 def test_the_rule_says_why_drifted_windows_did_not_alert() -> None:
-    from tuneloop.monitors.alert_rules import replay
+    from tuneloop.monitors.alerting.rules import replay
 
     rule = _rule(cooldown_windows=4, resolve_after=2)
     assert replay(rule, _windows("..DD")).explain(rule).startswith("streak 2 of 3: the condition held in 2 window(s)")
@@ -104,8 +104,8 @@ def test_backtest_replays_a_rule_over_a_planted_incident(reference: Path, tmp_pa
 @pytest.mark.acceptance
 def test_k3_rule_on_same_distribution_traffic_fires_rarely_and_once_per_planted_incident(reference: Path) -> None:
     from tuneloop.monitors.backtest import read_records
-    from tuneloop.monitors.checks import Record
-    from tuneloop.monitors.drift import build_reference, check_window
+    from tuneloop.monitors.drift.checks import Record
+    from tuneloop.monitors.drift.judge import build_reference, check_window
 
     ref = build_reference(read_records(reference))
     rule = _rule(resolve_after=3, cooldown_windows=10)

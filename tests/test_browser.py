@@ -88,7 +88,7 @@ def _wait_for_frame_text(driver, texts: list[str], timeout_s: float = 90) -> Non
 def test_mlflow_ui_shows_aliases_and_runs_after_a_tiny_loop(browser_binaries, loop_env, tiny_model: Path) -> None:
     from dataclasses import replace
 
-    from tuneloop.demo import Demo
+    from tuneloop.demo.run import Demo
 
     rc = loop_env
     demo = Demo(rc, replace(tiny_config(tiny_model)), lambda _s: None)

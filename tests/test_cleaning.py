@@ -8,7 +8,7 @@ import random
 from pathlib import Path
 
 import pytest
-from tuneloop.pipelines.cleaning import dedup, pii
+from tuneloop.pipelines.data.cleaning import dedup, pii
 
 from tests.conftest import run_cli
 
@@ -138,7 +138,7 @@ def test_curate_counts_every_planted_problem_and_changes_nothing_else(tmp_path: 
 
 def test_language_filter_drops_rows_in_other_languages_and_keeps_rows_too_short_to_tell(tmp_path: Path) -> None:
     from py3langid.langid import MODEL_FILE, LanguageIdentifier
-    from tuneloop.pipelines.cleaning.curate import CurateOptions, curate
+    from tuneloop.pipelines.data.cleaning.curate import CurateOptions, curate
 
     from tuneloop.errors import InvalidInput
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from tuneloop.pipelines import data as data_io
+from tuneloop.pipelines.data import formats as data_io
 
 from tuneloop.digest import file_sha256
 from tuneloop.errors import InvalidInput

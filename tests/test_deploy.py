@@ -120,7 +120,7 @@ def test_default_values_render_the_services_with_probes_and_a_schema_upgrade_hoo
 
 
 def test_production_values_render_a_gpu_training_job_with_torchrun(helm: str) -> None:
-    from tuneloop.pipelines.recipes import Recipe
+    from tuneloop.pipelines.training.recipes import Recipe
 
     objects = _render(helm, "-f", str(PRODUCTION))
     values = yaml.safe_load(PRODUCTION.read_text())
@@ -170,8 +170,8 @@ def _production_like_settings():  # type: ignore[no-untyped-def]
 
 
 def test_the_kubernetes_backend_renders_the_charts_training_job(helm: str, tmp_path: Path) -> None:
-    from tuneloop.pipelines.recipes import load_recipe
     from tuneloop.pipelines.training.backends import kubernetes_manifests
+    from tuneloop.pipelines.training.recipes import load_recipe
 
     values = yaml.safe_load(PRODUCTION.read_text())
     recipe_file = tmp_path / "recipe.yaml"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from tuneloop.monitors.descriptors import DESCRIPTORS, Vocabulary, describe
+from tuneloop.monitors.drift.descriptors import DESCRIPTORS, Vocabulary, describe
 
 
 def test_descriptors_measure_what_they_say() -> None:

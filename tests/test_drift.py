@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from tuneloop.pipelines import traffic as drift_data
 
 from tests.conftest import run_cli
+from tuneloop.demo import traffic as drift_data
 
 
 def _monitor(tmp_path: Path, size: int = 500) -> Path:

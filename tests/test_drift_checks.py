@@ -9,13 +9,14 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 from scipy import stats
-from tuneloop.monitors.checks import Record, permutations_for
-from tuneloop.monitors.domain import domain_check
-from tuneloop.monitors.embedding import build_embedding_reference, mmd_check
+from tuneloop.monitors.drift.checks import Record, permutations_for
+from tuneloop.monitors.drift.domain import domain_check
+from tuneloop.monitors.drift.embedding import build_embedding_reference, mmd_check
+from tuneloop.monitors.drift.quality import build_quality_reference, quality_checks
 from tuneloop.monitors.monitor_spec import MonitorSpec, WindowSpec
-from tuneloop.monitors.quality import build_quality_reference, quality_checks
 from tuneloop.monitors.windowing import split
-from tuneloop.pipelines import traffic as drift_data
+
+from tuneloop.demo import traffic as drift_data
 
 
 def _unit(rng: np.random.Generator, n: int, shift: float = 0.0) -> np.ndarray:

@@ -35,7 +35,7 @@ def _suite(tmp_path: Path, data: Path, metrics: list[str], max_new_tokens: int =
 
 
 def _train(rc, data: Path, seed: int, alias: str | None = None):  # type: ignore[no-untyped-def]
-    from tuneloop.pipelines.recipes import Recipe
+    from tuneloop.pipelines.training.recipes import Recipe
     from tuneloop.pipelines.training.run import train
 
     recipe = Recipe.model_validate({
@@ -132,8 +132,8 @@ def test_adapter_trained_on_shuffled_labels_is_refused_by_a_gate_relative_to_the
 
 def test_eval_compare_and_human_review_through_the_cli(intents_registry, tmp_path: Path) -> None:
     from scipy.stats import binomtest  # noqa: F401  (scipy ships with scikit-learn)
-    from tuneloop.pipelines import data as data_io
-    from tuneloop.pipelines.recipes import Recipe
+    from tuneloop.pipelines.data import formats as data_io
+    from tuneloop.pipelines.training.recipes import Recipe
     from tuneloop.registry.gates import metrics_of
 
     rc, data = intents_registry

@@ -235,7 +235,7 @@ def test_file_ingest_is_all_or_nothing(server: Server, tmp_path: Path) -> None:
 
 
 def test_python_client_batches_in_the_background(server: Server) -> None:
-    from tuneloop.monitors.client import IngestClient
+    from tuneloop.monitors.ingestion.client import IngestClient
 
     client = IngestClient(server.url, TOKEN, batch_size=50, flush_interval_s=0.1)
     start = time.perf_counter()

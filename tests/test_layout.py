@@ -170,7 +170,7 @@ def test_no_import_cycle_between_modules() -> None:
 
 
 def test_the_namespace_imports_from_outside_the_repository(tmp_path: Path) -> None:
-    code = ("import tuneloop.registry.adapters, tuneloop.monitors.records, tuneloop.pipelines.loop_spec, sys;"
+    code = ("import tuneloop.registry.adapters, tuneloop.monitors.ingestion.records, tuneloop.pipelines.loop.spec, sys;"
             "print(tuneloop.registry.adapters.__file__); print('registry' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from tuneloop.pipelines import traffic
+from tuneloop.demo import traffic
 
 from tests.registry_helpers import make_versions
 
@@ -26,7 +26,7 @@ def _add_monitor(rc, tmp_path: Path, window: str) -> None:  # type: ignore[no-un
 
 
 def _store(rc, rows: list[dict], stamps: list[datetime] | None = None) -> None:  # type: ignore[no-untyped-def]
-    from tuneloop.monitors.records import parse_records, store
+    from tuneloop.monitors.ingestion.records import parse_records, store
 
     items = [{"model": "support:1", "prompt": r["prompt"], "output": r["output"],
               **({"timestamp": stamps[i].isoformat()} if stamps else {})} for i, r in enumerate(rows)]

@@ -21,9 +21,9 @@ pytestmark = pytest.mark.acceptance  # trains twice and evaluates three times: ~
 
 
 def test_tiny_loop_end_to_end(loop_env, tiny_model: Path) -> None:
-    from tuneloop.monitors.tokens import create
+    from tuneloop.monitors.ingestion.tokens import create
 
-    from tuneloop.demo import Demo, ingest_over_http
+    from tuneloop.demo.run import Demo, ingest_over_http
     from tuneloop.services import start_ingest_server, stop, wait_healthy
 
     rc = loop_env
@@ -121,7 +121,7 @@ def test_tiny_loop_end_to_end(loop_env, tiny_model: Path) -> None:
 
     # When the webhook comes back, the retries deliver what waited (each attempt kept).
     received = _receive_webhooks(hook_port)
-    from tuneloop.monitors.notify import deliver_pending
+    from tuneloop.monitors.alerting.notify import deliver_pending
 
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and len(received) < 2:
@@ -161,9 +161,9 @@ def test_kill_9_of_the_active_scheduler_mid_training_hands_over_to_the_standby(l
     import subprocess
     from dataclasses import replace
 
-    from tuneloop.pipelines.scheduler import LEASE
+    from tuneloop.pipelines.loop.scheduler import LEASE
 
-    from tuneloop.demo import Demo
+    from tuneloop.demo.run import Demo
 
     rc = loop_env
     monkeypatch.setenv("TUNELOOP_SCHEDULER__LEASE_SECONDS", "3")
@@ -231,7 +231,7 @@ def _wait(probe, timeout_s: float):  # type: ignore[no-untyped-def]
 
 def test_retrain_now_from_the_cli_follows_every_stage(loop_env, tiny_model: Path) -> None:
     from tests.conftest import run_cli
-    from tuneloop.demo import Demo
+    from tuneloop.demo.run import Demo
 
     rc = loop_env
     demo = Demo(rc, tiny_config(tiny_model), lambda _s: None)

@@ -11,16 +11,16 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from tuneloop.pipelines import traffic
 
 from tests.conftest import REPO, free_port, run_cli
 from tests.registry_helpers import make_versions
+from tuneloop.demo import traffic
 
 REPO_EXAMPLES = REPO / "examples"
 
 
 def _store(rc, rows: list[dict], model: str = "support:1", feedback: list[dict | None] | None = None) -> None:  # type: ignore[no-untyped-def]
-    from tuneloop.monitors.records import parse_records, store
+    from tuneloop.monitors.ingestion.records import parse_records, store
 
     items = []
     for i, r in enumerate(rows):
@@ -58,7 +58,7 @@ def test_a_lease_has_one_holder_until_it_lapses(rc) -> None:  # type: ignore[no-
 
 
 def test_webhook_retries_back_off_record_every_attempt_and_give_up(sqlite_rc) -> None:  # type: ignore[no-untyped-def]
-    from tuneloop.monitors import notify
+    from tuneloop.monitors.alerting import notify
 
     url = f"http://127.0.0.1:{free_port()}/hook?token=t0ps3cret"  # nothing listens
     with sqlite_rc.stores.transaction() as tx:
@@ -90,7 +90,7 @@ def test_webhook_retries_back_off_record_every_attempt_and_give_up(sqlite_rc) ->
 
 @pytest.mark.acceptance  # judges 7 windows and replays two rules on both stores: ~15 s
 def test_each_window_is_judged_once_and_alerts_reconcile_idempotently(rc, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from tuneloop.monitors import alerts
+    from tuneloop.monitors.alerting import alerts
     from tuneloop.monitors.service import judge_pending
 
     def check_pending(rc, name):  # type: ignore[no-untyped-def]
@@ -133,7 +133,7 @@ def test_each_window_is_judged_once_and_alerts_reconcile_idempotently(rc, tmp_pa
 
 
 def _loop(rc, tmp_path: Path, cron: str | None = None) -> str:  # type: ignore[no-untyped-def]
-    from tuneloop.pipelines.retrain import add_loop
+    from tuneloop.pipelines.loop.retrain import add_loop
 
     make_versions(rc, "adapter", [{}])
     traffic.write(tmp_path / "eval.jsonl", [{"prompt": "a", "completion": "b"}])
@@ -144,8 +144,8 @@ def _loop(rc, tmp_path: Path, cron: str | None = None) -> str:  # type: ignore[n
 
 
 def test_missed_cron_fires_coalesce_into_one_run_and_triggers_are_idempotent(sqlite_rc, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from tuneloop.pipelines.retrain import enqueue, list_runs
-    from tuneloop.pipelines.scheduler import LoopScheduler
+    from tuneloop.pipelines.loop.retrain import enqueue, list_runs
+    from tuneloop.pipelines.loop.scheduler import LoopScheduler
 
     _loop(sqlite_rc, tmp_path, cron="* * * * *")
     with sqlite_rc.stores.engine.begin() as conn:  # the scheduler was down for ten minutes
@@ -164,8 +164,8 @@ def test_missed_cron_fires_coalesce_into_one_run_and_triggers_are_idempotent(sql
 
 
 def test_a_run_whose_workers_died_twice_is_failed_not_retried(sqlite_rc, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from tuneloop.pipelines.retrain import enqueue
-    from tuneloop.pipelines.worker import run_worker
+    from tuneloop.pipelines.loop.retrain import enqueue
+    from tuneloop.pipelines.loop.worker import run_worker
 
     _loop(sqlite_rc, tmp_path)
     run_id, _ = enqueue(sqlite_rc, "l", "manual")
@@ -176,7 +176,7 @@ def test_a_run_whose_workers_died_twice_is_failed_not_retried(sqlite_rc, tmp_pat
 
 
 def test_only_reviewed_records_become_training_examples(sqlite_rc) -> None:  # type: ignore[no-untyped-def]
-    from tuneloop.pipelines.curation import _share, reviewed_examples
+    from tuneloop.pipelines.loop.challenger_data import _share, reviewed_examples
 
     make_versions(sqlite_rc, "support", [{}])
     rows = [{"prompt": f"p{i}", "output": f"o{i}"} for i in range(6)]
@@ -188,7 +188,7 @@ def test_only_reviewed_records_become_training_examples(sqlite_rc) -> None:  # t
 
 
 def test_loop_and_rule_files_are_validated_with_every_problem_named(tmp_path: Path) -> None:
-    from tuneloop.pipelines.loop_spec import load_loop
+    from tuneloop.pipelines.loop.spec import load_loop
 
     from tuneloop.errors import ConfigError
 
@@ -209,7 +209,7 @@ def test_loop_and_rule_files_are_validated_with_every_problem_named(tmp_path: Pa
 
 @pytest.mark.acceptance
 def test_checking_the_same_records_again_adds_no_evidence_to_a_streak(sqlite_rc, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from tuneloop.monitors import alerts
+    from tuneloop.monitors.alerting import alerts
     from tuneloop.monitors.service import judge_pending, rejudge_latest
 
     _monitor(sqlite_rc, tmp_path)
@@ -230,8 +230,8 @@ def test_checking_the_same_records_again_adds_no_evidence_to_a_streak(sqlite_rc,
 
 
 def test_shipped_alert_rules_and_loops_are_valid() -> None:
-    from tuneloop.monitors.alert_rules import load_rule
-    from tuneloop.pipelines.loop_spec import load_loop
+    from tuneloop.monitors.alerting.rules import load_rule
+    from tuneloop.pipelines.loop.spec import load_loop
 
     from tests.conftest import REPO
 
@@ -242,7 +242,7 @@ def test_shipped_alert_rules_and_loops_are_valid() -> None:
 
 
 def test_production_examples_are_scrubbed_of_pii_before_they_train() -> None:
-    from tuneloop.pipelines.curation import _scrubbed
+    from tuneloop.pipelines.loop.challenger_data import _scrubbed
 
     examples = [{"id": "1", "prompt": "I am jane@example.com,  card 4111 1111 1111 1111", "answer": "Refunded  to DE89 3704 0044 0532 0130 00",
                  "why": "reference"}]
@@ -252,8 +252,8 @@ def test_production_examples_are_scrubbed_of_pii_before_they_train() -> None:
 
 
 def test_new_rows_that_near_copy_held_out_or_kept_rows_are_dropped() -> None:
-    from tuneloop.pipelines.cleaning.dedup import jaccard, shingles
-    from tuneloop.pipelines.curation import _drop_near_copies
+    from tuneloop.pipelines.data.cleaning.dedup import jaccard, shingles
+    from tuneloop.pipelines.loop.challenger_data import _drop_near_copies
 
     def row(prompt: str, answer: str) -> dict:
         return {"prompt": prompt, "completion": answer}
@@ -292,7 +292,7 @@ def _champion_with_training_file(rc, name: str, source: Path) -> int:  # type: i
 def test_feedback_trains_only_in_the_champions_own_format(kind: str, sqlite_rc, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """A label trains a model whose answers are labels; for an answer model it stays quality evidence and never
     becomes an assistant turn (the support answer model once learned to answer "shipping")."""
-    from tuneloop.pipelines.curation import answers_are_labels, build
+    from tuneloop.pipelines.loop.challenger_data import answers_are_labels, build
 
     from tuneloop.rowfiles import read_rows
 
@@ -302,7 +302,7 @@ def test_feedback_trains_only_in_the_champions_own_format(kind: str, sqlite_rc, 
     rows = [{"prompt": f"Where is my parcel number {i} of the week {i % 7}?", "output": f"It ships on day {i}."} for i in range(30)]
     feedback: list[dict | None] = [{"label": "shipping"} if i % 3 else {"reference": f"Your parcel {i} ships today."}
                                    for i in range(30)]
-    from tuneloop.monitors.records import parse_records, store
+    from tuneloop.monitors.ingestion.records import parse_records, store
 
     items = [{"id": f"r{i}", "model": f"m:{version}", **row, "feedback": fb} for i, (row, fb) in enumerate(zip(rows, feedback))]
     store(sqlite_rc.stores, parse_records(items, 100_000), sqlite_rc.models)
@@ -316,7 +316,7 @@ def test_feedback_trains_only_in_the_champions_own_format(kind: str, sqlite_rc, 
     else:
         assert "shipping" in answers and counts["labels_kept_for_quality"] == 0 and counts["from_label"] > 0
         assert counts["reviewed_records"] == 30
-    from tuneloop.pipelines.curation import _share
+    from tuneloop.pipelines.loop.challenger_data import _share
 
     eligible = [i for i, fb in enumerate(feedback) if kind == "labels" or "reference" in fb]  # type: ignore[operator]
     below = sum(_share(f"r{i}") < 0.5 for i in eligible)
@@ -328,7 +328,7 @@ _HOLD_LEASE = """
 import sys, time
 from tuneloop.registry.client import RegistryClient
 from tuneloop.store import leases
-from tuneloop.pipelines import retrain, worker
+from tuneloop.pipelines.loop import retrain, worker
 from tuneloop.settings import Settings
 rc = RegistryClient(Settings.model_validate_json(sys.argv[1]))
 run_id = int(sys.argv[2])
@@ -345,8 +345,8 @@ def test_a_cancelled_retrain_ends_for_good(sqlite_rc, tmp_path: Path) -> None:  
     import subprocess
     import sys
 
-    from tuneloop.pipelines.retrain import cancel, enqueue, get, lease_name, runnable, update
-    from tuneloop.pipelines.worker import run_worker
+    from tuneloop.pipelines.loop.retrain import cancel, enqueue, get, lease_name, runnable, update
+    from tuneloop.pipelines.loop.worker import run_worker
 
     from tuneloop.errors import Conflict
 

@@ -22,7 +22,7 @@ def test_merged_logits_equal_base_plus_adapter(tiny_model: Path, tmp_path: Path)
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from tuneloop.pipelines.merge import merge_folder
+    from tuneloop.pipelines.training.merge import merge_folder
 
     adapter = build_tiny_adapter(tiny_model, tmp_path / "adapter")
     merge_folder(tiny_model, adapter, tmp_path / "merged")
@@ -55,7 +55,7 @@ def test_merge_command_registers_with_lineage(sqlite_rc, tiny_model: Path, tiny_
 def test_prompt_tuning_cannot_be_merged(tiny_model: Path, tmp_path: Path) -> None:
     from peft import PromptTuningConfig, get_peft_model
     from transformers import AutoModelForCausalLM
-    from tuneloop.pipelines.merge import merge_folder
+    from tuneloop.pipelines.training.merge import merge_folder
 
     from tuneloop.errors import Conflict
 

@@ -8,14 +8,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from tuneloop.pipelines import traffic as drift_data
 
 from tests.conftest import run_cli
 from tests.registry_helpers import make_versions
+from tuneloop.demo import traffic as drift_data
 
 
 def _store(rc, rows: list[dict]) -> None:  # type: ignore[no-untyped-def]
-    from tuneloop.monitors.records import parse_records, store
+    from tuneloop.monitors.ingestion.records import parse_records, store
 
     items = [{"model": "support:1", "prompt": r["prompt"], "output": r["output"], "prediction": r["prediction"],
               "feedback": {"label": r["label"]}} for r in rows]
@@ -98,7 +98,7 @@ def test_add_check_status_and_mlflow_report(sqlite_rc, tmp_path: Path) -> None:
 
 def _version_with_eval_data(rc, tiny_model: Path, tmp_path: Path, rows: list[dict]) -> int:  # type: ignore[no-untyped-def]
     """A version trained by `tuneloop train` (2 steps on the tiny model), which stores its eval data."""
-    from tuneloop.pipelines.recipes import Recipe
+    from tuneloop.pipelines.training.recipes import Recipe
     from tuneloop.pipelines.training.run import train
     from tuneloop.registry.base_models import import_base
 
@@ -127,7 +127,7 @@ def _env(rc, tmp_path: Path) -> dict[str, str]:  # type: ignore[no-untyped-def]
 @pytest.mark.acceptance  # trains a tiny model and runs five CLI processes, on both stores: ~75 s
 def test_reference_from_the_versions_eval_data_and_from_a_pinned_production_window(rc, tiny_model: Path, tmp_path: Path) -> None:
     """On SQLite and PostgreSQL: time windows and pinned windows compare real timestamps."""
-    from tuneloop.monitors.records import parse_records, store
+    from tuneloop.monitors.ingestion.records import parse_records, store
 
     rng = random.Random(5)
     version = _version_with_eval_data(rc, tiny_model, tmp_path, [drift_data.record(rng) for _ in range(400)])

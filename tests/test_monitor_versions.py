@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from tuneloop.pipelines import traffic
+from tuneloop.demo import traffic
 
 from tests.registry_helpers import make_versions
 
@@ -18,7 +18,7 @@ SIZE = 100
 
 def _send(rc, rows: list[dict], start: datetime) -> None:  # type: ignore[no-untyped-def]
     """Records sent under support@champion, one a second from `start`: attributed to the holder on arrival."""
-    from tuneloop.monitors.records import parse_records, store
+    from tuneloop.monitors.ingestion.records import parse_records, store
 
     items = [{"model": "support@champion", "prompt": r["prompt"], "output": r["output"],
               "timestamp": (start + timedelta(seconds=i)).isoformat()} for i, r in enumerate(rows)]
@@ -27,7 +27,7 @@ def _send(rc, rows: list[dict], start: datetime) -> None:  # type: ignore[no-unt
 
 @pytest.mark.acceptance  # judges 3 windows, pins 2 references: ~20 s
 def test_an_alias_move_starts_the_new_holder_afresh_against_its_own_reference(sqlite_rc, tmp_path: Path) -> None:
-    from tuneloop.monitors import alerts
+    from tuneloop.monitors.alerting import alerts
     from tuneloop.monitors.judging import check
     from tuneloop.registry.promotion import promote
     from tuneloop.store.alerts import AlertStatus

@@ -89,7 +89,7 @@ def test_the_readme_monitoring_section_runs_on_the_shipped_files(tmp_path: Path,
 
 def test_chat_and_instruction_rows_are_reference_records(tmp_path: Path) -> None:
     from tuneloop.monitors.backtest import read_records
-    from tuneloop.monitors.records import record_from_training_row
+    from tuneloop.monitors.ingestion.records import record_from_training_row
 
     from tuneloop.rowfiles import chat_prompt
 
@@ -161,7 +161,7 @@ def test_one_record_schema_for_ingest_and_backtest(tmp_path: Path, tiny_model: P
 
 def test_set_addresses_list_items_by_name_and_index_and_limit_caps_every_task(tmp_path: Path) -> None:
     from tuneloop.pipelines.evaluation.suites import cap_tasks, load_suite
-    from tuneloop.pipelines.recipes import load_recipe
+    from tuneloop.pipelines.training.recipes import load_recipe
 
     from tuneloop.errors import ConfigError
 

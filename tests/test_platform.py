@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tuneloop.pipelines import traffic
 
 from tests.conftest import REPO, free_port, run_cli
+from tuneloop.demo import traffic
 
 PLATFORM = REPO / "platform"
 TUNELOOP_SERVICES = ("migrate", "mlflow", "api", "scheduler", "cli")

@@ -24,7 +24,7 @@ def _seeds(path: Path) -> Path:
 
 
 def test_each_planted_failure_is_dropped_for_its_reason_and_good_rows_pass() -> None:
-    from tuneloop.pipelines.synthetic import Candidate, Screen, SynthOptions
+    from tuneloop.pipelines.data.synthetic import Candidate, Screen, SynthOptions
 
     def c(question: str, answer: str = "Your parcel left the warehouse and will arrive on Tuesday.", **kw) -> Candidate:  # type: ignore[no-untyped-def]
         return Candidate(question=question, answer=answer, question_prompt="p", answer_prompt=question, seed_lines=[1], **kw)
@@ -59,7 +59,7 @@ def test_each_planted_failure_is_dropped_for_its_reason_and_good_rows_pass() -> 
 
 
 def test_a_generated_question_is_the_first_item_the_model_writes() -> None:
-    from tuneloop.pipelines.synthetic import first_item
+    from tuneloop.pipelines.data.synthetic import first_item
 
     assert first_item(" Where is my parcel?\n- Another one\n- ") == ("Where is my parcel?", True)
     assert first_item("- Message: \"Can I pay later?\"\n") == ("Can I pay later?", True)
@@ -67,7 +67,7 @@ def test_a_generated_question_is_the_first_item_the_model_writes() -> None:
 
 
 def test_templates_are_checked_for_their_placeholders(tmp_path: Path) -> None:
-    from tuneloop.pipelines.synthetic import load_template
+    from tuneloop.pipelines.data.synthetic import load_template
 
     from tuneloop.errors import InvalidInput
 
@@ -83,9 +83,9 @@ def test_templates_are_checked_for_their_placeholders(tmp_path: Path) -> None:
 
 def test_synth_on_a_tiny_model_writes_valid_rows_with_lineage_and_an_exact_report(sqlite_rc, tiny_model: Path,
                                                                                   tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from tuneloop.pipelines.cleaning.curate import log_to_mlflow
-    from tuneloop.pipelines.data import check
-    from tuneloop.pipelines.synthetic import SynthOptions, synthesize
+    from tuneloop.pipelines.data.cleaning.curate import log_to_mlflow
+    from tuneloop.pipelines.data.formats import check
+    from tuneloop.pipelines.data.synthetic import SynthOptions, synthesize
     from tuneloop.registry.base_models import import_base
 
     from tuneloop.digest import file_sha256
@@ -169,7 +169,7 @@ def test_review_round_trip_applies_every_decision_and_holds_back_unreviewed_rows
     assert held == [rows[5], rows[6]]
 
     # Policy keep: the unreviewed rows stay, marked as unreviewed by the absence of `review`.
-    from tuneloop.pipelines.review import apply, export
+    from tuneloop.pipelines.data.review import apply, export
 
     kept_all = apply(data, sheet, tmp_path / "all.jsonl", unreviewed="keep")
     assert kept_all["rows_out"] == 6 and kept_all["unreviewed_kept"] == 2
@@ -178,7 +178,7 @@ def test_review_round_trip_applies_every_decision_and_holds_back_unreviewed_rows
 
 
 def test_a_bad_review_sheet_is_refused_with_its_lines_and_nothing_is_written(tmp_path: Path) -> None:
-    from tuneloop.pipelines.review import apply, export
+    from tuneloop.pipelines.data.review import apply, export
 
     from tuneloop.errors import InvalidInput
 
@@ -202,7 +202,7 @@ def test_a_bad_review_sheet_is_refused_with_its_lines_and_nothing_is_written(tmp
 
 
 def test_curate_holds_back_unreviewed_synthetic_rows_by_policy(tmp_path: Path) -> None:
-    from tuneloop.pipelines.cleaning.curate import CurateOptions, curate
+    from tuneloop.pipelines.data.cleaning.curate import CurateOptions, curate
 
     data, rows = _synthetic_file(tmp_path / "data.jsonl")
     rows[3]["review"] = {"decision": "accepted"}

@@ -56,7 +56,7 @@ def _history(rc, run_id: str, key: str) -> list[float]:  # type: ignore[no-untyp
 
 @pytest.mark.parametrize("method", list(SETTINGS))
 def test_method_learns_and_is_registered_with_lineage(method: str, sqlite_rc, tiny_model: Path, tmp_path: Path) -> None:
-    from tuneloop.pipelines.recipes import Recipe
+    from tuneloop.pipelines.training.recipes import Recipe
     from tuneloop.pipelines.training.run import train
     from tuneloop.registry.base_models import import_base
 
@@ -93,7 +93,7 @@ def test_method_learns_and_is_registered_with_lineage(method: str, sqlite_rc, ti
 
 _RELOAD = """
 import sys, mlflow
-from tuneloop.pipelines.recipes import Recipe
+from tuneloop.pipelines.training.recipes import Recipe
 from tuneloop.pipelines.training.run import reloaded_training_loss
 mlflow.set_tracking_uri(sys.argv[1]); mlflow.set_registry_uri(sys.argv[1])
 recipe = Recipe.model_validate_json(sys.argv[3])
@@ -111,7 +111,7 @@ def _reloaded_loss(rc, model_uri: str, recipe) -> float:  # type: ignore[no-unty
 @pytest.mark.acceptance
 @pytest.mark.parametrize("method", list(SETTINGS))
 def test_registered_version_reproduces_the_final_loss_in_a_fresh_process(method: str, sqlite_rc, tiny_model: Path, tmp_path: Path) -> None:
-    from tuneloop.pipelines.recipes import Recipe
+    from tuneloop.pipelines.training.recipes import Recipe
     from tuneloop.pipelines.training.run import train
     from tuneloop.registry.base_models import import_base
 
@@ -130,7 +130,7 @@ def test_registered_version_reproduces_the_final_loss_in_a_fresh_process(method:
 
 @pytest.mark.acceptance
 def test_dpo_on_top_of_an_sft_adapter_keeps_it_as_reference_and_lineage(sqlite_rc, tiny_model: Path, tmp_path: Path) -> None:
-    from tuneloop.pipelines.recipes import Recipe
+    from tuneloop.pipelines.training.recipes import Recipe
     from tuneloop.pipelines.training.run import train
     from tuneloop.registry.base_models import import_base
     from tuneloop.registry.catalog import lineage_chain
@@ -157,9 +157,9 @@ def test_dpo_on_top_of_an_sft_adapter_keeps_it_as_reference_and_lineage(sqlite_r
 def test_method_structure(tiny_model: Path) -> None:
     """qlora: NF4 with double quantization; hybrid: only LoRA + chosen modules train; prompt tuning: only the prompt."""
     import bitsandbytes as bnb
-    from tuneloop.pipelines.recipes import Recipe
     from tuneloop.pipelines.training.models import load_base, trainable_model
     from tuneloop.pipelines.training.precision import choose
+    from tuneloop.pipelines.training.recipes import Recipe
 
     choice = choose("fp32", "off", parameters=0, batch_tokens=0, hidden=0, layers=0)
 
@@ -188,10 +188,10 @@ def test_qlora_adapter_weights_keep_the_fp32_compute_dtype(tiny_model: Path, tmp
     (bf16 LoRA weights made a step 1.7x slower on an AVX2 CPU)."""
     import torch
     from transformers import AutoTokenizer
-    from tuneloop.pipelines import data as data_io
-    from tuneloop.pipelines.recipes import Recipe
+    from tuneloop.pipelines.data import formats as data_io
     from tuneloop.pipelines.training.models import load_base, trainable_model
     from tuneloop.pipelines.training.precision import choose
+    from tuneloop.pipelines.training.recipes import Recipe
     from tuneloop.pipelines.training.run import _build_trainer
 
     recipe = Recipe.model_validate(_recipe("qlora", _data(tmp_path, preference=False)))
@@ -206,7 +206,7 @@ def test_qlora_adapter_weights_keep_the_fp32_compute_dtype(tiny_model: Path, tmp
 
 
 def test_bad_data_fails_before_the_model_loads(sqlite_rc, tiny_model: Path, tmp_path: Path) -> None:
-    from tuneloop.pipelines.recipes import Recipe
+    from tuneloop.pipelines.training.recipes import Recipe
     from tuneloop.pipelines.training.run import train
     from tuneloop.registry.base_models import import_base
 
@@ -233,7 +233,7 @@ def _adapter_tensors(rc, name: str, version: int) -> dict:  # type: ignore[no-un
 @pytest.mark.acceptance
 def test_kill_9_then_resume_equals_an_uninterrupted_run(sqlite_rc, tiny_model: Path, tmp_path: Path) -> None:
     import torch
-    from tuneloop.pipelines.recipes import Recipe
+    from tuneloop.pipelines.training.recipes import Recipe
     from tuneloop.pipelines.training.run import recipe_of_run, train
     from tuneloop.registry.base_models import import_base
 

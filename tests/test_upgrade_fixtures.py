@@ -146,11 +146,11 @@ def test_upgrade_keeps_every_row_the_audit_guards_and_the_chain(old_home) -> Non
 
 
 def test_what_a3a2416_stored_still_loads_after_the_upgrade(old_home, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from tuneloop.monitors.drift import Reference
-    from tuneloop.monitors.records import parse_records, store
+    from tuneloop.monitors.drift.judge import Reference
+    from tuneloop.monitors.ingestion.records import parse_records, store
     from tuneloop.monitors.references import REFERENCE_CACHE_VERSION
     from tuneloop.monitors.service import judge_pending
-    from tuneloop.pipelines.recipes import Recipe
+    from tuneloop.pipelines.training.recipes import Recipe
     from tuneloop.pipelines.training.run import recipe_of_run
     from tuneloop.registry.catalog import resolve
     from tuneloop.registry.client import RegistryClient
@@ -201,7 +201,7 @@ def test_what_a3a2416_stored_still_loads_after_the_upgrade(old_home, tmp_path: P
     assert len(judged) == 1 and judged[0]["status"] in ("ok", "drift")
     with rc.stores.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM monitor_windows")).scalar() == windows_before + 1
-    assert "monitors" not in sys.modules and "monitors.drift" not in sys.modules  # the old cache was never opened
+    assert "monitors" not in sys.modules and "monitors.drift.judge" not in sys.modules  # the old cache was never opened
     assert isinstance(pickle.loads(current.read_bytes()), Reference)  # rebuilt
 
 

@@ -24,7 +24,7 @@ class KillAtStep(TrainerCallback):
 
 
 def main(settings_json: str, recipe_json: str, kill_at: int) -> None:
-    from tuneloop.pipelines.recipes import Recipe
+    from tuneloop.pipelines.training.recipes import Recipe
     from tuneloop.pipelines.training.run import train
     from tuneloop.registry.client import RegistryClient
 

@@ -1,5 +1,5 @@
 """Writes support_reference.jsonl and support_records.jsonl: production records of `support-qlora@champion`
-as the ingest API takes them (synthetic support-desk traffic from `tuneloop.pipelines.traffic`).
+as the ingest API takes them (synthetic support-desk traffic from `tuneloop.demo.traffic`).
 
     .venv/bin/python examples/data/make_support_records.py      (deterministic: the same files every time)
 
@@ -16,7 +16,7 @@ import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from tuneloop.pipelines import traffic
+from tuneloop.demo import traffic
 
 HERE = Path(__file__).resolve().parent
 MODEL = "support-qlora@champion"

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop.monitors.metrics.scoring import PAIR_METRICS, ScoreOptions, score_pairs
-from tuneloop.pipelines import data as data_io
+from tuneloop.pipelines.data import formats as data_io
 from tuneloop.pipelines.evaluation.suites import Suite, Task
 from tuneloop.registry.client import RegistryClient
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from tuneloop.pipelines.recipes import REMOTE_DATA_ROOTS, Recipe
+from tuneloop.pipelines.training.recipes import REMOTE_DATA_ROOTS, Recipe
 
 from tuneloop.errors import InvalidInput, TuneloopError, UsageError
 from tuneloop.settings import KubernetesSettings

@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tuneloop.pipelines.recipes import Recipe
 from tuneloop.pipelines.training.precision import PrecisionChoice
+from tuneloop.pipelines.training.recipes import Recipe
 
 from tuneloop.errors import ConfigError
 

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tuneloop.pipelines import data as data_io
-from tuneloop.pipelines.recipes import Recipe
+from tuneloop.pipelines.data import formats as data_io
 from tuneloop.pipelines.training import distributed
 from tuneloop.pipelines.training.precision import PrecisionChoice, choose
+from tuneloop.pipelines.training.recipes import Recipe
 from tuneloop.registry.client import RegistryClient
 
 from tuneloop.digest import folder_sha256

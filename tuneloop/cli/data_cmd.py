@@ -26,12 +26,12 @@ def validate(path: str, fmt: str, max_chars: int | None, as_json: bool) -> None:
     """Check every row of PATH (.jsonl, .csv, .parquet): bad JSON, missing fields, wrong roles, empty turns,
     rows without an assistant turn, over-long rows. Exit 1 when any row has a problem."""
     from tuneloop.errors import InvalidInput
-    from tuneloop.pipelines.data import check
+    from tuneloop.pipelines.data.formats import check
 
     file = Path(path)
     if not file.is_file():
         raise InvalidInput(f"data file `{file}` does not exist", hint="check the path")
-    from tuneloop.pipelines.review import is_unreviewed_synthetic
+    from tuneloop.pipelines.data.review import is_unreviewed_synthetic
     from tuneloop.rowfiles import read_rows
 
     scan = check(file, fmt, max_chars=max_chars)
@@ -86,7 +86,7 @@ def curate_cmd(app: AppContext, path: str, out_dir: str, fmt: str, eval_share: f
     OUT/report.json (and .html) counts every dropped or changed row by reason, with samples. The curated
     files are recorded in MLflow (experiment `<prefix>-data`) as datasets with their sha256."""
     from tuneloop.errors import InvalidInput
-    from tuneloop.pipelines.cleaning.curate import CurateOptions, curate
+    from tuneloop.pipelines.data.cleaning.curate import CurateOptions, curate
 
     file = Path(path)
     if not file.is_file():
@@ -97,7 +97,7 @@ def curate_cmd(app: AppContext, path: str, out_dir: str, fmt: str, eval_share: f
                             language_confidence=language_confidence, unreviewed_synthetic=unreviewed_synthetic)
     report = curate(file, Path(out_dir), options, fmt)
     if not no_mlflow:
-        from tuneloop.pipelines.cleaning.curate import log_to_mlflow
+        from tuneloop.pipelines.data.cleaning.curate import log_to_mlflow
 
         report["mlflow_run_id"] = log_to_mlflow(app.registry, report, [Path(out_dir) / "report.json", Path(out_dir) / "report.html"],
                                                 run_name=f"curate {file.name}")
@@ -152,7 +152,7 @@ def synth_cmd(app: AppContext, seeds: str, generator: str, out_file: str, count:
     questions, or (with --max-perplexity) implausible are dropped and counted in OUT.report.json. Each kept
     row records its generator version and prompts under `synthetic`; review them with `tuneloop data review`."""
     from tuneloop.errors import InvalidInput
-    from tuneloop.pipelines.synthetic import SynthOptions, load_template, synthesize
+    from tuneloop.pipelines.data.synthetic import SynthOptions, load_template, synthesize
 
     for name in (seeds, *real_files):
         if not Path(name).is_file():
@@ -168,7 +168,7 @@ def synth_cmd(app: AppContext, seeds: str, generator: str, out_file: str, count:
     report = synthesize(app.registry, generator, Path(seeds), out, options, template=template,
                         real=[Path(f) for f in real_files], scorer=scorer, progress=not as_json)
     if not no_mlflow:
-        from tuneloop.pipelines.cleaning.curate import log_to_mlflow
+        from tuneloop.pipelines.data.cleaning.curate import log_to_mlflow
 
         report["mlflow_run_id"] = log_to_mlflow(app.registry, report, [Path(report["report"])], run_name=f"synth {out.name}",
                                                 tags={"tuneloop.data.generator": report["generator"],
@@ -203,7 +203,7 @@ def review_export(path: str, sheet: str, sample: int | None, seed: int, everythi
     columns a reviewer fills: decision (accept, reject, edit; blank: not reviewed), edited_prompt,
     edited_answer, note."""
     from tuneloop.errors import InvalidInput
-    from tuneloop.pipelines.review import export
+    from tuneloop.pipelines.data.review import export
 
     if not Path(path).is_file():
         raise InvalidInput(f"data file `{path}` does not exist", hint="check the path")
@@ -231,7 +231,7 @@ def review_import(app: AppContext, path: str, sheet: str, out_file: str, unrevie
     """Apply the decisions of SHEET to PATH: rejected rows leave, edits replace the text (the original stays in
     the row's `review`), accepted rows are marked; every sheet problem is reported before anything is written."""
     from tuneloop.errors import InvalidInput
-    from tuneloop.pipelines.review import apply
+    from tuneloop.pipelines.data.review import apply
 
     if not Path(path).is_file():
         raise InvalidInput(f"data file `{path}` does not exist", hint="check the path")

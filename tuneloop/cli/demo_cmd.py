@@ -1,4 +1,4 @@
-"""`tuneloop demo`: the whole loop on the embedded stores, offline, on a CPU (see `tuneloop.demo`)."""
+"""`tuneloop demo`: the whole loop on the embedded stores, offline, on a CPU (see `tuneloop.demo.run`)."""
 
 from __future__ import annotations
 
@@ -29,8 +29,8 @@ def demo(app: AppContext, steps: int | None, quick: bool, webhooks: tuple[str, .
     import uuid
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from tuneloop.demo import QUICK, Demo, DemoConfig, ingest_over_http
-    from tuneloop.monitors.tokens import create
+    from tuneloop.demo.run import QUICK, Demo, DemoConfig, ingest_over_http
+    from tuneloop.monitors.ingestion.tokens import create
     from tuneloop.services import start_ingest_server, stop, wait_healthy
 
     started = time.monotonic()

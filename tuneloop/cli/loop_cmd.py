@@ -32,7 +32,7 @@ def alerts_group() -> None:
 @pass_app
 def alerts_add(app: AppContext, path: str, replace: bool, as_json: bool) -> None:
     """Store the alert rule in PATH (see examples/alerts/); it applies from the monitor's next check."""
-    from tuneloop.monitors.alerts import add_rule
+    from tuneloop.monitors.alerting.alerts import add_rule
 
     result = add_rule(app.registry, Path(path), replace=replace)
     if as_json:
@@ -49,7 +49,7 @@ def alerts_add(app: AppContext, path: str, replace: bool, as_json: bool) -> None
 @pass_app
 def alerts_list(app: AppContext, status: str | None, monitor: str | None, as_json: bool) -> None:
     """Alerts, oldest first."""
-    from tuneloop.monitors.alerts import list_alerts
+    from tuneloop.monitors.alerting.alerts import list_alerts
 
     rows = list_alerts(app.registry, status=status, monitor=monitor)
     if as_json:
@@ -60,7 +60,7 @@ def alerts_list(app: AppContext, status: str | None, monitor: str | None, as_jso
 
     shown = [{**r, "drifted": drifted(r["summary"]["drifted_checks"])} for r in rows]
     click.echo(output.table(shown, ["id", "rule", "monitor", "severity", "status", "opened_at", "drifted"]) if rows else "no alerts")
-    from tuneloop.monitors.alerts import explain_rules, rules_of
+    from tuneloop.monitors.alerting.alerts import explain_rules, rules_of
 
     for name in sorted({r.monitor for r in rules_of(app.registry)} if monitor is None else {monitor}):
         for rule in explain_rules(app.registry, name):
@@ -73,8 +73,8 @@ def alerts_list(app: AppContext, status: str | None, monitor: str | None, as_jso
 @pass_app
 def alerts_show(app: AppContext, alert_id: int, as_json: bool) -> None:
     """One alert with its windows, notifications and every delivery attempt."""
-    from tuneloop.monitors.alerts import get
-    from tuneloop.monitors.notify import for_alert
+    from tuneloop.monitors.alerting.alerts import get
+    from tuneloop.monitors.alerting.notify import for_alert
 
     alert = get(app.registry, alert_id) | {"notifications": for_alert(app.registry.stores, alert_id)}
     if as_json:
@@ -105,7 +105,7 @@ def loop_group() -> None:
 @pass_app
 def loop_add(app: AppContext, path: str, replace: bool, as_json: bool) -> None:
     """Store the loop in PATH (see examples/loops/); a running scheduler picks it up within seconds."""
-    from tuneloop.pipelines.retrain import add_loop
+    from tuneloop.pipelines.loop.retrain import add_loop
 
     result = add_loop(app.registry, Path(path), replace=replace)
     if as_json:
@@ -122,7 +122,7 @@ def loop_add(app: AppContext, path: str, replace: bool, as_json: bool) -> None:
 @pass_app
 def loop_list(app: AppContext, as_json: bool) -> None:
     """Declared loops."""
-    from tuneloop.pipelines.retrain import loops
+    from tuneloop.pipelines.loop.retrain import loops
 
     rows = [s.model_dump(mode="json") for s in loops(app.registry)]
     if as_json:
@@ -153,8 +153,8 @@ def retrain_group() -> None:
 @pass_app
 def retrain_now(app: AppContext, loop_name: str, as_json: bool) -> None:
     """Queue a retrain of LOOP and run it in a worker subprocess, showing each stage."""
-    from tuneloop.pipelines.retrain import enqueue
-    from tuneloop.pipelines.worker import follow
+    from tuneloop.pipelines.loop.retrain import enqueue
+    from tuneloop.pipelines.loop.worker import follow
 
     run_id, _ = enqueue(app.registry, loop_name, "manual")
 
@@ -186,7 +186,7 @@ def print_run(row: dict) -> None:
 @pass_app
 def retrain_list(app: AppContext, as_json: bool) -> None:
     """Every retraining run and its state."""
-    from tuneloop.pipelines.retrain import list_runs
+    from tuneloop.pipelines.loop.retrain import list_runs
 
     rows = list_runs(app.registry)
     if as_json:
@@ -203,7 +203,7 @@ def retrain_list(app: AppContext, as_json: bool) -> None:
 @pass_app
 def retrain_show(app: AppContext, run_id: int, as_json: bool) -> None:
     """One retraining run: data counts, both evaluations, the decision."""
-    from tuneloop.pipelines.retrain import get
+    from tuneloop.pipelines.loop.retrain import get
 
     row = get(app.registry, run_id)
     if as_json:
@@ -226,7 +226,7 @@ def retrain_show(app: AppContext, run_id: int, as_json: bool) -> None:
 @pass_app
 def retrain_cancel(app: AppContext, run_id: int, reason: str, as_json: bool) -> None:
     """End retraining run RUN_ID for good: its worker stops, nothing resumes it, the reason is recorded."""
-    from tuneloop.pipelines.retrain import cancel
+    from tuneloop.pipelines.loop.retrain import cancel
 
     row = cancel(app.registry, run_id, reason)
     if as_json:
@@ -243,7 +243,7 @@ def retrain_worker(app: AppContext, run_id: int) -> None:
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from tuneloop.pipelines.worker import run_worker
+    from tuneloop.pipelines.loop.worker import run_worker
 
     row = run_worker(app.registry, run_id)
     click.echo(f"retrain {run_id}: {row['state']}", err=True)
@@ -265,7 +265,7 @@ def scheduler_run(app: AppContext, host: str | None, port: int | None) -> None:
     import signal
     import threading
 
-    from tuneloop.pipelines.scheduler import LoopScheduler, serve_health
+    from tuneloop.pipelines.loop.scheduler import LoopScheduler, serve_health
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     scheduler = LoopScheduler(app.registry, app.config_file)
@@ -297,8 +297,8 @@ def scheduler_run(app: AppContext, host: str | None, port: int | None) -> None:
 @pass_app
 def scheduler_status(app: AppContext, as_json: bool) -> None:
     """Which scheduler holds the lease, and the retraining queue."""
-    from tuneloop.pipelines.retrain import list_runs
-    from tuneloop.pipelines.scheduler import LEASE
+    from tuneloop.pipelines.loop.retrain import list_runs
+    from tuneloop.pipelines.loop.scheduler import LEASE
     from tuneloop.store.loops import TERMINAL
 
     held = app.registry.stores.leases.holder(LEASE)

@@ -267,7 +267,7 @@ def _warn_unaudited(moves: list[Any]) -> None:
 def merge(app: AppContext, name: str, version: str | None, target: str | None, as_json: bool) -> None:
     """Merge a LoRA adapter version (NAME VERSION, NAME:VERSION or NAME@ALIAS) into its unquantized base
     and register the result as a base model."""
-    from tuneloop.pipelines.merge import merge as do_merge
+    from tuneloop.pipelines.training.merge import merge as do_merge
     from tuneloop.registry.catalog import version_info
 
     name, number = _version_of(app, name, version)

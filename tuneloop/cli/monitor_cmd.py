@@ -22,7 +22,7 @@ def monitor() -> None:
 @pass_app
 def serve(app: AppContext, host: str | None, port: int | None) -> None:
     """Run the ingest API alone (`tuneloop up` runs it beside MLflow)."""
-    from tuneloop.monitors.ingest_api import serve as run
+    from tuneloop.monitors.ingestion.api import serve as run
 
     run(app.settings, host, port)
 
@@ -33,7 +33,7 @@ def serve(app: AppContext, host: str | None, port: int | None) -> None:
 @pass_app
 def ingest(app: AppContext, path: str, as_json: bool) -> None:
     """Store the records of a JSONL or CSV file (all or nothing; ids already stored are skipped)."""
-    from tuneloop.monitors.records import records_from_file, store
+    from tuneloop.monitors.ingestion.records import records_from_file, store
 
     parsed = records_from_file(Path(path), app.settings.ingest.max_text_chars)
     result = store(app.registry.stores, parsed, app.registry.models)
@@ -54,7 +54,7 @@ def token() -> None:
 @pass_app
 def token_create(app: AppContext, name: str, as_json: bool) -> None:
     """Create a token; it is printed once and only its hash is kept."""
-    from tuneloop.monitors.tokens import create
+    from tuneloop.monitors.ingestion.tokens import create
 
     value = create(app.registry.stores, name)
     if as_json:
@@ -69,7 +69,7 @@ def token_create(app: AppContext, name: str, as_json: bool) -> None:
 @pass_app
 def token_list(app: AppContext, as_json: bool) -> None:
     """Token names and dates (never the tokens)."""
-    from tuneloop.monitors.tokens import listing
+    from tuneloop.monitors.ingestion.tokens import listing
 
     rows = listing(app.registry.stores)
     if as_json:
@@ -83,7 +83,7 @@ def token_list(app: AppContext, as_json: bool) -> None:
 @pass_app
 def token_revoke(app: AppContext, name: str) -> None:
     """Revoke a token; the API refuses it within seconds."""
-    from tuneloop.monitors.tokens import revoke
+    from tuneloop.monitors.ingestion.tokens import revoke
 
     revoke(app.registry.stores, name)
     click.echo(f"token `{name}` revoked")
@@ -108,7 +108,7 @@ def backtest_cmd(app: AppContext, monitor_file: str, reference: str | None, curr
     spec = load_monitor(monitor_file)
     rule = None
     if alert_file is not None:
-        from tuneloop.monitors.alert_rules import load_rule
+        from tuneloop.monitors.alerting.rules import load_rule
 
         rule = load_rule(alert_file)  # a bad rule fails before any window is checked
     if reference is None:
@@ -117,7 +117,7 @@ def backtest_cmd(app: AppContext, monitor_file: str, reference: str | None, curr
         reference = str(spec.reference.file)
     embedder = None
     if "embedding" in spec.checks:
-        from tuneloop.monitors.embedding import Embedder
+        from tuneloop.monitors.drift.embedding import Embedder
 
         embedder = Embedder(Path(app.settings.cache_dir).expanduser() / "embeddings-minilm.sqlite")
     need_time = spec.window.kind == "time"
@@ -125,7 +125,7 @@ def backtest_cmd(app: AppContext, monitor_file: str, reference: str | None, curr
                       embedder=embedder, progress=not as_json and output.is_tty())
     result = outcome.as_dict()
     if rule is not None:
-        from tuneloop.monitors.alert_rules import incidents
+        from tuneloop.monitors.alerting.rules import incidents
 
         result["alerts"] = {"rule": rule.name, "severity": rule.severity,
                             "incidents": [i.as_dict() for i in incidents(rule, [w for _, _, w in outcome.windows])]}
@@ -174,8 +174,8 @@ def add_cmd(app: AppContext, path: str, replace: bool, as_json: bool) -> None:
 def check_cmd(app: AppContext, name: str, latest: bool, as_json: bool) -> None:
     """Judge every window of the monitor that completed since the last check, log each to MLflow and apply
     its alert rules (exit 0 even on drift)."""
+    from tuneloop.monitors.alerting.notify import deliver_pending
     from tuneloop.monitors.judging import check
-    from tuneloop.monitors.notify import deliver_pending
 
     outcome = check(app.registry, name, latest=latest)
     n = app.settings.notify

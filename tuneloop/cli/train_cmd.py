@@ -36,8 +36,8 @@ def train(app: AppContext, recipe: str | None, overrides: tuple[str, ...], alias
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from tuneloop.errors import UsageError
-    from tuneloop.pipelines import data as data_io
-    from tuneloop.pipelines.recipes import load_recipe
+    from tuneloop.pipelines.data import formats as data_io
+    from tuneloop.pipelines.training.recipes import load_recipe
 
     if backend == "local" and (dry_run or gpus is not None):
         raise UsageError("--dry-run and --gpus apply to a remote backend",
@@ -90,7 +90,7 @@ def _submit(app: AppContext, recipe, backend: str, dry_run: bool, gpus: int | No
     """Validate the recipe's local data, render the remote job, and submit it (kubernetes) or print it."""
     import uuid
 
-    from tuneloop.pipelines import data as data_io
+    from tuneloop.pipelines.data import formats as data_io
     from tuneloop.pipelines.training import backends
 
     for path in (recipe.data.train, recipe.data.eval):
@@ -114,7 +114,7 @@ def _submit(app: AppContext, recipe, backend: str, dry_run: bool, gpus: int | No
 
 
 def _print_keys(as_json: bool) -> None:
-    from tuneloop.pipelines.recipes import Recipe
+    from tuneloop.pipelines.training.recipes import Recipe
     from tuneloop.yaml_models import describe_keys
 
     rows = describe_keys(Recipe)

@@ -1,5 +1,5 @@
 """The stages of one retraining run. Each records its result before the next starts, and each looks
-at what is recorded first, so a resumed run skips what is done (see `pipelines.retrain`).
+at what is recorded first, so a resumed run skips what is done (see `pipelines.loop.retrain`).
 
 curating   champion's training set + reviewed production records -> train.jsonl, holdout.jsonl
 training   the champion's own recipe on the curated data; resumes from its checkpoint
@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tuneloop.pipelines import retrain
+from tuneloop.pipelines.loop import retrain
 from tuneloop.registry.client import RegistryClient
 
 from tuneloop.errors import GateFailed, InvalidInput, NotFound
@@ -37,7 +37,7 @@ def drive(rc: RegistryClient, run_id: int) -> None:
 
     if "data" not in details:
         retrain.update(rc, run_id, state="curating")
-        from tuneloop.pipelines.curation import build
+        from tuneloop.pipelines.loop.challenger_data import build
 
         curated = build(rc, spec.model, champion_version, folder, min_rating=spec.feedback.min_rating, holdout=spec.holdout,
                         champion_share=spec.champion_share, near_threshold=spec.near_threshold,
@@ -89,7 +89,7 @@ def _has_champion(rc: RegistryClient, model: str) -> bool:
 
 
 def _train(rc: RegistryClient, run_id: int, spec: Any, champion_version: int, data: dict[str, Any]) -> int:
-    from tuneloop.pipelines.recipes import Recipe
+    from tuneloop.pipelines.training.recipes import Recipe
     from tuneloop.pipelines.training.run import latest_checkpoint, recipe_of_run, train, version_of_training_run
 
     from tuneloop.yaml_models import apply_overrides
@@ -150,7 +150,7 @@ def _finish(rc: RegistryClient, run_id: int, spec: Any, version: int, champion_v
     lineage = {"tuneloop.retrain.id": str(run_id), "tuneloop.retrain.trigger": row["trigger"],
                "tuneloop.retrain.champion": f"{spec.model}:{champion_version}"}
     if row["alert_id"] is not None:
-        from tuneloop.monitors.alerts import get as get_alert
+        from tuneloop.monitors.alerting.alerts import get as get_alert
 
         alert = get_alert(rc, int(row["alert_id"]))
         lineage |= {"tuneloop.alert.id": str(alert["id"]), "tuneloop.alert.rule": alert["rule"],
@@ -213,7 +213,7 @@ def _mirror(rc: RegistryClient, run_id: int, details: dict[str, Any]) -> None:
 
 
 def _notify(rc: RegistryClient, run_id: int, spec: Any, version: int, champion_version: int, details: dict[str, Any]) -> None:
-    from tuneloop.monitors import notify
+    from tuneloop.monitors.alerting import notify
 
     row = retrain.get(rc, run_id)
     webhooks = retrain.webhooks_of(rc, row)

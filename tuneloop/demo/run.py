@@ -9,7 +9,7 @@ loop tests run on a tiny random model.
                                            8. retrain a challenger in a worker, evaluate both, decide
 
 Every file the demo declares (data, recipe, suite, monitor, rule, loop) is written under
-`<home>/demo/`, so a user can read and reuse them. The traffic is synthetic (`pipelines.traffic`):
+`<home>/demo/`, so a user can read and reuse them. The traffic is synthetic (`demo.traffic`):
 the champion is trained on the same support-desk distribution the in-distribution traffic comes from.
 """
 
@@ -72,7 +72,7 @@ class Demo:
     def champion(self) -> dict[str, Any]:
         from tuneloop.pipelines.evaluation.runner import evaluate
         from tuneloop.pipelines.evaluation.suites import load_suite
-        from tuneloop.pipelines.recipes import load_recipe
+        from tuneloop.pipelines.training.recipes import load_recipe
         from tuneloop.pipelines.training.run import train
         from tuneloop.registry import gates
         from tuneloop.registry.base_models import import_base
@@ -98,7 +98,7 @@ class Demo:
                 "gates": [g.model_dump() for g in moved.gates]}
 
     def _write_inputs(self, base_version: int) -> None:
-        from tuneloop.pipelines import traffic
+        from tuneloop.demo import traffic
 
         cfg = self.cfg
         rng = random.Random(7)
@@ -123,9 +123,9 @@ class Demo:
 
     # --- 5: monitor, alert rule, loop ---------------------------------------------------------
     def declare(self, reference_start: datetime, reference_end: datetime, webhooks: list[str] | None = None) -> None:
-        from tuneloop.monitors.alerts import add_rule
+        from tuneloop.monitors.alerting.alerts import add_rule
         from tuneloop.monitors.service import add as add_monitor
-        from tuneloop.pipelines.retrain import add_loop
+        from tuneloop.pipelines.loop.retrain import add_loop
 
         cfg = self.cfg
         self.stage("6/8 declaring the monitor (reference: the first production window), the alert rule and the loop")
@@ -150,7 +150,7 @@ class Demo:
     # --- 6-7: production traffic --------------------------------------------------------------
     def traffic(self, part: str, start: datetime) -> list[dict[str, Any]]:
         """Records as the ingest API takes them: `reference`, `calm` (in-distribution) or `drift` (German tickets planted)."""
-        from tuneloop.pipelines import traffic
+        from tuneloop.demo import traffic
 
         cfg = self.cfg
         drifted = part == "drift"
@@ -172,10 +172,10 @@ class Demo:
 
     # --- 8: the scheduler's jobs, one pass at a time -------------------------------------------
     def close_the_loop(self, timeout_s: float = 3600) -> dict[str, Any]:
+        from tuneloop.monitors.alerting.notify import deliver_pending
         from tuneloop.monitors.judging import check
-        from tuneloop.monitors.notify import deliver_pending
-        from tuneloop.pipelines.retrain import enqueue_for_alerts, get
-        from tuneloop.pipelines.worker import follow
+        from tuneloop.pipelines.loop.retrain import enqueue_for_alerts, get
+        from tuneloop.pipelines.loop.worker import follow
 
         self.stage("7/8 judging the windows; the alert fires after 2 drifted windows in a row")
         outcome = check(self.rc, "support-champion")
@@ -213,7 +213,7 @@ class Demo:
 def ingest_over_http(url: str, token: str) -> Callable[[list[dict[str, Any]]], None]:
     """An `ingest` for `Demo.run` that posts through the ingest API with the batching client."""
     from tuneloop.errors import StoreError
-    from tuneloop.monitors.client import IngestClient
+    from tuneloop.monitors.ingestion.client import IngestClient
 
     def send(records: list[dict[str, Any]]) -> None:
         client = IngestClient(url, token, batch_size=500)
@@ -228,7 +228,7 @@ def ingest_over_http(url: str, token: str) -> Callable[[list[dict[str, Any]]], N
 
 
 def summary(demo: Demo, champion: dict[str, Any], loop: dict[str, Any], ui: str) -> dict[str, Any]:
-    from tuneloop.monitors.alerts import list_alerts
+    from tuneloop.monitors.alerting.alerts import list_alerts
 
     retrain = loop["retrain"] or {}
     details = retrain.get("details", {})

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
-from tuneloop.monitors.checks import WindowResult
+from tuneloop.monitors.drift.checks import WindowResult
 
 from tuneloop.yaml_models import Strict, load_yaml_model
 

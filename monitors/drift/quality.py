@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from tuneloop.monitors.checks import CheckResult, Record, lower_than, more_often, permutation_test
+from tuneloop.monitors.drift.checks import CheckResult, Record, lower_than, more_often, permutation_test
 from tuneloop.monitors.metrics.classification import normalise_label
 
 MIN_REFERENCE = 100

@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from tuneloop.pipelines.loop_spec import LoopSpec, load_loop
+from tuneloop.pipelines.loop.spec import LoopSpec, load_loop
 from tuneloop.registry.client import RegistryClient
 
 from tuneloop.errors import Conflict, NotFound
@@ -110,7 +110,7 @@ def report_progress(rc: RegistryClient, run_id: int, text: str) -> None:
 def cancel(rc: RegistryClient, run_id: int, reason: str) -> dict[str, Any]:
     """End a run for good: state `cancelled` with who and why, its lease released, a notification queued.
     Its worker notices within a second and stops; nothing resumes it."""
-    from tuneloop.monitors import notify
+    from tuneloop.monitors.alerting import notify
 
     row = get(rc, run_id)
     if row["state"] in TERMINAL:
@@ -137,8 +137,8 @@ def webhooks_of(rc: RegistryClient, row: dict[str, Any]) -> list[str]:
     """The webhooks of the alert rule whose incident started the run (none for cron and manual runs)."""
     if row["alert_id"] is None:
         return []
-    from tuneloop.monitors.alerts import get as get_alert
-    from tuneloop.monitors.alerts import rules_of
+    from tuneloop.monitors.alerting.alerts import get as get_alert
+    from tuneloop.monitors.alerting.alerts import rules_of
 
     rule = get_alert(rc, int(row["alert_id"]))["rule"]
     return next((r.webhooks for r in rules_of(rc) if r.name == rule), [])

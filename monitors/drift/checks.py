@@ -1,7 +1,7 @@
 """What drift checks take and give: production records in, one result per check and window out.
 
 Every check yields a calibrated (exact or conservative) p-value, so the Bonferroni correction in
-`monitors.drift.check_window` keeps the chance of a false alarm per window at or under `alpha`.
+`monitors.drift.judge.check_window` keeps the chance of a false alarm per window at or under `alpha`.
 """
 
 from __future__ import annotations

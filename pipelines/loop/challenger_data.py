@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuneloop.pipelines import data as data_io
+from tuneloop.pipelines.data import formats as data_io
 
 from tuneloop.errors import InvalidInput
 from tuneloop.rowfiles import chat_prompt, read_rows
@@ -156,8 +156,8 @@ def _drop_near_copies(new: list[dict[str, Any]], champion: list[dict[str, Any]],
     """New rows that near-duplicate (Jaccard of word 3-grams ≥ threshold, as `tuneloop data curate`) a held-out
     row — a leak into the held-out task — or a champion row or an earlier new row — no new information — are
     dropped. (kept new rows, near duplicates dropped, near copies of held-out rows dropped)"""
-    from tuneloop.pipelines.cleaning.curate import text_of
-    from tuneloop.pipelines.cleaning.dedup import near_duplicates
+    from tuneloop.pipelines.data.cleaning.curate import text_of
+    from tuneloop.pipelines.data.cleaning.dedup import near_duplicates
 
     texts = [text_of(r) for r in held + champion + new]
     twins = near_duplicates(texts, threshold)[len(held) + len(champion):]
@@ -177,8 +177,8 @@ def _repeats(champion: int, new: int, share: float) -> int:
 
 def _scrubbed(examples: list[dict[str, str]]) -> tuple[list[dict[str, str]], Counter[str]]:
     """Production text normalised and scrubbed of PII (the `tuneloop data curate` steps) before it trains."""
-    from tuneloop.pipelines.cleaning.dedup import normalise
-    from tuneloop.pipelines.cleaning.pii import scrub
+    from tuneloop.pipelines.data.cleaning.dedup import normalise
+    from tuneloop.pipelines.data.cleaning.pii import scrub
 
     found: Counter[str] = Counter()
     out = []

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tuneloop.pipelines import challenger, retrain
+from tuneloop.pipelines.loop import challenger, retrain
 from tuneloop.registry.client import RegistryClient
 
 from tuneloop.errors import Conflict, TuneloopError

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tuneloop.pipelines import data as data_io
+from tuneloop.pipelines.data import formats as data_io
 
 from tuneloop.errors import InvalidInput
 from tuneloop.rowfiles import read_rows

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tuneloop.monitors.checks import CheckResult, permutation_test
+from tuneloop.monitors.drift.checks import CheckResult, permutation_test
 
 from tuneloop.errors import InvalidInput
 

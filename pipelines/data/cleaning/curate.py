@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tuneloop.pipelines import data as data_io
-from tuneloop.pipelines.cleaning import dedup, pii
-from tuneloop.pipelines.review import is_unreviewed_synthetic
+from tuneloop.pipelines.data import formats as data_io
+from tuneloop.pipelines.data.cleaning import dedup, pii
+from tuneloop.pipelines.data.review import is_unreviewed_synthetic
 
 from tuneloop.digest import file_sha256
 from tuneloop.errors import InvalidInput, TuneloopError
@@ -83,7 +83,7 @@ def curate(path: Path, out_dir: Path, options: CurateOptions, fmt: str = "auto")
             sample(reason, {"line": line, "chars": length})
             continue
         if options.languages:
-            from tuneloop.pipelines.cleaning.language import detect
+            from tuneloop.pipelines.data.cleaning.language import detect
 
             language = detect(text_of(cleaned), options.language_confidence)
             report["languages"][language or "unsure"] += 1
@@ -134,7 +134,7 @@ def curate(path: Path, out_dir: Path, options: CurateOptions, fmt: str = "auto")
 def _check_languages(languages: tuple[str, ...]) -> None:
     if not languages:
         return
-    from tuneloop.pipelines.cleaning.language import known_languages
+    from tuneloop.pipelines.data.cleaning.language import known_languages
 
     unknown = sorted(set(languages) - known_languages())
     if unknown:

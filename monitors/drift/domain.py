@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from tuneloop.monitors.checks import CheckResult
+from tuneloop.monitors.drift.checks import CheckResult
 
 TYPICAL_WORDS, TYPICAL_EXAMPLES, MAX_EXAMPLE_CHARS = 10, 3, 200
 

@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuneloop.pipelines import data as data_io
-from tuneloop.pipelines.cleaning.dedup import DuplicateIndex, jaccard, shingles
+from tuneloop.pipelines.data import formats as data_io
+from tuneloop.pipelines.data.cleaning.dedup import DuplicateIndex, jaccard, shingles
 
 from tuneloop.errors import InvalidInput, TuneloopError
 
@@ -257,7 +257,7 @@ def synthesize(rc: Any, generator: str, seeds_path: Path, out: Path, options: Sy
 
 
 def _distinct(seeds: list[Seed]) -> list[Seed]:
-    from tuneloop.pipelines.cleaning.dedup import comparable
+    from tuneloop.pipelines.data.cleaning.dedup import comparable
 
     seen: set[str] = set()
     out = []

@@ -17,9 +17,9 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictStr, ValidationError, field_validator
+from tuneloop.registry.resolver import ModelResolver
 
 from tuneloop.errors import InvalidInput, NotFound
-from tuneloop.registry.resolver import ModelResolver
 from tuneloop.store import Stores
 from tuneloop.store.records import BatchResult, FeedbackValues, NewRecord
 
@@ -222,7 +222,7 @@ def is_training_row(row: dict[str, Any]) -> bool:
 def record_from_training_row(row: Any) -> Any:
     """prompt = the user turns (joined as the server joins a chat's), output = the answer, for every
     training data format; None when the row has neither."""
-    from tuneloop.monitors.checks import Record
+    from tuneloop.monitors.drift.checks import Record
 
     from tuneloop.rowfiles import chat_prompt
 

@@ -1,16 +1,16 @@
 """Drift checks of a window of production records against a reference, with calibrated p-values.
 
 Check families (a monitor's `checks`):
-  descriptors  per text column (prompt, output) and descriptor (`monitors.descriptors`):
+  descriptors  per text column (prompt, output) and descriptor (`monitors.drift.descriptors`):
                  ks          two-sample Kolmogorov-Smirnov: any change of the distribution
                  upper_tail  more of the window above the reference's 99th percentile than the reference has
                  lower_tail  the same below the 1st percentile (length and word count)
                and `refusal` (rate of refusals and apologies). Tail and refusal counts are compared with
                the reference's counts by Fisher's exact test, one-sided.
-  domain       a classifier telling window from reference texts, per column (`monitors.domain`)
+  domain       a classifier telling window from reference texts, per column (`monitors.drift.domain`)
   quality      accuracy, macro F1, rating and ROUGE against reference answers when feedback exists
-               (`monitors.quality`)
-  embedding    MMD permutation test on all-MiniLM-L6-v2 embeddings, per column (`monitors.embedding`)
+               (`monitors.drift.quality`)
+  embedding    MMD permutation test on all-MiniLM-L6-v2 embeddings, per column (`monitors.drift.embedding`)
 
 Tail tests have power against contamination (10% of a window's records from elsewhere), which moves a
 KS statistic by at most 0.1. Every p-value is exact or conservative, and a window drifts when any
@@ -29,11 +29,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from tuneloop.monitors.checks import CheckResult, Record, WindowResult, more_often
-from tuneloop.monitors.descriptors import Vocabulary, describe
-from tuneloop.monitors.domain import domain_check
-from tuneloop.monitors.embedding import Embedder, EmbeddingReference, build_embedding_reference, mmd_check
-from tuneloop.monitors.quality import QualityReference, build_quality_reference, quality_checks
+from tuneloop.monitors.drift.checks import CheckResult, Record, WindowResult, more_often
+from tuneloop.monitors.drift.descriptors import Vocabulary, describe
+from tuneloop.monitors.drift.domain import domain_check
+from tuneloop.monitors.drift.embedding import Embedder, EmbeddingReference, build_embedding_reference, mmd_check
+from tuneloop.monitors.drift.quality import QualityReference, build_quality_reference, quality_checks
 
 __all__ = ["CheckResult", "Record", "Reference", "WindowResult", "build_reference", "check_window"]
 

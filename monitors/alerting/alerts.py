@@ -19,9 +19,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from tuneloop.monitors import notify, tenures
-from tuneloop.monitors.alert_rules import AlertRule, Incident, RuleState, load_rule, replay
-from tuneloop.monitors.checks import WindowResult
+from tuneloop.monitors import tenures
+from tuneloop.monitors.alerting import notify
+from tuneloop.monitors.alerting.rules import AlertRule, Incident, RuleState, load_rule, replay
+from tuneloop.monitors.drift.checks import WindowResult
 from tuneloop.monitors.monitor_spec import MonitorSpec
 from tuneloop.registry.client import RegistryClient
 

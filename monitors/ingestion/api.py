@@ -17,8 +17,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
-from tuneloop.monitors import records as records_io
-from tuneloop.monitors import tokens
+from tuneloop.monitors.ingestion import records as records_io
+from tuneloop.monitors.ingestion import tokens
 
 from tuneloop.errors import InvalidInput, TuneloopError
 from tuneloop.store import Stores

@@ -93,7 +93,7 @@ class LoopScheduler:
         """(Re)build the monitor and cron jobs when the declared loops change."""
         from apscheduler.triggers.cron import CronTrigger
         from tuneloop.monitors.monitor_spec import parse_duration
-        from tuneloop.pipelines.retrain import loops
+        from tuneloop.pipelines.loop.retrain import loops
 
         specs = loops(self.rc)
         digest = json.dumps([s.model_dump(mode="json") for s in specs], sort_keys=True)
@@ -122,7 +122,7 @@ class LoopScheduler:
     def cron_due(self, loop_name: str) -> int | None:
         """Enqueue one retrain for the latest cron fire not yet handled (missed fires coalesce)."""
         from apscheduler.triggers.cron import CronTrigger
-        from tuneloop.pipelines.retrain import enqueue
+        from tuneloop.pipelines.loop.retrain import enqueue
 
         row = self.rc.stores.loops.loop(loop_name)
         if row is None or not row.spec.get("cron"):
@@ -142,8 +142,8 @@ class LoopScheduler:
         return run_id
 
     def dispatch(self) -> None:
-        from tuneloop.pipelines.retrain import enqueue_for_alerts, loops, runnable
-        from tuneloop.pipelines.worker import spawn_worker
+        from tuneloop.pipelines.loop.retrain import enqueue_for_alerts, loops, runnable
+        from tuneloop.pipelines.loop.worker import spawn_worker
 
         def work() -> None:
             enqueue_for_alerts(self.rc)
@@ -163,7 +163,7 @@ class LoopScheduler:
         self._guard("dispatch", work)
 
     def deliver(self) -> None:
-        from tuneloop.monitors.notify import deliver_pending
+        from tuneloop.monitors.alerting.notify import deliver_pending
 
         n = self.rc.settings.notify
         self._guard("deliver", lambda: deliver_pending(self.rc.stores, timeout_s=n.timeout_seconds,

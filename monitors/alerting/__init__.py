@@ -1,0 +1,1 @@
+"""Alerting: rules over judged windows, the incidents they open, and the notifications they send."""

@@ -1,0 +1,1 @@
+"""Drift statistics: descriptors, domain classifier, quality and embedding checks, and judging a window against a reference."""

@@ -1,0 +1,1 @@
+"""Ingestion: the one record schema, the ingest API, its tokens, and the batching client."""

@@ -1,0 +1,1 @@
+"""Data: training row formats, cleaning, synthetic rows, human review."""

@@ -1,0 +1,1 @@
+"""The closed loop: loop declarations, a challenger's data, retrain runs and their stages, workers, the scheduler."""

@@ -224,20 +224,7 @@ def record_from_training_row(row: Any) -> Any:
     training data format; None when the row has neither."""
     from tuneloop.monitors.drift.checks import Record
 
-    from tuneloop.rowfiles import chat_prompt
+    from tuneloop.rowfiles import answer_of, prompt_of
 
-    if not isinstance(row, dict):
-        return None
-    messages = row.get("messages")
-    if isinstance(messages, str):
-        messages = json.loads(messages)
-    if isinstance(messages, list) and messages:
-        if not isinstance(messages[-1], dict) or messages[-1].get("role") != "assistant":
-            return None
-        return Record(chat_prompt(messages[:-1]), str(messages[-1].get("content", "")))
-    prompt = row.get("instruction") or row.get("prompt")
-    answer = row.get("response") or row.get("output") or row.get("completion") or row.get("chosen")
-    if isinstance(prompt, str) and isinstance(answer, str):
-        extra = row.get("input")
-        return Record(f"{prompt}\n\n{extra}" if isinstance(extra, str) and extra else prompt, answer)
-    return None
+    prompt, answer = prompt_of(row), answer_of(row)
+    return Record(prompt, answer) if prompt is not None and answer is not None else None

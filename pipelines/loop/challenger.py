@@ -1,5 +1,7 @@
 """The stages of one retraining run. Each records its result before the next starts, and each looks
-at what is recorded first, so a resumed run skips what is done (see `pipelines.loop.retrain`).
+at what is recorded first, so a resumed run skips what is done (see `pipelines.loop.retrain`). The run's
+row is read once (`Run`); each stage gets it and what the stages before produced, and every result it
+records is kept on it, so no stage reads the row, or the champion alias, again.
 
 curating   champion's training set + reviewed production records -> train.jsonl, holdout.jsonl
 training   the champion's own recipe on the curated data; resumes from its checkpoint
@@ -22,99 +24,127 @@ from tuneloop.names import Alias, Tag
 HOLDOUT_TASK = "production-holdout"
 
 
-def drive(rc: RegistryClient, run_id: int) -> None:
-    row = retrain.get(rc, run_id)
-    spec = retrain.loop(rc, row["loop"])
-    details = row["details"]
-    if row["champion_version"] is None:
-        champion = rc.mlflow.get_model_version_by_alias(spec.model, Alias.CHAMPION) if _has_champion(rc, spec.model) else None
-        if champion is None:
-            raise NotFound(f"`{spec.model}` has no champion to retrain", hint=f"promote a version: `tuneloop models promote {spec.model}:VERSION --alias champion`")
-        retrain.update(rc, run_id, champion_version=int(champion.version))
-        row["champion_version"] = int(champion.version)
-    champion_version = int(row["champion_version"])
-    folder = Path(rc.settings.home) / "retrains" / str(run_id)
+class Run:
+    """The retraining run being driven: its row, read once, kept current as each stage records a result."""
 
-    if "data" not in details:
-        retrain.update(rc, run_id, state="curating")
+    def __init__(self, rc: RegistryClient, run_id: int) -> None:
+        self.rc, self.id = rc, run_id
+        self.row = retrain.get(rc, run_id)
+
+    @property
+    def details(self) -> dict[str, Any]:
+        return self.row["details"]  # type: ignore[no-any-return]
+
+    def record(self, **values: Any) -> None:
+        """Store `values` in the run's row (a state, a result) and keep them here."""
+        retrain.update(self.rc, self.id, **values)
+        self.row.update(values)
+
+
+def drive(rc: RegistryClient, run_id: int) -> None:
+    run = Run(rc, run_id)
+    spec = retrain.loop(rc, run.row["loop"])
+    champion_version = _champion(run, spec)
+    data = _curate(run, spec, champion_version)
+    version = _train(run, spec, champion_version, data)
+    evals = _evaluate(run, spec, version, champion_version, data)
+    _finish(run, spec, version, champion_version, evals)
+
+
+def _champion(run: Run, spec: Any) -> int:
+    """The champion this run retrains: the one recorded, else the alias's holder now (recorded)."""
+    if run.row["champion_version"] is None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            champion = run.rc.mlflow.get_model_version_by_alias(spec.model, Alias.CHAMPION)
+        except MlflowException:
+            raise NotFound(f"`{spec.model}` has no champion to retrain",
+                           hint=f"promote a version: `tuneloop models promote {spec.model}:VERSION --alias champion`") from None
+        run.record(champion_version=int(champion.version))
+    return int(run.row["champion_version"])
+
+
+def _curate(run: Run, spec: Any, champion_version: int) -> dict[str, Any]:
+    """The challenger's data (`challenger_data.build`), recorded as the run's `data`."""
+    if "data" not in run.details:
+        run.record(state="curating")
         from tuneloop.pipelines.loop.challenger_data import build
 
-        curated = build(rc, spec.model, champion_version, folder, min_rating=spec.feedback.min_rating, holdout=spec.holdout,
-                        champion_share=spec.champion_share, near_threshold=spec.near_threshold,
+        folder = Path(run.rc.settings.home) / "retrains" / str(run.id)
+        curated = build(run.rc, spec.model, champion_version, folder, min_rating=spec.feedback.min_rating,
+                        holdout=spec.holdout, champion_share=spec.champion_share, near_threshold=spec.near_threshold,
                         holdout_limit=spec.holdout_limit)
-        if curated.counts["new_training_rows"] == 0 and row["trigger"] == "alert":
+        if curated.counts["new_training_rows"] == 0 and run.row["trigger"] == "alert":
             raise InvalidInput(
                 f"nothing new to learn: {curated.counts['reviewed_records']} production record(s) of `{spec.model}` carry "
                 "feedback fit for training", hint="collect reference answers, corrected labels or approved ratings first")
-        details["data"] = curated.as_dict()
-        retrain.update(rc, run_id, details=details)
+        run.record(details={**run.details, "data": curated.as_dict()})
+    return run.details["data"]  # type: ignore[no-any-return]
 
-    version = row["version"]
-    if version is None:
-        retrain.update(rc, run_id, state="training")
-        version = _train(rc, run_id, spec, champion_version, details["data"])
-        retrain.update(rc, run_id, version=version)
 
-    evals = details.setdefault("evals", {})
+def _evaluate(run: Run, spec: Any, version: int, champion_version: int, data: dict[str, Any]) -> dict[str, Any]:
+    """The suite (+ the held-out production task) on challenger and champion, each recorded as it ends."""
+    evals = run.details.setdefault("evals", {})
     if "champion" not in evals or "challenger" not in evals:
-        retrain.update(rc, run_id, state="evaluating")
-        suite = _suite(spec, details["data"].get("holdout"))
+        run.record(state="evaluating")
+        suite = _suite(spec, data.get("holdout"))
         for who, v in (("challenger", version), ("champion", champion_version)):
             if who not in evals:
                 from tuneloop.pipelines.evaluation.runner import evaluate
 
-                result = evaluate(rc, suite, f"{spec.model}:{v}", progress=False, on_progress=_reporter(rc, run_id, who, v))
+                result = evaluate(run.rc, suite, f"{spec.model}:{v}", progress=False, on_progress=_reporter(run, who, v))
                 evals[who] = {"version": v, "run_id": result.run_id, "metrics": result.metrics,
                               "tasks": {t.name: t.metrics for t in result.tasks}}
-                retrain.update(rc, run_id, details=details)
+                run.record(details=run.details)
+    return evals  # type: ignore[no-any-return]
 
-    _finish(rc, run_id, spec, version, champion_version, details)
 
-
-def _reporter(rc: RegistryClient, run_id: int, who: str, version: int) -> Any:
+def _reporter(run: Run, who: str, version: int) -> Any:
     def report(text: str) -> None:
-        retrain.report_progress(rc, run_id, f"evaluating {who} v{version}: {text}")
+        retrain.report_progress(run.rc, run.id, f"evaluating {who} v{version}: {text}")
 
     return report
 
 
-def _has_champion(rc: RegistryClient, model: str) -> bool:
-    from mlflow.exceptions import MlflowException
+def _train(run: Run, spec: Any, champion_version: int, data: dict[str, Any]) -> int:
+    """The challenger: trained with the champion's own recipe on the curated data (resumed from its checkpoint),
+    recorded as the run's `version`."""
+    if run.row["version"] is not None:
+        return int(run.row["version"])
+    run.record(state="training")
+    version = _trained(run, spec, champion_version, data)
+    run.record(version=version)
+    return version
 
-    try:
-        rc.mlflow.get_model_version_by_alias(model, Alias.CHAMPION)
-        return True
-    except MlflowException:
-        return False
 
-
-def _train(rc: RegistryClient, run_id: int, spec: Any, champion_version: int, data: dict[str, Any]) -> int:
+def _trained(run: Run, spec: Any, champion_version: int, data: dict[str, Any]) -> int:
     from tuneloop.pipelines.training.recipes import Recipe
     from tuneloop.pipelines.training.run import latest_checkpoint, recipe_of_run, train, version_of_training_run
 
     from tuneloop.yaml_models import apply_overrides
 
-    row = retrain.get(rc, run_id)
-    training_run = row["training_run_id"]
+    rc = run.rc
+    training_run = run.row["training_run_id"]
     if training_run:
         done = version_of_training_run(rc, spec.model, training_run)
         if done is not None:
             return done  # registered before the previous owner could record it: never register twice
         if latest_checkpoint(Path(rc.settings.home) / "runs" / training_run) is not None:
             return int(train(recipe_of_run(rc, training_run), rc, resume_run_id=training_run,
-                             callbacks=[_record_run(rc, run_id)]).version)  # type: ignore[arg-type]
+                             callbacks=[_record_run(run)]).version)  # type: ignore[arg-type]
         rc.mlflow.set_terminated(training_run, "FAILED")  # died before its first checkpoint: start again
     champion = rc.mlflow.get_model_version(spec.model, str(champion_version))
     base = recipe_of_run(rc, champion.tags.get(Tag.TRAINING_RUN_ID) or champion.run_id).model_dump(mode="json")
     base["data"].update({"train": data["train"], "eval": data.get("eval")})
     base.update({"name": spec.model, "alias": None,
-                 "description": f"retrain {run_id} of {spec.model}:{champion_version} ({row['trigger']})"})
+                 "description": f"retrain {run.id} of {spec.model}:{champion_version} ({run.row['trigger']})"})
     recipe = Recipe.model_validate(apply_overrides(base, list(spec.recipe_overrides)))
-    result = train(recipe, rc, callbacks=[_record_run(rc, run_id)])
+    result = train(recipe, rc, callbacks=[_record_run(run)])
     return int(result.version)  # type: ignore[arg-type]
 
 
-def _record_run(rc: RegistryClient, run_id: int) -> Any:
+def _record_run(run: Run) -> Any:
     """A TrainerCallback that records the MLflow training run id as soon as training starts."""
     from transformers import TrainerCallback
 
@@ -124,8 +154,8 @@ def _record_run(rc: RegistryClient, run_id: int) -> Any:
 
             active = mlflow.active_run()
             if active is not None:
-                retrain.update(rc, run_id, training_run_id=active.info.run_id)
-                mlflow.set_tags({"tuneloop.retrain.id": str(run_id)})
+                run.record(training_run_id=active.info.run_id)
+                mlflow.set_tags({"tuneloop.retrain.id": str(run.id)})
 
     return RecordRun()
 
@@ -142,11 +172,12 @@ def _suite(spec: Any, holdout: str | None) -> Any:
     return suite.model_copy(update={"tasks": [*suite.tasks, task]})
 
 
-def _finish(rc: RegistryClient, run_id: int, spec: Any, version: int, champion_version: int, details: dict[str, Any]) -> None:
+def _finish(run: Run, spec: Any, version: int, champion_version: int, evals: dict[str, Any]) -> None:
+    """Lineage tags, alias `challenger`, the promotion decision, the MLflow record and the notification."""
     from tuneloop.registry import gates
     from tuneloop.registry.promotion import promote
 
-    row = retrain.get(rc, run_id)
+    rc, run_id, row, details = run.rc, run.id, run.row, run.details
     lineage = {"tuneloop.retrain.id": str(run_id), "tuneloop.retrain.trigger": row["trigger"],
                "tuneloop.retrain.champion": f"{spec.model}:{champion_version}"}
     if row["alert_id"] is not None:
@@ -166,16 +197,16 @@ def _finish(rc: RegistryClient, run_id: int, spec: Any, version: int, champion_v
             promote(rc, spec.model, version, Alias.CHALLENGER, force=True,
                     reason=f"retrain {run_id}: challenger under review; it failed gates for champion")
             details["challenger_alias"] = "set for review (gates failed)"
-        retrain.update(rc, run_id, details=details)
+        run.record(details=details)
 
     if "decision" not in details:
-        details["decision"] = _decide(rc, spec, version, gates, details["evals"])
-        retrain.update(rc, run_id, details=details)
-    _mirror(rc, run_id, details)
+        details["decision"] = _decide(rc, spec, version, gates, evals)
+        run.record(details=details)
+    _mirror(run)
     if not details.get("notified"):
-        _notify(rc, run_id, spec, version, champion_version, details)
+        _notify(run, spec, version, champion_version)
         details["notified"] = True
-    retrain.update(rc, run_id, state="registered", details=details, error=None)
+    run.record(state="registered", details=details, error=None)
 
 
 def _decide(rc: RegistryClient, spec: Any, version: int, gates: Any, evals: dict[str, Any]) -> dict[str, Any]:
@@ -203,21 +234,21 @@ def _decide(rc: RegistryClient, spec: Any, version: int, gates: Any, evals: dict
             "why": f"every gate passes; promotion is manual: `tuneloop models promote {spec.model}:{version} --alias champion`"}
 
 
-def _mirror(rc: RegistryClient, run_id: int, details: dict[str, Any]) -> None:
+def _mirror(run: Run) -> None:
     """The retrain's record in its MLflow training run: data counts, both evals, the decision."""
-    row = retrain.get(rc, run_id)
+    row = run.row
     if not row["training_run_id"]:
         return
-    rc.mlflow.set_tag(row["training_run_id"], "tuneloop.retrain.decision", details["decision"]["action"])
-    rc.mlflow.log_text(row["training_run_id"], json.dumps({**row, "details": details}, indent=2, default=str), "retrain.json")
+    run.rc.mlflow.set_tag(row["training_run_id"], "tuneloop.retrain.decision", run.details["decision"]["action"])
+    run.rc.mlflow.log_text(row["training_run_id"], json.dumps(row, indent=2, default=str), "retrain.json")
 
 
-def _notify(rc: RegistryClient, run_id: int, spec: Any, version: int, champion_version: int, details: dict[str, Any]) -> None:
+def _notify(run: Run, spec: Any, version: int, champion_version: int) -> None:
     from tuneloop.monitors.alerting import notify
 
-    row = retrain.get(rc, run_id)
+    rc, run_id, row = run.rc, run.id, run.row
     webhooks = retrain.webhooks_of(rc, row)
-    decision = details["decision"]
+    decision = run.details["decision"]
     message = (f"retrain {run_id}: {spec.model} v{version} is `challenger` (champion v{champion_version}); "
                f"decision: {decision['action']} — {decision['why']}")
     with rc.stores.transaction() as tx:

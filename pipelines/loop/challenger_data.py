@@ -23,7 +23,7 @@ from typing import Any
 from tuneloop.pipelines.data import formats as data_io
 
 from tuneloop.errors import InvalidInput
-from tuneloop.rowfiles import chat_prompt, read_rows
+from tuneloop.rowfiles import answer_of, prompt_of, read_rows, text_of, write_jsonl
 from tuneloop.store import Stores
 
 
@@ -66,20 +66,12 @@ MAX_LABELS = 50
 def answers_are_labels(rows: list[dict[str, Any]]) -> bool:
     """Whether a training set teaches labels (intents, classes) rather than answers: every answer is a few
     words and they come from a small set that repeats."""
-    answers = [_answer_of(row) for row in rows]
+    answers = [answer_of(row) for row in rows]
     if not answers or any(a is None for a in answers):
         return False
-    distinct = set(answers)
+    distinct = {str(a).strip() for a in answers}
     return (all(len(str(a).split()) <= MAX_LABEL_WORDS for a in distinct)
             and len(distinct) <= min(MAX_LABELS, max(1, len(answers) // 2)))
-
-
-def _answer_of(row: dict[str, Any]) -> str | None:
-    messages = row.get("messages")
-    if isinstance(messages, list) and messages and isinstance(messages[-1], dict):
-        return str(messages[-1].get("content", "")).strip()
-    answer = row.get("response") or row.get("completion") or row.get("output")
-    return str(answer).strip() if isinstance(answer, str) else None
 
 
 def build(rc: Any, model: str, champion_version: int, folder: Path, *, min_rating: float, holdout: float,
@@ -116,7 +108,7 @@ def build(rc: Any, model: str, champion_version: int, folder: Path, *, min_ratin
         if key in seen:
             dropped_dupes += 1
             continue
-        if _norm(_prompt_of(row)) in held_prompts:
+        if _norm(prompt_of(row) or "") in held_prompts:
             dropped_leaks += 1
             continue
         seen.add(key)
@@ -126,9 +118,9 @@ def build(rc: Any, model: str, champion_version: int, folder: Path, *, min_ratin
         kept["new"], near_dropped, near_leaks = _drop_near_copies(kept["new"], kept["champion"], held_rows, near_threshold)
     repeats = _repeats(len(kept["champion"]), len(kept["new"]), champion_share)
     rows = kept["champion"] * repeats + kept["new"]
-    train = _write(folder / "train.jsonl", rows)
+    train = write_jsonl(folder / "train.jsonl", rows)
     data_io.load(train, fmt)  # validation: every row must be usable, or one error lists the bad ones
-    holdout_path = _write(folder / "holdout.jsonl", held_rows) if held else None
+    holdout_path = write_jsonl(folder / "holdout.jsonl", held_rows) if held else None
     eval_path = None
     try:
         eval_path, _ = stored_data_file(rc, model, champion_version, "eval")
@@ -156,7 +148,6 @@ def _drop_near_copies(new: list[dict[str, Any]], champion: list[dict[str, Any]],
     """New rows that near-duplicate (Jaccard of word 3-grams ≥ threshold, as `tuneloop data curate`) a held-out
     row — a leak into the held-out task — or a champion row or an earlier new row — no new information — are
     dropped. (kept new rows, near duplicates dropped, near copies of held-out rows dropped)"""
-    from tuneloop.pipelines.data.cleaning.curate import text_of
     from tuneloop.pipelines.data.cleaning.dedup import near_duplicates
 
     texts = [text_of(r) for r in held + champion + new]
@@ -176,15 +167,14 @@ def _repeats(champion: int, new: int, share: float) -> int:
 
 
 def _scrubbed(examples: list[dict[str, str]]) -> tuple[list[dict[str, str]], Counter[str]]:
-    """Production text normalised and scrubbed of PII (the `tuneloop data curate` steps) before it trains."""
-    from tuneloop.pipelines.data.cleaning.dedup import normalise
-    from tuneloop.pipelines.data.cleaning.pii import scrub
+    """Production text normalised and scrubbed of PII (the `tuneloop data curate` normaliser) before it trains."""
+    from tuneloop.pipelines.data.cleaning.curate import clean_text
 
     found: Counter[str] = Counter()
     out = []
     for e in examples:
-        prompt, in_prompt = scrub(normalise(e["prompt"]))
-        answer, in_answer = scrub(normalise(e["answer"]))
+        prompt, _, in_prompt = clean_text(e["prompt"])
+        answer, _, in_answer = clean_text(e["answer"])
         found.update(in_prompt + in_answer)
         out.append({**e, "prompt": prompt, "answer": answer})
     return out, found
@@ -216,19 +206,3 @@ def _as_row(example: dict[str, str], fmt: str, system: dict[str, str] | None) ->
     return {"prompt": example["prompt"], "completion": example["answer"]}
 
 
-def _prompt_of(row: dict[str, Any]) -> str:
-    messages = row.get("messages")
-    if isinstance(messages, list):
-        return chat_prompt(messages)
-    text = str(row.get("instruction") or row.get("prompt") or "")
-    extra = row.get("input")
-    return f"{text}\n\n{extra}" if isinstance(extra, str) and extra else text
-
-
-def _write(path: Path, rows: list[dict[str, Any]]) -> Path:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
-    return path

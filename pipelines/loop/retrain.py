@@ -2,7 +2,7 @@
 cancelled by a person (`tuneloop retrain cancel ID`) at any stage before it ends.
 
 Each run is a row in `retrain_runs`, unique per trigger (one per alert incident, one per cron fire),
-so enqueuing twice creates nothing. A worker process (`tuneloop retrain worker ID`, started by the
+so enqueuing twice creates nothing. A worker process (`python -m tuneloop.pipelines.loop.worker ID`, started by the
 scheduler or by `tuneloop retrain`) claims the run's lease, renews it while it works, and records
 each stage before starting the next. A worker that dies — or whose parent (the scheduler) dies — lets
 the lease lapse; the next claim resumes from the recorded stage: curated files are reused, training

@@ -22,10 +22,12 @@ from tuneloop.errors import Conflict, TuneloopError
 from tuneloop.store import leases
 
 
+MODULE = "tuneloop.pipelines.loop.worker"  # run as `python -m`, its own __name__ is "__main__"
+
+
 def spawn_worker(config_file: str | None, run_id: int) -> subprocess.Popen:  # type: ignore[type-arg]
-    """Start `tuneloop retrain worker RUN_ID` as a child process (training runs there, not in the scheduler)."""
-    command = [sys.executable, "-m", "tuneloop", *(["--config", config_file] if config_file else []),
-               "retrain", "worker", str(run_id)]
+    """Start this module as a child process driving run `run_id` (training runs there, not in the scheduler)."""
+    command = [sys.executable, "-m", MODULE, *(["--config", config_file] if config_file else []), str(run_id)]
     return subprocess.Popen(command, stdin=subprocess.DEVNULL)
 
 
@@ -107,3 +109,28 @@ def run_worker(rc: RegistryClient, run_id: int, *, lease_s: float | None = None)
         heartbeat.stopped.set()
         rc.stores.leases.release(retrain.lease_name(run_id), owner)
     return retrain.get(rc, run_id)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m tuneloop.pipelines.loop.worker [--config FILE] RUN_ID`, as `spawn_worker` starts it: drive
+    one run; its outcome (failed included) is in the run's row, so the exit code only says whether it ran."""
+    import argparse
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    parser = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=main.__doc__)
+    parser.add_argument("--config", default=None, help="tuneloop.toml to read (default: ./tuneloop.toml)")
+    parser.add_argument("run_id", type=int)
+    args = parser.parse_args(argv)
+    from tuneloop.settings import load_settings
+
+    try:
+        row = run_worker(RegistryClient(load_settings(args.config)), args.run_id)
+    except TuneloopError as exc:  # the run is owned by another worker, the stores are unreachable
+        print(f"error: {exc.message}" + (f"\n  fix: {exc.hint}" if exc.hint else ""), file=sys.stderr)
+        return exc.exit_code
+    print(f"retrain {args.run_id}: {row['state']}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -235,20 +235,6 @@ def retrain_cancel(app: AppContext, run_id: int, reason: str, as_json: bool) -> 
     print_run(row)
 
 
-@retrain_group.command("worker", hidden=True)
-@click.argument("run_id", type=int)
-@pass_app
-def retrain_worker(app: AppContext, run_id: int) -> None:
-    """Drive one retraining run (started by the scheduler or `tuneloop retrain`)."""
-    import os
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from tuneloop.pipelines.loop.worker import run_worker
-
-    row = run_worker(app.registry, run_id)
-    click.echo(f"retrain {run_id}: {row['state']}", err=True)
-
-
 # --- the scheduler ------------------------------------------------------------------------------
 @click.group("scheduler")
 def scheduler_group() -> None:

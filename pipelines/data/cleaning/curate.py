@@ -23,10 +23,9 @@ from tuneloop.pipelines.data.review import is_unreviewed_synthetic
 
 from tuneloop.digest import file_sha256
 from tuneloop.errors import InvalidInput, TuneloopError
-from tuneloop.rowfiles import read_rows
+from tuneloop.rowfiles import TEXT_FIELDS, read_rows, text_of, write_jsonl
 
 SAMPLES = 3
-TEXT_FIELDS = ("instruction", "input", "response", "output", "prompt", "completion", "chosen", "rejected")
 
 
 @dataclass
@@ -111,8 +110,8 @@ def curate(path: Path, out_dir: Path, options: CurateOptions, fmt: str = "auto")
     labels = [str(r[options.label_field]) if options.label_field in r else None for r in rows]
     to_eval = dedup.split([text_of(r) for r in rows], options.eval_share, seed=options.seed,
                           labels=labels if any(labels) else None)
-    train = _write(out_dir / "train.jsonl", [r for r, e in zip(rows, to_eval, strict=True) if not e])
-    evaluation = _write(out_dir / "eval.jsonl", [r for r, e in zip(rows, to_eval, strict=True) if e]) if any(to_eval) else None
+    train = write_jsonl(out_dir / "train.jsonl", [r for r, e in zip(rows, to_eval, strict=True) if not e])
+    evaluation = write_jsonl(out_dir / "eval.jsonl", [r for r, e in zip(rows, to_eval, strict=True) if e]) if any(to_eval) else None
     report.update({
         "rows_out": len(rows), "train_rows": len(rows) - sum(to_eval), "eval_rows": sum(to_eval),
         "stratified_by": options.label_field if any(labels) else None,
@@ -143,6 +142,17 @@ def _check_languages(languages: tuple[str, ...]) -> None:
                                 f"{len(known_languages())} languages)")
 
 
+def clean_text(text: str, *, scrub_pii: bool = True) -> tuple[str, bool, list[str]]:
+    """The one normaliser of text that trains: (NFC and whitespace normalised, PII scrubbed; whether
+    normalising changed it; the PII kinds found). Retraining cleans production text with it too."""
+    out = dedup.normalise(text)
+    changed = out != text
+    kinds: list[str] = []
+    if scrub_pii:
+        out, kinds = pii.scrub(out)
+    return out, changed, list(kinds)
+
+
 def _clean(row: dict[str, Any], scrub_pii: bool) -> tuple[dict[str, Any], bool, Counter[str]]:
     """(cleaned row, whether normalisation changed it, PII found) — non-text fields are kept as they are."""
     found: Counter[str] = Counter()
@@ -150,11 +160,9 @@ def _clean(row: dict[str, Any], scrub_pii: bool) -> tuple[dict[str, Any], bool, 
 
     def fix(text: str) -> str:
         nonlocal changed
-        out = dedup.normalise(text)
-        changed |= out != text
-        if scrub_pii:
-            out, kinds = pii.scrub(out)
-            found.update(kinds)
+        out, normalised, kinds = clean_text(text, scrub_pii=scrub_pii)
+        changed |= normalised
+        found.update(kinds)
         return out
 
     cleaned = dict(row)
@@ -164,17 +172,6 @@ def _clean(row: dict[str, Any], scrub_pii: bool) -> tuple[dict[str, Any], bool, 
         if isinstance(row.get(key), str):
             cleaned[key] = fix(row[key])
     return cleaned, changed, found
-
-
-def text_of(row: dict[str, Any]) -> str:
-    if isinstance(row.get("messages"), list):
-        return "\n".join(str(m.get("content", "")) for m in row["messages"])
-    return "\n".join(str(row[k]) for k in TEXT_FIELDS if isinstance(row.get(k), str))
-
-
-def _write(path: Path, rows: list[dict[str, Any]]) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return path
 
 
 def html_report(report: dict[str, Any]) -> str:

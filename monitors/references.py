@@ -12,7 +12,6 @@ quality baseline: its records have prompt and output only.
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import shutil
@@ -29,6 +28,7 @@ from tuneloop.monitors.monitor_spec import MonitorSpec
 
 from tuneloop.digest import file_sha256
 from tuneloop.errors import InvalidInput
+from tuneloop.rowfiles import write_jsonl
 from tuneloop.store.records import ModelSlice, StoredRecord
 
 
@@ -80,14 +80,14 @@ def stored_data_file(rc: Any, name: str, version: int, context: str) -> tuple[Pa
     return files[0], digest
 
 
-def write_jsonl(records: list[Record], folder: Path) -> Path:
-    path = Path(tempfile.mkdtemp(dir=folder)) / "records.jsonl"
-    with open(path, "w", encoding="utf-8") as f:
-        for r in records:
-            row = {"prompt": r.prompt, "output": r.output, "prediction": r.prediction, "label": r.label,
-                   "rating": r.rating, "reference_answer": r.reference_answer, "timestamp": r.ts.isoformat() if r.ts else None}
-            f.write(json.dumps({k: v for k, v in row.items() if v is not None}, ensure_ascii=False) + "\n")
-    return path
+def _staged(records: list[Record], folder: Path) -> Path:
+    """The records as JSONL in a fresh folder under `folder`, in the one record schema."""
+    rows = []
+    for r in records:
+        row = {"prompt": r.prompt, "output": r.output, "prediction": r.prediction, "label": r.label,
+               "rating": r.rating, "reference_answer": r.reference_answer, "timestamp": r.ts.isoformat() if r.ts else None}
+        rows.append({k: v for k, v in row.items() if v is not None})
+    return write_jsonl(Path(tempfile.mkdtemp(dir=folder)) / "records.jsonl", rows)
 
 
 MIN_REFERENCE = 100
@@ -99,7 +99,7 @@ def pin_records(rc: Any, spec: MonitorSpec, run_id: str, records: list[Record], 
     require_enough(records, source)
     staging = Path(rc.settings.cache_dir).expanduser() / "monitor-references"
     staging.mkdir(parents=True, exist_ok=True)
-    pinned = write_jsonl(records, staging)
+    pinned = _staged(records, staging)
     try:
         digest = "sha256:" + file_sha256(pinned)
         statistics(rc, spec, digest, pinned)  # validates the records and fills the cache now

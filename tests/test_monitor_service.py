@@ -96,8 +96,8 @@ def test_add_check_status_and_mlflow_report(sqlite_rc, tmp_path: Path) -> None:
     assert {a.path for a in sqlite_rc.mlflow.list_artifacts(run_id, "reference")} == pinned  # the old pin is intact
 
 
-def _version_with_eval_data(rc, tiny_model: Path, tmp_path: Path, rows: list[dict]) -> int:  # type: ignore[no-untyped-def]
-    """A version trained by `tuneloop train` (2 steps on the tiny model), which stores its eval data."""
+def version_with_eval_data(rc, tiny_model: Path, tmp_path: Path, rows: list[dict]) -> int:  # type: ignore[no-untyped-def]
+    """A version of `trained` made by `tuneloop train` (2 steps on the tiny model), which stores its eval data."""
     from tuneloop.pipelines.training.recipes import Recipe
     from tuneloop.pipelines.training.run import train
     from tuneloop.registry.base_models import import_base
@@ -107,7 +107,8 @@ def _version_with_eval_data(rc, tiny_model: Path, tmp_path: Path, rows: list[dic
             {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": r["prompt"]},
                           {"role": "assistant", "content": r["output"]}]} for r in part])
 
-    import_base(rc, "tiny", str(tiny_model))
+    if not rc.mlflow.search_registered_models(filter_string="name = 'tiny'"):
+        import_base(rc, "tiny", str(tiny_model))
     recipe = Recipe.model_validate({
         "name": "trained", "method": "lora", "base": "tiny:1",
         "data": {"train": str(chat("train.jsonl", rows[:16])), "eval": str(chat("eval.jsonl", rows)), "max_length": 512},
@@ -130,7 +131,7 @@ def test_reference_from_the_versions_eval_data_and_from_a_pinned_production_wind
     from tuneloop.monitors.ingestion.records import parse_records, store
 
     rng = random.Random(5)
-    version = _version_with_eval_data(rc, tiny_model, tmp_path, [drift_data.record(rng) for _ in range(400)])
+    version = version_with_eval_data(rc, tiny_model, tmp_path, [drift_data.record(rng) for _ in range(400)])
     env = _env(rc, tmp_path)
     spec = tmp_path / "eval-ref.yaml"
     spec.write_text(f"name: from-eval\nmodel: trained:{version}\nwindow: {{size: 300}}\nreference: {{training_data: eval}}\n")

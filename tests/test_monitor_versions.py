@@ -113,3 +113,48 @@ def test_with_a_file_reference_the_new_holder_is_judged_against_the_same_file_fr
     moved = check(rc, "mon")
     assert [(w["version"], w["size"], w["status"]) for w in moved.judged] == [(2, SIZE, "ok")]
     assert rc.stores.monitors.tenure("mon", 2).reference_sha256 == rc.stores.monitors.get("mon").reference_sha256
+
+
+@pytest.mark.acceptance  # trains two versions of the tiny model (2 steps each): ~60 s
+def test_with_eval_data_as_reference_each_holder_is_judged_against_its_own(sqlite_rc, tiny_model: Path, tmp_path: Path) -> None:
+    from tuneloop.monitors.judging import check
+    from tuneloop.monitors.service import add
+    from tuneloop.registry.promotion import promote
+
+    from tests.test_monitor_service import version_with_eval_data
+
+    rc = sqlite_rc
+    calm_eval = traffic.windows(1, 200, seed=7)
+    refusing_eval = traffic.windows(1, 200, seed=8, kind="refusals", share=0.6)
+    (tmp_path / "v1").mkdir()
+    (tmp_path / "v2").mkdir()
+    v1 = version_with_eval_data(rc, tiny_model, tmp_path / "v1", calm_eval)
+    v2 = version_with_eval_data(rc, tiny_model, tmp_path / "v2", refusing_eval)  # v2 refuses by design
+    [v3] = make_versions(rc, "trained", [{}])  # registered without a tuneloop training run: no eval data
+    promote(rc, "trained", v1, "champion", force=True, reason="first")
+    (tmp_path / "monitor.yaml").write_text(f"name: mon\nmodel: trained@champion\nwindow: {{size: {SIZE}}}\nmin_size: 50\n"
+                                           "checks: [descriptors]\nreference: {training_data: eval}\n")
+    add(rc, tmp_path / "monitor.yaml")
+
+    def send(rows: list[dict]) -> None:
+        from tuneloop.monitors.ingestion.records import parse_records, store
+
+        items = [{"model": "trained@champion", "prompt": r["prompt"], "output": r["output"]} for r in rows]
+        store(rc.stores, parse_records(items, 100_000), rc.models)
+
+    refusing = traffic.windows(1, 3 * SIZE, seed=9, kind="refusals", share=0.6)
+    send(refusing[:SIZE])
+    assert [(w["version"], w["status"]) for w in check(rc, "mon").judged] == [(v1, "drift")]  # against v1's calm eval data
+
+    promote(rc, "trained", v2, "champion", force=True, reason="the refusing one")
+    send(refusing[SIZE:2 * SIZE])
+    moved = check(rc, "mon")
+    assert [(w["version"], w["status"]) for w in moved.judged] == [(v2, "ok")], moved.judged  # against its own
+    assert f"`eval` data of trained:{v2}" in rc.stores.monitors.tenure("mon", v2).reference_source
+
+    promote(rc, "trained", v3, "champion", force=True, reason="an imported adapter")
+    send(refusing[2 * SIZE:])
+    third = check(rc, "mon")
+    assert any(f"trained:{v3} has no stored `eval` data" in n for n in third.notes), third.notes
+    assert rc.stores.monitors.tenure("mon", v3).reference_sha256 == rc.stores.monitors.get("mon").reference_sha256
+    assert [(w["version"], w["status"]) for w in third.judged] == [(v3, "drift")]  # the first reference: v1's calm data

@@ -333,7 +333,7 @@ def status(rc: RegistryClient) -> list[dict[str, Any]]:
     for m in rc.stores.monitors.all():
         last = rc.stores.monitors.last_window(m.name)
         out.append({"monitor": m.name, "model": MonitorSpec.model_validate(m.spec).model,
-                    "state": str(last.status) if last else "never checked",
+                    "version": last.version if last else None, "state": str(last.status) if last else "never checked",
                     "drifted_checks": last.drifted_checks if last else [], "window_records": last.size if last else 0,
                     "checked_at": last.checked_at.isoformat() if last else None, "run_id": m.mlflow_run_id})
     return out

@@ -87,6 +87,9 @@ def test_an_alias_move_starts_the_new_holder_afresh_against_its_own_reference(sq
     # the rule counts v2's windows only: after its calm window, no incident is open
     assert [r["state"] for r in alerts.explain_rules(rc, "mon")] == ["the condition did not hold in the last judged window"]
     assert check(rc, "mon").alerts == []
+    from tuneloop.monitors.service import status
+
+    assert [(s["monitor"], s["version"], s["state"]) for s in status(rc)] == [("mon", 2, "ok")]
 
 
 @pytest.mark.acceptance  # one window per holder: ~10 s

@@ -246,4 +246,4 @@ def status_cmd(app: AppContext, as_json: bool) -> None:
         click.echo("no monitors; add one with `tuneloop monitor add FILE`")
         return
     shown = [{**r, "drifted_checks": ", ".join(r["drifted_checks"]) or "-"} for r in rows]
-    click.echo(output.table(shown, ["monitor", "model", "state", "drifted_checks", "window_records", "checked_at"]))
+    click.echo(output.table(shown, ["monitor", "model", "version", "state", "drifted_checks", "window_records", "checked_at"]))

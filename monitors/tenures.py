@@ -70,9 +70,8 @@ def watch(rc: RegistryClient, row: MonitorRow, spec: MonitorSpec) -> Watch:
             notes.append(f"`{spec.model}` moved from version {moved_from} to {model.version}: windows start afresh for "
                          f"version {model.version}, judged against {tenure.reference_source}")
     if tenure.reference_sha256 is None:
-        tenure = _form(rc, row, spec, model, tenure)
+        tenure, arrived = _form(rc, row, spec, model, tenure)
         if tenure.reference_sha256 is None:
-            arrived = len(_first_records(rc, spec, model))
             notes.append(f"version {model.version}'s reference is forming: {arrived} of its first {spec.window.size} "
                          "records have arrived; its windows are judged after them")
     return Watch(model, tenure, floor_of(spec, tenure), moved_from, notes)
@@ -103,13 +102,15 @@ def _first_records(rc: RegistryClient, spec: MonitorSpec, model: ModelSlice) -> 
     return rc.stores.records.page(model, limit=spec.window.size)
 
 
-def _form(rc: RegistryClient, row: MonitorRow, spec: MonitorSpec, model: ModelSlice, tenure: Tenure) -> Tenure:
-    """Pin the version's first `window.size` records as its reference once they have all arrived."""
+def _form(rc: RegistryClient, row: MonitorRow, spec: MonitorSpec, model: ModelSlice,
+          tenure: Tenure) -> tuple[Tenure, int]:
+    """Pin the version's first `window.size` records as its reference once they have all arrived; (the
+    tenure, how many of those records have arrived)."""
     rows = _first_records(rc, spec, model)
     if len(rows) < spec.window.size:
-        return tenure
+        return tenure, len(rows)
     assert row.mlflow_run_id is not None
     source = f"the first {len(rows)} production records of version {model.version} (records {rows[0].seq}-{rows[-1].seq})"
     digest = pin_records(rc, spec, row.mlflow_run_id, [as_record(r) for r in rows], source)
     return rc.stores.monitors.start_tenure(spec.name, model.version, reference_sha256=digest,
-                                           reference_last_seq=rows[-1].seq, reference_source=source)
+                                           reference_last_seq=rows[-1].seq, reference_source=source), len(rows)

@@ -57,10 +57,15 @@ def test_an_alias_move_starts_the_new_holder_afresh_against_its_own_reference(sq
 
     promote(rc, "support", 2, "champion", force=True, reason="the challenger won")
     v2_start = later + timedelta(hours=1)
-    _send(rc, refusing[SIZE:] + traffic.windows(1, SIZE, seed=4, kind="refusals", share=0.6), v2_start)
+    v2_rows = refusing[SIZE:] + traffic.windows(1, SIZE, seed=4, kind="refusals", share=0.6)
+    _send(rc, v2_rows[:40], v2_start)
+    forming = check(rc, "mon")
+    assert any("moved from version 1 to 2" in n for n in forming.notes), forming.notes
+    assert any("reference is forming: 40 of its first 100 records" in n for n in forming.notes), forming.notes
+    assert forming.judged == [] and [c.kind for c in forming.alerts] == ["superseded"]
+    _send(rc, v2_rows[40:], v2_start + timedelta(minutes=5))
     moved = check(rc, "mon")
-    assert any("moved from version 1 to 2" in n for n in moved.notes), moved.notes
-    assert [c.kind for c in moved.alerts] == ["superseded"]
+    assert moved.alerts == [] and not any("moved from" in n for n in moved.notes)  # the move is news once
     incident = alerts.get(rc, first.alerts[0].alert_id)
     assert incident["status"] == AlertStatus.SUPERSEDED
     events = [n.event for n, _ in rc.stores.outbox.of_alert(incident["id"])]

@@ -38,7 +38,9 @@ def main() -> None:
     ]:
         print(f"{name:38s} {value:11.3f}s {value / python:14.1f}x")
     verdict = "OK" if help_ <= 0.3 else "TOO SLOW"
-    print(f"\ntuneloop --help: {help_:.3f} s (target <= 0.300 s): {verdict}; {mlflow / help_:.0f}x faster than importing mlflow")
+    print(
+        f"\ntuneloop --help: {help_:.3f} s (target <= 0.300 s): {verdict}; {mlflow / help_:.0f}x faster than importing mlflow"
+    )
 
 
 if __name__ == "__main__":

@@ -19,9 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tuneloop.pipelines.data.cleaning import dedup  # noqa: E402
-
-from tuneloop.demo import traffic  # noqa: E402
+from tuneloop.demo import traffic
+from tuneloop.pipelines.data.cleaning import dedup
 
 THRESHOLD = 0.8
 
@@ -65,7 +64,11 @@ def main() -> None:
     kept = {i for i in range(len(texts)) if near[i] is None and exact[i] is None}
     # A planted copy must go when its source stays and they really are near duplicates (one changed word can
     # push a short row below the threshold; a copy of a dropped row is judged against what is kept).
-    due = [i for i, j in planted.items() if j in kept and dedup.jaccard(dedup.shingles(texts[i]), dedup.shingles(texts[j])) >= THRESHOLD]
+    due = [
+        i
+        for i, j in planted.items()
+        if j in kept and dedup.jaccard(dedup.shingles(texts[i]), dedup.shingles(texts[j])) >= THRESHOLD
+    ]
     found = sum(i not in kept for i in due)
 
     subset = texts[: args.baseline_rows]
@@ -79,14 +82,24 @@ def main() -> None:
 
     print(f"{'':34s}{'rows':>9s}{'seconds':>10s}{'rows/s':>10s}")
     print(f"{'tuneloop (exact + MinHash LSH)':34s}{args.rows:9d}{ours:10.1f}{args.rows / ours:10.0f}")
-    print(f"{'naive pairwise Jaccard (measured)':34s}{args.baseline_rows:9d}{base_s:10.1f}{args.baseline_rows / base_s:10.0f}")
-    print(f"{'naive pairwise, extrapolated (n²)':34s}{args.rows:9d}{extrapolated:10.0f}{args.rows / extrapolated:10.1f}")
-    print(f"speed-up at {args.rows} rows: {extrapolated / ours:.0f}x; target 100,000 rows in <= 60 s: "
-          f"{'met' if ours * 100_000 / args.rows <= 60 else 'NOT met'}")
-    print(f"planted near copies at Jaccard >= {THRESHOLD} of a kept row: {found} of {len(due)} dropped "
-          f"({len(planted)} planted in all)")
-    print(f"on the {args.baseline_rows}-row subset, tuneloop and the naive method agree on {agree} of {len(subset)} rows "
-          f"({len(sub_planted)} planted there)")
+    print(
+        f"{'naive pairwise Jaccard (measured)':34s}{args.baseline_rows:9d}{base_s:10.1f}{args.baseline_rows / base_s:10.0f}"
+    )
+    print(
+        f"{'naive pairwise, extrapolated (n²)':34s}{args.rows:9d}{extrapolated:10.0f}{args.rows / extrapolated:10.1f}"
+    )
+    print(
+        f"speed-up at {args.rows} rows: {extrapolated / ours:.0f}x; target 100,000 rows in <= 60 s: "
+        f"{'met' if ours * 100_000 / args.rows <= 60 else 'NOT met'}"
+    )
+    print(
+        f"planted near copies at Jaccard >= {THRESHOLD} of a kept row: {found} of {len(due)} dropped "
+        f"({len(planted)} planted in all)"
+    )
+    print(
+        f"on the {args.baseline_rows}-row subset, tuneloop and the naive method agree on {agree} of {len(subset)} rows "
+        f"({len(sub_planted)} planted there)"
+    )
 
 
 if __name__ == "__main__":

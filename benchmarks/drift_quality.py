@@ -20,22 +20,25 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tuneloop.demo import traffic as drift_data  # noqa: E402
+from tuneloop.demo import traffic as drift_data
 
 
-def _evidently_dataset(frame):  # type: ignore[no-untyped-def]
+def _evidently_dataset(frame):
     from evidently import DataDefinition, Dataset
     from evidently.descriptors import NonLetterCharacterPercentage, TextLength, WordCount
 
     descriptors = []
     for column in ("prompt", "output"):
-        descriptors += [TextLength(column, alias=f"{column}.length"), WordCount(column, alias=f"{column}.word_count"),
-                        NonLetterCharacterPercentage(column, alias=f"{column}.non_letter")]
+        descriptors += [
+            TextLength(column, alias=f"{column}.length"),
+            WordCount(column, alias=f"{column}.word_count"),
+            NonLetterCharacterPercentage(column, alias=f"{column}.non_letter"),
+        ]
     definition = DataDefinition(text_columns=["prompt", "output"], categorical_columns=["prediction", "label"])
     return Dataset.from_pandas(frame, data_definition=definition, descriptors=descriptors)
 
 
-def _evidently_verdict(current, reference) -> tuple[bool, bool]:  # type: ignore[no-untyped-def]
+def _evidently_verdict(current, reference) -> tuple[bool, bool]:
     from evidently import Report
     from evidently.presets import DataDriftPreset
 
@@ -47,6 +50,7 @@ def _evidently_verdict(current, reference) -> tuple[bool, bool]:  # type: ignore
 
 def main() -> None:
     import pandas as pd
+
     from tuneloop.monitors.drift.judge import Record, build_reference, check_window
 
     parser = argparse.ArgumentParser()
@@ -71,14 +75,18 @@ def main() -> None:
             ours += check_window(reference, [Record(**r) for r in window]).status == "drift"
             seconds["tuneloop"] += time.perf_counter() - start
             start = time.perf_counter()
-            dataset_drift, any_column = _evidently_verdict(_evidently_dataset(pd.DataFrame(window)), evidently_reference)
+            dataset_drift, any_column = _evidently_verdict(
+                _evidently_dataset(pd.DataFrame(window)), evidently_reference
+            )
             seconds["evidently"] += time.perf_counter() - start
             theirs, theirs_any = theirs + dataset_drift, theirs_any + any_column
         name = "fresh (false alarms)" if kind is None else f"{kind} {share:.0%}"
         n = args.windows
         print(f"{name:28s} {ours / n:9.0%} {theirs / n:26.0%} {theirs_any / n:23.0%}", flush=True)
-    print(f"\nseconds per window: tuneloop {seconds['tuneloop'] / (len(conditions) * args.windows):.3f}, "
-          f"Evidently {seconds['evidently'] / (len(conditions) * args.windows):.3f}")
+    print(
+        f"\nseconds per window: tuneloop {seconds['tuneloop'] / (len(conditions) * args.windows):.3f}, "
+        f"Evidently {seconds['evidently'] / (len(conditions) * args.windows):.3f}"
+    )
 
 
 if __name__ == "__main__":

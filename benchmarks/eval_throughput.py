@@ -22,8 +22,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _texts(n: int) -> list[str]:
-    rows = [json.loads(x) for name in ("support_train.jsonl", "support_eval.jsonl")
-            for x in (REPO / "examples" / "data" / name).read_text().splitlines()]
+    rows = [
+        json.loads(x)
+        for name in ("support_train.jsonl", "support_eval.jsonl")
+        for x in (REPO / "examples" / "data" / name).read_text().splitlines()
+    ]
     texts = [" ".join(m["content"] for m in r["messages"]) for r in rows]
     return [texts[i % len(texts)] for i in range(n)]
 
@@ -31,6 +34,7 @@ def _texts(n: int) -> list[str]:
 def perplexity_section(n_texts: int, batch: int) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
     from tuneloop.monitors.metrics.perplexity import encode, perplexity
     from tuneloop.registry.sources import prepare
 
@@ -61,10 +65,14 @@ def perplexity_section(n_texts: int, batch: int) -> None:
             model(**enc, labels=enc["input_ids"]).loss  # noqa: B018
     naive = scored_tokens / (time.perf_counter() - start)
 
-    print(f"perplexity on SmolLM2-135M, {len(texts)} texts, {scored_tokens} scored tokens, batch {batch}  (ppl {result.perplexity:.3f})")
+    print(
+        f"perplexity on SmolLM2-135M, {len(texts)} texts, {scored_tokens} scored tokens, batch {batch}  (ppl {result.perplexity:.3f})"
+    )
     print(f"  {'tuneloop perplexity()':34s} {ours:9.1f} tok/s")
-    print(f"  {'raw batched forward (logits only)':34s} {raw:9.1f} tok/s   tuneloop / raw   = {ours / raw:.2f}x (target >= 0.9x): "
-          f"{'OK' if ours / raw >= 0.9 else 'MISSED'}")
+    print(
+        f"  {'raw batched forward (logits only)':34s} {raw:9.1f} tok/s   tuneloop / raw   = {ours / raw:.2f}x (target >= 0.9x): "
+        f"{'OK' if ours / raw >= 0.9 else 'MISSED'}"
+    )
     print(f"  {'naive per-example loop':34s} {naive:9.1f} tok/s   tuneloop / naive = {ours / naive:.2f}x")
 
 
@@ -83,6 +91,7 @@ def _pairs(n: int) -> tuple[list[str], list[str]]:
 def scoring_section(n_pairs: int) -> None:
     import sacrebleu
     from rouge_score import rouge_scorer
+
     from tuneloop.monitors.metrics.scoring import score_pairs
 
     predictions, references = _pairs(n_pairs)
@@ -101,7 +110,9 @@ def scoring_section(n_pairs: int) -> None:
 
     print(f"\nscoring {n_pairs} pairs with ROUGE (4 types, stemming) + BLEU + chrF (values identical)")
     print(f"  {'tuneloop score_pairs':34s} {ours_s:8.2f} s")
-    print(f"  {'rouge-score + sacrebleu directly':34s} {direct_s:8.2f} s   tuneloop / direct = {ours_s / direct_s:.2f}x time")
+    print(
+        f"  {'rouge-score + sacrebleu directly':34s} {direct_s:8.2f} s   tuneloop / direct = {ours_s / direct_s:.2f}x time"
+    )
 
 
 def main() -> None:

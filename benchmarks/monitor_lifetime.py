@@ -34,32 +34,37 @@ EARLY, REPEATS = 10, 5
 
 def _inner(windows: int, home: Path) -> dict[str, float]:
     """Build the monitor to `windows` windows in this process (whichever tuneloop is importable); the timings."""
+    from tests.registry_helpers import make_versions
     from tuneloop.monitors import service
     from tuneloop.registry.client import RegistryClient
     from tuneloop.settings import Settings
-
-    from tests.registry_helpers import make_versions
 
     try:  # this tree's layout
         from tuneloop.demo import traffic
         from tuneloop.monitors.alerting import alerts
         from tuneloop.monitors.ingestion.records import parse_records, store
     except ImportError:  # the baseline's: flat monitors/ and pipelines/
-        from tuneloop.monitors import alerts  # type: ignore[no-redef]
-        from tuneloop.monitors.records import parse_records, store  # type: ignore[no-redef]
-        from tuneloop.pipelines import traffic  # type: ignore[no-redef]
+        from tuneloop.monitors import alerts
+        from tuneloop.monitors.records import parse_records, store
+        from tuneloop.pipelines import traffic
 
     print(f"  code from {Path(service.__file__).parents[1]}", file=sys.stderr)
     rc = RegistryClient(Settings(home=home / "home", cache_dir=home / "cache"))
     make_versions(rc, "support", [{}])
     rng = random.Random(3)
     traffic.write(home / "reference.jsonl", [traffic.record(rng) for _ in range(200)])
-    (home / "monitor.yaml").write_text(f"name: mon\nmodel: support:1\nwindow: {{size: {SIZE}}}\nmin_size: {SIZE}\n"
-                                       "checks: [descriptors]\nreference: {file: reference.jsonl}\n")
+    (home / "monitor.yaml").write_text(
+        f"name: mon\nmodel: support:1\nwindow: {{size: {SIZE}}}\nmin_size: {SIZE}\n"
+        "checks: [descriptors]\nreference: {file: reference.jsonl}\n"
+    )
     (home / "rule.yaml").write_text("name: r\nmonitor: mon\nwhen: {drift: any}\nfor_windows: 3\n")
     service.add(rc, home / "monitor.yaml")
     alerts.add_rule(rc, home / "rule.yaml")
-    resolver = rc.models if hasattr(rc, "models") else __import__("tuneloop.monitors.records", fromlist=["x"]).ModelResolver(rc.mlflow)
+    resolver = (
+        rc.models
+        if hasattr(rc, "models")
+        else __import__("tuneloop.monitors.records", fromlist=["x"]).ModelResolver(rc.mlflow)
+    )
 
     if hasattr(service, "judge_pending"):  # this issue's code: the one judge-and-reconcile path
         from tuneloop.monitors.judging import check
@@ -67,6 +72,7 @@ def _inner(windows: int, home: Path) -> dict[str, float]:
         def one_check() -> int:
             return len(check(rc, "mon").judged)
     else:  # the baseline: what its scheduler ran
+
         def one_check() -> int:
             judged = service.check_pending(rc, "mon")
             alerts.evaluate(rc, "mon")
@@ -113,16 +119,24 @@ def _layout(source: Path, into: Path) -> Path:
 
 
 def _baseline_tree(rev: str, into: Path) -> Path:
-    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(into / "checkout"), rev], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["git", "-C", str(REPO), "worktree", "add", "--detach", str(into / "checkout"), rev],
+        check=True,
+        capture_output=True,
+    )
     return _layout(into / "checkout", into)
 
 
 def _run(windows: int, pythonpath: Path, work: Path) -> dict[str, float]:
     env = {**os.environ, "TUNELOOP_HOME": str(work / "home"), "PYTHONPATH": str(pythonpath)}
     cwd = pythonpath
-    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--inner", str(windows), str(work)], env=env,
-                         cwd=cwd, check=True, stdout=subprocess.PIPE)
+    out = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--inner", str(windows), str(work)],
+        env=env,
+        cwd=cwd,
+        check=True,
+        stdout=subprocess.PIPE,
+    )
     return json.loads(out.stdout)
 
 
@@ -142,12 +156,18 @@ def main() -> None:
         (work / "new").mkdir()
         new_tree = _layout(REPO, work / "new")
         old = _run(args.baseline_windows, _baseline_tree(args.baseline_rev, work / "old"), work / "old")
-        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(work / "old" / "checkout")], check=False)
+        subprocess.run(
+            ["git", "-C", str(REPO), "worktree", "remove", "--force", str(work / "old" / "checkout")], check=False
+        )
         new = _run(args.windows, new_tree, work / "new")
     print(f"{'code':<22}{'windows':>9}{'10th check s':>14}{'check then s':>14}{'ratio':>8}")
-    print(f"{args.baseline_rev + ' (before)':<22}{old['windows']:>9.0f}{old['early']:>14.3f}{old['late']:>14.3f}"
-          f"{old['late'] / old['early']:>8.2f}")
-    print(f"{'this tree':<22}{new['windows']:>9.0f}{new['early']:>14.3f}{new['late']:>14.3f}{new['late'] / new['early']:>8.2f}")
+    print(
+        f"{args.baseline_rev + ' (before)':<22}{old['windows']:>9.0f}{old['early']:>14.3f}{old['late']:>14.3f}"
+        f"{old['late'] / old['early']:>8.2f}"
+    )
+    print(
+        f"{'this tree':<22}{new['windows']:>9.0f}{new['early']:>14.3f}{new['late']:>14.3f}{new['late'] / new['early']:>8.2f}"
+    )
     print(f"ratio={new['late'] / new['early']:.2f}")
 
 

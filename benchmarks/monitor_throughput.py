@@ -38,15 +38,22 @@ def _free_port() -> int:
 
 
 def _records(n: int, start: int) -> list[dict]:
-    return [{"id": f"r{start + i}", "model": "bench:1", "prompt": f"Where is my order {start + i}? It was due on Monday.",
-             "output": "Your order shipped yesterday and should arrive within two business days.", "latency_ms": 41.5}
-            for i in range(n)]
+    return [
+        {
+            "id": f"r{start + i}",
+            "model": "bench:1",
+            "prompt": f"Where is my order {start + i}? It was due on Monday.",
+            "output": "Your order shipped yesterday and should arrive within two business days.",
+            "latency_ms": 41.5,
+        }
+        for i in range(n)
+    ]
 
 
 def _register_model(home: Path) -> None:
     from mlflow import MlflowClient
-    from tuneloop.registry.tracking import connect
 
+    from tuneloop.registry.tracking import connect
     from tuneloop.settings import Settings
 
     settings = Settings(home=home)
@@ -62,7 +69,9 @@ def http_section(home: Path, total: int, clients: int, batch: int) -> float:
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TUNELOOP_")}
     env.update(TUNELOOP_HOME=str(home), TUNELOOP_INGEST__TOKENS=json.dumps([TOKEN]))
-    server = subprocess.Popen([sys.executable, "-m", "tuneloop", "monitor", "serve", "--port", str(port)], env=env, cwd=REPO)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tuneloop", "monitor", "serve", "--port", str(port)], env=env, cwd=REPO
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(300):
@@ -104,9 +113,20 @@ def direct_section(home: Path, total: int, batch: int) -> float:
     now = datetime.now(UTC)
     start = time.perf_counter()
     for at in range(0, total, batch):
-        rows = [{**{k: v for k, v in r.items() if k != "latency_ms"}, "id": "d" + r["id"], "version": 1, "alias": None,
-                 "prediction": r["output"], "ts": now, "latency_ms": r["latency_ms"], "meta": {}, "received_at": now}
-                for r in _records(batch, at)]
+        rows = [
+            {
+                **{k: v for k, v in r.items() if k != "latency_ms"},
+                "id": "d" + r["id"],
+                "version": 1,
+                "alias": None,
+                "prediction": r["output"],
+                "ts": now,
+                "latency_ms": r["latency_ms"],
+                "meta": {},
+                "received_at": now,
+            }
+            for r in _records(batch, at)
+        ]
         with engine.begin() as conn:
             conn.execute(tables.records.insert(), rows)
     return total / (time.perf_counter() - start)
@@ -118,10 +138,9 @@ def drift_section(n: int) -> None:
     import pandas as pd
 
     sys.path.insert(0, str(REPO))
-    from tuneloop.monitors.drift.judge import Record, build_reference, check_window
-
     from benchmarks.drift_quality import _evidently_dataset, _evidently_verdict
     from tuneloop.demo import traffic as drift_data
+    from tuneloop.monitors.drift.judge import Record, build_reference, check_window
 
     rng = random.Random(1)
     reference_rows = [drift_data.record(rng) for _ in range(n)]
@@ -137,14 +156,18 @@ def drift_section(n: int) -> None:
     ours = check_window(reference, [Record(**r) for r in current_rows])
     check_s = time.perf_counter() - start
     start = time.perf_counter()
-    theirs = _evidently_verdict(_evidently_dataset(pd.DataFrame(current_rows)), _evidently_dataset(pd.DataFrame(reference_rows)))
+    theirs = _evidently_verdict(
+        _evidently_dataset(pd.DataFrame(current_rows)), _evidently_dataset(pd.DataFrame(reference_rows))
+    )
     evidently_s = time.perf_counter() - start
     print(f"\ndrift check, {n:,} current vs {n:,} reference records (10% refusals planted)")
     print(f"  {'tuneloop, reference cached':40s} {check_s:8.2f} s   {ours.status} ({', '.join(ours.drifted_checks)})")
     print(f"  {'tuneloop, reference built too':40s} {build_s + check_s:8.2f} s")
     print(f"  {'Evidently descriptors + DataDriftPreset':40s} {evidently_s:8.2f} s   dataset drift: {theirs[0]}")
-    print(f"  Evidently / tuneloop (cached) = {evidently_s / check_s:.1f}x (target >= 3x): "
-          f"{'OK' if evidently_s / check_s >= 3 else 'MISSED'}")
+    print(
+        f"  Evidently / tuneloop (cached) = {evidently_s / check_s:.1f}x (target >= 3x): "
+        f"{'OK' if evidently_s / check_s >= 3 else 'MISSED'}"
+    )
 
 
 def main() -> None:
@@ -159,11 +182,17 @@ def main() -> None:
         _register_model(home)
         http_rate = http_section(home, args.records, args.clients, args.batch)
         direct_rate = direct_section(home, args.records, args.batch)
-    print(f"ingest of {args.records:,} records, {args.clients} clients, batches of {args.batch}, SQLite WAL synchronous=FULL")
-    print(f"  {'tuneloop ingest API over HTTP':40s} {http_rate:10,.0f} records/s  (target >= 5,000): "
-          f"{'OK' if http_rate >= 5000 else 'MISSED'}")
-    print(f"  {'direct executemany, no HTTP/validation':40s} {direct_rate:10,.0f} records/s  "
-          f"API / direct = {http_rate / direct_rate:.2f}x")
+    print(
+        f"ingest of {args.records:,} records, {args.clients} clients, batches of {args.batch}, SQLite WAL synchronous=FULL"
+    )
+    print(
+        f"  {'tuneloop ingest API over HTTP':40s} {http_rate:10,.0f} records/s  (target >= 5,000): "
+        f"{'OK' if http_rate >= 5000 else 'MISSED'}"
+    )
+    print(
+        f"  {'direct executemany, no HTTP/validation':40s} {direct_rate:10,.0f} records/s  "
+        f"API / direct = {http_rate / direct_rate:.2f}x"
+    )
     drift_section(args.drift_records)
 
 

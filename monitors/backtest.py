@@ -13,12 +13,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from tuneloop.errors import InvalidInput
 from tuneloop.monitors.drift.checks import Record, WindowResult
 from tuneloop.monitors.drift.judge import build_reference, check_window
 from tuneloop.monitors.monitor_spec import MonitorSpec
 from tuneloop.monitors.windowing import split
-
-from tuneloop.errors import InvalidInput
 
 
 def read_records(path: Path, *, need_time: bool = False) -> list[Record]:
@@ -31,7 +30,6 @@ def read_records(path: Path, *, need_time: bool = False) -> list[Record]:
         parse_records,
         record_from_training_row,
     )
-
     from tuneloop.rowfiles import read_rows
 
     rows = read_rows(path)
@@ -62,21 +60,33 @@ def read_records(path: Path, *, need_time: bool = False) -> list[Record]:
             if record.ts is None:
                 missing.append(f"{place}: `timestamp` is missing")
         if missing:
-            raise InvalidInput(f"{len(missing)} record(s) without a timestamp; time windows need one per record:\n  "
-                               + "\n  ".join(missing[:20]), hint="add `timestamp` (ISO 8601), or use a count window")
+            raise InvalidInput(
+                f"{len(missing)} record(s) without a timestamp; time windows need one per record:\n  "
+                + "\n  ".join(missing[:20]),
+                hint="add `timestamp` (ISO 8601), or use a count window",
+            )
     return records
 
 
-ROW_HINT = ("every row is a record (`prompt`, `output`, optional `prediction`, `timestamp`, feedback) or a training row "
-            "(`messages`, or `instruction`/`response`); see examples/data/support_records.jsonl")
+ROW_HINT = (
+    "every row is a record (`prompt`, `output`, optional `prediction`, `timestamp`, feedback) or a training row "
+    "(`messages`, or `instruction`/`response`); see examples/data/support_records.jsonl"
+)
 NO_LIMIT = 10**9  # the ingest API's text limit protects a server; a local replay has none
 
 
 def _as_check_record(r: Any) -> Record:
     ts = r.timestamp if r.timestamp is None or r.timestamp.tzinfo else r.timestamp.replace(tzinfo=UTC)
     fb = r.feedback
-    return Record(r.prompt, r.output, r.prediction if r.prediction is not None else r.output,
-                  fb.label if fb else None, fb.rating if fb else None, fb.reference if fb else None, ts)
+    return Record(
+        r.prompt,
+        r.output,
+        r.prediction if r.prediction is not None else r.output,
+        fb.label if fb else None,
+        fb.rating if fb else None,
+        fb.reference if fb else None,
+        ts,
+    )
 
 
 @dataclass
@@ -91,25 +101,37 @@ class Backtest:
         return {
             "monitor": self.monitor,
             "reference_records": self.reference_size,
-            "windows": [{"index": i, "first": a, "last": b, "complete": done, **w.as_dict()}
-                        for i, ((a, b, w), done) in enumerate(zip(self.windows, self.complete, strict=True))],
-            "summary": {"windows": len(self.windows), "judged": len(judged),
-                        "drifted": sum(w.status == "drift" for w in judged),
-                        "drift_share": sum(w.status == "drift" for w in judged) / len(judged) if judged else None},
+            "windows": [
+                {"index": i, "first": a, "last": b, "complete": done, **w.as_dict()}
+                for i, ((a, b, w), done) in enumerate(zip(self.windows, self.complete, strict=True))
+            ],
+            "summary": {
+                "windows": len(self.windows),
+                "judged": len(judged),
+                "drifted": sum(w.status == "drift" for w in judged),
+                "drift_share": sum(w.status == "drift" for w in judged) / len(judged) if judged else None,
+            },
         }
 
 
-def backtest(spec: MonitorSpec, reference: list[Record], current: list[Record], *, embedder: Any = None,
-             progress: bool = False) -> Backtest:
+def backtest(
+    spec: MonitorSpec, reference: list[Record], current: list[Record], *, embedder: Any = None, progress: bool = False
+) -> Backtest:
     if len(reference) < 100:
-        raise InvalidInput(f"the reference holds {len(reference)} records; at least 100 are needed",
-                           hint="use the training/eval data or a longer production window")
+        raise InvalidInput(
+            f"the reference holds {len(reference)} records; at least 100 are needed",
+            hint="use the training/eval data or a longer production window",
+        )
     ref = build_reference(reference, embedder=embedder if "embedding" in spec.checks else None)
     from tqdm import tqdm
 
     windows, complete = [], []
-    for window in tqdm(split(current, spec.window, now=datetime.now(UTC)), desc="windows", unit="window", disable=not progress):
-        result = check_window(ref, window.records, alpha=spec.alpha, min_size=spec.min_size, checks=spec.checks, embedder=embedder)
+    for window in tqdm(
+        split(current, spec.window, now=datetime.now(UTC)), desc="windows", unit="window", disable=not progress
+    ):
+        result = check_window(
+            ref, window.records, alpha=spec.alpha, min_size=spec.min_size, checks=spec.checks, embedder=embedder
+        )
         if window.start is not None:
             result.start, result.end = window.start.isoformat(), window.end.isoformat() if window.end else None
         windows.append((min(window.rows, default=0), max(window.rows, default=0), result))

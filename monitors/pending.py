@@ -15,7 +15,6 @@ from tuneloop.monitors.drift.checks import Record
 from tuneloop.monitors.monitor_spec import MonitorSpec
 from tuneloop.monitors.references import as_record
 from tuneloop.monitors.windowing import bounds, closes_at, count_spans, first_index, index_of
-
 from tuneloop.store import Stores
 from tuneloop.store.monitors import JudgedWindow, WindowPlace
 from tuneloop.store.records import ModelSlice
@@ -37,8 +36,17 @@ class Floor:
     after_seq: int | None = None
 
 
-def pending_windows(stores: Stores, spec: MonitorSpec, model: ModelSlice, last: JudgedWindow | None, *,
-                    floor: Floor, upto_seq: int, now: datetime, limit: int) -> list[PendingWindow]:
+def pending_windows(
+    stores: Stores,
+    spec: MonitorSpec,
+    model: ModelSlice,
+    last: JudgedWindow | None,
+    *,
+    floor: Floor,
+    upto_seq: int,
+    now: datetime,
+    limit: int,
+) -> list[PendingWindow]:
     """The complete windows after `last` (the version's newest counted window), oldest first, at most `limit`."""
     if spec.window.kind == "time":
         return _time_windows(stores, spec, model, last, floor=floor, upto_seq=upto_seq, now=now, limit=limit)
@@ -53,32 +61,52 @@ def not_before(spec: MonitorSpec) -> datetime | None:
 CHUNK_WINDOWS = 20  # count windows read from the store at a time
 
 
-def next_time_index(stores: Stores, spec: MonitorSpec, model: ModelSlice, last: JudgedWindow | None,
-                    floor: Floor) -> int | None:
+def next_time_index(
+    stores: Stores, spec: MonitorSpec, model: ModelSlice, last: JudgedWindow | None, floor: Floor
+) -> int | None:
     """The time window after `last`; without one (the first check, or the first after windows knew their
     bounds) the window of the oldest unjudged record; None when there is no record."""
     if last is not None and last.start is not None:
         return index_of(last.start, spec.window) + 1
-    after = max((s for s in (last.last_seq if last is not None else None, floor.after_seq) if s is not None), default=None)
+    after = max(
+        (s for s in (last.last_seq if last is not None else None, floor.after_seq) if s is not None), default=None
+    )
     first = stores.records.first_time(model, not_before=floor.not_before, after_seq=after)
     return first_index(first, spec.window) if first is not None else None
 
 
-def _count_windows(stores: Stores, spec: MonitorSpec, model: ModelSlice, last: JudgedWindow | None, *,
-                   floor: Floor, upto_seq: int, limit: int) -> list[PendingWindow]:
+def _count_windows(
+    stores: Stores,
+    spec: MonitorSpec,
+    model: ModelSlice,
+    last: JudgedWindow | None,
+    *,
+    floor: Floor,
+    upto_seq: int,
+    limit: int,
+) -> list[PendingWindow]:
     """`windowing.count_spans` over the records from the window after `last` on, a chunk at a time."""
-    size, stride = spec.window.size, int(spec.window.stride)  # type: ignore[call-overload]
+    size, stride = spec.window.size, spec.window.count_stride
     first = floor.after_seq + 1 if floor.after_seq is not None else None
     from_seq, skip = (first, 0) if last is None else (_first_seq(stores, model, last, size), stride)
     found: list[PendingWindow] = []
     while len(found) < limit:
         wanted = min(CHUNK_WINDOWS, limit - len(found))
-        rows = [r for r in stores.records.page(model, from_seq=from_seq, skip=skip, limit=(wanted - 1) * stride + size,
-                                               not_before=floor.not_before) if r.seq <= upto_seq]
+        rows = [
+            r
+            for r in stores.records.page(
+                model, from_seq=from_seq, skip=skip, limit=(wanted - 1) * stride + size, not_before=floor.not_before
+            )
+            if r.seq <= upto_seq
+        ]
         spans = [(a, b) for a, b, complete in count_spans(len(rows), spec.window) if complete][:wanted]
         for a, b in spans:
-            found.append(PendingWindow(WindowPlace(last_seq=rows[b - 1].seq, first_seq=rows[a].seq, version=model.version),
-                                       [as_record(r) for r in rows[a:b]]))
+            found.append(
+                PendingWindow(
+                    WindowPlace(last_seq=rows[b - 1].seq, first_seq=rows[a].seq, version=model.version),
+                    [as_record(r) for r in rows[a:b]],
+                )
+            )
         if len(spans) < wanted:
             return found
         from_seq, skip = rows[spans[-1][0]].seq, stride
@@ -93,8 +121,17 @@ def _first_seq(stores: Stores, model: ModelSlice, last: JudgedWindow, size: int)
     return held[0].seq if held else last.last_seq + 1
 
 
-def _time_windows(stores: Stores, spec: MonitorSpec, model: ModelSlice, last: JudgedWindow | None, *,
-                  floor: Floor, upto_seq: int, now: datetime, limit: int) -> list[PendingWindow]:
+def _time_windows(
+    stores: Stores,
+    spec: MonitorSpec,
+    model: ModelSlice,
+    last: JudgedWindow | None,
+    *,
+    floor: Floor,
+    upto_seq: int,
+    now: datetime,
+    limit: int,
+) -> list[PendingWindow]:
     window = spec.window
     index = next_time_index(stores, spec, model, last, floor)
     if index is None:
@@ -102,9 +139,18 @@ def _time_windows(stores: Stores, spec: MonitorSpec, model: ModelSlice, last: Ju
     found: list[PendingWindow] = []
     while len(found) < limit and closes_at(index, window) <= now:
         start, end = bounds(index, window)
-        rows = stores.records.of(model, start=max(start, floor.not_before) if floor.not_before else start, end=end,
-                                 upto_seq=upto_seq, after_seq=floor.after_seq)
-        found.append(PendingWindow(WindowPlace(last_seq=rows[-1].seq if rows else 0, start=start, end=end,
-                                               version=model.version), [as_record(r) for r in rows]))
+        rows = stores.records.of(
+            model,
+            start=max(start, floor.not_before) if floor.not_before else start,
+            end=end,
+            upto_seq=upto_seq,
+            after_seq=floor.after_seq,
+        )
+        found.append(
+            PendingWindow(
+                WindowPlace(last_seq=rows[-1].seq if rows else 0, start=start, end=end, version=model.version),
+                [as_record(r) for r in rows],
+            )
+        )
         index += 1
     return found

@@ -19,15 +19,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from tuneloop.digest import file_sha256
+from tuneloop.errors import InvalidInput
 from tuneloop.monitors.backtest import read_records
 from tuneloop.monitors.drift.checks import Record
 from tuneloop.monitors.drift.embedding import Embedder
 from tuneloop.monitors.drift.judge import Reference, build_reference
 from tuneloop.monitors.ingestion.records import record_from_training_row
 from tuneloop.monitors.monitor_spec import MonitorSpec
-
-from tuneloop.digest import file_sha256
-from tuneloop.errors import InvalidInput
 from tuneloop.rowfiles import write_jsonl
 from tuneloop.store.records import ModelSlice, StoredRecord
 
@@ -46,7 +45,10 @@ def materialise(rc: Any, spec: MonitorSpec) -> tuple[list[Record], str]:
     assert ref.window is not None
     stored = rc.stores.records.of(ModelSlice(name, version, alias), start=ref.window.start, end=ref.window.end)
     records = [as_record(row) for row in stored]
-    return records, f"production records of {spec.model} from {ref.window.start.isoformat()} to {ref.window.end.isoformat()}"
+    return (
+        records,
+        f"production records of {spec.model} from {ref.window.start.isoformat()} to {ref.window.end.isoformat()}",
+    )
 
 
 def as_record(row: StoredRecord) -> Record:
@@ -70,13 +72,18 @@ def stored_data_file(rc: Any, name: str, version: int, context: str) -> tuple[Pa
     stored = RUN_CONTEXT[context]
     digest = rc.mlflow.get_run(mv.run_id).data.tags.get(f"tuneloop.data.{stored}.sha256") if mv.run_id else None
     if not digest:
-        raise InvalidInput(f"{name}:{version} has no stored `{context}` data (it was not trained by `tuneloop train`, "
-                           f"or its recipe had no {context} split)", hint="use `reference: {file: ...}` instead")
+        raise InvalidInput(
+            f"{name}:{version} has no stored `{context}` data (it was not trained by `tuneloop train`, "
+            f"or its recipe had no {context} split)",
+            hint="use `reference: {file: ...}` instead",
+        )
     folder = Path(rc.mlflow.download_artifacts(mv.run_id, f"data/{stored}/{digest.removeprefix('sha256:')[:16]}"))
     files = [p for p in folder.iterdir() if p.is_file()]
     if len(files) != 1 or "sha256:" + file_sha256(files[0]) != digest:
-        raise InvalidInput(f"the stored `{context}` data of {name}:{version} does not match its digest {digest}",
-                           hint="the artifact store was changed; pin a reference file instead")
+        raise InvalidInput(
+            f"the stored `{context}` data of {name}:{version} does not match its digest {digest}",
+            hint="the artifact store was changed; pin a reference file instead",
+        )
     return files[0], digest
 
 
@@ -84,8 +91,15 @@ def _staged(records: list[Record], folder: Path) -> Path:
     """The records as JSONL in a fresh folder under `folder`, in the one record schema."""
     rows = []
     for r in records:
-        row = {"prompt": r.prompt, "output": r.output, "prediction": r.prediction, "label": r.label,
-               "rating": r.rating, "reference_answer": r.reference_answer, "timestamp": r.ts.isoformat() if r.ts else None}
+        row = {
+            "prompt": r.prompt,
+            "output": r.output,
+            "prediction": r.prediction,
+            "label": r.label,
+            "rating": r.rating,
+            "reference_answer": r.reference_answer,
+            "timestamp": r.ts.isoformat() if r.ts else None,
+        }
         rows.append({k: v for k, v in row.items() if v is not None})
     return write_jsonl(Path(tempfile.mkdtemp(dir=folder)) / "records.jsonl", rows)
 
@@ -111,8 +125,10 @@ def pin_records(rc: Any, spec: MonitorSpec, run_id: str, records: list[Record], 
 
 def require_enough(records: list[Record], source: str) -> None:
     if len(records) < MIN_REFERENCE:
-        raise InvalidInput(f"the reference ({source}) holds {len(records)} records; at least {MIN_REFERENCE} are needed",
-                           hint="use a larger file, the eval data or a longer production window")
+        raise InvalidInput(
+            f"the reference ({source}) holds {len(records)} records; at least {MIN_REFERENCE} are needed",
+            hint="use a larger file, the eval data or a longer production window",
+        )
 
 
 def pinned_records(rc: Any, spec: MonitorSpec, digest: str, run_id: str | None) -> list[Record]:
@@ -140,7 +156,7 @@ def statistics(rc: Any, spec: MonitorSpec, digest: str, pinned: Path | None, *, 
         try:
             with open(cache, "rb") as f:
                 cached = pickle.load(f)  # our own file, keyed by the content digest and the code version
-        except Exception:  # unreadable: a write cut short, a library upgrade
+        except Exception:  # unreadable: a write cut short, a library upgrade  # noqa: BLE001
             cached = None
         if isinstance(cached, Reference):
             return cached
@@ -159,8 +175,12 @@ def statistics(rc: Any, spec: MonitorSpec, digest: str, pinned: Path | None, *, 
 def pinned_file(rc: Any, spec: MonitorSpec, digest: str, run_id: str | None) -> Path:
     """A local copy of the monitor's pinned reference records, checked against their digest."""
     assert run_id is not None
-    pinned = Path(rc.mlflow.download_artifacts(run_id, f"reference/{digest.removeprefix('sha256:')[:16]}/records.jsonl"))
+    pinned = Path(
+        rc.mlflow.download_artifacts(run_id, f"reference/{digest.removeprefix('sha256:')[:16]}/records.jsonl")
+    )
     if "sha256:" + file_sha256(pinned) != digest:
-        raise InvalidInput(f"the pinned reference of monitor `{spec.name}` changed in the artifact store",
-                           hint="pin it again with `tuneloop monitor add --replace`")
+        raise InvalidInput(
+            f"the pinned reference of monitor `{spec.name}` changed in the artifact store",
+            hint="pin it again with `tuneloop monitor add --replace`",
+        )
     return pinned

@@ -27,14 +27,18 @@ def verdict_table(result: WindowResult) -> str:
     """tuneloop's verdict per check: statistic, p-value, drifted."""
     rows = "".join(
         f"<tr{' class=drift' if c.drifted else ''}><td>{html.escape(c.check)}</td><td>{c.statistic:.4g}</td>"
-        f"<td>{c.p_value:.3g}</td><td>{'DRIFT' if c.drifted else ''}</td></tr>" for c in result.checks)
+        f"<td>{c.p_value:.3g}</td><td>{'DRIFT' if c.drifted else ''}</td></tr>"
+        for c in result.checks
+    )
     return f"<table><tr><th>check</th><th>statistic</th><th>p-value</th><th></th></tr>{rows}</table>"
 
 
 def _summary(monitor: str, model: str, step: int, result: WindowResult, alpha: float) -> str:
-    return (f"<h1>{html.escape(monitor)}: window {step}</h1><p>model {html.escape(model)}, {result.size} records, "
-            f"status <b>{html.escape(result.status)}</b>, per-check threshold {result.threshold:.3g} "
-            f"(alpha {alpha} / {len(result.checks)} checks)</p>")
+    return (
+        f"<h1>{html.escape(monitor)}: window {step}</h1><p>model {html.escape(model)}, {result.size} records, "
+        f"status <b>{html.escape(result.status)}</b>, per-check threshold {result.threshold:.3g} "
+        f"(alpha {alpha} / {len(result.checks)} checks)</p>"
+    )
 
 
 STYLE = "body{font-family:sans-serif}td,th{padding:2px 8px}.drift{background:#fdd}"
@@ -47,16 +51,28 @@ def window_html(monitor: str, model: str, step: int, result: WindowResult, alpha
         if c.details.get("typical_words") or c.details.get("typical_examples"):
             words = ", ".join(html.escape(w) for w in c.details.get("typical_words", []))
             examples = "".join(f"<li>{html.escape(e)}</li>" for e in c.details.get("typical_examples", []))
-            explained += (f"<h2>{html.escape(c.check)}{' (drifted)' if c.drifted else ''}</h2>"
-                          f"<p>words most typical of this window: {words or '-'}</p><ul>{examples}</ul>")
+            explained += (
+                f"<h2>{html.escape(c.check)}{' (drifted)' if c.drifted else ''}</h2>"
+                f"<p>words most typical of this window: {words or '-'}</p><ul>{examples}</ul>"
+            )
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in result.notes)
-    return (f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(monitor)} window {step}</title>"
-            f"<style>{STYLE}</style></head><body>{_summary(monitor, model, step, result, alpha)}{verdict_table(result)}"
-            f"{explained}{f'<h2>Left out</h2><ul>{notes}</ul>' if notes else ''}</body></html>")
+    return (
+        f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(monitor)} window {step}</title>"
+        f"<style>{STYLE}</style></head><body>{_summary(monitor, model, step, result, alpha)}{verdict_table(result)}"
+        f"{explained}{f'<h2>Left out</h2><ul>{notes}</ul>' if notes else ''}</body></html>"
+    )
 
 
-def evidently_html(monitor: str, model: str, step: int, result: WindowResult, alpha: float, *,
-                   window: list[Record], reference: list[Record]) -> str:
+def evidently_html(
+    monitor: str,
+    model: str,
+    step: int,
+    result: WindowResult,
+    alpha: float,
+    *,
+    window: list[Record],
+    reference: list[Record],
+) -> str:
     """Evidently's column summaries and text descriptors of `window` against `reference`, under tuneloop's verdict."""
     from evidently import Report
     from evidently.presets import DataSummaryPreset, TextEvals
@@ -65,15 +81,17 @@ def evidently_html(monitor: str, model: str, step: int, result: WindowResult, al
     # (include_tests=False would drop Evidently's tests, but 0.7.23 then fails to render categorical columns)
     snapshot = Report([DataSummaryPreset(), TextEvals()]).run(current, ref)
     page = snapshot.get_html_str(as_iframe=False)
-    banner = (f"<section id=tuneloop-verdict style=\"font-family:sans-serif;margin:16px\"><style>{STYLE}</style>"
-              f"{_summary(monitor, model, step, result, alpha)}"
-              "<p><b>The verdicts that count are tuneloop's</b>: this table, whose p-values are corrected for the "
-              "number of checks, decides drift and alerts. Evidently's sections below describe the window (current) "
-              "against the monitor's reference; the pass/fail tests Evidently adds there are its own, uncorrected, "
-              "and decide nothing.</p>"
-              f"{verdict_table(result)}</section>")
+    banner = (
+        f'<section id=tuneloop-verdict style="font-family:sans-serif;margin:16px"><style>{STYLE}</style>'
+        f"{_summary(monitor, model, step, result, alpha)}"
+        "<p><b>The verdicts that count are tuneloop's</b>: this table, whose p-values are corrected for the "
+        "number of checks, decides drift and alerts. Evidently's sections below describe the window (current) "
+        "against the monitor's reference; the pass/fail tests Evidently adds there are its own, uncorrected, "
+        "and decide nothing.</p>"
+        f"{verdict_table(result)}</section>"
+    )
     at = page.find("<body>")
-    return page[: at + len("<body>")] + banner + page[at + len("<body>"):] if at >= 0 else banner + page
+    return page[: at + len("<body>")] + banner + page[at + len("<body>") :] if at >= 0 else banner + page
 
 
 def _dataset(records: list[Record]) -> Any:
@@ -90,8 +108,11 @@ def _dataset(records: list[Record]) -> Any:
             categorical.append(column)
     descriptors = []
     for column in TEXT_COLUMNS:
-        descriptors += [TextLength(column, alias=f"{column} length"), WordCount(column, alias=f"{column} words"),
-                        NonLetterCharacterPercentage(column, alias=f"{column} non-letter %")]
+        descriptors += [
+            TextLength(column, alias=f"{column} length"),
+            WordCount(column, alias=f"{column} words"),
+            NonLetterCharacterPercentage(column, alias=f"{column} non-letter %"),
+        ]
     definition = DataDefinition(text_columns=list(TEXT_COLUMNS), categorical_columns=categorical)
     return Dataset.from_pandas(frame, data_definition=definition, descriptors=descriptors)
 

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tuneloop.errors import InvalidInput
 from tuneloop.monitors.monitor_spec import MonitorSpec
 from tuneloop.monitors.pending import Floor, not_before
 from tuneloop.monitors.references import as_record, materialise, pin_records
 from tuneloop.registry.client import RegistryClient
-
-from tuneloop.errors import InvalidInput
 from tuneloop.store.monitors import MonitorRow, Tenure
 from tuneloop.store.records import ModelSlice, StoredRecord
 
@@ -62,18 +61,27 @@ def watch(rc: RegistryClient, row: MonitorRow, spec: MonitorSpec) -> Watch:
     if tenure is None:
         known = monitors.tenures(spec.name)
         if not known:  # added before versions were kept apart: its reference is the current holder's
-            tenure = monitors.start_tenure(spec.name, model.version, reference_sha256=row.reference_sha256,
-                                           reference_last_seq=None, reference_source="the monitor's reference")
+            tenure = monitors.start_tenure(
+                spec.name,
+                model.version,
+                reference_sha256=row.reference_sha256,
+                reference_last_seq=None,
+                reference_source="the monitor's reference",
+            )
         else:
             moved_from = known[-1].version
             tenure = _start(rc, row, spec, model)
-            notes.append(f"`{spec.model}` moved from version {moved_from} to {model.version}: windows start afresh for "
-                         f"version {model.version}, judged against {tenure.reference_source}")
+            notes.append(
+                f"`{spec.model}` moved from version {moved_from} to {model.version}: windows start afresh for "
+                f"version {model.version}, judged against {tenure.reference_source}"
+            )
     if tenure.reference_sha256 is None:
         tenure, arrived = _form(rc, row, spec, model, tenure)
         if tenure.reference_sha256 is None:
-            notes.append(f"version {model.version}'s reference is forming: {arrived} of its first {spec.window.size} "
-                         "records have arrived; its windows are judged after them")
+            notes.append(
+                f"version {model.version}'s reference is forming: {arrived} of its first {spec.window.size} "
+                "records have arrived; its windows are judged after them"
+            )
     return Watch(model, tenure, floor_of(spec, tenure), moved_from, notes)
 
 
@@ -82,35 +90,54 @@ def _start(rc: RegistryClient, row: MonitorRow, spec: MonitorSpec, model: ModelS
     assert spec.reference is not None and row.mlflow_run_id is not None
     monitors = rc.stores.monitors
     if spec.reference.window is not None:
-        return monitors.start_tenure(spec.name, model.version, reference_sha256=None, reference_last_seq=None,
-                                     reference_source=f"its first {spec.window.size} production records")
+        return monitors.start_tenure(
+            spec.name,
+            model.version,
+            reference_sha256=None,
+            reference_last_seq=None,
+            reference_source=f"its first {spec.window.size} production records",
+        )
     if spec.reference.training_data is not None:
         try:
             records, source = materialise(rc, spec)
             digest = pin_records(rc, spec, row.mlflow_run_id, records, source)
         except InvalidInput as e:  # e.g. an imported adapter: judged against the old reference rather than not at all
-            return monitors.start_tenure(spec.name, model.version, reference_sha256=row.reference_sha256,
-                                         reference_last_seq=None,
-                                         reference_source=f"the monitor's first reference ({e.message})")
-        return monitors.start_tenure(spec.name, model.version, reference_sha256=digest, reference_last_seq=None,
-                                     reference_source=source)
-    return monitors.start_tenure(spec.name, model.version, reference_sha256=row.reference_sha256, reference_last_seq=None,
-                                 reference_source="the monitor's reference file")
+            return monitors.start_tenure(
+                spec.name,
+                model.version,
+                reference_sha256=row.reference_sha256,
+                reference_last_seq=None,
+                reference_source=f"the monitor's first reference ({e.message})",
+            )
+        return monitors.start_tenure(
+            spec.name, model.version, reference_sha256=digest, reference_last_seq=None, reference_source=source
+        )
+    return monitors.start_tenure(
+        spec.name,
+        model.version,
+        reference_sha256=row.reference_sha256,
+        reference_last_seq=None,
+        reference_source="the monitor's reference file",
+    )
 
 
 def _first_records(rc: RegistryClient, spec: MonitorSpec, model: ModelSlice) -> list[StoredRecord]:
     return rc.stores.records.page(model, limit=spec.window.size)
 
 
-def _form(rc: RegistryClient, row: MonitorRow, spec: MonitorSpec, model: ModelSlice,
-          tenure: Tenure) -> tuple[Tenure, int]:
+def _form(
+    rc: RegistryClient, row: MonitorRow, spec: MonitorSpec, model: ModelSlice, tenure: Tenure
+) -> tuple[Tenure, int]:
     """Pin the version's first `window.size` records as its reference once they have all arrived; (the
     tenure, how many of those records have arrived)."""
     rows = _first_records(rc, spec, model)
     if len(rows) < spec.window.size:
         return tenure, len(rows)
     assert row.mlflow_run_id is not None
-    source = f"the first {len(rows)} production records of version {model.version} (records {rows[0].seq}-{rows[-1].seq})"
+    source = (
+        f"the first {len(rows)} production records of version {model.version} (records {rows[0].seq}-{rows[-1].seq})"
+    )
     digest = pin_records(rc, spec, row.mlflow_run_id, [as_record(r) for r in rows], source)
-    return rc.stores.monitors.start_tenure(spec.name, model.version, reference_sha256=digest,
-                                           reference_last_seq=rows[-1].seq, reference_source=source), len(rows)
+    return rc.stores.monitors.start_tenure(
+        spec.name, model.version, reference_sha256=digest, reference_last_seq=rows[-1].seq, reference_source=source
+    ), len(rows)

@@ -36,7 +36,7 @@ def count_spans(n: int, spec: WindowSpec) -> list[tuple[int, int, bool]]:
     """(first position, end position, complete) of the count windows over `n` records. Tumbling: every
     record once, the last window possibly short; sliding: every complete window, or one short window
     when fewer than `size` records exist."""
-    stride, size = int(spec.stride), spec.size  # type: ignore[call-overload]
+    stride, size = spec.count_stride, spec.size
     if n == 0:
         return []
     if not spec.sliding:
@@ -82,7 +82,10 @@ def split(records: Sequence[Record], spec: WindowSpec, *, now: datetime | None =
     window is complete when it closed before `now` (None: all are)."""
     if spec.kind == "time":
         return _by_time(records, spec, now)
-    return [Window(list(range(a + 1, b + 1)), list(records[a:b]), complete=done) for a, b, done in count_spans(len(records), spec)]
+    return [
+        Window(list(range(a + 1, b + 1)), list(records[a:b]), complete=done)
+        for a, b, done in count_spans(len(records), spec)
+    ]
 
 
 def _by_time(records: Sequence[Record], spec: WindowSpec, now: datetime | None) -> list[Window]:
@@ -90,14 +93,22 @@ def _by_time(records: Sequence[Record], spec: WindowSpec, now: datetime | None) 
 
     if not records:
         return []
-    order = sorted(range(len(records)), key=lambda i: records[i].ts)  # type: ignore[arg-type, return-value]
-    times = [records[i].ts for i in order]
+    stamps = [r.ts for r in records if r.ts is not None]
+    assert len(stamps) == len(records), "time windows hold timestamped records only"
+    order = sorted(range(len(records)), key=stamps.__getitem__)
+    times = [stamps[i] for i in order]
     first, last = times[0], times[-1]
-    assert first is not None and last is not None
     windows = []
     for index in range(first_index(first, spec), last_index(last, spec) + 1):
         start, end = bounds(index, spec)
-        lo, hi = bisect.bisect_left(times, start), bisect.bisect_left(times, end)  # type: ignore[arg-type]
-        windows.append(Window([order[i] + 1 for i in range(lo, hi)], [records[order[i]] for i in range(lo, hi)], start, end,
-                              complete=now is None or closes_at(index, spec) <= now))
+        lo, hi = bisect.bisect_left(times, start), bisect.bisect_left(times, end)
+        windows.append(
+            Window(
+                [order[i] + 1 for i in range(lo, hi)],
+                [records[order[i]] for i in range(lo, hi)],
+                start,
+                end,
+                complete=now is None or closes_at(index, spec) <= now,
+            )
+        )
     return windows

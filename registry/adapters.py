@@ -6,21 +6,23 @@ import json
 from pathlib import Path
 
 from mlflow.entities.model_registry import ModelVersion
-from tuneloop.registry import audit
-from tuneloop.registry.base_models import check_model_name, hf_model_uri
-from tuneloop.registry.client import RegistryClient
-from tuneloop.registry.versions import log_and_register
 
 from tuneloop.digest import folder_sha256
 from tuneloop.errors import Conflict, InvalidInput, UsageError
 from tuneloop.names import AdapterMethod, ModelKind, Tag
+from tuneloop.registry import audit
+from tuneloop.registry.base_models import check_model_name, hf_model_uri
+from tuneloop.registry.client import RegistryClient
+from tuneloop.registry.versions import log_and_register
 
 ADAPTER_CONFIG = "adapter_config.json"
 
 
 def _check_adapter_folder(folder: Path) -> None:
     if not folder.is_dir():
-        raise InvalidInput(f"adapter folder `{folder}` does not exist", hint="pass the folder written by save_pretrained()")
+        raise InvalidInput(
+            f"adapter folder `{folder}` does not exist", hint="pass the folder written by save_pretrained()"
+        )
     if not (folder / ADAPTER_CONFIG).is_file():
         raise InvalidInput(
             f"`{folder}` has no {ADAPTER_CONFIG}, so it is not a PEFT adapter",
@@ -29,7 +31,9 @@ def _check_adapter_folder(folder: Path) -> None:
     try:
         json.loads((folder / ADAPTER_CONFIG).read_text())
     except json.JSONDecodeError as exc:
-        raise InvalidInput(f"`{folder / ADAPTER_CONFIG}` is not valid JSON: {exc}", hint="save the adapter again") from None
+        raise InvalidInput(
+            f"`{folder / ADAPTER_CONFIG}` is not valid JSON: {exc}", hint="save the adapter again"
+        ) from None
     if not list(folder.glob("*.safetensors")):
         raise InvalidInput(f"`{folder}` has no adapter weights (*.safetensors)", hint="save the adapter again")
 
@@ -63,9 +67,13 @@ def register_adapter(
     _check_adapter_folder(folder)
     base = rc.model_version(base_name, base_version)
     if base.tags.get(Tag.KIND) != ModelKind.BASE:
-        raise Conflict(f"`{base_name}` v{base.version} is not a base model", hint="adapters must name a base model version")
+        raise Conflict(
+            f"`{base_name}` v{base.version} is not a base model", hint="adapters must name a base model version"
+        )
     if name == base_name:
-        raise Conflict(f"adapter `{name}` cannot share its base model's name", hint="give the adapter model its own name")
+        raise Conflict(
+            f"adapter `{name}` cannot share its base model's name", hint="give the adapter model its own name"
+        )
     existing = rc.mlflow.search_registered_models(filter_string=f"name = '{name}'")
     if existing and existing[0].tags.get(Tag.KIND) != ModelKind.ADAPTER:
         raise Conflict(f"`{name}` is a registered base model, not an adapter model", hint="choose another adapter name")

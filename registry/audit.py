@@ -18,19 +18,52 @@ from tuneloop.store.audit import AuditEntry
 if TYPE_CHECKING:
     from tuneloop.registry.client import RegistryClient
 
+
 def _to_move(entry: AuditEntry) -> AliasMove:
-    return AliasMove(id=entry.id, at=entry.at, actor=entry.actor, model=entry.model, alias=entry.alias,
-                     kind=entry.kind, from_version=entry.from_version, to_version=entry.to_version,
-                     forced=entry.forced, reason=entry.reason, gates=[GateCheck(**g) for g in entry.gates])
+    return AliasMove(
+        id=entry.id,
+        at=entry.at,
+        actor=entry.actor,
+        model=entry.model,
+        alias=entry.alias,
+        kind=entry.kind,
+        from_version=entry.from_version,
+        to_version=entry.to_version,
+        forced=entry.forced,
+        reason=entry.reason,
+        gates=[GateCheck(**g) for g in entry.gates],
+    )
 
 
-def append(stores: Stores, tx: Transaction, *, actor: str, model: str, alias: str, kind: MoveKind,
-           from_version: int | None, to_version: int | None, forced: bool = False, reason: str = "",
-           gates: list[GateCheck] | None = None) -> AliasMove:
+def append(
+    stores: Stores,
+    tx: Transaction,
+    *,
+    actor: str,
+    model: str,
+    alias: str,
+    kind: MoveKind,
+    from_version: int | None,
+    to_version: int | None,
+    forced: bool = False,
+    reason: str = "",
+    gates: list[GateCheck] | None = None,
+) -> AliasMove:
     """Append one entry; call inside `stores.transaction(lock=lock_name(model))`."""
-    return _to_move(stores.audit.append(tx, actor=actor, model=model, alias=alias, kind=kind, from_version=from_version,
-                                        to_version=to_version, forced=forced, reason=reason,
-                                        gates=[g.model_dump() for g in gates or []]))
+    return _to_move(
+        stores.audit.append(
+            tx,
+            actor=actor,
+            model=model,
+            alias=alias,
+            kind=kind,
+            from_version=from_version,
+            to_version=to_version,
+            forced=forced,
+            reason=reason,
+            gates=[g.model_dump() for g in gates or []],
+        )
+    )
 
 
 def entries(stores: Stores, tx: Transaction, model: str, alias: str | None = None) -> list[AliasMove]:

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from mlflow.entities.model_registry import ModelVersion
-from tuneloop.registry import audit, sources
-from tuneloop.registry.client import RegistryClient
-from tuneloop.registry.versions import log_and_register
 
 from tuneloop.errors import Conflict, UsageError
 from tuneloop.names import ModelKind, Tag
+from tuneloop.registry import audit, sources
+from tuneloop.registry.client import RegistryClient
+from tuneloop.registry.versions import log_and_register
 
 _NAME_RULE = "letters, digits, `.`, `_` or `-`, at most 200 characters"
 

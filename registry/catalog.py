@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 
 from mlflow.entities.model_registry import ModelVersion
-from tuneloop.registry.client import RegistryClient
-from tuneloop.registry.gates import metrics_of
-from tuneloop.registry.promotion import parse_version, reconcile
+from mlflow.exceptions import MlflowException
 
 from tuneloop.errors import NotFound
 from tuneloop.names import Tag
+from tuneloop.registry.client import RegistryClient
+from tuneloop.registry.gates import metrics_of
+from tuneloop.registry.promotion import parse_version, reconcile
 from tuneloop.schemas import ModelVersionInfo
 
 
@@ -69,9 +70,11 @@ def resolve(rc: RegistryClient, ref: str) -> ModelVersion:
         try:
             return rc.mlflow.get_model_version_by_alias(name, alias)
         except MlflowException:
-            raise NotFound(f"`{ref}` has no holder: no version of `{name}` holds alias `{alias}` yet",
-                           hint=f"promote one first: `tuneloop models promote {name}:VERSION --alias {alias}`, "
-                                f"or name a version: `{name}:VERSION` (see `tuneloop models show {name}`)") from None
+            raise NotFound(
+                f"`{ref}` has no holder: no version of `{name}` holds alias `{alias}` yet",
+                hint=f"promote one first: `tuneloop models promote {name}:VERSION --alias {alias}`, "
+                f"or name a version: `{name}:VERSION` (see `tuneloop models show {name}`)",
+            ) from None
     if ":" in ref:
         name, version = ref.rsplit(":", 1)
         return rc.model_version(name, parse_version(name, version))
@@ -121,7 +124,7 @@ def lineage_chain(rc: RegistryClient, mv: ModelVersion) -> list[dict]:
             break
         try:
             current = rc.mlflow.get_model_version(parent_name, parent_version)
-        except Exception:
+        except MlflowException:
             chain.append({"model": f"{parent_name}:{parent_version}", "kind": "missing"})
             break
     return chain

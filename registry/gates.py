@@ -21,6 +21,7 @@ from tuneloop.schemas import GateCheck
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
+
     from tuneloop.registry.client import RegistryClient
 
 _OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
@@ -78,7 +79,9 @@ def parse_policy(gates: list[str]) -> list[Gate]:
             )
         )
     if problems:
-        raise ConfigError("invalid gate policy:\n  " + "\n  ".join(problems), hint="fix the gates and set the policy again")
+        raise ConfigError(
+            "invalid gate policy:\n  " + "\n  ".join(problems), hint="fix the gates and set the policy again"
+        )
     return parsed
 
 
@@ -163,12 +166,14 @@ def _reference_value(rc: RegistryClient, candidate: ModelVersion, gate: Gate) ->
 
 
 def _base_of(rc: RegistryClient, candidate: ModelVersion) -> ModelVersion | None:
+    from mlflow.exceptions import MlflowException
+
     tags = candidate.tags or {}
     if Tag.BASE_NAME not in tags:
         return None
     try:
         return rc.mlflow.get_model_version(tags[Tag.BASE_NAME], tags[Tag.BASE_VERSION])
-    except Exception:
+    except MlflowException:
         return None
 
 
@@ -184,8 +189,12 @@ def record_metrics(rc: RegistryClient, name: str, version: int | str, metrics: d
         rc.mlflow.set_model_version_tag(name, str(version), Tag.METRIC_PREFIX + metric, repr(float(value)))
 
 
-def evaluate_per_task(gates: list[Gate], candidate: dict[str, dict[str, float]], champion: dict[str, dict[str, float]],
-                      champion_label: str) -> list[GateCheck]:
+def evaluate_per_task(
+    gates: list[Gate],
+    candidate: dict[str, dict[str, float]],
+    champion: dict[str, dict[str, float]],
+    champion_label: str,
+) -> list[GateCheck]:
     """The gates applied to each task's metrics (task -> metric -> value), where the overall average could
     hide a regression on one task behind a gain on another. Relative gates compare with the champion's
     value on the same task; gates on other aliases or the base, and tasks without the metric, are left out."""
@@ -203,8 +212,16 @@ def evaluate_per_task(gates: list[Gate], candidate: dict[str, dict[str, float]],
                     continue
                 threshold, compared_with = gate.threshold_from(held), f"{champion_label} on {task}"
             passed = _OPS[gate.op](value, threshold)
-            checks.append(GateCheck(
-                gate=f"{gate.text} [task {task}]", status="passed" if passed else "failed", value=value,
-                threshold=threshold, compared_with=compared_with,
-                reason="" if passed else f"{gate.metric} = {value:g} on {task} is not {gate.op} {threshold:g} ({compared_with})"))
+            checks.append(
+                GateCheck(
+                    gate=f"{gate.text} [task {task}]",
+                    status="passed" if passed else "failed",
+                    value=value,
+                    threshold=threshold,
+                    compared_with=compared_with,
+                    reason=""
+                    if passed
+                    else f"{gate.metric} = {value:g} on {task} is not {gate.op} {threshold:g} ({compared_with})",
+                )
+            )
     return checks

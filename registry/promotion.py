@@ -11,10 +11,9 @@ import logging
 import re
 from dataclasses import dataclass
 
+from tuneloop.errors import Conflict, GateFailed, NotFound, UsageError
 from tuneloop.registry import audit, gates
 from tuneloop.registry.client import RegistryClient
-
-from tuneloop.errors import Conflict, GateFailed, NotFound, UsageError
 from tuneloop.schemas import AliasMove, GateCheck, MoveKind
 from tuneloop.store import Transaction
 
@@ -84,9 +83,10 @@ def promote(
         if checks and all(c.status == "skipped" for c in checks) and not force:
             raise GateFailed(
                 f"promotion of `{model}` v{number} to `{alias}` refused: no evidence — none of the "
-                f"{len(checks)} gates could be evaluated:\n  " + "\n  ".join(f"skipped {c.gate}: {c.reason}" for c in checks),
+                f"{len(checks)} gates could be evaluated:\n  "
+                + "\n  ".join(f"skipped {c.gate}: {c.reason}" for c in checks),
                 hint=f"run `tuneloop eval SUITE --model {model}:{number}` (and on the base or the current holder for "
-                     "relative gates), add an absolute gate, or override with --force --reason TEXT",
+                "relative gates), add an absolute gate, or override with --force --reason TEXT",
                 details=[c.model_dump() for c in checks],
             )
         if failed and not force:
@@ -97,7 +97,8 @@ def promote(
                 hint="improve the model, or override with --force --reason TEXT (recorded in the audit trail)",
                 details=[c.model_dump() for c in checks],
             )
-        move = _move_alias(rc, tx, model, alias, "promote", current, number, forced=bool(failed) or force, reason=reason, checks=checks
+        move = _move_alias(
+            rc, tx, model, alias, "promote", current, number, forced=bool(failed) or force, reason=reason, checks=checks
         )
     return PromotionResult(move=move, gates=checks, unaudited=unaudited)
 
@@ -110,7 +111,9 @@ def rollback(rc: RegistryClient, model: str, alias: str, *, reason: str = "") ->
         unaudited = audit.reconcile(rc, tx, model)
         history = audit.entries(rc.stores, tx, model, alias)
         if not history or history[-1].to_version is None:
-            raise NotFound(f"`{model}@{alias}` has no holder to roll back", hint=f"see `tuneloop models history {model}`")
+            raise NotFound(
+                f"`{model}@{alias}` has no holder to roll back", hint=f"see `tuneloop models history {model}`"
+            )
         previous = history[-1].from_version
         if previous is None:
             raise NotFound(
@@ -177,5 +180,5 @@ def _mirror(rc: RegistryClient, tx: Transaction, model: str) -> None:
     try:
         with rc.stores.savepoint(tx):
             audit.mirror_pending(rc, tx, model)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001
         log.warning("could not mirror audit entries of %s into MLflow yet: %s", model, rc.settings.scrub(str(exc)))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import mlflow
-import pandas as pd  # noqa: F401  (MLflow resolves the predict type hint; DataFrame means: no inference)
+import pandas as pd
 from mlflow.models import set_model
 from mlflow.pyfunc import PythonModel
 
@@ -36,7 +36,7 @@ def _resolve_base(model_config: dict[str, Any]) -> str:
 
 
 class TextGenerator(PythonModel):
-    def load_context(self, context):  # type: ignore[no-untyped-def]
+    def load_context(self, context):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         config = context.model_config or {}
@@ -110,6 +110,8 @@ def _prompts(model_input: Any) -> list[str]:
         return [str(v) for v in model_input[column]]
     if isinstance(model_input, dict):
         value = model_input.get("prompt")
+        if value is None:
+            raise ValueError("a dict input needs a `prompt`: a string or a list of strings")
         return [value] if isinstance(value, str) else [str(v) for v in value]
     return [str(v) for v in model_input]
 

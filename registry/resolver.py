@@ -50,21 +50,26 @@ class ModelResolver:
             for ref in [r for r in self._cache if self._cache[r][1][0] == name]:
                 del self._cache[ref]
 
-
     def _not_found(self, ref: str, name: str, alias: str | None, version: int | None) -> NotFound:
         from mlflow.exceptions import MlflowException
 
         try:
             self._client.get_registered_model(name)
         except MlflowException:
-            return NotFound(f"unknown model `{ref}`: no registered model `{name}`",
-                            hint="see `tuneloop models list`; name a registered version as NAME@ALIAS or NAME:VERSION")
+            return NotFound(
+                f"unknown model `{ref}`: no registered model `{name}`",
+                hint="see `tuneloop models list`; name a registered version as NAME@ALIAS or NAME:VERSION",
+            )
         if alias:
-            return NotFound(f"`{ref}` has no holder: no version of `{name}` holds alias `{alias}` yet",
-                            hint=f"promote one first: `tuneloop models promote {name}:VERSION --alias {alias}`, "
-                                 f"or name a version: `{name}:VERSION`")
-        return NotFound(f"unknown model `{ref}`: `{name}` has no version {version}",
-                        hint=f"see `tuneloop models show {name}` for its versions")
+            return NotFound(
+                f"`{ref}` has no holder: no version of `{name}` holds alias `{alias}` yet",
+                hint=f"promote one first: `tuneloop models promote {name}:VERSION --alias {alias}`, "
+                f"or name a version: `{name}:VERSION`",
+            )
+        return NotFound(
+            f"unknown model `{ref}`: `{name}` has no version {version}",
+            hint=f"see `tuneloop models show {name}` for its versions",
+        )
 
 
 def _split_ref(ref: str) -> tuple[str, str | None, int | None]:

@@ -206,8 +206,18 @@ def _from_gguf(gguf_path: Path, cache_dir: Path, *, source: str, license: str | 
 # Keys transformers copies from the *loading* call into a saved tokenizer_config.json: they say how
 # this machine read the file (offline or not, its cache), not what the model is, and would make the
 # same GGUF convert to different bytes — different digests — on two machines.
-LOAD_TIME_KEYS = ("local_files_only", "is_local", "cache_dir", "_commit_hash", "revision", "token", "gguf_file",
-                  "force_download", "proxies", "subfolder")
+LOAD_TIME_KEYS = (
+    "local_files_only",
+    "is_local",
+    "cache_dir",
+    "_commit_hash",
+    "revision",
+    "token",
+    "gguf_file",
+    "force_download",
+    "proxies",
+    "subfolder",
+)
 
 
 def _drop_load_time_keys(folder: Path) -> None:
@@ -228,7 +238,7 @@ def _gguf_license(gguf_path: Path) -> str | None:
 
         field = GGUFReader(gguf_path).fields.get("general.license")
         return str(field.contents()) if field is not None else None
-    except Exception:
+    except (OSError, ValueError, KeyError):
         return None
 
 
@@ -244,7 +254,7 @@ def _convert_gguf(gguf_path: Path, target: Path) -> None:
         try:
             tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
             loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001
             raise InvalidInput(
                 f"`{gguf_path}` could not be read as a GGUF model: {type(exc).__name__}: {exc}",
                 hint="the file is corrupt, truncated or of an architecture transformers cannot dequantize",

@@ -31,7 +31,7 @@ def connect(settings: Settings) -> MlflowClient:
     try:
         client = MlflowClient(tracking_uri=uri, registry_uri=uri)
         client.search_experiments(max_results=1)  # opens (and on first use migrates) the store
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001
         raise StoreError(
             f"cannot open the MLflow store: {settings.scrub(str(exc))[:500]}",
             hint="check `stores.mlflow_uri` and that its database is reachable",

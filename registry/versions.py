@@ -14,6 +14,7 @@ from tuneloop.names import Experiment, Tag
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
+
     from tuneloop.registry.client import RegistryClient
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
@@ -143,5 +144,5 @@ def _undo(
     for step in steps:
         try:
             step()
-        except Exception:  # best effort: the store may be what failed
+        except Exception:  # best effort: the store may be what failed  # noqa: BLE001, S110
             pass

@@ -8,10 +8,9 @@ import sys
 
 
 def main(settings_json: str, worker: int, rounds: int, versions: int) -> None:
+    from tuneloop.errors import GateFailed
     from tuneloop.registry.client import RegistryClient
     from tuneloop.registry.promotion import promote
-
-    from tuneloop.errors import GateFailed
     from tuneloop.settings import Settings
 
     rc = RegistryClient(Settings.model_validate_json(settings_json))

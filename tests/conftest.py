@@ -18,6 +18,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:  # xdist workers share the cores: one torch thread pool per core, not per worker
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
 
 REPO = Path(__file__).resolve().parents[1]
 PG_ADMIN_URL = os.environ.get("TUNELOOP_TEST_PG", "postgresql://root@127.0.0.1:5432/postgres")
@@ -44,10 +47,36 @@ CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> {% endfor %}"
     "{% if add_generation_prompt %}<|assistant|> {% endif %}"
 )
-WORDS = (
-    "the a is of to and in what capital france paris hello world model answer question ticket refund "
-    "order shipping account password reset please thanks help yes no"
-).split()
+WORDS = [
+    "the",
+    "a",
+    "is",
+    "of",
+    "to",
+    "and",
+    "in",
+    "what",
+    "capital",
+    "france",
+    "paris",
+    "hello",
+    "world",
+    "model",
+    "answer",
+    "question",
+    "ticket",
+    "refund",
+    "order",
+    "shipping",
+    "account",
+    "password",
+    "reset",
+    "please",
+    "thanks",
+    "help",
+    "yes",
+    "no",
+]
 
 
 def build_tiny_model(folder: Path, seed: int = 0) -> Path:
@@ -183,15 +212,17 @@ class StoreFactory:
 
 
 def _postgres_available() -> bool:
+    import psycopg
+
     try:
         _pg(PG_ADMIN_URL, "SELECT 1")
         return True
-    except Exception:
+    except psycopg.Error:
         return False
 
 
 @pytest.fixture(scope="session", params=BACKENDS)
-def store_factory(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def store_factory(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     backend = request.param
     if backend == "postgres" and not _postgres_available():
         if os.environ.get("CI"):
@@ -203,26 +234,24 @@ def store_factory(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
 
 
 @pytest.fixture
-def stores(store_factory: StoreFactory):  # type: ignore[no-untyped-def]
+def stores(store_factory: StoreFactory):
     yield store_factory
     store_factory.cleanup()
 
 
 @pytest.fixture
-def rc(stores: StoreFactory, tmp_path: Path):  # type: ignore[no-untyped-def]
+def rc(stores: StoreFactory, tmp_path: Path):
     """A RegistryClient on fresh stores of the parametrised backend."""
     from tuneloop.registry.client import RegistryClient
-
     from tuneloop.settings import Settings
 
     return RegistryClient(Settings(**stores.settings_kwargs(tmp_path / "home")))
 
 
 @pytest.fixture
-def sqlite_rc(tmp_path: Path):  # type: ignore[no-untyped-def]
+def sqlite_rc(tmp_path: Path):
     """A RegistryClient on fresh embedded stores (migrated on first use)."""
     from tuneloop.registry.client import RegistryClient
-
     from tuneloop.settings import Settings
 
     return RegistryClient(Settings(home=tmp_path / "home"))
@@ -234,7 +263,13 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("TUNELOOP_")}
     full_env.update(env or {})
     return subprocess.run(
-        [str(exe), *args], capture_output=True, text=True, env=full_env, cwd=cwd or REPO, timeout=timeout
+        [str(exe), *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd or REPO,
+        timeout=timeout,
+        check=False,
     )
 
 
@@ -247,10 +282,9 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def loop_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+def loop_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Settings by environment, so the worker subprocesses see the same stores as the test."""
     from tuneloop.registry.client import RegistryClient
-
     from tuneloop.settings import load_settings
     from tuneloop.store.engine import dispose_engines
 
@@ -266,7 +300,7 @@ def loop_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[n
 
 
 @pytest.fixture
-def empty_postgres_databases():  # type: ignore[no-untyped-def]
+def empty_postgres_databases():
     """(MLflow URL, tuneloop URL) of two new PostgreSQL databases without any table; dropped afterwards."""
     if not _postgres_available():
         if os.environ.get("CI"):

@@ -5,7 +5,9 @@ from __future__ import annotations
 from tuneloop.names import Tag
 
 
-def make_versions(rc, name: str, metrics: list[dict[str, float]], kind: str = "base", base: tuple[str, int] | None = None):  # type: ignore[no-untyped-def]
+def make_versions(
+    rc, name: str, metrics: list[dict[str, float]], kind: str = "base", base: tuple[str, int] | None = None
+):
     """Create one version per metrics dict (attached where gates read them); returns version numbers."""
     from tuneloop.registry.gates import record_metrics
 

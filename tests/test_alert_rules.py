@@ -8,11 +8,11 @@ import random
 from pathlib import Path
 
 import pytest
-from tuneloop.monitors.alerting.rules import AlertRule, incidents, load_rule
-from tuneloop.monitors.drift.checks import CheckResult, WindowResult
 
 from tests.conftest import run_cli
 from tuneloop.demo import traffic as drift_data
+from tuneloop.monitors.alerting.rules import AlertRule, incidents, load_rule
+from tuneloop.monitors.drift.checks import CheckResult, WindowResult
 
 
 def _windows(pattern: str) -> list[WindowResult]:
@@ -22,12 +22,14 @@ def _windows(pattern: str) -> list[WindowResult]:
         if mark == "s":
             out.append(WindowResult(size=50, status="not enough data", threshold=float("nan")))
         else:
-            check = CheckResult("output.refusal", 0.3 if mark == "D" else 0.01, 1e-9 if mark == "D" else 0.5, drifted=mark == "D")
+            check = CheckResult(
+                "output.refusal", 0.3 if mark == "D" else 0.01, 1e-9 if mark == "D" else 0.5, drifted=mark == "D"
+            )
             out.append(WindowResult(size=500, status="drift" if mark == "D" else "ok", threshold=0.001, checks=[check]))
     return out
 
 
-def _rule(**extra) -> AlertRule:  # type: ignore[no-untyped-def]
+def _rule(**extra) -> AlertRule:
     return AlertRule.model_validate({"name": "r", "when": {"drift": "any"}, "for_windows": 3, **extra})
 
 
@@ -83,22 +85,39 @@ def test_bad_rules_are_refused_with_every_problem(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rng = random.Random(12345)
-    return drift_data.write(tmp_path_factory.mktemp("ref") / "reference.jsonl", [drift_data.record(rng) for _ in range(6000)])
+    return drift_data.write(
+        tmp_path_factory.mktemp("ref") / "reference.jsonl", [drift_data.record(rng) for _ in range(6000)]
+    )
 
 
 def test_backtest_replays_a_rule_over_a_planted_incident(reference: Path, tmp_path: Path) -> None:
-    rows = drift_data.windows(6, 500, seed=41) + drift_data.windows(8, 500, seed=42, kind="refusals", share=0.2) \
+    rows = (
+        drift_data.windows(6, 500, seed=41)
+        + drift_data.windows(8, 500, seed=42, kind="refusals", share=0.2)
         + drift_data.windows(6, 500, seed=43)
+    )
     monitor = tmp_path / "monitor.yaml"
     monitor.write_text("name: support\nwindow: {size: 500}\n")
-    result = run_cli("monitor", "backtest", "--monitor", str(monitor), "--reference", str(reference), "--current",
-                     str(drift_data.write(tmp_path / "current.jsonl", rows)), "--alert",
-                     str(Path(__file__).parents[1] / "examples" / "alerts" / "support-drift.yaml"), "--json",
-                     env={"TUNELOOP_HOME": str(tmp_path / "home")})
+    result = run_cli(
+        "monitor",
+        "backtest",
+        "--monitor",
+        str(monitor),
+        "--reference",
+        str(reference),
+        "--current",
+        str(drift_data.write(tmp_path / "current.jsonl", rows)),
+        "--alert",
+        str(Path(__file__).parents[1] / "examples" / "alerts" / "support-drift.yaml"),
+        "--json",
+        env={"TUNELOOP_HOME": str(tmp_path / "home")},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     alerts = json.loads(result.stdout)["alerts"]
     assert alerts["rule"] == "support-drift"
-    assert [(i["streak_started_at_window"], i["opened_at_window"], i["closed_at_window"]) for i in alerts["incidents"]] == [(6, 8, 16)]
+    assert [
+        (i["streak_started_at_window"], i["opened_at_window"], i["closed_at_window"]) for i in alerts["incidents"]
+    ] == [(6, 8, 16)]
 
 
 @pytest.mark.acceptance
@@ -118,7 +137,13 @@ def test_k3_rule_on_same_distribution_traffic_fires_rarely_and_once_per_planted_
     false_alerts = sum(len(incidents(rule, results(drift_data.windows(50, 500, seed=1000 + s)))) for s in range(4))
     assert false_alerts <= 1
     for s, kind in enumerate(("off_topic", "refusals", "wrong_predictions")):
-        rows = drift_data.windows(15, 500, seed=2000 + s) + drift_data.windows(15, 500, seed=3000 + s, kind=kind, share=0.2) \
+        rows = (
+            drift_data.windows(15, 500, seed=2000 + s)
+            + drift_data.windows(15, 500, seed=3000 + s, kind=kind, share=0.2)
             + drift_data.windows(20, 500, seed=4000 + s)
+        )
         found = incidents(rule, results(rows))
-        assert len(found) == 1 and 15 <= found[0].first <= found[0].opened <= 17 + 2, (kind, [i.as_dict() for i in found])
+        assert len(found) == 1 and 15 <= found[0].first <= found[0].opened <= 17 + 2, (
+            kind,
+            [i.as_dict() for i in found],
+        )

@@ -21,7 +21,7 @@ def seeded_digest(path: Path) -> str:
     return file_sha256(path)
 
 
-def _env(rc) -> dict[str, str]:  # type: ignore[no-untyped-def]
+def _env(rc) -> dict[str, str]:
     s = rc.settings
     return {
         "TUNELOOP_HOME": str(s.home),
@@ -30,7 +30,7 @@ def _env(rc) -> dict[str, str]:  # type: ignore[no-untyped-def]
     }
 
 
-def _snapshot(rc) -> dict:  # type: ignore[no-untyped-def]
+def _snapshot(rc) -> dict:
     """Everything a failed command could have left behind, in both stores."""
     client = rc.mlflow
     models = {m.name: dict(m.aliases) for m in client.search_registered_models()}
@@ -44,7 +44,7 @@ def _snapshot(rc) -> dict:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def seeded(rc, tiny_model: Path):  # type: ignore[no-untyped-def]
+def seeded(rc, tiny_model: Path):
     from tuneloop.registry.base_models import import_base
 
     import_base(rc, "tiny", str(tiny_model))
@@ -70,7 +70,7 @@ def _truncate(folder: Path) -> None:
     [(_corrupt_header, "not a valid safetensors file: header is not JSON"), (_truncate, "the file holds")],
     ids=["corrupt", "truncated"],
 )
-def test_damaged_safetensors_are_refused(seeded, tiny_model: Path, tmp_path: Path, damage, expected) -> None:  # type: ignore[no-untyped-def]
+def test_damaged_safetensors_are_refused(seeded, tiny_model: Path, tmp_path: Path, damage, expected) -> None:
     before = _snapshot(seeded)
     broken = shutil.copytree(tiny_model, tmp_path / "broken")
     damage(broken)
@@ -80,7 +80,7 @@ def test_damaged_safetensors_are_refused(seeded, tiny_model: Path, tmp_path: Pat
     assert _snapshot(seeded) == before
 
 
-def test_missing_path_and_json_error(seeded) -> None:  # type: ignore[no-untyped-def]
+def test_missing_path_and_json_error(seeded) -> None:
     before = _snapshot(seeded)
     proc = run_cli("models", "import-base", "new", "--source", "/no/such/model", "--json", env=_env(seeded))
     assert proc.returncode == 1
@@ -92,7 +92,7 @@ def test_missing_path_and_json_error(seeded) -> None:  # type: ignore[no-untyped
     assert _snapshot(seeded) == before
 
 
-def test_corrupt_and_truncated_gguf_are_refused(seeded, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_corrupt_and_truncated_gguf_are_refused(seeded, tmp_path: Path) -> None:
     before = _snapshot(seeded)
     fake = tmp_path / "fake.gguf"
     fake.write_bytes(b"NOPE" + b"\0" * 100)
@@ -125,10 +125,17 @@ def test_corrupt_and_truncated_gguf_are_refused(seeded, tmp_path: Path) -> None:
         (["models", "show", "tiny:7"], 1, "has no version 7"),
         (["models", "promote", "tiny", "1"], 2, "Missing option '--alias'"),
     ],
-    ids=["unknown-model", "unknown-version", "other-models-version", "force-without-reason", "unknown-metric",
-         "show-unknown-version", "usage"],
+    ids=[
+        "unknown-model",
+        "unknown-version",
+        "other-models-version",
+        "force-without-reason",
+        "unknown-metric",
+        "show-unknown-version",
+        "usage",
+    ],
 )
-def test_registry_bad_input(seeded, args: list[str], code: int, expected: str) -> None:  # type: ignore[no-untyped-def]
+def test_registry_bad_input(seeded, args: list[str], code: int, expected: str) -> None:
     before = _snapshot(seeded)
     proc = run_cli(*args, env=_env(seeded))
     assert proc.returncode == code, proc.stderr

@@ -33,8 +33,13 @@ def browser_binaries() -> None:
     if os.geteuid() == 0 and shutil.which("apt-get"):
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         subprocess.run(["apt-get", "update", "-qq"], check=False, env=env, capture_output=True, timeout=600)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium", "chromium-driver"], check=True, env=env,
-                       capture_output=True, timeout=1200)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "chromium", "chromium-driver"],
+            check=True,
+            env=env,
+            capture_output=True,
+            timeout=1200,
+        )
         return
     message = "needs Debian's chromium and chromium-driver: sudo apt-get install chromium chromium-driver"
     if os.environ.get("CI"):
@@ -42,20 +47,29 @@ def browser_binaries() -> None:
     pytest.skip(message)
 
 
-def _driver():  # type: ignore[no-untyped-def]
+def _driver():
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1400,1000"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1000",
+    ):
         options.add_argument(flag)
     return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
 
 
-def _wait_for_text(driver, texts: list[str], timeout_s: float = 60) -> str:  # type: ignore[no-untyped-def]
+def _wait_for_text(driver, texts: list[str], timeout_s: float = 60) -> str:
     from selenium.webdriver.common.by import By
 
     deadline, body = time.monotonic() + timeout_s, ""
@@ -67,7 +81,7 @@ def _wait_for_text(driver, texts: list[str], timeout_s: float = 60) -> str:  # t
     raise AssertionError(f"the page never showed {texts}; it showed:\n{body[:2000]}")
 
 
-def _wait_for_frame_text(driver, texts: list[str], timeout_s: float = 90) -> None:  # type: ignore[no-untyped-def]
+def _wait_for_frame_text(driver, texts: list[str], timeout_s: float = 90) -> None:
     """Wait until an iframe of the page (the MLflow UI shows HTML artifacts in one) shows every text."""
     from selenium.webdriver.common.by import By
 
@@ -105,9 +119,23 @@ def test_mlflow_ui_shows_aliases_and_runs_after_a_tiny_loop(browser_binaries, lo
 
     port = free_port()
     exe = Path(sys.executable).with_name("tuneloop")
-    up = subprocess.Popen([str(exe), "up", "--port", str(port), "--ingest-port", str(free_port()), "--scheduler-port",
-                           str(free_port()), "--no-scheduler"], start_new_session=True,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    up = subprocess.Popen(
+        [
+            str(exe),
+            "up",
+            "--port",
+            str(port),
+            "--ingest-port",
+            str(free_port()),
+            "--scheduler-port",
+            str(free_port()),
+            "--no-scheduler",
+        ],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     driver = None
     try:
         from tuneloop.services import wait_healthy
@@ -127,19 +155,30 @@ def test_mlflow_ui_shows_aliases_and_runs_after_a_tiny_loop(browser_binaries, lo
         assert len(training_runs) == 2  # champion and challenger
         evaluation = rc.mlflow.get_experiment_by_name("tuneloop-evaluation").experiment_id
         driver.get(f"{ui}/#/experiments/{evaluation}/runs")
-        _wait_for_text(driver, [f"eval support-demo on tiny-support:{challenger}",
-                                f"eval support-demo on tiny-support:{champion['version']}"])
+        _wait_for_text(
+            driver,
+            [
+                f"eval support-demo on tiny-support:{challenger}",
+                f"eval support-demo on tiny-support:{champion['version']}",
+            ],
+        )
         driver.get(f"{ui}/#/models/tiny-support/versions/{challenger}")
         _wait_for_text(driver, ["tuneloop.alert.id", "tuneloop.retrain.id"])
 
         # the drifted window's Evidently report, as the MLflow UI shows the artifact: tuneloop's verdict
         # above Evidently's own widgets, rendered by its scripts
         monitor = rc.stores.monitors.all()[0]
-        drifted = [a.path for a in rc.mlflow.list_artifacts(monitor.mlflow_run_id, "reports") if a.path.endswith("-evidently.html")]
+        drifted = [
+            a.path
+            for a in rc.mlflow.list_artifacts(monitor.mlflow_run_id, "reports")
+            if a.path.endswith("-evidently.html")
+        ]
         assert drifted, "a drifted window has an Evidently report"
         experiment = rc.mlflow.get_run(monitor.mlflow_run_id).info.experiment_id
         driver.get(f"{ui}/#/experiments/{experiment}/runs/{monitor.mlflow_run_id}/artifacts/{drifted[0]}")
-        _wait_for_frame_text(driver, ["The verdicts that count are tuneloop's", "DRIFT", "output length", "prompt words"])
+        _wait_for_frame_text(
+            driver, ["The verdicts that count are tuneloop's", "DRIFT", "output length", "prompt words"]
+        )
     finally:
         if driver is not None:
             driver.quit()

@@ -8,9 +8,9 @@ import random
 from pathlib import Path
 
 import pytest
-from tuneloop.pipelines.data.cleaning import dedup, pii
 
 from tests.conftest import run_cli
+from tuneloop.pipelines.data.cleaning import dedup, pii
 
 PII_CASES = [
     ("write to jane.doe+news@example.co.uk today", "write to [EMAIL] today", "email"),
@@ -24,11 +24,11 @@ PII_CASES = [
     ("call (030) 123-4567 soon", "call [PHONE] soon", "phone"),
 ]
 LOOK_ALIKES = [
-    "order 4111111111111112 is late",          # 16 digits failing Luhn: an order number, not a card
-    "ref DE89370400440532013001 is wrong",     # IBAN shape, bad mod-97 checksum
+    "order 4111111111111112 is late",  # 16 digits failing Luhn: an order number, not a card
+    "ref DE89370400440532013001 is wrong",  # IBAN shape, bad mod-97 checksum
     "score 999.1.1.1 is not an address",
     "delivered on 2026-11-29 at 10:30",
-    "order 0151123456 shipped",                # a bare run of digits
+    "order 0151123456 shipped",  # a bare run of digits
     "me at home, not at example dot com",
 ]
 
@@ -50,8 +50,28 @@ def test_luhn_and_iban_checksums_match_their_definitions() -> None:
 
 
 def _sentence(rng: random.Random, n: int = 20) -> str:
-    words = ["order", "refund", "parcel", "late", "broken", "account", "password", "address", "invoice", "plan",
-             "cancel", "today", "tomorrow", "please", "thanks", "kettle", "lamp", "desk", "berlin", "lyon"]
+    words = [
+        "order",
+        "refund",
+        "parcel",
+        "late",
+        "broken",
+        "account",
+        "password",
+        "address",
+        "invoice",
+        "plan",
+        "cancel",
+        "today",
+        "tomorrow",
+        "please",
+        "thanks",
+        "kettle",
+        "lamp",
+        "desk",
+        "berlin",
+        "lyon",
+    ]
     return " ".join(rng.choice(words) + str(rng.randint(0, 40)) for _ in range(n))
 
 
@@ -88,37 +108,67 @@ def test_split_is_reproducible_stratified_and_keeps_groups_together() -> None:
 
 def test_curate_counts_every_planted_problem_and_changes_nothing_else(tmp_path: Path) -> None:
     rng = random.Random(9)
-    clean = [{"instruction": _sentence(rng, 30), "response": _sentence(rng, 8), "label": rng.choice(["a", "b"])}
-             for _ in range(200)]
+    clean = [
+        {"instruction": _sentence(rng, 30), "response": _sentence(rng, 8), "label": rng.choice(["a", "b"])}
+        for _ in range(200)
+    ]
     rows: list[str] = [json.dumps(r) for r in clean]
-    planted_pii = [{"instruction": f"my details {i}: {text}", "response": "noted, thank you", "label": "a"}
-                   for i, (text, _, _) in enumerate(PII_CASES)]
+    planted_pii = [
+        {"instruction": f"my details {i}: {text}", "response": "noted, thank you", "label": "a"}
+        for i, (text, _, _) in enumerate(PII_CASES)
+    ]
     rows += [json.dumps(r) for r in planted_pii]
     rows += [json.dumps({**clean[0], "instruction": clean[0]["instruction"].upper() + "  "})]  # exact (case, space)
     near = clean[1]["instruction"].split()
     near[3] = "changed"
     rows += [json.dumps({**clean[1], "instruction": " ".join(near)})]  # near duplicate
-    rows += ['{"instruction": "broken', json.dumps({"instruction": "no answer"}), json.dumps({"instruction": "x", "response": " "})]
+    rows += [
+        '{"instruction": "broken',
+        json.dumps({"instruction": "no answer"}),
+        json.dumps({"instruction": "x", "response": " "}),
+    ]
     path = tmp_path / "raw.jsonl"
     path.write_text("\n".join(rows) + "\n")
 
     home = tmp_path / "home"
-    result = run_cli("data", "curate", str(path), "--out", str(tmp_path / "out"), "--eval-share", "0.2", "--json",
-                     env={"TUNELOOP_HOME": str(home)})
+    result = run_cli(
+        "data",
+        "curate",
+        str(path),
+        "--out",
+        str(tmp_path / "out"),
+        "--eval-share",
+        "0.2",
+        "--json",
+        env={"TUNELOOP_HOME": str(home)},
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["dropped"] == {"invalid": 3, "exact_duplicate": 1, "near_duplicate": 1}
-    assert report["changed"] == {"pii_scrubbed": len(PII_CASES), "normalised": 1}  # the upper-cased twin had trailing spaces
+    assert report["changed"] == {
+        "pii_scrubbed": len(PII_CASES),
+        "normalised": 1,
+    }  # the upper-cased twin had trailing spaces
     assert report["pii"] == {"email": 1, "card": 2, "iban": 2, "ip": 2, "phone": 2}
     assert report["rows_in"] == len(rows) and report["rows_out"] == 200 + len(PII_CASES)
 
-    out = [json.loads(line) for name in ("train", "eval") for line in (tmp_path / "out" / f"{name}.jsonl").read_text().splitlines()]
-    assert sorted(map(json.dumps, [r for r in out if not r["instruction"].startswith("my details")])) == sorted(map(json.dumps, clean))
+    out = [
+        json.loads(line)
+        for name in ("train", "eval")
+        for line in (tmp_path / "out" / f"{name}.jsonl").read_text().splitlines()
+    ]
+    assert sorted(map(json.dumps, [r for r in out if not r["instruction"].startswith("my details")])) == sorted(
+        map(json.dumps, clean)
+    )
     assert sorted(r["instruction"] for r in out if r["instruction"].startswith("my details")) == sorted(
-        f"my details {i}: {expected}" for i, (_, expected, _) in enumerate(PII_CASES))
+        f"my details {i}: {expected}" for i, (_, expected, _) in enumerate(PII_CASES)
+    )
     eval_rows = (tmp_path / "out" / "eval.jsonl").read_text().splitlines()
     assert abs(len(eval_rows) - 0.2 * report["rows_out"]) <= 2 and report["stratified_by"] == "label"
-    train_sets = [dedup.shingles(json.loads(r)["instruction"]) for r in (tmp_path / "out" / "train.jsonl").read_text().splitlines()]
+    train_sets = [
+        dedup.shingles(json.loads(r)["instruction"])
+        for r in (tmp_path / "out" / "train.jsonl").read_text().splitlines()
+    ]
     for row in eval_rows:  # no near duplicate across the split (brute force)
         s = dedup.shingles(json.loads(row)["instruction"])
         assert all(dedup.jaccard(s, t) < 0.8 for t in train_sets)
@@ -138,22 +188,31 @@ def test_curate_counts_every_planted_problem_and_changes_nothing_else(tmp_path: 
 
 def test_language_filter_drops_rows_in_other_languages_and_keeps_rows_too_short_to_tell(tmp_path: Path) -> None:
     from py3langid.langid import MODEL_FILE, LanguageIdentifier
-    from tuneloop.pipelines.data.cleaning.curate import CurateOptions, curate
 
     from tuneloop.errors import InvalidInput
+    from tuneloop.pipelines.data.cleaning.curate import CurateOptions, curate
 
-    english = [("Where is my order 1234? It was due on Monday.", "Your order left our warehouse and arrives on Friday."),
-               ("Cancel my subscription please, the premium plan is too expensive.", "Your premium plan is cancelled.")]
-    foreign = [("Wo ist meine Bestellung 1234? Sie sollte gestern ankommen.", "Ihre Bestellung ist unterwegs und kommt bald an."),
-               ("Où est ma commande ? Elle devait arriver lundi dernier.", "Votre commande est en route et arrive vendredi."),
-               ("Мой заказ не пришёл, хотя должен был прийти в понедельник.", "Ваш заказ уже в пути и прибудет в пятницу.")]
+    english = [
+        ("Where is my order 1234? It was due on Monday.", "Your order left our warehouse and arrives on Friday."),
+        ("Cancel my subscription please, the premium plan is too expensive.", "Your premium plan is cancelled."),
+    ]
+    foreign = [
+        (
+            "Wo ist meine Bestellung 1234? Sie sollte gestern ankommen.",
+            "Ihre Bestellung ist unterwegs und kommt bald an.",
+        ),
+        ("Où est ma commande ? Elle devait arriver lundi dernier.", "Votre commande est en route et arrive vendredi."),
+        ("Мой заказ не пришёл, хотя должен был прийти в понедельник.", "Ваш заказ уже в пути и прибудет в пятницу."),
+    ]
     short = [("Hi", "Hello")]
     rows = english + foreign + short
     path = tmp_path / "mixed.jsonl"
     path.write_text("".join(json.dumps({"instruction": q, "response": a}) + "\n" for q, a in rows))
 
     report = curate(path, tmp_path / "out", CurateOptions(languages=("en",), eval_share=0.0))
-    identifier = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)  # the reference library, called directly
+    identifier = LanguageIdentifier.from_model_file(
+        MODEL_FILE, norm_probs=True
+    )  # the reference library, called directly
     expected = {}
     for q, a in rows:
         language, p = identifier.classify(f"{q}\n{a}")

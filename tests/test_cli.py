@@ -23,7 +23,11 @@ sys.exit(code)
 
 def _probe(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-c", _PROBE.format(heavy=HEAVY), *args], capture_output=True, text=True, cwd=REPO
+        [sys.executable, "-c", _PROBE.format(heavy=HEAVY), *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=False,
     )
 
 
@@ -72,7 +76,9 @@ def test_config_show_json_resolves_defaults(tmp_path: Path) -> None:
 
 def test_models_commands_json(tmp_path: Path, tiny_model: Path) -> None:
     env = {"TUNELOOP_HOME": str(tmp_path / "home")}
-    imported = json.loads(run_cli("models", "import-base", "tiny", "--source", str(tiny_model), "--json", env=env).stdout)
+    imported = json.loads(
+        run_cli("models", "import-base", "tiny", "--source", str(tiny_model), "--json", env=env).stdout
+    )
     assert imported["version"] == 1 and imported["existing"] is False and imported["kind"] == "base"
     again = json.loads(run_cli("models", "import-base", "tiny", "--source", str(tiny_model), "--json", env=env).stdout)
     assert again["version"] == 1 and again["existing"] is True
@@ -81,12 +87,20 @@ def test_models_commands_json(tmp_path: Path, tiny_model: Path) -> None:
     refused = run_cli("models", "promote", "tiny", "1", "--alias", "champion", "--json", env=env)
     assert refused.returncode == 1
     assert json.loads(refused.stdout)["details"][0]["status"] == "failed"
-    forced = run_cli("models", "promote", "tiny", "1", "--alias", "champion", "--force", "--reason", "demo", "--json", env=env)
+    forced = run_cli(
+        "models", "promote", "tiny", "1", "--alias", "champion", "--force", "--reason", "demo", "--json", env=env
+    )
     assert json.loads(forced.stdout)["entry"]["forced"] is True
     listed = json.loads(run_cli("models", "list", "--json", env=env).stdout)
     assert listed == [
-        {"name": "tiny", "kind": "base", "versions": 1, "latest_version": 1, "aliases": {"champion": 1},
-         "gate_policy": ["accuracy >= 0.8"]}
+        {
+            "name": "tiny",
+            "kind": "base",
+            "versions": 1,
+            "latest_version": 1,
+            "aliases": {"champion": 1},
+            "gate_policy": ["accuracy >= 0.8"],
+        }
     ]
     hist = json.loads(run_cli("models", "history", "tiny", "--json", env=env).stdout)
     assert hist["chain_intact"] and [m["reason"] for m in hist["moves"]] == ["demo"]

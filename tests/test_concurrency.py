@@ -7,11 +7,11 @@ import subprocess
 import sys
 
 import pytest
-from tuneloop.registry import gates
-from tuneloop.registry.promotion import history
 
 from tests.conftest import REPO
 from tests.registry_helpers import make_versions
+from tuneloop.registry import gates
+from tuneloop.registry.promotion import history
 
 PROCESSES, ROUNDS, VERSIONS = 4, 25, 8
 
@@ -46,7 +46,9 @@ def test_concurrent_promotions_serialise(rc) -> None:
     assert all(v % 2 == 0 for o in outcomes for v in o["refused_versions"])
     previous = None
     for move in moves:
-        assert move.from_version == previous, f"entry {move.id} starts at v{move.from_version}, previous ended at v{previous}"
+        assert move.from_version == previous, (
+            f"entry {move.id} starts at v{move.from_version}, previous ended at v{previous}"
+        )
         assert move.to_version % 2 == 1  # refused promotions moved nothing
         previous = move.to_version
     final = rc.mlflow.get_model_version_by_alias("contested", "champion")

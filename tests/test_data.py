@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-from tuneloop.pipelines.data import formats as data_io
 
 from tuneloop.digest import file_sha256
 from tuneloop.errors import InvalidInput
+from tuneloop.pipelines.data import formats as data_io
 
 
 def _jsonl(path: Path, rows: list) -> Path:
@@ -18,12 +18,26 @@ def _jsonl(path: Path, rows: list) -> Path:
 
 
 def test_formats_are_detected_and_normalised(tmp_path: Path) -> None:
-    chat = _jsonl(tmp_path / "c.jsonl", [{"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"},
-                                                        {"role": "assistant", "content": "a"}]}])
+    chat = _jsonl(
+        tmp_path / "c.jsonl",
+        [
+            {
+                "messages": [
+                    {"role": "system", "content": "s"},
+                    {"role": "user", "content": "q"},
+                    {"role": "assistant", "content": "a"},
+                ]
+            }
+        ],
+    )
     d = data_io.load(chat)
     assert d.format == "chat" and d.digest == "sha256:" + file_sha256(chat)
-    assert d.rows == [{"prompt": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}],
-                       "completion": [{"role": "assistant", "content": "a"}]}]
+    assert d.rows == [
+        {
+            "prompt": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}],
+            "completion": [{"role": "assistant", "content": "a"}],
+        }
+    ]
     inst = data_io.load(_jsonl(tmp_path / "i.jsonl", [{"instruction": "do", "input": "x", "output": "y"}]))
     assert inst.format == "instruction" and inst.rows[0]["prompt"][0]["content"] == "do\n\nx"
     comp = data_io.load(_jsonl(tmp_path / "p.jsonl", [{"prompt": "a", "completion": "b"}]))
@@ -44,13 +58,16 @@ def test_csv_and_parquet(tmp_path: Path) -> None:
 
 
 def test_every_bad_row_is_listed(tmp_path: Path) -> None:
-    path = _jsonl(tmp_path / "bad.jsonl", [
-        {"prompt": "a", "chosen": "same", "rejected": "same"},
-        "{broken",
-        {"prompt": "a", "chosen": "b", "rejected": "c"},
-        [1, 2],
-        {"prompt": "", "chosen": "b", "rejected": "c"},
-    ])
+    path = _jsonl(
+        tmp_path / "bad.jsonl",
+        [
+            {"prompt": "a", "chosen": "same", "rejected": "same"},
+            "{broken",
+            {"prompt": "a", "chosen": "b", "rejected": "c"},
+            [1, 2],
+            {"prompt": "", "chosen": "b", "rejected": "c"},
+        ],
+    )
     with pytest.raises(InvalidInput) as err:
         data_io.load(path)
     message = err.value.message
@@ -62,11 +79,14 @@ def test_every_bad_row_is_listed(tmp_path: Path) -> None:
 
 
 def test_roles_empty_turns_and_length(tmp_path: Path) -> None:
-    path = _jsonl(tmp_path / "c.jsonl", [
-        {"messages": [{"role": "robot", "content": "x"}, {"role": "assistant", "content": "y"}]},
-        {"messages": [{"role": "user", "content": " "}, {"role": "assistant", "content": "y"}]},
-        {"messages": [{"role": "assistant", "content": "y"}]},
-    ])
+    path = _jsonl(
+        tmp_path / "c.jsonl",
+        [
+            {"messages": [{"role": "robot", "content": "x"}, {"role": "assistant", "content": "y"}]},
+            {"messages": [{"role": "user", "content": " "}, {"role": "assistant", "content": "y"}]},
+            {"messages": [{"role": "assistant", "content": "y"}]},
+        ],
+    )
     with pytest.raises(InvalidInput) as err:
         data_io.load(path)
     assert "messages[0].role` must be one of" in err.value.message
@@ -89,8 +109,10 @@ def test_over_long_rows_are_reported(tmp_path: Path, tiny_model: Path) -> None:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    path = _jsonl(tmp_path / "p.jsonl", [{"prompt": "hello", "completion": "world"},
-                                         {"prompt": "hello " * 50, "completion": "world"}])
+    path = _jsonl(
+        tmp_path / "p.jsonl",
+        [{"prompt": "hello", "completion": "world"}, {"prompt": "hello " * 50, "completion": "world"}],
+    )
     with pytest.raises(InvalidInput, match=r"p.jsonl:2: \d+ tokens, over `data.max_length` = 16"):
         data_io.load(path, tokenizer=tokenizer, max_length=16)
 
@@ -102,13 +124,13 @@ def test_data_validate_lists_every_planted_problem_with_its_line(tmp_path: Path)
         return json.dumps({"messages": [{"role": r, "content": c} for r, c in turns]})
 
     lines = [
-        chat(("user", "hi"), ("assistant", "hello")),                    # 1 fine
-        '{"messages": [{"role": "user", "content": "hi"}',                # 2 broken JSON
-        "[1, 2]",                                                          # 3 not an object
-        chat(("robot", "hi"), ("assistant", "x")),                        # 4 wrong role
-        chat(("user", "  "), ("assistant", "x")),                         # 5 empty turn
-        chat(("user", "q"), ("user", "x")),                               # 6 no assistant turn
-        chat(("user", "q"), ("assistant", "y" * 300)),                    # 7 over-long
+        chat(("user", "hi"), ("assistant", "hello")),  # 1 fine
+        '{"messages": [{"role": "user", "content": "hi"}',  # 2 broken JSON
+        "[1, 2]",  # 3 not an object
+        chat(("robot", "hi"), ("assistant", "x")),  # 4 wrong role
+        chat(("user", "  "), ("assistant", "x")),  # 5 empty turn
+        chat(("user", "q"), ("user", "x")),  # 6 no assistant turn
+        chat(("user", "q"), ("assistant", "y" * 300)),  # 7 over-long
         chat(("system", "s"), ("user", "q"), ("assistant", "fine too")),  # 8 fine
     ]
     path = tmp_path / "planted.jsonl"

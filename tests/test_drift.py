@@ -20,8 +20,19 @@ def _monitor(tmp_path: Path, size: int = 500) -> Path:
 
 
 def _backtest(tmp_path: Path, reference: Path, current: Path) -> dict:
-    result = run_cli("monitor", "backtest", "--monitor", str(_monitor(tmp_path)), "--reference", str(reference),
-                     "--current", str(current), "--json", env={"TUNELOOP_HOME": str(tmp_path / "home")}, timeout=1800)
+    result = run_cli(
+        "monitor",
+        "backtest",
+        "--monitor",
+        str(_monitor(tmp_path)),
+        "--reference",
+        str(reference),
+        "--current",
+        str(current),
+        "--json",
+        env={"TUNELOOP_HOME": str(tmp_path / "home")},
+        timeout=1800,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout)
 
@@ -29,32 +40,49 @@ def _backtest(tmp_path: Path, reference: Path, current: Path) -> dict:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rng = random.Random(12345)
-    return drift_data.write(tmp_path_factory.mktemp("ref") / "reference.jsonl", [drift_data.record(rng) for _ in range(6000)])
+    return drift_data.write(
+        tmp_path_factory.mktemp("ref") / "reference.jsonl", [drift_data.record(rng) for _ in range(6000)]
+    )
 
 
 def test_few_false_alarms_on_windows_from_the_reference_distribution(reference: Path, tmp_path: Path) -> None:
     n = 100
-    report = _backtest(tmp_path, reference, drift_data.write(tmp_path / "fresh.jsonl", drift_data.windows(n, 500, seed=7)))
+    report = _backtest(
+        tmp_path, reference, drift_data.write(tmp_path / "fresh.jsonl", drift_data.windows(n, 500, seed=7))
+    )
     assert report["summary"]["judged"] == n
-    assert report["summary"]["drift_share"] <= 0.072, [w["drifted_checks"] for w in report["windows"] if w["drifted_checks"]]
+    assert report["summary"]["drift_share"] <= 0.072, [
+        w["drifted_checks"] for w in report["windows"] if w["drifted_checks"]
+    ]
 
 
 @pytest.mark.acceptance
 def test_false_alarm_rate_over_400_windows(reference: Path, tmp_path: Path) -> None:
-    report = _backtest(tmp_path, reference, drift_data.write(tmp_path / "fresh.jsonl", drift_data.windows(400, 500, seed=8)))
+    report = _backtest(
+        tmp_path, reference, drift_data.write(tmp_path / "fresh.jsonl", drift_data.windows(400, 500, seed=8))
+    )
     assert report["summary"]["judged"] == 400 and report["summary"]["drift_share"] <= 0.072
 
 
-EXPECTED_CHECK = {"off_topic": "prompt.oov_share", "longer_outputs": "output.length", "language": "oov_share",
-                  "refusals": "output.refusal", "wrong_predictions": "quality.accuracy"}
+EXPECTED_CHECK = {
+    "off_topic": "prompt.oov_share",
+    "longer_outputs": "output.length",
+    "language": "oov_share",
+    "refusals": "output.refusal",
+    "wrong_predictions": "quality.accuracy",
+}
 
 
 @pytest.mark.acceptance
 @pytest.mark.parametrize("kind", drift_data.KINDS)
 @pytest.mark.parametrize(("share", "power"), [(0.2, 0.95), (0.1, 0.8)])
-def test_power_against_planted_contamination(reference: Path, tmp_path: Path, kind: str, share: float, power: float) -> None:
+def test_power_against_planted_contamination(
+    reference: Path, tmp_path: Path, kind: str, share: float, power: float
+) -> None:
     n = 40
-    rows = drift_data.windows(n, 500, seed=drift_data.KINDS.index(kind) * 100 + round(share * 100), kind=kind, share=share)
+    rows = drift_data.windows(
+        n, 500, seed=drift_data.KINDS.index(kind) * 100 + round(share * 100), kind=kind, share=share
+    )
     report = _backtest(tmp_path, reference, drift_data.write(tmp_path / "current.jsonl", rows))
     detected = [w for w in report["windows"] if w["status"] == "drift"]
     assert len(detected) / n >= power, (kind, share, len(detected))
@@ -69,13 +97,26 @@ def test_planted_refusals_are_found_by_the_refusal_check(reference: Path, tmp_pa
 
 
 def test_small_windows_say_not_enough_data_and_bad_files_fail(reference: Path, tmp_path: Path) -> None:
-    report = _backtest(tmp_path, reference, drift_data.write(tmp_path / "short.jsonl", drift_data.windows(1, 150, seed=1)))
+    report = _backtest(
+        tmp_path, reference, drift_data.write(tmp_path / "short.jsonl", drift_data.windows(1, 150, seed=1))
+    )
     assert [w["status"] for w in report["windows"]] == ["not enough data"]
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "hi", "output": "hello"}\n{"prompt": 3, "output": "x"}\n')
-    result = run_cli("monitor", "backtest", "--monitor", str(_monitor(tmp_path)), "--reference", str(reference),
-                     "--current", str(bad), env={"TUNELOOP_HOME": str(tmp_path / "home")})
-    assert result.returncode == 1 and f"{bad}:2: `prompt`: Input should be a valid string" in result.stderr  # the ingest API's words
+    result = run_cli(
+        "monitor",
+        "backtest",
+        "--monitor",
+        str(_monitor(tmp_path)),
+        "--reference",
+        str(reference),
+        "--current",
+        str(bad),
+        env={"TUNELOOP_HOME": str(tmp_path / "home")},
+    )
+    assert (
+        result.returncode == 1 and f"{bad}:2: `prompt`: Input should be a valid string" in result.stderr
+    )  # the ingest API's words
 
 
 def test_odd_text_gives_a_result(reference: Path, tmp_path: Path) -> None:
@@ -91,16 +132,37 @@ def test_time_windows_and_the_domain_classifiers_explanation(reference: Path, tm
     rows = [{**r, "timestamp": (start + timedelta(seconds=12 * i)).isoformat()} for i, r in enumerate(calm + off_topic)]
     monitor = tmp_path / "hourly.yaml"
     monitor.write_text("name: hourly\nwindow: {kind: time, duration: 1h}\nmin_size: 100\n")
-    result = run_cli("monitor", "backtest", "--monitor", str(monitor), "--reference", str(reference), "--current",
-                     str(drift_data.write(tmp_path / "stamped.jsonl", rows)), "--json", env={"TUNELOOP_HOME": str(tmp_path / "home")})
+    result = run_cli(
+        "monitor",
+        "backtest",
+        "--monitor",
+        str(monitor),
+        "--reference",
+        str(reference),
+        "--current",
+        str(drift_data.write(tmp_path / "stamped.jsonl", rows)),
+        "--json",
+        env={"TUNELOOP_HOME": str(tmp_path / "home")},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     windows = json.loads(result.stdout)["windows"]
     assert [(w["size"], w["status"], w["start"]) for w in windows] == [
-        (300, "ok", start.isoformat()), (300, "drift", (start + timedelta(hours=1)).isoformat())]
+        (300, "ok", start.isoformat()),
+        (300, "drift", (start + timedelta(hours=1)).isoformat()),
+    ]
     domain = next(c for c in windows[1]["checks"] if c["check"] == "prompt.domain")
     assert domain["drifted"] and {"weather", "football", "quantum", "recipe"} & set(domain["details"]["typical_words"])
-    unstamped = run_cli("monitor", "backtest", "--monitor", str(monitor), "--reference", str(reference), "--current",
-                        str(drift_data.write(tmp_path / "plain.jsonl", calm)), env={"TUNELOOP_HOME": str(tmp_path / "home")})
+    unstamped = run_cli(
+        "monitor",
+        "backtest",
+        "--monitor",
+        str(monitor),
+        "--reference",
+        str(reference),
+        "--current",
+        str(drift_data.write(tmp_path / "plain.jsonl", calm)),
+        env={"TUNELOOP_HOME": str(tmp_path / "home")},
+    )
     assert unstamped.returncode == 1 and "plain.jsonl:1: `timestamp` is missing" in unstamped.stderr
 
 
@@ -108,12 +170,28 @@ def test_time_windows_and_the_domain_classifiers_explanation(reference: Path, tm
 def test_embedding_drift_is_quiet_on_fresh_windows_and_finds_planted_changes(reference: Path, tmp_path: Path) -> None:
     """all-MiniLM-L6-v2 + MMD beside the other checks, on windows of 250 (embedding costs ~5 ms a text here)."""
     monitor = tmp_path / "embedding.yaml"
-    monitor.write_text("name: emb\nwindow: {size: 250}\nmin_size: 100\nchecks: [descriptors, domain, quality, embedding]\n")
+    monitor.write_text(
+        "name: emb\nwindow: {size: 250}\nmin_size: 100\nchecks: [descriptors, domain, quality, embedding]\n"
+    )
     env = {"TUNELOOP_HOME": str(tmp_path / "home"), "TUNELOOP_CACHE_DIR": str(tmp_path / "cache")}
-    rows = drift_data.windows(20, 250, seed=31) + drift_data.windows(8, 250, seed=32, kind="off_topic", share=0.2) \
+    rows = (
+        drift_data.windows(20, 250, seed=31)
+        + drift_data.windows(8, 250, seed=32, kind="off_topic", share=0.2)
         + drift_data.windows(8, 250, seed=33, kind="language", share=0.2)
-    result = run_cli("monitor", "backtest", "--monitor", str(monitor), "--reference", str(reference), "--current",
-                     str(drift_data.write(tmp_path / "current.jsonl", rows)), "--json", env=env, timeout=1800)
+    )
+    result = run_cli(
+        "monitor",
+        "backtest",
+        "--monitor",
+        str(monitor),
+        "--reference",
+        str(reference),
+        "--current",
+        str(drift_data.write(tmp_path / "current.jsonl", rows)),
+        "--json",
+        env=env,
+        timeout=1800,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     windows = json.loads(result.stdout)["windows"]
     fresh, off_topic, language = windows[:20], windows[20:28], windows[28:]

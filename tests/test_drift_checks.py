@@ -9,14 +9,14 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 from scipy import stats
+
+from tuneloop.demo import traffic as drift_data
 from tuneloop.monitors.drift.checks import Record, permutations_for
 from tuneloop.monitors.drift.domain import domain_check
 from tuneloop.monitors.drift.embedding import build_embedding_reference, mmd_check
 from tuneloop.monitors.drift.quality import build_quality_reference, quality_checks
 from tuneloop.monitors.monitor_spec import MonitorSpec, WindowSpec
 from tuneloop.monitors.windowing import split
-
-from tuneloop.demo import traffic as drift_data
 
 
 def _unit(rng: np.random.Generator, n: int, shift: float = 0.0) -> np.ndarray:
@@ -29,13 +29,19 @@ def test_mmd_permutation_p_values_are_uniform_without_drift_and_small_with_it() 
     rng = np.random.default_rng(0)
     # Fresh reference and window per trial: that is what a permutation p-value is exact over. (Against one
     # fixed reference the false-alarm rate varies around alpha; the backtests measure it on real windows.)
-    p_values = np.array([mmd_check("x", build_embedding_reference(_unit(rng, 120)), _unit(rng, 60), threshold=0.01,
-                                   seed=i).p_value for i in range(300)])
+    p_values = np.array(
+        [
+            mmd_check("x", build_embedding_reference(_unit(rng, 120)), _unit(rng, 60), threshold=0.01, seed=i).p_value
+            for i in range(300)
+        ]
+    )
     for level, low, high in ((0.05, 0.015, 0.09), (0.1, 0.05, 0.15), (0.2, 0.13, 0.27)):
         assert low <= np.mean(p_values <= level) <= high, (level, np.mean(p_values <= level))
     reference = build_embedding_reference(_unit(rng, 120))
     drifted = mmd_check("x", reference, _unit(rng, 60, shift=1.5), threshold=0.01)
-    assert drifted.p_value <= 1 / (permutations_for(0.01) + 1) + 1e-12 and drifted.details["permutations"] == permutations_for(0.01)
+    assert drifted.p_value <= 1 / (permutations_for(0.01) + 1) + 1e-12 and drifted.details[
+        "permutations"
+    ] == permutations_for(0.01)
 
 
 def test_enough_permutations_to_reach_a_corrected_threshold() -> None:
@@ -57,7 +63,18 @@ def test_domain_classifier_is_calibrated_without_drift() -> None:
 def test_domain_classifier_finds_and_explains_off_topic_prompts() -> None:
     result = domain_check("prompt.domain", _texts(2000, seed=1), _texts(400, seed=2, kind="off_topic", share=0.3))
     assert result.p_value < 1e-4 and result.statistic > 0.6  # held-out ROC AUC
-    off_topic_words = {"weather", "tomorrow", "football", "match", "recipe", "quantum", "entanglement", "explain", "child", "won"}
+    off_topic_words = {
+        "weather",
+        "tomorrow",
+        "football",
+        "match",
+        "recipe",
+        "quantum",
+        "entanglement",
+        "explain",
+        "child",
+        "won",
+    }
     assert len(off_topic_words & set(result.details["typical_words"])) >= 3
     assert any(any(w in e.lower() for w in off_topic_words) for e in result.details["typical_examples"])
 
@@ -88,14 +105,19 @@ def test_quality_checks_match_scipy_and_rouge_score_and_fire_on_worse_feedback()
     assert set(by_name) == {"quality.accuracy", "quality.f1", "quality.rating", "quality.rouge"} and notes == []
     ratings = [r.rating for r in window]
     expected = stats.mannwhitneyu(ratings, reference.ratings, alternative="less", method="asymptotic").pvalue
-    assert by_name["quality.rating"].p_value == pytest.approx(expected, rel=1e-12) and by_name["quality.rating"].p_value < 1e-6
+    assert (
+        by_name["quality.rating"].p_value == pytest.approx(expected, rel=1e-12)
+        and by_name["quality.rating"].p_value < 1e-6
+    )
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     direct = [scorer.score(r.reference_answer, r.output)["rougeL"].fmeasure for r in window]
     assert by_name["quality.rouge"].statistic == pytest.approx(float(np.mean(direct)), abs=1e-9)
     assert by_name["quality.rouge"].p_value < 1e-6
     wrong = sum(r.prediction != r.label for r in window)
-    ref_correct, ref_total = reference.correct  # type: ignore[misc]
-    fisher = stats.fisher_exact([[wrong, len(window) - wrong], [ref_total - ref_correct, ref_correct]], alternative="greater")
+    ref_correct, ref_total = reference.correct
+    fisher = stats.fisher_exact(
+        [[wrong, len(window) - wrong], [ref_total - ref_correct, ref_correct]], alternative="greater"
+    )
     assert by_name["quality.accuracy"].p_value == pytest.approx(fisher.pvalue, rel=1e-12)
     from sklearn.metrics import f1_score
 
@@ -117,11 +139,21 @@ def _labelled(n: int, seed: int, rare_always_wrong: bool) -> list[Record]:
 
 def test_macro_f1_finds_a_rare_class_the_model_now_gets_wrong_where_accuracy_does_not() -> None:
     reference = build_quality_reference(_labelled(2000, seed=1, rare_always_wrong=False))
-    checks, _ = quality_checks(reference, _labelled(500, seed=2, rare_always_wrong=True), min_feedback=50, threshold=0.05 / 30)
+    checks, _ = quality_checks(
+        reference, _labelled(500, seed=2, rare_always_wrong=True), min_feedback=50, threshold=0.05 / 30
+    )
     by_name = {c.check: c for c in checks}
     assert by_name["quality.f1"].p_value < 0.05 / 30 < by_name["quality.accuracy"].p_value
-    calm = [quality_checks(reference, _labelled(500, seed=10 + i, rare_always_wrong=False), min_feedback=50,
-                           threshold=0.05 / 30, seed=i)[0] for i in range(20)]
+    calm = [
+        quality_checks(
+            reference,
+            _labelled(500, seed=10 + i, rare_always_wrong=False),
+            min_feedback=50,
+            threshold=0.05 / 30,
+            seed=i,
+        )[0]
+        for i in range(20)
+    ]
     assert sum(next(c for c in found if c.check == "quality.f1").p_value < 0.05 for found in calm) <= 4
 
 
@@ -150,21 +182,23 @@ def test_windows_are_cut_as_declared() -> None:
     stamped = list(reversed(_stamped(120, 1.0)))  # time windows sort by timestamp, whatever the file order
     hourly = split(stamped, WindowSpec(kind="time", duration="1h"))
     assert [len(w.records) for w in hourly] == [60, 60]
-    assert all(w.start <= r.ts < w.end for w in hourly for r in w.records)  # type: ignore[operator]
+    assert all(w.start <= r.ts < w.end for w in hourly for r in w.records)
     # Sliding time windows are every aligned window that holds a record: the first starts half an hour
     # before the first record (it holds 00:00-00:30), the last ends half an hour after the newest.
     overlapping = split(stamped, WindowSpec(kind="time", duration="1h", step="30m"))
     assert [len(w.records) for w in overlapping] == [30, 60, 60, 60, 30] and overlapping[2].records[0].prompt == "p30"
-    assert [w.start.strftime("%H:%M") for w in overlapping] == ["23:30", "00:00", "00:30", "01:00", "01:30"]  # type: ignore[union-attr]
+    assert [w.start.strftime("%H:%M") for w in overlapping] == ["23:30", "00:00", "00:30", "01:00", "01:30"]
 
 
 def test_time_windows_align_to_the_epoch_and_complete_when_closed() -> None:
     t0 = datetime(2026, 11, 1, 0, 10, tzinfo=UTC)  # not on an hour
     records = [Record(f"p{i}", "o", ts=t0 + timedelta(minutes=i)) for i in range(100)]  # 00:10 .. 01:49
     hourly = split(records, WindowSpec(kind="time", duration="1h"), now=datetime(2026, 11, 1, 2, 0, 30, tzinfo=UTC))
-    assert [(w.start.hour, w.end.hour, len(w.records)) for w in hourly] == [(0, 1, 50), (1, 2, 50)]  # type: ignore[union-attr]
+    assert [(w.start.hour, w.end.hour, len(w.records)) for w in hourly] == [(0, 1, 50), (1, 2, 50)]
     assert [w.complete for w in hourly] == [True, False]  # 01:00-02:00 closes at 02:01 (grace 1m by default)
-    graced = split(records, WindowSpec(kind="time", duration="1h", grace="10s"), now=datetime(2026, 11, 1, 2, 0, 30, tzinfo=UTC))
+    graced = split(
+        records, WindowSpec(kind="time", duration="1h", grace="10s"), now=datetime(2026, 11, 1, 2, 0, 30, tzinfo=UTC)
+    )
     assert [w.complete for w in graced] == [True, True]
     daily = split(records, WindowSpec(kind="time", duration="1d"))
     assert len(daily) == 1 and daily[0].start == datetime(2026, 11, 1, tzinfo=UTC)  # midnight UTC, not the first record

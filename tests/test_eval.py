@@ -12,16 +12,23 @@ import pytest
 from tests.conftest import run_cli
 
 INTENTS = [  # prompt words -> label; every word is in the tiny tokenizer's vocabulary
-    ("refund order please", "refund"), ("password reset please", "password"), ("shipping order", "shipping"),
-    ("help account", "account"), ("refund the order", "refund"), ("reset the password", "password"),
-    ("order shipping thanks", "shipping"), ("account help please", "account"),
+    ("refund order please", "refund"),
+    ("password reset please", "password"),
+    ("shipping order", "shipping"),
+    ("help account", "account"),
+    ("refund the order", "refund"),
+    ("reset the password", "password"),
+    ("order shipping thanks", "shipping"),
+    ("account help please", "account"),
 ]
 
 
 def _chat_file(path: Path, pairs: list[tuple[str, str]]) -> Path:
     with open(path, "w") as f:
-        for q, a in pairs:
-            f.write(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}) + "\n")
+        f.writelines(
+            json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}) + "\n"
+            for q, a in pairs
+        )
     return path
 
 
@@ -29,21 +36,45 @@ def _suite(tmp_path: Path, data: Path, metrics: list[str], max_new_tokens: int =
     import yaml
 
     path = tmp_path / "suite.yaml"
-    path.write_text(yaml.safe_dump({"name": "intents", "tasks": [
-        {"name": "intent", "data": str(data), "metrics": metrics, "generation": {"max_new_tokens": max_new_tokens}}]}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "intents",
+                "tasks": [
+                    {
+                        "name": "intent",
+                        "data": str(data),
+                        "metrics": metrics,
+                        "generation": {"max_new_tokens": max_new_tokens},
+                    }
+                ],
+            }
+        )
+    )
     return path
 
 
-def _train(rc, data: Path, seed: int, alias: str | None = None):  # type: ignore[no-untyped-def]
+def _train(rc, data: Path, seed: int, alias: str | None = None):
     from tuneloop.pipelines.training.recipes import Recipe
     from tuneloop.pipelines.training.run import train
 
-    recipe = Recipe.model_validate({
-        "name": "tiny-intents", "method": "lora", "base": "tiny:1", "data": {"train": str(data), "max_length": 64},
-        "training": {"max_steps": 30, "batch_size": 8, "learning_rate": 0.02, "scheduler": "constant",
-                     "checkpoint_every": 100, "seed": seed},
-        "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
-    })
+    recipe = Recipe.model_validate(
+        {
+            "name": "tiny-intents",
+            "method": "lora",
+            "base": "tiny:1",
+            "data": {"train": str(data), "max_length": 64},
+            "training": {
+                "max_steps": 30,
+                "batch_size": 8,
+                "learning_rate": 0.02,
+                "scheduler": "constant",
+                "checkpoint_every": 100,
+                "seed": seed,
+            },
+            "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
+        }
+    )
     return train(recipe, rc, alias=alias)
 
 
@@ -56,7 +87,7 @@ def _shuffled(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 
 @pytest.fixture
-def intents_registry(sqlite_rc, tiny_model: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
+def intents_registry(sqlite_rc, tiny_model: Path, tmp_path: Path):
     from tuneloop.registry.base_models import import_base
 
     import_base(sqlite_rc, "tiny", str(tiny_model))
@@ -70,14 +101,24 @@ def test_suite_run_logs_to_mlflow_and_attaches_results_to_the_version(intents_re
 
     rc, data = intents_registry
     trained = _train(rc, data, seed=1)
-    suite = load_suite(_suite(tmp_path, data, ["accuracy", "f1", "exact_match", "perplexity", "latency_ms", "rouge", "chrf"]))
+    suite = load_suite(
+        _suite(tmp_path, data, ["accuracy", "f1", "exact_match", "perplexity", "latency_ms", "rouge", "chrf"])
+    )
     result = evaluate(rc, suite, f"{trained.model}:{trained.version}", progress=False)
 
     assert result.metrics["accuracy"] == 1.0, result.tasks[0].examples  # it learned the 8 rows
     run = rc.mlflow.get_run(result.run_id)
     assert run.data.tags[EvalTag.MODEL] == f"tiny-intents:{trained.version}"
-    assert {"intent/accuracy", "intent/f1_macro", "intent/f1_micro", "intent/exact_match", "intent/perplexity",
-            "intent/latency_ms", "accuracy", "perplexity"} <= set(run.data.metrics)
+    assert {
+        "intent/accuracy",
+        "intent/f1_macro",
+        "intent/f1_micro",
+        "intent/exact_match",
+        "intent/perplexity",
+        "intent/latency_ms",
+        "accuracy",
+        "perplexity",
+    } <= set(run.data.metrics)
     table = read_table(rc, result.run_id, "intent")
     assert list(table["reference"]) == [a for _, a in INTENTS]
     assert list(table["prediction"]) == [a for _, a in INTENTS]
@@ -86,7 +127,9 @@ def test_suite_run_logs_to_mlflow_and_attaches_results_to_the_version(intents_re
     assert result.metrics["rougeL"] == 1.0 and result.metrics["chrf"] == pytest.approx(100.0)
 
     mv = rc.mlflow.get_model_version("tiny-intents", trained.version)
-    assert metrics_of(mv)["accuracy"] == 1.0 and metrics_of(mv)["perplexity"] == pytest.approx(result.metrics["perplexity"])
+    assert metrics_of(mv)["accuracy"] == 1.0 and metrics_of(mv)["perplexity"] == pytest.approx(
+        result.metrics["perplexity"]
+    )
     assert mv.tags[EvalTag.RUN_ID] == result.run_id
     assert result.metrics["perplexity"] < 2.0  # the learned labels are near certain
 
@@ -99,13 +142,12 @@ def test_suite_run_logs_to_mlflow_and_attaches_results_to_the_version(intents_re
 def test_adapter_trained_on_shuffled_labels_is_refused_by_a_gate_relative_to_the_champion(
     intents_registry, tmp_path: Path, seed: int
 ) -> None:
+    from tuneloop.errors import GateFailed
     from tuneloop.pipelines.evaluation.compare import compare
     from tuneloop.pipelines.evaluation.runner import evaluate
     from tuneloop.pipelines.evaluation.suites import load_suite
     from tuneloop.registry.gates import set_policy
     from tuneloop.registry.promotion import history, promote
-
-    from tuneloop.errors import GateFailed
 
     rc, data = intents_registry
     suite = load_suite(_suite(tmp_path, data, ["accuracy", "f1"]))
@@ -119,9 +161,14 @@ def test_adapter_trained_on_shuffled_labels_is_refused_by_a_gate_relative_to_the
         promote(rc, "tiny-intents", corrupted.version, "champion")
     assert "accuracy" in refused.value.message
     assert rc.mlflow.get_model_version_by_alias("tiny-intents", "champion").version == champion.version
-    assert [m.to_version for m in history(rc, "tiny-intents", "champion")[0]] == [champion.version]  # refusal moved nothing
+    assert [m.to_version for m in history(rc, "tiny-intents", "champion")[0]] == [
+        champion.version
+    ]  # refusal moved nothing
 
-    diff = {r.metric: r for r in compare(rc, "tiny-intents@champion", f"tiny-intents:{corrupted.version}", suite="intents").rows}
+    diff = {
+        r.metric: r
+        for r in compare(rc, "tiny-intents@champion", f"tiny-intents:{corrupted.version}", suite="intents").rows
+    }
     assert diff["accuracy"].delta < -0.5 and diff["accuracy"].significant and diff["accuracy"].better == "a"
 
     retrained = _train(rc, data, seed=seed + 10)  # trained on the right labels: passes the same gates
@@ -132,6 +179,7 @@ def test_adapter_trained_on_shuffled_labels_is_refused_by_a_gate_relative_to_the
 
 def test_eval_compare_and_human_review_through_the_cli(intents_registry, tmp_path: Path) -> None:
     from scipy.stats import binomtest  # noqa: F401  (scipy ships with scikit-learn)
+
     from tuneloop.pipelines.data import formats as data_io
     from tuneloop.pipelines.training.recipes import Recipe
     from tuneloop.registry.gates import metrics_of
@@ -158,8 +206,21 @@ def test_eval_compare_and_human_review_through_the_cli(intents_registry, tmp_pat
     assert "A better" in shown_compare and "per-batch timing, not tested" in shown_compare
 
     sheet = tmp_path / "review" / "sheet"
-    exported = run_cli("eval", "human", "export", f"tiny-intents:{good.version}", f"tiny-intents:{bad.version}",
-                       "--task", "intent", "--out", str(sheet), "--seed", "3", "--json", env=env)
+    exported = run_cli(
+        "eval",
+        "human",
+        "export",
+        f"tiny-intents:{good.version}",
+        f"tiny-intents:{bad.version}",
+        "--task",
+        "intent",
+        "--out",
+        str(sheet),
+        "--seed",
+        "3",
+        "--json",
+        env=env,
+    )
     assert exported.returncode == 0, exported.stderr
     with open(sheet.with_suffix(".csv"), newline="") as f:
         rows_out = list(csv.DictReader(f))
@@ -178,7 +239,9 @@ def test_eval_compare_and_human_review_through_the_cli(intents_registry, tmp_pat
         writer.writerows(rows_out)
 
     pairs = tmp_path / "pairs.jsonl"
-    imported = run_cli("eval", "human", "import", str(sheet.with_suffix(".csv")), "--pairs", str(pairs), "--json", env=env)
+    imported = run_cli(
+        "eval", "human", "import", str(sheet.with_suffix(".csv")), "--pairs", str(pairs), "--json", env=env
+    )
     assert imported.returncode == 0, imported.stderr
     review = json.loads(imported.stdout)
     assert (review["wins"], review["losses"], review["ties"]) == (0, 7, 1)
@@ -207,11 +270,29 @@ def test_bad_suites_fail_before_any_model_loads(tmp_path: Path) -> None:
 
     path = tmp_path / "suite.yaml"
     env = {"TUNELOOP_HOME": str(tmp_path / "home")}
-    path.write_text(yaml.safe_dump({"name": "s", "extra": 1, "tasks": [
-        {"name": "t", "data": "missing.jsonl", "metrics": ["rouge", "meteor"], "prompt_template": "no field"}]}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "s",
+                "extra": 1,
+                "tasks": [
+                    {
+                        "name": "t",
+                        "data": "missing.jsonl",
+                        "metrics": ["rouge", "meteor"],
+                        "prompt_template": "no field",
+                    }
+                ],
+            }
+        )
+    )
     result = run_cli("eval", str(path), "--model", "nothing:1", env=env)
     assert result.returncode == 2
-    for expected in ("`extra`: unknown key", "`tasks.0.metrics`: unknown metric(s) meteor", "`tasks.0.prompt_template`: must contain `{prompt}`"):
+    for expected in (
+        "`extra`: unknown key",
+        "`tasks.0.metrics`: unknown metric(s) meteor",
+        "`tasks.0.prompt_template`: must contain `{prompt}`",
+    ):
         assert expected in result.stderr, result.stderr
 
     task = {"name": "t", "data": "missing.jsonl", "metrics": ["bleu"]}

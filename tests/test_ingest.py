@@ -27,12 +27,16 @@ class Server:
     url: str
     home: Path
     env: dict[str, str]
-    process: subprocess.Popen | None = None  # type: ignore[type-arg]
+    process: subprocess.Popen | None = None
 
     def start(self) -> None:
         port = self.url.rsplit(":", 1)[1]
-        self.process = subprocess.Popen([sys.executable, "-m", "tuneloop", "monitor", "serve", "--port", port],
-                                        env=self.env, cwd=REPO, start_new_session=True)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tuneloop", "monitor", "serve", "--port", port],
+            env=self.env,
+            cwd=REPO,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 90
         import httpx
 
@@ -60,12 +64,10 @@ class Server:
         return int(total), int(distinct)
 
 
-
 @pytest.fixture
 def server(tiny_model: Path, tmp_path: Path) -> Iterator[Server]:
     from tuneloop.registry.base_models import import_base
     from tuneloop.registry.client import RegistryClient
-
     from tuneloop.settings import Settings
     from tuneloop.store.engine import dispose_engines
 
@@ -73,15 +75,21 @@ def server(tiny_model: Path, tmp_path: Path) -> Iterator[Server]:
     import_base(RegistryClient(Settings(home=home)), "tiny", str(tiny_model))
     dispose_engines()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TUNELOOP_")}
-    env.update(TUNELOOP_HOME=str(home), TUNELOOP_INGEST__TOKENS=json.dumps([TOKEN]),
-               TUNELOOP_INGEST__MAX_BODY_BYTES="2000000", TUNELOOP_INGEST__MAX_TEXT_CHARS="5000")
+    env.update(
+        TUNELOOP_HOME=str(home),
+        TUNELOOP_INGEST__TOKENS=json.dumps([TOKEN]),
+        TUNELOOP_INGEST__MAX_BODY_BYTES="2000000",
+        TUNELOOP_INGEST__MAX_TEXT_CHARS="5000",
+    )
     srv = Server(url=f"http://127.0.0.1:{free_port()}", home=home, env=env)
     srv.start()
     yield srv
     srv.kill(signal.SIGTERM)
 
 
-def _post(server: Server, body: object | bytes, token: str | None = TOKEN, key: str | None = None, path: str = "/v1/records"):  # type: ignore[no-untyped-def]
+def _post(
+    server: Server, body: object | bytes, token: str | None = TOKEN, key: str | None = None, path: str = "/v1/records"
+):
     import httpx
 
     headers = {"Content-Type": "application/json"}
@@ -94,8 +102,12 @@ def _post(server: Server, body: object | bytes, token: str | None = TOKEN, key: 
 
 
 def _record(**extra: object) -> dict:
-    return {"model": "tiny@champion" if extra.pop("alias", False) else "tiny:1", "prompt": "where is my order",
-            "output": "it ships tomorrow", **extra}
+    return {
+        "model": "tiny@champion" if extra.pop("alias", False) else "tiny:1",
+        "prompt": "where is my order",
+        "output": "it ships tomorrow",
+        **extra,
+    }
 
 
 def test_records_feedback_and_idempotent_retries(server: Server) -> None:
@@ -118,7 +130,9 @@ def test_records_feedback_and_idempotent_retries(server: Server) -> None:
 
     engine = sa.create_engine(f"sqlite:///{server.home / 'tuneloop.db'}")
     with engine.connect() as conn:
-        row = conn.execute(sa.text("SELECT model, version, prediction, latency_ms, meta FROM records WHERE id='r-1'")).one()
+        row = conn.execute(
+            sa.text("SELECT model, version, prediction, latency_ms, meta FROM records WHERE id='r-1'")
+        ).one()
         fb = conn.execute(sa.text("SELECT rating, reference FROM feedback WHERE record_id='r-1'")).one()
         labels = conn.execute(sa.text("SELECT count(*) FROM feedback WHERE label='shipping'")).scalar()
     engine.dispose()
@@ -168,8 +182,9 @@ def _bad_cases() -> list[tuple[str, object | bytes, dict, int, str]]:
 
 
 @pytest.mark.parametrize(("case", "body", "kwargs", "status", "reason"), _bad_cases(), ids=[c[0] for c in _bad_cases()])
-def test_bad_input_gets_4xx_with_a_reason_and_stores_nothing(server: Server, case: str, body: object, kwargs: dict,
-                                                              status: int, reason: str) -> None:
+def test_bad_input_gets_4xx_with_a_reason_and_stores_nothing(
+    server: Server, case: str, body: object, kwargs: dict, status: int, reason: str
+) -> None:
     response = _post(server, body, **kwargs)
     assert response.status_code == status, response.text
     assert reason in response.json()["error"], response.json()
@@ -177,8 +192,12 @@ def test_bad_input_gets_4xx_with_a_reason_and_stores_nothing(server: Server, cas
 
 
 def test_odd_but_valid_text_is_stored(server: Server) -> None:
-    odd = [_record(prompt="refund " * 300, output="refund"), _record(prompt="🙂🙂🙂", output="🎉"),
-           _record(output=""), _record(prompt="Grüße aus Zürich — 東京", output="\u200b")]
+    odd = [
+        _record(prompt="refund " * 300, output="refund"),
+        _record(prompt="🙂🙂🙂", output="🎉"),
+        _record(output=""),
+        _record(prompt="Grüße aus Zürich — 東京", output="\u200b"),
+    ]
     response = _post(server, {"records": odd})
     assert response.status_code == 201 and server.count() == (4, 4)
 
@@ -187,16 +206,30 @@ def test_generated_junk_never_crashes_the_endpoint(server: Server) -> None:
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
-                               lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-                               max_leaves=12)
-    junk_records = st.fixed_dictionaries({}, optional={
-        "model": st.sampled_from(["tiny:1", "tiny@champion", "nosuch:1", "tiny", ""]) | st.text(max_size=10),
-        "prompt": st.text(max_size=50) | st.integers(), "output": st.text(max_size=50) | st.none(),
-        "latency_ms": st.floats() | st.text(max_size=4), "timestamp": st.text(max_size=30),
-        "metadata": json_values, "feedback": json_values, "id": st.text(max_size=80)})
-    bodies = st.binary(max_size=200) | json_values.map(lambda v: json.dumps(v).encode()) | junk_records.map(
-        lambda r: json.dumps(r).encode()) | st.lists(junk_records, max_size=5).map(lambda rs: json.dumps({"records": rs}).encode())
+    json_values = st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+        max_leaves=12,
+    )
+    junk_records = st.fixed_dictionaries(
+        {},
+        optional={
+            "model": st.sampled_from(["tiny:1", "tiny@champion", "nosuch:1", "tiny", ""]) | st.text(max_size=10),
+            "prompt": st.text(max_size=50) | st.integers(),
+            "output": st.text(max_size=50) | st.none(),
+            "latency_ms": st.floats() | st.text(max_size=4),
+            "timestamp": st.text(max_size=30),
+            "metadata": json_values,
+            "feedback": json_values,
+            "id": st.text(max_size=80),
+        },
+    )
+    bodies = (
+        st.binary(max_size=200)
+        | json_values.map(lambda v: json.dumps(v).encode())
+        | junk_records.map(lambda r: json.dumps(r).encode())
+        | st.lists(junk_records, max_size=5).map(lambda rs: json.dumps({"records": rs}).encode())
+    )
 
     @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
     @given(bodies)
@@ -259,8 +292,10 @@ def test_load_with_aborted_requests_and_a_server_restart_stores_every_record_onc
         """Send headers and half the body, then drop the connection."""
         host, port = server.url.removeprefix("http://").split(":")
         with socket.create_connection((host, int(port)), timeout=5) as sock:
-            head = (f"POST /v1/records HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {TOKEN}\r\n"
-                    f"Idempotency-Key: {key}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+            head = (
+                f"POST /v1/records HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {TOKEN}\r\n"
+                f"Idempotency-Key: {key}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            )
             sock.sendall(head.encode() + body[: len(body) // 2])
 
     def run_client(n: int) -> None:
@@ -275,8 +310,11 @@ def test_load_with_aborted_requests_and_a_server_restart_stores_every_record_onc
                     pass
             for attempt in range(200):
                 try:
-                    response = http.post(server.url + "/v1/records", content=body,
-                                         headers={"Idempotency-Key": key, "Content-Type": "application/json"})
+                    response = http.post(
+                        server.url + "/v1/records",
+                        content=body,
+                        headers={"Idempotency-Key": key, "Content-Type": "application/json"},
+                    )
                     if response.status_code in (200, 201):
                         acknowledged[n] += batch
                         break

@@ -23,8 +23,12 @@ import pytest
 from tests.conftest import REPO
 
 # Folder in the repository -> the package it installs as (pyproject's package-dir).
-FOLDERS = {"tuneloop": "tuneloop", "registry": "tuneloop.registry", "monitors": "tuneloop.monitors",
-           "pipelines": "tuneloop.pipelines"}
+FOLDERS = {
+    "tuneloop": "tuneloop",
+    "registry": "tuneloop.registry",
+    "monitors": "tuneloop.monitors",
+    "pipelines": "tuneloop.pipelines",
+}
 # Layers, lowest first; a module may import only modules of its own layer or of layers to its left.
 LAYERS = ["core", "store", "registry", "monitors", "pipelines", "top"]
 TOP_OF_CORE = ("tuneloop.cli", "tuneloop.demo", "tuneloop.__main__")
@@ -67,8 +71,9 @@ def imported_names(path: Path, name: str) -> set[str]:
 
 def graph() -> dict[str, set[str]]:
     modules = our_modules()
-    return {name: {m for m in imported_names(path, name) if m in modules and m != name}
-            for name, path in modules.items()}
+    return {
+        name: {m for m in imported_names(path, name) if m in modules and m != name} for name, path in modules.items()
+    }
 
 
 def layer(module: str) -> str:
@@ -93,7 +98,11 @@ def test_platform_holds_no_python_and_stdlib_platform_still_works() -> None:
     assert not list((REPO / "platform").rglob("*.py"))
     assert not (REPO / "platform" / "__init__.py").exists()
     proc = subprocess.run(
-        [sys.executable, "-c", "import platform; print(platform.system())"], cwd=REPO, capture_output=True, text=True
+        [sys.executable, "-c", "import platform; print(platform.system())"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert proc.stdout.strip() == "Linux"
 
@@ -105,15 +114,24 @@ def test_no_bare_registry_monitors_or_pipelines_import_anywhere() -> None:
             if path.is_relative_to(OLD_CODE_SCRIPTS):
                 continue
             for node in ast.walk(ast.parse(path.read_text())):
-                names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                         else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+                names = (
+                    [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else [node.module or ""]
+                    if isinstance(node, ast.ImportFrom) and node.level == 0
+                    else []
+                )
                 bad += [f"{path.relative_to(REPO)}:{node.lineno} imports {n}" for n in names if n.split(".")[0] in BARE]
     assert not bad, "\n".join(bad)
 
 
 def test_layers_import_one_way() -> None:
-    wrong = [f"{m} ({layer(m)}) imports {t} ({layer(t)})"
-             for m, targets in graph().items() for t in targets if LAYERS.index(layer(t)) > LAYERS.index(layer(m))]
+    wrong = [
+        f"{m} ({layer(m)}) imports {t} ({layer(t)})"
+        for m, targets in graph().items()
+        for t in targets
+        if LAYERS.index(layer(t)) > LAYERS.index(layer(m))
+    ]
     assert not wrong, "\n".join(sorted(wrong))
 
 
@@ -124,14 +142,27 @@ def test_sql_lives_only_in_the_storage_layer() -> None:
         if name.startswith("tuneloop.store"):
             continue
         for node in ast.walk(ast.parse(path.read_text())):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
-            wrong += [f"{name}:{node.lineno} imports {n}" for n in names if n.split(".")[0] in ("sqlalchemy", "alembic")]
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            wrong += [
+                f"{name}:{node.lineno} imports {n}" for n in names if n.split(".")[0] in ("sqlalchemy", "alembic")
+            ]
             if isinstance(node, ast.Attribute) and node.attr == "engine":
                 wrong.append(f"{name}:{node.lineno} uses `.engine` (go through a store)")
-            if isinstance(node, ast.ImportFrom) and node.module in ("tuneloop.store.tables", "tuneloop.store.locks") or (
-                    isinstance(node, ast.ImportFrom) and node.module == "tuneloop.store"
-                    and {a.name for a in node.names} & {"tables", "locks"}):
+            if (
+                isinstance(node, ast.ImportFrom)
+                and node.module in ("tuneloop.store.tables", "tuneloop.store.locks")
+                or (
+                    isinstance(node, ast.ImportFrom)
+                    and node.module == "tuneloop.store"
+                    and {a.name for a in node.names} & {"tables", "locks"}
+                )
+            ):
                 wrong.append(f"{name}:{node.lineno} imports the tables or locks (go through a store)")
     assert not wrong, "\n".join(wrong)
 
@@ -147,7 +178,7 @@ def find_cycles(edges: dict[str, set[str]]) -> list[list[str]]:
         path.append(node)
         for target in sorted(edges.get(node, ())):
             if state.get(target) == 1:
-                cycles.append([*path[path.index(target):], target])
+                cycles.append([*path[path.index(target) :], target])
             elif target not in state:
                 visit(target)
         path.pop()
@@ -170,9 +201,11 @@ def test_no_import_cycle_between_modules() -> None:
 
 
 def test_the_namespace_imports_from_outside_the_repository(tmp_path: Path) -> None:
-    code = ("import tuneloop.registry.adapters, tuneloop.monitors.ingestion.records, tuneloop.pipelines.loop.spec, sys;"
-            "print(tuneloop.registry.adapters.__file__); print('registry' in sys.modules)")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    code = (
+        "import tuneloop.registry.adapters, tuneloop.monitors.ingestion.records, tuneloop.pipelines.loop.spec, sys;"
+        "print(tuneloop.registry.adapters.__file__); print('registry' in sys.modules)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     where, bare_loaded = proc.stdout.split()
     assert Path(where) == REPO / "registry" / "adapters.py"
@@ -183,11 +216,31 @@ def test_the_namespace_imports_from_outside_the_repository(tmp_path: Path) -> No
 def test_the_wheel_holds_one_package_and_works_installed_elsewhere(tmp_path: Path, tiny_model: Path) -> None:
     # Build from a copy: setuptools writes build/ and *.egg-info next to the sources it builds.
     source = tmp_path / "source"
-    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__",
-                                                                ".tuneloop", ".pytest_cache"))
+    shutil.copytree(
+        REPO,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".venv", ".git", "build", "*.egg-info", "__pycache__", ".tuneloop", ".pytest_cache"
+        ),
+    )
     wheels = tmp_path / "wheels"
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                            "-w", str(wheels), str(source)], capture_output=True, text=True)
+    build = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(wheels),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert build.returncode == 0, build.stderr
     (wheel,) = wheels.glob("tuneloop-*.whl")
     tops = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
@@ -203,15 +256,25 @@ def test_the_wheel_holds_one_package_and_works_installed_elsewhere(tmp_path: Pat
     deps = [p for p in sys.path if p.endswith("site-packages")]
     (site / "deps.pth").write_text("\n".join(deps) + "\n")
     python = venv / "bin" / "python"
-    install = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
-                             capture_output=True, text=True)
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert install.returncode == 0, install.stderr
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "TUNELOOP_HOME"}}
     env |= {"TUNELOOP_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1"}
-    where = subprocess.run([str(python), "-c", "import tuneloop.registry; print(tuneloop.registry.__file__)"],
-                           cwd=outside, env=env, capture_output=True, text=True)
+    where = subprocess.run(
+        [str(python), "-c", "import tuneloop.registry; print(tuneloop.registry.__file__)"],
+        cwd=outside,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert where.returncode == 0, where.stderr
     assert Path(where.stdout.strip()).is_relative_to(site), where.stdout
 
@@ -220,7 +283,9 @@ def test_the_wheel_holds_one_package_and_works_installed_elsewhere(tmp_path: Pat
     cli.chmod(0o755)
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(cli), *args], cwd=outside, env=env, capture_output=True, text=True, timeout=300)
+        return subprocess.run(
+            [str(cli), *args], cwd=outside, env=env, capture_output=True, text=True, timeout=300, check=False
+        )
 
     help_ = run("--help")
     assert help_.returncode == 0 and "Usage" in help_.stdout, help_.stderr

@@ -9,31 +9,39 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from tuneloop.demo import traffic
 
 from tests.registry_helpers import make_versions
+from tuneloop.demo import traffic
 
 
-def _add_monitor(rc, tmp_path: Path, window: str) -> None:  # type: ignore[no-untyped-def]
+def _add_monitor(rc, tmp_path: Path, window: str) -> None:
     from tuneloop.monitors.service import add
 
     make_versions(rc, "support", [{}])
     rng = random.Random(3)
     traffic.write(tmp_path / "reference.jsonl", [traffic.record(rng) for _ in range(600)])
-    (tmp_path / "monitor.yaml").write_text(f"name: mon\nmodel: support:1\nwindow: {window}\nmin_size: 50\n"
-                                           "reference: {file: reference.jsonl}\n")
+    (tmp_path / "monitor.yaml").write_text(
+        f"name: mon\nmodel: support:1\nwindow: {window}\nmin_size: 50\nreference: {{file: reference.jsonl}}\n"
+    )
     add(rc, tmp_path / "monitor.yaml")
 
 
-def _store(rc, rows: list[dict], stamps: list[datetime] | None = None) -> None:  # type: ignore[no-untyped-def]
+def _store(rc, rows: list[dict], stamps: list[datetime] | None = None) -> None:
     from tuneloop.monitors.ingestion.records import parse_records, store
 
-    items = [{"model": "support:1", "prompt": r["prompt"], "output": r["output"],
-              **({"timestamp": stamps[i].isoformat()} if stamps else {})} for i, r in enumerate(rows)]
+    items = [
+        {
+            "model": "support:1",
+            "prompt": r["prompt"],
+            "output": r["output"],
+            **({"timestamp": stamps[i].isoformat()} if stamps else {}),
+        }
+        for i, r in enumerate(rows)
+    ]
     store(rc.stores, parse_records(items, 100_000), rc.models)
 
 
-def _backtest(rc, tmp_path: Path) -> list[dict]:  # type: ignore[no-untyped-def]
+def _backtest(rc, tmp_path: Path) -> list[dict]:
     """`monitor backtest` over the records the store holds, in arrival order."""
     from tuneloop.monitors.backtest import backtest, read_records
     from tuneloop.monitors.monitor_spec import MonitorSpec
@@ -46,8 +54,10 @@ def _backtest(rc, tmp_path: Path) -> list[dict]:  # type: ignore[no-untyped-def]
 
 
 def _verdicts(windows: list[dict]) -> list[tuple]:
-    return [(w["size"], w["status"], tuple(w["drifted_checks"]), tuple(round(c["p_value"], 9) for c in w["checks"]))
-            for w in windows]
+    return [
+        (w["size"], w["status"], tuple(w["drifted_checks"]), tuple(round(c["p_value"], 9) for c in w["checks"]))
+        for w in windows
+    ]
 
 
 @pytest.mark.acceptance  # judges 9 windows live and in backtest: ~40 s
@@ -82,7 +92,9 @@ def test_time_windows_close_on_the_clock_and_late_records_are_counted_not_judged
 
     outcome = check(sqlite_rc, "mon")  # checked once after the windows closed: all are judged
     data, empty = outcome.judged[:3], outcome.judged[3:]
-    assert [(w["start"], w["size"]) for w in data] == [((start + timedelta(hours=k)).isoformat(), 100) for k in range(3)]
+    assert [(w["start"], w["size"]) for w in data] == [
+        ((start + timedelta(hours=k)).isoformat(), 100) for k in range(3)
+    ]
     assert [w["status"] for w in data] == ["ok", "ok", "drift"]
     assert _verdicts(data) == _verdicts(_backtest(sqlite_rc, tmp_path))  # a backtest cuts the same three
     # Closed hours without records are windows too (the hour before this one closes a minute after it ends).
@@ -110,7 +122,11 @@ def test_model_references_resolve_through_one_cache_that_a_promotion_refreshes(s
     stale = ModelResolver(sqlite_rc.mlflow, ttl_seconds=3600)
     assert stale.resolve("support@champion") == ("support", 2, "champion")
     sqlite_rc.mlflow.set_registered_model_alias("support", "champion", "1")
-    assert stale.resolve("support@champion") == ("support", 2, "champion")  # trusted until its answer is older than the TTL
+    assert stale.resolve("support@champion") == (
+        "support",
+        2,
+        "champion",
+    )  # trusted until its answer is older than the TTL
     assert ModelResolver(sqlite_rc.mlflow, ttl_seconds=0).resolve("support@champion") == ("support", 1, "champion")
     promote(sqlite_rc, "support", 2, "champion", force=True, reason="test")  # a move through tuneloop is seen at once
     assert sqlite_rc.models.resolve("support@champion") == ("support", 2, "champion")

@@ -21,9 +21,8 @@ pytestmark = pytest.mark.acceptance  # trains twice and evaluates three times: ~
 
 
 def test_tiny_loop_end_to_end(loop_env, tiny_model: Path) -> None:
-    from tuneloop.monitors.ingestion.tokens import create
-
     from tuneloop.demo.run import Demo, ingest_over_http
+    from tuneloop.monitors.ingestion.tokens import create
     from tuneloop.services import start_ingest_server, stop, wait_healthy
 
     rc = loop_env
@@ -34,8 +33,10 @@ def test_tiny_loop_end_to_end(loop_env, tiny_model: Path) -> None:
     try:
         wait_healthy(f"http://127.0.0.1:{ingest_port}", server, path="/v1/health", what="the ingest API")
         summary = Demo(rc, tiny_config(tiny_model), stages.append).run(
-            ingest_over_http(f"http://127.0.0.1:{ingest_port}", create(rc.stores, "t")), "ui",
-            webhooks=[f"http://127.0.0.1:{hook_port}/hook?token=s3cret"])
+            ingest_over_http(f"http://127.0.0.1:{ingest_port}", create(rc.stores, "t")),
+            "ui",
+            webhooks=[f"http://127.0.0.1:{hook_port}/hook?token=s3cret"],
+        )
     finally:
         stop(server)
     assert [s.split(" ")[0] for s in stages if "/8" in s.split(" ")[0]] == [f"{i}/8" for i in range(1, 9)]
@@ -54,21 +55,31 @@ def test_tiny_loop_end_to_end(loop_env, tiny_model: Path) -> None:
     retrain = summary["retrain"]
     assert retrain["state"] == "registered", retrain
     with rc.stores.engine.connect() as conn:
-        runs = conn.execute(sa.text("SELECT state, attempts, alert_id, trigger, version, details FROM retrain_runs")).all()
+        runs = conn.execute(
+            sa.text("SELECT state, attempts, alert_id, trigger, version, details FROM retrain_runs")
+        ).all()
     assert len(runs) == 1 and runs[0].attempts == 1 and runs[0].alert_id == alert["id"] and runs[0].trigger == "alert"
     details = json.loads(runs[0].details)
     counts = details["data"]["counts"]
     assert counts["new_training_rows"] > 0 and counts["held_out_rows"] > 0 and counts["from_reference"] > 0
     assert counts["from_reference"] + counts["from_approved"] == counts["new_training_rows"]
-    unique = (counts["champion_rows"] + counts["new_training_rows"] - counts["duplicates_dropped"] - counts["held_out_prompts_dropped"]
-              - counts["near_duplicates_dropped"] - counts["near_held_out_dropped"])
+    unique = (
+        counts["champion_rows"]
+        + counts["new_training_rows"]
+        - counts["duplicates_dropped"]
+        - counts["held_out_prompts_dropped"]
+        - counts["near_duplicates_dropped"]
+        - counts["near_held_out_dropped"]
+    )
     assert counts["new_rows_kept"] == unique - counts["champion_rows"]
     assert counts["champion_repeats"] > 1  # more new rows than old: the champion's rows repeat to keep half the set
     assert counts["training_rows"] == unique + (counts["champion_repeats"] - 1) * counts["champion_rows"]
 
     version = runs[0].version
     mv = rc.mlflow.get_model_version("tiny-support", str(version))
-    assert mv.tags["tuneloop.alert.id"] == str(alert["id"]) and mv.tags["tuneloop.alert.run_id"] == alert["mlflow_run_id"]
+    assert (
+        mv.tags["tuneloop.alert.id"] == str(alert["id"]) and mv.tags["tuneloop.alert.run_id"] == alert["mlflow_run_id"]
+    )
     assert mv.tags["tuneloop.retrain.id"] == str(retrain["id"])
     aliases = {k: str(v) for k, v in rc.mlflow.get_registered_model("tiny-support").aliases.items()}
     assert aliases["challenger"] == str(version)
@@ -81,9 +92,15 @@ def test_tiny_loop_end_to_end(loop_env, tiny_model: Path) -> None:
     answers = {json.loads(line)["messages"][-1]["content"] for line in path.read_text().splitlines()}
     with rc.stores.engine.connect() as conn:
         reviewed = {r for (r,) in conn.execute(sa.text("SELECT reference FROM feedback WHERE reference IS NOT NULL"))}
-        approved = {o for (o,) in conn.execute(sa.text(
-            "SELECT r.output FROM records r JOIN feedback f ON f.record_id = r.id WHERE f.rating >= 4"))}
-        german_outputs = {o for (o,) in conn.execute(sa.text("SELECT output FROM records WHERE prompt LIKE 'Wo ist%'"))} - approved
+        approved = {
+            o
+            for (o,) in conn.execute(
+                sa.text("SELECT r.output FROM records r JOIN feedback f ON f.record_id = r.id WHERE f.rating >= 4")
+            )
+        }
+        german_outputs = {
+            o for (o,) in conn.execute(sa.text("SELECT output FROM records WHERE prompt LIKE 'Wo ist%'"))
+        } - approved
     champion_file, _ = stored_data_file(rc, "tiny-support", summary["champion"]["version"], "train")
     champion_answers = {json.loads(line)["messages"][-1]["content"] for line in champion_file.read_text().splitlines()}
     new_answers = answers - champion_answers
@@ -101,19 +118,31 @@ def test_tiny_loop_end_to_end(loop_env, tiny_model: Path) -> None:
     decision = summary["decision"]
     assert decision["action"] in ("promoted", "kept champion")
     per_task = [g["gate"] for g in decision["gates"] if "[task" in g["gate"]]
-    assert len(decision["gates"]) == 2 + len(per_task) and {g.rsplit(" ", 1)[1] for g in per_task} == {"answers]", "production-holdout]"}
+    assert len(decision["gates"]) == 2 + len(per_task) and {g.rsplit(" ", 1)[1] for g in per_task} == {
+        "answers]",
+        "production-holdout]",
+    }
     assert (decision["action"] == "promoted") == all(g["status"] != "failed" for g in decision["gates"])
     holder = aliases["champion"]
     assert holder == (str(version) if decision["action"] == "promoted" else str(summary["champion"]["version"]))
 
     # The webhook was down: the loop finished anyway; each delivery attempt is recorded, without the token.
     with rc.stores.engine.connect() as conn:
-        hooks = conn.execute(sa.text("SELECT n.event, n.state, n.attempts, a.detail FROM notifications n "
-                                     "JOIN delivery_attempts a ON a.notification_id = n.id WHERE n.sink != 'log'")).all()
+        hooks = conn.execute(
+            sa.text(
+                "SELECT n.event, n.state, n.attempts, a.detail FROM notifications n "
+                "JOIN delivery_attempts a ON a.notification_id = n.id WHERE n.sink != 'log'"
+            )
+        ).all()
         logged = conn.execute(sa.text("SELECT event, state FROM notifications WHERE sink = 'log'")).all()
-    assert {h.event for h in hooks} == {"alert.opened", "challenger.registered"} and all(not h.state == "delivered" for h in hooks)
+    assert {h.event for h in hooks} == {"alert.opened", "challenger.registered"} and all(
+        h.state != "delivered" for h in hooks
+    )
     assert all("s3cret" not in h.detail for h in hooks)
-    for run_id, artifact in ((alert["mlflow_run_id"], "alert.json"), (mv.tags["tuneloop.training_run_id"], "retrain.json")):
+    for run_id, artifact in (
+        (alert["mlflow_run_id"], "alert.json"),
+        (mv.tags["tuneloop.training_run_id"], "retrain.json"),
+    ):
         run = rc.mlflow.get_run(run_id)
         stored = Path(rc.mlflow.download_artifacts(run_id, artifact)).read_text()
         assert "s3cret" not in stored + json.dumps(run.data.params) + json.dumps(run.data.tags)
@@ -141,7 +170,7 @@ def _receive_webhooks(port: int) -> list[dict]:
     received: list[dict] = []
 
     class Hook(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["content-length"])))
             received.append({**body, "path": self.path})
             self.send_response(204)
@@ -155,15 +184,15 @@ def _receive_webhooks(port: int) -> list[dict]:
     return received
 
 
-def test_kill_9_of_the_active_scheduler_mid_training_hands_over_to_the_standby(loop_env, tiny_model: Path,
-                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_kill_9_of_the_active_scheduler_mid_training_hands_over_to_the_standby(
+    loop_env, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import signal
     import subprocess
     from dataclasses import replace
 
-    from tuneloop.pipelines.loop.scheduler import LEASE
-
     from tuneloop.demo.run import Demo
+    from tuneloop.pipelines.loop.scheduler import LEASE
 
     rc = loop_env
     monkeypatch.setenv("TUNELOOP_SCHEDULER__LEASE_SECONDS", "3")
@@ -179,15 +208,33 @@ def test_kill_9_of_the_active_scheduler_mid_training_hands_over_to_the_standby(l
     send(demo.traffic("drift", start + timedelta(hours=2)))
 
     exe = Path(sys.executable).with_name("tuneloop")
-    schedulers = [subprocess.Popen([str(exe), "scheduler", "run", "--port", str(free_port())], start_new_session=True,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
+    schedulers = [
+        subprocess.Popen(
+            [str(exe), "scheduler", "run", "--port", str(free_port())],
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(2)
+    ]
     try:
-        def retrain_row():  # type: ignore[no-untyped-def]
-            with rc.stores.engine.connect() as conn:
-                return conn.execute(sa.text("SELECT id, state, attempts, training_run_id, version FROM retrain_runs")).first()
 
-        row = _wait(lambda: (r := retrain_row()) is not None and r.state == "training" and r.training_run_id
-                    and list((Path(rc.settings.home) / "runs" / r.training_run_id).glob("checkpoint-*")) and r, 240)
+        def retrain_row():
+            with rc.stores.engine.connect() as conn:
+                return conn.execute(
+                    sa.text("SELECT id, state, attempts, training_run_id, version FROM retrain_runs")
+                ).first()
+
+        row = _wait(
+            lambda: (
+                (r := retrain_row()) is not None
+                and r.state == "training"
+                and r.training_run_id
+                and list((Path(rc.settings.home) / "runs" / r.training_run_id).glob("checkpoint-*"))
+                and r
+            ),
+            240,
+        )
         active_pid = int(rc.stores.leases.holder(LEASE).owner.rsplit(":", 1)[1])
         active = next(p for p in schedulers if p.pid == active_pid)
         standby = next(p for p in schedulers if p.pid != active_pid)
@@ -195,7 +242,9 @@ def test_kill_9_of_the_active_scheduler_mid_training_hands_over_to_the_standby(l
         active.wait(10)
 
         done = _wait(lambda: (r := retrain_row()).state in ("registered", "failed") and r, 300)
-        assert done.state == "registered", rc.stores.engine.connect().execute(sa.text("SELECT error FROM retrain_runs")).scalar()
+        assert done.state == "registered", (
+            rc.stores.engine.connect().execute(sa.text("SELECT error FROM retrain_runs")).scalar()
+        )
         assert int(rc.stores.leases.holder(LEASE).owner.rsplit(":", 1)[1]) == standby.pid
     finally:
         for p in schedulers:
@@ -213,13 +262,15 @@ def test_kill_9_of_the_active_scheduler_mid_training_hands_over_to_the_standby(l
     with rc.stores.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM alerts")).scalar() == 1
         assert conn.execute(sa.text("SELECT count(*) FROM retrain_runs")).scalar() == 1
-        events = conn.execute(sa.text("SELECT event, count(*) FROM notifications WHERE sink = 'log' GROUP BY event")).all()
+        events = conn.execute(
+            sa.text("SELECT event, count(*) FROM notifications WHERE sink = 'log' GROUP BY event")
+        ).all()
         windows = conn.execute(sa.text("SELECT count(*) FROM monitor_windows")).scalar()
     assert sorted(events) == [("alert.opened", 1), ("challenger.registered", 1)]
     assert windows == cfg.calm_windows + cfg.drift_windows  # every window judged once, none twice
 
 
-def _wait(probe, timeout_s: float):  # type: ignore[no-untyped-def]
+def _wait(probe, timeout_s: float):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = probe()

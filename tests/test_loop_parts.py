@@ -19,7 +19,7 @@ from tuneloop.demo import traffic
 REPO_EXAMPLES = REPO / "examples"
 
 
-def _store(rc, rows: list[dict], model: str = "support:1", feedback: list[dict | None] | None = None) -> None:  # type: ignore[no-untyped-def]
+def _store(rc, rows: list[dict], model: str = "support:1", feedback: list[dict | None] | None = None) -> None:
     from tuneloop.monitors.ingestion.records import parse_records, store
 
     items = []
@@ -31,19 +31,21 @@ def _store(rc, rows: list[dict], model: str = "support:1", feedback: list[dict |
     store(rc.stores, parse_records(items, 100_000), rc.models)
 
 
-def _monitor(rc, tmp_path: Path, size: int = 100) -> None:  # type: ignore[no-untyped-def]
+def _monitor(rc, tmp_path: Path, size: int = 100) -> None:
     from tuneloop.monitors.service import add
 
     make_versions(rc, "support", [{}])
     rng3 = random.Random(3)
     traffic.write(tmp_path / "reference.jsonl", [traffic.record(rng3) for _ in range(3000)])
     spec = tmp_path / "monitor.yaml"
-    spec.write_text(f"name: mon\nmodel: support:1\nwindow: {{size: {size}}}\nmin_size: 50\n"
-                    "checks: [descriptors]\nreference: {file: reference.jsonl}\n")
+    spec.write_text(
+        f"name: mon\nmodel: support:1\nwindow: {{size: {size}}}\nmin_size: 50\n"
+        "checks: [descriptors]\nreference: {file: reference.jsonl}\n"
+    )
     add(rc, spec)
 
 
-def test_a_lease_has_one_holder_until_it_lapses(rc) -> None:  # type: ignore[no-untyped-def]
+def test_a_lease_has_one_holder_until_it_lapses(rc) -> None:
     assert rc.stores.leases.acquire("x", "a", 1.0)
     assert not rc.stores.leases.acquire("x", "b", 1.0)
     assert rc.stores.leases.acquire("x", "a", 1.0)  # renewal
@@ -57,7 +59,7 @@ def test_a_lease_has_one_holder_until_it_lapses(rc) -> None:  # type: ignore[no-
     assert rc.stores.leases.holder("x") is None
 
 
-def test_webhook_retries_back_off_record_every_attempt_and_give_up(sqlite_rc) -> None:  # type: ignore[no-untyped-def]
+def test_webhook_retries_back_off_record_every_attempt_and_give_up(sqlite_rc) -> None:
     from tuneloop.monitors.alerting import notify
 
     url = f"http://127.0.0.1:{free_port()}/hook?token=t0ps3cret"  # nothing listens
@@ -68,11 +70,15 @@ def test_webhook_retries_back_off_record_every_attempt_and_give_up(sqlite_rc) ->
     assert time.monotonic() - started < 5  # a dead sink costs one bounded attempt, never a hang
     assert notify.deliver_pending(sqlite_rc.stores, timeout_s=1, max_attempts=3, base_delay_s=0.5) == 0
 
-    def attempts() -> list:  # type: ignore[type-arg]
+    def attempts() -> list:
         with sqlite_rc.stores.engine.connect() as conn:
-            return conn.execute(sa.text("SELECT a.attempt, a.ok, a.detail, n.state FROM delivery_attempts a "
-                                        "JOIN notifications n ON n.id = a.notification_id WHERE n.sink != 'log' "
-                                        "ORDER BY a.attempt")).all()
+            return conn.execute(
+                sa.text(
+                    "SELECT a.attempt, a.ok, a.detail, n.state FROM delivery_attempts a "
+                    "JOIN notifications n ON n.id = a.notification_id WHERE n.sink != 'log' "
+                    "ORDER BY a.attempt"
+                )
+            ).all()
 
     assert [(a.attempt, a.ok, a.state) for a in attempts()] == [(1, False, "pending")]  # not due yet: backoff 0.5 s
     time.sleep(0.6)
@@ -89,11 +95,11 @@ def test_webhook_retries_back_off_record_every_attempt_and_give_up(sqlite_rc) ->
 
 
 @pytest.mark.acceptance  # judges 7 windows and replays two rules on both stores: ~15 s
-def test_each_window_is_judged_once_and_alerts_reconcile_idempotently(rc, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_each_window_is_judged_once_and_alerts_reconcile_idempotently(rc, tmp_path: Path) -> None:
     from tuneloop.monitors.alerting import alerts
     from tuneloop.monitors.service import judge_pending
 
-    def check_pending(rc, name):  # type: ignore[no-untyped-def]
+    def check_pending(rc, name):
         pending = judge_pending(rc, name)
         judged, late = pending.judged, pending.late
         assert late == 0  # count windows have no late records
@@ -106,7 +112,9 @@ def test_each_window_is_judged_once_and_alerts_reconcile_idempotently(rc, tmp_pa
     rng = random.Random(5)
     _store(rc, [traffic.record(rng) for _ in range(250)])
     calm = check_pending(rc, "mon")
-    assert [w["status"] for w in calm] == ["ok", "ok"], [w["drifted_checks"] for w in calm]  # 250 records: two windows of 100
+    assert [w["status"] for w in calm] == ["ok", "ok"], [
+        w["drifted_checks"] for w in calm
+    ]  # 250 records: two windows of 100
     assert check_pending(rc, "mon") == []  # nothing new: nothing judged again
     _store(rc, traffic.windows(3, 100, seed=6, kind="refusals", share=0.5)[50:])  # completes window 3, then 4 and 5
     assert [w["status"] for w in check_pending(rc, "mon")] == ["drift", "drift", "drift"]
@@ -121,7 +129,9 @@ def test_each_window_is_judged_once_and_alerts_reconcile_idempotently(rc, tmp_pa
     check_pending(rc, "mon")
     assert [c.kind for c in alerts.evaluate(rc, "mon")] == ["resolved"]
     rows = alerts.list_alerts(rc)
-    assert len(rows) == 1 and rows[0]["status"] == "resolved" and "output.refusal" in rows[0]["summary"]["drifted_checks"]
+    assert (
+        len(rows) == 1 and rows[0]["status"] == "resolved" and "output.refusal" in rows[0]["summary"]["drifted_checks"]
+    )
     run = rc.mlflow.get_run(rows[0]["mlflow_run_id"])
     assert run.data.tags["tuneloop.alert.status"] == "resolved"
 
@@ -132,18 +142,20 @@ def test_each_window_is_judged_once_and_alerts_reconcile_idempotently(rc, tmp_pa
     assert [(c.rule, c.kind) for c in alerts.evaluate(rc, "mon")] == [("s", "opened")]
 
 
-def _loop(rc, tmp_path: Path, cron: str | None = None) -> str:  # type: ignore[no-untyped-def]
+def _loop(rc, tmp_path: Path, cron: str | None = None) -> str:
     from tuneloop.pipelines.loop.retrain import add_loop
 
     make_versions(rc, "adapter", [{}])
     traffic.write(tmp_path / "eval.jsonl", [{"prompt": "a", "completion": "b"}])
     (tmp_path / "suite.yaml").write_text("name: s\ntasks: [{name: t, data: eval.jsonl, metrics: [rouge]}]\n")
-    (tmp_path / "loop.yaml").write_text("name: l\nmodel: adapter\nsuite: suite.yaml\n" + (f'cron: "{cron}"\n' if cron else ""))
+    (tmp_path / "loop.yaml").write_text(
+        "name: l\nmodel: adapter\nsuite: suite.yaml\n" + (f'cron: "{cron}"\n' if cron else "")
+    )
     add_loop(rc, tmp_path / "loop.yaml")
     return "l"
 
 
-def test_missed_cron_fires_coalesce_into_one_run_and_triggers_are_idempotent(sqlite_rc, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_missed_cron_fires_coalesce_into_one_run_and_triggers_are_idempotent(sqlite_rc, tmp_path: Path) -> None:
     from tuneloop.pipelines.loop.retrain import enqueue, list_runs
     from tuneloop.pipelines.loop.scheduler import LoopScheduler
 
@@ -163,7 +175,7 @@ def test_missed_cron_fires_coalesce_into_one_run_and_triggers_are_idempotent(sql
     assert a == b and created_a and not created_b
 
 
-def test_a_run_whose_workers_died_twice_is_failed_not_retried(sqlite_rc, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_run_whose_workers_died_twice_is_failed_not_retried(sqlite_rc, tmp_path: Path) -> None:
     from tuneloop.pipelines.loop.retrain import enqueue
     from tuneloop.pipelines.loop.worker import run_worker
 
@@ -175,7 +187,7 @@ def test_a_run_whose_workers_died_twice_is_failed_not_retried(sqlite_rc, tmp_pat
     assert row["state"] == "failed" and "died 2 times" in row["error"] and row["attempts"] == 3
 
 
-def test_only_reviewed_records_become_training_examples(sqlite_rc) -> None:  # type: ignore[no-untyped-def]
+def test_only_reviewed_records_become_training_examples(sqlite_rc) -> None:
     from tuneloop.pipelines.loop.challenger_data import _share, reviewed_examples
 
     make_versions(sqlite_rc, "support", [{}])
@@ -183,17 +195,23 @@ def test_only_reviewed_records_become_training_examples(sqlite_rc) -> None:  # t
     feedback = [{"reference": "gold"}, {"label": "refund"}, {"rating": 5}, {"rating": 3}, None, {"rating": 4.0}]
     _store(sqlite_rc, rows, feedback=feedback)
     picked = {(e["prompt"], e["answer"], e["why"]) for e in reviewed_examples(sqlite_rc.stores, "support", 4.0)}
-    assert picked == {("p0", "gold", "reference"), ("p1", "refund", "label"), ("p2", "o2", "approved"), ("p5", "o5", "approved")}
+    assert picked == {
+        ("p0", "gold", "reference"),
+        ("p1", "refund", "label"),
+        ("p2", "o2", "approved"),
+        ("p5", "o5", "approved"),
+    }
     assert _share("record-1") == _share("record-1") and 0 <= _share("x") < 1
 
 
 def test_loop_and_rule_files_are_validated_with_every_problem_named(tmp_path: Path) -> None:
+    from tuneloop.errors import ConfigError
     from tuneloop.pipelines.loop.spec import load_loop
 
-    from tuneloop.errors import ConfigError
-
     bad = tmp_path / "loop.yaml"
-    bad.write_text('name: l\nmodel: m\nsuite: missing.yaml\ncron: "61 * * * *"\nmonitors: [{name: x, every: soon}]\nholdout: 1.5\n')
+    bad.write_text(
+        'name: l\nmodel: m\nsuite: missing.yaml\ncron: "61 * * * *"\nmonitors: [{name: x, every: soon}]\nholdout: 1.5\n'
+    )
     with pytest.raises(ConfigError) as err:
         load_loop(bad)
     text = str(err.value)
@@ -208,7 +226,7 @@ def test_loop_and_rule_files_are_validated_with_every_problem_named(tmp_path: Pa
 
 
 @pytest.mark.acceptance
-def test_checking_the_same_records_again_adds_no_evidence_to_a_streak(sqlite_rc, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_checking_the_same_records_again_adds_no_evidence_to_a_streak(sqlite_rc, tmp_path: Path) -> None:
     from tuneloop.monitors.alerting import alerts
     from tuneloop.monitors.service import judge_pending, rejudge_latest
 
@@ -226,14 +244,15 @@ def test_checking_the_same_records_again_adds_no_evidence_to_a_streak(sqlite_rc,
     _store(sqlite_rc, traffic.windows(1, 100, seed=7, kind="refusals", share=0.5))
     judge_pending(sqlite_rc, "mon")
     assert [c.kind for c in alerts.evaluate(sqlite_rc, "mon")] == ["opened"]
-    assert alerts.explain_rules(sqlite_rc, "mon")[0]["state"].startswith("an incident is open since window 4")  # the MLflow step
+    assert alerts.explain_rules(sqlite_rc, "mon")[0]["state"].startswith(
+        "an incident is open since window 4"
+    )  # the MLflow step
 
 
 def test_shipped_alert_rules_and_loops_are_valid() -> None:
+    from tests.conftest import REPO
     from tuneloop.monitors.alerting.rules import load_rule
     from tuneloop.pipelines.loop.spec import load_loop
-
-    from tests.conftest import REPO
 
     rules = [load_rule(p) for p in sorted((REPO / "examples" / "alerts").glob("*.yaml"))]
     loops = [load_loop(p) for p in sorted((REPO / "examples" / "loops").glob("*.yaml"))]
@@ -244,8 +263,14 @@ def test_shipped_alert_rules_and_loops_are_valid() -> None:
 def test_production_examples_are_scrubbed_of_pii_before_they_train() -> None:
     from tuneloop.pipelines.loop.challenger_data import _scrubbed
 
-    examples = [{"id": "1", "prompt": "I am jane@example.com,  card 4111 1111 1111 1111", "answer": "Refunded  to DE89 3704 0044 0532 0130 00",
-                 "why": "reference"}]
+    examples = [
+        {
+            "id": "1",
+            "prompt": "I am jane@example.com,  card 4111 1111 1111 1111",
+            "answer": "Refunded  to DE89 3704 0044 0532 0130 00",
+            "why": "reference",
+        }
+    ]
     cleaned, found = _scrubbed(examples)
     assert cleaned[0]["prompt"] == "I am [EMAIL], card [CARD]" and cleaned[0]["answer"] == "Refunded to [IBAN]"
     assert dict(found) == {"email": 1, "card": 1, "iban": 1}
@@ -258,26 +283,40 @@ def test_new_rows_that_near_copy_held_out_or_kept_rows_are_dropped() -> None:
     def row(prompt: str, answer: str) -> dict:
         return {"prompt": prompt, "completion": answer}
 
-    held = [row("Where is my order 1234? It was due on Monday and I still have nothing.", "It ships on Tuesday from Berlin.")]
-    champion = [row("How do I reset my password after three failed attempts today?", "Use the link on the sign-in page.")]
-    leak = row("Where is my order 1234? It was due on Monday and I still have nothing!", "It ships on Tuesday from Berlin.")
-    copy_of_old = row("How do I reset my password after three failed attempts today??", "Use the link on the sign-in page.")
+    held = [
+        row(
+            "Where is my order 1234? It was due on Monday and I still have nothing.", "It ships on Tuesday from Berlin."
+        )
+    ]
+    champion = [
+        row("How do I reset my password after three failed attempts today?", "Use the link on the sign-in page.")
+    ]
+    leak = row(
+        "Where is my order 1234? It was due on Monday and I still have nothing!", "It ships on Tuesday from Berlin."
+    )
+    copy_of_old = row(
+        "How do I reset my password after three failed attempts today??", "Use the link on the sign-in page."
+    )
     fresh = row("Can I pay for the family plan with a gift card?", "Yes, gift cards work for every plan.")
     twin = row("Can I pay for the family plan with a gift card??", "Yes, gift cards work for every plan.")
     near = 0.8
-    assert jaccard(shingles(leak["prompt"] + "\n" + leak["completion"]),
-                   shingles(held[0]["prompt"] + "\n" + held[0]["completion"])) >= near  # the planted copies really are near
+    assert (
+        jaccard(
+            shingles(leak["prompt"] + "\n" + leak["completion"]),
+            shingles(held[0]["prompt"] + "\n" + held[0]["completion"]),
+        )
+        >= near
+    )  # the planted copies really are near
     kept, near_dropped, leaks = _drop_near_copies([leak, copy_of_old, fresh, twin], champion, held, near)
     assert kept == [fresh] and near_dropped == 2 and leaks == 1
     assert _drop_near_copies([fresh], champion, held, near) == ([fresh], 0, 0)
 
 
-def _champion_with_training_file(rc, name: str, source: Path) -> int:  # type: ignore[no-untyped-def]
+def _champion_with_training_file(rc, name: str, source: Path) -> int:
     """A version whose training run stored `source` as `tuneloop train` stores it (no model needed)."""
-    from tuneloop.registry.tracking import experiment_id
-
     from tuneloop.digest import file_sha256
     from tuneloop.names import Tag
+    from tuneloop.registry.tracking import experiment_id
 
     digest = "sha256:" + file_sha256(source)
     run = rc.mlflow.create_run(experiment_id(rc.mlflow, rc.settings, "training"))
@@ -289,22 +328,28 @@ def _champion_with_training_file(rc, name: str, source: Path) -> int:  # type: i
 
 
 @pytest.mark.parametrize("kind", ["answers", "labels"])
-def test_feedback_trains_only_in_the_champions_own_format(kind: str, sqlite_rc, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_feedback_trains_only_in_the_champions_own_format(kind: str, sqlite_rc, tmp_path: Path) -> None:
     """A label trains a model whose answers are labels; for an answer model it stays quality evidence and never
     becomes an assistant turn (the support answer model once learned to answer "shipping")."""
     from tuneloop.pipelines.loop.challenger_data import answers_are_labels, build
-
     from tuneloop.rowfiles import read_rows
 
     source = REPO_EXAMPLES / ("data/support_train.jsonl" if kind == "answers" else "data/intents_train.jsonl")
     assert answers_are_labels([row for _, row in read_rows(source)]) == (kind == "labels")
     version = _champion_with_training_file(sqlite_rc, "m", source)
-    rows = [{"prompt": f"Where is my parcel number {i} of the week {i % 7}?", "output": f"It ships on day {i}."} for i in range(30)]
-    feedback: list[dict | None] = [{"label": "shipping"} if i % 3 else {"reference": f"Your parcel {i} ships today."}
-                                   for i in range(30)]
+    rows = [
+        {"prompt": f"Where is my parcel number {i} of the week {i % 7}?", "output": f"It ships on day {i}."}
+        for i in range(30)
+    ]
+    feedback: list[dict | None] = [
+        {"label": "shipping"} if i % 3 else {"reference": f"Your parcel {i} ships today."} for i in range(30)
+    ]
     from tuneloop.monitors.ingestion.records import parse_records, store
 
-    items = [{"id": f"r{i}", "model": f"m:{version}", **row, "feedback": fb} for i, (row, fb) in enumerate(zip(rows, feedback))]
+    items = [
+        {"id": f"r{i}", "model": f"m:{version}", **row, "feedback": fb}
+        for i, (row, fb) in enumerate(zip(rows, feedback))
+    ]
     store(sqlite_rc.stores, parse_records(items, 100_000), sqlite_rc.models)
     curated = build(sqlite_rc, "m", version, tmp_path / "out", min_rating=4, holdout=0.5, holdout_limit=3)
     counts = curated.counts
@@ -318,7 +363,7 @@ def test_feedback_trains_only_in_the_champions_own_format(kind: str, sqlite_rc, 
         assert counts["reviewed_records"] == 30
     from tuneloop.pipelines.loop.challenger_data import _share
 
-    eligible = [i for i, fb in enumerate(feedback) if kind == "labels" or "reference" in fb]  # type: ignore[operator]
+    eligible = [i for i, fb in enumerate(feedback) if kind == "labels" or "reference" in fb]
     below = sum(_share(f"r{i}") < 0.5 for i in eligible)
     assert below > 3 and counts["held_out_rows"] == 3  # capped by holdout_limit; the rest train
     assert counts["held_out_rows"] + counts["new_training_rows"] == counts["reviewed_records"]
@@ -341,20 +386,23 @@ sys.exit(3)   # never reached: the heartbeat ends the process when the run is ca
 """
 
 
-def test_a_cancelled_retrain_ends_for_good(sqlite_rc, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_cancelled_retrain_ends_for_good(sqlite_rc, tmp_path: Path) -> None:
     import subprocess
     import sys
 
+    from tuneloop.errors import Conflict
     from tuneloop.pipelines.loop.retrain import cancel, enqueue, get, lease_name, runnable, update
     from tuneloop.pipelines.loop.worker import run_worker
-
-    from tuneloop.errors import Conflict
 
     _loop(sqlite_rc, tmp_path)
     run_id, _ = enqueue(sqlite_rc, "l", "manual")
     update(sqlite_rc, run_id, state="training")
-    worker = subprocess.Popen([sys.executable, "-c", _HOLD_LEASE, sqlite_rc.settings.model_dump_json(), str(run_id)],
-                              stdout=subprocess.PIPE, text=True, cwd=REPO)
+    worker = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LEASE, sqlite_rc.settings.model_dump_json(), str(run_id)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
     try:
         assert worker.stdout is not None and worker.stdout.readline().strip() == "READY"
         row = cancel(sqlite_rc, run_id, "labels were wrong")
@@ -362,7 +410,10 @@ def test_a_cancelled_retrain_ends_for_good(sqlite_rc, tmp_path: Path) -> None:  
     finally:
         if worker.poll() is None:
             worker.kill()
-    assert row["state"] == "cancelled" and row["error"] == f"cancelled by {sqlite_rc.settings.actor_name}: labels were wrong"
+    assert (
+        row["state"] == "cancelled"
+        and row["error"] == f"cancelled by {sqlite_rc.settings.actor_name}: labels were wrong"
+    )
     assert sqlite_rc.stores.leases.holder(lease_name(run_id)) is None and run_id not in runnable(sqlite_rc)
     update(sqlite_rc, run_id, state="evaluating")  # a stage finishing late never revives it
     assert get(sqlite_rc, run_id)["state"] == "cancelled"

@@ -10,7 +10,7 @@ from tests.conftest import build_tiny_adapter, run_cli
 from tuneloop.names import Tag
 
 
-def _logits(model, tokenizer):  # type: ignore[no-untyped-def]
+def _logits(model, tokenizer):
     import torch
 
     ids = tokenizer("what is the capital of france hello world", return_tensors="pt")
@@ -22,12 +22,15 @@ def test_merged_logits_equal_base_plus_adapter(tiny_model: Path, tmp_path: Path)
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
     from tuneloop.pipelines.training.merge import merge_folder
 
     adapter = build_tiny_adapter(tiny_model, tmp_path / "adapter")
     merge_folder(tiny_model, adapter, tmp_path / "merged")
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    expected = _logits(PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), adapter).eval(), tokenizer)
+    expected = _logits(
+        PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), adapter).eval(), tokenizer
+    )
     base_only = _logits(AutoModelForCausalLM.from_pretrained(tiny_model).eval(), tokenizer)
     merged = _logits(AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval(), tokenizer)
     assert torch.allclose(merged, expected, atol=1e-4)
@@ -55,11 +58,14 @@ def test_merge_command_registers_with_lineage(sqlite_rc, tiny_model: Path, tiny_
 def test_prompt_tuning_cannot_be_merged(tiny_model: Path, tmp_path: Path) -> None:
     from peft import PromptTuningConfig, get_peft_model
     from transformers import AutoModelForCausalLM
-    from tuneloop.pipelines.training.merge import merge_folder
 
     from tuneloop.errors import Conflict
+    from tuneloop.pipelines.training.merge import merge_folder
 
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=2))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model),
+        PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=2),
+    )
     model.save_pretrained(tmp_path / "pt")
     with pytest.raises(Conflict, match="only LoRA adapters can be merged"):
         merge_folder(tiny_model, tmp_path / "pt", tmp_path / "out")

@@ -34,6 +34,7 @@ def _label_pairs() -> tuple[list[str], list[str]]:
 def test_rouge_bleu_chrf_equal_the_reference_libraries(stemming: bool, subset: str) -> None:
     import sacrebleu
     from rouge_score import rouge_scorer
+
     from tuneloop.monitors.metrics.scoring import ScoreOptions, score_pairs
 
     predictions, references = _text_pairs()
@@ -58,6 +59,7 @@ def test_rouge_bleu_chrf_equal_the_reference_libraries(stemming: bool, subset: s
 
 def test_unicode_tokenizer_scores_non_latin_text_that_the_default_drops() -> None:
     from rouge_score import rouge_scorer
+
     from tuneloop.monitors.metrics.scoring import ScoreOptions, score_pairs
     from tuneloop.monitors.metrics.text import UnicodeTokenizer
 
@@ -65,12 +67,18 @@ def test_unicode_tokenizer_scores_non_latin_text_that_the_default_drops() -> Non
     default = score_pairs(prediction, reference, ["rouge1"])
     unicode = score_pairs(prediction, reference, ["rouge1"], ScoreOptions(rouge_tokenizer="unicode"))
     assert default.values["rouge1"] == 0.0  # rouge-score's tokenizer keeps [a-z0-9] only
-    direct = rouge_scorer.RougeScorer(["rouge1"], use_stemmer=True, tokenizer=UnicodeTokenizer(use_stemmer=True)).score(reference[0], prediction[0])
-    assert unicode.values["rouge1"] == pytest.approx(direct["rouge1"].fmeasure, abs=1e-9) and unicode.values["rouge1"] > 0.3
+    direct = rouge_scorer.RougeScorer(["rouge1"], use_stemmer=True, tokenizer=UnicodeTokenizer(use_stemmer=True)).score(
+        reference[0], prediction[0]
+    )
+    assert (
+        unicode.values["rouge1"] == pytest.approx(direct["rouge1"].fmeasure, abs=1e-9)
+        and unicode.values["rouge1"] > 0.3
+    )
 
 
 def test_classification_metrics_equal_scikit_learn_with_normalised_labels() -> None:
     from sklearn.metrics import accuracy_score, f1_score
+
     from tuneloop.monitors.metrics.classification import normalise_label
     from tuneloop.monitors.metrics.scoring import score_pairs
 
@@ -81,20 +89,31 @@ def test_classification_metrics_equal_scikit_learn_with_normalised_labels() -> N
     assert [normalise_label(p) for p in predictions] == guess  # an independent normalisation agrees here
     labels = sorted(set(truth))
     assert ours["accuracy"] == pytest.approx(accuracy_score(truth, guess), abs=1e-9)
-    assert ours["f1_macro"] == pytest.approx(f1_score(truth, guess, labels=labels, average="macro", zero_division=0), abs=1e-9)
-    assert ours["f1_micro"] == pytest.approx(f1_score(truth, guess, labels=labels, average="micro", zero_division=0), abs=1e-9)
-    assert ours["exact_match"] == pytest.approx(sum(p == r for p, r in zip(predictions, references)) / len(references), abs=1e-9)
-    assert ours["accuracy"] == 0.5 and ours["exact_match"] == 0.3  # "Refund." and "  ACCOUNT " count only after normalising
-    assert ours["f1_micro"] > ours["accuracy"]  # "banana" is outside the label set: wrong, but no class's false positive
+    assert ours["f1_macro"] == pytest.approx(
+        f1_score(truth, guess, labels=labels, average="macro", zero_division=0), abs=1e-9
+    )
+    assert ours["f1_micro"] == pytest.approx(
+        f1_score(truth, guess, labels=labels, average="micro", zero_division=0), abs=1e-9
+    )
+    assert ours["exact_match"] == pytest.approx(
+        sum(p == r for p, r in zip(predictions, references)) / len(references), abs=1e-9
+    )
+    assert (
+        ours["accuracy"] == 0.5 and ours["exact_match"] == 0.3
+    )  # "Refund." and "  ACCOUNT " count only after normalising
+    assert (
+        ours["f1_micro"] > ours["accuracy"]
+    )  # "banana" is outside the label set: wrong, but no class's false positive
 
 
 def test_paired_bootstrap_and_wilson_interval() -> None:
     from scipy.stats import binomtest
+
     from tuneloop.monitors.metrics.stats import paired_bootstrap, wilson_interval
 
     a = [0.2, 0.4, 0.3, 0.5, 0.1, 0.3, 0.2, 0.4] * 4
     better = [x + 0.3 + 0.02 * (i % 3) for i, x in enumerate(a)]
-    mean = lambda values: (lambda idx: sum(values[i] for i in idx) / len(idx))  # noqa: E731
+    mean = lambda values: lambda idx: sum(values[i] for i in idx) / len(idx)
     same = paired_bootstrap(mean(a), mean(a), len(a))
     assert same.delta == 0 and not same.significant
     up = paired_bootstrap(mean(a), mean(better), len(a))
@@ -117,11 +136,17 @@ def test_paired_bootstrap_and_wilson_interval() -> None:
 def test_perplexity_equals_exp_mean_nll_from_the_logits(tiny_model: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
     from tuneloop.monitors.metrics.perplexity import encode, perplexity
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    texts = ["hello world", "what is the capital of france paris is the capital of france", "yes", "the order is shipping thanks"]
+    texts = [
+        "hello world",
+        "what is the capital of france paris is the capital of france",
+        "yes",
+        "the order is shipping thanks",
+    ]
     prompts = ["hello", "what is the capital of france", "model question", "shipping order"]
 
     def independent(ids: list[int], first: int, window: int | None = None) -> tuple[float, int]:
@@ -156,16 +181,32 @@ def test_perplexity_equals_exp_mean_nll_from_the_logits(tiny_model: Path) -> Non
 def test_score_command_prints_metric_names_as_json_keys(tmp_path: Path) -> None:
     import sacrebleu
 
-    result = run_cli("eval", "score", "--predictions", str(DATA / "pairs_text.jsonl"), "--metrics", "rouge,bleu,chrf", "--json",
-                     env=_home(tmp_path))
+    result = run_cli(
+        "eval",
+        "score",
+        "--predictions",
+        str(DATA / "pairs_text.jsonl"),
+        "--metrics",
+        "rouge,bleu,chrf",
+        "--json",
+        env=_home(tmp_path),
+    )
     assert result.returncode == 0, result.stderr
     values = json.loads(result.stdout)
     assert list(values) == ["rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "chrf"]
     predictions, references = _text_pairs()
     assert values["bleu"] == pytest.approx(sacrebleu.corpus_bleu(predictions, [references]).score, abs=1e-9)
 
-    labels = run_cli("eval", "score", "--predictions", str(DATA / "pairs_labels.csv"), "--metrics", "f1,accuracy,exact_match",
-                     "--json", env=_home(tmp_path))
+    labels = run_cli(
+        "eval",
+        "score",
+        "--predictions",
+        str(DATA / "pairs_labels.csv"),
+        "--metrics",
+        "f1,accuracy,exact_match",
+        "--json",
+        env=_home(tmp_path),
+    )
     assert labels.returncode == 0, labels.stderr
     assert set(json.loads(labels.stdout)) == {"f1_macro", "f1_micro", "accuracy", "exact_match"}
 
@@ -174,14 +215,20 @@ def test_score_command_prints_metric_names_as_json_keys(tmp_path: Path) -> None:
     ("content", "metrics", "expected"),
     [
         (b'{"prediction": "a", "reference": "a"}\n{"prediction": "b"}\n', "bleu", ":2: missing `reference`"),
-        (b'{"prediction": "a", "reference": "a"}\n{"prediction": "caf\xe9", "reference": "x"}\n', "bleu", ":2: byte 0xe9 at column 20 is not UTF-8"),
+        (
+            b'{"prediction": "a", "reference": "a"}\n{"prediction": "caf\xe9", "reference": "x"}\n',
+            "bleu",
+            ":2: byte 0xe9 at column 20 is not UTF-8",
+        ),
         (b'{"prediction": "a", "reference": "a"}\n', "rouge,bleu,meteor", "unknown metric(s): meteor"),
         (b"", "bleu", "holds no prediction/reference pairs"),
         (b'{"prediction": "a", "reference": "a"}\n{not json\n', "bleu", ":2: not valid JSON"),
         (b'{"prediction": 3, "reference": "a"}\n', "accuracy", ":1: `prediction` must be text"),
     ],
 )
-def test_bad_predictions_files_fail_with_file_and_line(tmp_path: Path, content: bytes, metrics: str, expected: str) -> None:
+def test_bad_predictions_files_fail_with_file_and_line(
+    tmp_path: Path, content: bytes, metrics: str, expected: str
+) -> None:
     path = tmp_path / "predictions.jsonl"
     path.write_bytes(content)
     result = run_cli("eval", "score", "--predictions", str(path), "--metrics", metrics, env=_home(tmp_path))
@@ -200,6 +247,7 @@ def test_bad_csv_row_names_its_line(tmp_path: Path) -> None:
 
 def test_rouge_split_across_processes_equals_the_library(monkeypatch: pytest.MonkeyPatch) -> None:
     from rouge_score import rouge_scorer
+
     from tuneloop.monitors.metrics import text
 
     predictions, references = _text_pairs()

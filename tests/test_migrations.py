@@ -23,7 +23,9 @@ with engine.connect() as conn:
 def _first_use_in_parallel(url: str, processes: int = 4) -> None:
     """Open the database from several processes at once; each must see it migrated to head."""
     procs = [
-        subprocess.Popen([sys.executable, "-c", _FIRST_USE, url], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", _FIRST_USE, url], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         for _ in range(processes)
     ]
     results = [p.communicate(timeout=120) for p in procs]
@@ -44,11 +46,32 @@ def test_concurrent_first_use_migrates_once(tmp_path: Path) -> None:
     with engine.connect() as conn:
         assert conn.execute(sa.text("PRAGMA journal_mode")).scalar() == "wal"
         tables = {r[0] for r in conn.execute(sa.text("SELECT name FROM sqlite_master WHERE type='table'"))}
-    assert {"audit_log", "audit_mirror", "records", "feedback", "ingest_tokens", "ingest_requests",
-            "tuneloop_alembic_version"} <= tables
-    assert _head() == "0007" and {"monitors", "monitor_windows", "monitor_cursors", "alert_rules", "alert_rule_states", "alerts",
-                                  "notifications",
-                                  "delivery_attempts", "leases", "loops", "retrain_runs"} <= tables
+    assert {
+        "audit_log",
+        "audit_mirror",
+        "records",
+        "feedback",
+        "ingest_tokens",
+        "ingest_requests",
+        "tuneloop_alembic_version",
+    } <= tables
+    assert (
+        _head() == "0007"
+        and {
+            "monitors",
+            "monitor_windows",
+            "monitor_cursors",
+            "alert_rules",
+            "alert_rule_states",
+            "alerts",
+            "notifications",
+            "delivery_attempts",
+            "leases",
+            "loops",
+            "retrain_runs",
+        }
+        <= tables
+    )
 
 
 def test_concurrent_first_use_on_postgres(tmp_path: Path) -> None:

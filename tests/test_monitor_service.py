@@ -14,11 +14,19 @@ from tests.registry_helpers import make_versions
 from tuneloop.demo import traffic as drift_data
 
 
-def _store(rc, rows: list[dict]) -> None:  # type: ignore[no-untyped-def]
+def _store(rc, rows: list[dict]) -> None:
     from tuneloop.monitors.ingestion.records import parse_records, store
 
-    items = [{"model": "support:1", "prompt": r["prompt"], "output": r["output"], "prediction": r["prediction"],
-              "feedback": {"label": r["label"]}} for r in rows]
+    items = [
+        {
+            "model": "support:1",
+            "prompt": r["prompt"],
+            "output": r["output"],
+            "prediction": r["prediction"],
+            "feedback": {"label": r["label"]},
+        }
+        for r in rows
+    ]
     store(rc.stores, parse_records(items, 100_000), rc.models)
 
 
@@ -27,7 +35,9 @@ def test_add_check_status_and_mlflow_report(sqlite_rc, tmp_path: Path) -> None:
     rng = random.Random(3)
     drift_data.write(tmp_path / "reference.jsonl", [drift_data.record(rng) for _ in range(3000)])
     spec = tmp_path / "monitor.yaml"
-    spec.write_text("name: support-mon\nmodel: support:1\nwindow: {size: 500}\nmin_size: 200\nreference: {file: reference.jsonl}\n")
+    spec.write_text(
+        "name: support-mon\nmodel: support:1\nwindow: {size: 500}\nmin_size: 200\nreference: {file: reference.jsonl}\n"
+    )
     env = {"TUNELOOP_HOME": str(sqlite_rc.settings.home), "TUNELOOP_CACHE_DIR": str(tmp_path / "cache")}
 
     assert run_cli("monitor", "add", str(spec), env=env).returncode == 0
@@ -47,7 +57,9 @@ def test_add_check_status_and_mlflow_report(sqlite_rc, tmp_path: Path) -> None:
 
     _store(sqlite_rc, drift_data.windows(1, 500, seed=3, kind="refusals", share=0.2))
     checked = run_cli("monitor", "check", "support-mon", env=env)
-    assert "support-mon window 1 (records " in checked.stdout and ": drift (500 records" in checked.stdout, checked.stdout
+    assert "support-mon window 1 (records " in checked.stdout and ": drift (500 records" in checked.stdout, (
+        checked.stdout
+    )
     again = json.loads(run_cli("monitor", "check", "support-mon", "--json", env=env).stdout)
     assert again["judged"] == [] and again["latest"]["status"] == "drift"  # nothing new: the latest window's state
     alarm = again["latest"]
@@ -56,8 +68,13 @@ def test_add_check_status_and_mlflow_report(sqlite_rc, tmp_path: Path) -> None:
     states = json.loads(run_cli("monitor", "status", "--json", env=env).stdout)
     assert [(s["monitor"], s["state"]) for s in states] == [("support-mon", "drift")]
     run_id = calm["judged"][0]["run_id"]
-    assert [m.value for m in sorted(sqlite_rc.mlflow.get_metric_history(run_id, "drift"), key=lambda m: m.step)] == [0.0, 1.0]
-    artifacts = {a.path for a in sqlite_rc.mlflow.list_artifacts(run_id, "reports")} | {a.path for a in sqlite_rc.mlflow.list_artifacts(run_id)}
+    assert [m.value for m in sorted(sqlite_rc.mlflow.get_metric_history(run_id, "drift"), key=lambda m: m.step)] == [
+        0.0,
+        1.0,
+    ]
+    artifacts = {a.path for a in sqlite_rc.mlflow.list_artifacts(run_id, "reports")} | {
+        a.path for a in sqlite_rc.mlflow.list_artifacts(run_id)
+    }
     assert {"reports/window-00001.html", "scores.png"} <= artifacts
     report = Path(sqlite_rc.mlflow.download_artifacts(run_id, "reports/window-00001.html")).read_text()
     assert "output.refusal" in report and "DRIFT" in report
@@ -70,9 +87,16 @@ def test_add_check_status_and_mlflow_report(sqlite_rc, tmp_path: Path) -> None:
     assert "output length" in rest and "prompt words" in rest  # Evidently's text descriptors of both columns
     # `monitor report` logs one for any window on demand; an unknown window is refused naming the range
     asked = json.loads(run_cli("monitor", "report", "support-mon", "--window", "0", "--json", env=env).stdout)
-    assert (asked["window"], asked["status"], asked["size"], asked["artifact"]) == (0, "ok", 500, "reports/window-00000-evidently.html")
+    assert (asked["window"], asked["status"], asked["size"], asked["artifact"]) == (
+        0,
+        "ok",
+        500,
+        "reports/window-00000-evidently.html",
+    )
     calm_page = Path(sqlite_rc.mlflow.download_artifacts(run_id, asked["artifact"])).read_text()
-    assert "status <b>ok</b>" in calm_page[calm_page.index("<section id=tuneloop-verdict"):calm_page.index("</section>")]
+    assert (
+        "status <b>ok</b>" in calm_page[calm_page.index("<section id=tuneloop-verdict") : calm_page.index("</section>")]
+    )
     beyond = run_cli("monitor", "report", "support-mon", "--window", "7", env=env)
     assert beyond.returncode == 1 and "no window 7: its windows are 0 to 1" in beyond.stderr
 
@@ -96,27 +120,46 @@ def test_add_check_status_and_mlflow_report(sqlite_rc, tmp_path: Path) -> None:
     assert {a.path for a in sqlite_rc.mlflow.list_artifacts(run_id, "reference")} == pinned  # the old pin is intact
 
 
-def version_with_eval_data(rc, tiny_model: Path, tmp_path: Path, rows: list[dict]) -> int:  # type: ignore[no-untyped-def]
+def version_with_eval_data(rc, tiny_model: Path, tmp_path: Path, rows: list[dict]) -> int:
     """A version of `trained` made by `tuneloop train` (2 steps on the tiny model), which stores its eval data."""
     from tuneloop.pipelines.training.recipes import Recipe
     from tuneloop.pipelines.training.run import train
     from tuneloop.registry.base_models import import_base
 
     def chat(name: str, part: list[dict]) -> Path:
-        return drift_data.write(tmp_path / name, [
-            {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": r["prompt"]},
-                          {"role": "assistant", "content": r["output"]}]} for r in part])
+        return drift_data.write(
+            tmp_path / name,
+            [
+                {
+                    "messages": [
+                        {"role": "system", "content": "Be brief."},
+                        {"role": "user", "content": r["prompt"]},
+                        {"role": "assistant", "content": r["output"]},
+                    ]
+                }
+                for r in part
+            ],
+        )
 
     if not rc.mlflow.search_registered_models(filter_string="name = 'tiny'"):
         import_base(rc, "tiny", str(tiny_model))
-    recipe = Recipe.model_validate({
-        "name": "trained", "method": "lora", "base": "tiny:1",
-        "data": {"train": str(chat("train.jsonl", rows[:16])), "eval": str(chat("eval.jsonl", rows)), "max_length": 512},
-        "training": {"max_steps": 2, "batch_size": 4, "checkpoint_every": 100, "eval_every": None}})
+    recipe = Recipe.model_validate(
+        {
+            "name": "trained",
+            "method": "lora",
+            "base": "tiny:1",
+            "data": {
+                "train": str(chat("train.jsonl", rows[:16])),
+                "eval": str(chat("eval.jsonl", rows)),
+                "max_length": 512,
+            },
+            "training": {"max_steps": 2, "batch_size": 4, "checkpoint_every": 100, "eval_every": None},
+        }
+    )
     return int(train(recipe, rc).version or 0)
 
 
-def _env(rc, tmp_path: Path) -> dict[str, str]:  # type: ignore[no-untyped-def]
+def _env(rc, tmp_path: Path) -> dict[str, str]:
     """The CLI's environment for the stores `rc` uses (SQLite or PostgreSQL)."""
     env = {"TUNELOOP_HOME": str(rc.settings.home), "TUNELOOP_CACHE_DIR": str(tmp_path / "cache")}
     if rc.settings.stores.database_url:
@@ -126,7 +169,9 @@ def _env(rc, tmp_path: Path) -> dict[str, str]:  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.acceptance  # trains a tiny model and runs five CLI processes, on both stores: ~75 s
-def test_reference_from_the_versions_eval_data_and_from_a_pinned_production_window(rc, tiny_model: Path, tmp_path: Path) -> None:
+def test_reference_from_the_versions_eval_data_and_from_a_pinned_production_window(
+    rc, tiny_model: Path, tmp_path: Path
+) -> None:
     """On SQLite and PostgreSQL: time windows and pinned windows compare real timestamps."""
     from tuneloop.monitors.ingestion.records import parse_records, store
 
@@ -134,7 +179,9 @@ def test_reference_from_the_versions_eval_data_and_from_a_pinned_production_wind
     version = version_with_eval_data(rc, tiny_model, tmp_path, [drift_data.record(rng) for _ in range(400)])
     env = _env(rc, tmp_path)
     spec = tmp_path / "eval-ref.yaml"
-    spec.write_text(f"name: from-eval\nmodel: trained:{version}\nwindow: {{size: 300}}\nreference: {{training_data: eval}}\n")
+    spec.write_text(
+        f"name: from-eval\nmodel: trained:{version}\nwindow: {{size: 300}}\nreference: {{training_data: eval}}\n"
+    )
     added = run_cli("monitor", "add", str(spec), "--json", env=env)
     assert added.returncode == 0, added.stderr
     info = json.loads(added.stdout)
@@ -147,16 +194,34 @@ def test_reference_from_the_versions_eval_data_and_from_a_pinned_production_wind
 
     # Last week's production records become the reference; the check judges the last hour only.
     now = datetime.now(UTC)
-    week = [{"model": f"trained:{version}", "prompt": r["prompt"], "output": r["output"],
-             "timestamp": (now - timedelta(days=3, minutes=i)).isoformat()} for i, r in enumerate(drift_data.windows(1, 600, seed=6))]
-    hour = [{"model": f"trained:{version}", "prompt": r["prompt"], "output": r["output"],
-             "timestamp": (now - timedelta(minutes=i % 50)).isoformat()}
-            for i, r in enumerate(drift_data.windows(1, 300, seed=7, kind="refusals", share=0.2))]
+    week = [
+        {
+            "model": f"trained:{version}",
+            "prompt": r["prompt"],
+            "output": r["output"],
+            "timestamp": (now - timedelta(days=3, minutes=i)).isoformat(),
+        }
+        for i, r in enumerate(drift_data.windows(1, 600, seed=6))
+    ]
+    hour = [
+        {
+            "model": f"trained:{version}",
+            "prompt": r["prompt"],
+            "output": r["output"],
+            "timestamp": (now - timedelta(minutes=i % 50)).isoformat(),
+        }
+        for i, r in enumerate(drift_data.windows(1, 300, seed=7, kind="refusals", share=0.2))
+    ]
     store(rc.stores, parse_records(week + hour, 100_000), rc.models)
-    start, end = (now - timedelta(days=7)).strftime("%Y-%m-%dT%H:%M:%SZ"), (now - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    start, end = (
+        (now - timedelta(days=7)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        (now - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )
     pinned = tmp_path / "window-ref.yaml"
-    pinned.write_text(f"name: from-window\nmodel: trained:{version}\nwindow: {{kind: time, duration: 1h}}\n"
-                      f"min_size: 100\nreference: {{window: {{start: '{start}', end: '{end}'}}}}\n")
+    pinned.write_text(
+        f"name: from-window\nmodel: trained:{version}\nwindow: {{kind: time, duration: 1h}}\n"
+        f"min_size: 100\nreference: {{window: {{start: '{start}', end: '{end}'}}}}\n"
+    )
     added = json.loads(run_cli("monitor", "add", str(pinned), "--json", env=env).stdout)
     assert added["reference_records"] == 600
     result = json.loads(run_cli("monitor", "check", "from-window", "--latest", "--json", env=env).stdout)["judged"][0]

@@ -9,19 +9,26 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from tuneloop.demo import traffic
 
 from tests.registry_helpers import make_versions
+from tuneloop.demo import traffic
 
 SIZE = 100
 
 
-def _send(rc, rows: list[dict], start: datetime) -> None:  # type: ignore[no-untyped-def]
+def _send(rc, rows: list[dict], start: datetime) -> None:
     """Records sent under support@champion, one a second from `start`: attributed to the holder on arrival."""
     from tuneloop.monitors.ingestion.records import parse_records, store
 
-    items = [{"model": "support@champion", "prompt": r["prompt"], "output": r["output"],
-              "timestamp": (start + timedelta(seconds=i)).isoformat()} for i, r in enumerate(rows)]
+    items = [
+        {
+            "model": "support@champion",
+            "prompt": r["prompt"],
+            "output": r["output"],
+            "timestamp": (start + timedelta(seconds=i)).isoformat(),
+        }
+        for i, r in enumerate(rows)
+    ]
     store(rc.stores, parse_records(items, 100_000), rc.models)
 
 
@@ -40,7 +47,8 @@ def test_an_alias_move_starts_the_new_holder_afresh_against_its_own_reference(sq
     _send(rc, traffic.windows(1, 300, seed=1), start)  # v1's reference: its first hour of production
     (tmp_path / "monitor.yaml").write_text(
         f"name: mon\nmodel: support@champion\nwindow: {{size: {SIZE}}}\nmin_size: 50\nchecks: [descriptors]\n"
-        f"reference: {{window: {{start: '{start.isoformat()}', end: '{(start + timedelta(hours=1)).isoformat()}'}}}}\n")
+        f"reference: {{window: {{start: '{start.isoformat()}', end: '{(start + timedelta(hours=1)).isoformat()}'}}}}\n"
+    )
     (tmp_path / "rule.yaml").write_text("name: r\nmonitor: mon\nwhen: {drift: any}\nfor_windows: 1\n")
     from tuneloop.monitors.service import add
 
@@ -77,8 +85,9 @@ def test_an_alias_move_starts_the_new_holder_afresh_against_its_own_reference(sq
     v2_seqs = [r.seq for r in rc.stores.records.of(ModelSlice("support", 2, "champion"))]
     assert tenure.reference_sha256 not in (None, rc.stores.monitors.get("mon").reference_sha256)
     assert tenure.reference_last_seq == v2_seqs[SIZE - 1]
-    assert [(w["version"], w["status"], w["first_seq"], w["last_seq"]) for w in moved.judged] == \
-        [(2, "ok", v2_seqs[SIZE], v2_seqs[2 * SIZE - 1])]
+    assert [(w["version"], w["status"], w["first_seq"], w["last_seq"]) for w in moved.judged] == [
+        (2, "ok", v2_seqs[SIZE], v2_seqs[2 * SIZE - 1])
+    ]
     pinned = {a.path for a in rc.mlflow.list_artifacts(rc.stores.monitors.get("mon").mlflow_run_id, "reference")}
     assert f"reference/{tenure.reference_sha256.removeprefix('sha256:')[:16]}" in pinned
 
@@ -90,7 +99,9 @@ def test_an_alias_move_starts_the_new_holder_afresh_against_its_own_reference(sq
         assert held & (set(v2_seqs) | v1_seqs) <= mine, f"window {window.id} holds records of two versions"
     assert len(rc.stores.monitors.windows("mon")) == 2
     # the rule counts v2's windows only: after its calm window, no incident is open
-    assert [r["state"] for r in alerts.explain_rules(rc, "mon")] == ["the condition did not hold in the last judged window"]
+    assert [r["state"] for r in alerts.explain_rules(rc, "mon")] == [
+        "the condition did not hold in the last judged window"
+    ]
     assert check(rc, "mon").alerts == []
     from tuneloop.monitors.service import status
 
@@ -98,7 +109,9 @@ def test_an_alias_move_starts_the_new_holder_afresh_against_its_own_reference(sq
 
 
 @pytest.mark.acceptance  # one window per holder: ~10 s
-def test_with_a_file_reference_the_new_holder_is_judged_against_the_same_file_from_its_first_record(sqlite_rc, tmp_path: Path) -> None:
+def test_with_a_file_reference_the_new_holder_is_judged_against_the_same_file_from_its_first_record(
+    sqlite_rc, tmp_path: Path
+) -> None:
     import random
 
     from tuneloop.monitors.judging import check
@@ -110,8 +123,10 @@ def test_with_a_file_reference_the_new_holder_is_judged_against_the_same_file_fr
     promote(rc, "support", 1, "champion", force=True, reason="first holder")
     rng = random.Random(3)
     traffic.write(tmp_path / "reference.jsonl", [traffic.record(rng) for _ in range(600)])
-    (tmp_path / "monitor.yaml").write_text(f"name: mon\nmodel: support@champion\nwindow: {{size: {SIZE}}}\nmin_size: 50\n"
-                                           "checks: [descriptors]\nreference: {file: reference.jsonl}\n")
+    (tmp_path / "monitor.yaml").write_text(
+        f"name: mon\nmodel: support@champion\nwindow: {{size: {SIZE}}}\nmin_size: 50\n"
+        "checks: [descriptors]\nreference: {file: reference.jsonl}\n"
+    )
     add(rc, tmp_path / "monitor.yaml")
     start = datetime(2026, 11, 1, tzinfo=UTC)
     _send(rc, traffic.windows(1, SIZE + 30, seed=5), start)
@@ -124,12 +139,13 @@ def test_with_a_file_reference_the_new_holder_is_judged_against_the_same_file_fr
 
 
 @pytest.mark.acceptance  # trains two versions of the tiny model (2 steps each): ~60 s
-def test_with_eval_data_as_reference_each_holder_is_judged_against_its_own(sqlite_rc, tiny_model: Path, tmp_path: Path) -> None:
+def test_with_eval_data_as_reference_each_holder_is_judged_against_its_own(
+    sqlite_rc, tiny_model: Path, tmp_path: Path
+) -> None:
+    from tests.test_monitor_service import version_with_eval_data
     from tuneloop.monitors.judging import check
     from tuneloop.monitors.service import add
     from tuneloop.registry.promotion import promote
-
-    from tests.test_monitor_service import version_with_eval_data
 
     rc = sqlite_rc
     calm_eval = traffic.windows(1, 200, seed=7)
@@ -140,8 +156,10 @@ def test_with_eval_data_as_reference_each_holder_is_judged_against_its_own(sqlit
     v2 = version_with_eval_data(rc, tiny_model, tmp_path / "v2", refusing_eval)  # v2 refuses by design
     [v3] = make_versions(rc, "trained", [{}])  # registered without a tuneloop training run: no eval data
     promote(rc, "trained", v1, "champion", force=True, reason="first")
-    (tmp_path / "monitor.yaml").write_text(f"name: mon\nmodel: trained@champion\nwindow: {{size: {SIZE}}}\nmin_size: 50\n"
-                                           "checks: [descriptors]\nreference: {training_data: eval}\n")
+    (tmp_path / "monitor.yaml").write_text(
+        f"name: mon\nmodel: trained@champion\nwindow: {{size: {SIZE}}}\nmin_size: 50\n"
+        "checks: [descriptors]\nreference: {training_data: eval}\n"
+    )
     add(rc, tmp_path / "monitor.yaml")
 
     def send(rows: list[dict]) -> None:
@@ -152,16 +170,18 @@ def test_with_eval_data_as_reference_each_holder_is_judged_against_its_own(sqlit
 
     refusing = traffic.windows(1, 3 * SIZE, seed=9, kind="refusals", share=0.6)
     send(refusing[:SIZE])
-    assert [(w["version"], w["status"]) for w in check(rc, "mon").judged] == [(v1, "drift")]  # against v1's calm eval data
+    assert [(w["version"], w["status"]) for w in check(rc, "mon").judged] == [
+        (v1, "drift")
+    ]  # against v1's calm eval data
 
     promote(rc, "trained", v2, "champion", force=True, reason="the refusing one")
-    send(refusing[SIZE:2 * SIZE])
+    send(refusing[SIZE : 2 * SIZE])
     moved = check(rc, "mon")
     assert [(w["version"], w["status"]) for w in moved.judged] == [(v2, "ok")], moved.judged  # against its own
     assert f"`eval` data of trained:{v2}" in rc.stores.monitors.tenure("mon", v2).reference_source
 
     promote(rc, "trained", v3, "champion", force=True, reason="an imported adapter")
-    send(refusing[2 * SIZE:])
+    send(refusing[2 * SIZE :])
     third = check(rc, "mon")
     assert any(f"trained:{v3} has no stored `eval` data" in n for n in third.notes), third.notes
     assert rc.stores.monitors.tenure("mon", v3).reference_sha256 == rc.stores.monitors.get("mon").reference_sha256

@@ -34,7 +34,9 @@ def test_compose_runs_every_member_with_secrets_from_the_environment() -> None:
     assert set(services) >= {"postgres", "minio", "buckets", *TUNELOOP_SERVICES}
     for name in TUNELOOP_SERVICES:
         env = services[name]["environment"]
-        assert env["TUNELOOP_STORES__MIGRATE_ON_START"] == "false" and env["TUNELOOP_STORES__ARTIFACT_ROOT"].startswith("s3://")
+        assert env["TUNELOOP_STORES__MIGRATE_ON_START"] == "false" and env["TUNELOOP_STORES__ARTIFACT_ROOT"].startswith(
+            "s3://"
+        )
         for key in ("TUNELOOP_STORES__MLFLOW_URI", "TUNELOOP_STORES__DATABASE_URL", "AWS_SECRET_ACCESS_KEY"):
             assert re.search(r"\$\{[A-Z_]+(:\?[^}]*)?\}", env[key]), f"{name}.{key} must come from the environment"
     assert services["migrate"]["command"] == ["db", "upgrade"]
@@ -66,12 +68,16 @@ def test_the_dockerfile_installs_every_package_with_s3_support_in_both_variants(
     for folder in folders:  # every folder the package-dir mapping installs from
         assert f"COPY {folder} ./{folder}" in dockerfile
     assert "COPY platform" not in dockerfile  # platform/ shadows the stdlib module (GUIDE §1)
-    assert "ARG CUDA=0" in dockerfile and 'pip install ".[s3]"' in dockerfile and "download.pytorch.org/whl/cpu" in dockerfile
+    assert (
+        "ARG CUDA=0" in dockerfile
+        and 'pip install ".[s3]"' in dockerfile
+        and "download.pytorch.org/whl/cpu" in dockerfile
+    )
     assert "USER 10001" in dockerfile  # the chart's podSecurityContext runs as this user
 
 
 @pytest.fixture
-def s3_server():  # type: ignore[no-untyped-def]
+def s3_server():
     """An S3 API server (moto) on a free port, with an empty bucket `tuneloop`."""
     import boto3
     from moto.server import ThreadedMotoServer
@@ -80,16 +86,24 @@ def s3_server():  # type: ignore[no-untyped-def]
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
-    credentials = {"AWS_ACCESS_KEY_ID": "tuneloop-test", "AWS_SECRET_ACCESS_KEY": "s3-" + uuid.uuid4().hex,
-                   "AWS_DEFAULT_REGION": "us-east-1"}
-    client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=credentials["AWS_ACCESS_KEY_ID"],
-                          aws_secret_access_key=credentials["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
+    credentials = {
+        "AWS_ACCESS_KEY_ID": "tuneloop-test",
+        "AWS_SECRET_ACCESS_KEY": "s3-" + uuid.uuid4().hex,
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=credentials["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=credentials["AWS_SECRET_ACCESS_KEY"],
+        region_name="us-east-1",
+    )
     client.create_bucket(Bucket="tuneloop")
     yield {"MLFLOW_S3_ENDPOINT_URL": endpoint, **credentials}, client
     server.stop()
 
 
-def _ok(proc: subprocess.CompletedProcess) -> dict:  # type: ignore[type-arg]
+def _ok(proc: subprocess.CompletedProcess) -> dict:
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout)
 
@@ -110,47 +124,88 @@ def _wait_for(url: str, timeout: float = 60) -> None:
 
 @pytest.mark.acceptance
 @pytest.mark.postgres
-def test_register_train_ingest_and_check_drift_on_postgres_and_s3(empty_postgres_databases, s3_server, tiny_model: Path,  # type: ignore[no-untyped-def]
-                                                                   tmp_path: Path) -> None:
+def test_register_train_ingest_and_check_drift_on_postgres_and_s3(
+    empty_postgres_databases,
+    s3_server,
+    tiny_model: Path,
+    tmp_path: Path,
+) -> None:
     import httpx
 
     mlflow_uri, database_url = empty_postgres_databases
     s3_env, s3 = s3_server
     token = "ingest-" + uuid.uuid4().hex
     home = tmp_path / "home"
-    env = {"TUNELOOP_HOME": str(home), "TUNELOOP_STORES__MLFLOW_URI": mlflow_uri, "TUNELOOP_STORES__DATABASE_URL": database_url,
-           "TUNELOOP_STORES__ARTIFACT_ROOT": "s3://tuneloop/artifacts", "TUNELOOP_STORES__MIGRATE_ON_START": "false",
-           "TUNELOOP_INGEST__TOKENS": json.dumps([token]), "TUNELOOP_CACHE_DIR": str(tmp_path / "cache"), **s3_env}
+    env = {
+        "TUNELOOP_HOME": str(home),
+        "TUNELOOP_STORES__MLFLOW_URI": mlflow_uri,
+        "TUNELOOP_STORES__DATABASE_URL": database_url,
+        "TUNELOOP_STORES__ARTIFACT_ROOT": "s3://tuneloop/artifacts",
+        "TUNELOOP_STORES__MIGRATE_ON_START": "false",
+        "TUNELOOP_INGEST__TOKENS": json.dumps([token]),
+        "TUNELOOP_CACHE_DIR": str(tmp_path / "cache"),
+        **s3_env,
+    }
 
     assert _ok(run_cli("db", "upgrade", "--json", env=env))["up_to_date"]  # the release step
     _ok(run_cli("models", "import-base", "tiny", "--source", str(tiny_model), "--json", env=env))
     data = tmp_path / "chat.jsonl"
-    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}) + "\n"
-                            for q, a in [("hello", "hello world"), ("refund order", "yes refund the order please")] * 4))
+    data.write_text(
+        "".join(
+            json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}) + "\n"
+            for q, a in [("hello", "hello world"), ("refund order", "yes refund the order please")] * 4
+        )
+    )
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump({"name": "tiny-lora", "method": "lora", "base": "tiny:1",
-                                      "data": {"train": str(data), "max_length": 32},
-                                      "training": {"max_steps": 4, "batch_size": 4, "learning_rate": 0.01}}))
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "name": "tiny-lora",
+                "method": "lora",
+                "base": "tiny:1",
+                "data": {"train": str(data), "max_length": 32},
+                "training": {"max_steps": 4, "batch_size": 4, "learning_rate": 0.01},
+            }
+        )
+    )
     trained = _ok(run_cli("train", str(recipe), "--json", env=env, timeout=600))
     assert trained["version"] == 1
 
     rng = random.Random(3)
     traffic.write(tmp_path / "reference.jsonl", [traffic.record(rng) for _ in range(2000)])
     spec = tmp_path / "monitor.yaml"
-    spec.write_text("name: prod\nmodel: tiny-lora:1\nwindow: {size: 400}\nmin_size: 200\nchecks: [descriptors]\n"
-                    "reference: {file: reference.jsonl}\n")
+    spec.write_text(
+        "name: prod\nmodel: tiny-lora:1\nwindow: {size: 400}\nmin_size: 200\nchecks: [descriptors]\n"
+        "reference: {file: reference.jsonl}\n"
+    )
     assert run_cli("monitor", "add", str(spec), env=env).returncode == 0
 
     port = free_port()
-    server = subprocess.Popen([str(Path(sys.executable).with_name("tuneloop")), "monitor", "serve", "--host", "127.0.0.1",
-                               "--port", str(port)], env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("tuneloop")),
+            "monitor",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         _wait_for(f"http://127.0.0.1:{port}/v1/health")
         for rows in (traffic.windows(1, 400, seed=1), traffic.windows(1, 400, seed=2, kind="refusals", share=0.25)):
             records = [{"model": "tiny-lora:1", "prompt": r["prompt"], "output": r["output"]} for r in rows]
             for at in range(0, len(records), 200):
-                reply = httpx.post(f"http://127.0.0.1:{port}/v1/records", json={"records": records[at:at + 200]},
-                                   headers={"authorization": f"Bearer {token}"}, timeout=30)
+                reply = httpx.post(
+                    f"http://127.0.0.1:{port}/v1/records",
+                    json={"records": records[at : at + 200]},
+                    headers={"authorization": f"Bearer {token}"},
+                    timeout=30,
+                )
                 assert reply.status_code in (200, 201), reply.text
             check = _ok(run_cli("monitor", "check", "prod", "--json", env=env))
         assert check["latest"]["status"] == "drift" and "output.refusal" in check["latest"]["drifted_checks"]
@@ -159,10 +214,16 @@ def test_register_train_ingest_and_check_drift_on_postgres_and_s3(empty_postgres
         server.wait(timeout=30)
 
     # Everything landed in the shared stores: artifacts in S3, rows in PostgreSQL, nothing on the local disk.
-    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket="tuneloop") for o in page.get("Contents", [])]
+    keys = [
+        o["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket="tuneloop")
+        for o in page.get("Contents", [])
+    ]
     assert any(k.endswith("MLmodel") for k in keys) and any("adapter" in k for k in keys), keys[:20]
     assert any(k.endswith(".html") and "window" in k for k in keys)  # the drift report
-    assert not (home / "artifacts").exists() and not (home / "mlflow.db").exists() and not (home / "tuneloop.db").exists()
+    assert (
+        not (home / "artifacts").exists() and not (home / "mlflow.db").exists() and not (home / "tuneloop.db").exists()
+    )
     import sqlalchemy as sa
 
     engine = sa.create_engine(database_url)

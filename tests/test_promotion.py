@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import sqlalchemy as sa
-from tuneloop.registry import gates
-from tuneloop.registry.promotion import history, promote, rollback
 
 from tests.registry_helpers import make_versions
 from tuneloop.errors import ConfigError, Conflict, GateFailed, NotFound, UsageError
+from tuneloop.registry import gates
+from tuneloop.registry.promotion import history, promote, rollback
 
 
 def test_absolute_gate_refuses_and_moves_nothing(rc) -> None:
@@ -28,7 +28,9 @@ def test_relative_gate_reads_the_alias_holder(rc) -> None:
     gates.set_policy(rc, "m", ["rougeL >= champion - 0.01"])
     with pytest.raises(GateFailed) as no_evidence:  # no holder, no base: no gate can be evaluated
         promote(rc, "m", v1, "champion")
-    assert "no evidence" in no_evidence.value.message and "skipped rougeL >= champion - 0.01" in no_evidence.value.message
+    assert (
+        "no evidence" in no_evidence.value.message and "skipped rougeL >= champion - 0.01" in no_evidence.value.message
+    )
     assert "tuneloop eval" in (no_evidence.value.hint or "") and "--force --reason" in (no_evidence.value.hint or "")
     assert history(rc, "m")[0] == []  # nothing moved
     first = promote(rc, "m", v1, "champion", force=True, reason="first champion: nothing to compare with")
@@ -126,18 +128,15 @@ def test_gate_policy_with_unknown_metric_is_refused_whole(rc) -> None:
 
 def test_audit_log_is_append_only_and_tamper_evident(rc) -> None:
     from tuneloop.registry.audit import verify_chain
-
     from tuneloop.store.tables import audit_log
 
     v1, v2 = make_versions(rc, "m", [{}, {}])
     promote(rc, "m", v1, "champion")
     promote(rc, "m", v2, "champion")
-    with pytest.raises(sa.exc.DatabaseError, match="append-only"):
-        with rc.stores.engine.begin() as conn:
-            conn.execute(audit_log.update().values(reason="nothing to see"))
-    with pytest.raises(sa.exc.DatabaseError, match="append-only"):
-        with rc.stores.engine.begin() as conn:
-            conn.execute(audit_log.delete())
+    with pytest.raises(sa.exc.DatabaseError, match="append-only"), rc.stores.engine.begin() as conn:
+        conn.execute(audit_log.update().values(reason="nothing to see"))
+    with pytest.raises(sa.exc.DatabaseError, match="append-only"), rc.stores.engine.begin() as conn:
+        conn.execute(audit_log.delete())
     # Going around the trigger (a DBA with DDL rights) breaks the hash chain visibly.
     with rc.stores.engine.begin() as conn:
         if conn.dialect.name == "postgresql":
@@ -166,7 +165,7 @@ def test_audit_entries_are_mirrored_into_mlflow(rc) -> None:
     assert runs[1].data.tags["tuneloop.audit.kind"] == "promote"
 
 
-def test_registering_a_version_also_detects_unaudited_moves(rc, tiny_model) -> None:  # type: ignore[no-untyped-def]
+def test_registering_a_version_also_detects_unaudited_moves(rc, tiny_model) -> None:
     from tuneloop.registry.base_models import import_base
 
     import_base(rc, "tiny", str(tiny_model))

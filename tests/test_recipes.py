@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tuneloop.pipelines.data import formats as data_io
-from tuneloop.pipelines.training.recipes import load_recipe
 
 from tests.conftest import REPO, run_cli
 from tuneloop.errors import ConfigError
+from tuneloop.pipelines.data import formats as data_io
+from tuneloop.pipelines.training.recipes import load_recipe
 
 RECIPES = sorted((REPO / "examples" / "recipes").glob("*.yaml"))
 

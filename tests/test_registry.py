@@ -18,6 +18,7 @@ from tuneloop.names import Tag
 
 def test_import_base_records_digest_parameters_architecture_and_dedups(rc, tiny_model: Path) -> None:
     from transformers import AutoModelForCausalLM
+
     from tuneloop.registry.base_models import import_base
 
     mv, existed = import_base(rc, "tiny", str(tiny_model))
@@ -85,7 +86,7 @@ def test_adapter_refuses_bad_input(rc, tiny_model: Path, tiny_adapter: Path, tmp
     from tuneloop.registry.adapters import register_adapter
     from tuneloop.registry.base_models import import_base
 
-    base, _ = import_base(rc, "tiny", str(tiny_model))
+    import_base(rc, "tiny", str(tiny_model))
     with pytest.raises(UsageError, match="method"):
         register_adapter(rc, "a", tiny_adapter, base_name="tiny", base_version=1, method="magic")
     with pytest.raises(InvalidInput, match="adapter_config.json"):
@@ -113,6 +114,7 @@ def _load_in_fresh_process(rc, uri: str) -> list[str]:
         text=True,
         timeout=300,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -162,10 +164,11 @@ def test_plain_mlflow_loads_base_and_adapter_by_alias(rc, tiny_model: Path, tiny
 @pytest.mark.acceptance
 def test_adapter_refuses_a_base_changed_after_registration(sqlite_rc, tiny_model: Path, tiny_adapter: Path) -> None:
     from mlflow.artifacts import download_artifacts
+
     from tuneloop.registry.adapters import register_adapter
     from tuneloop.registry.base_models import import_base
 
-    base, _ = import_base(sqlite_rc, "tiny", str(tiny_model))
+    import_base(sqlite_rc, "tiny", str(tiny_model))
     mv = register_adapter(sqlite_rc, "tiny-lora", tiny_adapter, base_name="tiny", base_version=1, method="lora")
     stored_base = Path(download_artifacts(mv.tags[Tag.BASE_ARTIFACT_URI]))
     (stored_base / "config.json").write_text((stored_base / "config.json").read_text() + " ")
@@ -174,6 +177,7 @@ def test_adapter_refuses_a_base_changed_after_registration(sqlite_rc, tiny_model
         capture_output=True,
         text=True,
         timeout=300,
+        check=False,
     )
     assert proc.returncode != 0
     assert "the base was changed after the adapter was registered" in proc.stderr

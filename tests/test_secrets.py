@@ -15,7 +15,7 @@ HF_TOKEN = "hf_SECRET-51d2e0"
 DB_PASSWORD = "pw-SECRET-c0ffee"  # trust auth ignores it, so the PostgreSQL URLs still work
 
 
-def _all_text_in_mlflow(rc) -> str:  # type: ignore[no-untyped-def]
+def _all_text_in_mlflow(rc) -> str:
     client = rc.mlflow
     chunks = []
     for m in client.search_registered_models():
@@ -35,7 +35,6 @@ def _all_bytes_under(folder: Path) -> bytes:
 @pytest.mark.acceptance
 def test_planted_secrets_appear_nowhere(stores, tmp_path: Path, tiny_model: Path) -> None:
     from tuneloop.registry.client import RegistryClient
-
     from tuneloop.settings import Settings
 
     home = tmp_path / "home"
@@ -43,8 +42,11 @@ def test_planted_secrets_appear_nowhere(stores, tmp_path: Path, tiny_model: Path
     config = tmp_path / "tuneloop.toml"
     lines = [f'home = "{home}"', f'hf_token = "{HF_TOKEN}"', "[ingest]", f'tokens = ["{TOKEN}"]']
     if "stores" in kwargs:
-        lines += ["[stores]", f'mlflow_uri = "{kwargs["stores"].mlflow_uri}"',
-                  f'database_url = "{kwargs["stores"].database_url}"']
+        lines += [
+            "[stores]",
+            f'mlflow_uri = "{kwargs["stores"].mlflow_uri}"',
+            f'database_url = "{kwargs["stores"].database_url}"',
+        ]
     config.write_text("\n".join(lines) + "\n")
     secrets = [TOKEN, HF_TOKEN] + ([DB_PASSWORD] if "stores" in kwargs else [])
 

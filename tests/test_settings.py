@@ -25,9 +25,7 @@ def test_toml_then_env_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 def test_explicit_config_file_and_store_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = tmp_path / "other.toml"
-    config.write_text(
-        '[stores]\nmlflow_uri = "postgresql://u:pw@db:5432/mlflow"\nartifact_root = "s3://bucket/tl"\n'
-    )
+    config.write_text('[stores]\nmlflow_uri = "postgresql://u:pw@db:5432/mlflow"\nartifact_root = "s3://bucket/tl"\n')
     monkeypatch.delenv("TUNELOOP_CONFIG", raising=False)
     s = load_settings(config)
     assert s.mlflow_uri == "postgresql://u:pw@db:5432/mlflow"

@@ -8,10 +8,10 @@ import struct
 from pathlib import Path
 
 import pytest
-from tuneloop.registry.sources import inspect_folder, prepare, safetensors_parameter_count
 
 from tuneloop.digest import folder_sha256
 from tuneloop.errors import InvalidInput
+from tuneloop.registry.sources import inspect_folder, prepare, safetensors_parameter_count
 
 
 def _write_safetensors(path: Path, tensors: dict[str, list[int]], extra_bytes: int = 0) -> None:

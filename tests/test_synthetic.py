@@ -12,13 +12,25 @@ import pytest
 from tests.conftest import run_cli
 
 SYSTEM = "You are a support agent."
-SEED_QUESTIONS = ["Where is my order 1234? It was due on Monday.", "How do I reset my password after three tries?",
-                  "Please cancel the premium plan from Friday on.", "My kettle arrived broken, I want a refund."]
+SEED_QUESTIONS = [
+    "Where is my order 1234? It was due on Monday.",
+    "How do I reset my password after three tries?",
+    "Please cancel the premium plan from Friday on.",
+    "My kettle arrived broken, I want a refund.",
+]
 
 
 def _seeds(path: Path) -> Path:
-    rows = [{"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q},
-                          {"role": "assistant", "content": f"Answer {i}: done."}]} for i, q in enumerate(SEED_QUESTIONS)]
+    rows = [
+        {
+            "messages": [
+                {"role": "system", "content": SYSTEM},
+                {"role": "user", "content": q},
+                {"role": "assistant", "content": f"Answer {i}: done."},
+            ]
+        }
+        for i, q in enumerate(SEED_QUESTIONS)
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
@@ -26,19 +38,25 @@ def _seeds(path: Path) -> Path:
 def test_each_planted_failure_is_dropped_for_its_reason_and_good_rows_pass() -> None:
     from tuneloop.pipelines.data.synthetic import Candidate, Screen, SynthOptions
 
-    def c(question: str, answer: str = "Your parcel left the warehouse and will arrive on Tuesday.", **kw) -> Candidate:  # type: ignore[no-untyped-def]
-        return Candidate(question=question, answer=answer, question_prompt="p", answer_prompt=question, seed_lines=[1], **kw)
+    def c(question: str, answer: str = "Your parcel left the warehouse and will arrive on Tuesday.", **kw) -> Candidate:
+        return Candidate(
+            question=question, answer=answer, question_prompt="p", answer_prompt=question, seed_lines=[1], **kw
+        )
 
-    good = [c("Can I pay for the family plan with a gift card from the shop?"),
-            c("Why was my lamp delivered to Ghent instead of Leeds last week?"),
-            c("How long does a refund to a credit card usually take here?", perplexity=12.0)]
+    good = [
+        c("Can I pay for the family plan with a gift card from the shop?"),
+        c("Why was my lamp delivered to Ghent instead of Leeds last week?"),
+        c("How long does a refund to a credit card usually take here?", perplexity=12.0),
+    ]
     planted = {
         "invalid": c("Is the desk in stock again this month?", answer="   "),
         "truncated": c("Could you tell me when the premium plan renews each year?", truncated=True),
         "too_short": c("Refund?"),
         "too_long": c("Please explain the whole returns policy to me " + "in detail " * 30),
-        "echoes_question": c("I want to change the address of order 5555 to Porto please.",
-                             answer="You want to change the address of order 5555 to Porto please."),
+        "echoes_question": c(
+            "I want to change the address of order 5555 to Porto please.",
+            answer="You want to change the address of order 5555 to Porto please.",
+        ),
         "copies_real": c("where is my order 1234?   It was due on MONDAY."),  # exact, after case and spaces
         "high_perplexity": c("Do you ship kettles to Porto and Turin on weekends?", perplexity=80.0),
     }
@@ -62,39 +80,50 @@ def test_a_generated_question_is_the_first_item_the_model_writes() -> None:
     from tuneloop.pipelines.data.synthetic import first_item
 
     assert first_item(" Where is my parcel?\n- Another one\n- ") == ("Where is my parcel?", True)
-    assert first_item("- Message: \"Can I pay later?\"\n") == ("Can I pay later?", True)
+    assert first_item('- Message: "Can I pay later?"\n') == ("Can I pay later?", True)
     assert first_item(" A message that ran on and on") == ("A message that ran on and on", False)
 
 
 def test_templates_are_checked_for_their_placeholders(tmp_path: Path) -> None:
-    from tuneloop.pipelines.data.synthetic import load_template
-
     from tuneloop.errors import InvalidInput
+    from tuneloop.pipelines.data.synthetic import load_template
 
     shipped = load_template(Path(__file__).parents[1] / "examples" / "synth" / "support-template.yaml")
     assert "{examples}" in shipped.question and shipped.question.endswith("-")
-    bad = {"no_examples": "question: Write a question.\n", "stray": "question: '{examples} {topic}'\n",
-           "answer": "question: '{examples}'\nanswer: 'no placeholder'\n", "key": "question: '{examples}'\nextra: 1\n"}
+    bad = {
+        "no_examples": "question: Write a question.\n",
+        "stray": "question: '{examples} {topic}'\n",
+        "answer": "question: '{examples}'\nanswer: 'no placeholder'\n",
+        "key": "question: '{examples}'\nextra: 1\n",
+    }
     for name, text in bad.items():
         (tmp_path / f"{name}.yaml").write_text(text)
         with pytest.raises(InvalidInput):
             load_template(tmp_path / f"{name}.yaml")
 
 
-def test_synth_on_a_tiny_model_writes_valid_rows_with_lineage_and_an_exact_report(sqlite_rc, tiny_model: Path,
-                                                                                  tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_synth_on_a_tiny_model_writes_valid_rows_with_lineage_and_an_exact_report(
+    sqlite_rc, tiny_model: Path, tmp_path: Path
+) -> None:
+    from tuneloop.digest import file_sha256
     from tuneloop.pipelines.data.cleaning.curate import log_to_mlflow
     from tuneloop.pipelines.data.formats import check
     from tuneloop.pipelines.data.synthetic import SynthOptions, synthesize
     from tuneloop.registry.base_models import import_base
 
-    from tuneloop.digest import file_sha256
-
     import_base(sqlite_rc, "tiny", str(tiny_model))
     seeds = _seeds(tmp_path / "seeds.jsonl")
     out = tmp_path / "synthetic.jsonl"
-    options = SynthOptions(count=3, max_attempts=12, question_tokens=6, answer_tokens=6, min_chars=1, keep_truncated=True,
-                           batch_size=4, seed=5)
+    options = SynthOptions(
+        count=3,
+        max_attempts=12,
+        question_tokens=6,
+        answer_tokens=6,
+        min_chars=1,
+        keep_truncated=True,
+        batch_size=4,
+        seed=5,
+    )
     report = synthesize(sqlite_rc, "tiny:1", seeds, out, options, scorer="tiny:1", progress=False)
 
     rows = [json.loads(line) for line in out.read_text().splitlines()]
@@ -114,16 +143,26 @@ def test_synth_on_a_tiny_model_writes_valid_rows_with_lineage_and_an_exact_repor
     again = synthesize(sqlite_rc, "tiny:1", seeds, tmp_path / "again.jsonl", options, scorer="tiny:1", progress=False)
     assert (tmp_path / "again.jsonl").read_text() == out.read_text() and again["rows_in"] == report["rows_in"]  # seeded
 
-    run_id = log_to_mlflow(sqlite_rc, report, [Path(report["report"])], run_name="synth", tags={"tuneloop.data.generator": "tiny:1"})
+    run_id = log_to_mlflow(
+        sqlite_rc, report, [Path(report["report"])], run_name="synth", tags={"tuneloop.data.generator": "tiny:1"}
+    )
     run = sqlite_rc.mlflow.get_run(run_id)
     assert run.data.tags["tuneloop.data.generator"] == "tiny:1"
-    assert [{t.key: t.value for t in i.tags}["sha256"] for i in run.inputs.dataset_inputs] == ["sha256:" + file_sha256(out)]
+    assert [{t.key: t.value for t in i.tags}["sha256"] for i in run.inputs.dataset_inputs] == [
+        "sha256:" + file_sha256(out)
+    ]
 
 
 def _synthetic_file(path: Path) -> tuple[Path, list[dict]]:
     real = [{"instruction": f"Real question {i} about order {i}?", "response": f"Real answer {i}."} for i in range(2)]
-    synthetic = [{"instruction": f"Synthetic question {i} about a refund?", "response": f"Synthetic answer {i}.",
-                  "synthetic": {"id": f"syn-{i}", "generator": "g:1", "question_prompt": "p"}} for i in range(5)]
+    synthetic = [
+        {
+            "instruction": f"Synthetic question {i} about a refund?",
+            "response": f"Synthetic answer {i}.",
+            "synthetic": {"id": f"syn-{i}", "generator": "g:1", "question_prompt": "p"},
+        }
+        for i in range(5)
+    ]
     rows = real + synthetic
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path, rows
@@ -151,16 +190,28 @@ def test_review_round_trip_applies_every_decision_and_holds_back_unreviewed_rows
     assert [e["id"] for e in entries] == [f"syn-{i}" for i in range(5)]
     assert entries[0]["prompt"] == rows[2]["instruction"] and entries[0]["answer"] == rows[2]["response"]
 
-    _fill(sheet, {"syn-0": {"decision": "accept"}, "syn-1": {"decision": "Reject", "note": "off topic"},
-                  "syn-2": {"decision": "edit", "edited_answer": "A better answer."}})
+    _fill(
+        sheet,
+        {
+            "syn-0": {"decision": "accept"},
+            "syn-1": {"decision": "Reject", "note": "off topic"},
+            "syn-2": {"decision": "edit", "edited_answer": "A better answer."},
+        },
+    )
     out = tmp_path / "reviewed.jsonl"
-    imported = run_cli("data", "review", "import", str(data), str(sheet), "--out", str(out), "--reviewer", "ana", "--json")
+    imported = run_cli(
+        "data", "review", "import", str(data), str(sheet), "--out", str(out), "--reviewer", "ana", "--json"
+    )
     assert imported.returncode == 0, imported.stderr
     result = json.loads(imported.stdout)
     assert (result["accepted"], result["edited"], result["rejected"], result["held_back"]) == (1, 1, 1, 2)
     kept = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["instruction"] for r in kept] == [rows[0]["instruction"], rows[1]["instruction"], rows[2]["instruction"],
-                                                rows[4]["instruction"]]
+    assert [r["instruction"] for r in kept] == [
+        rows[0]["instruction"],
+        rows[1]["instruction"],
+        rows[2]["instruction"],
+        rows[4]["instruction"],
+    ]
     assert kept[0] == rows[0] and kept[1] == rows[1]  # real rows untouched
     assert kept[2]["review"]["decision"] == "accepted" and kept[2]["review"]["reviewer"] == "ana"
     assert kept[3]["response"] == "A better answer." and kept[3]["review"]["original"]["answer"] == rows[4]["response"]
@@ -178,9 +229,8 @@ def test_review_round_trip_applies_every_decision_and_holds_back_unreviewed_rows
 
 
 def test_a_bad_review_sheet_is_refused_with_its_lines_and_nothing_is_written(tmp_path: Path) -> None:
-    from tuneloop.pipelines.data.review import apply, export
-
     from tuneloop.errors import InvalidInput
+    from tuneloop.pipelines.data.review import apply, export
 
     data, _ = _synthetic_file(tmp_path / "data.jsonl")
     sheet = tmp_path / "review.csv"
@@ -216,13 +266,25 @@ def test_curate_holds_back_unreviewed_synthetic_rows_by_policy(tmp_path: Path) -
 def test_synth_refuses_bad_requests_before_loading_a_model(tmp_path: Path) -> None:
     seeds = _seeds(tmp_path / "seeds.jsonl")
     env = {"TUNELOOP_HOME": str(tmp_path / "home")}
-    no_scorer = run_cli("data", "synth", str(seeds), "--model", "m:1", "--out", str(tmp_path / "o.jsonl"), "--max-perplexity", "20",
-                        env=env)
+    no_scorer = run_cli(
+        "data",
+        "synth",
+        str(seeds),
+        "--model",
+        "m:1",
+        "--out",
+        str(tmp_path / "o.jsonl"),
+        "--max-perplexity",
+        "20",
+        env=env,
+    )
     assert no_scorer.returncode == 1 and "--score-with" in no_scorer.stderr
     unknown = run_cli("data", "synth", str(seeds), "--model", "nobody:1", "--out", str(tmp_path / "o.jsonl"), env=env)
     assert unknown.returncode != 0 and "nobody" in unknown.stderr and "Traceback" not in unknown.stderr
     preference = tmp_path / "pref.jsonl"
     preference.write_text(json.dumps({"prompt": "Which?", "chosen": "This one.", "rejected": "That one."}) + "\n")
-    refused = run_cli("data", "synth", str(preference), "--model", "nobody:1", "--out", str(tmp_path / "o.jsonl"), env=env)
+    refused = run_cli(
+        "data", "synth", str(preference), "--model", "nobody:1", "--out", str(tmp_path / "o.jsonl"), env=env
+    )
     assert refused.returncode == 1 and "preference rows" in refused.stderr
     assert not (tmp_path / "o.jsonl").exists()

@@ -23,8 +23,12 @@ ROWS = [
     ("model question", "the model answer is no"),
 ]
 SETTINGS = {  # method: (learning rate, steps)
-    "lora": (0.02, 30), "qlora": (0.02, 30), "hybrid": (0.02, 30),
-    "prompt_tuning": (0.1, 40), "full": (0.01, 20), "dpo": (0.05, 20),
+    "lora": (0.02, 30),
+    "qlora": (0.02, 30),
+    "hybrid": (0.02, 30),
+    "prompt_tuning": (0.1, 40),
+    "full": (0.01, 20),
+    "dpo": (0.05, 20),
 }
 
 
@@ -32,8 +36,11 @@ def _data(tmp_path: Path, preference: bool) -> Path:
     path = tmp_path / ("pref.jsonl" if preference else "chat.jsonl")
     with open(path, "w") as f:
         for q, a in ROWS:
-            row = ({"prompt": q, "chosen": a, "rejected": "no"} if preference else
-                   {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
+            row = (
+                {"prompt": q, "chosen": a, "rejected": "no"}
+                if preference
+                else {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+            )
             f.write(json.dumps(row) + "\n")
     return path
 
@@ -41,16 +48,24 @@ def _data(tmp_path: Path, preference: bool) -> Path:
 def _recipe(method: str, data: Path) -> dict:
     lr, steps = SETTINGS[method]
     return {
-        "name": f"tiny-{method.replace('_', '-')}", "method": method, "base": "tiny:1",
+        "name": f"tiny-{method.replace('_', '-')}",
+        "method": method,
+        "base": "tiny:1",
         "data": {"train": str(data), "max_length": 64},
-        "training": {"max_steps": steps, "batch_size": 8, "learning_rate": lr, "scheduler": "constant",
-                     "checkpoint_every": 10, "seed": 1},
+        "training": {
+            "max_steps": steps,
+            "batch_size": 8,
+            "learning_rate": lr,
+            "scheduler": "constant",
+            "checkpoint_every": 10,
+            "seed": 1,
+        },
         "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
         "prompt_tuning": {"num_virtual_tokens": 8},
     }
 
 
-def _history(rc, run_id: str, key: str) -> list[float]:  # type: ignore[no-untyped-def]
+def _history(rc, run_id: str, key: str) -> list[float]:
     return [m.value for m in sorted(rc.mlflow.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))]
 
 
@@ -73,15 +88,21 @@ def test_method_learns_and_is_registered_with_lineage(method: str, sqlite_rc, ti
 
     run = sqlite_rc.mlflow.get_run(result.run_id)
     # `precision: auto` follows the hardware: bf16 only on CPUs with bf16 units (these VMs come with and without)
-    native_bf16 = bool(Path("/proc/cpuinfo").read_text().count("avx512_bf16") + Path("/proc/cpuinfo").read_text().count("amx_bf16"))
+    native_bf16 = bool(
+        Path("/proc/cpuinfo").read_text().count("avx512_bf16") + Path("/proc/cpuinfo").read_text().count("amx_bf16")
+    )
     assert run.data.params["method"] == method
     assert run.data.tags["tuneloop.precision"] == ("bfloat16" if native_bf16 else "float32")
     assert ("AMX/AVX512-BF16" if native_bf16 else "no bf16 units") in run.data.tags["tuneloop.precision_reason"]
-    assert {"train/learning_rate", "train/grad_norm", "train/tokens_per_second", "train/final_loss"} <= set(run.data.metrics)
+    assert {"train/learning_rate", "train/grad_norm", "train/tokens_per_second", "train/final_loss"} <= set(
+        run.data.metrics
+    )
     from tuneloop.digest import file_sha256
 
     assert run.data.tags["tuneloop.data.training.sha256"] == "sha256:" + file_sha256(data)
-    assert [{t.key: t.value for t in i.tags}["sha256"] for i in run.inputs.dataset_inputs] == ["sha256:" + file_sha256(data)]
+    assert [{t.key: t.value for t in i.tags}["sha256"] for i in run.inputs.dataset_inputs] == [
+        "sha256:" + file_sha256(data)
+    ]
 
     mv = sqlite_rc.mlflow.get_model_version_by_alias(result.model, "challenger")
     assert int(mv.version) == result.version and mv.run_id == result.run_id
@@ -101,16 +122,24 @@ print("LOSS", reloaded_training_loss(sys.argv[2], recipe))
 """
 
 
-def _reloaded_loss(rc, model_uri: str, recipe) -> float:  # type: ignore[no-untyped-def]
-    proc = subprocess.run([sys.executable, "-c", _RELOAD, rc.settings.mlflow_uri, model_uri, recipe.model_dump_json()],
-                          capture_output=True, text=True, cwd=REPO, timeout=600)
+def _reloaded_loss(rc, model_uri: str, recipe) -> float:
+    proc = subprocess.run(
+        [sys.executable, "-c", _RELOAD, rc.settings.mlflow_uri, model_uri, recipe.model_dump_json()],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return float(proc.stdout.split("LOSS")[-1])
 
 
 @pytest.mark.acceptance
 @pytest.mark.parametrize("method", list(SETTINGS))
-def test_registered_version_reproduces_the_final_loss_in_a_fresh_process(method: str, sqlite_rc, tiny_model: Path, tmp_path: Path) -> None:
+def test_registered_version_reproduces_the_final_loss_in_a_fresh_process(
+    method: str, sqlite_rc, tiny_model: Path, tmp_path: Path
+) -> None:
     from tuneloop.pipelines.training.recipes import Recipe
     from tuneloop.pipelines.training.run import train
     from tuneloop.registry.base_models import import_base
@@ -129,7 +158,9 @@ def test_registered_version_reproduces_the_final_loss_in_a_fresh_process(method:
 
 
 @pytest.mark.acceptance
-def test_dpo_on_top_of_an_sft_adapter_keeps_it_as_reference_and_lineage(sqlite_rc, tiny_model: Path, tmp_path: Path) -> None:
+def test_dpo_on_top_of_an_sft_adapter_keeps_it_as_reference_and_lineage(
+    sqlite_rc, tiny_model: Path, tmp_path: Path
+) -> None:
     from tuneloop.pipelines.training.recipes import Recipe
     from tuneloop.pipelines.training.run import train
     from tuneloop.registry.base_models import import_base
@@ -138,7 +169,11 @@ def test_dpo_on_top_of_an_sft_adapter_keeps_it_as_reference_and_lineage(sqlite_r
     import_base(sqlite_rc, "tiny", str(tiny_model))
     sft = train(Recipe.model_validate(_recipe("lora", _data(tmp_path, preference=False))), sqlite_rc, alias="champion")
     spec = _recipe("dpo", _data(tmp_path, preference=True))
-    spec["training"] = {**spec["training"], "learning_rate": 0.01, "max_steps": 30}  # gentler: it starts from a sharp SFT model
+    spec["training"] = {
+        **spec["training"],
+        "learning_rate": 0.01,
+        "max_steps": 30,
+    }  # gentler: it starts from a sharp SFT model
     recipe = Recipe.model_validate({**spec, "dpo": {"sft_adapter": f"{sft.model}@champion"}})
     result = train(recipe, sqlite_rc)
 
@@ -148,7 +183,9 @@ def test_dpo_on_top_of_an_sft_adapter_keeps_it_as_reference_and_lineage(sqlite_r
     assert chain == [f"{result.model}:{result.version}", f"{sft.model}:{sft.version}", "tiny:1"]
     losses = _history(sqlite_rc, result.run_id, "train/loss")
     assert losses[-1] < 0.3 * losses[0]
-    assert _reloaded_loss(sqlite_rc, f"models:/{result.model}/{result.version}", recipe) == pytest.approx(result.final_loss, abs=1e-4)
+    assert _reloaded_loss(sqlite_rc, f"models:/{result.model}/{result.version}", recipe) == pytest.approx(
+        result.final_loss, abs=1e-4
+    )
 
     with pytest.raises(Exception, match="is not an adapter of"):
         train(Recipe.model_validate({**spec, "dpo": {"sft_adapter": "tiny:1"}}), sqlite_rc)
@@ -157,14 +194,17 @@ def test_dpo_on_top_of_an_sft_adapter_keeps_it_as_reference_and_lineage(sqlite_r
 def test_method_structure(tiny_model: Path) -> None:
     """qlora: NF4 with double quantization; hybrid: only LoRA + chosen modules train; prompt tuning: only the prompt."""
     import bitsandbytes as bnb
+
     from tuneloop.pipelines.training.models import load_base, trainable_model
     from tuneloop.pipelines.training.precision import choose
     from tuneloop.pipelines.training.recipes import Recipe
 
     choice = choose("fp32", "off", parameters=0, batch_tokens=0, hidden=0, layers=0)
 
-    def build(method: str, **extra):  # type: ignore[no-untyped-def]
-        recipe = Recipe.model_validate({"name": "x", "method": method, "base": "tiny:1", "data": {"train": "x.jsonl"}, **extra})
+    def build(method: str, **extra):
+        recipe = Recipe.model_validate(
+            {"name": "x", "method": method, "base": "tiny:1", "data": {"train": "x.jsonl"}, **extra}
+        )
         return trainable_model(load_base(tiny_model, recipe, choice), recipe, choice)
 
     qlora = build("qlora")
@@ -188,6 +228,7 @@ def test_qlora_adapter_weights_keep_the_fp32_compute_dtype(tiny_model: Path, tmp
     (bf16 LoRA weights made a step 1.7x slower on an AVX2 CPU)."""
     import torch
     from transformers import AutoTokenizer
+
     from tuneloop.pipelines.data import formats as data_io
     from tuneloop.pipelines.training.models import load_base, trainable_model
     from tuneloop.pipelines.training.precision import choose
@@ -206,11 +247,10 @@ def test_qlora_adapter_weights_keep_the_fp32_compute_dtype(tiny_model: Path, tmp
 
 
 def test_bad_data_fails_before_the_model_loads(sqlite_rc, tiny_model: Path, tmp_path: Path) -> None:
+    from tuneloop.errors import InvalidInput
     from tuneloop.pipelines.training.recipes import Recipe
     from tuneloop.pipelines.training.run import train
     from tuneloop.registry.base_models import import_base
-
-    from tuneloop.errors import InvalidInput
 
     import_base(sqlite_rc, "tiny", str(tiny_model))
     bad = tmp_path / "bad.jsonl"
@@ -221,7 +261,7 @@ def test_bad_data_fails_before_the_model_loads(sqlite_rc, tiny_model: Path, tmp_
     assert training is None or not sqlite_rc.mlflow.search_runs([training.experiment_id])
 
 
-def _adapter_tensors(rc, name: str, version: int) -> dict:  # type: ignore[no-untyped-def]
+def _adapter_tensors(rc, name: str, version: int) -> dict:
     from mlflow.artifacts import download_artifacts
     from safetensors.torch import load_file
 
@@ -233,6 +273,7 @@ def _adapter_tensors(rc, name: str, version: int) -> dict:  # type: ignore[no-un
 @pytest.mark.acceptance
 def test_kill_9_then_resume_equals_an_uninterrupted_run(sqlite_rc, tiny_model: Path, tmp_path: Path) -> None:
     import torch
+
     from tuneloop.pipelines.training.recipes import Recipe
     from tuneloop.pipelines.training.run import recipe_of_run, train
     from tuneloop.registry.base_models import import_base
@@ -245,8 +286,19 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(sqlite_rc, tiny_model: P
     reference = train(recipe, sqlite_rc)
 
     proc = subprocess.run(
-        [sys.executable, "-m", "tests.train_worker", sqlite_rc.settings.model_dump_json(), recipe.model_dump_json(), "7"],
-        capture_output=True, text=True, cwd=REPO, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "tests.train_worker",
+            sqlite_rc.settings.model_dump_json(),
+            recipe.model_dump_json(),
+            "7",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+        check=False,
     )
     assert proc.returncode == -9, proc.stderr[-3000:]
     run_id = proc.stdout.split("RUN_ID")[1].split()[0]
@@ -270,6 +322,7 @@ def test_two_processes_train_together_and_register_once(sqlite_rc, tiny_model: P
     import os
 
     import yaml
+
     from tuneloop.registry.base_models import import_base
 
     import_base(sqlite_rc, "tiny", str(tiny_model))
@@ -281,9 +334,23 @@ def test_two_processes_train_together_and_register_once(sqlite_rc, tiny_model: P
     env = {k: v for k, v in os.environ.items() if not k.startswith("TUNELOOP_")}
     env["TUNELOOP_HOME"] = str(sqlite_rc.settings.home)
     proc = subprocess.run(
-        [str(bin_dir / "torchrun"), "--standalone", "--nproc_per_node", "2", "--no-python",
-         str(bin_dir / "tuneloop"), "train", str(recipe_file), "--json"],
-        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300,
+        [
+            str(bin_dir / "torchrun"),
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "--no-python",
+            str(bin_dir / "tuneloop"),
+            "train",
+            str(recipe_file),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(proc.stdout)  # rank 0 alone prints: exactly one JSON document
@@ -297,10 +364,12 @@ def test_two_processes_train_together_and_register_once(sqlite_rc, tiny_model: P
 def test_a_partial_checkpoint_left_by_a_kill_is_passed_over(tmp_path: Path) -> None:
     from tuneloop.pipelines.training.run import latest_checkpoint
 
-    for step, files in ((10, ["trainer_state.json", "optimizer.pt", "rng_state.pth"]),
-                        (20, ["trainer_state.json", "optimizer.pt", "rng_state_0.pth"]),
-                        (30, ["README.md"]),  # killed while saving: what CI once found
-                        (40, ["optimizer.pt", "rng_state.pth", "trainer_state.json"])):
+    for step, files in (
+        (10, ["trainer_state.json", "optimizer.pt", "rng_state.pth"]),
+        (20, ["trainer_state.json", "optimizer.pt", "rng_state_0.pth"]),
+        (30, ["README.md"]),  # killed while saving: what CI once found
+        (40, ["optimizer.pt", "rng_state.pth", "trainer_state.json"]),
+    ):
         folder = tmp_path / f"checkpoint-{step}"
         folder.mkdir()
         for name in files:

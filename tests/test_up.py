@@ -31,7 +31,21 @@ def test_up_serves_the_registry_and_stops_on_ctrl_c(sqlite_rc, tmp_path: Path) -
     env["TUNELOOP_HOME"] = str(sqlite_rc.settings.home)
     exe = Path(sys.executable).with_name("tuneloop")
     proc = subprocess.Popen(
-        [str(exe), "up", "--port", str(port), "--ingest-port", str(ingest_port), "--scheduler-port", str(scheduler_port)], cwd=REPO, env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        [
+            str(exe),
+            "up",
+            "--port",
+            str(port),
+            "--ingest-port",
+            str(ingest_port),
+            "--scheduler-port",
+            str(scheduler_port),
+        ],
+        cwd=REPO,
+        env=env,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 120

@@ -65,10 +65,18 @@ def _rows(url: str) -> dict[str, list[tuple]]:
 
 
 VERSION_TABLES = {"alembic_version", "tuneloop_alembic_version"}
-JSON_COLUMNS = [("records", "meta", "seq"), ("monitors", "spec", "name"), ("monitor_windows", "checks", "id"),
-                ("monitor_windows", "drifted_checks", "id"), ("alert_rules", "spec", "name"), ("alerts", "summary", "id"),
-                ("notifications", "payload", "id"), ("loops", "spec", "name"), ("retrain_runs", "details", "id"),
-                ("ingest_requests", "response", "key")]
+JSON_COLUMNS = [
+    ("records", "meta", "seq"),
+    ("monitors", "spec", "name"),
+    ("monitor_windows", "checks", "id"),
+    ("monitor_windows", "drifted_checks", "id"),
+    ("alert_rules", "spec", "name"),
+    ("alerts", "summary", "id"),
+    ("notifications", "payload", "id"),
+    ("loops", "spec", "name"),
+    ("retrain_runs", "details", "id"),
+    ("ingest_requests", "response", "key"),
+]
 
 
 def _head() -> str:
@@ -84,15 +92,19 @@ def _documents(url: str) -> dict[str, list]:
     engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
     try:
         with engine.connect() as conn:
-            return {f"{t}.{c}": [(k, json.loads(v) if isinstance(v, str) else v)
-                                 for k, v in conn.execute(sa.text(f"SELECT {key}, {c} FROM {t} ORDER BY {key}"))]
-                    for t, c, key in JSON_COLUMNS}
+            return {
+                f"{t}.{c}": [
+                    (k, json.loads(v) if isinstance(v, str) else v)
+                    for k, v in conn.execute(sa.text(f"SELECT {key}, {c} FROM {t} ORDER BY {key}"))
+                ]
+                for t, c, key in JSON_COLUMNS
+            }
     finally:
         engine.dispose()
 
 
 @pytest.fixture(params=BACKENDS)
-def old_home(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
+def old_home(request: pytest.FixtureRequest, tmp_path: Path):
     if request.param == "postgres" and not _postgres_available():
         pytest.skip("PostgreSQL is not reachable")
     env = _load(request.param, tmp_path / "home")
@@ -105,13 +117,25 @@ def old_home(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no
             _pg(PG_ADMIN_URL, f"DROP DATABASE IF EXISTS {_url(env, name).rsplit('/', 1)[1]} WITH (FORCE)")
 
 
-def test_upgrade_keeps_every_row_the_audit_guards_and_the_chain(old_home) -> None:  # type: ignore[no-untyped-def]
+def test_upgrade_keeps_every_row_the_audit_guards_and_the_chain(old_home) -> None:
     backend, env = old_home
     before = {name: _rows(_url(env, name)) for name in ("mlflow", "tuneloop")}
     own = before["tuneloop"]
     # The fixture holds every kind of row the loop makes: a reader of this test knows what "kept" covers.
-    for table in ("audit_log", "records", "feedback", "monitors", "monitor_windows", "alert_rules", "alerts",
-                  "notifications", "delivery_attempts", "loops", "retrain_runs", "ingest_tokens"):
+    for table in (
+        "audit_log",
+        "records",
+        "feedback",
+        "monitors",
+        "monitor_windows",
+        "alert_rules",
+        "alerts",
+        "notifications",
+        "delivery_attempts",
+        "loops",
+        "retrain_runs",
+        "ingest_tokens",
+    ):
         assert own[table], f"the a3a2416 fixture has no {table} rows"
     assert before["mlflow"]["registered_models"] and before["mlflow"]["model_versions"]
 
@@ -141,27 +165,32 @@ def test_upgrade_keeps_every_row_the_audit_guards_and_the_chain(old_home) -> Non
     assert history.returncode == 0, history.stderr[-3000:]
     moves = json.loads(history.stdout)
     assert moves["chain_intact"] is True
-    assert [m["reason"] for m in moves["moves"]][-2:] == ["fixture: a rollback in the audit log", "fixture: forward again"]
+    assert [m["reason"] for m in moves["moves"]][-2:] == [
+        "fixture: a rollback in the audit log",
+        "fixture: forward again",
+    ]
     assert backend in ("sqlite", "postgres")
 
 
-def test_what_a3a2416_stored_still_loads_after_the_upgrade(old_home, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_what_a3a2416_stored_still_loads_after_the_upgrade(old_home, tmp_path: Path) -> None:
     from tuneloop.monitors.drift.judge import Reference
     from tuneloop.monitors.ingestion.records import parse_records, store
     from tuneloop.monitors.references import REFERENCE_CACHE_VERSION
     from tuneloop.monitors.service import judge_pending
+    from tuneloop.names import Tag
     from tuneloop.pipelines.training.recipes import Recipe
     from tuneloop.pipelines.training.run import recipe_of_run
     from tuneloop.registry.catalog import resolve
     from tuneloop.registry.client import RegistryClient
-
-    from tuneloop.names import Tag
     from tuneloop.settings import Settings, StoreSettings
 
     _backend, env = old_home
     assert run_cli("db", "upgrade", env=env).returncode == 0
-    settings = Settings(home=env["TUNELOOP_HOME"], cache_dir=env["TUNELOOP_CACHE_DIR"],
-                        stores=StoreSettings(mlflow_uri=_url(env, "mlflow"), database_url=_url(env, "tuneloop")))
+    settings = Settings(
+        home=env["TUNELOOP_HOME"],
+        cache_dir=env["TUNELOOP_CACHE_DIR"],
+        stores=StoreSettings(mlflow_uri=_url(env, "mlflow"), database_url=_url(env, "tuneloop")),
+    )
     rc = RegistryClient(settings)
 
     # The stored recipe.json (every method's section) of both versions' training runs reads as a Recipe.
@@ -184,9 +213,12 @@ def test_what_a3a2416_stored_still_loads_after_the_upgrade(old_home, tmp_path: P
 
     # Windows a3a2416 judged know their model version now: that of the newest record they held (0007).
     with rc.stores.engine.connect() as conn:
-        unversioned = conn.execute(sa.text(
-            "SELECT count(*) FROM monitor_windows w JOIN records r ON r.seq = w.last_seq "
-            "WHERE w.version IS NULL OR w.version <> r.version")).scalar()
+        unversioned = conn.execute(
+            sa.text(
+                "SELECT count(*) FROM monitor_windows w JOIN records r ON r.seq = w.last_seq "
+                "WHERE w.version IS NULL OR w.version <> r.version"
+            )
+        ).scalar()
         versioned = conn.execute(sa.text("SELECT count(*) FROM monitor_windows WHERE version IS NOT NULL")).scalar()
     assert unversioned == 0 and versioned > 0
 
@@ -205,7 +237,7 @@ def test_what_a3a2416_stored_still_loads_after_the_upgrade(old_home, tmp_path: P
     assert isinstance(pickle.loads(current.read_bytes()), Reference)  # rebuilt
 
 
-def test_nan_that_old_code_wrote_becomes_null_on_postgres_and_reads_back_as_nan(old_home) -> None:  # type: ignore[no-untyped-def]
+def test_nan_that_old_code_wrote_becomes_null_on_postgres_and_reads_back_as_nan(old_home) -> None:
     import math
 
     from tuneloop.monitors.service import judged_windows
@@ -215,10 +247,19 @@ def test_nan_that_old_code_wrote_becomes_null_on_postgres_and_reads_back_as_nan(
     backend, env = old_home
     engine = sa.create_engine(_url(env, "tuneloop"), poolclass=sa.pool.NullPool)
     try:
-        with engine.begin() as conn:  # what Python's json.dumps wrote for a NaN statistic (PostgreSQL's json refuses it)
+        with (
+            engine.begin() as conn
+        ):  # what Python's json.dumps wrote for a NaN statistic (PostgreSQL's json refuses it)
             first = conn.execute(sa.text("SELECT min(id) FROM monitor_windows")).scalar()
-            conn.execute(sa.text("UPDATE monitor_windows SET checks = :text WHERE id = :id"), {"id": first, "text": json.dumps(
-                [{"check": "descriptors", "statistic": float("nan"), "p_value": 0.5, "drifted": False}])})
+            conn.execute(
+                sa.text("UPDATE monitor_windows SET checks = :text WHERE id = :id"),
+                {
+                    "id": first,
+                    "text": json.dumps(
+                        [{"check": "descriptors", "statistic": float("nan"), "p_value": 0.5, "drifted": False}]
+                    ),
+                },
+            )
         assert run_cli("db", "upgrade", env=env).returncode == 0
         with engine.connect() as conn:
             stored = conn.execute(sa.text("SELECT checks FROM monitor_windows WHERE id = :id"), {"id": first}).scalar()
@@ -227,8 +268,12 @@ def test_nan_that_old_code_wrote_becomes_null_on_postgres_and_reads_back_as_nan(
     stored = json.loads(stored) if isinstance(stored, str) else stored
     if backend == "postgres":
         assert stored[0]["statistic"] is None and stored[0]["p_value"] == 0.5
-    rc = RegistryClient(Settings(home=env["TUNELOOP_HOME"], stores=StoreSettings(
-        mlflow_uri=_url(env, "mlflow"), database_url=_url(env, "tuneloop"))))
+    rc = RegistryClient(
+        Settings(
+            home=env["TUNELOOP_HOME"],
+            stores=StoreSettings(mlflow_uri=_url(env, "mlflow"), database_url=_url(env, "tuneloop")),
+        )
+    )
     ids, windows, _ = judged_windows(rc, "support-champion")
     check = windows[ids.index(first)].checks[0]
     assert math.isnan(check.statistic) and check.p_value == 0.5 and len(ids) == 6

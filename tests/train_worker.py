@@ -13,12 +13,12 @@ class KillAtStep(TrainerCallback):
     def __init__(self, step: int) -> None:
         self.step = step
 
-    def on_train_begin(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+    def on_train_begin(self, args, state, control, **kwargs):
         import mlflow
 
         print("RUN_ID", mlflow.active_run().info.run_id, flush=True)
 
-    def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+    def on_step_end(self, args, state, control, **kwargs):
         if state.global_step == self.step:
             os.kill(os.getpid(), signal.SIGKILL)
 
@@ -27,7 +27,6 @@ def main(settings_json: str, recipe_json: str, kill_at: int) -> None:
     from tuneloop.pipelines.training.recipes import Recipe
     from tuneloop.pipelines.training.run import train
     from tuneloop.registry.client import RegistryClient
-
     from tuneloop.settings import Settings
 
     rc = RegistryClient(Settings.model_validate_json(settings_json))

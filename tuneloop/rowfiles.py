@@ -114,7 +114,6 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
     """Write rows as JSONL atomically: a reader sees the old file or the whole new one, never a part."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     tmp.replace(path)
     return path

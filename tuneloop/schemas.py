@@ -18,7 +18,9 @@ class GateCheck(BaseModel):
     status: GateStatus
     value: float | None = Field(None, description="The candidate's metric value")
     threshold: float | None = Field(None, description="The value it was compared with")
-    compared_with: str | None = Field(None, description="What the threshold came from: `absolute`, `champion@v3`, `base@v1`")
+    compared_with: str | None = Field(
+        None, description="What the threshold came from: `absolute`, `champion@v3`, `base@v1`"
+    )
     reason: str = ""
 
 

@@ -24,31 +24,41 @@ def _tuneloop(config_file: str | None, *args: str) -> list[str]:
     return [sys.executable, "-m", "tuneloop", *(["--config", config_file] if config_file else []), *args]
 
 
-def start_mlflow_server(settings: Any, host: str, port: int) -> subprocess.Popen:  # type: ignore[type-arg]
+def start_mlflow_server(settings: Any, host: str, port: int) -> subprocess.Popen:
     """Start `mlflow server` on the configured stores; the store URI travels by environment, not argv."""
     env = dict(os.environ, MLFLOW_BACKEND_STORE_URI=settings.mlflow_uri, MLFLOW_REGISTRY_STORE_URI=settings.mlflow_uri)
     command = [
-        sys.executable, "-m", "mlflow", "server",
-        "--default-artifact-root", settings.artifact_root,
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--default-artifact-root",
+        settings.artifact_root,
         "--no-serve-artifacts",
-        "--host", host,
-        "--port", str(port),
-        "--workers", "1",  # SQLite allows one writer; MLflow's own advice for a file store
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",  # SQLite allows one writer; MLflow's own advice for a file store
         # No access log: `tuneloop up` probes /health every few seconds, which drowned everything else
         # (398 of 400 lines after 13 minutes). Errors are still logged.
-        "--uvicorn-opts", "--no-access-log",
+        "--uvicorn-opts",
+        "--no-access-log",
     ]
     return subprocess.Popen(command, env=env, start_new_session=True)
 
 
-def start_ingest_server(config_file: str | None, host: str, port: int) -> subprocess.Popen:  # type: ignore[type-arg]
-    return subprocess.Popen(_tuneloop(config_file, "monitor", "serve", "--host", host, "--port", str(port)),
-                            start_new_session=True)
+def start_ingest_server(config_file: str | None, host: str, port: int) -> subprocess.Popen:
+    return subprocess.Popen(
+        _tuneloop(config_file, "monitor", "serve", "--host", host, "--port", str(port)), start_new_session=True
+    )
 
 
-def start_scheduler(config_file: str | None, host: str, port: int) -> subprocess.Popen:  # type: ignore[type-arg]
-    return subprocess.Popen(_tuneloop(config_file, "scheduler", "run", "--host", host, "--port", str(port)),
-                            start_new_session=True)
+def start_scheduler(config_file: str | None, host: str, port: int) -> subprocess.Popen:
+    return subprocess.Popen(
+        _tuneloop(config_file, "scheduler", "run", "--host", host, "--port", str(port)), start_new_session=True
+    )
 
 
 def health(url: str, timeout_s: float = 2) -> dict[str, Any] | None:
@@ -66,8 +76,13 @@ def health(url: str, timeout_s: float = 2) -> dict[str, Any] | None:
         return {"status": "ok"}
 
 
-def wait_healthy(url: str, process: subprocess.Popen, timeout_s: float = HEALTH_TIMEOUT_S,  # type: ignore[type-arg]
-                 path: str = "/health", what: str = "the MLflow server") -> None:
+def wait_healthy(
+    url: str,
+    process: subprocess.Popen,
+    timeout_s: float = HEALTH_TIMEOUT_S,
+    path: str = "/health",
+    what: str = "the MLflow server",
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -81,7 +96,7 @@ def wait_healthy(url: str, process: subprocess.Popen, timeout_s: float = HEALTH_
     raise StoreError(f"{what} did not answer on {url} within {timeout_s:.0f} s", hint="check the port and the logs")
 
 
-def stop(process: subprocess.Popen, grace_s: float = 10) -> None:  # type: ignore[type-arg]
+def stop(process: subprocess.Popen, grace_s: float = 10) -> None:
     if process.poll() is not None:
         return
     os.killpg(process.pid, signal.SIGTERM)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import tomllib
 from contextvars import ContextVar
 from functools import cached_property
 from pathlib import Path
@@ -45,20 +46,25 @@ class StoreSettings(_Section):
         None, description="Where MLflow artifacts go: a folder or an s3:// URI. Default: <home>/artifacts"
     )
     migrate_on_start: bool = Field(
-        True, description="Migrate both databases on first use; false: refuse a database that is behind "
-                          "(run `tuneloop db upgrade` in a release step)"
+        True,
+        description="Migrate both databases on first use; false: refuse a database that is behind "
+        "(run `tuneloop db upgrade` in a release step)",
     )
     alias_cache_seconds: float = Field(
-        5.0, ge=0.0, le=300.0, description="How long a resolved NAME@ALIAS is trusted before the registry is asked "
-                                          "again (a move made through tuneloop in this process is seen at once)"
+        5.0,
+        ge=0.0,
+        le=300.0,
+        description="How long a resolved NAME@ALIAS is trusted before the registry is asked "
+        "again (a move made through tuneloop in this process is seen at once)",
     )
 
 
 class MonitorSettings(_Section):
     evidently_reports: Literal["drift", "off"] = Field(
-        "drift", description="`drift`: log an Evidently report (column summaries, text descriptors) of every drifted "
-                             "window in the monitor's run (about 4 MB each; the first one in a process imports Evidently, "
-                             "about 5 s); `off`: only on `tuneloop monitor report`"
+        "drift",
+        description="`drift`: log an Evidently report (column summaries, text descriptors) of every drifted "
+        "window in the monitor's run (about 4 MB each; the first one in a process imports Evidently, "
+        "about 5 s); `off`: only on `tuneloop monitor report`",
     )
 
 
@@ -77,9 +83,16 @@ class IngestSettings(_Section):
 
 class SchedulerSettings(_Section):
     port: int = Field(8766, ge=1, le=65535, description="Port of the scheduler's health endpoint (GET /health)")
-    lease_seconds: float = Field(30.0, ge=2.0, le=3600.0, description="Lease of the active scheduler and of each "
-                                 "retraining worker; a crashed holder is replaced after at most this long")
-    tick_seconds: float = Field(5.0, ge=0.2, le=600.0, description="How often the scheduler dispatches retrains and notifications")
+    lease_seconds: float = Field(
+        30.0,
+        ge=2.0,
+        le=3600.0,
+        description="Lease of the active scheduler and of each "
+        "retraining worker; a crashed holder is replaced after at most this long",
+    )
+    tick_seconds: float = Field(
+        5.0, ge=0.2, le=600.0, description="How often the scheduler dispatches retrains and notifications"
+    )
     max_workers: int = Field(1, ge=1, le=64, description="Retraining runs trained at the same time")
 
 
@@ -94,10 +107,19 @@ class KubernetesSettings(_Section):
 
     namespace: str = Field("default", description="Namespace of the training Job")
     context: str = Field("", description="kubectl context; empty: the current one")
-    image: str = Field("ghcr.io/tuneloop/tuneloop:0.1.0-cuda", description="Training image (the Dockerfile with CUDA=1)")
-    gpus: int = Field(1, ge=0, le=64, description="GPUs of one node the Job requests (`nvidia.com/gpu`); torchrun runs one process each")
+    image: str = Field(
+        "ghcr.io/tuneloop/tuneloop:0.1.0-cuda", description="Training image (the Dockerfile with CUDA=1)"
+    )
+    gpus: int = Field(
+        1,
+        ge=0,
+        le=64,
+        description="GPUs of one node the Job requests (`nvidia.com/gpu`); torchrun runs one process each",
+    )
     stores_secret: str = Field("tuneloop-stores", description="Secret with keys mlflow-uri and database-url")
-    s3_secret: str = Field("tuneloop-s3", description="Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY; empty: pod identity")
+    s3_secret: str = Field(
+        "tuneloop-s3", description="Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY; empty: pod identity"
+    )
     s3_endpoint: str = Field("", description="S3-compatible endpoint (MinIO); empty: AWS S3")
     artifact_root: str = Field("s3://tuneloop/artifacts", description="The cluster's artifact root (as the chart's)")
     data_claim: str = Field("", description="PersistentVolumeClaim mounted at /data for recipes whose data lives there")
@@ -167,7 +189,7 @@ class Settings(BaseSettings):
             return self.actor
         try:
             return getpass.getuser()
-        except Exception:  # no user database entry (containers)
+        except (KeyError, OSError):  # no user database entry (containers)
             return "unknown"
 
     # Secrets ---------------------------------------------------------------------------
@@ -233,7 +255,7 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
             "invalid settings:\n  " + "\n  ".join(problems),
             hint="fix tuneloop.toml or the TUNELOOP_* environment variables (see platform/tuneloop.toml)",
         ) from None
-    except Exception as exc:  # a malformed TOML file
+    except (tomllib.TOMLDecodeError, OSError, UnicodeDecodeError) as exc:  # a malformed or unreadable TOML file
         raise ConfigError(f"cannot read settings: {exc}", hint="check the syntax of tuneloop.toml") from None
     finally:
         if token is not None:

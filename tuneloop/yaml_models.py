@@ -20,22 +20,26 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def load_yaml_model(path: str | Path, model: type[M], *, kind: str, hint: str, overrides: list[str] | None = None,
-                    examples: str = "") -> M:
+def load_yaml_model(
+    path: str | Path, model: type[M], *, kind: str, hint: str, overrides: list[str] | None = None, examples: str = ""
+) -> M:
     """Read `path`, apply overrides and validate it as `model`; one ConfigError lists every problem."""
     import yaml
 
     path = Path(path)
     if not path.is_file():
         where = f"`{path}`" if path.is_absolute() else f"`{path}` (from `{Path.cwd()}`)"
-        raise ConfigError(f"{kind} file {where} does not exist",
-                          hint=f"check the path{'; ' + examples if examples else ''}")
+        raise ConfigError(
+            f"{kind} file {where} does not exist", hint=f"check the path{'; ' + examples if examples else ''}"
+        )
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        line = f":{where.line + 1}" if where else ""
-        raise ConfigError(f"`{path}{line}` is not valid YAML: {getattr(exc, 'problem', exc)}", hint="fix the syntax") from None
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(
+            f"`{path}{line}` is not valid YAML: {getattr(exc, 'problem', exc)}", hint="fix the syntax"
+        ) from None
     if not isinstance(data, dict):
         raise ConfigError(f"`{path}` must hold a mapping of {kind} keys", hint=hint)
     data = apply_overrides(data, overrides or [])
@@ -70,7 +74,7 @@ def describe_keys(model: type[BaseModel], prefix: str = "") -> list[dict[str, st
         if field.default is not PydanticUndefined:
             default = _value_text(field.default)
         elif field.default_factory is not None:
-            default = _value_text(field.default_factory())  # type: ignore[call-arg]
+            default = _value_text(field.default_factory())
         else:
             default = "(required)"
         kind = _type_text(annotation)
@@ -142,23 +146,27 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-OVERRIDE_HINT = ("KEY is a dotted path; list items by index or by name, "
-                 "e.g. --set training.max_steps=20 or --set tasks.answers.limit=2 (same as tasks.0.limit=2)")
+OVERRIDE_HINT = (
+    "KEY is a dotted path; list items by index or by name, "
+    "e.g. --set training.max_steps=20 or --set tasks.answers.limit=2 (same as tasks.0.limit=2)"
+)
 
 
 def _list_index(items: list[Any], part: str, item: str, where: str) -> int:
     if part.lstrip("-").isdigit():
         index = int(part)
         if not -len(items) <= index < len(items):
-            raise ConfigError(f"`--set {item}`: `{where}` is out of range (the list has {len(items)} item(s))",
-                              hint=OVERRIDE_HINT)
+            raise ConfigError(
+                f"`--set {item}`: `{where}` is out of range (the list has {len(items)} item(s))", hint=OVERRIDE_HINT
+            )
         return index
     names = [x.get("name") for x in items if isinstance(x, dict)]
     if part in names:
         return names.index(part)
     known = ", ".join(f"`{n}`" for n in names if n) or "none"
-    raise ConfigError(f"`--set {item}`: no item named `{part}` in `{where.rsplit('.', 1)[0]}` (names: {known})",
-                      hint=OVERRIDE_HINT)
+    raise ConfigError(
+        f"`--set {item}`: no item named `{part}` in `{where.rsplit('.', 1)[0]}` (names: {known})", hint=OVERRIDE_HINT
+    )
 
 
 def _list_item(items: list[Any], part: str, item: str, where: str) -> Any:

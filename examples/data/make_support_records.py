@@ -24,8 +24,14 @@ MODEL = "support-qlora@champion"
 
 def production(row: dict, rng: random.Random, at: datetime) -> dict:
     """A traffic row as a production record: the intent model's label arrives as feedback on some records."""
-    record = {"model": MODEL, "prompt": row["prompt"], "output": row["output"], "prediction": row["prediction"],
-              "timestamp": at.isoformat().replace("+00:00", "Z"), "latency_ms": round(rng.uniform(180, 900))}
+    record = {
+        "model": MODEL,
+        "prompt": row["prompt"],
+        "output": row["output"],
+        "prediction": row["prediction"],
+        "timestamp": at.isoformat().replace("+00:00", "Z"),
+        "latency_ms": round(rng.uniform(180, 900)),
+    }
     if row["prompt"].startswith("Wo ist") and rng.random() < 0.4:
         record["feedback"] = {"reference": traffic.reviewed_answer(row, rng)}
     elif rng.random() < 0.3:

@@ -19,14 +19,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from tuneloop.errors import Conflict, NotFound
 from tuneloop.monitors import tenures
 from tuneloop.monitors.alerting import notify
 from tuneloop.monitors.alerting.rules import AlertRule, Incident, RuleState, load_rule, replay
 from tuneloop.monitors.drift.checks import WindowResult
 from tuneloop.monitors.monitor_spec import MonitorSpec
 from tuneloop.registry.client import RegistryClient
-
-from tuneloop.errors import Conflict, NotFound
 from tuneloop.store import Stores, Transaction
 from tuneloop.store.alerts import AlertStatus
 
@@ -43,15 +42,25 @@ class AlertChange:
 def add_rule(rc: RegistryClient, path: Path, *, replace: bool = False) -> dict[str, Any]:
     rule = load_rule(path)
     if rule.monitor is None:
-        raise Conflict(f"alert rule `{rule.name}` names no `monitor`", hint="add `monitor: NAME` (see `tuneloop monitor status`)")
+        raise Conflict(
+            f"alert rule `{rule.name}` names no `monitor`", hint="add `monitor: NAME` (see `tuneloop monitor status`)"
+        )
     if rc.stores.monitors.get(rule.monitor) is None:
-        raise NotFound(f"alert rule `{rule.name}` watches monitor `{rule.monitor}`, which does not exist",
-                           hint="add the monitor first: `tuneloop monitor add FILE`")
+        raise NotFound(
+            f"alert rule `{rule.name}` watches monitor `{rule.monitor}`, which does not exist",
+            hint="add the monitor first: `tuneloop monitor add FILE`",
+        )
     if not rc.stores.alerts.save_rule(rule.name, rule.monitor, rule.model_dump(mode="json"), replace=replace):
         raise Conflict(f"alert rule `{rule.name}` exists", hint="pass --replace to update it")
-    return {"rule": rule.name, "monitor": rule.monitor, "when": rule.when.model_dump(exclude_none=True),
-            "condition": rule.when.describe(),
-            "for_windows": rule.for_windows, "severity": rule.severity, "webhooks": len(rule.webhooks)}
+    return {
+        "rule": rule.name,
+        "monitor": rule.monitor,
+        "when": rule.when.model_dump(exclude_none=True),
+        "condition": rule.when.describe(),
+        "for_windows": rule.for_windows,
+        "severity": rule.severity,
+        "webhooks": len(rule.webhooks),
+    }
 
 
 def rules_of(rc: RegistryClient, monitor: str | None = None) -> list[AlertRule]:
@@ -77,11 +86,17 @@ def evaluate(rc: RegistryClient, monitor: str, version: int | None = None) -> li
             saved = rc.stores.alerts.rule_state(tx, rule.name)
             moved = saved is not None and saved.version is not None and saved.version != version
             if moved:
-                assert saved is not None
+                assert saved is not None and saved.version is not None
                 changes += _supersede(rc.stores, tx, rule, saved.version, version)
             state = RuleState.resume(saved.state) if saved and not moved else None
-            ids, windows, last_seq = judged_windows(rc, monitor, after_id=saved.last_window_id if saved else 0,
-                                                    previous_seq=state.last_seq if state else None, version=version, tx=tx)
+            ids, windows, last_seq = judged_windows(
+                rc,
+                monitor,
+                after_id=saved.last_window_id if saved else 0,
+                previous_seq=state.last_seq if state else None,
+                version=version,
+                tx=tx,
+            )
             if not ids:
                 continue
             now = replay(rule, windows, ids=ids, state=state)
@@ -90,7 +105,9 @@ def evaluate(rc: RegistryClient, monitor: str, version: int | None = None) -> li
             for incident in now.incidents:
                 alert = known.get(incident.opened)
                 if alert is None:
-                    streak_ids, streak, _ = judged_windows(rc, monitor, after_id=incident.first - 1, version=version, tx=tx)
+                    streak_ids, streak, _ = judged_windows(
+                        rc, monitor, after_id=incident.first - 1, version=version, tx=tx
+                    )
                     in_streak = {i: w for i, w in zip(streak_ids, streak, strict=True) if i <= incident.opened}
                     alert_id = _open(rc.stores, tx, rule, model, version, in_streak, incident)
                     changes.append(AlertChange(alert_id, rule.name, "opened"))
@@ -112,8 +129,11 @@ def explain_rules(rc: RegistryClient, monitor: str) -> list[dict[str, str]]:
     out = []
     for rule in rules_of(rc, monitor):
         saved = rc.stores.alerts.rule_state(None, rule.name)
-        state = RuleState.resume(saved.state).explain(rule, partial(rc.stores.monitors.step_of, monitor)) if saved \
-            else "no judged window yet"  # windows named by their MLflow step, as users see them
+        state = (
+            RuleState.resume(saved.state).explain(rule, partial(rc.stores.monitors.step_of, monitor))
+            if saved
+            else "no judged window yet"
+        )  # windows named by their MLflow step, as users see them
         out.append({"rule": rule.name, "monitor": monitor, "state": state})
     return out
 
@@ -125,39 +145,99 @@ def _supersede(stores: Stores, tx: Transaction, rule: AlertRule, old: int, new: 
         if alert.status != AlertStatus.OPEN:
             continue
         stores.alerts.supersede(tx, alert.id)
-        message = (f"{rule.name}: alert {alert.id} superseded — {alert.model} moved from version {old} to {new}; "
-                   f"the new version is watched afresh")
-        notify.enqueue(stores, tx, "alert.superseded", {"alert_id": alert.id, "rule": rule.name, "monitor": rule.monitor,
-                                                        "model": alert.model, "from_version": old, "to_version": new,
-                                                        "message": message}, rule.webhooks, alert_id=alert.id)
+        message = (
+            f"{rule.name}: alert {alert.id} superseded — {alert.model} moved from version {old} to {new}; "
+            f"the new version is watched afresh"
+        )
+        notify.enqueue(
+            stores,
+            tx,
+            "alert.superseded",
+            {
+                "alert_id": alert.id,
+                "rule": rule.name,
+                "monitor": rule.monitor,
+                "model": alert.model,
+                "from_version": old,
+                "to_version": new,
+                "message": message,
+            },
+            rule.webhooks,
+            alert_id=alert.id,
+        )
         changes.append(AlertChange(alert.id, rule.name, "superseded"))
     return changes
 
 
-def _open(stores: Stores, tx: Transaction, rule: AlertRule, model: str, version: int, windows: dict[int, WindowResult],
-          incident: Incident) -> int:
+def _open(
+    stores: Stores,
+    tx: Transaction,
+    rule: AlertRule,
+    model: str,
+    version: int,
+    windows: dict[int, WindowResult],
+    incident: Incident,
+) -> int:
     streak = list(windows)  # the streak's windows, first to the one that fired
     drifted = sorted({name for i in streak for name in windows[i].drifted_checks})
     condition = rule.when.model_dump(exclude_none=True)
-    summary = {"condition": condition, "for_windows": rule.for_windows, "version": version, "window_ids": streak,
-               "drifted_checks": drifted, "window_sizes": [windows[i].size for i in streak]}
+    summary = {
+        "condition": condition,
+        "for_windows": rule.for_windows,
+        "version": version,
+        "window_ids": streak,
+        "drifted_checks": drifted,
+        "window_sizes": [windows[i].size for i in streak],
+    }
     assert rule.monitor is not None
-    alert_id = stores.alerts.open(tx, rule=rule.name, monitor=rule.monitor, model=model, severity=rule.severity,
-                                  opened_window_id=incident.opened, first_window_id=incident.first,
-                                  summary=summary)
-    message = (f"[{rule.severity}] {rule.name}: monitor {rule.monitor} ({model}) held {condition} for "
-               f"{rule.for_windows} window(s); drifted: {', '.join(drifted) or '-'}")
-    notify.enqueue(stores, tx, "alert.opened", {"alert_id": alert_id, "rule": rule.name, "monitor": rule.monitor, "model": model,
-                                          "severity": rule.severity, "message": message, **summary},
-                   rule.webhooks, alert_id=alert_id)
+    alert_id = stores.alerts.open(
+        tx,
+        rule=rule.name,
+        monitor=rule.monitor,
+        model=model,
+        severity=rule.severity,
+        opened_window_id=incident.opened,
+        first_window_id=incident.first,
+        summary=summary,
+    )
+    message = (
+        f"[{rule.severity}] {rule.name}: monitor {rule.monitor} ({model}) held {condition} for "
+        f"{rule.for_windows} window(s); drifted: {', '.join(drifted) or '-'}"
+    )
+    notify.enqueue(
+        stores,
+        tx,
+        "alert.opened",
+        {
+            "alert_id": alert_id,
+            "rule": rule.name,
+            "monitor": rule.monitor,
+            "model": model,
+            "severity": rule.severity,
+            "message": message,
+            **summary,
+        },
+        rule.webhooks,
+        alert_id=alert_id,
+    )
     return alert_id
 
 
 def _resolve(stores: Stores, tx: Transaction, rule: AlertRule, alert_id: int, closed_window_id: int) -> None:
     stores.alerts.resolve(tx, alert_id, closed_window_id)
-    notify.enqueue(stores, tx, "alert.resolved", {"alert_id": alert_id, "rule": rule.name, "monitor": rule.monitor,
-                                                  "message": f"{rule.name} resolved (alert {alert_id})"},
-                   rule.webhooks, alert_id=alert_id)
+    notify.enqueue(
+        stores,
+        tx,
+        "alert.resolved",
+        {
+            "alert_id": alert_id,
+            "rule": rule.name,
+            "monitor": rule.monitor,
+            "message": f"{rule.name} resolved (alert {alert_id})",
+        },
+        rule.webhooks,
+        alert_id=alert_id,
+    )
 
 
 def mirror(rc: RegistryClient, alert_id: int) -> str:
@@ -165,13 +245,19 @@ def mirror(rc: RegistryClient, alert_id: int) -> str:
     from tuneloop.registry.tracking import experiment_id
 
     alert = get(rc, alert_id)
-    tags = {"tuneloop.alert.id": str(alert_id), "tuneloop.alert.rule": alert["rule"], "tuneloop.alert.monitor": alert["monitor"],
-            "tuneloop.alert.model": alert["model"], "tuneloop.alert.severity": alert["severity"],
-            "tuneloop.alert.status": alert["status"]}
+    tags = {
+        "tuneloop.alert.id": str(alert_id),
+        "tuneloop.alert.rule": alert["rule"],
+        "tuneloop.alert.monitor": alert["monitor"],
+        "tuneloop.alert.model": alert["model"],
+        "tuneloop.alert.severity": alert["severity"],
+        "tuneloop.alert.status": alert["status"],
+    }
     run_id = alert["mlflow_run_id"]
     if run_id is None:
-        run = rc.mlflow.create_run(experiment_id(rc.mlflow, rc.settings, EXPERIMENT),
-                                   run_name=f"alert {alert_id}: {alert['rule']}", tags=tags)
+        run = rc.mlflow.create_run(
+            experiment_id(rc.mlflow, rc.settings, EXPERIMENT), run_name=f"alert {alert_id}: {alert['rule']}", tags=tags
+        )
         run_id = str(run.info.run_id)
         rc.mlflow.log_param(run_id, "condition", json.dumps(alert["summary"]["condition"]))
         rc.mlflow.set_terminated(run_id, "FINISHED")

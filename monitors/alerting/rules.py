@@ -27,13 +27,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
-from tuneloop.monitors.drift.checks import WindowResult
 
+from tuneloop.monitors.drift.checks import WindowResult
 from tuneloop.yaml_models import Strict, load_yaml_model
 
 
 class Condition(Strict):
-    drift: str | None = Field(None, description="`any`, or a check name or glob (e.g. `output.refusal`, `prompt.*`) that drifted")
+    drift: str | None = Field(
+        None, description="`any`, or a check name or glob (e.g. `output.refusal`, `prompt.*`) that drifted"
+    )
     check: str | None = Field(None, description="A check whose statistic is compared with `above` or `below`")
     above: float | None = None
     below: float | None = None
@@ -67,12 +69,19 @@ class AlertRule(Strict):
     monitor: str | None = Field(None, description="The monitor whose windows the rule reads")
     when: Condition
     for_windows: int = Field(3, ge=1, le=1000, description="Consecutive windows the condition must hold before firing")
-    resolve_after: int | None = Field(None, ge=1, le=1000, description="Consecutive calm windows that close an incident (default: for_windows)")
-    cooldown_windows: int = Field(0, ge=0, le=100_000, description="Windows after an incident closes before a new one may fire")
+    resolve_after: int | None = Field(
+        None, ge=1, le=1000, description="Consecutive calm windows that close an incident (default: for_windows)"
+    )
+    cooldown_windows: int = Field(
+        0, ge=0, le=100_000, description="Windows after an incident closes before a new one may fire"
+    )
     min_size: int = Field(1, ge=1, description="Windows with fewer records are skipped")
     severity: Literal["info", "warning", "critical"] = "warning"
-    webhooks: list[str] = Field(default_factory=list, description="URLs that get a JSON POST when an incident opens "
-                                "or resolves (retried with backoff); they may carry tokens, so they are never logged")
+    webhooks: list[str] = Field(
+        default_factory=list,
+        description="URLs that get a JSON POST when an incident opens "
+        "or resolves (retried with backoff); they may carry tokens, so they are never logged",
+    )
 
     @model_validator(mode="after")
     def _http_webhooks(self) -> AlertRule:
@@ -93,7 +102,11 @@ class Incident:
     closed: int | None = None  # the window that closed it; None while open
 
     def as_dict(self) -> dict[str, Any]:
-        return {"opened_at_window": self.opened, "streak_started_at_window": self.first, "closed_at_window": self.closed}
+        return {
+            "opened_at_window": self.opened,
+            "streak_started_at_window": self.first,
+            "closed_at_window": self.closed,
+        }
 
 
 @dataclass
@@ -128,14 +141,20 @@ class RuleState:
         if self.skipped_last is not None:
             parts.append(f"the last window {self.skipped_last}, so it neither counts nor breaks a streak")
         if self.open is not None:
-            parts.append(f"an incident is open since window {window_name(self.open.opened)}; it resolves after "
-                         f"{rule.resolve_after or rule.for_windows} calm windows in a row")
+            parts.append(
+                f"an incident is open since window {window_name(self.open.opened)}; it resolves after "
+                f"{rule.resolve_after or rule.for_windows} calm windows in a row"
+            )
         elif self.cooldown_left > 0:
-            parts.append(f"in cooldown after the last incident: {self.cooldown_left} more judged window(s) before a new "
-                         "one may fire")
+            parts.append(
+                f"in cooldown after the last incident: {self.cooldown_left} more judged window(s) before a new "
+                "one may fire"
+            )
         elif self.streak > 0:
-            parts.append(f"streak {self.streak} of {rule.for_windows}: the condition held in {self.streak} window(s) in a row; "
-                         f"it fires at {rule.for_windows}")
+            parts.append(
+                f"streak {self.streak} of {rule.for_windows}: the condition held in {self.streak} window(s) in a row; "
+                f"it fires at {rule.for_windows}"
+            )
         else:
             parts.append("the condition did not hold in the last judged window")
         return "; ".join(parts)
@@ -146,8 +165,13 @@ def incidents(rule: AlertRule, windows: Sequence[WindowResult]) -> list[Incident
     return replay(rule, windows).incidents
 
 
-def replay(rule: AlertRule, windows: Sequence[WindowResult], *, ids: Sequence[int] | None = None,
-           state: RuleState | None = None) -> RuleState:
+def replay(
+    rule: AlertRule,
+    windows: Sequence[WindowResult],
+    *,
+    ids: Sequence[int] | None = None,
+    state: RuleState | None = None,
+) -> RuleState:
     """Read windows in order, from `state` (a fresh rule when None): the state the rule is left in, whose
     `incidents` are those that opened or closed in these windows. `ids` name the windows (default: their
     index)."""

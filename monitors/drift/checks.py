@@ -54,8 +54,14 @@ class WindowResult:
         return [c.check for c in self.checks if c.drifted]
 
     def as_dict(self) -> dict[str, Any]:
-        out = {"size": self.size, "status": self.status, "threshold": self.threshold,
-               "drifted_checks": self.drifted_checks, "checks": [asdict(c) for c in self.checks], "notes": self.notes}
+        out = {
+            "size": self.size,
+            "status": self.status,
+            "threshold": self.threshold,
+            "drifted_checks": self.drifted_checks,
+            "checks": [asdict(c) for c in self.checks],
+            "notes": self.notes,
+        }
         if self.start is not None:
             out |= {"start": self.start, "end": self.end}
         return out
@@ -77,8 +83,9 @@ def permutations_for(threshold: float) -> int:
     return min(MAX_PERMUTATIONS, max(1000, math.ceil(10 / threshold)))
 
 
-def permutation_test(statistic: Callable[[np.ndarray], np.ndarray], window_size: int, total: int, *,
-                     threshold: float, seed: int = 0) -> tuple[float, float, int]:
+def permutation_test(
+    statistic: Callable[[np.ndarray], np.ndarray], window_size: int, total: int, *, threshold: float, seed: int = 0
+) -> tuple[float, float, int]:
     """(observed statistic, p-value, permutations used) for "the first `window_size` of `total` pooled items
     differ from the rest"; `statistic` maps a (total x B) boolean matrix of window memberships to B values,
     larger meaning more drift. Permuting stops at the 10th permuted statistic reaching the observed one

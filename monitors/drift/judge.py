@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
 from tuneloop.monitors.drift.checks import CheckResult, Record, WindowResult, more_often
 from tuneloop.monitors.drift.descriptors import Vocabulary, describe
 from tuneloop.monitors.drift.domain import domain_check
@@ -87,13 +88,33 @@ def build_reference(records: Sequence[Record], *, embedder: Embedder | None = No
     embeddings = None
     if embedder is not None:
         sample = stats_half[:1000]
-        embeddings = {c: build_embedding_reference(embedder.embed([getattr(r, c) for r in sample]), seed) for c in COLUMNS}
-    return Reference(vocabulary, distributions, upper, lower, refusals, build_quality_reference(records), texts,
-                     embeddings, len(stats_half), len(stats_half) - split)
+        embeddings = {
+            c: build_embedding_reference(embedder.embed([getattr(r, c) for r in sample]), seed) for c in COLUMNS
+        }
+    return Reference(
+        vocabulary,
+        distributions,
+        upper,
+        lower,
+        refusals,
+        build_quality_reference(records),
+        texts,
+        embeddings,
+        len(stats_half),
+        len(stats_half) - split,
+    )
 
 
-def check_window(reference: Reference, window: Sequence[Record], *, alpha: float = 0.05, min_size: int = 200,
-                 checks: Sequence[str] = DEFAULT_CHECKS, embedder: Embedder | None = None, seed: int = 0) -> WindowResult:
+def check_window(
+    reference: Reference,
+    window: Sequence[Record],
+    *,
+    alpha: float = 0.05,
+    min_size: int = 200,
+    checks: Sequence[str] = DEFAULT_CHECKS,
+    embedder: Embedder | None = None,
+    seed: int = 0,
+) -> WindowResult:
     if len(window) < min_size:
         return WindowResult(size=len(window), status="not enough data", threshold=float("nan"))
     results: list[CheckResult] = []
@@ -101,24 +122,37 @@ def check_window(reference: Reference, window: Sequence[Record], *, alpha: float
     if "descriptors" in checks:
         results += _descriptor_checks(reference, window)
     if "domain" in checks:
-        results += [domain_check(f"{c}.domain", reference.texts[c], [getattr(r, c) for r in window], seed) for c in COLUMNS]
+        results += [
+            domain_check(f"{c}.domain", reference.texts[c], [getattr(r, c) for r in window], seed) for c in COLUMNS
+        ]
     threshold_floor = alpha / _most_checks(checks)  # permutation tests size themselves on it
     if "quality" in checks:
-        found, notes = quality_checks(reference.quality, window, max(1, min_size // 4), threshold=threshold_floor, seed=seed)
+        found, notes = quality_checks(
+            reference.quality, window, max(1, min_size // 4), threshold=threshold_floor, seed=seed
+        )
         results += found
     if "embedding" in checks:
         if reference.embeddings is None or embedder is None:
             raise ValueError("the embedding check needs a reference built with an embedder, and the embedder")
         for c in COLUMNS:
             vectors = embedder.embed([getattr(r, c) for r in window])
-            results.append(mmd_check(f"{c}.embedding", reference.embeddings[c], vectors, threshold=threshold_floor, seed=seed))
+            results.append(
+                mmd_check(f"{c}.embedding", reference.embeddings[c], vectors, threshold=threshold_floor, seed=seed)
+            )
     threshold = alpha / len(results)
-    for c in results:
-        c.drifted = c.p_value < threshold
+    for result in results:
+        result.drifted = result.p_value < threshold
     status = "drift" if any(c.drifted for c in results) else "ok"
     times = [r.ts for r in window if r.ts is not None]
-    return WindowResult(size=len(window), status=status, threshold=threshold, checks=results, notes=notes,
-                        start=min(times).isoformat() if times else None, end=max(times).isoformat() if times else None)
+    return WindowResult(
+        size=len(window),
+        status=status,
+        threshold=threshold,
+        checks=results,
+        notes=notes,
+        start=min(times).isoformat() if times else None,
+        end=max(times).isoformat() if times else None,
+    )
 
 
 def _most_checks(families: Sequence[str]) -> int:
@@ -140,10 +174,14 @@ def _descriptor_checks(reference: Reference, window: Sequence[Record]) -> list[C
             ks = stats.ks_2samp(values, reference.distributions[key], method="asymp")
             results.append(CheckResult(f"{key}.ks", float(ks.statistic), float(ks.pvalue)))
             high, ref_above = reference.upper[key]
-            results.append(more_often(f"{key}.upper_tail", int(np.sum(values > high)), n, ref_above, reference.count_size))
+            results.append(
+                more_often(f"{key}.upper_tail", int(np.sum(values > high)), n, ref_above, reference.count_size)
+            )
             if key in reference.lower:
                 low, ref_below = reference.lower[key]
-                results.append(more_often(f"{key}.lower_tail", int(np.sum(values < low)), n, ref_below, reference.count_size))
+                results.append(
+                    more_often(f"{key}.lower_tail", int(np.sum(values < low)), n, ref_below, reference.count_size)
+                )
         refusals = int(np.sum(described["refusal"]))
         results.append(more_often(f"{column}.refusal", refusals, n, reference.refusals[column], reference.size))
     return results

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
 from tuneloop.monitors.drift.checks import CheckResult, Record, lower_than, more_often, permutation_test
 from tuneloop.monitors.metrics.classification import normalise_label
 
@@ -38,23 +39,31 @@ def build_quality_reference(records: Sequence[Record]) -> QualityReference:
     enough = len(labelled) >= MIN_REFERENCE
     return QualityReference(
         correct=(sum(_same(r.prediction, r.label) for r in labelled), len(labelled)) if enough else None,
-        pairs=[(normalise_label(r.prediction or ""), normalise_label(r.label or "")) for r in labelled[:F1_REFERENCE_SAMPLE]]
-        if enough else None,
+        pairs=[
+            (normalise_label(r.prediction or ""), normalise_label(r.label or ""))
+            for r in labelled[:F1_REFERENCE_SAMPLE]
+        ]
+        if enough
+        else None,
         ratings=rated if len(rated) >= MIN_REFERENCE else None,
         rouge=_rouge_l(answered) if len(answered) >= MIN_REFERENCE else None,
     )
 
 
-def quality_checks(reference: QualityReference, window: Sequence[Record], min_feedback: int, *,
-                   threshold: float = 0.001, seed: int = 0) -> tuple[list[CheckResult], list[str]]:
+def quality_checks(
+    reference: QualityReference, window: Sequence[Record], min_feedback: int, *, threshold: float = 0.001, seed: int = 0
+) -> tuple[list[CheckResult], list[str]]:
     """Quality checks with enough feedback, and notes on those left out; `threshold` (the corrected
     per-check threshold, or a lower bound of it) sets how many permutations the F1 test may need."""
     checks, notes = [], []
     labelled = [r for r in window if r.label is not None and r.prediction is not None]
     rated = [r.rating for r in window if r.rating is not None]
     answered = [r for r in window if r.reference_answer]
-    for name, baseline, have in (("accuracy", reference.correct, len(labelled)), ("rating", reference.ratings, len(rated)),
-                                 ("rouge", reference.rouge, len(answered))):
+    for name, baseline, have in (
+        ("accuracy", reference.correct, len(labelled)),
+        ("rating", reference.ratings, len(rated)),
+        ("rouge", reference.rouge, len(answered)),
+    ):
         if baseline is None:
             if have:
                 notes.append(f"quality.{name}: the reference has fewer than {MIN_REFERENCE} records with this feedback")
@@ -78,7 +87,9 @@ def quality_checks(reference: QualityReference, window: Sequence[Record], min_fe
     return checks, notes
 
 
-def _f1_check(window: list[tuple[str, str]], reference: list[tuple[str, str]], threshold: float, seed: int) -> CheckResult:
+def _f1_check(
+    window: list[tuple[str, str]], reference: list[tuple[str, str]], threshold: float, seed: int
+) -> CheckResult:
     """Macro F1 of the window vs the reference, permutation test on the pooled pairs. Per-class true
     positive, false positive and false negative indicators make every permuted F1 a matrix product."""
     pooled = window + reference
@@ -105,7 +116,9 @@ def _f1_check(window: list[tuple[str, str]], reference: list[tuple[str, str]], t
 def _rouge_l(records: Sequence[Record]) -> np.ndarray:
     from tuneloop.monitors.metrics.text import rouge_per_pair
 
-    scores = rouge_per_pair([r.output for r in records], [r.reference_answer or "" for r in records], tokenizer="unicode")
+    scores = rouge_per_pair(
+        [r.output for r in records], [r.reference_answer or "" for r in records], tokenizer="unicode"
+    )
     return np.asarray(scores["rougeL"], dtype=float)
 
 

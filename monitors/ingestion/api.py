@@ -17,10 +17,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
-from tuneloop.monitors.ingestion import records as records_io
-from tuneloop.monitors.ingestion import tokens
 
 from tuneloop.errors import InvalidInput, TuneloopError
+from tuneloop.monitors.ingestion import records as records_io
+from tuneloop.monitors.ingestion import tokens
 from tuneloop.store import Stores
 
 TOKEN_CACHE_SECONDS = 5.0
@@ -62,13 +62,18 @@ def create_app(settings: Any) -> FastAPI:
     async def read_json(request: Request) -> Any:
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limits.max_body_bytes:
-            raise _HttpProblem(413, f"body of {int(declared):,} bytes is over the limit of {limits.max_body_bytes:,}",
-                               "send smaller batches")
+            raise _HttpProblem(
+                413,
+                f"body of {int(declared):,} bytes is over the limit of {limits.max_body_bytes:,}",
+                "send smaller batches",
+            )
         body = bytearray()
         async for chunk in request.stream():
             body += chunk
             if len(body) > limits.max_body_bytes:
-                raise _HttpProblem(413, f"body is over the limit of {limits.max_body_bytes:,} bytes", "send smaller batches")
+                raise _HttpProblem(
+                    413, f"body is over the limit of {limits.max_body_bytes:,} bytes", "send smaller batches"
+                )
         try:
             text = bytes(body).decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -76,8 +81,11 @@ def create_app(settings: Any) -> FastAPI:
         try:
             return json.loads(text)
         except json.JSONDecodeError as exc:
-            raise _HttpProblem(400, f"body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
-                               "send one record object, or {\"records\": [...]}") from None
+            raise _HttpProblem(
+                400,
+                f"body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+                'send one record object, or {"records": [...]}',
+            ) from None
 
     def authorise(request: Request) -> None:
         header = request.headers.get("authorization", "")
@@ -141,9 +149,11 @@ def _items(payload: Any, max_batch: int) -> list[Any]:
     elif isinstance(payload, dict):
         items = [payload]
     else:
-        raise InvalidInput("the body must be a JSON object: one record, or {\"records\": [...]}", hint="see /docs")
+        raise InvalidInput('the body must be a JSON object: one record, or {"records": [...]}', hint="see /docs")
     if len(items) > max_batch:
-        raise _HttpProblem(413, f"{len(items):,} records in one request, over the limit of {max_batch:,}", "split the batch")
+        raise _HttpProblem(
+            413, f"{len(items):,} records in one request, over the limit of {max_batch:,}", "split the batch"
+        )
     return items
 
 
@@ -151,5 +161,11 @@ def serve(settings: Any, host: str | None = None, port: int | None = None) -> No
     """Run the API in this process until interrupted (one worker: SQLite takes one writer at a time)."""
     import uvicorn
 
-    uvicorn.run(create_app(settings), host=host or settings.server.host, port=port or settings.ingest.port,
-                log_level="warning", workers=1, timeout_graceful_shutdown=10)
+    uvicorn.run(
+        create_app(settings),
+        host=host or settings.server.host,
+        port=port or settings.ingest.port,
+        log_level="warning",
+        workers=1,
+        timeout_graceful_shutdown=10,
+    )

@@ -26,8 +26,17 @@ RETRY_STATUSES = {408, 425, 429, 500, 502, 503, 504}
 
 
 class IngestClient:
-    def __init__(self, url: str, token: str, *, batch_size: int = 200, flush_interval_s: float = 1.0,
-                 max_queue: int = 100_000, max_retries: int = 8, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        *,
+        batch_size: int = 200,
+        flush_interval_s: float = 1.0,
+        max_queue: int = 100_000,
+        max_retries: int = 8,
+        timeout_s: float = 10.0,
+    ) -> None:
         import httpx
 
         self._endpoint = url.rstrip("/") + "/v1/records"

@@ -17,9 +17,9 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictStr, ValidationError, field_validator
-from tuneloop.registry.resolver import ModelResolver
 
 from tuneloop.errors import InvalidInput, NotFound
+from tuneloop.registry.resolver import ModelResolver
 from tuneloop.store import Stores
 from tuneloop.store.records import BatchResult, FeedbackValues, NewRecord
 
@@ -28,7 +28,7 @@ ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 
 def _number(value: Any) -> Any:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError("must be a number")
+        raise ValueError("must be a number")  # noqa: TRY004 - pydantic reports ValueError as a field error
     return value
 
 
@@ -68,7 +68,7 @@ class RecordIn(BaseModel):
 class HistoryRecord(RecordIn):
     """A recorded row replayed by `monitor backtest`: the same fields, but `model` is optional (no registry)."""
 
-    model: StrictStr | None = Field(None, description="NAME@ALIAS or NAME:VERSION (not needed to replay history)")  # type: ignore[assignment]
+    model: StrictStr | None = Field(None, description="NAME@ALIAS or NAME:VERSION (not needed to replay history)")
 
 
 FLAT_FEEDBACK = {"rating": "rating", "label": "label", "reference": "reference", "reference_answer": "reference"}
@@ -108,12 +108,16 @@ def check_lengths(record: RecordIn, max_chars: int) -> list[str]:
     fields = {"prompt": record.prompt, "output": record.output, "prediction": record.prediction}
     if record.feedback:
         fields |= {"feedback.label": record.feedback.label, "feedback.reference": record.feedback.reference}
-    return [f"`{name}` is {len(text):,} characters, over the limit of {max_chars:,}"
-            for name, text in fields.items() if text is not None and len(text) > max_chars]
+    return [
+        f"`{name}` is {len(text):,} characters, over the limit of {max_chars:,}"
+        for name, text in fields.items()
+        if text is not None and len(text) > max_chars
+    ]
 
 
-def parse_records(items: Sequence[Any], max_chars: int, where: Sequence[str] | None = None, *,
-                  schema: type[RecordIn] = RecordIn) -> list[RecordIn]:
+def parse_records(
+    items: Sequence[Any], max_chars: int, where: Sequence[str] | None = None, *, schema: type[RecordIn] = RecordIn
+) -> list[RecordIn]:
     """Validate every item; one InvalidInput lists each problem with its place (record index or file:line)."""
     out, problems = [], []
     for i, item in enumerate(items):
@@ -138,8 +142,9 @@ def parse_records(items: Sequence[Any], max_chars: int, where: Sequence[str] | N
     return out
 
 
-def store(stores: Stores, batch: Sequence[RecordIn], resolver: ModelResolver, *,
-          idempotency_key: str | None = None) -> BatchResult:
+def store(
+    stores: Stores, batch: Sequence[RecordIn], resolver: ModelResolver, *, idempotency_key: str | None = None
+) -> BatchResult:
     """Resolve models, then write every record (and its feedback) in one transaction."""
     resolved = [resolver.resolve(r.model) for r in batch]
     now = datetime.now(UTC)
@@ -147,11 +152,21 @@ def store(stores: Stores, batch: Sequence[RecordIn], resolver: ModelResolver, *,
     for record, (name, version, alias) in zip(batch, resolved, strict=True):
         record_id = record.id or uuid.uuid4().hex
         ts = record.timestamp or now
-        rows.append(NewRecord(
-            id=record_id, model=name, version=version, alias=alias, prompt=record.prompt, output=record.output,
-            prediction=record.prediction if record.prediction is not None else record.output,
-            ts=ts if ts.tzinfo else ts.replace(tzinfo=UTC), latency_ms=record.latency_ms,
-            meta=json.loads(json.dumps(record.metadata, default=str)), received_at=now))
+        rows.append(
+            NewRecord(
+                id=record_id,
+                model=name,
+                version=version,
+                alias=alias,
+                prompt=record.prompt,
+                output=record.output,
+                prediction=record.prediction if record.prediction is not None else record.output,
+                ts=ts if ts.tzinfo else ts.replace(tzinfo=UTC),
+                latency_ms=record.latency_ms,
+                meta=json.loads(json.dumps(record.metadata, default=str)),
+                received_at=now,
+            )
+        )
         if record.feedback is not None:
             feedback_of.append((record_id, FeedbackValues(**record.feedback.model_dump())))
     return stores.records.add_batch(rows, feedback_of, now, idempotency_key=idempotency_key)
@@ -181,7 +196,9 @@ def records_from_file(path: Any, max_chars: int, *, schema: type[RecordIn] = Rec
         items.append(from_csv_row(row) if path.suffix.lower() == ".csv" else row)
         where.append(f"{path}:{line}")
     if problems:
-        raise InvalidInput("invalid records:\n  " + "\n  ".join(problems[:20]), hint="fix these rows; nothing was stored")
+        raise InvalidInput(
+            "invalid records:\n  " + "\n  ".join(problems[:20]), hint="fix these rows; nothing was stored"
+        )
     return parse_records(items, max_chars, where, schema=schema)
 
 
@@ -202,7 +219,9 @@ def from_csv_row(row: dict[str, Any]) -> dict[str, Any]:
             out["metadata"] = json.loads(out["metadata"])
         except json.JSONDecodeError:
             pass
-    feedback = {k.removeprefix("feedback_"): v for k, v in row.items() if k.startswith("feedback_") and v not in ("", None)}
+    feedback = {
+        k.removeprefix("feedback_"): v for k, v in row.items() if k.startswith("feedback_") and v not in ("", None)
+    }
     if "rating" in feedback:
         feedback["rating"] = number(feedback["rating"])
     if feedback:
@@ -223,7 +242,6 @@ def record_from_training_row(row: Any) -> Any:
     """prompt = the user turns (joined as the server joins a chat's), output = the answer, for every
     training data format; None when the row has neither."""
     from tuneloop.monitors.drift.checks import Record
-
     from tuneloop.rowfiles import answer_of, prompt_of
 
     prompt, answer = prompt_of(row), answer_of(row)

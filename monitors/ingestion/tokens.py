@@ -29,8 +29,14 @@ def revoke(stores: Stores, name: str) -> None:
 
 
 def listing(stores: Stores) -> list[dict[str, Any]]:
-    return [{"name": t.name, "created_at": t.created_at.isoformat(),
-             "revoked_at": t.revoked_at.isoformat() if t.revoked_at else None} for t in stores.tokens.all()]
+    return [
+        {
+            "name": t.name,
+            "created_at": t.created_at.isoformat(),
+            "revoked_at": t.revoked_at.isoformat() if t.revoked_at else None,
+        }
+        for t in stores.tokens.all()
+    ]
 
 
 def active_hashes(stores: Stores) -> set[str]:

@@ -111,11 +111,15 @@ def perplexity(
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
             targets = labels[:, 1:].to(device)
             scored = targets != -100  # only scored positions go through the softmax
-            per_token = torch.nn.functional.cross_entropy(logits[:, :-1][scored].float(), targets[scored], reduction="none")
+            per_token = torch.nn.functional.cross_entropy(
+                logits[:, :-1][scored].float(), targets[scored], reduction="none"
+            )
             rows = scored.nonzero()[:, 0]
             sums = torch.zeros(len(batch), dtype=torch.float64, device=device).index_add_(0, rows, per_token.double())
             counts = scored.sum(dim=1)
             for row, w in enumerate(batch):
                 nll[w.example] += float(sums[row])
                 tokens[w.example] += int(counts[row])
-    return PerplexityResult(perplexity=from_nll(nll, tokens), nll=nll, tokens=tokens, seconds=time.perf_counter() - start)
+    return PerplexityResult(
+        perplexity=from_nll(nll, tokens), nll=nll, tokens=tokens, seconds=time.perf_counter() - start
+    )

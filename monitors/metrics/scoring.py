@@ -10,10 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import tuneloop.monitors.metrics.classification as classification
-import tuneloop.monitors.metrics.text as text
-
 from tuneloop.errors import UsageError
+from tuneloop.monitors.metrics import classification, text
 
 PAIR_METRICS = (*text.ROUGE_TYPES, "bleu", "chrf", "f1_macro", "f1_micro", "accuracy", "exact_match")
 GROUPS = {"rouge": text.ROUGE_TYPES, "f1": ("f1_macro", "f1_micro")}
@@ -56,10 +54,15 @@ class PairScores:
 
 
 def score_pairs(
-    predictions: Sequence[str], references: Sequence[str], metrics: Sequence[str], options: ScoreOptions = ScoreOptions()
+    predictions: Sequence[str],
+    references: Sequence[str],
+    metrics: Sequence[str],
+    options: ScoreOptions = ScoreOptions(),
 ) -> PairScores:
     if len(predictions) != len(references):
-        raise UsageError(f"{len(predictions)} predictions but {len(references)} references", hint="give one reference per prediction")
+        raise UsageError(
+            f"{len(predictions)} predictions but {len(references)} references", hint="give one reference per prediction"
+        )
     if not predictions:
         raise UsageError("no prediction/reference pairs to score", hint="give at least one pair")
     wanted = expand_metrics(metrics)
@@ -67,7 +70,9 @@ def score_pairs(
     per_example: dict[str, list[float]] = {}
     signatures: dict[str, str] = {}
     if any(m in text.ROUGE_TYPES for m in wanted):
-        rouge = text.rouge_per_pair(predictions, references, use_stemmer=options.rouge_stemming, tokenizer=options.rouge_tokenizer)
+        rouge = text.rouge_per_pair(
+            predictions, references, use_stemmer=options.rouge_stemming, tokenizer=options.rouge_tokenizer
+        )
         per_example.update({m: rouge[m] for m in text.ROUGE_TYPES if m in wanted})
     if "exact_match" in wanted:
         per_example["exact_match"] = classification.exact_match_per_pair(predictions, references)
@@ -85,7 +90,9 @@ def score_pairs(
                 signatures[name] = signature
     if "accuracy" in wanted:  # the same number, from scikit-learn itself
         values["accuracy"] = classification.accuracy(predictions, references)
-    return PairScores(values={m: values[m] for m in wanted}, per_example=per_example, signatures=signatures, count=len(predictions))
+    return PairScores(
+        values={m: values[m] for m in wanted}, per_example=per_example, signatures=signatures, count=len(predictions)
+    )
 
 
 def corpus_value(name: str, predictions: Sequence[str], references: Sequence[str]) -> tuple[float, str]:

@@ -48,15 +48,16 @@ def paired_bootstrap(
         deltas.append(stat_b(idx) - stat_a(idx))
     deltas.sort()
     tail = (1 - confidence) / 2
-    low = deltas[min(resamples - 1, int(math.floor(tail * resamples)))]
-    high = deltas[max(0, int(math.ceil((1 - tail) * resamples)) - 1)]
+    low = deltas[min(resamples - 1, math.floor(tail * resamples))]
+    high = deltas[max(0, math.ceil((1 - tail) * resamples) - 1)]
     at_or_below = sum(d <= 0 for d in deltas) / resamples
     at_or_above = sum(d >= 0 for d in deltas) / resamples
     p_value = min(1.0, 2 * min(at_or_below, at_or_above))
     result = Difference(a=a, b=b, delta=b - a, low=low, high=high, p_value=p_value, confidence=confidence)
     if result.zero_width:  # the bootstrap p-value would be 0 however few the examples: test their signs instead
-        result = Difference(a=a, b=b, delta=b - a, low=low, high=high, p_value=_sign_test(stat_a, stat_b, n),
-                            confidence=confidence)
+        result = Difference(
+            a=a, b=b, delta=b - a, low=low, high=high, p_value=_sign_test(stat_a, stat_b, n), confidence=confidence
+        )
     return result
 
 

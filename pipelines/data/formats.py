@@ -129,20 +129,23 @@ def _normalise(row: dict[str, Any], fmt: str) -> tuple[dict[str, Any] | None, st
             return None, "`response` is empty: the row has no assistant turn"
         extra = _text(row.get("input"))
         user = f"{instruction}\n\n{extra}" if extra else instruction
-        return {"prompt": [{"role": "user", "content": user}], "completion": [{"role": "assistant", "content": response}]}, None
+        return {
+            "prompt": [{"role": "user", "content": user}],
+            "completion": [{"role": "assistant", "content": response}],
+        }, None
     if fmt == "completion":
-        prompt, completion = _text(row.get("prompt")), _text(row.get("completion"))
-        if not prompt or not completion:
+        text, completion = _text(row.get("prompt")), _text(row.get("completion"))
+        if not text or not completion:
             return None, "`prompt` and `completion` must both be non-empty text"
-        return {"prompt": prompt, "completion": completion}, None
+        return {"prompt": text, "completion": completion}, None
     # preference
-    prompt, chosen, rejected = _text(row.get("prompt")), _text(row.get("chosen")), _text(row.get("rejected"))
-    if not prompt or not chosen or not rejected:
+    text, chosen, rejected = _text(row.get("prompt")), _text(row.get("chosen")), _text(row.get("rejected"))
+    if not text or not chosen or not rejected:
         return None, "`prompt`, `chosen` and `rejected` must all be non-empty text"
     if chosen.strip() == rejected.strip():
         return None, "`chosen` equals `rejected`: the pair teaches nothing"
     return {
-        "prompt": [{"role": "user", "content": prompt}],
+        "prompt": [{"role": "user", "content": text}],
         "chosen": [{"role": "assistant", "content": chosen}],
         "rejected": [{"role": "assistant", "content": rejected}],
     }, None
@@ -162,11 +165,14 @@ def load(path: str | Path, fmt: str = "auto", *, tokenizer: Any = None, max_leng
     if scan.total == 0:
         raise InvalidInput(f"`{path}` holds no rows", hint="a data set needs at least one example")
     scan.raise_if_any()
-    return Dataset(path=path, format=scan.format, rows=scan.rows, lines=scan.lines, digest="sha256:" + file_sha256(path))
+    return Dataset(
+        path=path, format=scan.format, rows=scan.rows, lines=scan.lines, digest="sha256:" + file_sha256(path)
+    )
 
 
-def check(path: Path, fmt: str = "auto", *, tokenizer: Any = None, max_length: int | None = None,
-          max_chars: int | None = None) -> Scan:
+def check(
+    path: Path, fmt: str = "auto", *, tokenizer: Any = None, max_length: int | None = None, max_chars: int | None = None
+) -> Scan:
     """Check every row of `path` (nothing raised for bad rows): what `load` keeps and every problem found.
 
     Over-long rows are measured in tokens when a tokenizer is given, else in characters with `max_chars`.

@@ -20,9 +20,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tuneloop.pipelines.data import formats as data_io
-
 from tuneloop.errors import InvalidInput
+from tuneloop.pipelines.data import formats as data_io
 from tuneloop.rowfiles import read_rows
 
 COLUMNS = ("id", "prompt", "answer", "decision", "edited_prompt", "edited_answer", "note")
@@ -60,7 +59,9 @@ def _text(row: dict[str, Any], fmt: str) -> tuple[str, str]:
         messages = row["messages"]
         return next(m["content"] for m in reversed(messages) if m["role"] == "user"), messages[-1]["content"]
     if fmt == "instruction":
-        prompt_key = "instruction" if isinstance(row.get("instruction"), str) and row["instruction"].strip() else "prompt"
+        prompt_key = (
+            "instruction" if isinstance(row.get("instruction"), str) and row["instruction"].strip() else "prompt"
+        )
         answer_key = "response" if isinstance(row.get("response"), str) and row["response"].strip() else "output"
         return row[prompt_key], row[answer_key]
     return row["prompt"], row["completion"]
@@ -80,7 +81,9 @@ def _edited(row: dict[str, Any], fmt: str, prompt: str, answer: str) -> dict[str
     return row
 
 
-def export(path: Path, out: Path, *, sample: int | None = None, seed: int = 0, everything: bool = False) -> dict[str, Any]:
+def export(
+    path: Path, out: Path, *, sample: int | None = None, seed: int = 0, everything: bool = False
+) -> dict[str, Any]:
     """Write the review sheet; by default only unreviewed synthetic rows (all rows with `everything`)."""
     fmt, rows = _read(path)
     candidates = [r for r in rows if everything or is_unreviewed_synthetic(r)]
@@ -90,8 +93,17 @@ def export(path: Path, out: Path, *, sample: int | None = None, seed: int = 0, e
     sheet = []
     for row in candidates:
         prompt, answer = _text(row, fmt)
-        sheet.append({"id": row_id(row), "prompt": prompt, "answer": answer, "decision": "", "edited_prompt": "",
-                      "edited_answer": "", "note": ""})
+        sheet.append(
+            {
+                "id": row_id(row),
+                "prompt": prompt,
+                "answer": answer,
+                "decision": "",
+                "edited_prompt": "",
+                "edited_answer": "",
+                "note": "",
+            }
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     if out.suffix.lower() == ".csv":
@@ -104,8 +116,13 @@ def export(path: Path, out: Path, *, sample: int | None = None, seed: int = 0, e
     else:
         raise InvalidInput(f"cannot write a review sheet as `{out.suffix or out.name}`", hint="name it .csv or .jsonl")
     tmp.replace(out)
-    return {"file": str(path), "sheet": str(out), "rows": len(rows), "exported": len(sheet),
-            "unreviewed_synthetic": sum(is_unreviewed_synthetic(r) for r in rows)}
+    return {
+        "file": str(path),
+        "sheet": str(out),
+        "rows": len(rows),
+        "exported": len(sheet),
+        "unreviewed_synthetic": sum(is_unreviewed_synthetic(r) for r in rows),
+    }
 
 
 def read_sheet(path: Path) -> dict[str, dict[str, str]]:
@@ -118,8 +135,10 @@ def read_sheet(path: Path) -> dict[str, dict[str, str]]:
             reader = csv.DictReader(f)
             missing = sorted({"id", "decision"} - set(reader.fieldnames or []))
             if missing:
-                raise InvalidInput(f"review sheet `{path}` has no column(s) {', '.join(missing)}",
-                                   hint="fill the sheet `tuneloop data review export` wrote")
+                raise InvalidInput(
+                    f"review sheet `{path}` has no column(s) {', '.join(missing)}",
+                    hint="fill the sheet `tuneloop data review export` wrote",
+                )
             entries = [(reader.line_num, dict(r)) for r in reader]
     else:
         entries = [(n, r if isinstance(r, dict) else {"_error": r}) for n, r in read_rows(path)]
@@ -137,19 +156,25 @@ def read_sheet(path: Path) -> dict[str, dict[str, str]]:
             problems.append(f"line {line}: decision `{decision}` is not one of accept, reject, edit (or blank)")
         elif not rid:
             problems.append(f"line {line}: no id")
-        elif decision == "edit" and not (str(entry.get("edited_prompt") or "").strip() or str(entry.get("edited_answer") or "").strip()):
+        elif decision == "edit" and not (
+            str(entry.get("edited_prompt") or "").strip() or str(entry.get("edited_answer") or "").strip()
+        ):
             problems.append(f"line {line}: decision `edit` needs `edited_prompt` or `edited_answer`")
         elif rid in decisions and decisions[rid]["decision"] != decision:
             problems.append(f"line {line}: id {rid} has two different decisions")
         else:
             decisions[rid] = {k: str(entry.get(k) or "") for k in COLUMNS} | {"decision": decision}
     if problems:
-        raise InvalidInput(f"{len(problems)} problem(s) in review sheet `{path}`:\n  " + "\n  ".join(problems[:20]),
-                           hint="fix these lines and import again; nothing was changed")
+        raise InvalidInput(
+            f"{len(problems)} problem(s) in review sheet `{path}`:\n  " + "\n  ".join(problems[:20]),
+            hint="fix these lines and import again; nothing was changed",
+        )
     return decisions
 
 
-def apply(path: Path, sheet: Path, out: Path, *, unreviewed: str = "hold", reviewer: str | None = None) -> dict[str, Any]:
+def apply(
+    path: Path, sheet: Path, out: Path, *, unreviewed: str = "hold", reviewer: str | None = None
+) -> dict[str, Any]:
     """Apply a filled sheet to `path`, writing `out` (and `out`.held.jsonl under policy `hold`)."""
     if unreviewed not in POLICIES:
         raise InvalidInput(f"unknown policy `{unreviewed}` for unreviewed synthetic rows", hint="use hold or keep")
@@ -158,10 +183,13 @@ def apply(path: Path, sheet: Path, out: Path, *, unreviewed: str = "hold", revie
     ids = {row_id(r) for r in rows}
     strangers = sorted(set(decisions) - ids)
     if strangers:
-        raise InvalidInput(f"{len(strangers)} id(s) in `{sheet}` are not rows of `{path}`: {', '.join(strangers[:5])}",
-                           hint="import the sheet into the file it was exported from; nothing was changed")
+        raise InvalidInput(
+            f"{len(strangers)} id(s) in `{sheet}` are not rows of `{path}`: {', '.join(strangers[:5])}",
+            hint="import the sheet into the file it was exported from; nothing was changed",
+        )
     at = datetime.now(UTC).isoformat(timespec="seconds")
-    kept, held, counts = [], [], Counter()
+    kept, held = [], []
+    counts: Counter[str] = Counter()
     for row in rows:
         decision = decisions.get(row_id(row))
         if decision is not None:
@@ -169,15 +197,24 @@ def apply(path: Path, sheet: Path, out: Path, *, unreviewed: str = "hold", revie
             counts[verdict] += 1
             if verdict == "rejected":
                 continue
-            review: dict[str, Any] = {"decision": verdict, "at": at, **({"reviewer": reviewer} if reviewer else {}),
-                                      **({"note": decision["note"]} if decision["note"].strip() else {})}
+            review: dict[str, Any] = {
+                "decision": verdict,
+                "at": at,
+                **({"reviewer": reviewer} if reviewer else {}),
+                **({"note": decision["note"]} if decision["note"].strip() else {}),
+            }
             if verdict == "edited":
                 prompt, answer = _text(row, fmt)
                 review["original"] = {"prompt": prompt, "answer": answer}
-                row = _edited(row, fmt, decision["edited_prompt"].strip() or prompt, decision["edited_answer"].strip() or answer)
+                row = _edited(
+                    row, fmt, decision["edited_prompt"].strip() or prompt, decision["edited_answer"].strip() or answer
+                )
                 problem = data_io.row_problem(row, fmt)
                 if problem:
-                    raise InvalidInput(f"the edit of {row_id(row)} leaves a bad row: {problem}", hint="fix the sheet; nothing was changed")
+                    raise InvalidInput(
+                        f"the edit of {row_id(row)} leaves a bad row: {problem}",
+                        hint="fix the sheet; nothing was changed",
+                    )
             row = {**row, "review": review}
         elif is_unreviewed_synthetic(row) and unreviewed == "hold":
             counts["held_back"] += 1
@@ -188,10 +225,20 @@ def apply(path: Path, sheet: Path, out: Path, *, unreviewed: str = "hold", revie
     _write_all({out: kept, **({held_path: held} if held else {})})
     if not held and held_path.exists() and held_path != path:
         held_path.unlink()  # a stale file from an earlier import would hold rows that are now reviewed
-    return {"file": str(path), "sheet": str(sheet), "out": str(out), "held": str(held_path) if held else None,
-            "rows_in": len(rows), "rows_out": len(kept), "policy": unreviewed,
-            "accepted": counts["accepted"], "edited": counts["edited"], "rejected": counts["rejected"],
-            "held_back": counts["held_back"], "unreviewed_kept": sum(is_unreviewed_synthetic(r) for r in kept)}
+    return {
+        "file": str(path),
+        "sheet": str(sheet),
+        "out": str(out),
+        "held": str(held_path) if held else None,
+        "rows_in": len(rows),
+        "rows_out": len(kept),
+        "policy": unreviewed,
+        "accepted": counts["accepted"],
+        "edited": counts["edited"],
+        "rejected": counts["rejected"],
+        "held_back": counts["held_back"],
+        "unreviewed_kept": sum(is_unreviewed_synthetic(r) for r in kept),
+    }
 
 
 def _write_all(files: dict[Path, list[dict[str, Any]]]) -> None:

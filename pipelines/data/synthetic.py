@@ -24,10 +24,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tuneloop.errors import InvalidInput, TuneloopError
 from tuneloop.pipelines.data import formats as data_io
 from tuneloop.pipelines.data.cleaning.dedup import DuplicateIndex, jaccard, shingles
-
-from tuneloop.errors import InvalidInput, TuneloopError
 
 SAMPLES = 3
 MIN_QUESTION_WORDS = 3
@@ -55,12 +54,18 @@ def load_template(path: Path | None) -> Template:
     try:
         document = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as e:
-        raise InvalidInput(f"cannot read the template `{path}`: {e}", hint="see examples/synth/support-template.yaml") from None
+        raise InvalidInput(
+            f"cannot read the template `{path}`: {e}", hint="see examples/synth/support-template.yaml"
+        ) from None
     if not isinstance(document, dict) or not isinstance(document.get("question"), str):
-        raise InvalidInput(f"template `{path}` needs a `question` text", hint="see examples/synth/support-template.yaml")
+        raise InvalidInput(
+            f"template `{path}` needs a `question` text", hint="see examples/synth/support-template.yaml"
+        )
     unknown_keys = sorted(set(document) - {"question", "answer"})
     if unknown_keys:
-        raise InvalidInput(f"template `{path}` has unknown key(s): {', '.join(unknown_keys)}", hint="use `question` and `answer`")
+        raise InvalidInput(
+            f"template `{path}` has unknown key(s): {', '.join(unknown_keys)}", hint="use `question` and `answer`"
+        )
     template = Template(question=document["question"], answer=document.get("answer", DEFAULT_ANSWER))
     for name, text, needed in (("question", template.question, "examples"), ("answer", template.answer, "question")):
         try:
@@ -68,8 +73,11 @@ def load_template(path: Path | None) -> Template:
         except ValueError as e:
             raise InvalidInput(f"template `{path}`, `{name}`: {e}", hint="write literal braces as {{ and }}") from None
         if needed not in fields or fields - {needed}:
-            raise InvalidInput(f"template `{path}`, `{name}` must use the placeholder {{{needed}}} and no other "
-                               f"(found: {', '.join(sorted(fields)) or 'none'})", hint="write literal braces as {{ and }}")
+            raise InvalidInput(
+                f"template `{path}`, `{name}` must use the placeholder {{{needed}}} and no other "
+                f"(found: {', '.join(sorted(fields)) or 'none'})",
+                hint="write literal braces as {{ and }}",
+            )
     return template
 
 
@@ -115,7 +123,9 @@ def read_seeds(path: Path) -> tuple[str, list[Seed]]:
     """(format, seeds) of a chat, instruction or completion file; every row must be valid."""
     dataset = data_io.load(path)
     if dataset.format == "preference":
-        raise InvalidInput(f"`{path}` holds preference rows", hint="seed synthesis with chat, instruction or completion rows")
+        raise InvalidInput(
+            f"`{path}` holds preference rows", hint="seed synthesis with chat, instruction or completion rows"
+        )
     seeds = []
     for line, row in zip(dataset.lines, dataset.rows, strict=True):
         prompt, completion = row["prompt"], row["completion"]
@@ -180,7 +190,11 @@ class Screen:
             return "copies_real"
         if self.kept.match(c.question):
             return "duplicate"
-        if self.options.max_perplexity is not None and c.perplexity is not None and c.perplexity > self.options.max_perplexity:
+        if (
+            self.options.max_perplexity is not None
+            and c.perplexity is not None
+            and c.perplexity > self.options.max_perplexity
+        ):
             return "high_perplexity"
         return None
 
@@ -188,17 +202,26 @@ class Screen:
         self.kept.add(c.question)
 
 
-def synthesize(rc: Any, generator: str, seeds_path: Path, out: Path, options: SynthOptions, *,
-               template: Template | None = None, real: list[Path] | None = None, scorer: str | None = None,
-               progress: bool = True) -> dict[str, Any]:
+def synthesize(
+    rc: Any,
+    generator: str,
+    seeds_path: Path,
+    out: Path,
+    options: SynthOptions,
+    *,
+    template: Template | None = None,
+    real: list[Path] | None = None,
+    scorer: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Generate until `options.count` rows pass the checks (or the attempts run out); write them to `out`
     with `out`.report.json beside it. The report counts every candidate by outcome and adds up."""
     import torch
     from tqdm.auto import tqdm
-    from tuneloop.pipelines.evaluation.runner import load_model
-    from tuneloop.registry.catalog import resolve
 
     from tuneloop.digest import file_sha256
+    from tuneloop.pipelines.evaluation.runner import load_model
+    from tuneloop.registry.catalog import resolve
 
     template = template or Template()
     fmt, seeds = read_seeds(seeds_path)  # an empty or broken seed file fails here, every bad row named
@@ -218,10 +241,20 @@ def synthesize(rc: Any, generator: str, seeds_path: Path, out: Path, options: Sy
     system = Counter(s.system for s in seeds).most_common(1)[0][0]
     seeds = _distinct(seeds)  # a prompt showing the same question twice wastes its examples
     attempts = options.max_attempts or 4 * options.count
-    report: dict[str, Any] = {"input": str(seeds_path), "input_sha256": "sha256:" + file_sha256(seeds_path), "format": fmt,
-                              "generator": generator_id, "scorer": f"{scorer_version.name}:{scorer_version.version}" if scorer_version else None,
-                              "template_digest": template.digest, "real_files": [str(p) for p in real_files],
-                              "rows_in": 0, "dropped": Counter(), "changed": {}, "pii": {}, "samples": {}}
+    report: dict[str, Any] = {
+        "input": str(seeds_path),
+        "input_sha256": "sha256:" + file_sha256(seeds_path),
+        "format": fmt,
+        "generator": generator_id,
+        "scorer": f"{scorer_version.name}:{scorer_version.version}" if scorer_version else None,
+        "template_digest": template.digest,
+        "real_files": [str(p) for p in real_files],
+        "rows_in": 0,
+        "dropped": Counter(),
+        "changed": {},
+        "pii": {},
+        "samples": {},
+    }
     kept_rows: list[dict[str, Any]] = []
     with tqdm(total=options.count, desc=f"synthesizing with {generator_id}", unit="row", disable=not progress) as bar:
         while len(kept_rows) < options.count and report["rows_in"] < attempts:
@@ -246,12 +279,22 @@ def synthesize(rc: Any, generator: str, seeds_path: Path, out: Path, options: Sy
             bar.set_postfix(generated=report["rows_in"])
     _write_atomically(out, kept_rows)
     report_path = out.with_name(out.name + ".report.json")
-    report.update({"rows_out": len(kept_rows), "dropped": dict(report["dropped"]), "options": asdict(options),
-                   "outputs": {"synthetic": str(out)}, "output_sha256": {"synthetic": "sha256:" + file_sha256(out)},
-                   "report": str(report_path)})
+    report.update(
+        {
+            "rows_out": len(kept_rows),
+            "dropped": dict(report["dropped"]),
+            "options": asdict(options),
+            "outputs": {"synthetic": str(out)},
+            "output_sha256": {"synthetic": "sha256:" + file_sha256(out)},
+            "report": str(report_path),
+        }
+    )
     if report["rows_in"] != report["rows_out"] + sum(report["dropped"].values()):
-        raise TuneloopError(f"synthesis lost track of candidates: {report['rows_in']} generated, {report['rows_out']} kept, "
-                            f"{report['dropped']} dropped", hint="report this as a bug")
+        raise TuneloopError(
+            f"synthesis lost track of candidates: {report['rows_in']} generated, {report['rows_out']} kept, "
+            f"{report['dropped']} dropped",
+            hint="report this as a bug",
+        )
     report_path.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
     return report
 
@@ -268,27 +311,62 @@ def _distinct(seeds: list[Seed]) -> list[Seed]:
     return out
 
 
-def _generate(model: Any, tokenizer: Any, seeds: list[Seed], system: str | None, template: Template,
-              options: SynthOptions, rng: random.Random, n: int) -> list[Candidate]:
+def _generate(
+    model: Any,
+    tokenizer: Any,
+    seeds: list[Seed],
+    system: str | None,
+    template: Template,
+    options: SynthOptions,
+    rng: random.Random,
+    n: int,
+) -> list[Candidate]:
     from tuneloop.pipelines.evaluation.generation import generate, render_prompt
 
     shown = [rng.sample(seeds, min(options.examples_per_prompt, len(seeds))) for _ in range(n)]
-    question_prompts = [template.question.format(examples="\n".join("- " + " ".join(s.question.split()) for s in group))
-                        for group in shown]
-    asked = generate(model, tokenizer, question_prompts, max_new_tokens=options.question_tokens,
-                     temperature=options.temperature, batch_size=options.batch_size)  # plain continuation, no chat template
+    question_prompts = [
+        template.question.format(examples="\n".join("- " + " ".join(s.question.split()) for s in group))
+        for group in shown
+    ]
+    asked = generate(
+        model,
+        tokenizer,
+        question_prompts,
+        max_new_tokens=options.question_tokens,
+        temperature=options.temperature,
+        batch_size=options.batch_size,
+    )  # plain continuation, no chat template
     items = [first_item(g.text) for g in asked]
     questions = [q for q, _ in items]
     answer_prompts = [template.answer.format(question=q) for q in questions]
-    turns = [([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": p}] for p in answer_prompts]
+    turns = [
+        ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": p}]
+        for p in answer_prompts
+    ]
     rendered_answers = [render_prompt(tokenizer, t) for t in turns]
-    answers = generate(model, tokenizer, rendered_answers, max_new_tokens=options.answer_tokens,
-                       temperature=options.answer_temperature, batch_size=options.batch_size)
-    return [Candidate(question=q, answer=a.text, question_prompt=p, answer_prompt=ap, seed_lines=[s.line for s in group],
-                      truncated=not (ended or g.output_tokens < options.question_tokens) or a.output_tokens >= options.answer_tokens,
-                      extra={"rendered_answer_prompt": ra})
-            for q, (_, ended), g, a, p, ap, group, ra in zip(questions, items, asked, answers, question_prompts, answer_prompts,
-                                                             shown, rendered_answers, strict=True)]
+    answers = generate(
+        model,
+        tokenizer,
+        rendered_answers,
+        max_new_tokens=options.answer_tokens,
+        temperature=options.answer_temperature,
+        batch_size=options.batch_size,
+    )
+    return [
+        Candidate(
+            question=q,
+            answer=a.text,
+            question_prompt=p,
+            answer_prompt=ap,
+            seed_lines=[s.line for s in group],
+            truncated=not (ended or g.output_tokens < options.question_tokens)
+            or a.output_tokens >= options.answer_tokens,
+            extra={"rendered_answer_prompt": ra},
+        )
+        for q, (_, ended), g, a, p, ap, group, ra in zip(
+            questions, items, asked, answers, question_prompts, answer_prompts, shown, rendered_answers, strict=True
+        )
+    ]
 
 
 def _score(model: Any, tokenizer: Any, batch: list[Candidate]) -> None:
@@ -298,14 +376,17 @@ def _score(model: Any, tokenizer: Any, batch: list[Candidate]) -> None:
     scored = [c for c in batch if c.answer.strip()]
     if not scored:
         return
-    sequences = ppl.encode(tokenizer, [c.answer for c in scored], prompts=[c.extra["rendered_answer_prompt"] for c in scored])
+    sequences = ppl.encode(
+        tokenizer, [c.answer for c in scored], prompts=[c.extra["rendered_answer_prompt"] for c in scored]
+    )
     result = ppl.perplexity(model, sequences, pad_token_id=tokenizer.pad_token_id or 0)
     for c, nll, tokens in zip(scored, result.nll, result.tokens, strict=True):
         c.perplexity = math.exp(nll / tokens) if tokens else math.inf
 
 
-def _with_lineage(fmt: str, c: Candidate, system: str | None, generator: str, template: Template,
-                  scorer: str | None) -> dict[str, Any]:
+def _with_lineage(
+    fmt: str, c: Candidate, system: str | None, generator: str, template: Template, scorer: str | None
+) -> dict[str, Any]:
     row = as_row(fmt, c.question, c.answer, system)
     identity = json.dumps([generator, c.question_prompt, c.question, c.answer], ensure_ascii=False)
     row["synthetic"] = {

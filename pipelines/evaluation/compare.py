@@ -10,14 +10,13 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from tuneloop.errors import InvalidInput, NotFound
 from tuneloop.monitors.metrics import classification, text
 from tuneloop.monitors.metrics.perplexity import from_nll
 from tuneloop.monitors.metrics.stats import paired_bootstrap
+from tuneloop.names import LOWER_IS_BETTER
 from tuneloop.pipelines.evaluation.runner import EvalTag, read_table
 from tuneloop.registry.client import RegistryClient
-
-from tuneloop.errors import InvalidInput, NotFound
-from tuneloop.names import LOWER_IS_BETTER
 
 MEAN_METRICS = (*text.ROUGE_TYPES, "accuracy", "exact_match", "latency_ms")
 
@@ -49,8 +48,13 @@ class Comparison:
     skipped: list[str]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"a": {"run_id": self.run_a, "model": self.model_a}, "b": {"run_id": self.run_b, "model": self.model_b},
-                "confidence": self.confidence, "metrics": [asdict(r) for r in self.rows], "skipped": self.skipped}
+        return {
+            "a": {"run_id": self.run_a, "model": self.model_a},
+            "b": {"run_id": self.run_b, "model": self.model_b},
+            "confidence": self.confidence,
+            "metrics": [asdict(r) for r in self.rows],
+            "skipped": self.skipped,
+        }
 
 
 def find_eval_run(rc: RegistryClient, ref: str, suite: str | None = None) -> Any:
@@ -61,19 +65,29 @@ def find_eval_run(rc: RegistryClient, ref: str, suite: str | None = None) -> Any
         try:
             run = rc.mlflow.get_run(ref)
         except MlflowException:
-            raise NotFound(f"`{ref}` is neither an eval run id nor NAME@ALIAS / NAME:VERSION",
-                           hint="pass what `tuneloop eval` printed, or a model version") from None
+            raise NotFound(
+                f"`{ref}` is neither an eval run id nor NAME@ALIAS / NAME:VERSION",
+                hint="pass what `tuneloop eval` printed, or a model version",
+            ) from None
         if EvalTag.MODEL not in run.data.tags:
-            raise InvalidInput(f"run `{ref}` is not a tuneloop eval run", hint="pass the run id `tuneloop eval` printed")
+            raise InvalidInput(
+                f"run `{ref}` is not a tuneloop eval run", hint="pass the run id `tuneloop eval` printed"
+            )
         return run
     from tuneloop.registry.catalog import resolve
 
     mv = resolve(rc, ref)
-    query = f"tags.`{EvalTag.MODEL}` = '{mv.name}:{mv.version}'" + (f" and tags.`{EvalTag.SUITE}` = '{suite}'" if suite else "")
-    runs = rc.mlflow.search_runs(_eval_experiments(rc), filter_string=query, order_by=["attributes.start_time DESC"], max_results=1)
+    query = f"tags.`{EvalTag.MODEL}` = '{mv.name}:{mv.version}'" + (
+        f" and tags.`{EvalTag.SUITE}` = '{suite}'" if suite else ""
+    )
+    runs = rc.mlflow.search_runs(
+        _eval_experiments(rc), filter_string=query, order_by=["attributes.start_time DESC"], max_results=1
+    )
     if not runs:
-        raise NotFound(f"`{mv.name}:{mv.version}` has no eval run" + (f" for suite `{suite}`" if suite else ""),
-                       hint=f"run `tuneloop eval SUITE --model {mv.name}:{mv.version}` first")
+        raise NotFound(
+            f"`{mv.name}:{mv.version}` has no eval run" + (f" for suite `{suite}`" if suite else ""),
+            hint=f"run `tuneloop eval SUITE --model {mv.name}:{mv.version}` first",
+        )
     return runs[0]
 
 
@@ -84,8 +98,16 @@ def _eval_experiments(rc: RegistryClient) -> list[str]:
     return [experiment_id(rc.mlflow, rc.settings, EXPERIMENT)]
 
 
-def compare(rc: RegistryClient, ref_a: str, ref_b: str, *, suite: str | None = None, resamples: int = 1000,
-            confidence: float = 0.95, seed: int = 0) -> Comparison:
+def compare(
+    rc: RegistryClient,
+    ref_a: str,
+    ref_b: str,
+    *,
+    suite: str | None = None,
+    resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> Comparison:
     run_a, run_b = find_eval_run(rc, ref_a, suite), find_eval_run(rc, ref_b, suite)
     rows: list[MetricComparison] = []
     skipped: list[str] = []
@@ -112,12 +134,32 @@ def compare(rc: RegistryClient, ref_a: str, ref_b: str, *, suite: str | None = N
             note = "per-batch timing, not tested" if metric == "latency_ms" else ""
             significant = diff.significant and not note
             better = "neither" if not significant else ("b" if (diff.delta < 0) == lower else "a")
-            rows.append(MetricComparison(task=task, metric=metric, a=diff.a, b=diff.b, delta=diff.delta, low=diff.low,
-                                         high=diff.high, p_value=diff.p_value, significant=significant, better=better,
-                                         zero_width=diff.zero_width, note=note))
+            rows.append(
+                MetricComparison(
+                    task=task,
+                    metric=metric,
+                    a=diff.a,
+                    b=diff.b,
+                    delta=diff.delta,
+                    low=diff.low,
+                    high=diff.high,
+                    p_value=diff.p_value,
+                    significant=significant,
+                    better=better,
+                    zero_width=diff.zero_width,
+                    note=note,
+                )
+            )
     rows.sort(key=lambda r: (r.task, r.metric))
-    return Comparison(run_a=run_a.info.run_id, run_b=run_b.info.run_id, model_a=run_a.data.tags[EvalTag.MODEL],
-                      model_b=run_b.data.tags[EvalTag.MODEL], confidence=confidence, rows=rows, skipped=skipped)
+    return Comparison(
+        run_a=run_a.info.run_id,
+        run_b=run_b.info.run_id,
+        model_a=run_a.data.tags[EvalTag.MODEL],
+        model_b=run_b.data.tags[EvalTag.MODEL],
+        confidence=confidence,
+        rows=rows,
+        skipped=skipped,
+    )
 
 
 def _tasks(run: Any) -> dict[str, str]:

@@ -48,19 +48,23 @@ def generate(
         batch = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
         start = time.perf_counter()
         with torch.inference_mode():
-            generated = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **sampling)
+            generated = model.generate(
+                **batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **sampling
+            )
         latency_ms = (time.perf_counter() - start) * 1000
         new = generated[:, batch["input_ids"].shape[1] :]
         for row in range(len(chunk)):
             tokens = new[row].tolist()
             if tokenizer.eos_token_id in tokens:
                 tokens = tokens[: tokens.index(tokenizer.eos_token_id) + 1]
-            out.append(Generation(
-                text=tokenizer.decode(tokens, skip_special_tokens=True).strip(),
-                prompt_tokens=int(batch["attention_mask"][row].sum()),
-                output_tokens=len(tokens),
-                latency_ms=latency_ms,
-            ))
+            out.append(
+                Generation(
+                    text=tokenizer.decode(tokens, skip_special_tokens=True).strip(),
+                    prompt_tokens=int(batch["attention_mask"][row].sum()),
+                    output_tokens=len(tokens),
+                    latency_ms=latency_ms,
+                )
+            )
         if progress is not None:
             progress.update(len(chunk))
     return out

@@ -16,17 +16,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tuneloop.errors import InvalidInput, UsageError
 from tuneloop.monitors.metrics.stats import wilson_interval
 from tuneloop.pipelines.evaluation.compare import find_eval_run
 from tuneloop.pipelines.evaluation.runner import read_table
 from tuneloop.registry.client import RegistryClient
 
-from tuneloop.errors import InvalidInput, UsageError
-
 EXPERIMENT = "human-eval"
 SHEET_FIELDS = ("id", "prompt", "left", "right", "rating", "comment")
-RATINGS = {"left": "left", "l": "left", "1": "left", "right": "right", "r": "right", "2": "right",
-           "tie": "tie", "t": "tie", "0": "tie", "=": "tie"}
+RATINGS = {
+    "left": "left",
+    "l": "left",
+    "1": "left",
+    "right": "right",
+    "r": "right",
+    "2": "right",
+    "tie": "tie",
+    "t": "tie",
+    "0": "tie",
+    "=": "tie",
+}
 
 
 @dataclass
@@ -41,31 +50,51 @@ class ExportResult:
         return {k: str(v) if isinstance(v, Path) else v for k, v in self.__dict__.items()}
 
 
-def export_sheet(rc: RegistryClient, ref_a: str, ref_b: str, task: str, out: Path, *, seed: int = 0,
-                 suite: str | None = None) -> ExportResult:
+def export_sheet(
+    rc: RegistryClient, ref_a: str, ref_b: str, task: str, out: Path, *, seed: int = 0, suite: str | None = None
+) -> ExportResult:
     import mlflow
+
     from tuneloop.registry.tracking import experiment_id
 
     run_a, run_b = find_eval_run(rc, ref_a, suite), find_eval_run(rc, ref_b, suite)
     table_a, table_b = read_table(rc, run_a.info.run_id, task), read_table(rc, run_b.info.run_id, task)
     if "prediction" not in table_a or "prediction" not in table_b:
-        raise InvalidInput(f"task `{task}` has no generated outputs in both runs", hint="pick a task that generates text")
+        raise InvalidInput(
+            f"task `{task}` has no generated outputs in both runs", hint="pick a task that generates text"
+        )
     if list(table_a["prompt"]) != list(table_b["prompt"]):
-        raise InvalidInput(f"the two runs evaluated different prompts for `{task}`", hint="compare runs of the same suite")
+        raise InvalidInput(
+            f"the two runs evaluated different prompts for `{task}`", hint="compare runs of the same suite"
+        )
     rng = random.Random(seed)
     sheet, key = [], {}
     for i, (out_a, out_b) in enumerate(zip(table_a["prediction"], table_b["prediction"], strict=True)):
         row_id = f"{task}-{i:05d}"
         a_left = rng.random() < 0.5
         key[row_id] = {"left": "a" if a_left else "b", "index": i}
-        sheet.append({"id": row_id, "prompt": _user_prompt(table_a, i), "left": out_a if a_left else out_b,
-                      "right": out_b if a_left else out_a, "rating": "", "comment": ""})
+        sheet.append(
+            {
+                "id": row_id,
+                "prompt": _user_prompt(table_a, i),
+                "left": out_a if a_left else out_b,
+                "right": out_b if a_left else out_a,
+                "rating": "",
+                "comment": "",
+            }
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     model_a, model_b = run_a.data.tags["tuneloop.eval.model"], run_b.data.tags["tuneloop.eval.model"]
-    with mlflow.start_run(experiment_id=experiment_id(rc.mlflow, rc.settings, EXPERIMENT),
-                          run_name=f"A/B {model_a} vs {model_b} ({task})") as run:
-        document = {"review_id": run.info.run_id, "task": task, "a": {"model": model_a, "run_id": run_a.info.run_id},
-                    "b": {"model": model_b, "run_id": run_b.info.run_id}, "rows": key}
+    with mlflow.start_run(
+        experiment_id=experiment_id(rc.mlflow, rc.settings, EXPERIMENT), run_name=f"A/B {model_a} vs {model_b} ({task})"
+    ) as run:
+        document = {
+            "review_id": run.info.run_id,
+            "task": task,
+            "a": {"model": model_a, "run_id": run_a.info.run_id},
+            "b": {"model": model_b, "run_id": run_b.info.run_id},
+            "rows": key,
+        }
         mlflow.set_tags({"tuneloop.review.a": model_a, "tuneloop.review.b": model_b, "tuneloop.review.task": task})
         mlflow.log_dict(document, "key.json")
     csv_path, jsonl_path, key_path = (out.with_suffix(".csv"), out.with_suffix(".jsonl"), out.with_suffix(".key.json"))
@@ -75,7 +104,9 @@ def export_sheet(rc: RegistryClient, ref_a: str, ref_b: str, task: str, out: Pat
         writer.writerows(sheet)
     jsonl_path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in sheet), encoding="utf-8")
     key_path.write_text(json.dumps(document, indent=2), encoding="utf-8")
-    return ExportResult(review_id=run.info.run_id, sheet_csv=csv_path, sheet_jsonl=jsonl_path, key=key_path, rows=len(sheet))
+    return ExportResult(
+        review_id=run.info.run_id, sheet_csv=csv_path, sheet_jsonl=jsonl_path, key=key_path, rows=len(sheet)
+    )
 
 
 @dataclass
@@ -120,8 +151,14 @@ def read_ratings(path: Path) -> list[tuple[int, str, str]]:
     return out
 
 
-def import_ratings(rc: RegistryClient, ratings_path: Path, *, review_id: str | None = None,
-                   pairs_out: Path | None = None, record_on_version: bool = True) -> ReviewResult:
+def import_ratings(
+    rc: RegistryClient,
+    ratings_path: Path,
+    *,
+    review_id: str | None = None,
+    pairs_out: Path | None = None,
+    record_on_version: bool = True,
+) -> ReviewResult:
     """Unblind and log the ratings; B's win rate is also recorded on B's version for the gates."""
     import mlflow
 
@@ -133,7 +170,9 @@ def import_ratings(rc: RegistryClient, ratings_path: Path, *, review_id: str | N
     for line, row_id, rating in ratings:
         entry = key["rows"].get(row_id)
         if entry is None:
-            raise InvalidInput(f"{ratings_path}:{line}: id `{row_id}` is not in review {review_id}", hint="rate the exported sheet")
+            raise InvalidInput(
+                f"{ratings_path}:{line}: id `{row_id}` is not in review {review_id}", hint="rate the exported sheet"
+            )
         if rating == "tie":
             ties += 1
             continue
@@ -142,13 +181,31 @@ def import_ratings(rc: RegistryClient, ratings_path: Path, *, review_id: str | N
         preferred.append((entry["index"], side))
     n = wins + losses + ties
     interval = wilson_interval(wins + 0.5 * ties, n)
-    result = ReviewResult(review_id=review_id, model_a=key["a"]["model"], model_b=key["b"]["model"], wins=wins,
-                          losses=losses, ties=ties, win_rate=interval.value, low=interval.low, high=interval.high)
+    result = ReviewResult(
+        review_id=review_id,
+        model_a=key["a"]["model"],
+        model_b=key["b"]["model"],
+        wins=wins,
+        losses=losses,
+        ties=ties,
+        win_rate=interval.value,
+        low=interval.low,
+        high=interval.high,
+    )
     if pairs_out is not None:
         result.pairs_written = _write_pairs(rc, key, preferred, pairs_out)
     with mlflow.start_run(run_id=review_id):
-        mlflow.log_metrics({"win_rate": result.win_rate, "win_rate_low": result.low, "win_rate_high": result.high,
-                            "wins": wins, "losses": losses, "ties": ties, "ratings": n})
+        mlflow.log_metrics(
+            {
+                "win_rate": result.win_rate,
+                "win_rate_low": result.low,
+                "win_rate_high": result.high,
+                "wins": wins,
+                "losses": losses,
+                "ties": ties,
+                "ratings": n,
+            }
+        )
         mlflow.log_artifact(str(ratings_path), artifact_path="ratings")
     if record_on_version:
         from tuneloop.registry.gates import record_metrics

@@ -9,9 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from tuneloop.monitors.metrics.scoring import PairScores, ScoreOptions, expand_metrics, score_pairs
-
 from tuneloop.errors import InvalidInput
+from tuneloop.monitors.metrics.scoring import PairScores, ScoreOptions, expand_metrics, score_pairs
 
 FIELDS = ("prediction", "reference")
 MAX_REPORTED = 20
@@ -51,14 +50,19 @@ def read_pairs(path: Path) -> Pairs:
             references.append(row["reference"])
     if problems:
         more = f"\n  ... and {len(problems) - MAX_REPORTED} more" if len(problems) > MAX_REPORTED else ""
-        raise InvalidInput(f"{len(problems)} problem(s) in the predictions:\n  " + "\n  ".join(problems[:MAX_REPORTED]) + more,
-                           hint="every row needs text fields `prediction` and `reference`")
+        raise InvalidInput(
+            f"{len(problems)} problem(s) in the predictions:\n  " + "\n  ".join(problems[:MAX_REPORTED]) + more,
+            hint="every row needs text fields `prediction` and `reference`",
+        )
     if not predictions:
-        raise InvalidInput(f"`{path}` holds no prediction/reference pairs", hint="write one JSON object per line, or a CSV with a header")
+        raise InvalidInput(
+            f"`{path}` holds no prediction/reference pairs",
+            hint="write one JSON object per line, or a CSV with a header",
+        )
     return Pairs(path=path, predictions=predictions, references=references)
 
 
-def score_file(path: Path, metrics: list[str], options: ScoreOptions = ScoreOptions()) -> PairScores:
+def score_file(path: Path, metrics: list[str], options: ScoreOptions | None = None) -> PairScores:
     wanted = expand_metrics(metrics)  # an unknown metric fails before the file is read
     pairs = read_pairs(path)
-    return score_pairs(pairs.predictions, pairs.references, wanted, options)
+    return score_pairs(pairs.predictions, pairs.references, wanted, options or ScoreOptions())

@@ -13,14 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tuneloop.digest import file_sha256
+from tuneloop.errors import InvalidInput, NotFound
 from tuneloop.monitors.metrics.scoring import PAIR_METRICS, ScoreOptions, score_pairs
+from tuneloop.names import Metric, Tag
 from tuneloop.pipelines.data import formats as data_io
 from tuneloop.pipelines.evaluation.suites import Suite, Task
 from tuneloop.registry.client import RegistryClient
-
-from tuneloop.digest import file_sha256
-from tuneloop.errors import InvalidInput, NotFound
-from tuneloop.names import Metric, Tag
 
 EXPERIMENT = "evaluation"
 TABLE_DIR = "eval"
@@ -60,24 +59,35 @@ class EvalResult:
     tasks: list[TaskResult] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "model": self.model, "suite": self.suite, "metrics": self.metrics,
-                "tasks": {t.name: {"metrics": t.metrics, "signatures": t.signatures, "examples": len(t.examples)}
-                          for t in self.tasks}}
+        return {
+            "run_id": self.run_id,
+            "model": self.model,
+            "suite": self.suite,
+            "metrics": self.metrics,
+            "tasks": {
+                t.name: {"metrics": t.metrics, "signatures": t.signatures, "examples": len(t.examples)}
+                for t in self.tasks
+            },
+        }
 
 
 def load_task_data(task: Task) -> TaskData:
     dataset = data_io.load(task.data)
     if dataset.format == "preference":
-        raise InvalidInput(f"`{task.data}` holds preference rows; an eval task needs prompt/reference rows",
-                           hint="use chat, instruction or completion rows")
+        raise InvalidInput(
+            f"`{task.data}` holds preference rows; an eval task needs prompt/reference rows",
+            hint="use chat, instruction or completion rows",
+        )
     rows = dataset.rows[: task.limit] if task.limit else dataset.rows
     prompts: list[str | list[dict[str, str]]] = []
-    user_prompts, references = [], []
+    user_prompts: list[str] = []
+    references: list[str] = []
     for row in rows:
         prompt, completion = row["prompt"], row["completion"]
         if isinstance(prompt, str):
-            prompts.append(task.prompt_template.format(prompt=prompt))
-            user_prompts.append(prompts[-1])
+            filled = task.prompt_template.format(prompt=prompt)
+            prompts.append(filled)
+            user_prompts.append(filled)
             references.append(completion)
         else:
             turns = [dict(m) for m in prompt]
@@ -88,14 +98,22 @@ def load_task_data(task: Task) -> TaskData:
     return TaskData(task=task, prompts=prompts, user_prompts=user_prompts, references=references, digest=dataset.digest)
 
 
-def evaluate(rc: RegistryClient, suite: Suite, model_ref: str, *, suite_path: Path | None = None,
-             progress: bool = True, on_progress: Callable[[str], None] | None = None) -> EvalResult:
+def evaluate(
+    rc: RegistryClient,
+    suite: Suite,
+    model_ref: str,
+    *,
+    suite_path: Path | None = None,
+    progress: bool = True,
+    on_progress: Callable[[str], None] | None = None,
+) -> EvalResult:
     """Run every task of `suite` on one version, log it to MLflow and attach the metrics to the version.
 
     `progress` draws a bar per task on stderr; `on_progress` gets the same news as text (`answers:
     generating 40/120`), at most once a second, for callers without a terminal (a retrain's worker)."""
     import mlflow
     import pandas as pd
+
     from tuneloop.registry.catalog import resolve
     from tuneloop.registry.tracking import experiment_id
 
@@ -106,8 +124,15 @@ def evaluate(rc: RegistryClient, suite: Suite, model_ref: str, *, suite_path: Pa
     suite_digest = "sha256:" + file_sha256(suite_path) if suite_path else json_digest(suite.model_dump(mode="json"))
     exp = experiment_id(rc.mlflow, rc.settings, EXPERIMENT)
     with mlflow.start_run(experiment_id=exp, run_name=f"eval {suite.name} on {model_id}") as run:
-        mlflow.set_tags({EvalTag.MODEL: model_id, EvalTag.SUITE: suite.name, EvalTag.SUITE_DIGEST: suite_digest,
-                         "tuneloop.eval.kind": mv.tags.get(Tag.KIND, ""), "tuneloop.eval.method": mv.tags.get(Tag.METHOD, "")})
+        mlflow.set_tags(
+            {
+                EvalTag.MODEL: model_id,
+                EvalTag.SUITE: suite.name,
+                EvalTag.SUITE_DIGEST: suite_digest,
+                "tuneloop.eval.kind": mv.tags.get(Tag.KIND, ""),
+                "tuneloop.eval.method": mv.tags.get(Tag.METHOD, ""),
+            }
+        )
         mlflow.log_params({"model": model_id, "suite": suite.name, "tasks": ",".join(t.name for t in suite.tasks)})
         mlflow.log_text(json.dumps(suite.model_dump(mode="json"), indent=2, default=str), "suite.json")
         results = [_run_task(model, tokenizer, data, progress, on_progress) for data in task_data]
@@ -139,7 +164,9 @@ def read_table(rc: RegistryClient, run_id: str, task: str) -> Any:
     try:
         local = rc.mlflow.download_artifacts(run_id, f"{TABLE_DIR}/{task}.json")
     except (MlflowException, OSError):
-        raise NotFound(f"eval run `{run_id}` has no table for task `{task}`", hint="check the task name in the suite") from None
+        raise NotFound(
+            f"eval run `{run_id}` has no table for task `{task}`", hint="check the task name in the suite"
+        ) from None
     document = json.loads(Path(local).read_text())
     return pd.DataFrame(document["data"], columns=document["columns"])
 
@@ -167,30 +194,45 @@ class _Progress:
             self.on_progress(f"{self.task}: generating {self.done}/{self.total}")
 
 
-def _run_task(model: Any, tokenizer: Any, data: TaskData, progress: bool,
-              on_progress: Callable[[str], None] | None = None) -> TaskResult:
+def _run_task(
+    model: Any, tokenizer: Any, data: TaskData, progress: bool, on_progress: Callable[[str], None] | None = None
+) -> TaskResult:
     from tqdm.auto import tqdm
+
     from tuneloop.monitors.metrics import perplexity as ppl
     from tuneloop.pipelines.evaluation.generation import generate, render_prompt
 
     task = data.task
     rendered = [render_prompt(tokenizer, p) for p in data.prompts]
     examples: list[dict[str, Any]] = [
-        {"user_prompt": u, "prompt": p, "reference": r} for u, p, r in zip(data.user_prompts, rendered, data.references, strict=True)
+        {"user_prompt": u, "prompt": p, "reference": r}
+        for u, p, r in zip(data.user_prompts, rendered, data.references, strict=True)
     ]
     metrics: dict[str, float] = {}
     signatures: dict[str, str] = {}
     if task.needs_generation:
         with tqdm(total=len(rendered), desc=f"{task.name}: generating", unit="ex", disable=not progress) as bar:
-            generations = generate(model, tokenizer, rendered, max_new_tokens=task.generation.max_new_tokens,
-                                   temperature=task.generation.temperature, batch_size=task.generation.batch_size,
-                                   progress=_Progress(bar, task.name, len(rendered), on_progress))
+            generations = generate(
+                model,
+                tokenizer,
+                rendered,
+                max_new_tokens=task.generation.max_new_tokens,
+                temperature=task.generation.temperature,
+                batch_size=task.generation.batch_size,
+                progress=_Progress(bar, task.name, len(rendered), on_progress),
+            )
         for example, g in zip(examples, generations, strict=True):
-            example.update(prediction=g.text, latency_ms=g.latency_ms, prompt_tokens=g.prompt_tokens, output_tokens=g.output_tokens)
+            example.update(
+                prediction=g.text, latency_ms=g.latency_ms, prompt_tokens=g.prompt_tokens, output_tokens=g.output_tokens
+            )
         pair_metrics = [m for m in task.metrics if m in PAIR_METRICS]
         if pair_metrics:
-            scores = score_pairs([g.text for g in generations], data.references, pair_metrics,
-                                 ScoreOptions(task.rouge.stemming, task.rouge.tokenizer))
+            scores = score_pairs(
+                [g.text for g in generations],
+                data.references,
+                pair_metrics,
+                ScoreOptions(task.rouge.stemming, task.rouge.tokenizer),
+            )
             metrics.update(scores.values)
             signatures.update(scores.signatures)
             for name, values in scores.per_example.items():
@@ -203,13 +245,21 @@ def _run_task(model: Any, tokenizer: Any, data: TaskData, progress: bool,
         if on_progress is not None:
             on_progress(f"{task.name}: scoring perplexity of {len(data.references)} references")
         sequences = ppl.encode(tokenizer, data.references, prompts=rendered)
-        result = ppl.perplexity(model, sequences, batch_size=task.perplexity.batch_size, window=task.perplexity.window,
-                                stride=task.perplexity.stride, pad_token_id=tokenizer.pad_token_id or 0)
+        result = ppl.perplexity(
+            model,
+            sequences,
+            batch_size=task.perplexity.batch_size,
+            window=task.perplexity.window,
+            stride=task.perplexity.stride,
+            pad_token_id=tokenizer.pad_token_id or 0,
+        )
         metrics["perplexity"] = result.perplexity
         metrics["perplexity_tokens_per_second"] = result.tokens_per_second
         for example, nll, tokens in zip(examples, result.nll, result.tokens, strict=True):
             example.update(nll=nll, scored_tokens=tokens)
-    return TaskResult(name=task.name, metrics=metrics, signatures=signatures, examples=examples, data_digest=data.digest)
+    return TaskResult(
+        name=task.name, metrics=metrics, signatures=signatures, examples=examples, data_digest=data.digest
+    )
 
 
 def _overall(results: list[TaskResult]) -> dict[str, float]:

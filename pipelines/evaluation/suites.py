@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
-from tuneloop.monitors.metrics.scoring import GROUPS, PAIR_METRICS
 
+from tuneloop.monitors.metrics.scoring import GROUPS, PAIR_METRICS
 from tuneloop.yaml_models import Strict, load_yaml_model
 
 MODEL_METRICS = ("perplexity", "latency_ms")
@@ -68,7 +68,9 @@ class Task(Strict):
                 unknown.append(name)
             out.extend(m for m in members if m not in out)
         if unknown:
-            raise ValueError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join([*GROUPS, *SUITE_METRICS])}")
+            raise ValueError(
+                f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join([*GROUPS, *SUITE_METRICS])}"
+            )
         return out
 
     @field_validator("prompt_template")
@@ -103,21 +105,29 @@ class Suite(Strict):
 
 def load_suite(path: str | Path, overrides: list[str] | None = None) -> Suite:
     path = Path(path)
-    suite = load_yaml_model(path, Suite, kind="eval suite", overrides=overrides,
-                            hint="fix the keys above; examples/evals/ shows a working suite",
-                            examples="examples/evals/ has a working suite")
+    suite = load_yaml_model(
+        path,
+        Suite,
+        kind="eval suite",
+        overrides=overrides,
+        hint="fix the keys above; examples/evals/ shows a working suite",
+        examples="examples/evals/ has a working suite",
+    )
     root = path.resolve().parent
     tasks = [t.model_copy(update={"data": (root / t.data).resolve()}) for t in suite.tasks]
     missing = [
         f"`tasks.{i}.data`: `{task.data}` does not exist"
         + ("" if raw.data.is_absolute() else f" (`{raw.data}` is relative, so it is read from the suite's folder)")
-        for i, (raw, task) in enumerate(zip(suite.tasks, tasks, strict=True)) if not task.data.is_file()
+        for i, (raw, task) in enumerate(zip(suite.tasks, tasks, strict=True))
+        if not task.data.is_file()
     ]
     if missing:
         from tuneloop.errors import ConfigError
 
-        raise ConfigError(f"invalid eval suite `{path}`:\n  " + "\n  ".join(missing),
-                          hint="fix the path, relative to the suite file, or give an absolute path")
+        raise ConfigError(
+            f"invalid eval suite `{path}`:\n  " + "\n  ".join(missing),
+            hint="fix the path, relative to the suite file, or give an absolute path",
+        )
     return suite.model_copy(update={"tasks": tasks})
 
 

@@ -15,11 +15,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tuneloop.pipelines.loop import retrain
-from tuneloop.registry.client import RegistryClient
-
 from tuneloop.errors import GateFailed, InvalidInput, NotFound
 from tuneloop.names import Alias, Tag
+from tuneloop.pipelines.loop import retrain
+from tuneloop.registry.client import RegistryClient
 
 HOLDOUT_TASK = "production-holdout"
 
@@ -33,7 +32,7 @@ class Run:
 
     @property
     def details(self) -> dict[str, Any]:
-        return self.row["details"]  # type: ignore[no-any-return]
+        return self.row["details"]
 
     def record(self, **values: Any) -> None:
         """Store `values` in the run's row (a state, a result) and keep them here."""
@@ -59,8 +58,10 @@ def _champion(run: Run, spec: Any) -> int:
         try:
             champion = run.rc.mlflow.get_model_version_by_alias(spec.model, Alias.CHAMPION)
         except MlflowException:
-            raise NotFound(f"`{spec.model}` has no champion to retrain",
-                           hint=f"promote a version: `tuneloop models promote {spec.model}:VERSION --alias champion`") from None
+            raise NotFound(
+                f"`{spec.model}` has no champion to retrain",
+                hint=f"promote a version: `tuneloop models promote {spec.model}:VERSION --alias champion`",
+            ) from None
         run.record(champion_version=int(champion.version))
     return int(run.row["champion_version"])
 
@@ -72,15 +73,25 @@ def _curate(run: Run, spec: Any, champion_version: int) -> dict[str, Any]:
         from tuneloop.pipelines.loop.challenger_data import build
 
         folder = Path(run.rc.settings.home) / "retrains" / str(run.id)
-        curated = build(run.rc, spec.model, champion_version, folder, min_rating=spec.feedback.min_rating,
-                        holdout=spec.holdout, champion_share=spec.champion_share, near_threshold=spec.near_threshold,
-                        holdout_limit=spec.holdout_limit)
+        curated = build(
+            run.rc,
+            spec.model,
+            champion_version,
+            folder,
+            min_rating=spec.feedback.min_rating,
+            holdout=spec.holdout,
+            champion_share=spec.champion_share,
+            near_threshold=spec.near_threshold,
+            holdout_limit=spec.holdout_limit,
+        )
         if curated.counts["new_training_rows"] == 0 and run.row["trigger"] == "alert":
             raise InvalidInput(
                 f"nothing new to learn: {curated.counts['reviewed_records']} production record(s) of `{spec.model}` carry "
-                "feedback fit for training", hint="collect reference answers, corrected labels or approved ratings first")
+                "feedback fit for training",
+                hint="collect reference answers, corrected labels or approved ratings first",
+            )
         run.record(details={**run.details, "data": curated.as_dict()})
-    return run.details["data"]  # type: ignore[no-any-return]
+    return run.details["data"]
 
 
 def _evaluate(run: Run, spec: Any, version: int, champion_version: int, data: dict[str, Any]) -> dict[str, Any]:
@@ -93,11 +104,17 @@ def _evaluate(run: Run, spec: Any, version: int, champion_version: int, data: di
             if who not in evals:
                 from tuneloop.pipelines.evaluation.runner import evaluate
 
-                result = evaluate(run.rc, suite, f"{spec.model}:{v}", progress=False, on_progress=_reporter(run, who, v))
-                evals[who] = {"version": v, "run_id": result.run_id, "metrics": result.metrics,
-                              "tasks": {t.name: t.metrics for t in result.tasks}}
+                result = evaluate(
+                    run.rc, suite, f"{spec.model}:{v}", progress=False, on_progress=_reporter(run, who, v)
+                )
+                evals[who] = {
+                    "version": v,
+                    "run_id": result.run_id,
+                    "metrics": result.metrics,
+                    "tasks": {t.name: t.metrics for t in result.tasks},
+                }
                 run.record(details=run.details)
-    return evals  # type: ignore[no-any-return]
+    return evals
 
 
 def _reporter(run: Run, who: str, version: int) -> Any:
@@ -121,7 +138,6 @@ def _train(run: Run, spec: Any, champion_version: int, data: dict[str, Any]) -> 
 def _trained(run: Run, spec: Any, champion_version: int, data: dict[str, Any]) -> int:
     from tuneloop.pipelines.training.recipes import Recipe
     from tuneloop.pipelines.training.run import latest_checkpoint, recipe_of_run, train, version_of_training_run
-
     from tuneloop.yaml_models import apply_overrides
 
     rc = run.rc
@@ -131,14 +147,22 @@ def _trained(run: Run, spec: Any, champion_version: int, data: dict[str, Any]) -
         if done is not None:
             return done  # registered before the previous owner could record it: never register twice
         if latest_checkpoint(Path(rc.settings.home) / "runs" / training_run) is not None:
-            return int(train(recipe_of_run(rc, training_run), rc, resume_run_id=training_run,
-                             callbacks=[_record_run(run)]).version)  # type: ignore[arg-type]
+            resumed = train(
+                recipe_of_run(rc, training_run), rc, resume_run_id=training_run, callbacks=[_record_run(run)]
+            )
+            assert resumed.version is not None  # a retrain runs in one process: its only rank registers
+            return resumed.version
         rc.mlflow.set_terminated(training_run, "FAILED")  # died before its first checkpoint: start again
     champion = rc.mlflow.get_model_version(spec.model, str(champion_version))
     base = recipe_of_run(rc, champion.tags.get(Tag.TRAINING_RUN_ID) or champion.run_id).model_dump(mode="json")
     base["data"].update({"train": data["train"], "eval": data.get("eval")})
-    base.update({"name": spec.model, "alias": None,
-                 "description": f"retrain {run.id} of {spec.model}:{champion_version} ({run.row['trigger']})"})
+    base.update(
+        {
+            "name": spec.model,
+            "alias": None,
+            "description": f"retrain {run.id} of {spec.model}:{champion_version} ({run.row['trigger']})",
+        }
+    )
     recipe = Recipe.model_validate(apply_overrides(base, list(spec.recipe_overrides)))
     result = train(recipe, rc, callbacks=[_record_run(run)])
     return int(result.version)  # type: ignore[arg-type]
@@ -167,8 +191,13 @@ def _suite(spec: Any, holdout: str | None) -> Any:
     if not holdout:
         return suite
     generation = next((t.generation for t in suite.tasks if t.needs_generation), suite.tasks[0].generation)
-    task = Task(name=HOLDOUT_TASK, data=Path(holdout), metrics=list(spec.holdout_metrics), generation=generation,
-                limit=spec.holdout_limit)
+    task = Task(
+        name=HOLDOUT_TASK,
+        data=Path(holdout),
+        metrics=list(spec.holdout_metrics),
+        generation=generation,
+        limit=spec.holdout_limit,
+    )
     return suite.model_copy(update={"tasks": [*suite.tasks, task]})
 
 
@@ -178,14 +207,20 @@ def _finish(run: Run, spec: Any, version: int, champion_version: int, evals: dic
     from tuneloop.registry.promotion import promote
 
     rc, run_id, row, details = run.rc, run.id, run.row, run.details
-    lineage = {"tuneloop.retrain.id": str(run_id), "tuneloop.retrain.trigger": row["trigger"],
-               "tuneloop.retrain.champion": f"{spec.model}:{champion_version}"}
+    lineage = {
+        "tuneloop.retrain.id": str(run_id),
+        "tuneloop.retrain.trigger": row["trigger"],
+        "tuneloop.retrain.champion": f"{spec.model}:{champion_version}",
+    }
     if row["alert_id"] is not None:
         from tuneloop.monitors.alerting.alerts import get as get_alert
 
         alert = get_alert(rc, int(row["alert_id"]))
-        lineage |= {"tuneloop.alert.id": str(alert["id"]), "tuneloop.alert.rule": alert["rule"],
-                    "tuneloop.alert.run_id": alert["mlflow_run_id"] or ""}
+        lineage |= {
+            "tuneloop.alert.id": str(alert["id"]),
+            "tuneloop.alert.rule": alert["rule"],
+            "tuneloop.alert.run_id": alert["mlflow_run_id"] or "",
+        }
     for key, value in lineage.items():
         rc.mlflow.set_model_version_tag(spec.model, str(version), key, value)
 
@@ -194,8 +229,14 @@ def _finish(run: Run, spec: Any, version: int, champion_version: int, evals: dic
             promote(rc, spec.model, version, Alias.CHALLENGER, reason=f"retrain {run_id}")
             details["challenger_alias"] = "gates passed"
         except GateFailed:  # `challenger` is a slot for review; the gates decide promotion to champion
-            promote(rc, spec.model, version, Alias.CHALLENGER, force=True,
-                    reason=f"retrain {run_id}: challenger under review; it failed gates for champion")
+            promote(
+                rc,
+                spec.model,
+                version,
+                Alias.CHALLENGER,
+                force=True,
+                reason=f"retrain {run_id}: challenger under review; it failed gates for champion",
+            )
             details["challenger_alias"] = "set for review (gates failed)"
         run.record(details=details)
 
@@ -216,8 +257,15 @@ def _decide(rc: RegistryClient, spec: Any, version: int, gates: Any, evals: dict
 
     policy = gates.policy_of(rc, spec.model)
     checks = [c.model_dump() for c in gates.evaluate(rc, rc.model_version(spec.model, version), policy)]
-    checks += [c.model_dump() for c in gates.evaluate_per_task(
-        policy, evals["challenger"]["tasks"], evals["champion"]["tasks"], f"champion@v{evals['champion']['version']}")]
+    checks += [
+        c.model_dump()
+        for c in gates.evaluate_per_task(
+            policy,
+            evals["challenger"]["tasks"],
+            evals["champion"]["tasks"],
+            f"champion@v{evals['champion']['version']}",
+        )
+    ]
     failed = [c["gate"] for c in checks if c["status"] == "failed"]
     if not policy:
         why = "the model has no gate policy, so nothing may promote it automatically; a release manager decides"
@@ -227,11 +275,18 @@ def _decide(rc: RegistryClient, spec: Any, version: int, gates: Any, evals: dict
     if spec.promotion == "auto":
         try:
             promote(rc, spec.model, version, Alias.CHAMPION, reason="auto-promotion by the retraining loop")
-            return {"action": "promoted", "gates": checks, "why": "every gate passed, overall and per task; the loop auto-promotes"}
+            return {
+                "action": "promoted",
+                "gates": checks,
+                "why": "every gate passed, overall and per task; the loop auto-promotes",
+            }
         except GateFailed as exc:  # the champion moved meanwhile and the gates now read differently
             return {"action": "kept champion", "gates": checks, "why": exc.message}
-    return {"action": "awaiting review", "gates": checks,
-            "why": f"every gate passes; promotion is manual: `tuneloop models promote {spec.model}:{version} --alias champion`"}
+    return {
+        "action": "awaiting review",
+        "gates": checks,
+        "why": f"every gate passes; promotion is manual: `tuneloop models promote {spec.model}:{version} --alias champion`",
+    }
 
 
 def _mirror(run: Run) -> None:
@@ -249,9 +304,23 @@ def _notify(run: Run, spec: Any, version: int, champion_version: int) -> None:
     rc, run_id, row = run.rc, run.id, run.row
     webhooks = retrain.webhooks_of(rc, row)
     decision = run.details["decision"]
-    message = (f"retrain {run_id}: {spec.model} v{version} is `challenger` (champion v{champion_version}); "
-               f"decision: {decision['action']} — {decision['why']}")
+    message = (
+        f"retrain {run_id}: {spec.model} v{version} is `challenger` (champion v{champion_version}); "
+        f"decision: {decision['action']} — {decision['why']}"
+    )
     with rc.stores.transaction() as tx:
-        notify.enqueue(rc.stores, tx, "challenger.registered", {
-            "retrain_id": run_id, "model": spec.model, "version": version, "champion_version": champion_version,
-            "decision": decision, "message": message}, webhooks, alert_id=row["alert_id"])
+        notify.enqueue(
+            rc.stores,
+            tx,
+            "challenger.registered",
+            {
+                "retrain_id": run_id,
+                "model": spec.model,
+                "version": version,
+                "champion_version": champion_version,
+                "decision": decision,
+                "message": message,
+            },
+            webhooks,
+            alert_id=row["alert_id"],
+        )

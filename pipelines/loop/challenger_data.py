@@ -20,9 +20,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuneloop.pipelines.data import formats as data_io
-
 from tuneloop.errors import InvalidInput
+from tuneloop.pipelines.data import formats as data_io
 from tuneloop.rowfiles import answer_of, prompt_of, read_rows, text_of, write_jsonl
 from tuneloop.store import Stores
 
@@ -40,7 +39,9 @@ class CuratedData:
         return {k: str(v) if isinstance(v, Path) else v for k, v in out.items()}
 
 
-def reviewed_examples(stores: Stores, model: str, min_rating: float, *, labels_train: bool = True) -> list[dict[str, str]]:
+def reviewed_examples(
+    stores: Stores, model: str, min_rating: float, *, labels_train: bool = True
+) -> list[dict[str, str]]:
     """[{id, prompt, answer, why}] of the model's production records whose feedback makes a training answer.
 
     A label is a training answer only for a model whose training answers are labels (`labels_train`); for
@@ -70,23 +71,38 @@ def answers_are_labels(rows: list[dict[str, Any]]) -> bool:
     if not answers or any(a is None for a in answers):
         return False
     distinct = {str(a).strip() for a in answers}
-    return (all(len(str(a).split()) <= MAX_LABEL_WORDS for a in distinct)
-            and len(distinct) <= min(MAX_LABELS, max(1, len(answers) // 2)))
+    return all(len(str(a).split()) <= MAX_LABEL_WORDS for a in distinct) and len(distinct) <= min(
+        MAX_LABELS, max(1, len(answers) // 2)
+    )
 
 
-def build(rc: Any, model: str, champion_version: int, folder: Path, *, min_rating: float, holdout: float,
-          champion_share: float = 0.0, near_threshold: float | None = 0.8, holdout_limit: int | None = None) -> CuratedData:
+def build(
+    rc: Any,
+    model: str,
+    champion_version: int,
+    folder: Path,
+    *,
+    min_rating: float,
+    holdout: float,
+    champion_share: float = 0.0,
+    near_threshold: float | None = 0.8,
+    holdout_limit: int | None = None,
+) -> CuratedData:
     from tuneloop.monitors.references import stored_data_file
 
     folder.mkdir(parents=True, exist_ok=True)
     champion_file, _ = stored_data_file(rc, model, champion_version, "train")
     champion_rows = [row for _, row in read_rows(champion_file) if isinstance(row, dict)]
     if not champion_rows:
-        raise InvalidInput(f"the champion {model}:{champion_version} has an empty training file", hint="retrain it by hand")
+        raise InvalidInput(
+            f"the champion {model}:{champion_version} has an empty training file", hint="retrain it by hand"
+        )
     fmt = data_io.detect_format(champion_rows[0])
     if fmt in (None, "preference"):
-        raise InvalidInput(f"cannot add production examples to {fmt or 'unrecognised'} training rows",
-                           hint="retraining extends chat, instruction or completion data")
+        raise InvalidInput(
+            f"cannot add production examples to {fmt or 'unrecognised'} training rows",
+            hint="retraining extends chat, instruction or completion data",
+        )
     labels_train = answers_are_labels(champion_rows)
     examples = reviewed_examples(rc.stores, model, min_rating, labels_train=labels_train)
     labels_kept = sum(e["why"] == "label kept for quality checks" for e in examples)
@@ -102,7 +118,9 @@ def build(rc: Any, model: str, champion_version: int, folder: Path, *, min_ratin
     system = _system_turn(champion_rows[0]) if fmt == "chat" else None
 
     held_rows = [_as_row(e, fmt, system) for e in held]
-    kept, seen, dropped_dupes, dropped_leaks = {"champion": [], "new": []}, set(), 0, 0
+    kept: dict[str, list[dict[str, Any]]] = {"champion": [], "new": []}
+    seen: set[str] = set()
+    dropped_dupes, dropped_leaks = 0, 0
     for source, row in [("champion", r) for r in champion_rows] + [("new", _as_row(e, fmt, system)) for e in learn]:
         key = json.dumps(row, sort_keys=True, ensure_ascii=False)
         if key in seen:
@@ -115,7 +133,9 @@ def build(rc: Any, model: str, champion_version: int, folder: Path, *, min_ratin
         kept[source].append(row)
     near_dropped, near_leaks = 0, 0
     if near_threshold is not None and kept["new"]:
-        kept["new"], near_dropped, near_leaks = _drop_near_copies(kept["new"], kept["champion"], held_rows, near_threshold)
+        kept["new"], near_dropped, near_leaks = _drop_near_copies(
+            kept["new"], kept["champion"], held_rows, near_threshold
+        )
     repeats = _repeats(len(kept["champion"]), len(kept["new"]), champion_share)
     rows = kept["champion"] * repeats + kept["new"]
     train = write_jsonl(folder / "train.jsonl", rows)
@@ -128,11 +148,20 @@ def build(rc: Any, model: str, champion_version: int, folder: Path, *, min_ratin
         pass  # the champion had no eval split; the suite and the held-out task still judge
     from tuneloop.digest import file_sha256
 
-    counts = {"champion_rows": len(champion_rows), "reviewed_records": len(reviewed), "new_training_rows": len(learn),
-              "held_out_rows": len(held), "duplicates_dropped": dropped_dupes, "held_out_prompts_dropped": dropped_leaks,
-              "near_duplicates_dropped": near_dropped, "near_held_out_dropped": near_leaks,
-              "champion_repeats": repeats, "training_rows": len(rows), "labels_kept_for_quality": labels_kept,
-              "champion_answers_are_labels": int(labels_train)}
+    counts = {
+        "champion_rows": len(champion_rows),
+        "reviewed_records": len(reviewed),
+        "new_training_rows": len(learn),
+        "held_out_rows": len(held),
+        "duplicates_dropped": dropped_dupes,
+        "held_out_prompts_dropped": dropped_leaks,
+        "near_duplicates_dropped": near_dropped,
+        "near_held_out_dropped": near_leaks,
+        "champion_repeats": repeats,
+        "training_rows": len(rows),
+        "labels_kept_for_quality": labels_kept,
+        "champion_answers_are_labels": int(labels_train),
+    }
     counts |= {f"pii_{kind}": n for kind, n in sorted(pii_found.items())}
     for why in ("reference", "label", "approved"):
         counts[f"from_{why}"] = sum(e["why"] == why for e in learn)
@@ -143,15 +172,16 @@ def build(rc: Any, model: str, champion_version: int, folder: Path, *, min_ratin
     return CuratedData(train=train, holdout=holdout_path, eval=eval_path, counts=counts, digests=digests)
 
 
-def _drop_near_copies(new: list[dict[str, Any]], champion: list[dict[str, Any]], held: list[dict[str, Any]],
-                      threshold: float) -> tuple[list[dict[str, Any]], int, int]:
+def _drop_near_copies(
+    new: list[dict[str, Any]], champion: list[dict[str, Any]], held: list[dict[str, Any]], threshold: float
+) -> tuple[list[dict[str, Any]], int, int]:
     """New rows that near-duplicate (Jaccard of word 3-grams ≥ threshold, as `tuneloop data curate`) a held-out
     row — a leak into the held-out task — or a champion row or an earlier new row — no new information — are
     dropped. (kept new rows, near duplicates dropped, near copies of held-out rows dropped)"""
     from tuneloop.pipelines.data.cleaning.dedup import near_duplicates
 
     texts = [text_of(r) for r in held + champion + new]
-    twins = near_duplicates(texts, threshold)[len(held) + len(champion):]
+    twins = near_duplicates(texts, threshold)[len(held) + len(champion) :]
     kept = [row for row, twin in zip(new, twins, strict=True) if twin is None]
     leaks = sum(twin is not None and twin < len(held) for twin in twins)
     return kept, len(new) - len(kept) - leaks, leaks
@@ -191,7 +221,12 @@ def _norm(text: str) -> str:
 
 def _system_turn(row: dict[str, Any]) -> dict[str, str] | None:
     messages = row.get("messages")
-    if isinstance(messages, list) and messages and isinstance(messages[0], dict) and messages[0].get("role") == "system":
+    if (
+        isinstance(messages, list)
+        and messages
+        and isinstance(messages[0], dict)
+        and messages[0].get("role") == "system"
+    ):
         return {"role": "system", "content": str(messages[0].get("content", ""))}
     return None
 
@@ -199,10 +234,13 @@ def _system_turn(row: dict[str, Any]) -> dict[str, str] | None:
 def _as_row(example: dict[str, str], fmt: str, system: dict[str, str] | None) -> dict[str, Any]:
     if fmt == "chat":
         turns = [system] if system else []
-        return {"messages": [*turns, {"role": "user", "content": example["prompt"]},
-                             {"role": "assistant", "content": example["answer"]}]}
+        return {
+            "messages": [
+                *turns,
+                {"role": "user", "content": example["prompt"]},
+                {"role": "assistant", "content": example["answer"]},
+            ]
+        }
     if fmt == "instruction":
         return {"instruction": example["prompt"], "response": example["answer"]}
     return {"prompt": example["prompt"], "completion": example["answer"]}
-
-

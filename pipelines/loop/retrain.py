@@ -18,10 +18,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from tuneloop.errors import Conflict, NotFound
 from tuneloop.pipelines.loop.spec import LoopSpec, load_loop
 from tuneloop.registry.client import RegistryClient
-
-from tuneloop.errors import Conflict, NotFound
 from tuneloop.store.alerts import AlertStatus
 from tuneloop.store.loops import TERMINAL, RunState
 
@@ -34,8 +33,14 @@ def add_loop(rc: RegistryClient, path: Path, *, replace: bool = False) -> dict[s
     rc.registered_model(spec.model)
     if not rc.stores.loops.save_loop(spec.name, spec.model, spec.model_dump(mode="json"), replace=replace):
         raise Conflict(f"loop `{spec.name}` exists", hint="pass --replace to update it")
-    return {"loop": spec.name, "model": spec.model, "monitors": [m.model_dump() for m in spec.monitors],
-            "on_alerts": spec.on_alerts, "cron": spec.cron, "promotion": spec.promotion}
+    return {
+        "loop": spec.name,
+        "model": spec.model,
+        "monitors": [m.model_dump() for m in spec.monitors],
+        "on_alerts": spec.on_alerts,
+        "cron": spec.cron,
+        "promotion": spec.promotion,
+    }
 
 
 def loops(rc: RegistryClient) -> list[LoopSpec]:
@@ -50,12 +55,15 @@ def loop(rc: RegistryClient, name: str) -> LoopSpec:
 
 
 # --- the queue ----------------------------------------------------------------------------------
-def enqueue(rc: RegistryClient, loop_name: str, trigger: str, trigger_key: str | None = None,
-            alert_id: int | None = None) -> tuple[int, bool]:
+def enqueue(
+    rc: RegistryClient, loop_name: str, trigger: str, trigger_key: str | None = None, alert_id: int | None = None
+) -> tuple[int, bool]:
     """(run id, created): a trigger that already has a run gets that run back."""
     spec = loop(rc, loop_name)
     key = trigger_key or f"{trigger}:{uuid.uuid4().hex}"
-    return rc.stores.loops.enqueue(loop=spec.name, model=spec.model, trigger=trigger, trigger_key=key, alert_id=alert_id)
+    return rc.stores.loops.enqueue(
+        loop=spec.name, model=spec.model, trigger=trigger, trigger_key=key, alert_id=alert_id
+    )
 
 
 def enqueue_for_alerts(rc: RegistryClient) -> list[int]:
@@ -63,7 +71,7 @@ def enqueue_for_alerts(rc: RegistryClient) -> list[int]:
 
     Called right after each check, so an incident is seen while it is open; resolved history does not
     start retrains when a loop is added later."""
-    created = []
+    created: list[int] = []
     subscribed = {rule: spec.name for spec in loops(rc) for rule in spec.on_alerts}
     if not subscribed:
         return created
@@ -114,21 +122,37 @@ def cancel(rc: RegistryClient, run_id: int, reason: str) -> dict[str, Any]:
 
     row = get(rc, run_id)
     if row["state"] in TERMINAL:
-        raise Conflict(f"retraining run {run_id} already ended: it is `{row['state']}`",
-                       hint="only a queued or running retrain can be cancelled; `tuneloop retrain list` shows them")
+        raise Conflict(
+            f"retraining run {run_id} already ended: it is `{row['state']}`",
+            hint="only a queued or running retrain can be cancelled; `tuneloop retrain list` shows them",
+        )
     actor = rc.settings.actor_name
     why = f"cancelled by {actor}" + (f": {reason}" if reason else "")
     with rc.stores.transaction() as tx:
         if not rc.stores.loops.cancel(tx, run_id, error=why, lease=lease_name(run_id)):
-            raise Conflict(f"retraining run {run_id} ended while it was being cancelled", hint="see `tuneloop retrain show`")
-        notify.enqueue(rc.stores, tx, "retrain.cancelled", {
-            "retrain_id": run_id, "loop": row["loop"], "model": row["model"], "stage": row["state"], "actor": actor,
-            "reason": reason, "message": f"retrain {run_id} of {row['model']} {why} (it was {row['state']})"},
-            webhooks_of(rc, row), alert_id=row["alert_id"])
+            raise Conflict(
+                f"retraining run {run_id} ended while it was being cancelled", hint="see `tuneloop retrain show`"
+            )
+        notify.enqueue(
+            rc.stores,
+            tx,
+            "retrain.cancelled",
+            {
+                "retrain_id": run_id,
+                "loop": row["loop"],
+                "model": row["model"],
+                "stage": row["state"],
+                "actor": actor,
+                "reason": reason,
+                "message": f"retrain {run_id} of {row['model']} {why} (it was {row['state']})",
+            },
+            webhooks_of(rc, row),
+            alert_id=row["alert_id"],
+        )
     if row["training_run_id"]:
         try:
             rc.mlflow.set_terminated(row["training_run_id"], "KILLED")
-        except Exception:  # the run's record in MLflow is a mirror: the cancellation itself is stored
+        except Exception:  # the run's record in MLflow is a mirror: the cancellation itself is stored  # noqa: BLE001, S110
             pass
     return get(rc, run_id)
 

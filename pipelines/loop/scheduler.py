@@ -24,7 +24,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from tuneloop.registry.client import RegistryClient
-
 from tuneloop.store import leases
 from tuneloop.store.leases import Lease
 
@@ -33,8 +32,15 @@ LEASE = "scheduler"
 
 
 class LoopScheduler:
-    def __init__(self, rc: RegistryClient, config_file: str | None = None, *, lease_s: float | None = None,
-                 tick_s: float | None = None, max_workers: int | None = None) -> None:
+    def __init__(
+        self,
+        rc: RegistryClient,
+        config_file: str | None = None,
+        *,
+        lease_s: float | None = None,
+        tick_s: float | None = None,
+        max_workers: int | None = None,
+    ) -> None:
         cfg = rc.settings.scheduler
         self.rc, self.config_file = rc, config_file
         self.lease_s = lease_s or cfg.lease_seconds
@@ -42,7 +48,7 @@ class LoopScheduler:
         self.max_workers = max_workers or cfg.max_workers
         self.owner = leases.owner_id()
         self.role = "standby"
-        self.workers: dict[int, subprocess.Popen] = {}  # type: ignore[type-arg]
+        self.workers: dict[int, subprocess.Popen] = {}
         self.last_error: str | None = None
         self._scheduler: Any = None
         self._loops_digest = ""
@@ -54,7 +60,7 @@ class LoopScheduler:
             while not stop.is_set():
                 try:
                     holding = self.rc.stores.leases.acquire(LEASE, self.owner, self.lease_s)
-                except Exception as exc:  # the database is unreachable: step down, the lease will lapse
+                except Exception as exc:  # the database is unreachable: step down, the lease will lapse  # noqa: BLE001
                     self.last_error = f"lease: {type(exc).__name__}: {exc}"
                     holding = False
                 if holding and self.role != "active":
@@ -72,9 +78,14 @@ class LoopScheduler:
 
         log.warning("scheduler %s is active", self.owner)
         self._scheduler = BackgroundScheduler(
-            timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None})
-        self._scheduler.add_job(self.dispatch, "interval", seconds=self.tick_s, id="dispatch", next_run_time=datetime.now(UTC))
-        self._scheduler.add_job(self.deliver, "interval", seconds=self.tick_s, id="deliver", next_run_time=datetime.now(UTC))
+            timezone="UTC", job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
+        )
+        self._scheduler.add_job(
+            self.dispatch, "interval", seconds=self.tick_s, id="dispatch", next_run_time=datetime.now(UTC)
+        )
+        self._scheduler.add_job(
+            self.deliver, "interval", seconds=self.tick_s, id="deliver", next_run_time=datetime.now(UTC)
+        )
         self._scheduler.add_job(self.reload, "interval", seconds=max(self.tick_s, 10), id="reload")
         self.reload()
         self._scheduler.start()
@@ -92,6 +103,7 @@ class LoopScheduler:
     def reload(self) -> None:
         """(Re)build the monitor and cron jobs when the declared loops change."""
         from apscheduler.triggers.cron import CronTrigger
+
         from tuneloop.monitors.monitor_spec import parse_duration
         from tuneloop.pipelines.loop.retrain import loops
 
@@ -107,11 +119,21 @@ class LoopScheduler:
             for m in spec.monitors:
                 if m.name not in seen:
                     seen.add(m.name)
-                    self._scheduler.add_job(self.check_monitor, "interval", args=[m.name], id=f"check {m.name}",
-                                            seconds=parse_duration(m.every).total_seconds(), next_run_time=datetime.now(UTC))
+                    self._scheduler.add_job(
+                        self.check_monitor,
+                        "interval",
+                        args=[m.name],
+                        id=f"check {m.name}",
+                        seconds=parse_duration(m.every).total_seconds(),
+                        next_run_time=datetime.now(UTC),
+                    )
             if spec.cron:
-                self._scheduler.add_job(self.cron_due, CronTrigger.from_crontab(spec.cron, timezone="UTC"),
-                                        args=[spec.name], id=f"cron {spec.name}")
+                self._scheduler.add_job(
+                    self.cron_due,
+                    CronTrigger.from_crontab(spec.cron, timezone="UTC"),
+                    args=[spec.name],
+                    id=f"cron {spec.name}",
+                )
         self._loops_digest = digest
 
     def check_monitor(self, name: str) -> None:
@@ -122,6 +144,7 @@ class LoopScheduler:
     def cron_due(self, loop_name: str) -> int | None:
         """Enqueue one retrain for the latest cron fire not yet handled (missed fires coalesce)."""
         from apscheduler.triggers.cron import CronTrigger
+
         from tuneloop.pipelines.loop.retrain import enqueue
 
         row = self.rc.stores.loops.loop(loop_name)
@@ -166,14 +189,21 @@ class LoopScheduler:
         from tuneloop.monitors.alerting.notify import deliver_pending
 
         n = self.rc.settings.notify
-        self._guard("deliver", lambda: deliver_pending(self.rc.stores, timeout_s=n.timeout_seconds,
-                                                       max_attempts=n.max_attempts, base_delay_s=n.retry_base_seconds))
+        self._guard(
+            "deliver",
+            lambda: deliver_pending(
+                self.rc.stores,
+                timeout_s=n.timeout_seconds,
+                max_attempts=n.max_attempts,
+                base_delay_s=n.retry_base_seconds,
+            ),
+        )
 
     def _guard(self, what: str, job: Any) -> None:
         """A failing job is logged and retried on its next run; it never stops the scheduler."""
         try:
             job()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001
             self.last_error = self.rc.settings.scrub(f"{what}: {type(exc).__name__}: {exc}")
             log.warning("%s", self.last_error)
 
@@ -181,17 +211,26 @@ class LoopScheduler:
     def health(self) -> dict[str, Any]:
         jobs = []
         if self._scheduler is not None:
-            jobs = [{"id": j.id, "next_run": j.next_run_time.isoformat() if j.next_run_time else None}
-                    for j in self._scheduler.get_jobs()]
-        return {"status": "ok", "role": self.role, "owner": self.owner, "lease": _lease_dict(self.rc.stores.leases.holder(LEASE)),
-                "jobs": jobs, "workers": sorted(self.workers), "last_error": self.last_error}
+            jobs = [
+                {"id": j.id, "next_run": j.next_run_time.isoformat() if j.next_run_time else None}
+                for j in self._scheduler.get_jobs()
+            ]
+        return {
+            "status": "ok",
+            "role": self.role,
+            "owner": self.owner,
+            "lease": _lease_dict(self.rc.stores.leases.holder(LEASE)),
+            "jobs": jobs,
+            "workers": sorted(self.workers),
+            "last_error": self.last_error,
+        }
 
 
 def serve_health(scheduler: LoopScheduler, host: str, port: int) -> ThreadingHTTPServer:
     """GET /health -> the scheduler's role, lease, jobs and workers as JSON (a thread; returns the server)."""
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        def do_GET(self) -> None:
             if self.path.rstrip("/") != "/health":
                 self.send_error(404, "only /health is served here")
                 return
@@ -208,7 +247,6 @@ def serve_health(scheduler: LoopScheduler, host: str, port: int) -> ThreadingHTT
     server = ThreadingHTTPServer((host, port), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
-
 
 
 def _lease_dict(lease: Lease | None) -> dict[str, Any] | None:

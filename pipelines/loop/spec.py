@@ -1,17 +1,17 @@
 """Retraining loops (YAML, validated): what the scheduler watches, when it retrains, how it decides.
 
-    name: support-loop
-    model: support-qlora              # the adapter whose champion is retrained
-    suite: ../evals/support.yaml      # run on challenger and champion, plus the held-out production task
-    monitors: [{name: support-champion, every: 10m}]
-    on_alerts: [support-drift]        # retrain when one of these rules opens an incident
-    cron: "0 3 1 */3 *"               # and quarterly (standard crontab, UTC)
-    recipe_overrides: ["training.max_steps=40"]   # applied to the champion's own recipe
-    feedback: {min_rating: 4}         # an output rated this or higher is an approved training answer
-    holdout: 0.2                      # share of the new labelled production rows kept for evaluation
-    champion_share: 0.5               # the champion's rows make at least half the training set (repeated)
-    near_threshold: 0.8               # drop new rows this similar to a held-out, champion or earlier row
-    promotion: manual                 # `auto`: promote to champion when every gate passes
+name: support-loop
+model: support-qlora              # the adapter whose champion is retrained
+suite: ../evals/support.yaml      # run on challenger and champion, plus the held-out production task
+monitors: [{name: support-champion, every: 10m}]
+on_alerts: [support-drift]        # retrain when one of these rules opens an incident
+cron: "0 3 1 */3 *"               # and quarterly (standard crontab, UTC)
+recipe_overrides: ["training.max_steps=40"]   # applied to the champion's own recipe
+feedback: {min_rating: 4}         # an output rated this or higher is an approved training answer
+holdout: 0.2                      # share of the new labelled production rows kept for evaluation
+champion_share: 0.5               # the champion's rows make at least half the training set (repeated)
+near_threshold: 0.8               # drop new rows this similar to a held-out, champion or earlier row
+promotion: manual                 # `auto`: promote to champion when every gate passes
 """
 
 from __future__ import annotations
@@ -38,7 +38,9 @@ class MonitorSchedule(Strict):
 
 
 class FeedbackSettings(Strict):
-    min_rating: float = Field(4.0, description="Ratings at or above this approve the model's output as a training answer")
+    min_rating: float = Field(
+        4.0, description="Ratings at or above this approve the model's output as a training answer"
+    )
 
 
 class LoopSpec(Strict):
@@ -47,18 +49,42 @@ class LoopSpec(Strict):
     suite: Path = Field(description="Eval suite run on challenger and champion")
     monitors: list[MonitorSchedule] = Field(default_factory=list)
     on_alerts: list[str] = Field(default_factory=list, description="Alert rules whose incidents start a retrain")
-    cron: str | None = Field(None, description="Scheduled retraining, crontab syntax in UTC (e.g. quarterly: `0 3 1 */3 *`)")
-    recipe_overrides: list[str] = Field(default_factory=list, description="KEY=VALUE overrides of the champion's recipe")
+    cron: str | None = Field(
+        None, description="Scheduled retraining, crontab syntax in UTC (e.g. quarterly: `0 3 1 */3 *`)"
+    )
+    recipe_overrides: list[str] = Field(
+        default_factory=list, description="KEY=VALUE overrides of the champion's recipe"
+    )
     feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
-    holdout: float = Field(0.2, ge=0.0, lt=1.0, description="Share of new labelled production rows held out for evaluation")
-    champion_share: float = Field(0.5, ge=0.0, lt=1.0, description="At least this share of the challenger's training rows "
-                                  "come from the champion's training set (its rows repeat to reach it), against forgetting")
-    near_threshold: float | None = Field(0.8, gt=0.0, le=1.0, description="New rows at this Jaccard similarity (word "
-                                         "3-grams) to a held-out, champion or earlier new row are dropped; null: exact only")
-    holdout_limit: int | None = Field(200, ge=1, description="Hold out at most this many new rows (the rest train), so "
-                                      "evaluating both models on them stays within minutes; null: no cap")
-    holdout_metrics: list[str] = Field(default_factory=lambda: ["rouge", "chrf"], description="Metrics of the held-out task")
-    promotion: Literal["manual", "auto"] = Field("manual", description="`auto` promotes a challenger that passes every gate")
+    holdout: float = Field(
+        0.2, ge=0.0, lt=1.0, description="Share of new labelled production rows held out for evaluation"
+    )
+    champion_share: float = Field(
+        0.5,
+        ge=0.0,
+        lt=1.0,
+        description="At least this share of the challenger's training rows "
+        "come from the champion's training set (its rows repeat to reach it), against forgetting",
+    )
+    near_threshold: float | None = Field(
+        0.8,
+        gt=0.0,
+        le=1.0,
+        description="New rows at this Jaccard similarity (word "
+        "3-grams) to a held-out, champion or earlier new row are dropped; null: exact only",
+    )
+    holdout_limit: int | None = Field(
+        200,
+        ge=1,
+        description="Hold out at most this many new rows (the rest train), so "
+        "evaluating both models on them stays within minutes; null: no cap",
+    )
+    holdout_metrics: list[str] = Field(
+        default_factory=lambda: ["rouge", "chrf"], description="Metrics of the held-out task"
+    )
+    promotion: Literal["manual", "auto"] = Field(
+        "manual", description="`auto` promotes a challenger that passes every gate"
+    )
 
     @field_validator("cron")
     @classmethod

@@ -15,24 +15,28 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from tuneloop.errors import Conflict, TuneloopError
 from tuneloop.pipelines.loop import challenger, retrain
 from tuneloop.registry.client import RegistryClient
-
-from tuneloop.errors import Conflict, TuneloopError
 from tuneloop.store import leases
-
 
 MODULE = "tuneloop.pipelines.loop.worker"  # run as `python -m`, its own __name__ is "__main__"
 
 
-def spawn_worker(config_file: str | None, run_id: int) -> subprocess.Popen:  # type: ignore[type-arg]
+def spawn_worker(config_file: str | None, run_id: int) -> subprocess.Popen:
     """Start this module as a child process driving run `run_id` (training runs there, not in the scheduler)."""
     command = [sys.executable, "-m", MODULE, *(["--config", config_file] if config_file else []), str(run_id)]
     return subprocess.Popen(command, stdin=subprocess.DEVNULL)
 
 
-def follow(rc: RegistryClient, config_file: str | None, run_id: int, on_state: Callable[[str], None],
-           timeout_s: float = 24 * 3600, on_progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+def follow(
+    rc: RegistryClient,
+    config_file: str | None,
+    run_id: int,
+    on_state: Callable[[str], None],
+    timeout_s: float = 24 * 3600,
+    on_progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Run retrain `run_id` in a worker subprocess here and report each new state (and, with `on_progress`,
     what the stage is doing) until it ends. A worker that dies is started once more (the run's own claim
     limit decides whether it resumes)."""
@@ -63,7 +67,13 @@ class Heartbeat(threading.Thread):
 
     def __init__(self, rc: RegistryClient, run_id: int, owner: str, lease_s: float) -> None:
         super().__init__(daemon=True)
-        self.rc, self.run_id, self.name, self.owner, self.lease_s = rc, run_id, retrain.lease_name(run_id), owner, lease_s
+        self.rc, self.run_id, self.name, self.owner, self.lease_s = (
+            rc,
+            run_id,
+            retrain.lease_name(run_id),
+            owner,
+            lease_s,
+        )
         self.parent = os.getppid()
         self.stopped = threading.Event()
 
@@ -77,7 +87,7 @@ class Heartbeat(threading.Thread):
                     os._exit(0)  # a person ended the run: nothing more of it is recorded
                 if not self.rc.stores.leases.acquire(self.name, self.owner, self.lease_s):
                     os._exit(75)
-            except Exception:
+            except Exception:  # noqa: BLE001, S112
                 continue  # a database hiccup: try again before the lease runs out
 
 
@@ -89,11 +99,18 @@ def run_worker(rc: RegistryClient, run_id: int, *, lease_s: float | None = None)
         return row
     owner = leases.owner_id()
     if not rc.stores.leases.acquire(retrain.lease_name(run_id), owner, lease_s):
-        raise Conflict(f"retraining run {run_id} is owned by a live worker", hint="wait for it; `tuneloop retrain list`")
+        raise Conflict(
+            f"retraining run {run_id} is owned by a live worker", hint="wait for it; `tuneloop retrain list`"
+        )
     attempts = row["attempts"] + 1
     if attempts > retrain.MAX_ATTEMPTS:
-        retrain.update(rc, run_id, state="failed", attempts=attempts,
-                       error=f"its worker died {row['attempts']} times (last in state `{row['state']}`); not retried again")
+        retrain.update(
+            rc,
+            run_id,
+            state="failed",
+            attempts=attempts,
+            error=f"its worker died {row['attempts']} times (last in state `{row['state']}`); not retried again",
+        )
         rc.stores.leases.release(retrain.lease_name(run_id), owner)
         return retrain.get(rc, run_id)
     retrain.update(rc, run_id, attempts=attempts)
@@ -103,7 +120,7 @@ def run_worker(rc: RegistryClient, run_id: int, *, lease_s: float | None = None)
         challenger.drive(rc, run_id)
     except TuneloopError as exc:
         retrain.update(rc, run_id, state="failed", error=f"{exc.message}" + (f" (fix: {exc.hint})" if exc.hint else ""))
-    except Exception as exc:  # a bug or a library failure: recorded, not retried blindly
+    except Exception as exc:  # a bug or a library failure: recorded, not retried blindly  # noqa: BLE001
         retrain.update(rc, run_id, state="failed", error=rc.settings.scrub(f"{type(exc).__name__}: {exc}"))
     finally:
         heartbeat.stopped.set()

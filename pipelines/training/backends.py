@@ -19,9 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from tuneloop.pipelines.training.recipes import REMOTE_DATA_ROOTS, Recipe
-
 from tuneloop.errors import InvalidInput, TuneloopError, UsageError
+from tuneloop.pipelines.training.recipes import REMOTE_DATA_ROOTS, Recipe
 from tuneloop.settings import KubernetesSettings
 
 SHIPPED_DATA_BYTES = 900_000  # a ConfigMap holds at most 1 MiB, recipe included
@@ -38,8 +37,13 @@ class Submission:
     follow: str = ""  # the command that shows the job's progress
 
     def as_dict(self) -> dict[str, Any]:
-        return {"backend": self.backend, "name": self.name, "submitted": self.submitted, "follow": self.follow,
-                "manifests": self.manifests}
+        return {
+            "backend": self.backend,
+            "name": self.name,
+            "submitted": self.submitted,
+            "follow": self.follow,
+            "manifests": self.manifests,
+        }
 
 
 def job_name(recipe: Recipe, salt: str) -> str:
@@ -61,15 +65,20 @@ def remote_recipe(recipe: Recipe, mount: str) -> tuple[dict[str, Any], dict[str,
             paths[key] = str(PurePosixPath(path))
             continue
         if not path.is_file():
-            raise InvalidInput(f"data file `{path}` does not exist", hint="check `data.train` / `data.eval` in the recipe")
+            raise InvalidInput(
+                f"data file `{path}` does not exist", hint="check `data.train` / `data.eval` in the recipe"
+            )
         if total > SHIPPED_DATA_BYTES:
             raise InvalidInput(
                 f"the recipe's local data ({total:,} bytes) is too large to travel with the job (at most {SHIPPED_DATA_BYTES:,})",
                 hint="put the files on the job's storage and name them in the recipe: /data/... (kubernetes.data_claim) "
-                     "or /gcs/BUCKET/... (Vertex AI)")
+                "or /gcs/BUCKET/... (Vertex AI)",
+            )
         if path.suffix.lower() == ".parquet":
-            raise InvalidInput(f"`{path}` is Parquet, which cannot travel in a ConfigMap or an environment variable",
-                               hint="put it on the job's storage (/data/... or /gcs/BUCKET/...), or convert it to JSONL")
+            raise InvalidInput(
+                f"`{path}` is Parquet, which cannot travel in a ConfigMap or an environment variable",
+                hint="put it on the job's storage (/data/... or /gcs/BUCKET/...), or convert it to JSONL",
+            )
         name = f"{key}{path.suffix}"
         shipped[name] = path.read_bytes().decode("utf-8")  # exact bytes (no newline translation): the same sha256
         paths[key] = f"{mount}/{name}"
@@ -84,19 +93,24 @@ def is_remote(path: Path) -> bool:
 
 def _store_env(k: KubernetesSettings) -> list[dict[str, Any]]:
     """The chart's store environment (templates/_helpers.tpl `tuneloop.storeEnv`): URLs from Secrets only."""
+
     def secret(name: str, secret_name: str, key: str) -> dict[str, Any]:
         return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret_name, "key": key}}}
 
-    env = [secret("TUNELOOP_STORES__MLFLOW_URI", k.stores_secret, "mlflow-uri"),
-           secret("TUNELOOP_STORES__DATABASE_URL", k.stores_secret, "database-url"),
-           {"name": "TUNELOOP_STORES__ARTIFACT_ROOT", "value": k.artifact_root},
-           {"name": "TUNELOOP_STORES__MIGRATE_ON_START", "value": "false"},
-           {"name": "TUNELOOP_HOME", "value": "/var/lib/tuneloop"}]
+    env = [
+        secret("TUNELOOP_STORES__MLFLOW_URI", k.stores_secret, "mlflow-uri"),
+        secret("TUNELOOP_STORES__DATABASE_URL", k.stores_secret, "database-url"),
+        {"name": "TUNELOOP_STORES__ARTIFACT_ROOT", "value": k.artifact_root},
+        {"name": "TUNELOOP_STORES__MIGRATE_ON_START", "value": "false"},
+        {"name": "TUNELOOP_HOME", "value": "/var/lib/tuneloop"},
+    ]
     if k.s3_endpoint:
         env.append({"name": "MLFLOW_S3_ENDPOINT_URL", "value": k.s3_endpoint})
     if k.s3_secret:
-        env += [secret("AWS_ACCESS_KEY_ID", k.s3_secret, "AWS_ACCESS_KEY_ID"),
-                secret("AWS_SECRET_ACCESS_KEY", k.s3_secret, "AWS_SECRET_ACCESS_KEY")]
+        env += [
+            secret("AWS_ACCESS_KEY_ID", k.s3_secret, "AWS_ACCESS_KEY_ID"),
+            secret("AWS_SECRET_ACCESS_KEY", k.s3_secret, "AWS_SECRET_ACCESS_KEY"),
+        ]
     return env
 
 
@@ -114,25 +128,44 @@ def kubernetes_manifests(recipe: Recipe, k: KubernetesSettings, args: list[str],
 
     name = job_name(recipe, salt)
     document, shipped = remote_recipe(recipe, RECIPE_MOUNT)
-    labels = {"app.kubernetes.io/name": "tuneloop", "app.kubernetes.io/component": "training",
-              "tuneloop.recipe": re.sub(r"[^A-Za-z0-9_.-]+", "-", recipe.name)[:63]}
-    config_map = {"apiVersion": "v1", "kind": "ConfigMap",
-                  "metadata": {"name": f"{name}-recipe", "namespace": k.namespace, "labels": labels},
-                  "data": {"recipe.yaml": yaml.safe_dump(document, sort_keys=False), **shipped}}
+    labels = {
+        "app.kubernetes.io/name": "tuneloop",
+        "app.kubernetes.io/component": "training",
+        "tuneloop.recipe": re.sub(r"[^A-Za-z0-9_.-]+", "-", recipe.name)[:63],
+    }
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": f"{name}-recipe", "namespace": k.namespace, "labels": labels},
+        "data": {"recipe.yaml": yaml.safe_dump(document, sort_keys=False), **shipped},
+    }
     gpu = {"nvidia.com/gpu": k.gpus} if k.gpus else {}
-    mounts = [{"name": "recipe", "mountPath": RECIPE_MOUNT, "readOnly": True}, {"name": "home", "mountPath": "/var/lib/tuneloop"},
-              {"name": "shm", "mountPath": "/dev/shm"}]
-    volumes: list[dict[str, Any]] = [{"name": "recipe", "configMap": {"name": f"{name}-recipe"}},
-                                     {"name": "home", "emptyDir": {}}, {"name": "shm", "emptyDir": {"medium": "Memory"}}]
+    mounts = [
+        {"name": "recipe", "mountPath": RECIPE_MOUNT, "readOnly": True},
+        {"name": "home", "mountPath": "/var/lib/tuneloop"},
+        {"name": "shm", "mountPath": "/dev/shm"},
+    ]
+    volumes: list[dict[str, Any]] = [
+        {"name": "recipe", "configMap": {"name": f"{name}-recipe"}},
+        {"name": "home", "emptyDir": {}},
+        {"name": "shm", "emptyDir": {"medium": "Memory"}},
+    ]
     if k.data_claim:
         mounts.append({"name": "data", "mountPath": "/data", "readOnly": True})
         volumes.append({"name": "data", "persistentVolumeClaim": {"claimName": k.data_claim, "readOnly": True}})
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
         "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "fsGroup": 10001},
-        "containers": [{"name": "train", "image": k.image, "command": train_command(k.gpus, f"{RECIPE_MOUNT}/recipe.yaml", args),
-                        "env": _store_env(k), "resources": {"requests": dict(gpu), "limits": dict(gpu)},
-                        "volumeMounts": mounts}],
+        "containers": [
+            {
+                "name": "train",
+                "image": k.image,
+                "command": train_command(k.gpus, f"{RECIPE_MOUNT}/recipe.yaml", args),
+                "env": _store_env(k),
+                "resources": {"requests": dict(gpu), "limits": dict(gpu)},
+                "volumeMounts": mounts,
+            }
+        ],
         "volumes": volumes,
     }
     if k.gpus:
@@ -141,14 +174,22 @@ def kubernetes_manifests(recipe: Recipe, k: KubernetesSettings, args: list[str],
         pod["nodeSelector"] = dict(k.node_selector)
     if k.service_account:
         pod["serviceAccountName"] = k.service_account
-    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name, "namespace": k.namespace, "labels": labels},
-           "spec": {"backoffLimit": 0, "ttlSecondsAfterFinished": 86400,
-                    "template": {"metadata": {"labels": labels}, "spec": pod}}}
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name, "namespace": k.namespace, "labels": labels},
+        "spec": {
+            "backoffLimit": 0,
+            "ttlSecondsAfterFinished": 86400,
+            "template": {"metadata": {"labels": labels}, "spec": pod},
+        },
+    }
     return [config_map, job]
 
 
-def submit_kubernetes(recipe: Recipe, k: KubernetesSettings, args: list[str], *, salt: str, dry_run: bool,
-                      kubectl: str = "kubectl") -> Submission:
+def submit_kubernetes(
+    recipe: Recipe, k: KubernetesSettings, args: list[str], *, salt: str, dry_run: bool, kubectl: str = "kubectl"
+) -> Submission:
     manifests = kubernetes_manifests(recipe, k, args, salt)
     name = manifests[1]["metadata"]["name"]
     context = ["--context", k.context] if k.context else []
@@ -157,14 +198,26 @@ def submit_kubernetes(recipe: Recipe, k: KubernetesSettings, args: list[str], *,
     if dry_run:
         return submission
     try:
-        proc = subprocess.run([kubectl, *context, "apply", "-f", "-"], input=to_yaml(manifests),
-                              capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [kubectl, *context, "apply", "-f", "-"],
+            input=to_yaml(manifests),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
     except FileNotFoundError:
-        raise UsageError(f"`{kubectl}` is not installed", hint="install kubectl, or print the manifests with --dry-run") from None
+        raise UsageError(
+            f"`{kubectl}` is not installed", hint="install kubectl, or print the manifests with --dry-run"
+        ) from None
     except subprocess.TimeoutExpired:
-        raise TuneloopError("kubectl apply did not answer in 120 s", hint="check the cluster connection (kubectl cluster-info)") from None
+        raise TuneloopError(
+            "kubectl apply did not answer in 120 s", hint="check the cluster connection (kubectl cluster-info)"
+        ) from None
     if proc.returncode != 0:
-        raise TuneloopError(f"kubectl apply failed: {proc.stderr.strip()[-1000:]}", hint="check the context, namespace and permissions")
+        raise TuneloopError(
+            f"kubectl apply failed: {proc.stderr.strip()[-1000:]}", hint="check the context, namespace and permissions"
+        )
     submission.submitted = True
     return submission
 
@@ -176,28 +229,52 @@ def vertex_custom_job(recipe: Recipe, k: KubernetesSettings, args: list[str], *,
     container, so they never appear in the spec."""
     gpus = max(k.gpus, 1)
     if gpus not in VERTEX_A100_MACHINES:
-        raise InvalidInput(f"Vertex AI A100 machines come with {', '.join(map(str, VERTEX_A100_MACHINES))} GPUs, not {gpus}",
-                           hint="set kubernetes.gpus (or --gpus) to one of those")
+        raise InvalidInput(
+            f"Vertex AI A100 machines come with {', '.join(map(str, VERTEX_A100_MACHINES))} GPUs, not {gpus}",
+            hint="set kubernetes.gpus (or --gpus) to one of those",
+        )
     document, shipped = remote_recipe(recipe, "/tmp/tuneloop-recipe")
     files = {"recipe.yaml": to_yaml([document]), **shipped}
     steps = ["mkdir -p /tmp/tuneloop-recipe"]
     steps += [f"printf '%s' \"$TUNELOOP_FILE_{i}\" > /tmp/tuneloop-recipe/{name}" for i, name in enumerate(files)]
-    steps += [f"export TUNELOOP_STORES__MLFLOW_URI=$(gcloud secrets versions access latest --secret={k.stores_secret}-mlflow-uri)",
-              f"export TUNELOOP_STORES__DATABASE_URL=$(gcloud secrets versions access latest --secret={k.stores_secret}-database-url)",
-              "exec " + " ".join(shlex.quote(a) for a in train_command(gpus, "/tmp/tuneloop-recipe/recipe.yaml", args))]
+    steps += [
+        f"export TUNELOOP_STORES__MLFLOW_URI=$(gcloud secrets versions access latest --secret={k.stores_secret}-mlflow-uri)",
+        f"export TUNELOOP_STORES__DATABASE_URL=$(gcloud secrets versions access latest --secret={k.stores_secret}-database-url)",
+        "exec " + " ".join(shlex.quote(a) for a in train_command(gpus, "/tmp/tuneloop-recipe/recipe.yaml", args)),
+    ]
     env = [{"name": f"TUNELOOP_FILE_{i}", "value": text} for i, text in enumerate(files.values())]
-    env += [{"name": "TUNELOOP_STORES__ARTIFACT_ROOT", "value": k.artifact_root},
-            {"name": "TUNELOOP_STORES__MIGRATE_ON_START", "value": "false"}]
-    job_spec: dict[str, Any] = {"workerPoolSpecs": [{
-        "machineSpec": {"machineType": VERTEX_A100_MACHINES[gpus], "acceleratorType": "NVIDIA_TESLA_A100", "acceleratorCount": gpus},
-        "replicaCount": 1,
-        "containerSpec": {"imageUri": k.image, "command": ["bash", "-c"], "args": [" && ".join(steps)], "env": env},
-    }]}
+    env += [
+        {"name": "TUNELOOP_STORES__ARTIFACT_ROOT", "value": k.artifact_root},
+        {"name": "TUNELOOP_STORES__MIGRATE_ON_START", "value": "false"},
+    ]
+    job_spec: dict[str, Any] = {
+        "workerPoolSpecs": [
+            {
+                "machineSpec": {
+                    "machineType": VERTEX_A100_MACHINES[gpus],
+                    "acceleratorType": "NVIDIA_TESLA_A100",
+                    "acceleratorCount": gpus,
+                },
+                "replicaCount": 1,
+                "containerSpec": {
+                    "imageUri": k.image,
+                    "command": ["bash", "-c"],
+                    "args": [" && ".join(steps)],
+                    "env": env,
+                },
+            }
+        ]
+    }
     if k.service_account:
         job_spec["serviceAccount"] = k.service_account
-    spec = {"displayName": job_name(recipe, salt), "jobSpec": job_spec}
-    return Submission("vertex", spec["displayName"], [spec],
-                      follow="gcloud ai custom-jobs create --region REGION --config SPEC.json, then gcloud ai custom-jobs stream-logs")
+    name = job_name(recipe, salt)
+    spec = {"displayName": name, "jobSpec": job_spec}
+    return Submission(
+        "vertex",
+        name,
+        [spec],
+        follow="gcloud ai custom-jobs create --region REGION --config SPEC.json, then gcloud ai custom-jobs stream-logs",
+    )
 
 
 def to_yaml(manifests: list[dict[str, Any]]) -> str:

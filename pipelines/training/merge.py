@@ -16,10 +16,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tuneloop.registry.client import RegistryClient
-
 from tuneloop.errors import Conflict, InvalidInput
 from tuneloop.names import ModelKind, Tag
+from tuneloop.registry.client import RegistryClient
 
 _PREFIX = "base_model.model."
 _DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
@@ -70,14 +69,16 @@ def merge_folder(base_dir: Path, adapter_dir: Path, out_dir: Path) -> None:
 
     config, weights = _adapter_weights(adapter_dir)
     if config.get("fan_in_fan_out"):
-        raise Conflict("adapters with fan_in_fan_out (GPT-2 style Conv1D) are not supported yet", hint="merge with PEFT")
+        raise Conflict(
+            "adapters with fan_in_fan_out (GPT-2 style Conv1D) are not supported yet", hint="merge with PEFT"
+        )
     factors, replacements = _plan(config, weights)
     out_dir.mkdir(parents=True, exist_ok=True)
     used: set[str] = set()
     for shard in sorted(base_dir.glob("*.safetensors")):
         with safe_open(shard, framework="pt") as reader:
             names = list(reader.keys())
-            header = {"__metadata__": {"format": "pt"}}
+            header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
             offset, specs = 0, []
             for name in names:
                 piece = reader.get_slice(name)
@@ -103,8 +104,10 @@ def merge_folder(base_dir: Path, adapter_dir: Path, out_dir: Path) -> None:
                     out.write(tensor.contiguous().view(torch.uint8).numpy().tobytes())
     missing = sorted((set(factors) | set(replacements)) - used)
     if missing:
-        raise InvalidInput(f"the adapter names weights the base does not have: {', '.join(missing[:5])}",
-                           hint="the adapter was trained on another base model")
+        raise InvalidInput(
+            f"the adapter names weights the base does not have: {', '.join(missing[:5])}",
+            hint="the adapter was trained on another base model",
+        )
     for extra in base_dir.iterdir():
         if extra.is_file() and extra.suffix != ".safetensors":
             shutil.copy2(extra, out_dir / extra.name)
@@ -113,6 +116,7 @@ def merge_folder(base_dir: Path, adapter_dir: Path, out_dir: Path) -> None:
 def merge(rc: RegistryClient, name: str, version: int | str, target: str | None = None) -> Any:
     """Merge adapter NAME:VERSION into its base and register the result as a base model version."""
     from mlflow.artifacts import download_artifacts
+
     from tuneloop.registry.base_models import register_full_model
     from tuneloop.registry.promotion import parse_version
 
@@ -126,9 +130,16 @@ def merge(rc: RegistryClient, name: str, version: int | str, target: str | None 
     with tempfile.TemporaryDirectory(dir=rc.settings.home) as tmp:
         out = Path(tmp) / "merged"
         merge_folder(base_folder(base), adapter_dir, out)
-        return register_full_model(rc, target or f"{name}-merged", out, source=f"merge of {name}:{mv.version}", lineage={
-            Tag.METHOD: f"merge:{mv.tags.get(Tag.METHOD, 'lora')}",
-            Tag.BASE_NAME: name, Tag.BASE_VERSION: str(mv.version),
-            Tag.DATASET_DIGESTS: mv.tags.get(Tag.DATASET_DIGESTS, "{}"),
-            Tag.TRAINING_RUN_ID: mv.tags.get(Tag.TRAINING_RUN_ID, ""),
-        })
+        return register_full_model(
+            rc,
+            target or f"{name}-merged",
+            out,
+            source=f"merge of {name}:{mv.version}",
+            lineage={
+                Tag.METHOD: f"merge:{mv.tags.get(Tag.METHOD, 'lora')}",
+                Tag.BASE_NAME: name,
+                Tag.BASE_VERSION: str(mv.version),
+                Tag.DATASET_DIGESTS: mv.tags.get(Tag.DATASET_DIGESTS, "{}"),
+                Tag.TRAINING_RUN_ID: mv.tags.get(Tag.TRAINING_RUN_ID, ""),
+            },
+        )

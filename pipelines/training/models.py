@@ -8,10 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tuneloop.errors import ConfigError
 from tuneloop.pipelines.training.precision import PrecisionChoice
 from tuneloop.pipelines.training.recipes import Recipe
-
-from tuneloop.errors import ConfigError
 
 FULL_FINETUNE_MAX_PARAMETERS = 1_000_000_000
 

@@ -41,7 +41,9 @@ def _available_memory_bytes() -> int | None:
     return None
 
 
-def choose(requested: str, checkpointing: str, *, parameters: int, batch_tokens: int, hidden: int, layers: int) -> PrecisionChoice:
+def choose(
+    requested: str, checkpointing: str, *, parameters: int, batch_tokens: int, hidden: int, layers: int
+) -> PrecisionChoice:
     import torch
 
     cuda = torch.cuda.is_available()
@@ -71,5 +73,7 @@ def choose(requested: str, checkpointing: str, *, parameters: int, batch_tokens:
     else:
         free = _available_memory_bytes() or estimate * 4
     on = estimate > 0.7 * free
-    why = f"auto: estimated {estimate / 2**30:.2f} GiB of {free / 2**30:.1f} GiB free: " + ("needed" if on else "not needed")
+    why = f"auto: estimated {estimate / 2**30:.2f} GiB of {free / 2**30:.1f} GiB free: " + (
+        "needed" if on else "not needed"
+    )
     return PrecisionChoice(dtype, reason, on, why, device)

@@ -64,12 +64,16 @@ class TrainingSettings(_Strict):
     grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps")
     learning_rate: float = Field(2e-4, gt=0.0, lt=1.0, description="Peak learning rate (AdamW)")
     warmup_steps: int = Field(0, ge=0, description="Steps of linear warm-up to the peak")
-    scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="Learning-rate decay after warm-up")
+    scheduler: Literal["linear", "cosine", "constant"] = Field(
+        "linear", description="Learning-rate decay after warm-up"
+    )
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay")
     max_grad_norm: float = Field(1.0, gt=0.0, description="Gradient clipping norm")
     seed: int = Field(42, description="Seeds weights, dropout and data order: the same seed trains the same adapter")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="`auto` picks bf16 only where it is fast")
-    gradient_checkpointing: Literal["auto", "on", "off"] = Field("auto", description="`auto`: only when memory needs it")
+    gradient_checkpointing: Literal["auto", "on", "off"] = Field(
+        "auto", description="`auto`: only when memory needs it"
+    )
     checkpoint_every: int = Field(50, ge=1, description="Save a resumable checkpoint every N steps")
     log_every: int = Field(1, ge=1, description="Log metrics every N steps")
     eval_every: int | None = Field(None, ge=1, description="Evaluate on the eval set every N steps")
@@ -114,15 +118,23 @@ def _check_local_data(path: Path, recipe: Recipe, root: Path) -> None:
         how = "" if value.is_absolute() else f" (`{value}` is relative, so it is read from the recipe's folder)"
         problems.append(f"`{key}`: `{resolved}` does not exist{how}")
     if problems:
-        raise ConfigError(f"invalid recipe `{path}`:\n  " + "\n  ".join(problems),
-                          hint="fix the path, relative to the recipe file, or give an absolute path")
+        raise ConfigError(
+            f"invalid recipe `{path}`:\n  " + "\n  ".join(problems),
+            hint="fix the path, relative to the recipe file, or give an absolute path",
+        )
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read, override and validate a recipe; every problem in one ConfigError naming file and key."""
     path = Path(path)
-    recipe = load_yaml_model(path, Recipe, kind="recipe", overrides=overrides, hint=KEYS_HINT,
-                             examples="examples/recipes/ has one recipe per method")
+    recipe = load_yaml_model(
+        path,
+        Recipe,
+        kind="recipe",
+        overrides=overrides,
+        hint=KEYS_HINT,
+        examples="examples/recipes/ has one recipe per method",
+    )
     root = path.resolve().parent
     _check_local_data(path, recipe, root)
     data_settings = recipe.data.model_copy(

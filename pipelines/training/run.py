@@ -14,15 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tuneloop.digest import folder_sha256
+from tuneloop.errors import Conflict, InvalidInput, NotFound
+from tuneloop.names import Tag
 from tuneloop.pipelines.data import formats as data_io
 from tuneloop.pipelines.training import distributed
 from tuneloop.pipelines.training.precision import PrecisionChoice, choose
 from tuneloop.pipelines.training.recipes import Recipe
 from tuneloop.registry.client import RegistryClient
-
-from tuneloop.digest import folder_sha256
-from tuneloop.errors import Conflict, InvalidInput, NotFound
-from tuneloop.names import Tag
 
 EXPERIMENT = "training"
 RECIPE_ARTIFACT = "recipe.json"
@@ -68,6 +67,7 @@ def resolve_base(rc: RegistryClient, ref: str) -> Any:
 def base_folder(mv: Any) -> Path:
     """The stored Hugging Face folder of a base version, verified against its recorded digest."""
     from mlflow.artifacts import download_artifacts
+
     from tuneloop.registry.base_models import hf_model_uri
 
     folder = Path(download_artifacts(hf_model_uri(mv)))
@@ -98,10 +98,16 @@ def _log_data(dataset: data_io.Dataset, context: str) -> None:
     import mlflow
     import pandas as pd
 
-    mlflow.log_artifact(str(dataset.path), artifact_path=f"data/{context}/{dataset.digest.removeprefix('sha256:')[:16]}")
-    frame = pd.DataFrame([{k: json.dumps(v) if not isinstance(v, str) else v for k, v in r.items()} for r in dataset.rows])
+    mlflow.log_artifact(
+        str(dataset.path), artifact_path=f"data/{context}/{dataset.digest.removeprefix('sha256:')[:16]}"
+    )
+    frame = pd.DataFrame(
+        [{k: json.dumps(v) if not isinstance(v, str) else v for k, v in r.items()} for r in dataset.rows]
+    )
     source = mlflow.data.from_pandas(frame, source=str(dataset.path), name=f"{dataset.path.name}")
-    mlflow.log_input(source, context=context, tags={"sha256": dataset.digest, "format": dataset.format, "rows": str(len(dataset))})
+    mlflow.log_input(
+        source, context=context, tags={"sha256": dataset.digest, "format": dataset.format, "rows": str(len(dataset))}
+    )
     mlflow.set_tag(f"tuneloop.data.{context}.sha256", dataset.digest)
 
 
@@ -152,6 +158,7 @@ def train(
     import mlflow
     import torch
     from transformers import AutoTokenizer
+
     from tuneloop.pipelines.training.models import load_base, trainable_model
 
     # 1. Everything that can be wrong with the recipe and data is found before the model loads.
@@ -160,15 +167,19 @@ def train(
     tokenizer = AutoTokenizer.from_pretrained(folder)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    train_data = data_io.load(recipe.data.train, recipe.data.format, tokenizer=tokenizer, max_length=recipe.data.max_length)
+    train_data = data_io.load(
+        recipe.data.train, recipe.data.format, tokenizer=tokenizer, max_length=recipe.data.max_length
+    )
     eval_data = (
         data_io.load(recipe.data.eval, train_data.format, tokenizer=tokenizer, max_length=recipe.data.max_length)
         if recipe.data.eval
         else None
     )
     if recipe.method == "dpo" and train_data.format != "preference":
-        raise InvalidInput(f"`method: dpo` needs preference rows; `{train_data.path}` holds {train_data.format} rows",
-                           hint="give prompt/chosen/rejected rows")
+        raise InvalidInput(
+            f"`method: dpo` needs preference rows; `{train_data.path}` holds {train_data.format} rows",
+            hint="give prompt/chosen/rejected rows",
+        )
     sft_adapter = _sft_adapter(rc, recipe, base_mv)
     if resume_run_id:
         _refuse_finished(rc, recipe, resume_run_id)
@@ -191,16 +202,20 @@ def train(
     main = distributed.is_main()
     run_context = _open_run(rc, recipe, resume_run_id) if main else nullcontext(None)
     with run_context as run:
-        run_id = distributed.broadcast(run.info.run_id if main else None)
+        run_id = distributed.broadcast(run.info.run_id if run is not None else None)
         output_dir = rc.settings.home / "runs" / run_id
         checkpoint = latest_checkpoint(output_dir) if resume_run_id else None
         if resume_run_id and checkpoint is None:
-            raise NotFound(f"run `{resume_run_id}` has no checkpoint to resume from", hint="start a new training instead")
+            raise NotFound(
+                f"run `{resume_run_id}` has no checkpoint to resume from", hint="start a new training instead"
+            )
         if main and not resume_run_id:
             _log_run_inputs(recipe, recipe_path, choice, base_mv, train_data, eval_data)
 
         # 4. Build and train.
-        model = trainable_model(load_base(folder, recipe, choice), recipe, choice, sft_adapter.folder if sft_adapter else None)
+        model = trainable_model(
+            load_base(folder, recipe, choice), recipe, choice, sft_adapter.folder if sft_adapter else None
+        )
         trainer = _build_trainer(recipe, choice, model, tokenizer, train_data, eval_data, output_dir)
         _attach_callbacks(trainer, callbacks or [])
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -221,37 +236,54 @@ def train(
         model=recipe.name,
         version=int(mv.version),
         final_loss=final_loss,
-        precision={"dtype": choice.dtype, "reason": choice.reason, "gradient_checkpointing": choice.gradient_checkpointing,
-                   "checkpointing_reason": choice.checkpointing_reason},
+        precision={
+            "dtype": choice.dtype,
+            "reason": choice.reason,
+            "gradient_checkpointing": choice.gradient_checkpointing,
+            "checkpointing_reason": choice.checkpointing_reason,
+        },
         alias=taken,
     )
 
 
 def _open_run(rc: RegistryClient, recipe: Recipe, resume_run_id: str | None) -> Any:
     import mlflow
+
     from tuneloop.registry.tracking import experiment_id
 
     if resume_run_id:
         return mlflow.start_run(run_id=resume_run_id, log_system_metrics=True)
     exp = experiment_id(rc.mlflow, rc.settings, EXPERIMENT)
-    return mlflow.start_run(experiment_id=exp, run_name=f"train {recipe.name} ({recipe.method})", log_system_metrics=True)
+    return mlflow.start_run(
+        experiment_id=exp, run_name=f"train {recipe.name} ({recipe.method})", log_system_metrics=True
+    )
 
 
-def _log_run_inputs(recipe: Recipe, recipe_path: Path | None, choice: PrecisionChoice, base_mv: Any,
-                    train_data: data_io.Dataset, eval_data: data_io.Dataset | None) -> None:
+def _log_run_inputs(
+    recipe: Recipe,
+    recipe_path: Path | None,
+    choice: PrecisionChoice,
+    base_mv: Any,
+    train_data: data_io.Dataset,
+    eval_data: data_io.Dataset | None,
+) -> None:
     import mlflow
 
     mlflow.log_params(_flat_params(recipe))
     mlflow.log_text(json.dumps(recipe.model_dump(mode="json"), indent=2), RECIPE_ARTIFACT)
     if recipe_path is not None:
         mlflow.log_artifact(str(recipe_path), artifact_path="recipe")
-    mlflow.set_tags({
-        "tuneloop.precision": choice.dtype, "tuneloop.precision_reason": choice.reason,
-        "tuneloop.gradient_checkpointing": str(choice.gradient_checkpointing).lower(),
-        "tuneloop.gradient_checkpointing_reason": choice.checkpointing_reason,
-        "tuneloop.base": f"{base_mv.name}:{base_mv.version}", "tuneloop.method": recipe.method,
-        "tuneloop.world_size": str(distributed.world_size()),
-    })
+    mlflow.set_tags(
+        {
+            "tuneloop.precision": choice.dtype,
+            "tuneloop.precision_reason": choice.reason,
+            "tuneloop.gradient_checkpointing": str(choice.gradient_checkpointing).lower(),
+            "tuneloop.gradient_checkpointing_reason": choice.checkpointing_reason,
+            "tuneloop.base": f"{base_mv.name}:{base_mv.version}",
+            "tuneloop.method": recipe.method,
+            "tuneloop.world_size": str(distributed.world_size()),
+        }
+    )
     _log_data(train_data, "training")
     if eval_data is not None:
         _log_data(eval_data, "evaluation")
@@ -259,6 +291,7 @@ def _log_run_inputs(recipe: Recipe, recipe_path: Path | None, choice: PrecisionC
 
 def _attach_callbacks(trainer: Any, extra: list[Any]) -> None:
     from transformers.trainer_callback import ProgressCallback
+
     from tuneloop.pipelines.training.tracking import MlflowStepMetrics, ProgressBar
 
     trainer.add_callback(MlflowStepMetrics())  # first, so it adds tok/s before the bar reads the logs
@@ -269,9 +302,17 @@ def _attach_callbacks(trainer: Any, extra: list[Any]) -> None:
         trainer.add_callback(callback)
 
 
-def _register(rc: RegistryClient, recipe: Recipe, trainer: Any, tokenizer: Any, base_mv: Any,
-              train_data: data_io.Dataset, eval_data: data_io.Dataset | None, run_id: str,
-              sft_adapter: SftAdapter | None) -> Any:
+def _register(
+    rc: RegistryClient,
+    recipe: Recipe,
+    trainer: Any,
+    tokenizer: Any,
+    base_mv: Any,
+    train_data: data_io.Dataset,
+    eval_data: data_io.Dataset | None,
+    run_id: str,
+    sft_adapter: SftAdapter | None,
+) -> Any:
     from tuneloop.registry.adapters import register_adapter
     from tuneloop.registry.base_models import register_full_model
 
@@ -281,14 +322,31 @@ def _register(rc: RegistryClient, recipe: Recipe, trainer: Any, tokenizer: Any, 
         trainer.model.save_pretrained(folder)
         if recipe.method != "full":
             quantization = recipe.quantization.model_dump() if recipe.method == "qlora" else None
-            return register_adapter(rc, recipe.name, folder, base_name=base_mv.name, base_version=base_mv.version,
-                                    method=recipe.method, dataset_digests=digests, training_run_id=run_id,
-                                    quantization=quantization, parent_adapter=sft_adapter.ref if sft_adapter else None)
+            return register_adapter(
+                rc,
+                recipe.name,
+                folder,
+                base_name=base_mv.name,
+                base_version=base_mv.version,
+                method=recipe.method,
+                dataset_digests=digests,
+                training_run_id=run_id,
+                quantization=quantization,
+                parent_adapter=sft_adapter.ref if sft_adapter else None,
+            )
         tokenizer.save_pretrained(folder)  # a whole model, not an adapter: it loads without its base
-        return register_full_model(rc, recipe.name, folder, {
-            Tag.METHOD: "full", Tag.BASE_NAME: base_mv.name, Tag.BASE_VERSION: str(base_mv.version),
-            Tag.DATASET_DIGESTS: json.dumps(digests, sort_keys=True), Tag.TRAINING_RUN_ID: run_id,
-        })
+        return register_full_model(
+            rc,
+            recipe.name,
+            folder,
+            {
+                Tag.METHOD: "full",
+                Tag.BASE_NAME: base_mv.name,
+                Tag.BASE_VERSION: str(base_mv.version),
+                Tag.DATASET_DIGESTS: json.dumps(digests, sort_keys=True),
+                Tag.TRAINING_RUN_ID: run_id,
+            },
+        )
 
 
 def recipe_of_run(rc: RegistryClient, run_id: str) -> Recipe:
@@ -298,7 +356,9 @@ def recipe_of_run(rc: RegistryClient, run_id: str) -> Recipe:
     try:
         text = rc.mlflow.download_artifacts(run_id, RECIPE_ARTIFACT)
     except MlflowException:
-        raise NotFound(f"`{run_id}` is not a tuneloop training run", hint="pass the run id `tuneloop train` printed") from None
+        raise NotFound(
+            f"`{run_id}` is not a tuneloop training run", hint="pass the run id `tuneloop train` printed"
+        ) from None
     return Recipe.model_validate_json(Path(text).read_text())
 
 
@@ -323,7 +383,7 @@ def _refuse_finished(rc: RegistryClient, recipe: Recipe, run_id: str) -> None:
         f"run `{run_id}` already finished: it trained to step {step} (of max_steps {recipe.training.max_steps}) "
         f"and registered {recipe.name} v{version}",
         hint=f"nothing to resume; to train longer start a new run, e.g. `tuneloop train RECIPE --set "
-             f"training.max_steps=N`, or use the version: `{recipe.name}:{version}`",
+        f"training.max_steps=N`, or use the version: `{recipe.name}:{version}`",
     )
 
 
@@ -335,8 +395,9 @@ def _model_exists(rc: RegistryClient, name: str) -> bool:
     return True
 
 
-def _check_same_data(rc: RegistryClient, run_id: str, train_data: data_io.Dataset,
-                     eval_data: data_io.Dataset | None) -> None:
+def _check_same_data(
+    rc: RegistryClient, run_id: str, train_data: data_io.Dataset, eval_data: data_io.Dataset | None
+) -> None:
     tags = rc.mlflow.get_run(run_id).data.tags
     for context, dataset in (("training", train_data), ("evaluation", eval_data)):
         recorded = tags.get(f"tuneloop.data.{context}.sha256")
@@ -362,7 +423,8 @@ def _sft_adapter(rc: RegistryClient, recipe: Recipe, base_mv: Any) -> SftAdapter
 
     mv = resolve(rc, recipe.dpo.sft_adapter)
     if mv.tags.get(Tag.KIND) != "adapter" or (mv.tags.get(Tag.BASE_NAME), mv.tags.get(Tag.BASE_VERSION)) != (
-        base_mv.name, str(base_mv.version)
+        base_mv.name,
+        str(base_mv.version),
     ):
         raise InvalidInput(
             f"`dpo.sft_adapter: {recipe.dpo.sft_adapter}` is not an adapter of `{base_mv.name}:{base_mv.version}`",
@@ -460,8 +522,15 @@ def _pin_dpo_reference(trainer: Any, parent_adapter: Path | None) -> None:
         set_peft_model_state_dict(model, load_peft_weights(str(parent_adapter)), adapter_name="ref")
 
 
-def _build_trainer(recipe: Recipe, choice: PrecisionChoice, model: Any, tokenizer: Any,
-                   train_data: data_io.Dataset, eval_data: data_io.Dataset | None, output_dir: Path) -> Any:
+def _build_trainer(
+    recipe: Recipe,
+    choice: PrecisionChoice,
+    model: Any,
+    tokenizer: Any,
+    train_data: data_io.Dataset,
+    eval_data: data_io.Dataset | None,
+    output_dir: Path,
+) -> Any:
     from datasets import Dataset
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -518,7 +587,7 @@ def _plain_loss_sft_trainer() -> type:
     from trl import SFTTrainer
 
     class PlainLossSFTTrainer(SFTTrainer):
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[no-untyped-def]
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             inputs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "labels", "position_ids")}
             return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
 

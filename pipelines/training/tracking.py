@@ -7,8 +7,14 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-LOGGED = {"loss": "train/loss", "learning_rate": "train/learning_rate", "grad_norm": "train/grad_norm",
-          "eval_loss": "eval/loss", "rewards/margins": "train/dpo_margin", "rewards/accuracies": "train/dpo_accuracy"}
+LOGGED = {
+    "loss": "train/loss",
+    "learning_rate": "train/learning_rate",
+    "grad_norm": "train/grad_norm",
+    "eval_loss": "eval/loss",
+    "rewards/margins": "train/dpo_margin",
+    "rewards/accuracies": "train/dpo_accuracy",
+}
 
 
 class MlflowStepMetrics(TrainerCallback):
@@ -48,7 +54,9 @@ class ProgressBar(TrainerCallback):
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="training", unit="step", dynamic_ncols=True)
+        self.bar = tqdm(
+            total=state.max_steps, initial=state.global_step, desc="training", unit="step", dynamic_ncols=True
+        )
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.bar is not None:

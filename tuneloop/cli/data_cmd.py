@@ -18,8 +18,14 @@ def data_group() -> None:
 
 @data_group.command("validate")
 @click.argument("path", type=click.Path(dir_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["auto", "chat", "instruction", "completion", "preference"]),
-              default="auto", show_default=True, help="Row format; `auto` detects it from the first row's fields.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["auto", "chat", "instruction", "completion", "preference"]),
+    default="auto",
+    show_default=True,
+    help="Row format; `auto` detects it from the first row's fields.",
+)
 @click.option("--max-chars", type=click.IntRange(1), default=None, help="Report rows longer than this many characters.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 def validate(path: str, fmt: str, max_chars: int | None, as_json: bool) -> None:
@@ -36,10 +42,16 @@ def validate(path: str, fmt: str, max_chars: int | None, as_json: bool) -> None:
 
     scan = check(file, fmt, max_chars=max_chars)
     unreviewed = sum(isinstance(row, dict) and is_unreviewed_synthetic(row) for _, row in read_rows(file))
-    result = {"file": str(file), "format": scan.format, "rows": scan.total, "valid_rows": len(scan.rows),
-              "valid": not scan.problems and scan.total > 0, "counts": scan.counts(),
-              "unreviewed_synthetic": unreviewed,
-              "problems": [{"line": p.line, "message": p.message} for p in scan.problems]}
+    result = {
+        "file": str(file),
+        "format": scan.format,
+        "rows": scan.total,
+        "valid_rows": len(scan.rows),
+        "valid": not scan.problems and scan.total > 0,
+        "counts": scan.counts(),
+        "unreviewed_synthetic": unreviewed,
+        "problems": [{"line": p.line, "message": p.message} for p in scan.problems],
+    }
     if as_json:
         output.emit_json(result)
     else:
@@ -47,40 +59,94 @@ def validate(path: str, fmt: str, max_chars: int | None, as_json: bool) -> None:
             click.echo(f"{file}:{p.line}: {p.message}" if p.line else f"{file}: {p.message}")
         verdict = "valid" if result["valid"] else ("empty" if scan.total == 0 else f"{len(scan.problems)} problem(s)")
         click.echo(f"{file}: {scan.total} row(s), {len(scan.rows)} usable, format {scan.format}: {verdict}")
-        for kind, n in result["counts"].items():
+        for kind, n in scan.counts().items():
             click.echo(f"  {n:6d}  {kind}")
         if unreviewed:
-            click.echo(f"note: {unreviewed} synthetic row(s) nobody reviewed yet (`tuneloop data review export {file}`)")
+            click.echo(
+                f"note: {unreviewed} synthetic row(s) nobody reviewed yet (`tuneloop data review export {file}`)"
+            )
     if not result["valid"]:
         raise click.exceptions.Exit(1)
 
 
 @data_group.command("curate")
 @click.argument("path", type=click.Path(dir_okay=False))
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for train.jsonl, eval.jsonl, report.json.")
-@click.option("--format", "fmt", type=click.Choice(["auto", "chat", "instruction", "completion", "preference"]),
-              default="auto", show_default=True, help="Row format; `auto` detects it.")
-@click.option("--eval-share", type=click.FloatRange(0.0, 0.9), default=0.1, show_default=True, help="Share of rows for eval (0: no split).")
-@click.option("--near-threshold", type=click.FloatRange(0.1, 1.0), default=0.8, show_default=True,
-              help="Jaccard similarity (word 3-grams) at which rows count as near duplicates.")
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Folder for train.jsonl, eval.jsonl, report.json.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["auto", "chat", "instruction", "completion", "preference"]),
+    default="auto",
+    show_default=True,
+    help="Row format; `auto` detects it.",
+)
+@click.option(
+    "--eval-share",
+    type=click.FloatRange(0.0, 0.9),
+    default=0.1,
+    show_default=True,
+    help="Share of rows for eval (0: no split).",
+)
+@click.option(
+    "--near-threshold",
+    type=click.FloatRange(0.1, 1.0),
+    default=0.8,
+    show_default=True,
+    help="Jaccard similarity (word 3-grams) at which rows count as near duplicates.",
+)
 @click.option("--no-near-dedup", is_flag=True, help="Drop exact duplicates only.")
 @click.option("--no-pii", is_flag=True, help="Keep e-mails, phones, cards, IBANs and IPs as they are.")
 @click.option("--min-chars", type=click.IntRange(0), default=1, show_default=True, help="Drop rows with less text.")
 @click.option("--max-chars", type=click.IntRange(1), default=None, help="Drop rows with more text.")
-@click.option("--languages", default="", metavar="CODES",
-              help="Keep only rows in these languages (comma-separated ISO 639-1 codes, e.g. en,de); rows too short "
-                   "to tell are kept.")
-@click.option("--language-confidence", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True,
-              help="How sure the language identifier must be before a row is dropped for its language.")
-@click.option("--unreviewed-synthetic", type=click.Choice(["hold", "keep"]), default="hold", show_default=True,
-              help="Synthetic rows nobody reviewed (`tuneloop data review`): drop them (counted) or keep them.")
+@click.option(
+    "--languages",
+    default="",
+    metavar="CODES",
+    help="Keep only rows in these languages (comma-separated ISO 639-1 codes, e.g. en,de); rows too short "
+    "to tell are kept.",
+)
+@click.option(
+    "--language-confidence",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.5,
+    show_default=True,
+    help="How sure the language identifier must be before a row is dropped for its language.",
+)
+@click.option(
+    "--unreviewed-synthetic",
+    type=click.Choice(["hold", "keep"]),
+    default="hold",
+    show_default=True,
+    help="Synthetic rows nobody reviewed (`tuneloop data review`): drop them (counted) or keep them.",
+)
 @click.option("--seed", default=0, show_default=True, help="Seed of the split.")
 @click.option("--no-mlflow", is_flag=True, help="Do not record the curated set in MLflow.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON document on stdout.")
 @pass_app
-def curate_cmd(app: AppContext, path: str, out_dir: str, fmt: str, eval_share: float, near_threshold: float,
-               no_near_dedup: bool, no_pii: bool, min_chars: int, max_chars: int | None, languages: str,
-               language_confidence: float, unreviewed_synthetic: str, seed: int, no_mlflow: bool, as_json: bool) -> None:
+def curate_cmd(
+    app: AppContext,
+    path: str,
+    out_dir: str,
+    fmt: str,
+    eval_share: float,
+    near_threshold: float,
+    no_near_dedup: bool,
+    no_pii: bool,
+    min_chars: int,
+    max_chars: int | None,
+    languages: str,
+    language_confidence: float,
+    unreviewed_synthetic: str,
+    seed: int,
+    no_mlflow: bool,
+    as_json: bool,
+) -> None:
     """Clean PATH into OUT: drop invalid rows, normalise text, scrub PII, filter by length and language, drop exact and
     near duplicates, split train/eval (seeded, stratified by `label`, near duplicates never across).
     OUT/report.json (and .html) counts every dropped or changed row by reason, with samples. The curated
@@ -91,62 +157,151 @@ def curate_cmd(app: AppContext, path: str, out_dir: str, fmt: str, eval_share: f
     file = Path(path)
     if not file.is_file():
         raise InvalidInput(f"data file `{file}` does not exist", hint="check the path")
-    options = CurateOptions(scrub_pii=not no_pii, near_dedup=not no_near_dedup, near_threshold=near_threshold,
-                            eval_share=eval_share, seed=seed, min_chars=min_chars, max_chars=max_chars,
-                            languages=tuple(c.strip().lower() for c in languages.split(",") if c.strip()),
-                            language_confidence=language_confidence, unreviewed_synthetic=unreviewed_synthetic)
+    options = CurateOptions(
+        scrub_pii=not no_pii,
+        near_dedup=not no_near_dedup,
+        near_threshold=near_threshold,
+        eval_share=eval_share,
+        seed=seed,
+        min_chars=min_chars,
+        max_chars=max_chars,
+        languages=tuple(c.strip().lower() for c in languages.split(",") if c.strip()),
+        language_confidence=language_confidence,
+        unreviewed_synthetic=unreviewed_synthetic,
+    )
     report = curate(file, Path(out_dir), options, fmt)
     if not no_mlflow:
         from tuneloop.pipelines.data.cleaning.curate import log_to_mlflow
 
-        report["mlflow_run_id"] = log_to_mlflow(app.registry, report, [Path(out_dir) / "report.json", Path(out_dir) / "report.html"],
-                                                run_name=f"curate {file.name}")
+        report["mlflow_run_id"] = log_to_mlflow(
+            app.registry,
+            report,
+            [Path(out_dir) / "report.json", Path(out_dir) / "report.html"],
+            run_name=f"curate {file.name}",
+        )
     if as_json:
         output.emit_json(report)
         return
-    click.echo(f"{report['rows_in']} rows in, {report['rows_out']} out ({report['train_rows']} train, {report['eval_rows']} eval)")
+    click.echo(
+        f"{report['rows_in']} rows in, {report['rows_out']} out ({report['train_rows']} train, {report['eval_rows']} eval)"
+    )
     for reason, n in report["dropped"].items():
         click.echo(f"  dropped {n:6d}  {reason}")
     for reason, n in report["changed"].items():
-        click.echo(f"  changed {n:6d}  {reason}" + (f" ({', '.join(f'{k} {v}' for k, v in report['pii'].items())})"
-                                                   if reason == "pii_scrubbed" else ""))
+        click.echo(
+            f"  changed {n:6d}  {reason}"
+            + (f" ({', '.join(f'{k} {v}' for k, v in report['pii'].items())})" if reason == "pii_scrubbed" else "")
+        )
     if report["languages"]:
-        click.echo("  languages: " + ", ".join(f"{k} {v}" for k, v in sorted(report["languages"].items(), key=lambda kv: -kv[1])))
-    click.echo(f"report: {Path(out_dir) / 'report.json'} and report.html"
-               + (f"; MLflow run {report['mlflow_run_id']}" if "mlflow_run_id" in report else ""))
+        click.echo(
+            "  languages: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(report["languages"].items(), key=lambda kv: -kv[1]))
+        )
+    click.echo(
+        f"report: {Path(out_dir) / 'report.json'} and report.html"
+        + (f"; MLflow run {report['mlflow_run_id']}" if "mlflow_run_id" in report else "")
+    )
 
 
 @data_group.command("synth")
 @click.argument("seeds", type=click.Path(dir_okay=False))
-@click.option("--model", "generator", required=True, metavar="NAME@ALIAS|NAME:VERSION",
-              help="Registered model that writes the rows (e.g. support-qlora@champion).")
+@click.option(
+    "--model",
+    "generator",
+    required=True,
+    metavar="NAME@ALIAS|NAME:VERSION",
+    help="Registered model that writes the rows (e.g. support-qlora@champion).",
+)
 @click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False), help="JSONL file for the kept rows.")
 @click.option("--count", type=click.IntRange(1), default=20, show_default=True, help="Rows to keep.")
-@click.option("--max-attempts", type=click.IntRange(1), default=None, help="Generations before giving up [default: 4 × count].")
-@click.option("--template", "template_file", type=click.Path(dir_okay=False), default=None,
-              help="YAML with `question` ({examples}) and `answer` ({question}) prompts; see examples/synth/.")
-@click.option("--examples-per-prompt", type=click.IntRange(1), default=3, show_default=True, help="Seed questions shown per prompt.")
-@click.option("--real", "real_files", multiple=True, type=click.Path(dir_okay=False),
-              help="More real data: generated questions that copy it are dropped (repeatable).")
-@click.option("--near-threshold", type=click.FloatRange(0.1, 1.0), default=0.8, show_default=True,
-              help="Jaccard similarity (word 3-grams) at which a question copies another.")
+@click.option(
+    "--max-attempts", type=click.IntRange(1), default=None, help="Generations before giving up [default: 4 × count]."
+)
+@click.option(
+    "--template",
+    "template_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="YAML with `question` ({examples}) and `answer` ({question}) prompts; see examples/synth/.",
+)
+@click.option(
+    "--examples-per-prompt",
+    type=click.IntRange(1),
+    default=3,
+    show_default=True,
+    help="Seed questions shown per prompt.",
+)
+@click.option(
+    "--real",
+    "real_files",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    help="More real data: generated questions that copy it are dropped (repeatable).",
+)
+@click.option(
+    "--near-threshold",
+    type=click.FloatRange(0.1, 1.0),
+    default=0.8,
+    show_default=True,
+    help="Jaccard similarity (word 3-grams) at which a question copies another.",
+)
 @click.option("--min-chars", type=click.IntRange(0), default=8, show_default=True, help="Drop rows with less text.")
 @click.option("--max-chars", type=click.IntRange(1), default=2000, show_default=True, help="Drop rows with more text.")
-@click.option("--score-with", "scorer", default=None, metavar="REF", help="Model whose perplexity of each answer is recorded.")
-@click.option("--max-perplexity", type=click.FloatRange(1.0), default=None, help="With --score-with: drop answers above this.")
-@click.option("--temperature", type=click.FloatRange(0.0), default=0.9, show_default=True, help="Sampling temperature of questions.")
-@click.option("--question-tokens", type=click.IntRange(1), default=48, show_default=True, help="Questions cut at this limit are dropped.")
-@click.option("--answer-tokens", type=click.IntRange(1), default=160, show_default=True, help="Answers cut at this limit are dropped.")
+@click.option(
+    "--score-with", "scorer", default=None, metavar="REF", help="Model whose perplexity of each answer is recorded."
+)
+@click.option(
+    "--max-perplexity", type=click.FloatRange(1.0), default=None, help="With --score-with: drop answers above this."
+)
+@click.option(
+    "--temperature",
+    type=click.FloatRange(0.0),
+    default=0.9,
+    show_default=True,
+    help="Sampling temperature of questions.",
+)
+@click.option(
+    "--question-tokens",
+    type=click.IntRange(1),
+    default=48,
+    show_default=True,
+    help="Questions cut at this limit are dropped.",
+)
+@click.option(
+    "--answer-tokens",
+    type=click.IntRange(1),
+    default=160,
+    show_default=True,
+    help="Answers cut at this limit are dropped.",
+)
 @click.option("--keep-truncated", is_flag=True, help="Keep rows whose question or answer stopped at its token limit.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the sampling and of the seed examples shown.")
 @click.option("--no-mlflow", is_flag=True, help="Do not record the synthetic set in MLflow.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON document on stdout.")
 @pass_app
-def synth_cmd(app: AppContext, seeds: str, generator: str, out_file: str, count: int, max_attempts: int | None,
-              template_file: str | None, examples_per_prompt: int, real_files: tuple[str, ...], near_threshold: float,
-              min_chars: int, max_chars: int, scorer: str | None, max_perplexity: float | None, temperature: float,
-              question_tokens: int, answer_tokens: int, keep_truncated: bool, seed: int, no_mlflow: bool,
-              as_json: bool) -> None:
+def synth_cmd(
+    app: AppContext,
+    seeds: str,
+    generator: str,
+    out_file: str,
+    count: int,
+    max_attempts: int | None,
+    template_file: str | None,
+    examples_per_prompt: int,
+    real_files: tuple[str, ...],
+    near_threshold: float,
+    min_chars: int,
+    max_chars: int,
+    scorer: str | None,
+    max_perplexity: float | None,
+    temperature: float,
+    question_tokens: int,
+    answer_tokens: int,
+    keep_truncated: bool,
+    seed: int,
+    no_mlflow: bool,
+    as_json: bool,
+) -> None:
     """Grow SEEDS (chat, instruction or completion rows) with rows the model writes: a new question from a few
     seed questions, then its answer. Rows that are invalid, too short or long, copies of real or earlier
     questions, or (with --max-perplexity) implausible are dropped and counted in OUT.report.json. Each kept
@@ -160,30 +315,61 @@ def synth_cmd(app: AppContext, seeds: str, generator: str, out_file: str, count:
     if max_perplexity is not None and scorer is None:
         raise InvalidInput("--max-perplexity needs --score-with MODEL", hint="name the model that scores the answers")
     template = load_template(Path(template_file) if template_file else None)
-    options = SynthOptions(count=count, examples_per_prompt=examples_per_prompt, question_tokens=question_tokens,
-                           answer_tokens=answer_tokens, temperature=temperature, min_chars=min_chars, max_chars=max_chars,
-                           near_threshold=near_threshold, max_attempts=max_attempts, max_perplexity=max_perplexity,
-                           keep_truncated=keep_truncated, seed=seed)
+    options = SynthOptions(
+        count=count,
+        examples_per_prompt=examples_per_prompt,
+        question_tokens=question_tokens,
+        answer_tokens=answer_tokens,
+        temperature=temperature,
+        min_chars=min_chars,
+        max_chars=max_chars,
+        near_threshold=near_threshold,
+        max_attempts=max_attempts,
+        max_perplexity=max_perplexity,
+        keep_truncated=keep_truncated,
+        seed=seed,
+    )
     out = Path(out_file)
-    report = synthesize(app.registry, generator, Path(seeds), out, options, template=template,
-                        real=[Path(f) for f in real_files], scorer=scorer, progress=not as_json)
+    report = synthesize(
+        app.registry,
+        generator,
+        Path(seeds),
+        out,
+        options,
+        template=template,
+        real=[Path(f) for f in real_files],
+        scorer=scorer,
+        progress=not as_json,
+    )
     if not no_mlflow:
         from tuneloop.pipelines.data.cleaning.curate import log_to_mlflow
 
-        report["mlflow_run_id"] = log_to_mlflow(app.registry, report, [Path(report["report"])], run_name=f"synth {out.name}",
-                                                tags={"tuneloop.data.generator": report["generator"],
-                                                      "tuneloop.data.template": report["template_digest"]})
+        report["mlflow_run_id"] = log_to_mlflow(
+            app.registry,
+            report,
+            [Path(report["report"])],
+            run_name=f"synth {out.name}",
+            tags={"tuneloop.data.generator": report["generator"], "tuneloop.data.template": report["template_digest"]},
+        )
     if as_json:
         output.emit_json(report)
     else:
-        click.echo(f"{report['rows_out']} of {report['rows_in']} generated rows kept in {out} (generator {report['generator']})")
+        click.echo(
+            f"{report['rows_out']} of {report['rows_in']} generated rows kept in {out} (generator {report['generator']})"
+        )
         for reason, n in sorted(report["dropped"].items(), key=lambda kv: -kv[1]):
             click.echo(f"  dropped {n:6d}  {reason}")
-        click.echo(f"report: {report['report']}" + (f"; MLflow run {report['mlflow_run_id']}" if "mlflow_run_id" in report else ""))
+        click.echo(
+            f"report: {report['report']}"
+            + (f"; MLflow run {report['mlflow_run_id']}" if "mlflow_run_id" in report else "")
+        )
         click.echo(f"next: tuneloop data review export {out} --out review.csv")
     if report["rows_out"] < count:
-        click.echo(f"warning: only {report['rows_out']} of {count} rows passed the checks in {report['rows_in']} attempts; "
-                   "raise --max-attempts, loosen the checks, or give more varied seeds", err=True)
+        click.echo(
+            f"warning: only {report['rows_out']} of {count} rows passed the checks in {report['rows_in']} attempts; "
+            "raise --max-attempts, loosen the checks, or give more varied seeds",
+            err=True,
+        )
 
 
 @data_group.group("review")
@@ -193,7 +379,9 @@ def review_group() -> None:
 
 @review_group.command("export")
 @click.argument("path", type=click.Path(dir_okay=False))
-@click.option("--out", "sheet", required=True, type=click.Path(dir_okay=False), help="Review sheet to write (.csv or .jsonl).")
+@click.option(
+    "--out", "sheet", required=True, type=click.Path(dir_okay=False), help="Review sheet to write (.csv or .jsonl)."
+)
 @click.option("--sample", type=click.IntRange(1), default=None, help="Export a random sample of this many rows.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the sample.")
 @click.option("--all", "everything", is_flag=True, help="Every row, not only the synthetic rows nobody reviewed.")
@@ -219,15 +407,30 @@ def review_export(path: str, sheet: str, sample: int | None, seed: int, everythi
 @review_group.command("import")
 @click.argument("path", type=click.Path(dir_okay=False))
 @click.argument("sheet", type=click.Path(dir_okay=False))
-@click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False),
-              help="Reviewed data file to write (may be PATH itself: it is replaced whole).")
-@click.option("--unreviewed", type=click.Choice(["hold", "keep"]), default="hold", show_default=True,
-              help="Synthetic rows still unreviewed: hold them back in OUT's .held.jsonl, or keep them in OUT.")
-@click.option("--reviewer", default=None, help="Who reviewed, recorded in each decided row [default: settings `actor`, else the OS user].")
+@click.option(
+    "--out",
+    "out_file",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Reviewed data file to write (may be PATH itself: it is replaced whole).",
+)
+@click.option(
+    "--unreviewed",
+    type=click.Choice(["hold", "keep"]),
+    default="hold",
+    show_default=True,
+    help="Synthetic rows still unreviewed: hold them back in OUT's .held.jsonl, or keep them in OUT.",
+)
+@click.option(
+    "--reviewer",
+    default=None,
+    help="Who reviewed, recorded in each decided row [default: settings `actor`, else the OS user].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @pass_app
-def review_import(app: AppContext, path: str, sheet: str, out_file: str, unreviewed: str, reviewer: str | None,
-                  as_json: bool) -> None:
+def review_import(
+    app: AppContext, path: str, sheet: str, out_file: str, unreviewed: str, reviewer: str | None, as_json: bool
+) -> None:
     """Apply the decisions of SHEET to PATH: rejected rows leave, edits replace the text (the original stays in
     the row's `review`), accepted rows are marked; every sheet problem is reported before anything is written."""
     from tuneloop.errors import InvalidInput
@@ -235,11 +438,15 @@ def review_import(app: AppContext, path: str, sheet: str, out_file: str, unrevie
 
     if not Path(path).is_file():
         raise InvalidInput(f"data file `{path}` does not exist", hint="check the path")
-    result = apply(Path(path), Path(sheet), Path(out_file), unreviewed=unreviewed, reviewer=reviewer or app.settings.actor_name)
+    result = apply(
+        Path(path), Path(sheet), Path(out_file), unreviewed=unreviewed, reviewer=reviewer or app.settings.actor_name
+    )
     if as_json:
         output.emit_json(result)
         return
-    click.echo(f"{result['rows_out']} of {result['rows_in']} rows written to {out_file}: {result['accepted']} accepted, "
-               f"{result['edited']} edited, {result['rejected']} rejected")
+    click.echo(
+        f"{result['rows_out']} of {result['rows_in']} rows written to {out_file}: {result['accepted']} accepted, "
+        f"{result['edited']} edited, {result['rejected']} rejected"
+    )
     if result["held"]:
         click.echo(f"{result['held_back']} unreviewed synthetic row(s) held back in {result['held']}")

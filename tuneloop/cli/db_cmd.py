@@ -13,7 +13,7 @@ def db_group() -> None:
     """The two databases (MLflow's store, tuneloop's tables): check what is pending, upgrade them."""
 
 
-def _show(found: list, as_json: bool) -> None:  # type: ignore[type-arg]
+def _show(found: list, as_json: bool) -> None:
     if as_json:
         output.emit_json({"up_to_date": all(s.up_to_date for s in found), "stores": [s.as_dict() for s in found]})
         return

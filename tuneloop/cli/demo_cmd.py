@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import click
 
@@ -11,10 +12,16 @@ from tuneloop.cli.context import AppContext, pass_app
 
 
 @click.command()
-@click.option("--steps", type=click.IntRange(1, 10_000), default=None,
-              help="Training steps of the champion (default 60); the challenger, with twice the data, trains twice as long.")
+@click.option(
+    "--steps",
+    type=click.IntRange(1, 10_000),
+    default=None,
+    help="Training steps of the champion (default 60); the challenger, with twice the data, trains twice as long.",
+)
 @click.option("--quick", is_flag=True, help="A smoke run: 6/12 steps, 6 eval rows, 8 held-out rows (about a minute).")
-@click.option("--webhook", "webhooks", multiple=True, metavar="URL", help="Also POST the alert and the decision to URL.")
+@click.option(
+    "--webhook", "webhooks", multiple=True, metavar="URL", help="Also POST the alert and the decision to URL."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON document on stdout.")
 @pass_app
 def demo(app: AppContext, steps: int | None, quick: bool, webhooks: tuple[str, ...], as_json: bool) -> None:
@@ -35,7 +42,10 @@ def demo(app: AppContext, steps: int | None, quick: bool, webhooks: tuple[str, .
 
     started = time.monotonic()
     settings = app.settings
-    cfg = DemoConfig(**{**(QUICK if quick else {}), **({"train_steps": steps, "retrain_steps": 2 * steps} if steps else {})})
+    sizes: dict[str, Any] = dict(QUICK) if quick else {}
+    if steps:
+        sizes.update(train_steps=steps, retrain_steps=2 * steps)
+    cfg = DemoConfig(**sizes)
     output.stage(f"stores under {settings.home}; demo files under {settings.home / 'demo'}")
     rc = app.registry
     token = create(rc.stores, f"demo-{uuid.uuid4().hex[:8]}")
@@ -57,29 +67,41 @@ def demo(app: AppContext, steps: int | None, quick: bool, webhooks: tuple[str, .
     _print_summary(result)
 
 
-def _print_summary(s: dict) -> None:  # type: ignore[type-arg]
+def _print_summary(s: dict) -> None:
     click.echo("")
     click.echo(f"champion: {s['model']} v{s['champion']['version']}")
     drifted = [w for w in s["windows"] if w["status"] == "drift"]
-    click.echo(f"monitor: {len(s['windows'])} windows judged, {len(drifted)} drifted; checks that fired: {', '.join(s['drifted']) or '-'}")
+    click.echo(
+        f"monitor: {len(s['windows'])} windows judged, {len(drifted)} drifted; checks that fired: {', '.join(s['drifted']) or '-'}"
+    )
     for a in s["alerts"]:
         click.echo(f"alert {a['id']} ({a['rule']}, {a['severity']}): {a['status']}, opened {a['opened_at']}")
     r = s["retrain"]
     if r["id"] is None:
         click.echo("no retrain: no alert fired")
     else:
-        click.echo(f"retrain {r['id']}: {r['state']}" + (f", challenger v{r['challenger_version']}" if r["challenger_version"] else "")
-                   + (f" — {r['error']}" if r["error"] else ""))
+        click.echo(
+            f"retrain {r['id']}: {r['state']}"
+            + (f", challenger v{r['challenger_version']}" if r["challenger_version"] else "")
+            + (f" — {r['error']}" if r["error"] else "")
+        )
         if r["data"]:
             d = r["data"]
-            click.echo(f"  data: {d['champion_rows']} champion rows + {d.get('new_rows_kept', d['new_training_rows'])} reviewed "
-                       "production rows; "
-                       f"{d['held_out_rows']} held out as task `production-holdout`")
+            click.echo(
+                f"  data: {d['champion_rows']} champion rows + {d.get('new_rows_kept', d['new_training_rows'])} reviewed "
+                "production rows; "
+                f"{d['held_out_rows']} held out as task `production-holdout`"
+            )
     rows = []
     for who, e in s["comparison"].items():
         for task, metrics in e["tasks"].items():
-            rows.append({"model": f"{who} v{e['version']}", "task": task,
-                         **{k: f"{v:.3f}" for k, v in metrics.items() if k in ("rougeL", "chrf")}})
+            rows.append(
+                {
+                    "model": f"{who} v{e['version']}",
+                    "task": task,
+                    **{k: f"{v:.3f}" for k, v in metrics.items() if k in ("rougeL", "chrf")},
+                }
+            )
     if rows:
         click.echo(output.table(rows, ["model", "task", "rougeL", "chrf"]))
     if s["decision"]:

@@ -1,10 +1,10 @@
 """`tuneloop eval`: run suites against registered versions, score files, compare runs, human A/B review.
 
-    tuneloop eval SUITE --model NAME@ALIAS|NAME:VERSION [--json]
-    tuneloop eval score --predictions FILE --metrics rouge,bleu,chrf [--json]
-    tuneloop eval compare A B [--json]
-    tuneloop eval human export A B --task TASK --out SHEET
-    tuneloop eval human import RATINGS [--pairs OUT.jsonl]
+tuneloop eval SUITE --model NAME@ALIAS|NAME:VERSION [--json]
+tuneloop eval score --predictions FILE --metrics rouge,bleu,chrf [--json]
+tuneloop eval compare A B [--json]
+tuneloop eval human export A B --task TASK --out SHEET
+tuneloop eval human import RATINGS [--pairs OUT.jsonl]
 """
 
 from __future__ import annotations
@@ -40,14 +40,25 @@ def eval_group() -> None:
 @eval_group.command("run")
 @click.argument("suite", type=click.Path(dir_okay=False))
 @click.option("--model", "model_ref", required=True, metavar="NAME@ALIAS|NAME:VERSION", help="Version to evaluate.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a suite key; a task by name or index: tasks.answers.limit=20 or tasks.0.limit=20.")
-@click.option("--limit", type=click.IntRange(min=1), default=None, metavar="N",
-              help="Use at most the first N rows of every task (a quick look).")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a suite key; a task by name or index: tasks.answers.limit=20 or tasks.0.limit=20.",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Use at most the first N rows of every task (a quick look).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @pass_app
-def run_suite(app: AppContext, suite: str, model_ref: str, overrides: tuple[str, ...], limit: int | None,
-              as_json: bool) -> None:
+def run_suite(
+    app: AppContext, suite: str, model_ref: str, overrides: tuple[str, ...], limit: int | None, as_json: bool
+) -> None:
     """Run SUITE against one version (same as `tuneloop eval SUITE --model ...`)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from tuneloop.pipelines.evaluation.runner import evaluate
@@ -58,8 +69,14 @@ def run_suite(app: AppContext, suite: str, model_ref: str, overrides: tuple[str,
         parsed = cap_tasks(parsed, limit)
     output.stage(f"evaluating {model_ref} with suite `{parsed.name}` ({len(parsed.tasks)} task(s))")
     bar = not as_json and output.is_tty()
-    result = evaluate(app.registry, parsed, model_ref, suite_path=Path(suite), progress=bar,
-                      on_progress=None if bar or as_json else _progress_lines())
+    result = evaluate(
+        app.registry,
+        parsed,
+        model_ref,
+        suite_path=Path(suite),
+        progress=bar,
+        on_progress=None if bar or as_json else _progress_lines(),
+    )
     if as_json:
         output.emit_json(result.as_dict())
         return
@@ -69,18 +86,35 @@ def run_suite(app: AppContext, suite: str, model_ref: str, overrides: tuple[str,
 
 
 @eval_group.command("score")
-@click.option("--predictions", "path", required=True, type=click.Path(dir_okay=False), help="JSONL or CSV with `prediction` and `reference`.")
-@click.option("--metrics", required=True, help="Comma-separated: rouge, bleu, chrf, f1, accuracy, exact_match (or rouge1, f1_macro, ...).")
+@click.option(
+    "--predictions",
+    "path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="JSONL or CSV with `prediction` and `reference`.",
+)
+@click.option(
+    "--metrics",
+    required=True,
+    help="Comma-separated: rouge, bleu, chrf, f1, accuracy, exact_match (or rouge1, f1_macro, ...).",
+)
 @click.option("--no-stemming", is_flag=True, help="ROUGE without Porter stemming.")
-@click.option("--rouge-tokenizer", type=click.Choice(["default", "unicode"]), default="default", show_default=True,
-              help="`unicode` keeps words in any script (rouge-score's default keeps [a-z0-9] only).")
+@click.option(
+    "--rouge-tokenizer",
+    type=click.Choice(["default", "unicode"]),
+    default="default",
+    show_default=True,
+    help="`unicode` keeps words in any script (rouge-score's default keeps [a-z0-9] only).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: metric name -> value.")
 def score(path: str, metrics: str, no_stemming: bool, rouge_tokenizer: str, as_json: bool) -> None:
     """Score prediction/reference pairs without a model (ROUGE/F1/accuracy in [0, 1]; BLEU/chrF 0-100)."""
     from tuneloop.monitors.metrics.scoring import ScoreOptions
     from tuneloop.pipelines.evaluation.predictions import score_file
 
-    result = score_file(Path(path), metrics.split(","), ScoreOptions(rouge_stemming=not no_stemming, rouge_tokenizer=rouge_tokenizer))
+    result = score_file(
+        Path(path), metrics.split(","), ScoreOptions(rouge_stemming=not no_stemming, rouge_tokenizer=rouge_tokenizer)
+    )
     if as_json:
         output.emit_json(result.values)
         return
@@ -94,11 +128,17 @@ def score(path: str, metrics: str, no_stemming: bool, rouge_tokenizer: str, as_j
 @click.argument("a")
 @click.argument("b")
 @click.option("--suite", default=None, help="With model versions: use their latest run of this suite.")
-@click.option("--resamples", default=1000, show_default=True, type=click.IntRange(100, 100_000), help="Bootstrap resamples.")
-@click.option("--confidence", default=0.95, show_default=True, type=click.FloatRange(0.5, 0.999), help="Interval level.")
+@click.option(
+    "--resamples", default=1000, show_default=True, type=click.IntRange(100, 100_000), help="Bootstrap resamples."
+)
+@click.option(
+    "--confidence", default=0.95, show_default=True, type=click.FloatRange(0.5, 0.999), help="Interval level."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @pass_app
-def compare_cmd(app: AppContext, a: str, b: str, suite: str | None, resamples: int, confidence: float, as_json: bool) -> None:
+def compare_cmd(
+    app: AppContext, a: str, b: str, suite: str | None, resamples: int, confidence: float, as_json: bool
+) -> None:
     """Metric deltas B - A with paired bootstrap intervals. A and B: eval run ids or NAME@ALIAS / NAME:VERSION."""
     from tuneloop.pipelines.evaluation.compare import compare
 
@@ -107,15 +147,27 @@ def compare_cmd(app: AppContext, a: str, b: str, suite: str | None, resamples: i
         output.emit_json(result.as_dict())
         return
     click.echo(f"A = {result.model_a} (run {result.run_a})\nB = {result.model_b} (run {result.run_b})")
-    rows = [{"task": r.task, "metric": r.metric, "A": _fmt(r.a), "B": _fmt(r.b), "B-A": _fmt(r.delta),
-             f"{confidence:.0%} CI": f"[{_fmt(r.low)}, {_fmt(r.high)}]", "p": f"{r.p_value:.3f}",
-             "verdict": _verdict(r)} for r in result.rows]
+    rows = [
+        {
+            "task": r.task,
+            "metric": r.metric,
+            "A": _fmt(r.a),
+            "B": _fmt(r.b),
+            "B-A": _fmt(r.delta),
+            f"{confidence:.0%} CI": f"[{_fmt(r.low)}, {_fmt(r.high)}]",
+            "p": f"{r.p_value:.3f}",
+            "verdict": _verdict(r),
+        }
+        for r in result.rows
+    ]
     click.echo(output.table(rows, ["task", "metric", "A", "B", "B-A", f"{confidence:.0%} CI", "p", "verdict"]))
     for note in result.skipped:
         click.echo(f"skipped {note}")
     if any(r.zero_width and not r.note for r in result.rows):
-        click.echo("zero-width intervals: every example differs by the same amount, so their verdict comes from an "
-                   "exact sign test over the examples, not from the interval")
+        click.echo(
+            "zero-width intervals: every example differs by the same amount, so their verdict comes from an "
+            "exact sign test over the examples, not from the interval"
+        )
 
 
 def _progress_lines() -> Any:
@@ -150,12 +202,19 @@ def human() -> None:
 @click.argument("a")
 @click.argument("b")
 @click.option("--task", required=True, help="Suite task whose outputs are compared.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Sheet path without suffix: writes .csv, .jsonl and .key.json.")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Sheet path without suffix: writes .csv, .jsonl and .key.json.",
+)
 @click.option("--suite", default=None, help="With model versions: use their latest run of this suite.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the left/right shuffle.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @pass_app
-def human_export(app: AppContext, a: str, b: str, task: str, out: str, suite: str | None, seed: int, as_json: bool) -> None:
+def human_export(
+    app: AppContext, a: str, b: str, task: str, out: str, suite: str | None, seed: int, as_json: bool
+) -> None:
     """Write a blinded sheet comparing eval runs (or versions) A and B on TASK. Give raters only the sheet."""
     from tuneloop.pipelines.evaluation.human import export_sheet
 
@@ -169,8 +228,15 @@ def human_export(app: AppContext, a: str, b: str, task: str, out: str, suite: st
 
 @human.command("import")
 @click.argument("ratings", type=click.Path(dir_okay=False))
-@click.option("--review", "review_id", default=None, help="Review id (default: read from the .key.json next to RATINGS).")
-@click.option("--pairs", type=click.Path(dir_okay=False), default=None, help="Also write preference pairs (JSONL) for a dpo recipe.")
+@click.option(
+    "--review", "review_id", default=None, help="Review id (default: read from the .key.json next to RATINGS)."
+)
+@click.option(
+    "--pairs",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write preference pairs (JSONL) for a dpo recipe.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @pass_app
 def human_import(app: AppContext, ratings: str, review_id: str | None, pairs: str | None, as_json: bool) -> None:
@@ -181,8 +247,12 @@ def human_import(app: AppContext, ratings: str, review_id: str | None, pairs: st
     if as_json:
         output.emit_json(result.as_dict())
         return
-    click.echo(f"B = {result.model_b} vs A = {result.model_a}: {result.wins} wins, {result.losses} losses, {result.ties} ties")
-    click.echo(f"win rate {result.win_rate:.3f} (95% Wilson interval [{result.low:.3f}, {result.high:.3f}]), recorded on {result.model_b}")
+    click.echo(
+        f"B = {result.model_b} vs A = {result.model_a}: {result.wins} wins, {result.losses} losses, {result.ties} ties"
+    )
+    click.echo(
+        f"win rate {result.win_rate:.3f} (95% Wilson interval [{result.low:.3f}, {result.high:.3f}]), recorded on {result.model_b}"
+    )
     if pairs:
         click.echo(f"{result.pairs_written} preference pairs written to {pairs}")
 

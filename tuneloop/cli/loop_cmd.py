@@ -1,10 +1,10 @@
 """The closed loop on the command line: alert rules and alerts, retraining loops and runs, the scheduler.
 
-    tuneloop alerts add RULE.yaml | list | show ID
-    tuneloop loop add LOOP.yaml | list
-    tuneloop retrain LOOP [--json]        queue a retrain and run it now (a worker subprocess)
-    tuneloop retrain list | show ID
-    tuneloop scheduler run | status       (`tuneloop up` runs the scheduler for you)
+tuneloop alerts add RULE.yaml | list | show ID
+tuneloop loop add LOOP.yaml | list
+tuneloop retrain LOOP [--json]        queue a retrain and run it now (a worker subprocess)
+tuneloop retrain list | show ID
+tuneloop scheduler run | status       (`tuneloop up` runs the scheduler for you)
 """
 
 from __future__ import annotations
@@ -38,12 +38,16 @@ def alerts_add(app: AppContext, path: str, replace: bool, as_json: bool) -> None
     if as_json:
         output.emit_json(result)
         return
-    click.echo(f"alert rule `{result['rule']}` watches monitor `{result['monitor']}`: fires when {result['condition']} "
-               f"in {result['for_windows']} judged window(s) in a row, severity {result['severity']}")
+    click.echo(
+        f"alert rule `{result['rule']}` watches monitor `{result['monitor']}`: fires when {result['condition']} "
+        f"in {result['for_windows']} judged window(s) in a row, severity {result['severity']}"
+    )
 
 
 @alerts_group.command("list")
-@click.option("--status", type=click.Choice(["open", "resolved", "superseded"]), default=None, help="Only alerts in this state.")
+@click.option(
+    "--status", type=click.Choice(["open", "resolved", "superseded"]), default=None, help="Only alerts in this state."
+)
 @click.option("--monitor", default=None, help="Only alerts of this monitor.")
 @JSON
 @pass_app
@@ -55,14 +59,19 @@ def alerts_list(app: AppContext, status: str | None, monitor: str | None, as_jso
     if as_json:
         output.emit_json(rows)
         return
+
     def drifted(checks: list[str]) -> str:
         return ", ".join(checks[:3]) + (f" (+{len(checks) - 3} more)" if len(checks) > 3 else "") if checks else "-"
 
     shown = [{**r, "drifted": drifted(r["summary"]["drifted_checks"])} for r in rows]
-    click.echo(output.table(shown, ["id", "rule", "monitor", "severity", "status", "opened_at", "drifted"]) if rows else "no alerts")
+    click.echo(
+        output.table(shown, ["id", "rule", "monitor", "severity", "status", "opened_at", "drifted"])
+        if rows
+        else "no alerts"
+    )
     from tuneloop.monitors.alerting.alerts import explain_rules, rules_of
 
-    for name in sorted({r.monitor for r in rules_of(app.registry)} if monitor is None else {monitor}):
+    for name in sorted({r.monitor for r in rules_of(app.registry) if r.monitor} if monitor is None else {monitor}):
         for rule in explain_rules(app.registry, name):
             click.echo(f"rule `{rule['rule']}` on {name}: {rule['state']}")
 
@@ -81,14 +90,19 @@ def alerts_show(app: AppContext, alert_id: int, as_json: bool) -> None:
         output.emit_json(alert)
         return
     summary = alert["summary"]
-    click.echo(f"alert {alert['id']} ({alert['rule']}, {alert['severity']}): {alert['status']}\n"
-               f"  monitor {alert['monitor']} on {alert['model']}; condition {summary['condition']} held for "
-               f"{summary['for_windows']} window(s): {summary['window_ids']}\n"
-               f"  drifted: {', '.join(summary['drifted_checks']) or '-'}\n"
-               f"  opened {alert['opened_at']}" + (f", closed {alert['closed_at']}" if alert["closed_at"] else "")
-               + f"; MLflow run {alert['mlflow_run_id'] or '(not mirrored yet)'}")
+    click.echo(
+        f"alert {alert['id']} ({alert['rule']}, {alert['severity']}): {alert['status']}\n"
+        f"  monitor {alert['monitor']} on {alert['model']}; condition {summary['condition']} held for "
+        f"{summary['for_windows']} window(s): {summary['window_ids']}\n"
+        f"  drifted: {', '.join(summary['drifted_checks']) or '-'}\n"
+        f"  opened {alert['opened_at']}"
+        + (f", closed {alert['closed_at']}" if alert["closed_at"] else "")
+        + f"; MLflow run {alert['mlflow_run_id'] or '(not mirrored yet)'}"
+    )
     for n in alert["notifications"]:
-        tries = ", ".join(f"#{a['attempt']} {'ok' if a['ok'] else a['detail']}" for a in n["attempts"]) or "not tried yet"
+        tries = (
+            ", ".join(f"#{a['attempt']} {'ok' if a['ok'] else a['detail']}" for a in n["attempts"]) or "not tried yet"
+        )
         click.echo(f"  {n['event']} -> {n['sink']}: {n['state']} ({tries})")
 
 
@@ -113,8 +127,10 @@ def loop_add(app: AppContext, path: str, replace: bool, as_json: bool) -> None:
         return
     triggers = [f"incidents of {', '.join(f'`{a}`' for a in result['on_alerts'])}"] if result["on_alerts"] else []
     triggers += [f"cron `{result['cron']}` (UTC)"] if result["cron"] else []
-    click.echo(f"loop `{result['loop']}` retrains {result['model']} on {' and '.join(triggers) or 'demand only'} "
-               f"(promotion: {result['promotion']})")
+    click.echo(
+        f"loop `{result['loop']}` retrains {result['model']} on {' and '.join(triggers) or 'demand only'} "
+        f"(promotion: {result['promotion']})"
+    )
 
 
 @loop_group.command("list")
@@ -128,9 +144,17 @@ def loop_list(app: AppContext, as_json: bool) -> None:
     if as_json:
         output.emit_json(rows)
         return
-    shown = [{**r, "monitors": ", ".join(m["name"] for m in r["monitors"]) or "-", "on_alerts": ", ".join(r["on_alerts"]) or "-"}
-             for r in rows]
-    click.echo(output.table(shown, ["name", "model", "monitors", "on_alerts", "cron", "promotion"]) if rows else "no loops")
+    shown = [
+        {
+            **r,
+            "monitors": ", ".join(m["name"] for m in r["monitors"]) or "-",
+            "on_alerts": ", ".join(r["on_alerts"]) or "-",
+        }
+        for r in rows
+    ]
+    click.echo(
+        output.table(shown, ["name", "model", "monitors", "on_alerts", "cron", "promotion"]) if rows else "no loops"
+    )
 
 
 class _LoopOrCommand(click.Group):
@@ -174,8 +198,11 @@ def retrain_now(app: AppContext, loop_name: str, as_json: bool) -> None:
 
 
 def print_run(row: dict) -> None:
-    click.echo(f"retrain {row['id']} of {row['model']} ({row['trigger']}): {row['state']}"
-               + (f", challenger v{row['version']}" if row["version"] else "") + (f" — {row['error']}" if row["error"] else ""))
+    click.echo(
+        f"retrain {row['id']} of {row['model']} ({row['trigger']}): {row['state']}"
+        + (f", challenger v{row['version']}" if row["version"] else "")
+        + (f" — {row['error']}" if row["error"] else "")
+    )
     decision = row["details"].get("decision")
     if decision:
         click.echo(f"  decision: {decision['action']} — {decision['why']}")
@@ -193,8 +220,11 @@ def retrain_list(app: AppContext, as_json: bool) -> None:
         output.emit_json(rows)
         return
     shown = [{**r, "decision": r["details"].get("decision", {}).get("action")} for r in rows]
-    click.echo(output.table(shown, ["id", "loop", "trigger", "state", "attempts", "version", "decision", "updated_at"])
-               if rows else "no retraining runs")
+    click.echo(
+        output.table(shown, ["id", "loop", "trigger", "state", "attempts", "version", "decision", "updated_at"])
+        if rows
+        else "no retraining runs"
+    )
 
 
 @retrain_group.command("show")
@@ -258,8 +288,12 @@ def scheduler_run(app: AppContext, host: str | None, port: int | None) -> None:
     server = serve_health(scheduler, host or app.settings.server.host, port or app.settings.scheduler.port)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    click.echo(f"scheduler {scheduler.owner}: health at http://{server.server_address[0]}:{server.server_address[1]}/health",
-               err=True)
+    bound = server.server_address[0]
+    bound = bound.decode() if isinstance(bound, bytes) else bound
+    click.echo(
+        f"scheduler {scheduler.owner}: health at http://{bound}:{server.server_port}/health",
+        err=True,
+    )
     try:
         scheduler.run(stop)
     except KeyboardInterrupt:
@@ -289,7 +323,11 @@ def scheduler_status(app: AppContext, as_json: bool) -> None:
 
     held = app.registry.stores.leases.holder(LEASE)
     lease = held.as_dict() if held else None
-    queue = [{"id": r["id"], "state": r["state"], "loop": r["loop"]} for r in list_runs(app.registry) if r["state"] not in TERMINAL]
+    queue = [
+        {"id": r["id"], "state": r["state"], "loop": r["loop"]}
+        for r in list_runs(app.registry)
+        if r["state"] not in TERMINAL
+    ]
     result = {"lease": lease, "queue": queue}
     if as_json:
         output.emit_json(result)
@@ -297,5 +335,10 @@ def scheduler_status(app: AppContext, as_json: bool) -> None:
     if lease is None:
         click.echo("no scheduler has run on this database")
     else:
-        click.echo(f"scheduler lease: {lease['owner']} ({'live' if lease['live'] else 'lapsed'}, until {lease['expires_at']})")
-    click.echo(f"{len(queue)} retraining run(s) not finished" + "".join(f"\n  {q['id']} {q['loop']}: {q['state']}" for q in queue))
+        click.echo(
+            f"scheduler lease: {lease['owner']} ({'live' if lease['live'] else 'lapsed'}, until {lease['expires_at']})"
+        )
+    click.echo(
+        f"{len(queue)} retraining run(s) not finished"
+        + "".join(f"\n  {q['id']} {q['loop']}: {q['state']}" for q in queue)
+    )

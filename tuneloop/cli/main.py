@@ -18,7 +18,9 @@ from tuneloop.cli.context import AppContext
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="tuneloop.toml to read (default: ./tuneloop.toml).")
+@click.option(
+    "--config", "config_file", type=click.Path(dir_okay=False), help="tuneloop.toml to read (default: ./tuneloop.toml)."
+)
 @click.version_option(__version__, prog_name="tuneloop")
 @click.pass_context
 def cli(ctx: click.Context, config_file: str | None) -> None:
@@ -38,8 +40,20 @@ def _register_commands() -> None:
     from tuneloop.cli.train_cmd import train
     from tuneloop.cli.up_cmd import up
 
-    for command in (config, data_group, db_group, demo, models, monitor, train, up, alerts_group, loop_group, retrain_group,
-                    scheduler_group):
+    for command in (
+        config,
+        data_group,
+        db_group,
+        demo,
+        models,
+        monitor,
+        train,
+        up,
+        alerts_group,
+        loop_group,
+        retrain_group,
+        scheduler_group,
+    ):
         cli.add_command(command)
     cli.add_command(eval_group, name="eval")
 
@@ -89,7 +103,7 @@ def _scrub(text: str) -> str:
         from tuneloop.settings import load_settings
 
         return load_settings().scrub(text)
-    except Exception:
+    except Exception:  # noqa: BLE001
         return text
 
 

@@ -101,12 +101,14 @@ def _version_of(app: AppContext, name: str, version: str | None) -> tuple[str, i
 
     if version is not None:
         if "@" in name or ":" in name:
-            raise UsageError(f"`{name}` already names a version; drop `{version}`",
-                             hint=f"write `{name}` alone, or NAME VERSION")
+            raise UsageError(
+                f"`{name}` already names a version; drop `{version}`", hint=f"write `{name}` alone, or NAME VERSION"
+            )
         return name, parse_version(name, version)
     if "@" not in name and ":" not in name:
-        raise UsageError(f"`{name}` names a model, not a version",
-                         hint=f"write {name}:VERSION, {name}@ALIAS or `{name} VERSION`")
+        raise UsageError(
+            f"`{name}` names a model, not a version", hint=f"write {name}:VERSION, {name}@ALIAS or `{name} VERSION`"
+        )
     mv = resolve(app.registry, name)
     return mv.name, int(mv.version)
 
@@ -119,7 +121,9 @@ def _version_of(app: AppContext, name: str, version: str | None) -> tuple[str, i
 @click.option("--reason", default="", help="Why; recorded in the audit trail.")
 @json_option
 @pass_app
-def promote(app: AppContext, name: str, version: str | None, alias: str, force: bool, reason: str, as_json: bool) -> None:
+def promote(
+    app: AppContext, name: str, version: str | None, alias: str, force: bool, reason: str, as_json: bool
+) -> None:
     """Point ALIAS at a version, if every gate of the model's policy passes.
 
     The version: `NAME VERSION`, `NAME:VERSION`, or `NAME@OTHER_ALIAS` (e.g. promote the challenger:
@@ -181,8 +185,14 @@ def history(app: AppContext, name: str, alias: str | None, as_json: bool) -> Non
 
     moves, broken = do_history(app.registry, name, alias)
     if as_json:
-        output.emit_json({"model": name, "chain_intact": not broken, "broken_entries": broken,
-                          "moves": [m.model_dump(mode="json") for m in moves]})
+        output.emit_json(
+            {
+                "model": name,
+                "chain_intact": not broken,
+                "broken_entries": broken,
+                "moves": [m.model_dump(mode="json") for m in moves],
+            }
+        )
         return
     rows = [
         {
@@ -277,5 +287,7 @@ def merge(app: AppContext, name: str, version: str | None, target: str | None, a
     if as_json:
         output.emit_json(info.model_dump())
         return
-    click.echo(f"registered {info.name} v{info.version} ({info.parameters:,} parameters), lineage: "
-               f"{info.name}:{info.version} ← {name}:{version} ← its base")
+    click.echo(
+        f"registered {info.name} v{info.version} ({info.parameters:,} parameters), lineage: "
+        f"{info.name}:{info.version} ← {name}:{version} ← its base"
+    )

@@ -40,7 +40,10 @@ def ingest(app: AppContext, path: str, as_json: bool) -> None:
     if as_json:
         output.emit_json({"stored": result.stored, "duplicates": result.duplicates, "file": path})
         return
-    click.echo(f"stored {result.stored} record(s) from {path}" + (f"; {result.duplicates} already stored" if result.duplicates else ""))
+    click.echo(
+        f"stored {result.stored} record(s) from {path}"
+        + (f"; {result.duplicates} already stored" if result.duplicates else "")
+    )
 
 
 @monitor.group("token")
@@ -91,15 +94,27 @@ def token_revoke(app: AppContext, name: str) -> None:
 
 @monitor.command("backtest")
 @click.option("--monitor", "monitor_file", required=True, type=click.Path(dir_okay=False), help="Monitor YAML.")
-@click.option("--reference", default=None, type=click.Path(dir_okay=False),
-              help="Reference records (JSONL/CSV); default: the monitor's `reference.file`.")
-@click.option("--current", required=True, type=click.Path(dir_okay=False), help="Recorded production records (JSONL/CSV).")
-@click.option("--alert", "alert_file", default=None, type=click.Path(dir_okay=False),
-              help="An alert rule (YAML) to replay over the windows: the incidents it would have raised.")
+@click.option(
+    "--reference",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Reference records (JSONL/CSV); default: the monitor's `reference.file`.",
+)
+@click.option(
+    "--current", required=True, type=click.Path(dir_okay=False), help="Recorded production records (JSONL/CSV)."
+)
+@click.option(
+    "--alert",
+    "alert_file",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="An alert rule (YAML) to replay over the windows: the incidents it would have raised.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON document: an entry per window with its drifted checks.")
 @pass_app
-def backtest_cmd(app: AppContext, monitor_file: str, reference: str | None, current: str, alert_file: str | None,
-                 as_json: bool) -> None:
+def backtest_cmd(
+    app: AppContext, monitor_file: str, reference: str | None, current: str, alert_file: str | None, as_json: bool
+) -> None:
     """Run the monitor's checks over every window of CURRENT against REFERENCE, to tune it on history."""
     from tuneloop.errors import InvalidInput
     from tuneloop.monitors.backtest import backtest, read_records
@@ -121,14 +136,22 @@ def backtest_cmd(app: AppContext, monitor_file: str, reference: str | None, curr
 
         embedder = Embedder(Path(app.settings.cache_dir).expanduser() / "embeddings-minilm.sqlite")
     need_time = spec.window.kind == "time"
-    outcome = backtest(spec, read_records(Path(reference)), read_records(Path(current), need_time=need_time),
-                      embedder=embedder, progress=not as_json and output.is_tty())
+    outcome = backtest(
+        spec,
+        read_records(Path(reference)),
+        read_records(Path(current), need_time=need_time),
+        embedder=embedder,
+        progress=not as_json and output.is_tty(),
+    )
     result = outcome.as_dict()
     if rule is not None:
         from tuneloop.monitors.alerting.rules import incidents
 
-        result["alerts"] = {"rule": rule.name, "severity": rule.severity,
-                            "incidents": [i.as_dict() for i in incidents(rule, [w for _, _, w in outcome.windows])]}
+        result["alerts"] = {
+            "rule": rule.name,
+            "severity": rule.severity,
+            "incidents": [i.as_dict() for i in incidents(rule, [w for _, _, w in outcome.windows])],
+        }
     if as_json:
         output.emit_json(result)
         return
@@ -142,10 +165,15 @@ def backtest_cmd(app: AppContext, monitor_file: str, reference: str | None, curr
         found = result["alerts"]["incidents"]
         click.echo(f"alert `{rule.name}` ({rule.severity}) would have fired {len(found)} time(s)")
         for i in found:
-            closed = (f"resolved at window {i['closed_at_window']}" if i["closed_at_window"] is not None
-                      else "still open at the last window")
-            click.echo(f"  fired at window {i['opened_at_window']}, after drift from window {i['streak_started_at_window']} "
-                       f"on; {closed}")
+            closed = (
+                f"resolved at window {i['closed_at_window']}"
+                if i["closed_at_window"] is not None
+                else "still open at the last window"
+            )
+            click.echo(
+                f"  fired at window {i['opened_at_window']}, after drift from window {i['streak_started_at_window']} "
+                f"on; {closed}"
+            )
 
 
 @monitor.command("add")
@@ -161,14 +189,20 @@ def add_cmd(app: AppContext, path: str, replace: bool, as_json: bool) -> None:
     if as_json:
         output.emit_json(result)
         return
-    click.echo(f"monitor `{result['monitor']}` watches {result['model']} against {result['reference_records']} reference "
-               f"records ({result['reference']}); check it with `tuneloop monitor check {result['monitor']}`")
+    click.echo(
+        f"monitor `{result['monitor']}` watches {result['model']} against {result['reference_records']} reference "
+        f"records ({result['reference']}); check it with `tuneloop monitor check {result['monitor']}`"
+    )
 
 
 @monitor.command("check")
 @click.argument("name")
-@click.option("--latest", is_flag=True, help="Re-judge the newest records (the last `size` records, or the last "
-              "`duration`) instead of the pending windows; logged, but no evidence for alert rules.")
+@click.option(
+    "--latest",
+    is_flag=True,
+    help="Re-judge the newest records (the last `size` records, or the last "
+    "`duration`) instead of the pending windows; logged, but no evidence for alert rules.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @pass_app
 def check_cmd(app: AppContext, name: str, latest: bool, as_json: bool) -> None:
@@ -179,21 +213,28 @@ def check_cmd(app: AppContext, name: str, latest: bool, as_json: bool) -> None:
 
     outcome = check(app.registry, name, latest=latest)
     n = app.settings.notify
-    deliver_pending(app.registry.stores, timeout_s=n.timeout_seconds, max_attempts=n.max_attempts, base_delay_s=n.retry_base_seconds)
+    deliver_pending(
+        app.registry.stores, timeout_s=n.timeout_seconds, max_attempts=n.max_attempts, base_delay_s=n.retry_base_seconds
+    )
     if as_json:
         output.emit_json(outcome.as_dict())
         return
     for w in outcome.judged:
         fired = ", ".join(w["drifted_checks"]) or "none"
         again = " (re-judged: --latest)" if w.get("rejudged") else ""
-        click.echo(f"{name} window {w['step']} ({_where(w)}): {w['status']}{again} ({w['size']} records; drifted checks: "
-                   f"{fired}); MLflow run {w['run_id']}")
+        click.echo(
+            f"{name} window {w['step']} ({_where(w)}): {w['status']}{again} ({w['size']} records; drifted checks: "
+            f"{fired}); MLflow run {w['run_id']}"
+        )
         for note in w["notes"]:
             click.echo(f"  note: {note}")
     if not outcome.judged:
         last = outcome.latest
-        state = (f"the latest window ({_where(last)}) was {last['status']} ({last['size']} records)" if last
-                 else "no window judged yet")
+        state = (
+            f"the latest window ({_where(last)}) was {last['status']} ({last['size']} records)"
+            if last
+            else "no window judged yet"
+        )
         click.echo(f"{name}: {state}")
     for note in outcome.notes:
         click.echo(f"  note: {note}")
@@ -213,8 +254,14 @@ def _where(window: dict[str, Any]) -> str:
 
 @monitor.command("report")
 @click.argument("name")
-@click.option("--window", "step", type=int, default=None, help="The window's number (its step in the monitor's "
-              "MLflow run, as `monitor check` prints it); default: the newest.")
+@click.option(
+    "--window",
+    "step",
+    type=int,
+    default=None,
+    help="The window's number (its step in the monitor's "
+    "MLflow run, as `monitor check` prints it); default: the newest.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @pass_app
 def report_cmd(app: AppContext, name: str, step: int | None, as_json: bool) -> None:
@@ -227,8 +274,10 @@ def report_cmd(app: AppContext, name: str, step: int | None, as_json: bool) -> N
     if as_json:
         output.emit_json(result)
         return
-    click.echo(f"{name} window {result['window']} ({result['status']}, {result['size']} records): Evidently report "
-               f"`{result['artifact']}` in MLflow run {result['run_id']}")
+    click.echo(
+        f"{name} window {result['window']} ({result['status']}, {result['size']} records): Evidently report "
+        f"`{result['artifact']}` in MLflow run {result['run_id']}"
+    )
 
 
 @monitor.command("status")
@@ -246,4 +295,6 @@ def status_cmd(app: AppContext, as_json: bool) -> None:
         click.echo("no monitors; add one with `tuneloop monitor add FILE`")
         return
     shown = [{**r, "drifted_checks": ", ".join(r["drifted_checks"]) or "-"} for r in rows]
-    click.echo(output.table(shown, ["monitor", "model", "version", "state", "drifted_checks", "window_records", "checked_at"]))
+    click.echo(
+        output.table(shown, ["monitor", "model", "version", "state", "drifted_checks", "window_records", "checked_at"])
+    )

@@ -10,19 +10,51 @@ from tuneloop.cli.context import AppContext, pass_app
 
 @click.command()
 @click.argument("recipe", type=click.Path(dir_okay=False), required=False)
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key (dotted path), e.g. training.max_steps=20; `--keys` lists them.")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a recipe key (dotted path), e.g. training.max_steps=20; `--keys` lists them.",
+)
 @click.option("--alias", default=None, help="Alias the registered version takes (gates apply), e.g. challenger.")
-@click.option("--resume", "resume_run_id", default=None, metavar="RUN_ID", help="Continue this run from its last checkpoint.")
-@click.option("--check", is_flag=True, help="Validate the recipe, its data and its base model's registration, then stop (no model loads).")
-@click.option("--keys", "list_keys", is_flag=True, help="List every recipe key with its type, default and meaning, then stop.")
-@click.option("--backend", type=click.Choice(["local", "kubernetes", "vertex"]), default="local", show_default=True,
-              help="Where to train: here, as a Kubernetes Job (settings [kubernetes]), or a Vertex AI custom job spec.")
+@click.option(
+    "--resume", "resume_run_id", default=None, metavar="RUN_ID", help="Continue this run from its last checkpoint."
+)
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Validate the recipe, its data and its base model's registration, then stop (no model loads).",
+)
+@click.option(
+    "--keys", "list_keys", is_flag=True, help="List every recipe key with its type, default and meaning, then stop."
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["local", "kubernetes", "vertex"]),
+    default="local",
+    show_default=True,
+    help="Where to train: here, as a Kubernetes Job (settings [kubernetes]), or a Vertex AI custom job spec.",
+)
 @click.option("--dry-run", is_flag=True, help="With a remote backend: print the job it would submit, submit nothing.")
-@click.option("--gpus", type=click.IntRange(0, 64), default=None, help="GPUs of the remote job (default: kubernetes.gpus).")
+@click.option(
+    "--gpus", type=click.IntRange(0, 64), default=None, help="GPUs of the remote job (default: kubernetes.gpus)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @pass_app
-def train(app: AppContext, recipe: str | None, overrides: tuple[str, ...], alias: str | None, resume_run_id: str | None,
-          check: bool, list_keys: bool, backend: str, dry_run: bool, gpus: int | None, as_json: bool) -> None:
+def train(
+    app: AppContext,
+    recipe: str | None,
+    overrides: tuple[str, ...],
+    alias: str | None,
+    resume_run_id: str | None,
+    check: bool,
+    list_keys: bool,
+    backend: str,
+    dry_run: bool,
+    gpus: int | None,
+    as_json: bool,
+) -> None:
     """Fine-tune with RECIPE (YAML; see examples/recipes/) and register the result.
 
     `tuneloop train --keys` lists every recipe key. `tuneloop train --resume RUN_ID` continues an
@@ -40,18 +72,24 @@ def train(app: AppContext, recipe: str | None, overrides: tuple[str, ...], alias
     from tuneloop.pipelines.training.recipes import load_recipe
 
     if backend == "local" and (dry_run or gpus is not None):
-        raise UsageError("--dry-run and --gpus apply to a remote backend",
-                         hint="add --backend kubernetes (or vertex), or launch local GPUs with torchrun (see README)")
+        raise UsageError(
+            "--dry-run and --gpus apply to a remote backend",
+            hint="add --backend kubernetes (or vertex), or launch local GPUs with torchrun (see README)",
+        )
     if resume_run_id:
         if backend != "local":
             raise UsageError("`--resume` continues a run here", hint="drop --backend, or submit the recipe again")
         if recipe or overrides:
-            raise UsageError("`--resume` continues a run with the recipe it started with",
-                             hint="drop RECIPE and --set, or start a new run without --resume")
+            raise UsageError(
+                "`--resume` continues a run with the recipe it started with",
+                hint="drop RECIPE and --set, or start a new run without --resume",
+            )
         from tuneloop.pipelines.training.run import recipe_of_run
         from tuneloop.pipelines.training.run import train as run_training
 
-        result = run_training(recipe_of_run(app.registry, resume_run_id), app.registry, resume_run_id=resume_run_id, alias=alias)
+        result = run_training(
+            recipe_of_run(app.registry, resume_run_id), app.registry, resume_run_id=resume_run_id, alias=alias
+        )
         _print_result(result, as_json)
         return
     if recipe is None:
@@ -66,14 +104,22 @@ def train(app: AppContext, recipe: str | None, overrides: tuple[str, ...], alias
         train_data = data_io.load(parsed.data.train, parsed.data.format)
         eval_data = data_io.load(parsed.data.eval, train_data.format) if parsed.data.eval else None
         base = resolve_base(app.registry, parsed.base)
-        summary = {"recipe": recipe, "valid": True, "method": parsed.method, "train_rows": len(train_data),
-                   "eval_rows": len(eval_data) if eval_data else 0, "format": train_data.format,
-                   "base": f"{base.name}:{base.version}"}
+        summary = {
+            "recipe": recipe,
+            "valid": True,
+            "method": parsed.method,
+            "train_rows": len(train_data),
+            "eval_rows": len(eval_data) if eval_data else 0,
+            "format": train_data.format,
+            "base": f"{base.name}:{base.version}",
+        }
         if as_json:
             output.emit_json(summary)
         else:
-            click.echo(f"recipe `{recipe}` is valid: {parsed.method} on base {summary['base']}, "
-                       f"{summary['train_rows']} training and {summary['eval_rows']} eval rows ({summary['format']} format)")
+            click.echo(
+                f"recipe `{recipe}` is valid: {parsed.method} on base {summary['base']}, "
+                f"{summary['train_rows']} training and {summary['eval_rows']} eval rows ({summary['format']} format)"
+            )
         return
     from pathlib import Path
 
@@ -85,8 +131,15 @@ def train(app: AppContext, recipe: str | None, overrides: tuple[str, ...], alias
     _print_result(result, as_json)
 
 
-def _submit(app: AppContext, recipe, backend: str, dry_run: bool, gpus: int | None, alias: str | None,  # type: ignore[no-untyped-def]
-            as_json: bool) -> None:
+def _submit(
+    app: AppContext,
+    recipe,
+    backend: str,
+    dry_run: bool,
+    gpus: int | None,
+    alias: str | None,
+    as_json: bool,
+) -> None:
     """Validate the recipe's local data, render the remote job, and submit it (kubernetes) or print it."""
     import uuid
 
@@ -125,16 +178,20 @@ def _print_keys(as_json: bool) -> None:
     click.echo(output.table(rows, ["key", "type", "default", "help"]))
 
 
-def _print_result(result, as_json: bool) -> None:  # type: ignore[no-untyped-def]
+def _print_result(result, as_json: bool) -> None:
     if result.version is None:  # a non-main rank of a distributed run: rank 0 reports
         return
     if as_json:
         output.emit_json(result.as_dict())
         return
-    click.echo(f"registered {result.model} v{result.version} from run {result.run_id}"
-               + (f"  (alias {result.alias})" if result.alias else ""))
+    click.echo(
+        f"registered {result.model} v{result.version} from run {result.run_id}"
+        + (f"  (alias {result.alias})" if result.alias else "")
+    )
     from tuneloop.pipelines.training.run import FINAL_LOSS_ROWS
 
-    click.echo(f"  loss of the final weights on the first {FINAL_LOSS_ROWS} training rows (eval mode, no dropout; "
-               f"the bar shows the training-mode loss of the last steps): {result.final_loss:.4f}")
+    click.echo(
+        f"  loss of the final weights on the first {FINAL_LOSS_ROWS} training rows (eval mode, no dropout; "
+        f"the bar shows the training-mode loss of the last steps): {result.final_loss:.4f}"
+    )
     click.echo(f"  precision {result.precision['dtype']} ({result.precision['reason']})")

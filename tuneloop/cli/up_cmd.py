@@ -21,11 +21,19 @@ from tuneloop.errors import StoreError
 @click.option("--host", default=None, help="Bind address (default: settings `server.host`, 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="MLflow UI port (default: settings `server.mlflow_port`, 5000).")
 @click.option("--ingest-port", type=int, default=None, help="Ingest API port (default: settings `ingest.port`, 8765).")
-@click.option("--scheduler-port", type=int, default=None, help="Scheduler health port (default: settings `scheduler.port`, 8766).")
+@click.option(
+    "--scheduler-port", type=int, default=None, help="Scheduler health port (default: settings `scheduler.port`, 8766)."
+)
 @click.option("--no-scheduler", is_flag=True, help="Serve MLflow and the ingest API only.")
 @pass_app
-def up(app: AppContext, host: str | None, port: int | None, ingest_port: int | None, scheduler_port: int | None,
-       no_scheduler: bool) -> None:
+def up(
+    app: AppContext,
+    host: str | None,
+    port: int | None,
+    ingest_port: int | None,
+    scheduler_port: int | None,
+    no_scheduler: bool,
+) -> None:
     """Start the MLflow server (UI), the ingest API and the loop's scheduler; Ctrl-C stops them cleanly.
 
     A second `tuneloop up` on the same database (on other ports) runs its scheduler as a standby that
@@ -38,18 +46,22 @@ def up(app: AppContext, host: str | None, port: int | None, ingest_port: int | N
     output.stage("preparing stores")
     app.registry.mlflow  # noqa: B018 - creates and migrates MLflow's database before the server sees it
     app.registry.stores  # noqa: B018 - and tuneloop's (or checks both, with migrate_on_start false)
-    urls = {"MLflow UI": f"http://{host}:{port or settings.server.mlflow_port}",
-            "ingest API": f"http://{host}:{ingest_port or settings.ingest.port}",
-            "scheduler": f"http://{host}:{scheduler_port or settings.scheduler.port}"}
+    urls = {
+        "MLflow UI": f"http://{host}:{port or settings.server.mlflow_port}",
+        "ingest API": f"http://{host}:{ingest_port or settings.ingest.port}",
+        "scheduler": f"http://{host}:{scheduler_port or settings.scheduler.port}",
+    }
     output.stage(f"starting the MLflow server on {urls['MLflow UI']}, the ingest API and the scheduler")
-    members = {"MLflow UI": start_mlflow_server(settings, host, port or settings.server.mlflow_port),
-               "ingest API": start_ingest_server(app.config_file, host, ingest_port or settings.ingest.port)}
+    members = {
+        "MLflow UI": start_mlflow_server(settings, host, port or settings.server.mlflow_port),
+        "ingest API": start_ingest_server(app.config_file, host, ingest_port or settings.ingest.port),
+    }
     if not no_scheduler:
         members["scheduler"] = start_scheduler(app.config_file, host, scheduler_port or settings.scheduler.port)
     paths = {"MLflow UI": "/health", "ingest API": "/v1/health", "scheduler": "/health"}
     stopping = False
 
-    def _terminate(signum, frame):  # type: ignore[no-untyped-def]
+    def _terminate(signum, frame):
         nonlocal stopping
         stopping = True
         raise KeyboardInterrupt
@@ -58,9 +70,12 @@ def up(app: AppContext, host: str | None, port: int | None, ingest_port: int | N
     try:
         for name, process in members.items():
             wait_healthy(urls[name], process, path=paths[name], what=f"the {name}")
-        click.echo(f"tuneloop is up: MLflow UI at {urls['MLflow UI']}, ingest API at {urls['ingest API']}/v1/records"
-                   + (f", scheduler health at {urls['scheduler']}/health" if "scheduler" in members else "")
-                   + "   (Ctrl-C to stop)", err=True)
+        click.echo(
+            f"tuneloop is up: MLflow UI at {urls['MLflow UI']}, ingest API at {urls['ingest API']}/v1/records"
+            + (f", scheduler health at {urls['scheduler']}/health" if "scheduler" in members else "")
+            + "   (Ctrl-C to stop)",
+            err=True,
+        )
         last = ""
         while all(p.poll() is None for p in members.values()):
             line = _status_line({n: health(urls[n] + paths[n]) for n in members})
@@ -79,15 +94,18 @@ def up(app: AppContext, host: str | None, port: int | None, ingest_port: int | N
     click.echo("stopped", err=True)
 
 
-def _status_line(states: dict) -> str:  # type: ignore[type-arg]
+def _status_line(states: dict) -> str:
     parts = []
     for name, state in states.items():
         if state is None:
             parts.append(f"{name}: not answering")
         elif name == "scheduler":
             lease = state.get("lease") or {}
-            parts.append(f"scheduler: {state.get('role')}" + (f" (active: {lease.get('owner')})" if state.get("role") != "active" else "")
-                         + (f", {len(state.get('workers', []))} retrain worker(s)" if state.get("workers") else ""))
+            parts.append(
+                f"scheduler: {state.get('role')}"
+                + (f" (active: {lease.get('owner')})" if state.get("role") != "active" else "")
+                + (f", {len(state.get('workers', []))} retrain worker(s)" if state.get("workers") else "")
+            )
         else:
             parts.append(f"{name}: ok")
     return "; ".join(parts)

@@ -82,7 +82,9 @@ class Demo:
         self.stage(f"1/8 importing {cfg.base_name} ({cfg.base_source})")
         base, _ = import_base(self.rc, cfg.base_name, cfg.base_source)
         self._write_inputs(int(base.version))
-        self.stage(f"2/8 {cfg.method} fine-tuning `{cfg.adapter}` on {cfg.train_rows} support conversations ({cfg.train_steps} steps)")
+        self.stage(
+            f"2/8 {cfg.method} fine-tuning `{cfg.adapter}` on {cfg.train_rows} support conversations ({cfg.train_steps} steps)"
+        )
         trained = train(load_recipe(self.folder / "recipe.yaml"), self.rc)
         self.stage("3/8 evaluating the fine-tuned adapter and its base (what the first promotion compares with)")
         suite = load_suite(self.folder / "suite.yaml")
@@ -90,12 +92,22 @@ class Demo:
         first_eval = evaluate(self.rc, suite, f"{cfg.adapter}:{trained.version}", progress=False)
         self.stage("4/8 promoting it to `champion` through the gates (no champion yet: compared with the base)")
         gates.set_policy(self.rc, cfg.adapter, ["rougeL >= champion - 0.02", "chrf >= champion - 2"])
-        moved = promote(self.rc, cfg.adapter, int(trained.version or 0), "champion",
-                        force=cfg.force_first_promotion is not None,
-                        reason=cfg.force_first_promotion or "demo: first champion")
-        return {"version": trained.version, "training_run_id": trained.run_id, "final_loss": trained.final_loss,
-                "eval_run_id": first_eval.run_id, "metrics": first_eval.metrics,
-                "gates": [g.model_dump() for g in moved.gates]}
+        moved = promote(
+            self.rc,
+            cfg.adapter,
+            int(trained.version or 0),
+            "champion",
+            force=cfg.force_first_promotion is not None,
+            reason=cfg.force_first_promotion or "demo: first champion",
+        )
+        return {
+            "version": trained.version,
+            "training_run_id": trained.run_id,
+            "final_loss": trained.final_loss,
+            "eval_run_id": first_eval.run_id,
+            "metrics": first_eval.metrics,
+            "gates": [g.model_dump() for g in moved.gates],
+        }
 
     def _write_inputs(self, base_version: int) -> None:
         from tuneloop.demo import traffic
@@ -103,23 +115,51 @@ class Demo:
         cfg = self.cfg
         rng = random.Random(7)
         rows = [traffic.record(rng) for _ in range(cfg.train_rows + cfg.eval_rows)]
-        chat = [{"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": r["prompt"]},
-                              {"role": "assistant", "content": r["output"]}]} for r in rows]
+        chat = [
+            {
+                "messages": [
+                    {"role": "system", "content": SYSTEM},
+                    {"role": "user", "content": r["prompt"]},
+                    {"role": "assistant", "content": r["output"]},
+                ]
+            }
+            for r in rows
+        ]
         _jsonl(self.folder / "data" / "support_train.jsonl", chat[: cfg.train_rows])
-        _jsonl(self.folder / "data" / "support_eval.jsonl", chat[cfg.train_rows:])
+        _jsonl(self.folder / "data" / "support_eval.jsonl", chat[cfg.train_rows :])
         recipe = {
-            "name": cfg.adapter, "method": cfg.method, "base": f"{cfg.base_name}:{base_version}",
+            "name": cfg.adapter,
+            "method": cfg.method,
+            "base": f"{cfg.base_name}:{base_version}",
             "description": "demo: support answers",
             "data": {"train": "data/support_train.jsonl", "eval": "data/support_eval.jsonl", "max_length": 256},
-            "training": {"max_steps": cfg.train_steps, "batch_size": cfg.batch_size, "learning_rate": cfg.learning_rate,
-                         "warmup_steps": 2, "scheduler": "cosine", "checkpoint_every": cfg.checkpoint_every, "seed": 1},
+            "training": {
+                "max_steps": cfg.train_steps,
+                "batch_size": cfg.batch_size,
+                "learning_rate": cfg.learning_rate,
+                "warmup_steps": 2,
+                "scheduler": "cosine",
+                "checkpoint_every": cfg.checkpoint_every,
+                "seed": 1,
+            },
             "lora": {"r": 8, "alpha": 16, "dropout": 0.05},
             **cfg.extra_recipe,
         }
         _yaml(self.folder / "recipe.yaml", recipe)
-        _yaml(self.folder / "suite.yaml", {"name": "support-demo", "tasks": [{
-            "name": "answers", "data": "data/support_eval.jsonl",
-            "generation": {"max_new_tokens": cfg.max_new_tokens, "batch_size": 8}, "metrics": ["rouge", "chrf"]}]})
+        _yaml(
+            self.folder / "suite.yaml",
+            {
+                "name": "support-demo",
+                "tasks": [
+                    {
+                        "name": "answers",
+                        "data": "data/support_eval.jsonl",
+                        "generation": {"max_new_tokens": cfg.max_new_tokens, "batch_size": 8},
+                        "metrics": ["rouge", "chrf"],
+                    }
+                ],
+            },
+        )
 
     # --- 5: monitor, alert rule, loop ---------------------------------------------------------
     def declare(self, reference_start: datetime, reference_end: datetime, webhooks: list[str] | None = None) -> None:
@@ -129,20 +169,47 @@ class Demo:
 
         cfg = self.cfg
         self.stage("6/8 declaring the monitor (reference: the first production window), the alert rule and the loop")
-        _yaml(self.folder / "monitor.yaml", {
-            "name": "support-champion", "model": f"{cfg.adapter}@champion",
-            "window": {"kind": "count", "size": cfg.window}, "min_size": cfg.window // 2, "alpha": 0.01,
-            "checks": ["descriptors", "domain"],
-            "reference": {"window": {"start": reference_start.isoformat(), "end": reference_end.isoformat()}}})
-        _yaml(self.folder / "alert.yaml", {
-            "name": "support-drift", "monitor": "support-champion", "when": {"drift": "any"}, "for_windows": 2,
-            "resolve_after": 2, "cooldown_windows": 5, "min_size": cfg.window // 2, "severity": "warning",
-            "webhooks": webhooks or []})
-        _yaml(self.folder / "loop.yaml", {
-            "name": "support-loop", "model": cfg.adapter, "suite": "suite.yaml",
-            "monitors": [{"name": "support-champion", "every": "5s"}], "on_alerts": ["support-drift"],
-            "recipe_overrides": [f"training.max_steps={cfg.retrain_steps}"], "feedback": {"min_rating": 4},
-            "holdout": 0.25, **({"holdout_limit": cfg.holdout_limit} if cfg.holdout_limit else {}), "promotion": "auto"})
+        _yaml(
+            self.folder / "monitor.yaml",
+            {
+                "name": "support-champion",
+                "model": f"{cfg.adapter}@champion",
+                "window": {"kind": "count", "size": cfg.window},
+                "min_size": cfg.window // 2,
+                "alpha": 0.01,
+                "checks": ["descriptors", "domain"],
+                "reference": {"window": {"start": reference_start.isoformat(), "end": reference_end.isoformat()}},
+            },
+        )
+        _yaml(
+            self.folder / "alert.yaml",
+            {
+                "name": "support-drift",
+                "monitor": "support-champion",
+                "when": {"drift": "any"},
+                "for_windows": 2,
+                "resolve_after": 2,
+                "cooldown_windows": 5,
+                "min_size": cfg.window // 2,
+                "severity": "warning",
+                "webhooks": webhooks or [],
+            },
+        )
+        _yaml(
+            self.folder / "loop.yaml",
+            {
+                "name": "support-loop",
+                "model": cfg.adapter,
+                "suite": "suite.yaml",
+                "monitors": [{"name": "support-champion", "every": "5s"}],
+                "on_alerts": ["support-drift"],
+                "recipe_overrides": [f"training.max_steps={cfg.retrain_steps}"],
+                "feedback": {"min_rating": 4},
+                "holdout": 0.25,
+                **({"holdout_limit": cfg.holdout_limit} if cfg.holdout_limit else {}),
+                "promotion": "auto",
+            },
+        )
         add_monitor(self.rc, self.folder / "monitor.yaml", replace=True)
         add_rule(self.rc, self.folder / "alert.yaml", replace=True)
         add_loop(self.rc, self.folder / "loop.yaml", replace=True)
@@ -155,14 +222,23 @@ class Demo:
         cfg = self.cfg
         drifted = part == "drift"
         n = {"reference": cfg.reference_windows, "calm": cfg.calm_windows, "drift": cfg.drift_windows}[part]
-        rows = traffic.windows(n, cfg.window, seed={"reference": 10, "calm": 11, "drift": 12}[part],
-                               kind="language" if drifted else None, share=cfg.drift_share if drifted else 0.0)
+        rows = traffic.windows(
+            n,
+            cfg.window,
+            seed={"reference": 10, "calm": 11, "drift": 12}[part],
+            kind="language" if drifted else None,
+            share=cfg.drift_share if drifted else 0.0,
+        )
         rng = random.Random(13)
         out = []
         for i, row in enumerate(rows):
-            record = {"id": f"{part}-{i}", "model": f"{cfg.adapter}@champion",
-                      "prompt": row["prompt"], "output": row["output"],
-                      "timestamp": (start + timedelta(seconds=i)).isoformat()}
+            record = {
+                "id": f"{part}-{i}",
+                "model": f"{cfg.adapter}@champion",
+                "prompt": row["prompt"],
+                "output": row["output"],
+                "timestamp": (start + timedelta(seconds=i)).isoformat(),
+            }
             if drifted and row["prompt"].startswith("Wo ist") and rng.random() < cfg.reviewed_share:
                 record["feedback"] = {"reference": traffic.reviewed_answer(row, rng)}
             elif rng.random() < 0.05:
@@ -185,13 +261,23 @@ class Demo:
         if not created:
             return {"windows": windows, "alerts": [c.__dict__ for c in changes], "retrain": None}
         run_id = created[0]
-        self.stage(f"8/8 retraining a challenger (retrain {run_id}) in a worker process: curate, train, evaluate both, decide")
-        follow(self.rc, self.config_file, run_id, lambda state: self.stage(f"    retrain {run_id}: {state}"), timeout_s,
-               on_progress=lambda text: self.stage(f"      {text}"))
+        self.stage(
+            f"8/8 retraining a challenger (retrain {run_id}) in a worker process: curate, train, evaluate both, decide"
+        )
+        follow(
+            self.rc,
+            self.config_file,
+            run_id,
+            lambda state: self.stage(f"    retrain {run_id}: {state}"),
+            timeout_s,
+            on_progress=lambda text: self.stage(f"      {text}"),
+        )
         deliver_pending(self.rc.stores, timeout_s=2, max_attempts=self.rc.settings.notify.max_attempts)
         return {"windows": windows, "alerts": [c.__dict__ for c in changes], "retrain": get(self.rc, run_id)}
 
-    def run(self, ingest: Callable[[list[dict[str, Any]]], None], ui: str, webhooks: list[str] | None = None) -> dict[str, Any]:
+    def run(
+        self, ingest: Callable[[list[dict[str, Any]]], None], ui: str, webhooks: list[str] | None = None
+    ) -> dict[str, Any]:
         """The whole loop; `ingest` sends records through the ingest API. The summary."""
         champion = self.champion()
         cfg = self.cfg
@@ -203,8 +289,10 @@ class Demo:
         calm = self.traffic("calm", start + timedelta(hours=1))
         drifted = self.traffic("drift", start + timedelta(hours=2))
         reviewed = sum("reference" in r.get("feedback", {}) for r in drifted)
-        self.stage(f"    replaying {len(calm)} more in-distribution records, then {len(drifted)} drifted ones "
-                   f"({cfg.drift_share:.0%} German tickets; {reviewed} answered by a reviewer)")
+        self.stage(
+            f"    replaying {len(calm)} more in-distribution records, then {len(drifted)} drifted ones "
+            f"({cfg.drift_share:.0%} German tickets; {reviewed} answered by a reviewer)"
+        )
         ingest(calm)
         ingest(drifted)
         return summary(self, champion, self.close_the_loop(), ui)
@@ -221,8 +309,10 @@ def ingest_over_http(url: str, token: str) -> Callable[[list[dict[str, Any]]], N
             client.log(**record)
         client.close(timeout_s=300)
         if client.stats["sent"] != len(records):
-            raise StoreError(f"the ingest API took {client.stats['sent']} of {len(records)} records: "
-                             f"{client.stats['last_error']}", hint="read the ingest server's output above")
+            raise StoreError(
+                f"the ingest API took {client.stats['sent']} of {len(records)} records: {client.stats['last_error']}",
+                hint="read the ingest server's output above",
+            )
 
     return send
 
@@ -237,12 +327,21 @@ def summary(demo: Demo, champion: dict[str, Any], loop: dict[str, Any], ui: str)
     return {
         "model": demo.cfg.adapter,
         "champion": {"version": champion["version"], "metrics": champion["metrics"]},
-        "windows": [{"window_id": w["window_id"], "status": w["status"], "drifted_checks": w["drifted_checks"]} for w in windows],
+        "windows": [
+            {"window_id": w["window_id"], "status": w["status"], "drifted_checks": w["drifted_checks"]} for w in windows
+        ],
         "drifted": sorted({c for w in windows for c in w["drifted_checks"]}),
         "alerts": list_alerts(demo.rc, monitor="support-champion"),
-        "retrain": {"id": retrain.get("id"), "state": retrain.get("state"), "error": retrain.get("error"),
-                    "challenger_version": retrain.get("version"), "data": details.get("data", {}).get("counts")},
-        "comparison": {who: {"version": e["version"], "eval_run_id": e["run_id"], "tasks": e["tasks"]} for who, e in evals.items()},
+        "retrain": {
+            "id": retrain.get("id"),
+            "state": retrain.get("state"),
+            "error": retrain.get("error"),
+            "challenger_version": retrain.get("version"),
+            "data": details.get("data", {}).get("counts"),
+        },
+        "comparison": {
+            who: {"version": e["version"], "eval_run_id": e["run_id"], "tasks": e["tasks"]} for who, e in evals.items()
+        },
         "decision": details.get("decision"),
         "mlflow_ui": ui,
     }

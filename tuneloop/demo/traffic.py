@@ -12,12 +12,20 @@ import random
 from pathlib import Path
 
 INTENTS = {
-    "shipping": ["Where is my order {n}? It was due on {day}.", "Has order {n} shipped yet? I need it by {day}.",
-                 "Can you change the delivery address of order {n} to {city}?"],
-    "refund": ["I want a refund for order {n}, the {product} arrived {damage}.",
-               "Please refund the {product} from order {n}, it is {damage}."],
+    "shipping": [
+        "Where is my order {n}? It was due on {day}.",
+        "Has order {n} shipped yet? I need it by {day}.",
+        "Can you change the delivery address of order {n} to {city}?",
+    ],
+    "refund": [
+        "I want a refund for order {n}, the {product} arrived {damage}.",
+        "Please refund the {product} from order {n}, it is {damage}.",
+    ],
     "account": ["How do I reset my password? I tried {k} times.", "I cannot log in to my account since {day}."],
-    "cancel": ["Cancel my subscription please, the {product} plan is too {adj}.", "Please stop my {product} plan from {day}."],
+    "cancel": [
+        "Cancel my subscription please, the {product} plan is too {adj}.",
+        "Please stop my {product} plan from {day}.",
+    ],
 }
 ANSWERS = {
     "shipping": ["Your order {n} left our warehouse and should arrive by {day}.", "Order {n} is on its way to {city}."],
@@ -25,24 +33,45 @@ ANSWERS = {
     "account": ["You can reset your password from the sign-in page.", "I sent a password reset link to your email."],
     "cancel": ["Your {product} plan is cancelled from {day}.", "I have stopped your subscription."],
 }
-EXTRA = ["Thanks for your patience.", "Is there anything else I can help with?", "Have a nice day.",
-         "You will get an email confirmation shortly.", "Our team is available around the clock."]
-SLOTS = {"day": ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "the weekend"],
-         "city": ["Berlin", "Lyon", "Leeds", "Porto", "Turin", "Ghent"],
-         "product": ["premium", "basic", "family", "kettle", "lamp", "desk"],
-         "damage": ["broken", "scratched", "late", "damaged", "wrong"], "adj": ["expensive", "slow", "complicated"]}
-OFF_TOPIC = ["What will the weather be like in {city} tomorrow?", "Who won the football match between {a} and {b}?",
-             "Give me a recipe for {dish} with {veg}.", "Explain quantum entanglement to a child."]
-GERMAN = ("Wo ist meine Bestellung {n}? Sie sollte gestern ankommen.", "Ihre Bestellung {n} ist unterwegs und kommt bald an.")
+EXTRA = [
+    "Thanks for your patience.",
+    "Is there anything else I can help with?",
+    "Have a nice day.",
+    "You will get an email confirmation shortly.",
+    "Our team is available around the clock.",
+]
+SLOTS = {
+    "day": ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "the weekend"],
+    "city": ["Berlin", "Lyon", "Leeds", "Porto", "Turin", "Ghent"],
+    "product": ["premium", "basic", "family", "kettle", "lamp", "desk"],
+    "damage": ["broken", "scratched", "late", "damaged", "wrong"],
+    "adj": ["expensive", "slow", "complicated"],
+}
+OFF_TOPIC = [
+    "What will the weather be like in {city} tomorrow?",
+    "Who won the football match between {a} and {b}?",
+    "Give me a recipe for {dish} with {veg}.",
+    "Explain quantum entanglement to a child.",
+]
+GERMAN = (
+    "Wo ist meine Bestellung {n}? Sie sollte gestern ankommen.",
+    "Ihre Bestellung {n} ist unterwegs und kommt bald an.",
+)
 GERMAN_ANSWER = "Ihre Bestellung {n} ist unterwegs und kommt bis {day} an."
 REFUSAL = "I'm sorry, but I can't help with that request."
 
 
 def _fill(template: str, rng: random.Random) -> str:
     values = {k: rng.choice(v) for k, v in SLOTS.items()}
-    return template.format(n=rng.randint(1000, 9999), k=rng.randint(2, 9), a=rng.choice(["Porto", "Leeds"]),
-                           b=rng.choice(["Lyon", "Turin"]), dish=rng.choice(["soup", "pasta", "curry"]),
-                           veg=rng.choice(["leeks", "kale", "beans"]), **values)
+    return template.format(
+        n=rng.randint(1000, 9999),
+        k=rng.randint(2, 9),
+        a=rng.choice(["Porto", "Leeds"]),
+        b=rng.choice(["Lyon", "Turin"]),
+        dish=rng.choice(["soup", "pasta", "curry"]),
+        veg=rng.choice(["leeks", "kale", "beans"]),
+        **values,
+    )
 
 
 def record(rng: random.Random) -> dict:
@@ -50,7 +79,12 @@ def record(rng: random.Random) -> dict:
     output = _fill(rng.choice(ANSWERS[intent]), rng)
     output += "".join(" " + e for e in rng.sample(EXTRA, rng.randint(0, 2)))
     prediction = intent if rng.random() < 0.9 else rng.choice([i for i in INTENTS if i != intent])
-    return {"prompt": _fill(rng.choice(INTENTS[intent]), rng), "output": output, "prediction": prediction, "label": intent}
+    return {
+        "prompt": _fill(rng.choice(INTENTS[intent]), rng),
+        "output": output,
+        "prediction": prediction,
+        "label": intent,
+    }
 
 
 def contaminate(row: dict, kind: str, rng: random.Random) -> dict:

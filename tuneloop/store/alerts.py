@@ -63,10 +63,21 @@ class Alert:
 
 
 def _alert(row: Any) -> Alert:
-    return Alert(int(row.id), row.rule, row.monitor, row.model, row.severity, AlertStatus(row.status),
-                 int(row.opened_window_id), int(row.first_window_id),
-                 int(row.closed_window_id) if row.closed_window_id is not None else None, row.summary, row.opened_at,
-                 row.closed_at, row.mlflow_run_id)
+    return Alert(
+        int(row.id),
+        row.rule,
+        row.monitor,
+        row.model,
+        row.severity,
+        AlertStatus(row.status),
+        int(row.opened_window_id),
+        int(row.first_window_id),
+        int(row.closed_window_id) if row.closed_window_id is not None else None,
+        row.summary,
+        row.opened_at,
+        row.closed_at,
+        row.mlflow_run_id,
+    )
 
 
 class AlertStore(Store):
@@ -80,8 +91,9 @@ class AlertStore(Store):
 
     def rule_state(self, tx: Transaction | None, rule: str) -> RuleStateRow | None:
         """Where the rule stands, or None before its first evaluation."""
-        query = (sa.select(alert_rule_states.c.last_window_id, alert_rule_states.c.state, alert_rule_states.c.version)
-                 .where(alert_rule_states.c.rule == rule))
+        query = sa.select(
+            alert_rule_states.c.last_window_id, alert_rule_states.c.state, alert_rule_states.c.version
+        ).where(alert_rule_states.c.rule == rule)
         if tx is None:
             with self.engine.connect() as conn:
                 row = conn.execute(query).first()
@@ -89,10 +101,14 @@ class AlertStore(Store):
             row = tx.execute(query).first()
         return RuleStateRow(int(row[0]), row[1], int(row[2]) if row[2] is not None else None) if row else None
 
-    def save_rule_state(self, tx: Transaction, rule: str, last_window_id: int, state: dict[str, Any], *,
-                        version: int) -> None:
+    def save_rule_state(
+        self, tx: Transaction, rule: str, last_window_id: int, state: dict[str, Any], *, version: int
+    ) -> None:
         values = {"last_window_id": last_window_id, "state": state, "version": version}
-        if tx.execute(alert_rule_states.update().where(alert_rule_states.c.rule == rule).values(**values)).rowcount == 0:
+        if (
+            tx.execute(alert_rule_states.update().where(alert_rule_states.c.rule == rule).values(**values)).rowcount
+            == 0
+        ):
             tx.execute(alert_rule_states.insert().values(rule=rule, **values))
 
     def rules(self, monitor: str | None = None) -> list[AlertRuleRow]:
@@ -105,20 +121,47 @@ class AlertStore(Store):
     def of_rule(self, tx: Transaction, rule: str) -> list[Alert]:
         return [_alert(r) for r in tx.execute(sa.select(alerts).where(alerts.c.rule == rule))]
 
-    def open(self, tx: Transaction, *, rule: str, monitor: str, model: str, severity: str, opened_window_id: int,
-             first_window_id: int, summary: dict[str, Any]) -> int:
-        return int(tx.execute(alerts.insert().values(
-            rule=rule, monitor=monitor, model=model, severity=severity, status=AlertStatus.OPEN,
-            opened_window_id=opened_window_id, first_window_id=first_window_id, summary=summary,
-            opened_at=datetime.now(UTC))).inserted_primary_key[0])
+    def open(
+        self,
+        tx: Transaction,
+        *,
+        rule: str,
+        monitor: str,
+        model: str,
+        severity: str,
+        opened_window_id: int,
+        first_window_id: int,
+        summary: dict[str, Any],
+    ) -> int:
+        return int(
+            tx.execute(
+                alerts.insert().values(
+                    rule=rule,
+                    monitor=monitor,
+                    model=model,
+                    severity=severity,
+                    status=AlertStatus.OPEN,
+                    opened_window_id=opened_window_id,
+                    first_window_id=first_window_id,
+                    summary=summary,
+                    opened_at=datetime.now(UTC),
+                )
+            ).inserted_primary_key[0]
+        )
 
     def resolve(self, tx: Transaction, alert_id: int, closed_window_id: int) -> None:
-        tx.execute(alerts.update().where(alerts.c.id == alert_id).values(
-            status=AlertStatus.RESOLVED, closed_window_id=closed_window_id, closed_at=datetime.now(UTC)))
+        tx.execute(
+            alerts.update()
+            .where(alerts.c.id == alert_id)
+            .values(status=AlertStatus.RESOLVED, closed_window_id=closed_window_id, closed_at=datetime.now(UTC))
+        )
 
     def supersede(self, tx: Transaction, alert_id: int) -> None:
-        tx.execute(alerts.update().where(alerts.c.id == alert_id).values(status=AlertStatus.SUPERSEDED,
-                                                                         closed_at=datetime.now(UTC)))
+        tx.execute(
+            alerts.update()
+            .where(alerts.c.id == alert_id)
+            .values(status=AlertStatus.SUPERSEDED, closed_at=datetime.now(UTC))
+        )
 
     def set_mirror(self, alert_id: int, run_id: str) -> None:
         with self.engine.begin() as conn:
@@ -129,8 +172,9 @@ class AlertStore(Store):
             row = conn.execute(sa.select(alerts).where(alerts.c.id == alert_id)).first()
         return _alert(row) if row else None
 
-    def all(self, *, status: AlertStatus | None = None, monitor: str | None = None,
-            rules: list[str] | None = None) -> list[Alert]:
+    def all(
+        self, *, status: AlertStatus | None = None, monitor: str | None = None, rules: list[str] | None = None
+    ) -> list[Alert]:
         query = sa.select(alerts).order_by(alerts.c.id)
         if status:
             query = query.where(alerts.c.status == status)
@@ -143,4 +187,6 @@ class AlertStore(Store):
 
     def unmirrored(self) -> list[int]:
         with self.engine.connect() as conn:
-            return [int(i) for i in conn.execute(sa.select(alerts.c.id).where(alerts.c.mlflow_run_id.is_(None))).scalars()]
+            return [
+                int(i) for i in conn.execute(sa.select(alerts.c.id).where(alerts.c.mlflow_run_id.is_(None))).scalars()
+            ]

@@ -47,20 +47,52 @@ def _entry_hash(prev_hash: str, row: dict[str, Any]) -> str:
 
 
 def _entry(row: Any) -> AuditEntry:
-    return AuditEntry(int(row.id), row.at, row.actor, row.model, row.alias, row.kind, row.from_version, row.to_version,
-                      bool(row.forced), row.reason, json.loads(row.gates))
+    return AuditEntry(
+        int(row.id),
+        row.at,
+        row.actor,
+        row.model,
+        row.alias,
+        row.kind,
+        row.from_version,
+        row.to_version,
+        bool(row.forced),
+        row.reason,
+        json.loads(row.gates),
+    )
 
 
 class AuditStore(Store):
-    def append(self, tx: Transaction, *, actor: str, model: str, alias: str, kind: str, from_version: int | None,
-               to_version: int | None, forced: bool = False, reason: str = "",
-               gates: list[dict[str, Any]] | None = None) -> AuditEntry:
+    def append(
+        self,
+        tx: Transaction,
+        *,
+        actor: str,
+        model: str,
+        alias: str,
+        kind: str,
+        from_version: int | None,
+        to_version: int | None,
+        forced: bool = False,
+        reason: str = "",
+        gates: list[dict[str, Any]] | None = None,
+    ) -> AuditEntry:
         """Append one entry; call inside `Stores.transaction(lock=...)` holding the model's lock."""
-        last = tx.execute(sa.select(audit_log.c.entry_hash).where(audit_log.c.model == model)
-                          .order_by(audit_log.c.id.desc()).limit(1)).scalar()
-        row: dict[str, Any] = {"at": datetime.now(UTC), "actor": actor, "model": model, "alias": alias, "kind": kind,
-                               "from_version": from_version, "to_version": to_version, "forced": forced,
-                               "reason": reason, "gates": json.dumps(gates or [])}
+        last = tx.execute(
+            sa.select(audit_log.c.entry_hash).where(audit_log.c.model == model).order_by(audit_log.c.id.desc()).limit(1)
+        ).scalar()
+        row: dict[str, Any] = {
+            "at": datetime.now(UTC),
+            "actor": actor,
+            "model": model,
+            "alias": alias,
+            "kind": kind,
+            "from_version": from_version,
+            "to_version": to_version,
+            "forced": forced,
+            "reason": reason,
+            "gates": json.dumps(gates or []),
+        }
         row["prev_hash"] = last or GENESIS
         row["entry_hash"] = _entry_hash(row["prev_hash"], row)
         row["id"] = tx.execute(audit_log.insert().values(**row)).inserted_primary_key[0]
@@ -75,8 +107,11 @@ class AuditStore(Store):
     def last_holders(self, tx: Transaction, model: str) -> dict[str, int | None]:
         """Alias -> version as the audit log last left it."""
         holders: dict[str, int | None] = {}
-        for r in tx.execute(sa.select(audit_log.c.alias, audit_log.c.to_version).where(audit_log.c.model == model)
-                            .order_by(audit_log.c.id)):
+        for r in tx.execute(
+            sa.select(audit_log.c.alias, audit_log.c.to_version)
+            .where(audit_log.c.model == model)
+            .order_by(audit_log.c.id)
+        ):
             holders[r.alias] = r.to_version
         return holders
 
@@ -91,8 +126,12 @@ class AuditStore(Store):
         return broken
 
     def unmirrored(self, tx: Transaction, model: str) -> list[AuditEntry]:
-        query = (sa.select(audit_log).outerjoin(audit_mirror, audit_mirror.c.audit_id == audit_log.c.id)
-                 .where(audit_log.c.model == model, audit_mirror.c.run_id.is_(None)).order_by(audit_log.c.id))
+        query = (
+            sa.select(audit_log)
+            .outerjoin(audit_mirror, audit_mirror.c.audit_id == audit_log.c.id)
+            .where(audit_log.c.model == model, audit_mirror.c.run_id.is_(None))
+            .order_by(audit_log.c.id)
+        )
         return [_entry(r) for r in tx.execute(query)]
 
     def mark_mirrored(self, tx: Transaction, audit_id: int, run_id: str) -> None:

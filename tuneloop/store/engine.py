@@ -27,7 +27,7 @@ def _sqlite_engine(url: sa.URL) -> Engine:
     engine = sa.create_engine(url, connect_args={"timeout": 120, "check_same_thread": False})
 
     @sa.event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+    def _on_connect(dbapi_conn, _record):
         dbapi_conn.isolation_level = None  # let us emit BEGIN ourselves
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
@@ -37,7 +37,7 @@ def _sqlite_engine(url: sa.URL) -> Engine:
         cur.close()
 
     @sa.event.listens_for(engine, "begin")
-    def _on_begin(conn):  # type: ignore[no-untyped-def]
+    def _on_begin(conn):
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
@@ -51,7 +51,7 @@ def get_engine(database_url: str, *, migrate_on_start: bool = True) -> Engine:
         if engine is None:
             try:
                 url = sa.make_url(database_url)
-            except Exception:
+            except sa.exc.ArgumentError:
                 raise StoreError(
                     "`stores.database_url` is not a database URL",
                     hint="use sqlite:///path/tuneloop.db or postgresql://user@host/db",

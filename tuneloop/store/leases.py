@@ -38,8 +38,12 @@ class Lease:
         return self.expires_at > datetime.now(UTC)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"owner": self.owner, "expires_at": self.expires_at.isoformat(),
-                "acquired_at": self.acquired_at.isoformat(), "live": self.live}
+        return {
+            "owner": self.owner,
+            "expires_at": self.expires_at.isoformat(),
+            "acquired_at": self.acquired_at.isoformat(),
+            "live": self.live,
+        }
 
 
 class LeaseStore(Store):

@@ -60,14 +60,32 @@ class RetrainRun:
     updated_at: datetime
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "state": str(self.state), "created_at": self.created_at.isoformat(),
-                "updated_at": self.updated_at.isoformat()}
+        return {
+            **asdict(self),
+            "state": str(self.state),
+            "created_at": self.created_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+        }
 
 
 def _run(row: Any) -> RetrainRun:
-    return RetrainRun(int(row.id), row.loop, row.model, row.trigger, row.trigger_key, row.alert_id, row.champion_version,
-                      RunState(row.state), row.attempts, row.training_run_id, row.version, row.details or {}, row.error,
-                      row.created_at, row.updated_at)
+    return RetrainRun(
+        int(row.id),
+        row.loop,
+        row.model,
+        row.trigger,
+        row.trigger_key,
+        row.alert_id,
+        row.champion_version,
+        RunState(row.state),
+        row.attempts,
+        row.training_run_id,
+        row.version,
+        row.details or {},
+        row.error,
+        row.created_at,
+        row.updated_at,
+    )
 
 
 class LoopStore(Store):
@@ -78,8 +96,10 @@ class LoopStore(Store):
 
     def loops(self) -> list[LoopRow]:
         with self.engine.connect() as conn:
-            return [LoopRow(r.name, r.model, r.spec, r.last_cron_at, r.created_at)
-                    for r in conn.execute(sa.select(loops).order_by(loops.c.name))]
+            return [
+                LoopRow(r.name, r.model, r.spec, r.last_cron_at, r.created_at)
+                for r in conn.execute(sa.select(loops).order_by(loops.c.name))
+            ]
 
     def loop(self, name: str) -> LoopRow | None:
         return next((row for row in self.loops() if row.name == name), None)
@@ -89,7 +109,9 @@ class LoopStore(Store):
             conn.execute(loops.update().where(loops.c.name == name).values(last_cron_at=at))
 
     # --- runs -----------------------------------------------------------------------------------
-    def enqueue(self, *, loop: str, model: str, trigger: str, trigger_key: str, alert_id: int | None) -> tuple[int, bool]:
+    def enqueue(
+        self, *, loop: str, model: str, trigger: str, trigger_key: str, alert_id: int | None
+    ) -> tuple[int, bool]:
         """(run id, created): a trigger that already has a run gets that run back."""
         r = retrain_runs
         now = datetime.now(UTC)
@@ -98,9 +120,20 @@ class LoopStore(Store):
                 found = conn.execute(sa.select(r.c.id).where(r.c.trigger_key == trigger_key)).scalar()
                 if found is not None:
                     return int(found), False
-                run_id = conn.execute(r.insert().values(
-                    loop=loop, model=model, trigger=trigger, trigger_key=trigger_key, alert_id=alert_id,
-                    state=RunState.QUEUED, attempts=0, details={}, created_at=now, updated_at=now)).inserted_primary_key[0]
+                run_id = conn.execute(
+                    r.insert().values(
+                        loop=loop,
+                        model=model,
+                        trigger=trigger,
+                        trigger_key=trigger_key,
+                        alert_id=alert_id,
+                        state=RunState.QUEUED,
+                        attempts=0,
+                        details={},
+                        created_at=now,
+                        updated_at=now,
+                    )
+                ).inserted_primary_key[0]
         except sa.exc.IntegrityError:  # a concurrent enqueue of the same trigger won
             with self.engine.connect() as conn:
                 return int(conn.execute(sa.select(r.c.id).where(r.c.trigger_key == trigger_key)).scalar_one()), False
@@ -122,8 +155,11 @@ class LoopStore(Store):
         """Record a stage's result (columns of the run); a cancelled run is never written again."""
         r = retrain_runs
         with self.engine.begin() as conn:
-            conn.execute(r.update().where(r.c.id == run_id, r.c.state != RunState.CANCELLED)
-                         .values(updated_at=datetime.now(UTC), **values))
+            conn.execute(
+                r.update()
+                .where(r.c.id == run_id, r.c.state != RunState.CANCELLED)
+                .values(updated_at=datetime.now(UTC), **values)
+            )
 
     def merge_details(self, run_id: int, extra: dict[str, Any]) -> None:
         """Add keys to a run's details in one transaction (a cancelled run is left alone)."""
@@ -132,14 +168,18 @@ class LoopStore(Store):
             details = conn.execute(sa.select(r.c.details).where(r.c.id == run_id)).scalar()
             if details is None:
                 return
-            conn.execute(r.update().where(r.c.id == run_id, r.c.state != RunState.CANCELLED)
-                         .values(details={**details, **extra}))
+            conn.execute(
+                r.update().where(r.c.id == run_id, r.c.state != RunState.CANCELLED).values(details={**details, **extra})
+            )
 
     def cancel(self, tx: Transaction, run_id: int, *, error: str, lease: str) -> bool:
         """Mark an unfinished run cancelled and drop its lease; False when it had already ended."""
         r = retrain_runs
-        moved = tx.execute(r.update().where(r.c.id == run_id, r.c.state.not_in(TERMINAL))
-                           .values(state=RunState.CANCELLED, error=error, updated_at=datetime.now(UTC))).rowcount
+        moved = tx.execute(
+            r.update()
+            .where(r.c.id == run_id, r.c.state.not_in(TERMINAL))
+            .values(state=RunState.CANCELLED, error=error, updated_at=datetime.now(UTC))
+        ).rowcount
         if moved:
             tx.execute(leases.delete().where(leases.c.name == lease))
         return bool(moved)

@@ -83,16 +83,33 @@ def _monitor(row: Any) -> MonitorRow:
 
 
 def _window(row: Any) -> JudgedWindow:
-    return JudgedWindow(int(row.id), row.monitor, int(row.last_seq), row.size, WindowStatus(row.status),
-                        list(row.drifted_checks), row.checks, row.checked_at,
-                        int(row.first_seq) if row.first_seq is not None else None, row.window_start, row.window_end,
-                        int(row.late), bool(row.rejudged), int(row.version) if row.version is not None else None)
+    return JudgedWindow(
+        int(row.id),
+        row.monitor,
+        int(row.last_seq),
+        row.size,
+        WindowStatus(row.status),
+        list(row.drifted_checks),
+        row.checks,
+        row.checked_at,
+        int(row.first_seq) if row.first_seq is not None else None,
+        row.window_start,
+        row.window_end,
+        int(row.late),
+        bool(row.rejudged),
+        int(row.version) if row.version is not None else None,
+    )
 
 
 def _tenure(row: Any) -> Tenure:
-    return Tenure(row.monitor, int(row.version), row.reference_sha256,
-                  int(row.reference_last_seq) if row.reference_last_seq is not None else None, row.reference_source,
-                  row.started_at)
+    return Tenure(
+        row.monitor,
+        int(row.version),
+        row.reference_sha256,
+        int(row.reference_last_seq) if row.reference_last_seq is not None else None,
+        row.reference_source,
+        row.started_at,
+    )
 
 
 class MonitorStore(Store):
@@ -105,8 +122,16 @@ class MonitorStore(Store):
         with self.engine.connect() as conn:
             return [_monitor(r) for r in conn.execute(sa.select(monitors).order_by(monitors.c.name))]
 
-    def save(self, name: str, spec: dict[str, Any], reference_sha256: str, mlflow_run_id: str | None, *,
-             version: int, reference_source: str) -> None:
+    def save(
+        self,
+        name: str,
+        spec: dict[str, Any],
+        reference_sha256: str,
+        mlflow_run_id: str | None,
+        *,
+        version: int,
+        reference_source: str,
+    ) -> None:
         """Insert the monitor, or replace what an existing one of that name holds; `version` (the watched
         version now) is judged against this reference, and every other version's reference is forgotten."""
         values = {"spec": spec, "reference_sha256": reference_sha256, "mlflow_run_id": mlflow_run_id}
@@ -117,50 +142,107 @@ class MonitorStore(Store):
             else:
                 conn.execute(monitors.insert().values(name=name, created_at=now, **values))
             conn.execute(monitor_versions.delete().where(monitor_versions.c.monitor == name))
-            conn.execute(monitor_versions.insert().values(monitor=name, version=version, reference_sha256=reference_sha256,
-                                                          reference_source=reference_source, started_at=now))
+            conn.execute(
+                monitor_versions.insert().values(
+                    monitor=name,
+                    version=version,
+                    reference_sha256=reference_sha256,
+                    reference_source=reference_source,
+                    started_at=now,
+                )
+            )
 
     def tenure(self, monitor: str, version: int) -> Tenure | None:
         """What the monitor knows of `version`, if it ever watched it."""
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(monitor_versions).where(monitor_versions.c.monitor == monitor,
-                                                                 monitor_versions.c.version == version)).first()
+            row = conn.execute(
+                sa.select(monitor_versions).where(
+                    monitor_versions.c.monitor == monitor, monitor_versions.c.version == version
+                )
+            ).first()
         return _tenure(row) if row else None
 
     def tenures(self, monitor: str) -> list[Tenure]:
         """Every version the monitor watched, oldest first."""
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(monitor_versions).where(monitor_versions.c.monitor == monitor)
-                                .order_by(monitor_versions.c.started_at, monitor_versions.c.version))
+            rows = conn.execute(
+                sa.select(monitor_versions)
+                .where(monitor_versions.c.monitor == monitor)
+                .order_by(monitor_versions.c.started_at, monitor_versions.c.version)
+            )
             return [_tenure(r) for r in rows]
 
-    def start_tenure(self, monitor: str, version: int, *, reference_sha256: str | None, reference_last_seq: int | None,
-                     reference_source: str | None) -> Tenure:
+    def start_tenure(
+        self,
+        monitor: str,
+        version: int,
+        *,
+        reference_sha256: str | None,
+        reference_last_seq: int | None,
+        reference_source: str | None,
+    ) -> Tenure:
         """Record that the monitor now watches `version` (or update its reference); the row as stored."""
-        values = {"reference_sha256": reference_sha256, "reference_last_seq": reference_last_seq,
-                  "reference_source": reference_source}
+        values = {
+            "reference_sha256": reference_sha256,
+            "reference_last_seq": reference_last_seq,
+            "reference_source": reference_source,
+        }
         with self.engine.begin() as conn:
             where = sa.and_(monitor_versions.c.monitor == monitor, monitor_versions.c.version == version)
             if conn.execute(monitor_versions.update().where(where).values(**values)).rowcount == 0:
-                conn.execute(monitor_versions.insert().values(monitor=monitor, version=version, started_at=datetime.now(UTC),
-                                                              **values))
+                conn.execute(
+                    monitor_versions.insert().values(
+                        monitor=monitor, version=version, started_at=datetime.now(UTC), **values
+                    )
+                )
             return _tenure(conn.execute(sa.select(monitor_versions).where(where)).one())
 
-    def add_window(self, monitor: str, place: WindowPlace, *, size: int, status: str, drifted_checks: list[str],
-                   checks: list[dict[str, Any]]) -> tuple[int, int]:
+    def add_window(
+        self,
+        monitor: str,
+        place: WindowPlace,
+        *,
+        size: int,
+        status: str,
+        drifted_checks: list[str],
+        checks: list[dict[str, Any]],
+    ) -> tuple[int, int]:
         """Record a judged window; (its id, its step: how many windows the monitor judged before it)."""
         with self.engine.begin() as conn:
-            window_id = conn.execute(monitor_windows.insert().values(
-                monitor=monitor, last_seq=place.last_seq, first_seq=place.first_seq, window_start=place.start,
-                window_end=place.end, rejudged=place.rejudged, version=place.version, size=size, status=WindowStatus(status),
-                drifted_checks=drifted_checks, checks=checks, lowest_p=lowest_p_value(checks),
-                checked_at=datetime.now(UTC))).inserted_primary_key[0]
-            step = conn.execute(sa.select(sa.func.count()).select_from(monitor_windows)
-                                .where(monitor_windows.c.monitor == monitor)).scalar_one() - 1
+            window_id = conn.execute(
+                monitor_windows.insert().values(
+                    monitor=monitor,
+                    last_seq=place.last_seq,
+                    first_seq=place.first_seq,
+                    window_start=place.start,
+                    window_end=place.end,
+                    rejudged=place.rejudged,
+                    version=place.version,
+                    size=size,
+                    status=WindowStatus(status),
+                    drifted_checks=drifted_checks,
+                    checks=checks,
+                    lowest_p=lowest_p_value(checks),
+                    checked_at=datetime.now(UTC),
+                )
+            ).inserted_primary_key[0]
+            step = (
+                conn.execute(
+                    sa.select(sa.func.count()).select_from(monitor_windows).where(monitor_windows.c.monitor == monitor)
+                ).scalar_one()
+                - 1
+            )
         return int(window_id), int(step)
 
-    def windows(self, monitor: str, *, after_id: int = 0, counted_only: bool = False, version: int | None = None,
-                tx: Transaction | None = None) -> list[JudgedWindow]:
+    def windows(
+        self,
+        monitor: str,
+        *,
+        after_id: int = 0,
+        counted_only: bool = False,
+        version: int | None = None,
+        tx: Transaction | None = None,
+    ) -> list[JudgedWindow]:
         """The monitor's windows after window `after_id`, oldest first (`counted_only`: without `--latest` looks;
         `version`: only those of that model version)."""
         query = sa.select(monitor_windows).where(monitor_windows.c.monitor == monitor, monitor_windows.c.id > after_id)
@@ -177,16 +259,23 @@ class MonitorStore(Store):
     def recent_lowest_p(self, monitor: str, limit: int) -> tuple[int, list[float | None]]:
         """(how many windows the monitor judged, the smallest p-value of each of its newest `limit`, oldest first)."""
         with self.engine.connect() as conn:
-            total = conn.execute(sa.select(sa.func.count()).select_from(monitor_windows)
-                                 .where(monitor_windows.c.monitor == monitor)).scalar_one()
-            rows = conn.execute(sa.select(monitor_windows.c.id, monitor_windows.c.lowest_p)
-                                .where(monitor_windows.c.monitor == monitor)
-                                .order_by(monitor_windows.c.id.desc()).limit(limit)).all()
+            total = conn.execute(
+                sa.select(sa.func.count()).select_from(monitor_windows).where(monitor_windows.c.monitor == monitor)
+            ).scalar_one()
+            rows = conn.execute(
+                sa.select(monitor_windows.c.id, monitor_windows.c.lowest_p)
+                .where(monitor_windows.c.monitor == monitor)
+                .order_by(monitor_windows.c.id.desc())
+                .limit(limit)
+            ).all()
             older = [window_id for window_id, p in rows if p is None]  # judged before 0007: read from their statistics
             stored: dict[int, Any] = {}
             if older:
-                stored = dict(conn.execute(sa.select(monitor_windows.c.id, monitor_windows.c.checks)
-                                           .where(monitor_windows.c.id.in_(older))).all())
+                stored = dict(
+                    conn.execute(
+                        sa.select(monitor_windows.c.id, monitor_windows.c.checks).where(monitor_windows.c.id.in_(older))
+                    ).all()
+                )
         lowest = [p if p is not None else lowest_p_value(stored.get(window_id)) for window_id, p in rows]
         lowest.reverse()
         return int(total), lowest
@@ -194,22 +283,37 @@ class MonitorStore(Store):
     def at_step(self, monitor: str, step: int | None) -> tuple[int, JudgedWindow | None]:
         """(how many windows the monitor judged, its window at `step` — None: the newest — if there is one)."""
         with self.engine.connect() as conn:
-            total = int(conn.execute(sa.select(sa.func.count()).select_from(monitor_windows)
-                                     .where(monitor_windows.c.monitor == monitor)).scalar_one())
+            total = int(
+                conn.execute(
+                    sa.select(sa.func.count()).select_from(monitor_windows).where(monitor_windows.c.monitor == monitor)
+                ).scalar_one()
+            )
             at = total - 1 if step is None else step
             if not 0 <= at < total:
                 return total, None
-            row = conn.execute(sa.select(monitor_windows).where(monitor_windows.c.monitor == monitor)
-                               .order_by(monitor_windows.c.id).offset(at).limit(1)).first()
+            row = conn.execute(
+                sa.select(monitor_windows)
+                .where(monitor_windows.c.monitor == monitor)
+                .order_by(monitor_windows.c.id)
+                .offset(at)
+                .limit(1)
+            ).first()
         return total, _window(row) if row else None
 
     def step_of(self, monitor: str, window_id: int) -> int:
         """The window's step in the monitor's MLflow run: how many of its windows came before it."""
         with self.engine.connect() as conn:
-            return int(conn.execute(sa.select(sa.func.count()).select_from(monitor_windows).where(
-                monitor_windows.c.monitor == monitor, monitor_windows.c.id < window_id)).scalar_one())
+            return int(
+                conn.execute(
+                    sa.select(sa.func.count())
+                    .select_from(monitor_windows)
+                    .where(monitor_windows.c.monitor == monitor, monitor_windows.c.id < window_id)
+                ).scalar_one()
+            )
 
-    def last_window(self, monitor: str, *, counted_only: bool = False, version: int | None = None) -> JudgedWindow | None:
+    def last_window(
+        self, monitor: str, *, counted_only: bool = False, version: int | None = None
+    ) -> JudgedWindow | None:
         """The monitor's newest window (`version`: of that model version; its cursor)."""
         query = sa.select(monitor_windows).where(monitor_windows.c.monitor == monitor)
         if version is not None:
@@ -224,27 +328,44 @@ class MonitorStore(Store):
         """Count the records of `watched` that arrived since the last call (up to `upto_seq`) for time windows
         the monitor already judged, on those windows; how many such records there were."""
         with self.engine.begin() as conn:
-            seen = conn.execute(sa.select(monitor_cursors.c.seen_seq).where(monitor_cursors.c.monitor == monitor)).scalar()
+            seen = conn.execute(
+                sa.select(monitor_cursors.c.seen_seq).where(monitor_cursors.c.monitor == monitor)
+            ).scalar()
             if seen is None:
                 conn.execute(monitor_cursors.insert().values(monitor=monitor, seen_seq=upto_seq))
                 return 0  # the first look: whatever is stored now is on time
             if upto_seq <= seen:
                 return 0
             arrived = sa.and_(in_slice(watched), records.c.seq > seen, records.c.seq <= upto_seq)
-            late_in = (sa.select(sa.func.count()).select_from(records)
-                       .where(arrived, records.c.ts >= monitor_windows.c.window_start, records.c.ts < monitor_windows.c.window_end)
-                       .scalar_subquery())
-            judged = sa.and_(monitor_windows.c.monitor == monitor, monitor_windows.c.version == watched.version,
-                             monitor_windows.c.window_start.is_not(None),
-                             monitor_windows.c.rejudged == sa.false(),
-                             monitor_windows.c.window_end > sa.select(sa.func.min(records.c.ts)).where(arrived).scalar_subquery())
+            late_in = (
+                sa.select(sa.func.count())
+                .select_from(records)
+                .where(
+                    arrived, records.c.ts >= monitor_windows.c.window_start, records.c.ts < monitor_windows.c.window_end
+                )
+                .scalar_subquery()
+            )
+            judged = sa.and_(
+                monitor_windows.c.monitor == monitor,
+                monitor_windows.c.version == watched.version,
+                monitor_windows.c.window_start.is_not(None),
+                monitor_windows.c.rejudged == sa.false(),
+                monitor_windows.c.window_end > sa.select(sa.func.min(records.c.ts)).where(arrived).scalar_subquery(),
+            )
             conn.execute(monitor_windows.update().where(judged).values(late=monitor_windows.c.late + late_in))
-            newest_end = conn.execute(sa.select(sa.func.max(monitor_windows.c.window_end)).where(
-                monitor_windows.c.monitor == monitor, monitor_windows.c.version == watched.version,
-                monitor_windows.c.rejudged == sa.false())).scalar()
+            newest_end = conn.execute(
+                sa.select(sa.func.max(monitor_windows.c.window_end)).where(
+                    monitor_windows.c.monitor == monitor,
+                    monitor_windows.c.version == watched.version,
+                    monitor_windows.c.rejudged == sa.false(),
+                )
+            ).scalar()
             late = 0
             if newest_end is not None:
-                late = int(conn.execute(sa.select(sa.func.count()).select_from(records)
-                                        .where(arrived, records.c.ts < newest_end)).scalar_one())
+                late = int(
+                    conn.execute(
+                        sa.select(sa.func.count()).select_from(records).where(arrived, records.c.ts < newest_end)
+                    ).scalar_one()
+                )
             conn.execute(monitor_cursors.update().where(monitor_cursors.c.monitor == monitor).values(seen_seq=upto_seq))
         return late

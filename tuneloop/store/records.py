@@ -85,8 +85,14 @@ class BatchResult:
 
 
 class RecordStore(Store):
-    def add_batch(self, batch: Sequence[NewRecord], feedback_of: Sequence[tuple[str, FeedbackValues]], at: datetime,
-                  *, idempotency_key: str | None = None) -> BatchResult:
+    def add_batch(
+        self,
+        batch: Sequence[NewRecord],
+        feedback_of: Sequence[tuple[str, FeedbackValues]],
+        at: datetime,
+        *,
+        idempotency_key: str | None = None,
+    ) -> BatchResult:
         try:
             return self._add_once(batch, feedback_of, at, idempotency_key)
         except sa.exc.IntegrityError:
@@ -95,12 +101,18 @@ class RecordStore(Store):
             # The same key committed concurrently (PostgreSQL has no BEGIN IMMEDIATE): this try replays it.
             return self._add_once(batch, feedback_of, at, idempotency_key)
 
-    def _add_once(self, batch: Sequence[NewRecord], feedback_of: Sequence[tuple[str, FeedbackValues]], at: datetime,
-                  idempotency_key: str | None) -> BatchResult:
+    def _add_once(
+        self,
+        batch: Sequence[NewRecord],
+        feedback_of: Sequence[tuple[str, FeedbackValues]],
+        at: datetime,
+        idempotency_key: str | None,
+    ) -> BatchResult:
         with self.engine.begin() as conn:
             if idempotency_key:
-                earlier = conn.execute(sa.select(ingest_requests.c.response)
-                                       .where(ingest_requests.c.key == idempotency_key)).scalar()
+                earlier = conn.execute(
+                    sa.select(ingest_requests.c.response).where(ingest_requests.c.key == idempotency_key)
+                ).scalar()
                 if earlier is not None:
                     return BatchResult(**{**earlier, "replayed": True})
             ids = [r.id for r in batch]
@@ -133,8 +145,16 @@ class RecordStore(Store):
         with self.engine.connect() as conn:
             return int(conn.execute(query).scalar() or 0)
 
-    def of(self, watched: ModelSlice, *, start: datetime | None = None, end: datetime | None = None,
-           upto_seq: int | None = None, after_seq: int | None = None, newest: int | None = None) -> list[StoredRecord]:
+    def of(
+        self,
+        watched: ModelSlice,
+        *,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        upto_seq: int | None = None,
+        after_seq: int | None = None,
+        newest: int | None = None,
+    ) -> list[StoredRecord]:
         """Records of `watched`, oldest first: within [start, end), past `after_seq` up to `upto_seq`, the
         `newest` N of those."""
         query = _of(watched)
@@ -154,8 +174,15 @@ class RecordStore(Store):
         rows.reverse()
         return rows
 
-    def page(self, watched: ModelSlice, *, from_seq: int | None = None, skip: int = 0, limit: int,
-             not_before: datetime | None = None) -> list[StoredRecord]:
+    def page(
+        self,
+        watched: ModelSlice,
+        *,
+        from_seq: int | None = None,
+        skip: int = 0,
+        limit: int,
+        not_before: datetime | None = None,
+    ) -> list[StoredRecord]:
         """Up to `limit` records of `watched` in arrival order, from `from_seq` on (the first `skip` of them
         left out), at or after `not_before`: one count window."""
         query = _of(watched)
@@ -167,8 +194,9 @@ class RecordStore(Store):
         with self.engine.connect() as conn:
             return [StoredRecord(*row) for row in conn.execute(query)]
 
-    def first_time(self, watched: ModelSlice, *, not_before: datetime | None = None,
-                   after_seq: int | None = None) -> datetime | None:
+    def first_time(
+        self, watched: ModelSlice, *, not_before: datetime | None = None, after_seq: int | None = None
+    ) -> datetime | None:
         """The earliest timestamp of `watched`'s records (at or after `not_before`, past `after_seq`)."""
         query = sa.select(sa.func.min(records.c.ts)).where(in_slice(watched))
         if not_before is not None:
@@ -185,17 +213,29 @@ class RecordStore(Store):
 
     def groups(self, model: str) -> list[tuple[str | None, int, int]]:
         """(alias, version, count) of every way `model`'s records were sent."""
-        query = (sa.select(records.c.alias, records.c.version, sa.func.count()).where(records.c.model == model)
-                 .group_by(records.c.alias, records.c.version))
+        query = (
+            sa.select(records.c.alias, records.c.version, sa.func.count())
+            .where(records.c.model == model)
+            .group_by(records.c.alias, records.c.version)
+        )
         with self.engine.connect() as conn:
             return [(a, int(v), int(n)) for a, v, n in conn.execute(query)]
 
     def reviewed(self, model: str) -> list[ReviewedRecord]:
         """Records of `model` that have feedback, in arrival order."""
-        query = (sa.select(records.c.id, records.c.prompt, records.c.output, feedback.c.reference, feedback.c.label,
-                           feedback.c.rating)
-                 .select_from(records.join(feedback, feedback.c.record_id == records.c.id))
-                 .where(records.c.model == model).order_by(records.c.seq))
+        query = (
+            sa.select(
+                records.c.id,
+                records.c.prompt,
+                records.c.output,
+                feedback.c.reference,
+                feedback.c.label,
+                feedback.c.rating,
+            )
+            .select_from(records.join(feedback, feedback.c.record_id == records.c.id))
+            .where(records.c.model == model)
+            .order_by(records.c.seq)
+        )
         with self.engine.connect() as conn:
             return [ReviewedRecord(*row) for row in conn.execute(query)]
 
@@ -209,9 +249,20 @@ def in_slice(watched: ModelSlice) -> sa.ColumnElement[bool]:
 
 
 def _of(watched: ModelSlice) -> sa.Select[Any]:
-    return (sa.select(records.c.seq, records.c.prompt, records.c.output, records.c.prediction, records.c.ts,
-                      feedback.c.label, feedback.c.rating, feedback.c.reference)
-            .select_from(records.outerjoin(feedback, feedback.c.record_id == records.c.id)).where(in_slice(watched)))
+    return (
+        sa.select(
+            records.c.seq,
+            records.c.prompt,
+            records.c.output,
+            records.c.prediction,
+            records.c.ts,
+            feedback.c.label,
+            feedback.c.rating,
+            feedback.c.reference,
+        )
+        .select_from(records.outerjoin(feedback, feedback.c.record_id == records.c.id))
+        .where(in_slice(watched))
+    )
 
 
 def _upsert_feedback(conn: Transaction, record_id: str, values: FeedbackValues, at: datetime) -> None:

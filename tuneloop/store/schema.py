@@ -39,15 +39,16 @@ class SchemaStatus:
         return asdict(self) | {"up_to_date": self.up_to_date}
 
 
-def _tuneloop_scripts():  # type: ignore[no-untyped-def]
+def _tuneloop_scripts():
     from alembic.config import Config
     from alembic.script import ScriptDirectory
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     return ScriptDirectory.from_config(config)
 
 
-def _mlflow_scripts():  # type: ignore[no-untyped-def]
+def _mlflow_scripts():
     from alembic.script import ScriptDirectory
     from mlflow.store.db.utils import _get_alembic_config
 
@@ -69,8 +70,10 @@ def _current(engine: sa.Engine, version_table: str) -> str | None:
         with engine.connect() as conn:
             return MigrationContext.configure(conn, opts={"version_table": version_table}).get_current_revision()
     except sa.exc.OperationalError as exc:
-        raise StoreError(f"cannot open the database {redact_url(str(engine.url))}: {str(exc.orig).strip()[:300]}",
-                         hint="check the URL in `stores` and that the database server is running") from None
+        raise StoreError(
+            f"cannot open the database {redact_url(str(engine.url))}: {str(exc.orig).strip()[:300]}",
+            hint="check the URL in `stores` and that the database server is running",
+        ) from None
 
 
 def _status(store: str, url: str, version_table: str, scripts: Any) -> SchemaStatus:
@@ -109,8 +112,10 @@ def tuneloop_status(database_url: str) -> SchemaStatus:
 
 def mlflow_status(mlflow_uri: str) -> SchemaStatus:
     if not mlflow_uri.startswith(("sqlite:", "postgresql", "mysql", "mssql")):
-        raise StoreError(f"`stores.mlflow_uri` {redact_url(mlflow_uri)} is not a database",
-                         hint="schema checks apply to a database-backed MLflow store")
+        raise StoreError(
+            f"`stores.mlflow_uri` {redact_url(mlflow_uri)} is not a database",
+            hint="schema checks apply to a database-backed MLflow store",
+        )
     return _status("mlflow", mlflow_uri, "alembic_version", _mlflow_scripts())
 
 
@@ -179,9 +184,10 @@ def require_current(found: SchemaStatus) -> None:
 def _raw_engine(url: str) -> sa.Engine:
     try:
         return sa.create_engine(url, poolclass=sa.pool.NullPool)
-    except Exception:
-        raise StoreError(f"{redact_url(url)} is not a database URL",
-                         hint="use sqlite:///path/file.db or postgresql://user@host/db") from None
+    except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError):
+        raise StoreError(
+            f"{redact_url(url)} is not a database URL", hint="use sqlite:///path/file.db or postgresql://user@host/db"
+        ) from None
 
 
 def _make_sqlite_folder(url: str) -> None:

@@ -45,7 +45,7 @@ def shingles(text: str, n: int = 3) -> set[str]:
     words = re.findall(r"\w+", comparable(text))
     if len(words) < n:
         return {" ".join(words)} if words else set()
-    return {" ".join(words[i:i + n]) for i in range(len(words) - n + 1)}
+    return {" ".join(words[i : i + n]) for i in range(len(words) - n + 1)}
 
 
 def jaccard(a: set[str], b: set[str]) -> float:
@@ -72,15 +72,23 @@ def near_duplicates(texts: Sequence[str], threshold: float = 0.8, *, seed: int =
     return out
 
 
-def split(keys: Sequence[str], eval_share: float, *, seed: int = 0, labels: Sequence[str | None] | None = None,
-          groups: Sequence[int] | None = None) -> list[bool]:
+def split(
+    keys: Sequence[str],
+    eval_share: float,
+    *,
+    seed: int = 0,
+    labels: Sequence[str | None] | None = None,
+    groups: Sequence[int] | None = None,
+) -> list[bool]:
     """True where a row goes to eval. Rows of one group (near-duplicates) stay together; within each label,
     the groups with the smallest seeded hashes go to eval until `eval_share` of the label's rows is reached."""
     groups = list(groups) if groups is not None else list(range(len(keys)))
     first_label: dict[int, str | None] = {}
     by_label: dict[str | None, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
     for i, group in enumerate(groups):
-        label = first_label.setdefault(group, labels[i] if labels is not None else None)  # a group keeps its first label
+        label = first_label.setdefault(
+            group, labels[i] if labels is not None else None
+        )  # a group keeps its first label
         by_label[label][group].append(i)
     to_eval = [False] * len(keys)
     for members in by_label.values():
@@ -135,14 +143,14 @@ class DuplicateIndex:
         shingle_set = shingles(text)
         return self._insert(text, shingle_set, self._minhash(shingle_set))
 
-    def _minhash(self, shingle_set: set[str]):  # type: ignore[no-untyped-def]
+    def _minhash(self, shingle_set: set[str]):
         from datasketch import MinHash
 
         mh = MinHash(num_perm=NUM_PERM, seed=self.seed)
         mh.update_batch([s.encode() for s in shingle_set])
         return mh
 
-    def _insert(self, text: str, shingle_set: set[str], mh) -> int:  # type: ignore[no-untyped-def]
+    def _insert(self, text: str, shingle_set: set[str], mh) -> int:
         index = len(self._sets)
         self._exact.setdefault(hashlib.sha256(comparable(text).encode()).hexdigest(), index)
         self._sets.append(shingle_set)

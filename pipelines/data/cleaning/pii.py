@@ -18,7 +18,9 @@ EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b")
 CARD = re.compile(r"(?<![\d-])(?:\d[ -]?){12,18}\d(?![\d-])")
 IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b")
 IPV4 = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])")
-IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){2,7}[0-9A-Fa-f]{1,4}(?![\w:])|(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){1,6}:[0-9A-Fa-f:]*")
+IPV6 = re.compile(
+    r"(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){2,7}[0-9A-Fa-f]{1,4}(?![\w:])|(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){1,6}:[0-9A-Fa-f:]*"
+)
 PHONE = re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]?\d{2,4}){2,4}(?!\w)")
 
 
@@ -84,7 +86,10 @@ def scrub(text: str) -> tuple[str, Counter[str]]:
     """(text with PII replaced, count per kind)."""
     found: Counter[str] = Counter()
     for kind, pattern, replace in RULES:
-        def sub(match: re.Match[str], kind: str = kind, replace: Callable[[re.Match[str]], str | None] = replace) -> str:
+
+        def sub(
+            match: re.Match[str], kind: str = kind, replace: Callable[[re.Match[str]], str | None] = replace
+        ) -> str:
             placeholder = replace(match)
             if placeholder is None:
                 return match.group()

@@ -59,7 +59,9 @@ def upgrade() -> None:
     op.create_table(
         "delivery_attempts",
         sa.Column("id", _BIG_ID, primary_key=True, autoincrement=True),
-        sa.Column("notification_id", sa.BigInteger, sa.ForeignKey("notifications.id", ondelete="CASCADE"), nullable=False),
+        sa.Column(
+            "notification_id", sa.BigInteger, sa.ForeignKey("notifications.id", ondelete="CASCADE"), nullable=False
+        ),
         sa.Column("attempt", sa.Integer, nullable=False),
         sa.Column("at", _NOW, nullable=False),
         sa.Column("ok", sa.Boolean, nullable=False),

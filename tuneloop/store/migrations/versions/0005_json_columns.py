@@ -22,13 +22,21 @@ down_revision = "0004"
 branch_labels = None
 depends_on = None
 
-COLUMNS = [("records", "meta", "seq"), ("ingest_requests", "response", "key"), ("monitors", "spec", "name"),
-           ("monitor_windows", "drifted_checks", "id"), ("monitor_windows", "checks", "id"),
-           ("alert_rules", "spec", "name"), ("alerts", "summary", "id"), ("notifications", "payload", "id"),
-           ("loops", "spec", "name"), ("retrain_runs", "details", "id")]
+COLUMNS = [
+    ("records", "meta", "seq"),
+    ("ingest_requests", "response", "key"),
+    ("monitors", "spec", "name"),
+    ("monitor_windows", "drifted_checks", "id"),
+    ("monitor_windows", "checks", "id"),
+    ("alert_rules", "spec", "name"),
+    ("alerts", "summary", "id"),
+    ("notifications", "payload", "id"),
+    ("loops", "spec", "name"),
+    ("retrain_runs", "details", "id"),
+]
 
 
-def _finite(value):  # type: ignore[no-untyped-def]
+def _finite(value):
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
@@ -43,13 +51,14 @@ def upgrade() -> None:
     if conn.dialect.name != "postgresql":
         return
     for table, column, key in COLUMNS:
-        suspects = conn.execute(sa.text(
-            f"SELECT {key}, {column} FROM {table} WHERE {column} ~ 'NaN|Infinity'")).all()
+        suspects = conn.execute(sa.text(f"SELECT {key}, {column} FROM {table} WHERE {column} ~ 'NaN|Infinity'")).all()
         for row_key, text in suspects:
             cleaned = json.dumps(_finite(json.loads(text)))
             if cleaned != text:
-                conn.execute(sa.text(f"UPDATE {table} SET {column} = :text WHERE {key} = :key"),
-                             {"text": cleaned, "key": row_key})
+                conn.execute(
+                    sa.text(f"UPDATE {table} SET {column} = :text WHERE {key} = :key"),
+                    {"text": cleaned, "key": row_key},
+                )
         op.alter_column(table, column, type_=sa.JSON(), postgresql_using=f"{column}::json")
 
 

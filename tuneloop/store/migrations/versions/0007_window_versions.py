@@ -23,8 +23,10 @@ depends_on = None
 def upgrade() -> None:
     op.add_column("monitor_windows", sa.Column("lowest_p", sa.Float, nullable=True))
     op.add_column("monitor_windows", sa.Column("version", sa.Integer, nullable=True))
-    op.execute("UPDATE monitor_windows SET version = (SELECT records.version FROM records "
-               "WHERE records.seq = monitor_windows.last_seq)")
+    op.execute(
+        "UPDATE monitor_windows SET version = (SELECT records.version FROM records "
+        "WHERE records.seq = monitor_windows.last_seq)"
+    )
     op.create_index("ix_monitor_windows_version", "monitor_windows", ["monitor", "version", "id"])
     op.add_column("alert_rule_states", sa.Column("version", sa.Integer, nullable=True))
     op.create_table(

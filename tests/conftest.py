@@ -312,3 +312,23 @@ def empty_postgres_databases():
     yield tuple(StoreFactory._url(name) for name in names)
     for name in names:
         _pg(PG_ADMIN_URL, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+# MLflow 3 opens `sqlite:///mlflow.db` (and `./mlruns`) in the working directory when no tracking URI is
+# set: that is how a stray mlflow.db once got committed. Tests run from the repository, so anything that
+# reaches MLflow without tuneloop's stores shows up here and fails the run.
+_STRAYS = [REPO / "mlflow.db", REPO / "mlruns"]
+_STRAYS_BEFORE = {p for p in _STRAYS if p.exists()}
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return  # the controller checks once, after every worker
+    strays = [str(p) for p in _STRAYS if p.exists() and p not in _STRAYS_BEFORE]
+    if strays:
+        session.config.get_terminal_writer().line(
+            f"error: the tests wrote MLflow's default store into the repository: {', '.join(strays)} "
+            "(some code reached MLflow without tuneloop's tracking URI)",
+            red=True,
+        )
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -1,15 +1,59 @@
-"""Keep third-party libraries quiet: users see tuneloop's own output, not chatter they cannot act on."""
+"""Keep third-party libraries quiet: users see tuneloop's own output, not chatter they cannot act on.
+
+`tuneloop -v` (or `TUNELOOP_VERBOSE=1`) lets the libraries' logs, warnings and progress bars through.
+Everything here travels by environment variable too, so the worker and training processes a command
+starts are as quiet as the command itself.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import warnings
+
+VERBOSE_ENV = "TUNELOOP_VERBOSE"
+
+# Read by the libraries when they are first imported, so set before any of them is.
+LIBRARY_ENV = {
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # transformers' "Loading weights", "Writing model shards"
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",  # TRL's "Tokenizing train dataset" and friends
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # "Downloading artifacts"
+    "TRANSFORMERS_VERBOSITY": "error",  # "[transformers] The following layers were not sharded"
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+}
+
+# Loggers whose warnings name nothing a user of tuneloop can do.
+QUIET_LOGGERS = {
+    "mlflow": logging.WARNING,
+    "alembic": logging.WARNING,
+    "urllib3": logging.WARNING,
+    "httpx": logging.WARNING,
+    "transformers.modeling_utils": logging.WARNING,
+    "bitsandbytes": logging.ERROR,  # "Failed to load CPU gemm_4bit_forward from kernels-community": a fallback
+}
+
+
+def verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0", "false")
+
+
+def quiet_libraries(*, verbose_requested: bool = False) -> None:
+    """Called once by the CLI before any command runs (and so before any heavy import)."""
+    if verbose_requested:
+        os.environ[VERBOSE_ENV] = "1"
+    if verbose():
+        return
+    for key, value in LIBRARY_ENV.items():
+        os.environ.setdefault(key, value)
+    quiet_mlflow()
 
 
 def quiet_mlflow() -> None:
     """MLflow and friends chat on INFO and warn about things users cannot act on."""
-    for name in ("mlflow", "alembic", "urllib3", "httpx", "transformers.modeling_utils"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    if verbose():
+        return
+    for name, level in QUIET_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
     warnings.filterwarnings("ignore", module="mlflow")
     warnings.filterwarnings("ignore", message=".*type hint.*", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)

@@ -10,8 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+# By full name, not `from tuneloop.monitors.metrics import ...`: the package's __init__ imports this module.
+import tuneloop.monitors.metrics.classification as classification  # noqa: PLR0402
+import tuneloop.monitors.metrics.text as text  # noqa: PLR0402
 from tuneloop.errors import UsageError
-from tuneloop.monitors.metrics import classification, text
 
 PAIR_METRICS = (*text.ROUGE_TYPES, "bleu", "chrf", "f1_macro", "f1_micro", "accuracy", "exact_match")
 GROUPS = {"rouge": text.ROUGE_TYPES, "f1": ("f1_macro", "f1_micro")}

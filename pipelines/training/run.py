@@ -290,12 +290,13 @@ def _log_run_inputs(
 
 
 def _attach_callbacks(trainer: Any, extra: list[Any]) -> None:
-    from transformers.trainer_callback import ProgressCallback
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     from tuneloop.pipelines.training.tracking import MlflowStepMetrics, ProgressBar
 
     trainer.add_callback(MlflowStepMetrics())  # first, so it adds tok/s before the bar reads the logs
     trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)  # what transformers prints instead of its bar when it is quieted
     if distributed.is_main():
         trainer.add_callback(ProgressBar())
     for callback in extra:

@@ -21,10 +21,19 @@ from tuneloop.cli.context import AppContext
 @click.option(
     "--config", "config_file", type=click.Path(dir_okay=False), help="tuneloop.toml to read (default: ./tuneloop.toml)."
 )
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="Let the libraries underneath (transformers, MLflow, ...) print their logs, warnings and progress bars.",
+)
 @click.version_option(__version__, prog_name="tuneloop")
 @click.pass_context
-def cli(ctx: click.Context, config_file: str | None) -> None:
+def cli(ctx: click.Context, config_file: str | None, verbose: bool) -> None:
     """tuneloop: fine-tune, evaluate, promote and monitor LLMs, with everything in MLflow."""
+    from tuneloop.quiet import quiet_libraries
+
+    quiet_libraries(verbose_requested=verbose)
     ctx.obj = AppContext(config_file)
 
 

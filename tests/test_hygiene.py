@@ -1,0 +1,98 @@
+"""The CLI writes nowhere but `TUNELOOP_HOME` and the cache folder: not into the folder it is run from
+(MLflow 3's default tracking URI is `sqlite:///mlflow.db` in the working directory), not into the
+user's home (library caches), not next to its input files. And it prints tuneloop's own progress only:
+the libraries' bars and warnings come through with `-v`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import run_cli
+
+# Lines the libraries underneath print (transformers, TRL/datasets, MLflow, bitsandbytes).
+THIRD_PARTY = (
+    "Loading weights",
+    "Writing model shards",
+    "Downloading artifacts",
+    "Tokenizing train dataset",
+    "[transformers]",
+    "kernels-community",
+    "{'loss'",
+)
+
+
+def _third_party_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if any(marker in line for marker in THIRD_PARTY)]
+
+
+def _tree(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_size for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_import_train_eval_from_an_empty_folder_write_only_home_and_cache_and_print_only_tuneloop(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    inputs, work, user_home = tmp_path / "inputs", tmp_path / "work", tmp_path / "user-home"
+    for folder in (inputs, work, user_home):
+        folder.mkdir()
+    rows = [("order status", "your order has shipped"), ("reset password", "use the reset link")] * 4
+    data = inputs / "chat.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}) + "\n"
+            for q, a in rows
+        )
+    )
+    recipe = inputs / "recipe.yaml"
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "name": "tiny-lora",
+                "method": "lora",
+                "base": "tiny:1",
+                "data": {"train": str(data), "max_length": 32},
+                "training": {"max_steps": 20, "batch_size": 4, "checkpoint_every": 1},
+                "lora": {"r": 4, "alpha": 8},
+            }
+        )
+    )
+    suite = inputs / "suite.yaml"
+    suite.write_text(
+        yaml.safe_dump(
+            {
+                "name": "s",
+                "tasks": [
+                    {"name": "t", "data": str(data), "metrics": ["exact_match"], "generation": {"max_new_tokens": 2}}
+                ],
+            }
+        )
+    )
+    before = _tree(inputs)
+    env = {
+        "TUNELOOP_HOME": str(tmp_path / "home"),
+        "TUNELOOP_CACHE_DIR": str(tmp_path / "cache"),
+        "HOME": str(user_home),
+        "XDG_CACHE_HOME": str(user_home / ".cache"),
+    }
+
+    for args in (
+        ("models", "import-base", "tiny", "--source", str(tiny_model)),
+        ("train", str(recipe), "--set", "training.max_steps=2"),
+        ("eval", str(suite), "--model", "tiny-lora:1"),
+        ("models", "list", "--json"),
+    ):
+        result = run_cli(*args, env=env, cwd=work)
+        assert result.returncode == 0, f"{args}: {result.stderr[-3000:]}"
+        assert _third_party_lines(result.stdout + result.stderr) == [], args
+
+    assert _tree(work) == {}, "written into the working folder"
+    assert _tree(user_home) == {}, "written into the user's home"
+    assert _tree(inputs) == before, "written next to the inputs"
+    assert (tmp_path / "home" / "mlflow.db").is_file()
+
+    chatty = run_cli("-v", "eval", str(suite), "--model", "tiny-lora:1", env=env, cwd=work)
+    assert chatty.returncode == 0, chatty.stderr[-3000:]
+    assert any("Loading weights" in line for line in _third_party_lines(chatty.stderr)), chatty.stderr[-3000:]

@@ -9,6 +9,7 @@ import json
 import pytest
 
 from tests.conftest import run_cli
+from tests.test_hygiene import third_party_lines
 
 pytestmark = pytest.mark.slow
 
@@ -27,6 +28,7 @@ def test_demo_closes_the_loop_and_mlflow_shows_it(tmp_path) -> None:
     )
     for stage in range(1, 9):
         assert f"{stage}/8 " in result.stderr
+    assert third_party_lines(result.stdout + result.stderr) == []  # tuneloop's own progress only
 
     from mlflow import MlflowClient
 

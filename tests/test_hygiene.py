@@ -24,7 +24,7 @@ THIRD_PARTY = (
 )
 
 
-def _third_party_lines(output: str) -> list[str]:
+def third_party_lines(output: str) -> list[str]:
     return [line for line in output.splitlines() if any(marker in line for marker in THIRD_PARTY)]
 
 
@@ -86,7 +86,7 @@ def test_import_train_eval_from_an_empty_folder_write_only_home_and_cache_and_pr
     ):
         result = run_cli(*args, env=env, cwd=work)
         assert result.returncode == 0, f"{args}: {result.stderr[-3000:]}"
-        assert _third_party_lines(result.stdout + result.stderr) == [], args
+        assert third_party_lines(result.stdout + result.stderr) == [], args
 
     assert _tree(work) == {}, "written into the working folder"
     assert _tree(user_home) == {}, "written into the user's home"
@@ -95,4 +95,4 @@ def test_import_train_eval_from_an_empty_folder_write_only_home_and_cache_and_pr
 
     chatty = run_cli("-v", "eval", str(suite), "--model", "tiny-lora:1", env=env, cwd=work)
     assert chatty.returncode == 0, chatty.stderr[-3000:]
-    assert any("Loading weights" in line for line in _third_party_lines(chatty.stderr)), chatty.stderr[-3000:]
+    assert any("Loading weights" in line for line in third_party_lines(chatty.stderr)), chatty.stderr[-3000:]

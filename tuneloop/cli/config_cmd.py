@@ -14,7 +14,7 @@ def config() -> None:
 
 
 @config.command("show")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@output.json_option()
 @pass_app
 def show(app: AppContext, as_json: bool) -> None:
     """The settings in force (tuneloop.toml + TUNELOOP_* variables), with secrets masked."""

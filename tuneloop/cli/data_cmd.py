@@ -27,7 +27,7 @@ def data_group() -> None:
     help="Row format; `auto` detects it from the first row's fields.",
 )
 @click.option("--max-chars", type=click.IntRange(1), default=None, help="Report rows longer than this many characters.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@output.json_option()
 def validate(path: str, fmt: str, max_chars: int | None, as_json: bool) -> None:
     """Check every row of PATH (.jsonl, .csv, .parquet): bad JSON, missing fields, wrong roles, empty turns,
     rows without an assistant turn, over-long rows. Exit 1 when any row has a problem."""
@@ -127,7 +127,7 @@ def validate(path: str, fmt: str, max_chars: int | None, as_json: bool) -> None:
 )
 @click.option("--seed", default=0, show_default=True, help="Seed of the split.")
 @click.option("--no-mlflow", is_flag=True, help="Do not record the curated set in MLflow.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON document on stdout.")
+@output.json_option("Print the report as one JSON document on stdout.")
 @pass_app
 def curate_cmd(
     app: AppContext,
@@ -277,7 +277,7 @@ def curate_cmd(
 @click.option("--keep-truncated", is_flag=True, help="Keep rows whose question or answer stopped at its token limit.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the sampling and of the seed examples shown.")
 @click.option("--no-mlflow", is_flag=True, help="Do not record the synthetic set in MLflow.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON document on stdout.")
+@output.json_option("Print the report as one JSON document on stdout.")
 @pass_app
 def synth_cmd(
     app: AppContext,
@@ -385,7 +385,7 @@ def review_group() -> None:
 @click.option("--sample", type=click.IntRange(1), default=None, help="Export a random sample of this many rows.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the sample.")
 @click.option("--all", "everything", is_flag=True, help="Every row, not only the synthetic rows nobody reviewed.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@output.json_option()
 def review_export(path: str, sheet: str, sample: int | None, seed: int, everything: bool, as_json: bool) -> None:
     """Write a review sheet of PATH's unreviewed synthetic rows (or --all rows): id, prompt, answer, and the
     columns a reviewer fills: decision (accept, reject, edit; blank: not reviewed), edited_prompt,
@@ -426,7 +426,7 @@ def review_export(path: str, sheet: str, sample: int | None, seed: int, everythi
     default=None,
     help="Who reviewed, recorded in each decided row [default: settings `actor`, else the OS user].",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@output.json_option()
 @pass_app
 def review_import(
     app: AppContext, path: str, sheet: str, out_file: str, unreviewed: str, reviewer: str | None, as_json: bool

@@ -24,7 +24,7 @@ def _show(found: list, as_json: bool) -> None:
 
 
 @db_group.command("check")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@output.json_option()
 @pass_app
 def check(app: AppContext, as_json: bool) -> None:
     """Report each database's schema revision and the migrations pending; exit 1 when any are."""
@@ -39,7 +39,7 @@ def check(app: AppContext, as_json: bool) -> None:
 
 
 @db_group.command("upgrade")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@output.json_option()
 @pass_app
 def upgrade_cmd(app: AppContext, as_json: bool) -> None:
     """Apply every pending migration of MLflow's store and of tuneloop's tables (safe to rerun; two

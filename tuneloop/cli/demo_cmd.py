@@ -22,7 +22,7 @@ from tuneloop.cli.context import AppContext, pass_app
 @click.option(
     "--webhook", "webhooks", multiple=True, metavar="URL", help="Also POST the alert and the decision to URL."
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON document on stdout.")
+@output.json_option("Print the summary as one JSON document on stdout.")
 @pass_app
 def demo(app: AppContext, steps: int | None, quick: bool, webhooks: tuple[str, ...], as_json: bool) -> None:
     """The closed loop on SmolLM2-135M-Instruct: fine-tune, evaluate, promote, monitor, drift, alert, retrain, decide.

@@ -54,7 +54,7 @@ def eval_group() -> None:
     metavar="N",
     help="Use at most the first N rows of every task (a quick look).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@output.json_option()
 @pass_app
 def run_suite(
     app: AppContext, suite: str, model_ref: str, overrides: tuple[str, ...], limit: int | None, as_json: bool
@@ -106,7 +106,7 @@ def run_suite(
     show_default=True,
     help="`unicode` keeps words in any script (rouge-score's default keeps [a-z0-9] only).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object: metric name -> value.")
+@output.json_option("Print one JSON object: metric name -> value.")
 def score(path: str, metrics: str, no_stemming: bool, rouge_tokenizer: str, as_json: bool) -> None:
     """Score prediction/reference pairs without a model (ROUGE/F1/accuracy in [0, 1]; BLEU/chrF 0-100)."""
     from tuneloop.monitors.metrics.scoring import ScoreOptions
@@ -134,7 +134,7 @@ def score(path: str, metrics: str, no_stemming: bool, rouge_tokenizer: str, as_j
 @click.option(
     "--confidence", default=0.95, show_default=True, type=click.FloatRange(0.5, 0.999), help="Interval level."
 )
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@output.json_option()
 @pass_app
 def compare_cmd(
     app: AppContext, a: str, b: str, suite: str | None, resamples: int, confidence: float, as_json: bool
@@ -210,7 +210,7 @@ def human() -> None:
 )
 @click.option("--suite", default=None, help="With model versions: use their latest run of this suite.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the left/right shuffle.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@output.json_option()
 @pass_app
 def human_export(
     app: AppContext, a: str, b: str, task: str, out: str, suite: str | None, seed: int, as_json: bool
@@ -237,7 +237,7 @@ def human_export(
     default=None,
     help="Also write preference pairs (JSONL) for a dpo recipe.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@output.json_option()
 @pass_app
 def human_import(app: AppContext, ratings: str, review_id: str | None, pairs: str | None, as_json: bool) -> None:
     """Read RATINGS (the sheet with `rating` = left/right/tie), log B's win rate with a Wilson interval."""

@@ -16,7 +16,7 @@ import click
 from tuneloop.cli import output
 from tuneloop.cli.context import AppContext, pass_app
 
-JSON = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+JSON = output.json_option()
 
 
 # --- alerts -------------------------------------------------------------------------------------

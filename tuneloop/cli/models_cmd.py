@@ -9,7 +9,7 @@ import click
 from tuneloop.cli import output
 from tuneloop.cli.context import AppContext, pass_app
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+json_option = output.json_option()
 
 
 @click.group()

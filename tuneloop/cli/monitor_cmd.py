@@ -29,7 +29,7 @@ def serve(app: AppContext, host: str | None, port: int | None) -> None:
 
 @monitor.command("ingest")
 @click.argument("path", type=click.Path(dir_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@output.json_option()
 @pass_app
 def ingest(app: AppContext, path: str, as_json: bool) -> None:
     """Store the records of a JSONL or CSV file (all or nothing; ids already stored are skipped)."""
@@ -53,7 +53,7 @@ def token() -> None:
 
 @token.command("create")
 @click.argument("name")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@output.json_option()
 @pass_app
 def token_create(app: AppContext, name: str, as_json: bool) -> None:
     """Create a token; it is printed once and only its hash is kept."""
@@ -68,7 +68,7 @@ def token_create(app: AppContext, name: str, as_json: bool) -> None:
 
 
 @token.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@output.json_option()
 @pass_app
 def token_list(app: AppContext, as_json: bool) -> None:
     """Token names and dates (never the tokens)."""
@@ -110,7 +110,7 @@ def token_revoke(app: AppContext, name: str) -> None:
     type=click.Path(dir_okay=False),
     help="An alert rule (YAML) to replay over the windows: the incidents it would have raised.",
 )
-@click.option("--json", "as_json", is_flag=True, help="One JSON document: an entry per window with its drifted checks.")
+@output.json_option("One JSON document: an entry per window with its drifted checks.")
 @pass_app
 def backtest_cmd(
     app: AppContext, monitor_file: str, reference: str | None, current: str, alert_file: str | None, as_json: bool
@@ -179,7 +179,7 @@ def backtest_cmd(
 @monitor.command("add")
 @click.argument("path", type=click.Path(dir_okay=False))
 @click.option("--replace", is_flag=True, help="Update a monitor of the same name.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@output.json_option()
 @pass_app
 def add_cmd(app: AppContext, path: str, replace: bool, as_json: bool) -> None:
     """Declare the monitor in PATH (YAML; see examples/monitors/)."""
@@ -203,7 +203,7 @@ def add_cmd(app: AppContext, path: str, replace: bool, as_json: bool) -> None:
     help="Re-judge the newest records (the last `size` records, or the last "
     "`duration`) instead of the pending windows; logged, but no evidence for alert rules.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@output.json_option()
 @pass_app
 def check_cmd(app: AppContext, name: str, latest: bool, as_json: bool) -> None:
     """Judge every window of the monitor that completed since the last check, log each to MLflow and apply
@@ -262,7 +262,7 @@ def _where(window: dict[str, Any]) -> str:
     help="The window's number (its step in the monitor's "
     "MLflow run, as `monitor check` prints it); default: the newest.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@output.json_option()
 @pass_app
 def report_cmd(app: AppContext, name: str, step: int | None, as_json: bool) -> None:
     """Log an Evidently report of one window against the monitor's reference (column summaries, text
@@ -281,7 +281,7 @@ def report_cmd(app: AppContext, name: str, step: int | None, as_json: bool) -> N
 
 
 @monitor.command("status")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@output.json_option()
 @pass_app
 def status_cmd(app: AppContext, as_json: bool) -> None:
     """Every monitor's last state."""

@@ -9,6 +9,11 @@ from typing import Any
 import click
 
 
+def json_option(help: str = "Print one JSON document on stdout.") -> Any:
+    """The one `--json` flag of every command that prints a result (as `as_json`)."""
+    return click.option("--json", "as_json", is_flag=True, help=help)
+
+
 def emit_json(payload: Any) -> None:
     click.echo(json.dumps(payload, indent=2, default=str, sort_keys=False))
 

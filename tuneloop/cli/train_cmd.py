@@ -40,7 +40,7 @@ from tuneloop.cli.context import AppContext, pass_app
 @click.option(
     "--gpus", type=click.IntRange(0, 64), default=None, help="GPUs of the remote job (default: kubernetes.gpus)."
 )
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@output.json_option()
 @pass_app
 def train(
     app: AppContext,

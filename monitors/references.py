@@ -27,6 +27,7 @@ from tuneloop.monitors.drift.embedding import Embedder
 from tuneloop.monitors.drift.judge import Reference, build_reference
 from tuneloop.monitors.ingestion.records import record_from_training_row
 from tuneloop.monitors.monitor_spec import MonitorSpec
+from tuneloop.names import RunTag
 from tuneloop.rowfiles import write_jsonl
 from tuneloop.store.records import ModelSlice, StoredRecord
 
@@ -70,7 +71,7 @@ def stored_data_file(rc: Any, name: str, version: int, context: str) -> tuple[Pa
     """(local copy, sha256) of the `train` or `eval` file a version was trained with, verified by digest."""
     mv = rc.mlflow.get_model_version(name, str(version))
     stored = RUN_CONTEXT[context]
-    digest = rc.mlflow.get_run(mv.run_id).data.tags.get(f"tuneloop.data.{stored}.sha256") if mv.run_id else None
+    digest = rc.mlflow.get_run(mv.run_id).data.tags.get(RunTag.data_sha256(stored)) if mv.run_id else None
     if not digest:
         raise InvalidInput(
             f"{name}:{version} has no stored `{context}` data (it was not trained by `tuneloop train`, "

@@ -33,12 +33,11 @@ from tuneloop.monitors.references import (
     statistics,
 )
 from tuneloop.monitors.windowing import closes_at
+from tuneloop.names import Experiment, RunTag
 from tuneloop.registry.client import RegistryClient
 from tuneloop.store import Transaction
 from tuneloop.store.monitors import JudgedWindow, MonitorRow, WindowPlace
 from tuneloop.store.records import ModelSlice
-
-EXPERIMENT = "monitors"
 
 
 def add(rc: RegistryClient, path: Path, *, replace: bool = False) -> dict[str, Any]:
@@ -453,9 +452,9 @@ def _create_run(rc: RegistryClient, spec: MonitorSpec) -> str:
     from tuneloop.registry.tracking import experiment_id
 
     run = rc.mlflow.create_run(
-        experiment_id(rc.mlflow, rc.settings, EXPERIMENT),
+        experiment_id(rc.mlflow, rc.settings, Experiment.MONITORS),
         run_name=f"monitor {spec.name}",
-        tags={"tuneloop.monitor": spec.name, "tuneloop.monitor.model": spec.model or ""},
+        tags={RunTag.MONITOR: spec.name, RunTag.MONITOR_MODEL: spec.model or ""},
     )
     return str(run.info.run_id)
 
@@ -469,7 +468,7 @@ def _describe(rc: RegistryClient, spec: MonitorSpec, run_id: str, digest: str, s
         "window": spec.window.model_dump_json(exclude_none=True),
         "checks": ",".join(spec.checks),
     }.items():
-        rc.mlflow.set_tag(run_id, f"tuneloop.monitor.{key}", value)
+        rc.mlflow.set_tag(run_id, RunTag.monitor(key), value)
 
 
 def _log(rc: RegistryClient, spec: MonitorSpec, run_id: str, step: int, result: WindowResult) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tuneloop.names import Experiment, Tag
+from tuneloop.names import Experiment, RunTag, Tag
 from tuneloop.schemas import AliasMove, GateCheck, MoveKind
 from tuneloop.store import Stores, Transaction
 from tuneloop.store.audit import AuditEntry
@@ -120,15 +120,15 @@ def mirror_pending(rc: RegistryClient, tx: Transaction, model: str) -> None:
             run_name=f"{move.model}@{move.alias}: {arrow}",
             tags={
                 Tag.AUDIT_ENTRY: str(move.id),
-                "tuneloop.audit.model": move.model,
-                "tuneloop.audit.alias": move.alias,
-                "tuneloop.audit.kind": move.kind,
-                "tuneloop.audit.from_version": str(move.from_version or ""),
-                "tuneloop.audit.to_version": str(move.to_version or ""),
-                "tuneloop.audit.forced": str(move.forced).lower(),
-                "tuneloop.audit.actor": move.actor,
-                "tuneloop.audit.reason": move.reason[:5000],
-                "tuneloop.audit.at": move.at.isoformat(),
+                RunTag.AUDIT_PREFIX + "model": move.model,
+                RunTag.AUDIT_PREFIX + "alias": move.alias,
+                RunTag.AUDIT_PREFIX + "kind": move.kind,
+                RunTag.AUDIT_PREFIX + "from_version": str(move.from_version or ""),
+                RunTag.AUDIT_PREFIX + "to_version": str(move.to_version or ""),
+                RunTag.AUDIT_PREFIX + "forced": str(move.forced).lower(),
+                RunTag.AUDIT_PREFIX + "actor": move.actor,
+                RunTag.AUDIT_PREFIX + "reason": move.reason[:5000],
+                RunTag.AUDIT_PREFIX + "at": move.at.isoformat(),
             },
         )
         client.log_dict(run.info.run_id, move.model_dump(mode="json"), "audit_entry.json")

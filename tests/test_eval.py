@@ -95,7 +95,8 @@ def intents_registry(sqlite_rc, tiny_model: Path, tmp_path: Path):
 
 
 def test_suite_run_logs_to_mlflow_and_attaches_results_to_the_version(intents_registry, tmp_path: Path) -> None:
-    from tuneloop.pipelines.evaluation.runner import EvalTag, evaluate, read_table
+    from tuneloop.names import EvalTag
+    from tuneloop.pipelines.evaluation.runner import evaluate, read_table
     from tuneloop.pipelines.evaluation.suites import load_suite
     from tuneloop.registry.gates import metrics_of
 

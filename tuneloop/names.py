@@ -78,3 +78,63 @@ class Experiment:
 
     REGISTRY = "registry"
     AUDIT = "audit"
+    TRAINING = "training"
+    EVALUATION = "evaluation"
+    HUMAN_EVAL = "human-eval"
+    MONITORS = "monitors"
+    ALERTS = "alerts"
+
+
+class EvalTag:
+    """Tags of an evaluation run (and RUN_ID on the model version: its latest eval run)."""
+
+    MODEL = "tuneloop.eval.model"  # NAME:VERSION
+    SUITE = "tuneloop.eval.suite"
+    SUITE_DIGEST = "tuneloop.eval.suite_digest"
+    RUN_ID = "tuneloop.eval.run_id"
+    KIND = "tuneloop.eval.kind"
+    METHOD = "tuneloop.eval.method"
+    DATA_PREFIX = "tuneloop.eval.data."
+
+    @staticmethod
+    def data_sha256(task: str) -> str:
+        return f"{EvalTag.DATA_PREFIX}{task}.sha256"
+
+
+class RunTag:
+    """Tags tuneloop writes on the MLflow runs of training, data, monitors, alerts, reviews and retrains."""
+
+    PRECISION = "tuneloop.precision"
+    PRECISION_REASON = "tuneloop.precision_reason"
+    GRADIENT_CHECKPOINTING = "tuneloop.gradient_checkpointing"
+    GRADIENT_CHECKPOINTING_REASON = "tuneloop.gradient_checkpointing_reason"
+    BASE = "tuneloop.base"  # NAME:VERSION of the base a training run started from
+    WORLD_SIZE = "tuneloop.world_size"
+    DATA_GENERATOR = "tuneloop.data.generator"
+    DATA_TEMPLATE = "tuneloop.data.template"
+    MONITOR = "tuneloop.monitor"
+    MONITOR_MODEL = "tuneloop.monitor.model"
+    REVIEW_A = "tuneloop.review.a"
+    REVIEW_B = "tuneloop.review.b"
+    REVIEW_TASK = "tuneloop.review.task"
+    RETRAIN_ID = "tuneloop.retrain.id"
+    RETRAIN_TRIGGER = "tuneloop.retrain.trigger"
+    RETRAIN_CHAMPION = "tuneloop.retrain.champion"
+    RETRAIN_DECISION = "tuneloop.retrain.decision"
+    ALERT_ID = "tuneloop.alert.id"
+    ALERT_RULE = "tuneloop.alert.rule"
+    ALERT_MONITOR = "tuneloop.alert.monitor"
+    ALERT_MODEL = "tuneloop.alert.model"
+    ALERT_SEVERITY = "tuneloop.alert.severity"
+    ALERT_STATUS = "tuneloop.alert.status"
+    ALERT_RUN_ID = "tuneloop.alert.run_id"  # on a challenger version: the alert run that triggered it
+    AUDIT_PREFIX = "tuneloop.audit."  # + model, alias, kind, from_version, to_version, forced, actor, reason, at
+
+    @staticmethod
+    def data_sha256(context: str) -> str:
+        """The sha256 of a data file a run read or wrote (`training`, `evaluation`, `input`, ...)."""
+        return f"tuneloop.data.{context}.sha256"
+
+    @staticmethod
+    def monitor(key: str) -> str:
+        return f"{RunTag.MONITOR}.{key}"

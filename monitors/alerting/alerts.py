@@ -25,11 +25,10 @@ from tuneloop.monitors.alerting import notify
 from tuneloop.monitors.alerting.rules import AlertRule, Incident, RuleState, load_rule, replay
 from tuneloop.monitors.drift.checks import WindowResult
 from tuneloop.monitors.monitor_spec import MonitorSpec
+from tuneloop.names import Experiment, RunTag
 from tuneloop.registry.client import RegistryClient
 from tuneloop.store import Stores, Transaction
 from tuneloop.store.alerts import AlertStatus
-
-EXPERIMENT = "alerts"
 
 
 @dataclass
@@ -246,17 +245,19 @@ def mirror(rc: RegistryClient, alert_id: int) -> str:
 
     alert = get(rc, alert_id)
     tags = {
-        "tuneloop.alert.id": str(alert_id),
-        "tuneloop.alert.rule": alert["rule"],
-        "tuneloop.alert.monitor": alert["monitor"],
-        "tuneloop.alert.model": alert["model"],
-        "tuneloop.alert.severity": alert["severity"],
-        "tuneloop.alert.status": alert["status"],
+        RunTag.ALERT_ID: str(alert_id),
+        RunTag.ALERT_RULE: alert["rule"],
+        RunTag.ALERT_MONITOR: alert["monitor"],
+        RunTag.ALERT_MODEL: alert["model"],
+        RunTag.ALERT_SEVERITY: alert["severity"],
+        RunTag.ALERT_STATUS: alert["status"],
     }
     run_id = alert["mlflow_run_id"]
     if run_id is None:
         run = rc.mlflow.create_run(
-            experiment_id(rc.mlflow, rc.settings, EXPERIMENT), run_name=f"alert {alert_id}: {alert['rule']}", tags=tags
+            experiment_id(rc.mlflow, rc.settings, Experiment.ALERTS),
+            run_name=f"alert {alert_id}: {alert['rule']}",
+            tags=tags,
         )
         run_id = str(run.info.run_id)
         rc.mlflow.log_param(run_id, "condition", json.dumps(alert["summary"]["condition"]))

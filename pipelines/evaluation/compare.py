@@ -14,8 +14,8 @@ from tuneloop.errors import InvalidInput, NotFound
 from tuneloop.monitors.metrics import classification, text
 from tuneloop.monitors.metrics.perplexity import from_nll
 from tuneloop.monitors.metrics.stats import paired_bootstrap
-from tuneloop.names import LOWER_IS_BETTER
-from tuneloop.pipelines.evaluation.runner import EvalTag, read_table
+from tuneloop.names import LOWER_IS_BETTER, EvalTag, Experiment
+from tuneloop.pipelines.evaluation.runner import read_table
 from tuneloop.registry.client import RegistryClient
 
 MEAN_METRICS = (*text.ROUGE_TYPES, "accuracy", "exact_match", "latency_ms")
@@ -92,10 +92,9 @@ def find_eval_run(rc: RegistryClient, ref: str, suite: str | None = None) -> Any
 
 
 def _eval_experiments(rc: RegistryClient) -> list[str]:
-    from tuneloop.pipelines.evaluation.runner import EXPERIMENT
     from tuneloop.registry.tracking import experiment_id
 
-    return [experiment_id(rc.mlflow, rc.settings, EXPERIMENT)]
+    return [experiment_id(rc.mlflow, rc.settings, Experiment.EVALUATION)]
 
 
 def compare(
@@ -163,7 +162,7 @@ def compare(
 
 
 def _tasks(run: Any) -> dict[str, str]:
-    prefix = "tuneloop.eval.data."
+    prefix = EvalTag.DATA_PREFIX
     return {k.removeprefix(prefix).removesuffix(".sha256"): v for k, v in run.data.tags.items() if k.startswith(prefix)}
 
 

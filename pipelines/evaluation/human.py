@@ -18,11 +18,11 @@ from typing import Any
 
 from tuneloop.errors import InvalidInput, UsageError
 from tuneloop.monitors.metrics.stats import wilson_interval
+from tuneloop.names import EvalTag, Experiment, RunTag
 from tuneloop.pipelines.evaluation.compare import find_eval_run
 from tuneloop.pipelines.evaluation.runner import read_table
 from tuneloop.registry.client import RegistryClient
 
-EXPERIMENT = "human-eval"
 SHEET_FIELDS = ("id", "prompt", "left", "right", "rating", "comment")
 RATINGS = {
     "left": "left",
@@ -84,9 +84,10 @@ def export_sheet(
             }
         )
     out.parent.mkdir(parents=True, exist_ok=True)
-    model_a, model_b = run_a.data.tags["tuneloop.eval.model"], run_b.data.tags["tuneloop.eval.model"]
+    model_a, model_b = run_a.data.tags[EvalTag.MODEL], run_b.data.tags[EvalTag.MODEL]
     with mlflow.start_run(
-        experiment_id=experiment_id(rc.mlflow, rc.settings, EXPERIMENT), run_name=f"A/B {model_a} vs {model_b} ({task})"
+        experiment_id=experiment_id(rc.mlflow, rc.settings, Experiment.HUMAN_EVAL),
+        run_name=f"A/B {model_a} vs {model_b} ({task})",
     ) as run:
         document = {
             "review_id": run.info.run_id,
@@ -95,7 +96,7 @@ def export_sheet(
             "b": {"model": model_b, "run_id": run_b.info.run_id},
             "rows": key,
         }
-        mlflow.set_tags({"tuneloop.review.a": model_a, "tuneloop.review.b": model_b, "tuneloop.review.task": task})
+        mlflow.set_tags({RunTag.REVIEW_A: model_a, RunTag.REVIEW_B: model_b, RunTag.REVIEW_TASK: task})
         mlflow.log_dict(document, "key.json")
     csv_path, jsonl_path, key_path = (out.with_suffix(".csv"), out.with_suffix(".jsonl"), out.with_suffix(".key.json"))
     with open(csv_path, "w", newline="", encoding="utf-8") as f:

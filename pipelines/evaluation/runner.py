@@ -16,20 +16,12 @@ from typing import Any
 from tuneloop.digest import file_sha256
 from tuneloop.errors import InvalidInput, NotFound
 from tuneloop.monitors.metrics.scoring import PAIR_METRICS, ScoreOptions, score_pairs
-from tuneloop.names import Metric, Tag
+from tuneloop.names import EvalTag, Experiment, Metric, Tag
 from tuneloop.pipelines.data import formats as data_io
 from tuneloop.pipelines.evaluation.suites import Suite, Task
 from tuneloop.registry.client import RegistryClient
 
-EXPERIMENT = "evaluation"
 TABLE_DIR = "eval"
-
-
-class EvalTag:
-    MODEL = "tuneloop.eval.model"  # NAME:VERSION
-    SUITE = "tuneloop.eval.suite"
-    SUITE_DIGEST = "tuneloop.eval.suite_digest"
-    RUN_ID = "tuneloop.eval.run_id"  # on the model version: its latest eval run
 
 
 @dataclass
@@ -122,15 +114,15 @@ def evaluate(
     model, tokenizer = load_model(f"models:/{mv.name}/{mv.version}")
     model_id = f"{mv.name}:{mv.version}"
     suite_digest = "sha256:" + file_sha256(suite_path) if suite_path else json_digest(suite.model_dump(mode="json"))
-    exp = experiment_id(rc.mlflow, rc.settings, EXPERIMENT)
+    exp = experiment_id(rc.mlflow, rc.settings, Experiment.EVALUATION)
     with mlflow.start_run(experiment_id=exp, run_name=f"eval {suite.name} on {model_id}") as run:
         mlflow.set_tags(
             {
                 EvalTag.MODEL: model_id,
                 EvalTag.SUITE: suite.name,
                 EvalTag.SUITE_DIGEST: suite_digest,
-                "tuneloop.eval.kind": mv.tags.get(Tag.KIND, ""),
-                "tuneloop.eval.method": mv.tags.get(Tag.METHOD, ""),
+                EvalTag.KIND: mv.tags.get(Tag.KIND, ""),
+                EvalTag.METHOD: mv.tags.get(Tag.METHOD, ""),
             }
         )
         mlflow.log_params({"model": model_id, "suite": suite.name, "tasks": ",".join(t.name for t in suite.tasks)})
@@ -140,7 +132,7 @@ def evaluate(
         mlflow.log_metrics(overall)
         for r in results:
             mlflow.log_metrics({f"{r.name}/{k}": v for k, v in r.metrics.items()})
-            mlflow.set_tag(f"tuneloop.eval.data.{r.name}.sha256", r.data_digest)
+            mlflow.set_tag(EvalTag.data_sha256(r.name), r.data_digest)
             if r.signatures:  # sacrebleu signatures: BLEU/chrF are only comparable under the same one
                 mlflow.log_params({f"{r.name}.{metric}_signature": sig for metric, sig in r.signatures.items()})
             mlflow.log_table(pd.DataFrame(r.examples), artifact_file=f"{TABLE_DIR}/{r.name}.json")

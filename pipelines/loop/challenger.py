@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop.errors import GateFailed, InvalidInput, NotFound
-from tuneloop.names import Alias, Tag
+from tuneloop.names import Alias, RunTag, Tag
 from tuneloop.pipelines.loop import retrain
 from tuneloop.registry.client import RegistryClient
 
@@ -179,7 +179,7 @@ def _record_run(run: Run) -> Any:
             active = mlflow.active_run()
             if active is not None:
                 run.record(training_run_id=active.info.run_id)
-                mlflow.set_tags({"tuneloop.retrain.id": str(run.id)})
+                mlflow.set_tags({RunTag.RETRAIN_ID: str(run.id)})
 
     return RecordRun()
 
@@ -208,18 +208,18 @@ def _finish(run: Run, spec: Any, version: int, champion_version: int, evals: dic
 
     rc, run_id, row, details = run.rc, run.id, run.row, run.details
     lineage = {
-        "tuneloop.retrain.id": str(run_id),
-        "tuneloop.retrain.trigger": row["trigger"],
-        "tuneloop.retrain.champion": f"{spec.model}:{champion_version}",
+        RunTag.RETRAIN_ID: str(run_id),
+        RunTag.RETRAIN_TRIGGER: row["trigger"],
+        RunTag.RETRAIN_CHAMPION: f"{spec.model}:{champion_version}",
     }
     if row["alert_id"] is not None:
         from tuneloop.monitors.alerting.alerts import get as get_alert
 
         alert = get_alert(rc, int(row["alert_id"]))
         lineage |= {
-            "tuneloop.alert.id": str(alert["id"]),
-            "tuneloop.alert.rule": alert["rule"],
-            "tuneloop.alert.run_id": alert["mlflow_run_id"] or "",
+            RunTag.ALERT_ID: str(alert["id"]),
+            RunTag.ALERT_RULE: alert["rule"],
+            RunTag.ALERT_RUN_ID: alert["mlflow_run_id"] or "",
         }
     for key, value in lineage.items():
         rc.mlflow.set_model_version_tag(spec.model, str(version), key, value)
@@ -294,7 +294,7 @@ def _mirror(run: Run) -> None:
     row = run.row
     if not row["training_run_id"]:
         return
-    run.rc.mlflow.set_tag(row["training_run_id"], "tuneloop.retrain.decision", run.details["decision"]["action"])
+    run.rc.mlflow.set_tag(row["training_run_id"], RunTag.RETRAIN_DECISION, run.details["decision"]["action"])
     run.rc.mlflow.log_text(row["training_run_id"], json.dumps(row, indent=2, default=str), "retrain.json")
 
 

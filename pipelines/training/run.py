@@ -16,14 +16,13 @@ from typing import Any
 
 from tuneloop.digest import folder_sha256
 from tuneloop.errors import Conflict, InvalidInput, NotFound
-from tuneloop.names import Tag
+from tuneloop.names import Experiment, RunTag, Tag
 from tuneloop.pipelines.data import formats as data_io
 from tuneloop.pipelines.training import distributed
 from tuneloop.pipelines.training.precision import PrecisionChoice, choose
 from tuneloop.pipelines.training.recipes import Recipe
 from tuneloop.registry.client import RegistryClient
 
-EXPERIMENT = "training"
 RECIPE_ARTIFACT = "recipe.json"
 
 
@@ -108,7 +107,7 @@ def _log_data(dataset: data_io.Dataset, context: str) -> None:
     mlflow.log_input(
         source, context=context, tags={"sha256": dataset.digest, "format": dataset.format, "rows": str(len(dataset))}
     )
-    mlflow.set_tag(f"tuneloop.data.{context}.sha256", dataset.digest)
+    mlflow.set_tag(RunTag.data_sha256(context), dataset.digest)
 
 
 def _trainer_args(recipe: Recipe, choice: PrecisionChoice, output_dir: Path, has_eval: bool) -> dict[str, Any]:
@@ -253,7 +252,7 @@ def _open_run(rc: RegistryClient, recipe: Recipe, resume_run_id: str | None) -> 
 
     if resume_run_id:
         return mlflow.start_run(run_id=resume_run_id, log_system_metrics=True)
-    exp = experiment_id(rc.mlflow, rc.settings, EXPERIMENT)
+    exp = experiment_id(rc.mlflow, rc.settings, Experiment.TRAINING)
     return mlflow.start_run(
         experiment_id=exp, run_name=f"train {recipe.name} ({recipe.method})", log_system_metrics=True
     )
@@ -275,13 +274,13 @@ def _log_run_inputs(
         mlflow.log_artifact(str(recipe_path), artifact_path="recipe")
     mlflow.set_tags(
         {
-            "tuneloop.precision": choice.dtype,
-            "tuneloop.precision_reason": choice.reason,
-            "tuneloop.gradient_checkpointing": str(choice.gradient_checkpointing).lower(),
-            "tuneloop.gradient_checkpointing_reason": choice.checkpointing_reason,
-            "tuneloop.base": f"{base_mv.name}:{base_mv.version}",
-            "tuneloop.method": recipe.method,
-            "tuneloop.world_size": str(distributed.world_size()),
+            RunTag.PRECISION: choice.dtype,
+            RunTag.PRECISION_REASON: choice.reason,
+            RunTag.GRADIENT_CHECKPOINTING: str(choice.gradient_checkpointing).lower(),
+            RunTag.GRADIENT_CHECKPOINTING_REASON: choice.checkpointing_reason,
+            RunTag.BASE: f"{base_mv.name}:{base_mv.version}",
+            Tag.METHOD: recipe.method,
+            RunTag.WORLD_SIZE: str(distributed.world_size()),
         }
     )
     _log_data(train_data, "training")
@@ -401,7 +400,7 @@ def _check_same_data(
 ) -> None:
     tags = rc.mlflow.get_run(run_id).data.tags
     for context, dataset in (("training", train_data), ("evaluation", eval_data)):
-        recorded = tags.get(f"tuneloop.data.{context}.sha256")
+        recorded = tags.get(RunTag.data_sha256(context))
         if dataset is not None and recorded and recorded != dataset.digest:
             raise InvalidInput(
                 f"`{dataset.path}` changed since run {run_id} started ({recorded} -> {dataset.digest})",

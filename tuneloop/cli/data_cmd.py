@@ -8,6 +8,7 @@ import click
 
 from tuneloop.cli import output
 from tuneloop.cli.context import AppContext, pass_app
+from tuneloop.names import RunTag
 
 
 @click.group("data")
@@ -349,7 +350,7 @@ def synth_cmd(
             report,
             [Path(report["report"])],
             run_name=f"synth {out.name}",
-            tags={"tuneloop.data.generator": report["generator"], "tuneloop.data.template": report["template_digest"]},
+            tags={RunTag.DATA_GENERATOR: report["generator"], RunTag.DATA_TEMPLATE: report["template_digest"]},
         )
     if as_json:
         output.emit_json(report)

@@ -19,6 +19,7 @@ from typing import Any
 
 from tuneloop.digest import file_sha256
 from tuneloop.errors import InvalidInput, TuneloopError
+from tuneloop.names import RunTag
 from tuneloop.pipelines.data import formats as data_io
 from tuneloop.pipelines.data.cleaning import dedup, pii
 from tuneloop.pipelines.data.review import is_unreviewed_synthetic
@@ -258,8 +259,8 @@ def log_to_mlflow(
         mlflow.set_tags(
             {
                 **(tags or {}),
-                "tuneloop.data.input.sha256": report["input_sha256"],
-                **{f"tuneloop.data.{k}.sha256": v for k, v in report["output_sha256"].items()},
+                RunTag.data_sha256("input"): report["input_sha256"],
+                **{RunTag.data_sha256(k): v for k, v in report["output_sha256"].items()},
             }
         )
         for split, file in report["outputs"].items():

@@ -8,10 +8,10 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from tuneloop.errors import NotFound
-from tuneloop.names import Tag
+from tuneloop.names import REF_HINT, ModelRef, Tag, names_a_version
 from tuneloop.registry.client import RegistryClient
 from tuneloop.registry.gates import metrics_of
-from tuneloop.registry.promotion import parse_version, reconcile
+from tuneloop.registry.promotion import reconcile
 from tuneloop.schemas import ModelVersionInfo
 
 
@@ -62,23 +62,21 @@ def list_models(rc: RegistryClient) -> list[dict]:
 
 def resolve(rc: RegistryClient, ref: str) -> ModelVersion:
     """`NAME@ALIAS` or `NAME:VERSION` to a model version."""
-    from mlflow.exceptions import MlflowException
-
-    if "@" in ref:
-        name, alias = ref.split("@", 1)
-        rc.registered_model(name)
-        try:
-            return rc.mlflow.get_model_version_by_alias(name, alias)
-        except MlflowException:
-            raise NotFound(
-                f"`{ref}` has no holder: no version of `{name}` holds alias `{alias}` yet",
-                hint=f"promote one first: `tuneloop models promote {name}:VERSION --alias {alias}`, "
-                f"or name a version: `{name}:VERSION` (see `tuneloop models show {name}`)",
-            ) from None
-    if ":" in ref:
-        name, version = ref.rsplit(":", 1)
-        return rc.model_version(name, parse_version(name, version))
-    raise NotFound(f"`{ref}` names no version", hint="write NAME@ALIAS or NAME:VERSION")
+    if not names_a_version(ref):
+        raise NotFound(f"`{ref}` names no version", hint=REF_HINT)
+    parsed = ModelRef.parse(ref)
+    if parsed.version is not None:
+        return rc.model_version(parsed.name, parsed.version)
+    name, alias = parsed.name, parsed.alias
+    rc.registered_model(name)
+    try:
+        return rc.mlflow.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        raise NotFound(
+            f"`{ref}` has no holder: no version of `{name}` holds alias `{alias}` yet",
+            hint=f"promote one first: `tuneloop models promote {name}:VERSION --alias {alias}`, "
+            f"or name a version: `{name}:VERSION` (see `tuneloop models show {name}`)",
+        ) from None
 
 
 def show(rc: RegistryClient, name: str, version: int | None = None) -> dict:
@@ -117,7 +115,8 @@ def lineage_chain(rc: RegistryClient, mv: ModelVersion) -> list[dict]:
             }
         )
         if tags.get(Tag.PARENT_ADAPTER):
-            parent_name, parent_version = tags[Tag.PARENT_ADAPTER].rsplit(":", 1)
+            parent = ModelRef.parse(tags[Tag.PARENT_ADAPTER], what=Tag.PARENT_ADAPTER)
+            parent_name, parent_version = parent.name, str(parent.version)
         elif Tag.BASE_NAME in tags:
             parent_name, parent_version = tags[Tag.BASE_NAME], tags[Tag.BASE_VERSION]
         else:

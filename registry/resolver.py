@@ -7,12 +7,12 @@ at once (`forget`), so what this process promoted is what it resolves next.
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from typing import Any
 
-from tuneloop.errors import InvalidInput, NotFound
+from tuneloop.errors import NotFound
+from tuneloop.names import ModelRef
 
 
 class ModelResolver:
@@ -31,7 +31,8 @@ class ModelResolver:
             return cached[1]
         from mlflow.exceptions import MlflowException
 
-        name, alias, version = _split_ref(ref)
+        parsed = ModelRef.parse(ref)
+        name, alias, version = parsed.name, parsed.alias, parsed.version
         try:
             if alias:
                 mv = self._client.get_model_version_by_alias(name, alias)
@@ -70,15 +71,3 @@ class ModelResolver:
             f"unknown model `{ref}`: `{name}` has no version {version}",
             hint=f"see `tuneloop models show {name}` for its versions",
         )
-
-
-def _split_ref(ref: str) -> tuple[str, str | None, int | None]:
-    if "@" in ref:
-        name, alias = ref.split("@", 1)
-        if name and re.fullmatch(r"[\w.-]+", alias):
-            return name, alias, None
-    elif ":" in ref:
-        name, version = ref.rsplit(":", 1)
-        if name and version.isdigit():
-            return name, None, int(version)
-    raise InvalidInput(f"`model` must be NAME@ALIAS or NAME:VERSION, not `{ref}`", hint="e.g. support-qlora@champion")

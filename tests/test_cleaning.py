@@ -227,3 +227,56 @@ def test_language_filter_drops_rows_in_other_languages_and_keeps_rows_too_short_
     assert two["dropped"] == {"language": 2}
     with pytest.raises(InvalidInput, match="unknown language code.*xx"):
         curate(path, tmp_path / "out3", CurateOptions(languages=("en", "xx")))
+
+
+CLI_NEGATED = {"scrub_pii": "no_pii", "near_dedup": "no_near_dedup"}  # on by default, turned off by a flag
+
+
+def test_every_curate_option_is_a_cli_option_with_the_same_default() -> None:
+    import dataclasses
+
+    import click
+
+    from tuneloop.cli.data_cmd import curate_cmd
+    from tuneloop.pipelines.data.cleaning.curate import CurateOptions
+
+    context = click.Context(curate_cmd)
+    defaults = {p.name: p.get_default(context) for p in curate_cmd.params}
+    for field in dataclasses.fields(CurateOptions):
+        if field.name in CLI_NEGATED:
+            assert field.default is True and defaults[CLI_NEGATED[field.name]] is False
+        elif field.name == "languages":
+            assert field.default == () and defaults["languages"] == ""
+        else:
+            assert defaults[field.name] == field.default, field.name
+
+
+def test_data_curate_passes_every_option_through(tmp_path: Path) -> None:
+    import dataclasses
+
+    from tuneloop.pipelines.data.cleaning.curate import CurateOptions
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text(
+        "".join(json.dumps({"prompt": f"question {i}", "completion": f"answer {i}"}) + "\n" for i in range(6))
+    )
+    chosen = CurateOptions(
+        scrub_pii=False,
+        near_dedup=False,
+        near_threshold=0.5,
+        eval_share=0.3,
+        seed=7,
+        min_chars=2,
+        max_chars=500,
+        label_field="intent",
+        languages=("en", "de"),
+        language_confidence=0.9,
+        unreviewed_synthetic="keep",
+    )
+    assert all(getattr(chosen, f.name) != f.default for f in dataclasses.fields(CurateOptions))
+    args = ["--no-pii", "--no-near-dedup", "--near-threshold", "0.5", "--eval-share", "0.3", "--seed", "7"]
+    args += ["--min-chars", "2", "--max-chars", "500", "--label-field", "intent", "--languages", "en, DE"]
+    args += ["--language-confidence", "0.9", "--unreviewed-synthetic", "keep"]
+    proc = run_cli("data", "curate", str(path), "--out", str(tmp_path / "out"), "--no-mlflow", "--json", *args)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["options"] == json.loads(json.dumps(dataclasses.asdict(chosen)))

@@ -55,10 +55,10 @@ def _suite(tmp_path: Path, data: Path, metrics: list[str], max_new_tokens: int =
 
 
 def _train(rc, data: Path, seed: int, alias: str | None = None):
-    from tuneloop.pipelines.training.recipes import Recipe
+    from tuneloop.pipelines.training.recipes import parse_recipe
     from tuneloop.pipelines.training.run import train
 
-    recipe = Recipe.model_validate(
+    recipe = parse_recipe(
         {
             "name": "tiny-intents",
             "method": "lora",
@@ -182,7 +182,7 @@ def test_eval_compare_and_human_review_through_the_cli(intents_registry, tmp_pat
     from scipy.stats import binomtest  # noqa: F401  (scipy ships with scikit-learn)
 
     from tuneloop.pipelines.data import formats as data_io
-    from tuneloop.pipelines.training.recipes import Recipe
+    from tuneloop.pipelines.training.recipes import parse_recipe
     from tuneloop.registry.gates import metrics_of
 
     rc, data = intents_registry
@@ -256,7 +256,7 @@ def test_eval_compare_and_human_review_through_the_cli(intents_registry, tmp_pat
     preference = data_io.load(pairs)  # the pairs are valid DPO data
     assert preference.format == "preference" and len(preference) == review["pairs_written"] == 7
     assert [r["chosen"][0]["content"] for r in preference.rows] == [a for _, a in INTENTS[:7]]
-    Recipe.model_validate({"name": "x", "method": "dpo", "base": "tiny:1", "data": {"train": str(pairs)}})
+    parse_recipe({"name": "x", "method": "dpo", "base": "tiny:1", "data": {"train": str(pairs)}})
 
     bad_ratings = tmp_path / "review" / "sheet.jsonl"
     lines = [json.loads(x) for x in bad_ratings.read_text().splitlines()]

@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from tests.a3a2416 import rewrite_recipe_as_a3a2416
 from tests.conftest import free_port
 from tests.loop_helpers import ingest_directly, tiny_config
+from tuneloop.names import Tag
 
 pytestmark = pytest.mark.acceptance  # trains twice and evaluates three times: ~2 min
 
@@ -287,6 +289,9 @@ def test_retrain_now_from_the_cli_follows_every_stage(loop_env, tiny_model: Path
     rc = loop_env
     demo = Demo(rc, tiny_config(tiny_model), lambda _s: None)
     demo.champion()
+    # The retrain starts from the champion's stored recipe, here in the form a3a2416 wrote (every section).
+    champion = rc.mlflow.get_model_version_by_alias("tiny-support", "champion")
+    rewrite_recipe_as_a3a2416(rc, champion.tags.get(Tag.TRAINING_RUN_ID) or champion.run_id)
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
     send = ingest_directly(rc)
     send(demo.traffic("reference", start))

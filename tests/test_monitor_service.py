@@ -122,7 +122,7 @@ def test_add_check_status_and_mlflow_report(sqlite_rc, tmp_path: Path) -> None:
 
 def version_with_eval_data(rc, tiny_model: Path, tmp_path: Path, rows: list[dict]) -> int:
     """A version of `trained` made by `tuneloop train` (2 steps on the tiny model), which stores its eval data."""
-    from tuneloop.pipelines.training.recipes import Recipe
+    from tuneloop.pipelines.training.recipes import parse_recipe
     from tuneloop.pipelines.training.run import train
     from tuneloop.registry.base_models import import_base
 
@@ -143,7 +143,7 @@ def version_with_eval_data(rc, tiny_model: Path, tmp_path: Path, rows: list[dict
 
     if not rc.mlflow.search_registered_models(filter_string="name = 'tiny'"):
         import_base(rc, "tiny", str(tiny_model))
-    recipe = Recipe.model_validate(
+    recipe = parse_recipe(
         {
             "name": "trained",
             "method": "lora",

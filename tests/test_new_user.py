@@ -261,7 +261,16 @@ def test_fix_texts_point_the_right_way(tmp_path: Path, tiny_model: Path) -> None
     for key in ("training.max_steps", "lora.r", "data.train", "quantization.quant_type", "dpo.beta"):
         assert key in keys
     listed = json.loads(_ok(run_cli("train", "--keys", "--json", env=env)).stdout)
-    assert {"key": "training.max_steps", "type": "int", "default": "100", "help": "Optimizer steps"} in listed
+    by_key = {row["key"]: row for row in listed}
+    assert by_key["training.max_steps"] == {
+        "key": "training.max_steps",
+        "type": "int",
+        "default": "100",
+        "help": "Optimizer steps",
+        "methods": "all",
+    }
+    assert by_key["quantization.quant_type"]["methods"] == "qlora"
+    assert by_key["lora.r"]["methods"] == "qlora, lora, dpo, hybrid"
     bad_key = tmp_path / "bad.yaml"
     bad_key.write_text(
         yaml.safe_dump(

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
+from tests.a3a2416 import STORED_RECIPE
 from tests.conftest import REPO, run_cli
 from tuneloop.errors import ConfigError
 from tuneloop.pipelines.data import formats as data_io
+from tuneloop.pipelines.training import recipes
 from tuneloop.pipelines.training.recipes import load_recipe
 
 RECIPES = sorted((REPO / "examples" / "recipes").glob("*.yaml"))
@@ -89,3 +92,48 @@ def test_train_check_reports_bad_data_before_any_model_loads(tmp_path: Path) -> 
     assert "train.jsonl:3: not valid JSON" in proc.stderr
     proc = run_cli("train", str(tmp_path / "recipe.yaml"), "--set", "training.batch_size=zero")
     assert proc.returncode == 2 and "`training.batch_size`" in proc.stderr
+
+
+def test_a_section_of_another_method_is_refused_with_its_key(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        "name: x\nmethod: qlora\nbase: m:1\ndata:\n  train: train.jsonl\ndpo:\n  beta: 0.2\n"
+        "prompt_tuning:\n  num_virtual_tokens: 4\n",
+    )
+    with pytest.raises(ConfigError) as err:
+        load_recipe(path)
+    message = err.value.message
+    assert "`dpo`: a section of `method: dpo`; `method: qlora` reads `lora`, `quantization`" in message
+    assert "`prompt_tuning`: a section of `method: prompt_tuning`" in message
+    # An override is checked the same way as a key in the file.
+    full = _write(tmp_path, "name: x\nmethod: full\nbase: m:1\ndata:\n  train: train.jsonl\n")
+    with pytest.raises(ConfigError, match="`lora`: a section of `method: qlora | lora | dpo | hybrid`"):
+        load_recipe(full, ["lora.r=8"])
+
+
+def test_a_missing_method_is_named_with_the_other_problems(tmp_path: Path) -> None:
+    path = _write(tmp_path, "name: x\nbase: m:1\ndata:\n  train: train.jsonl\ntraining:\n  max_steps: 0\n")
+    with pytest.raises(ConfigError) as err:
+        load_recipe(path)
+    assert "`method`: required" in err.value.message and "`training.max_steps`" in err.value.message
+
+
+def test_every_method_reads_only_its_own_sections() -> None:
+    assert {section: recipes.methods_reading(section) for section in recipes.SECTIONS} == {
+        "lora": ["qlora", "lora", "dpo", "hybrid"],
+        "quantization": ["qlora"],
+        "dpo": ["dpo"],
+        "hybrid": ["hybrid"],
+        "prompt_tuning": ["prompt_tuning"],
+    }
+
+
+def test_a_recipe_stored_by_older_versions_still_loads() -> None:
+    """Before recipes were keyed by method (commit a3a2416) a run's recipe.json carried every section."""
+    data = json.loads(STORED_RECIPE.read_text())
+    assert {"dpo", "prompt_tuning", "hybrid", "quantization"} <= set(data)
+    recipe = recipes.parse_stored_recipe(data, str(STORED_RECIPE))
+    assert recipe.method == data["method"] and recipe.training.max_steps == data["training"]["max_steps"]
+    assert set(type(recipe).model_fields) >= {"lora"} and "dpo" not in type(recipe).model_fields
+    with pytest.raises(ConfigError, match="`dpo`: a section of"):
+        recipes.parse_recipe(data, "typed")

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from tuneloop import errors
-from tuneloop.settings import load_settings, redact_url
+from tuneloop.backoff import Backoff
+from tuneloop.settings import load_settings, mask_secrets, redact_url
 
 
 def test_toml_then_env_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -83,3 +84,23 @@ def test_documented_default_config_is_valid_and_complete(monkeypatch: pytest.Mon
         for key in sub or {}:
             assert key in text, f"platform/tuneloop.toml does not document `{name}.{key}`"
     assert data["server"]["mlflow_port"] == Settings.model_fields["server"].default_factory().mlflow_port
+
+
+def test_one_masker_hides_url_passwords_anywhere_and_named_secrets() -> None:
+    text = (
+        "connect postgresql+psycopg://svc:s3cr%40t@db:5432/tl failed; mlflow at http://mlflow:5000/api@v2 "
+        "(token tl-abc123, also in https://:tl-abc123@host/x)"
+    )
+    masked = mask_secrets(text, ["tl-abc123", ""])
+    assert masked == (
+        "connect postgresql+psycopg://svc:***@db:5432/tl failed; mlflow at http://mlflow:5000/api@v2 "
+        "(token ***, also in https://:***@host/x)"
+    )
+    assert redact_url("postgresql://u:pw@h:5432/db?sslmode=require") == "postgresql://u:***@h:5432/db?sslmode=require"
+
+
+def test_backoff_doubles_up_to_its_cap_and_jitter_stays_around_it() -> None:
+    assert [Backoff(2.0).delay(n) for n in range(5)] == [2.0, 4.0, 8.0, 16.0, 32.0]
+    assert [Backoff(0.2, cap_s=1.0).delay(n) for n in (0, 1, 2, 3, 200)] == [0.2, 0.4, 0.8, 1.0, 1.0]
+    waits = [Backoff(1.0, jitter=True).delay(3) for _ in range(200)]
+    assert all(4.0 <= w < 12.0 for w in waits) and max(waits) - min(waits) > 1.0

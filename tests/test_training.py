@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.a3a2416 import rewrite_recipe_as_a3a2416
 from tests.conftest import REPO
 from tuneloop.names import Tag
 
@@ -30,6 +31,9 @@ SETTINGS = {  # method: (learning rate, steps)
     "full": (0.01, 20),
     "dpo": (0.05, 20),
 }
+
+
+METHOD_SECTIONS = {"prompt_tuning": {"prompt_tuning": {"num_virtual_tokens": 8}}, "full": {}}  # the rest: LoRA
 
 
 def _data(tmp_path: Path, preference: bool) -> Path:
@@ -60,9 +64,7 @@ def _recipe(method: str, data: Path) -> dict:
             "checkpoint_every": 10,
             "seed": 1,
         },
-        "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
-        "prompt_tuning": {"num_virtual_tokens": 8},
-    }
+    } | METHOD_SECTIONS.get(method, {"lora": {"r": 8, "alpha": 16, "dropout": 0.0}})
 
 
 def _history(rc, run_id: str, key: str) -> list[float]:
@@ -71,13 +73,13 @@ def _history(rc, run_id: str, key: str) -> list[float]:
 
 @pytest.mark.parametrize("method", list(SETTINGS))
 def test_method_learns_and_is_registered_with_lineage(method: str, sqlite_rc, tiny_model: Path, tmp_path: Path) -> None:
-    from tuneloop.pipelines.training.recipes import Recipe
+    from tuneloop.pipelines.training.recipes import parse_recipe
     from tuneloop.pipelines.training.run import train
     from tuneloop.registry.base_models import import_base
 
     import_base(sqlite_rc, "tiny", str(tiny_model))
     data = _data(tmp_path, preference=method == "dpo")
-    result = train(Recipe.model_validate(_recipe(method, data)), sqlite_rc, alias="challenger")
+    result = train(parse_recipe(_recipe(method, data)), sqlite_rc, alias="challenger")
 
     losses = _history(sqlite_rc, result.run_id, "train/loss")
     assert len(losses) == SETTINGS[method][1]  # one per step, no gaps
@@ -113,11 +115,11 @@ def test_method_learns_and_is_registered_with_lineage(method: str, sqlite_rc, ti
 
 
 _RELOAD = """
-import sys, mlflow
-from tuneloop.pipelines.training.recipes import Recipe
+import json, sys, mlflow
+from tuneloop.pipelines.training.recipes import parse_recipe
 from tuneloop.pipelines.training.run import reloaded_training_loss
 mlflow.set_tracking_uri(sys.argv[1]); mlflow.set_registry_uri(sys.argv[1])
-recipe = Recipe.model_validate_json(sys.argv[3])
+recipe = parse_recipe(json.loads(sys.argv[3]))
 print("LOSS", reloaded_training_loss(sys.argv[2], recipe))
 """
 
@@ -140,7 +142,7 @@ def _reloaded_loss(rc, model_uri: str, recipe) -> float:
 def test_registered_version_reproduces_the_final_loss_in_a_fresh_process(
     method: str, sqlite_rc, tiny_model: Path, tmp_path: Path
 ) -> None:
-    from tuneloop.pipelines.training.recipes import Recipe
+    from tuneloop.pipelines.training.recipes import parse_recipe
     from tuneloop.pipelines.training.run import train
     from tuneloop.registry.base_models import import_base
 
@@ -149,7 +151,7 @@ def test_registered_version_reproduces_the_final_loss_in_a_fresh_process(
     # compute (CPUs with AVX512-BF16 pick it) rounding alone moves the loss by ~1e-3 between processes.
     settings = _recipe(method, _data(tmp_path, preference=method == "dpo"))
     settings["training"]["precision"] = "fp32"
-    recipe = Recipe.model_validate(settings)
+    recipe = parse_recipe(settings)
     result = train(recipe, sqlite_rc)
     reloaded = _reloaded_loss(sqlite_rc, f"models:/{result.model}/{result.version}", recipe)
     assert reloaded == pytest.approx(result.final_loss, abs=1e-4)
@@ -161,20 +163,20 @@ def test_registered_version_reproduces_the_final_loss_in_a_fresh_process(
 def test_dpo_on_top_of_an_sft_adapter_keeps_it_as_reference_and_lineage(
     sqlite_rc, tiny_model: Path, tmp_path: Path
 ) -> None:
-    from tuneloop.pipelines.training.recipes import Recipe
+    from tuneloop.pipelines.training.recipes import parse_recipe
     from tuneloop.pipelines.training.run import train
     from tuneloop.registry.base_models import import_base
     from tuneloop.registry.catalog import lineage_chain
 
     import_base(sqlite_rc, "tiny", str(tiny_model))
-    sft = train(Recipe.model_validate(_recipe("lora", _data(tmp_path, preference=False))), sqlite_rc, alias="champion")
+    sft = train(parse_recipe(_recipe("lora", _data(tmp_path, preference=False))), sqlite_rc, alias="champion")
     spec = _recipe("dpo", _data(tmp_path, preference=True))
     spec["training"] = {
         **spec["training"],
         "learning_rate": 0.01,
         "max_steps": 30,
     }  # gentler: it starts from a sharp SFT model
-    recipe = Recipe.model_validate({**spec, "dpo": {"sft_adapter": f"{sft.model}@champion"}})
+    recipe = parse_recipe({**spec, "dpo": {"sft_adapter": f"{sft.model}@champion"}})
     result = train(recipe, sqlite_rc)
 
     mv = sqlite_rc.mlflow.get_model_version(result.model, result.version)
@@ -188,7 +190,7 @@ def test_dpo_on_top_of_an_sft_adapter_keeps_it_as_reference_and_lineage(
     )
 
     with pytest.raises(Exception, match="is not an adapter of"):
-        train(Recipe.model_validate({**spec, "dpo": {"sft_adapter": "tiny:1"}}), sqlite_rc)
+        train(parse_recipe({**spec, "dpo": {"sft_adapter": "tiny:1"}}), sqlite_rc)
 
 
 def test_method_structure(tiny_model: Path) -> None:
@@ -197,14 +199,12 @@ def test_method_structure(tiny_model: Path) -> None:
 
     from tuneloop.pipelines.training.models import load_base, trainable_model
     from tuneloop.pipelines.training.precision import choose
-    from tuneloop.pipelines.training.recipes import Recipe
+    from tuneloop.pipelines.training.recipes import parse_recipe
 
     choice = choose("fp32", "off", parameters=0, batch_tokens=0, hidden=0, layers=0)
 
     def build(method: str, **extra):
-        recipe = Recipe.model_validate(
-            {"name": "x", "method": method, "base": "tiny:1", "data": {"train": "x.jsonl"}, **extra}
-        )
+        recipe = parse_recipe({"name": "x", "method": method, "base": "tiny:1", "data": {"train": "x.jsonl"}, **extra})
         return trainable_model(load_base(tiny_model, recipe, choice), recipe, choice)
 
     qlora = build("qlora")
@@ -232,10 +232,10 @@ def test_qlora_adapter_weights_keep_the_fp32_compute_dtype(tiny_model: Path, tmp
     from tuneloop.pipelines.data import formats as data_io
     from tuneloop.pipelines.training.models import load_base, trainable_model
     from tuneloop.pipelines.training.precision import choose
-    from tuneloop.pipelines.training.recipes import Recipe
+    from tuneloop.pipelines.training.recipes import parse_recipe
     from tuneloop.pipelines.training.run import _build_trainer
 
-    recipe = Recipe.model_validate(_recipe("qlora", _data(tmp_path, preference=False)))
+    recipe = parse_recipe(_recipe("qlora", _data(tmp_path, preference=False)))
     choice = choose("fp32", "off", parameters=0, batch_tokens=0, hidden=0, layers=0)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
@@ -248,7 +248,7 @@ def test_qlora_adapter_weights_keep_the_fp32_compute_dtype(tiny_model: Path, tmp
 
 def test_bad_data_fails_before_the_model_loads(sqlite_rc, tiny_model: Path, tmp_path: Path) -> None:
     from tuneloop.errors import InvalidInput
-    from tuneloop.pipelines.training.recipes import Recipe
+    from tuneloop.pipelines.training.recipes import parse_recipe
     from tuneloop.pipelines.training.run import train
     from tuneloop.registry.base_models import import_base
 
@@ -256,7 +256,7 @@ def test_bad_data_fails_before_the_model_loads(sqlite_rc, tiny_model: Path, tmp_
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "a", "chosen": "b", "rejected": "b"}\n')
     with pytest.raises(InvalidInput, match=r"bad.jsonl:1: `chosen` equals `rejected`"):
-        train(Recipe.model_validate({**_recipe("dpo", bad)}), sqlite_rc)
+        train(parse_recipe({**_recipe("dpo", bad)}), sqlite_rc)
     training = sqlite_rc.mlflow.get_experiment_by_name("tuneloop-training")
     assert training is None or not sqlite_rc.mlflow.search_runs([training.experiment_id])
 
@@ -274,7 +274,7 @@ def _adapter_tensors(rc, name: str, version: int) -> dict:
 def test_kill_9_then_resume_equals_an_uninterrupted_run(sqlite_rc, tiny_model: Path, tmp_path: Path) -> None:
     import torch
 
-    from tuneloop.pipelines.training.recipes import Recipe
+    from tuneloop.pipelines.training.recipes import parse_recipe
     from tuneloop.pipelines.training.run import recipe_of_run, train
     from tuneloop.registry.base_models import import_base
 
@@ -282,7 +282,7 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(sqlite_rc, tiny_model: P
     spec = _recipe("lora", _data(tmp_path, preference=False))
     spec["training"].update({"max_steps": 12, "batch_size": 2, "checkpoint_every": 5, "scheduler": "linear"})
     spec["lora"]["dropout"] = 0.1  # dropout draws random numbers: the RNG state must be restored too
-    recipe = Recipe.model_validate(spec)
+    recipe = parse_recipe(spec)
     reference = train(recipe, sqlite_rc)
 
     proc = subprocess.run(
@@ -305,6 +305,8 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(sqlite_rc, tiny_model: P
     assert (sqlite_rc.settings.home / "runs" / run_id / "checkpoint-5").is_dir()
     assert not (sqlite_rc.settings.home / "runs" / run_id / "checkpoint-10").exists()
 
+    # The run resumes from the recipe.json it stored, also in the form a3a2416 wrote (every section).
+    assert "dpo" in rewrite_recipe_as_a3a2416(sqlite_rc, run_id)
     resumed = train(recipe_of_run(sqlite_rc, run_id), sqlite_rc, resume_run_id=run_id)
     assert resumed.run_id == run_id
     assert sqlite_rc.mlflow.get_model_version(resumed.model, str(resumed.version)).run_id == run_id

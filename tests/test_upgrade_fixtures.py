@@ -178,7 +178,7 @@ def test_what_a3a2416_stored_still_loads_after_the_upgrade(old_home, tmp_path: P
     from tuneloop.monitors.references import REFERENCE_CACHE_VERSION
     from tuneloop.monitors.service import judge_pending
     from tuneloop.names import Tag
-    from tuneloop.pipelines.training.recipes import Recipe
+    from tuneloop.pipelines.training.recipes import RECIPE_CLASSES
     from tuneloop.pipelines.training.run import recipe_of_run
     from tuneloop.registry.catalog import resolve
     from tuneloop.registry.client import RegistryClient
@@ -198,7 +198,7 @@ def test_what_a3a2416_stored_still_loads_after_the_upgrade(old_home, tmp_path: P
     for version in (1, int(champion.version)):
         mv = rc.mlflow.get_model_version(ADAPTER, str(version))
         recipe = recipe_of_run(rc, mv.tags[Tag.TRAINING_RUN_ID])
-        assert isinstance(recipe, Recipe) and recipe.name == ADAPTER
+        assert isinstance(recipe, RECIPE_CLASSES[recipe.method]) and recipe.name == ADAPTER
 
     # A cache of reference statistics written by older code (classes under `monitors.*`) is never unpickled,
     # and an unreadable cache under today's key is rebuilt.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -24,13 +25,13 @@ class KillAtStep(TrainerCallback):
 
 
 def main(settings_json: str, recipe_json: str, kill_at: int) -> None:
-    from tuneloop.pipelines.training.recipes import Recipe
+    from tuneloop.pipelines.training.recipes import parse_recipe
     from tuneloop.pipelines.training.run import train
     from tuneloop.registry.client import RegistryClient
     from tuneloop.settings import Settings
 
     rc = RegistryClient(Settings.model_validate_json(settings_json))
-    train(Recipe.model_validate_json(recipe_json), rc, callbacks=[KillAtStep(kill_at)])
+    train(parse_recipe(json.loads(recipe_json)), rc, callbacks=[KillAtStep(kill_at)])
 
 
 if __name__ == "__main__":

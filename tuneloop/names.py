@@ -1,11 +1,16 @@
-"""Names shared by several packages: metrics, adapter methods, MLflow tag keys, experiments.
+"""Names shared by several packages: metrics, adapter methods, MLflow tag keys, experiments, and the
+one parser of model references (`NAME@ALIAS`, `NAME:VERSION`).
 
 Keep these strings stable: they are stored in MLflow and in tuneloop's database.
 """
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from enum import StrEnum
+
+from tuneloop.errors import InvalidInput
 
 
 class Metric(StrEnum):
@@ -37,6 +42,7 @@ class AdapterMethod(StrEnum):
     DPO = "dpo"
     PROMPT_TUNING = "prompt_tuning"
     HYBRID = "hybrid"
+    FULL = "full"
 
 
 class ModelKind(StrEnum):
@@ -47,6 +53,41 @@ class ModelKind(StrEnum):
 class Alias:
     CHAMPION = "champion"
     CHALLENGER = "challenger"
+
+
+_ALIAS_TEXT = re.compile(r"[\w.-]+")
+REF_HINT = "write NAME@ALIAS or NAME:VERSION, e.g. support-qlora@champion or support-qlora:3"
+
+
+def names_a_version(text: str) -> bool:
+    """Whether `text` is written as a version reference (NAME@ALIAS or NAME:VERSION) rather than a NAME."""
+    return "@" in text or ":" in text
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """One registered version, named by an alias it holds or by its number."""
+
+    name: str
+    alias: str | None = None
+    version: int | None = None
+
+    @classmethod
+    def parse(cls, text: str, *, what: str = "model") -> ModelRef:
+        """`NAME@ALIAS` or `NAME:VERSION` (also `NAME:v3`); InvalidInput naming `what` otherwise."""
+        if "@" in text:
+            name, alias = text.split("@", 1)
+            if name and _ALIAS_TEXT.fullmatch(alias):
+                return cls(name, alias=alias)
+        elif ":" in text:
+            name, version = text.rsplit(":", 1)
+            version = version.removeprefix("v")
+            if name and version.isdigit():
+                return cls(name, version=int(version))
+        raise InvalidInput(f"`{what}` must be NAME@ALIAS or NAME:VERSION, not `{text}`", hint=REF_HINT)
+
+    def __str__(self) -> str:
+        return f"{self.name}@{self.alias}" if self.alias else f"{self.name}:{self.version}"
 
 
 class Tag:

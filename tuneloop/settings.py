@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import getpass
 import os
+import re
 import tomllib
+from collections.abc import Iterable
 from contextvars import ContextVar
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
@@ -205,10 +207,8 @@ class Settings(BaseSettings):
         return [s for s in secrets if s]
 
     def scrub(self, text: str) -> str:
-        """`text` with every secret replaced by `***` (for error messages and logs)."""
-        for secret in self.secret_values():
-            text = text.replace(secret, "***")
-        return text
+        """`text` with every secret these settings hold, and every URL's password, masked."""
+        return mask_secrets(text, self.secret_values())
 
     def public_dict(self) -> dict[str, Any]:
         """The settings as a dict with every secret masked: the only form fit to print or log."""
@@ -225,15 +225,22 @@ class Settings(BaseSettings):
         return data
 
 
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*):[^@/\s]+@")
+
+
+def mask_secrets(text: str, secrets: Iterable[str] = ()) -> str:
+    """`text` with the password of every URL in it and each of `secrets` replaced by `***`: the one
+    masker of everything tuneloop prints, logs or stores."""
+    text = _URL_PASSWORD.sub(r"\1:***@", text)
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
 def redact_url(url: str) -> str:
     """`postgresql://u:pw@h/db` -> `postgresql://u:***@h/db`; anything else unchanged."""
-    if "://" not in url:
-        return url
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return mask_secrets(url)
 
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:

@@ -24,6 +24,17 @@ def load_yaml_model(
     path: str | Path, model: type[M], *, kind: str, hint: str, overrides: list[str] | None = None, examples: str = ""
 ) -> M:
     """Read `path`, apply overrides and validate it as `model`; one ConfigError lists every problem."""
+    data = read_yaml_mapping(path, kind=kind, hint=hint, overrides=overrides, examples=examples)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise invalid(kind, path, problems_of(exc, kind), hint) from None
+
+
+def read_yaml_mapping(
+    path: str | Path, *, kind: str, hint: str, overrides: list[str] | None = None, examples: str = ""
+) -> dict[str, Any]:
+    """The mapping a YAML file holds, with `--set` overrides applied; not yet validated."""
     import yaml
 
     path = Path(path)
@@ -42,14 +53,16 @@ def load_yaml_model(
         ) from None
     if not isinstance(data, dict):
         raise ConfigError(f"`{path}` must hold a mapping of {kind} keys", hint=hint)
-    data = apply_overrides(data, overrides or [])
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(f"invalid {kind} `{path}`:\n  " + "\n  ".join(_problems(exc, kind)), hint=hint) from None
+    return apply_overrides(data, overrides or [])
 
 
-def _problems(exc: ValidationError, kind: str) -> list[str]:
+def invalid(kind: str, source: str | Path, problems: list[str], hint: str) -> ConfigError:
+    """The one error for a file (or stored document) that failed validation: every problem, one per line."""
+    return ConfigError(f"invalid {kind} `{source}`:\n  " + "\n  ".join(problems), hint=hint)
+
+
+def problems_of(exc: ValidationError, kind: str) -> list[str]:
+    """Each validation error as `key.path`: message."""
     problems = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"]) or f"({kind})"

@@ -15,6 +15,7 @@ import logging
 import time
 from typing import Any
 
+from tuneloop.backoff import Backoff
 from tuneloop.store import Stores, Transaction
 
 log = logging.getLogger("tuneloop.notify")
@@ -49,7 +50,7 @@ def deliver_pending(
             detail=detail,
             seconds=time.monotonic() - started,
             max_attempts=max_attempts,
-            retry_after_s=base_delay_s * 2**row.attempts,
+            retry_after_s=Backoff(base_delay_s).delay(row.attempts),
         )
         delivered += ok
         if not ok:

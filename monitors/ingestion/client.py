@@ -16,13 +16,15 @@ reason in `stats["last_error"]`.
 from __future__ import annotations
 
 import queue
-import random
 import threading
 import time
 import uuid
 from typing import Any
 
+from tuneloop.backoff import Backoff
+
 RETRY_STATUSES = {408, 425, 429, 500, 502, 503, 504}
+RETRY_BACKOFF = Backoff(0.2, cap_s=30.0, jitter=True)
 
 
 class IngestClient:
@@ -118,5 +120,5 @@ class IngestClient:
             except httpx.HTTPError as exc:
                 self.stats["last_error"] = f"{type(exc).__name__}: {exc}"
             self.stats["retries"] += 1
-            time.sleep(min(30.0, 0.2 * 2**attempt) * (0.5 + random.random()))
+            time.sleep(RETRY_BACKOFF.delay(attempt))
         self.stats["failed"] += len(batch)

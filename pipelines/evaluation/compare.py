@@ -14,7 +14,7 @@ from tuneloop.errors import InvalidInput, NotFound
 from tuneloop.monitors.metrics import classification, text
 from tuneloop.monitors.metrics.perplexity import from_nll
 from tuneloop.monitors.metrics.stats import paired_bootstrap
-from tuneloop.names import LOWER_IS_BETTER, EvalTag, Experiment
+from tuneloop.names import LOWER_IS_BETTER, EvalTag, Experiment, names_a_version
 from tuneloop.pipelines.evaluation.runner import read_table
 from tuneloop.registry.client import RegistryClient
 
@@ -61,7 +61,7 @@ def find_eval_run(rc: RegistryClient, ref: str, suite: str | None = None) -> Any
     """An eval run id, or the latest eval run of a model version (optionally of one suite)."""
     from mlflow.exceptions import MlflowException
 
-    if "@" not in ref and ":" not in ref:
+    if not names_a_version(ref):
         try:
             run = rc.mlflow.get_run(ref)
         except MlflowException:

@@ -18,7 +18,7 @@ from typing import Any
 
 from tuneloop.errors import InvalidInput, UsageError
 from tuneloop.monitors.metrics.stats import wilson_interval
-from tuneloop.names import EvalTag, Experiment, RunTag
+from tuneloop.names import EvalTag, Experiment, ModelRef, RunTag
 from tuneloop.pipelines.evaluation.compare import find_eval_run
 from tuneloop.pipelines.evaluation.runner import read_table
 from tuneloop.registry.client import RegistryClient
@@ -211,8 +211,8 @@ def import_ratings(
     if record_on_version:
         from tuneloop.registry.gates import record_metrics
 
-        name, version = result.model_b.rsplit(":", 1)
-        record_metrics(rc, name, version, {"win_rate": result.win_rate})
+        model_b = ModelRef.parse(result.model_b)  # a review always compares numbered versions
+        record_metrics(rc, model_b.name, str(model_b.version), {"win_rate": result.win_rate})
     return result
 
 

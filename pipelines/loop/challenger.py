@@ -136,7 +136,7 @@ def _train(run: Run, spec: Any, champion_version: int, data: dict[str, Any]) -> 
 
 
 def _trained(run: Run, spec: Any, champion_version: int, data: dict[str, Any]) -> int:
-    from tuneloop.pipelines.training.recipes import Recipe
+    from tuneloop.pipelines.training.recipes import parse_recipe
     from tuneloop.pipelines.training.run import latest_checkpoint, recipe_of_run, train, version_of_training_run
     from tuneloop.yaml_models import apply_overrides
 
@@ -163,7 +163,9 @@ def _trained(run: Run, spec: Any, champion_version: int, data: dict[str, Any]) -
             "description": f"retrain {run.id} of {spec.model}:{champion_version} ({run.row['trigger']})",
         }
     )
-    recipe = Recipe.model_validate(apply_overrides(base, list(spec.recipe_overrides)))
+    recipe = parse_recipe(
+        apply_overrides(base, list(spec.recipe_overrides)), f"the recipe of {spec.model}:{champion_version}"
+    )
     result = train(recipe, rc, callbacks=[_record_run(run)])
     return int(result.version)  # type: ignore[arg-type]
 

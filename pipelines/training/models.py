@@ -10,7 +10,15 @@ from typing import Any
 
 from tuneloop.errors import ConfigError
 from tuneloop.pipelines.training.precision import PrecisionChoice
-from tuneloop.pipelines.training.recipes import Recipe
+from tuneloop.pipelines.training.recipes import (
+    DpoRecipe,
+    FullRecipe,
+    HybridRecipe,
+    LoraBased,
+    PromptTuningRecipe,
+    QloraRecipe,
+    Recipe,
+)
 
 FULL_FINETUNE_MAX_PARAMETERS = 1_000_000_000
 
@@ -21,7 +29,7 @@ def _torch_dtype(choice: PrecisionChoice) -> Any:
     return torch.bfloat16 if choice.dtype == "bfloat16" else torch.float32
 
 
-def lora_config(recipe: Recipe, modules_to_save: list[str] | None = None) -> Any:
+def lora_config(recipe: LoraBased, modules_to_save: list[str] | None = None) -> Any:
     from peft import LoraConfig
 
     return LoraConfig(
@@ -40,7 +48,7 @@ def load_base(folder: Path, recipe: Recipe, choice: PrecisionChoice) -> Any:
 
     dtype = _torch_dtype(choice)
     kwargs: dict[str, Any] = {"dtype": dtype}
-    if recipe.method == "qlora":
+    if isinstance(recipe, QloraRecipe):
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type=recipe.quantization.quant_type,
@@ -49,7 +57,7 @@ def load_base(folder: Path, recipe: Recipe, choice: PrecisionChoice) -> Any:
         )
         kwargs["device_map"] = choice.device
     model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
-    if recipe.method == "full" and model.num_parameters() > FULL_FINETUNE_MAX_PARAMETERS:
+    if isinstance(recipe, FullRecipe) and model.num_parameters() > FULL_FINETUNE_MAX_PARAMETERS:
         raise ConfigError(
             f"`method: full` is for small models; this base has {model.num_parameters():,} parameters",
             hint="use `method: lora` or `qlora`",
@@ -61,17 +69,16 @@ def trainable_model(base: Any, recipe: Recipe, choice: PrecisionChoice, sft_adap
     """Wrap the base for the recipe's method; returns a PEFT model, or the base itself for `full`."""
     from peft import PeftModel, PromptTuningConfig, PromptTuningInit, get_peft_model, prepare_model_for_kbit_training
 
-    method = recipe.method
-    if method == "full":
+    if isinstance(recipe, FullRecipe):
         if choice.gradient_checkpointing:
             base.gradient_checkpointing_enable()
         return base
-    if method == "qlora":
+    if isinstance(recipe, QloraRecipe):
         base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=choice.gradient_checkpointing)
     elif choice.gradient_checkpointing:
         base.gradient_checkpointing_enable()
         base.enable_input_require_grads()
-    if method == "prompt_tuning":
+    if isinstance(recipe, PromptTuningRecipe):
         init = recipe.prompt_tuning.init_text
         config = PromptTuningConfig(
             task_type="CAUSAL_LM",
@@ -81,7 +88,7 @@ def trainable_model(base: Any, recipe: Recipe, choice: PrecisionChoice, sft_adap
             tokenizer_name_or_path=str(base.name_or_path) if init else None,
         )
         return get_peft_model(base, config)
-    if method == "dpo" and sft_adapter is not None:
+    if isinstance(recipe, DpoRecipe) and sft_adapter is not None:
         return PeftModel.from_pretrained(base, sft_adapter, is_trainable=True)
-    modules_to_save = recipe.hybrid.full_train if method == "hybrid" else None
+    modules_to_save = recipe.hybrid.full_train if isinstance(recipe, HybridRecipe) else None
     return get_peft_model(base, lora_config(recipe, modules_to_save))

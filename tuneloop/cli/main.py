@@ -105,15 +105,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _scrub(text: str) -> str:
     """Mask passwords in URLs and any secret the settings hold before printing `text`."""
-    import re
+    from tuneloop.settings import load_settings, mask_secrets
 
-    text = re.sub(r"://([^:/@\s]+):([^@\s]+)@", r"://\1:***@", text)
     try:
-        from tuneloop.settings import load_settings
-
         return load_settings().scrub(text)
-    except Exception:  # noqa: BLE001
-        return text
+    except Exception:  # noqa: BLE001 - settings that do not load still leave URL passwords to mask
+        return mask_secrets(text)
 
 
 def entrypoint() -> None:

@@ -8,6 +8,7 @@ import click
 
 from tuneloop.cli import output
 from tuneloop.cli.context import AppContext, pass_app
+from tuneloop.names import names_a_version
 
 json_option = output.json_option()
 
@@ -64,7 +65,7 @@ def show(app: AppContext, ref: str, as_json: bool) -> None:
     from tuneloop.registry.catalog import show as do_show
 
     name, version = ref, None
-    if "@" in ref or ":" in ref:
+    if names_a_version(ref):
         mv = resolve(app.registry, ref)
         name, version = mv.name, int(mv.version)
     data = do_show(app.registry, name, version)
@@ -100,12 +101,12 @@ def _version_of(app: AppContext, name: str, version: str | None) -> tuple[str, i
     from tuneloop.registry.promotion import parse_version
 
     if version is not None:
-        if "@" in name or ":" in name:
+        if names_a_version(name):
             raise UsageError(
                 f"`{name}` already names a version; drop `{version}`", hint=f"write `{name}` alone, or NAME VERSION"
             )
         return name, parse_version(name, version)
-    if "@" not in name and ":" not in name:
+    if not names_a_version(name):
         raise UsageError(
             f"`{name}` names a model, not a version", hint=f"write {name}:VERSION, {name}@ALIAS or `{name} VERSION`"
         )

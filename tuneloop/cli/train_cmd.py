@@ -167,15 +167,14 @@ def _submit(
 
 
 def _print_keys(as_json: bool) -> None:
-    from tuneloop.pipelines.training.recipes import Recipe
-    from tuneloop.yaml_models import describe_keys
+    from tuneloop.pipelines.training.recipes import recipe_keys
 
-    rows = describe_keys(Recipe)
+    rows = recipe_keys()
     if as_json:
         output.emit_json(rows)
         return
     click.echo("Recipe keys (YAML; nested keys as `section.key`, also for --set):\n")
-    click.echo(output.table(rows, ["key", "type", "default", "help"]))
+    click.echo(output.table(rows, ["key", "type", "default", "methods", "help"]))
 
 
 def _print_result(result, as_json: bool) -> None:

@@ -49,7 +49,10 @@ class TextGenerator(PythonModel):
         if config.get("kind") == "adapter":
             from peft import PeftModel
 
-            model = PeftModel.from_pretrained(model, context.artifacts["adapter"])
+            from tuneloop.quiet import PEFT_READS_A_DEPRECATED_NAME, ignoring
+
+            with ignoring(*PEFT_READS_A_DEPRECATED_NAME):
+                model = PeftModel.from_pretrained(model, context.artifacts["adapter"])
         self.model = model.eval()
 
     def _encode(self, prompt: str) -> Any:

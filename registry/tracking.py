@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tuneloop.errors import StoreError
 from tuneloop.quiet import quiet_mlflow
@@ -54,3 +54,15 @@ def experiment_id(client: MlflowClient, settings: Settings, suffix: str) -> str:
         if found is None:
             raise
         return found.experiment_id
+
+
+def file_dataset(frame: Any, path: str | Path, name: str) -> Any:
+    """An MLflow dataset of `frame`, read from the local file `path`, for `mlflow.log_input`.
+
+    The source is passed as an object: given a path string, MLflow resolves it among its registered sources,
+    finds LocalArtifactDatasetSource registered twice, and warns that the path is ambiguous."""
+    import mlflow
+    from mlflow.data.dataset_source_registry import get_registered_sources
+
+    local = next(s for s in get_registered_sources() if s.__name__ == "LocalArtifactDatasetSource")
+    return mlflow.data.from_pandas(frame, source=local(str(path)), name=name)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from tuneloop.errors import StoreError
 from tuneloop.names import Experiment, Tag
+from tuneloop.quiet import ignoring
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
@@ -68,14 +69,16 @@ def log_and_register(
             staged = {}
             for key, folder in artifacts.items():  # MLflow names an artifact after its folder
                 staged[key] = str(_stage_folder(Path(folder), Path(staging) / key))
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=str(PYFUNC_CODE),
-                artifacts=staged,
-                model_config=model_config,
-                signature=_signature(),
-                pip_requirements=PIP_REQUIREMENTS,
-            )
+            # The signature is given; an input example would make MLflow load the model to run it.
+            with ignoring(r".*An input example was not provided"):
+                info = mlflow.pyfunc.log_model(
+                    name="model",
+                    python_model=str(PYFUNC_CODE),
+                    artifacts=staged,
+                    model_config=model_config,
+                    signature=_signature(),
+                    pip_requirements=PIP_REQUIREMENTS,
+                )
             logged_model_id = info.model_id
             if created_model:
                 client.create_registered_model(name, tags={Tag.KIND: tags[Tag.KIND]})

@@ -28,7 +28,8 @@ def test_demo_closes_the_loop_and_mlflow_shows_it(tmp_path) -> None:
     )
     for stage in range(1, 9):
         assert f"{stage}/8 " in result.stderr
-    assert third_party_lines(result.stdout + result.stderr) == []  # tuneloop's own progress only
+    noise = third_party_lines(result.stdout + result.stderr)  # tuneloop's own progress only
+    assert noise == [], "\n".join(noise)
 
     from mlflow import MlflowClient
 

@@ -6,6 +6,7 @@ the libraries' bars and warnings come through with `-v`."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import yaml
@@ -24,8 +25,17 @@ THIRD_PARTY = (
 )
 
 
+PYTHON_WARNING = re.compile(
+    r"\b\w*Warning: "
+)  # how Python prints a warning nobody silenced: `file:line: Category: text`
+
+
 def third_party_lines(output: str) -> list[str]:
-    return [line for line in output.splitlines() if any(marker in line for marker in THIRD_PARTY)]
+    return [
+        line
+        for line in output.splitlines()
+        if any(marker in line for marker in THIRD_PARTY) or PYTHON_WARNING.search(line)
+    ]
 
 
 def _tree(root: Path) -> dict[str, int]:
@@ -86,7 +96,8 @@ def test_import_train_eval_from_an_empty_folder_write_only_home_and_cache_and_pr
     ):
         result = run_cli(*args, env=env, cwd=work)
         assert result.returncode == 0, f"{args}: {result.stderr[-3000:]}"
-        assert third_party_lines(result.stdout + result.stderr) == [], args
+        noise = third_party_lines(result.stdout + result.stderr)
+        assert noise == [], f"{args} printed:\n" + "\n".join(noise)
 
     assert _tree(work) == {}, "written into the working folder"
     assert _tree(user_home) == {}, "written into the user's home"

@@ -14,6 +14,15 @@ class TuneloopError(Exception):
     exit_code = 1
     http_status = 500
 
+    def __init_subclass__(
+        cls, *, code: str | None = None, exit_code: int | None = None, http_status: int | None = None, **kwargs: Any
+    ) -> None:
+        """`class NotFound(TuneloopError, code="not_found", http_status=404)`; what is not given is inherited."""
+        super().__init_subclass__(**kwargs)
+        cls.code = code or cls.code
+        cls.exit_code = exit_code if exit_code is not None else cls.exit_code
+        cls.http_status = http_status or cls.http_status
+
     def __init__(self, message: str, *, hint: str | None = None, details: Any = None) -> None:
         super().__init__(message)
         self.message = message
@@ -32,55 +41,29 @@ class TuneloopError(Exception):
         return payload
 
 
-class UsageError(TuneloopError):
+class UsageError(TuneloopError, code="usage_error", exit_code=2, http_status=400):
     """The command line or request is malformed (a missing or contradictory option)."""
 
-    code = "usage_error"
-    exit_code = 2
-    http_status = 400
 
-
-class ConfigError(TuneloopError):
+class ConfigError(TuneloopError, code="invalid_config", exit_code=2, http_status=400):
     """Settings, a recipe or a policy is invalid."""
 
-    code = "invalid_config"
-    exit_code = 2
-    http_status = 400
 
-
-class InvalidInput(TuneloopError):
+class InvalidInput(TuneloopError, code="invalid_input", http_status=422):
     """An input file or value is unusable: missing, corrupt, truncated, of the wrong kind."""
 
-    code = "invalid_input"
-    exit_code = 1
-    http_status = 422
+
+class NotFound(TuneloopError, code="not_found", http_status=404):
+    """Nothing by that name is stored (a model, version, run, record, alert, ...)."""
 
 
-class NotFound(TuneloopError):
-    code = "not_found"
-    exit_code = 1
-    http_status = 404
-
-
-class Conflict(TuneloopError):
+class Conflict(TuneloopError, code="conflict", http_status=409):
     """The request contradicts what is stored (an alias on another model's version, ...)."""
 
-    code = "conflict"
-    exit_code = 1
-    http_status = 409
 
-
-class GateFailed(TuneloopError):
+class GateFailed(TuneloopError, code="gate_failed", http_status=409):
     """A promotion was refused because at least one gate failed."""
 
-    code = "gate_failed"
-    exit_code = 1
-    http_status = 409
 
-
-class StoreError(TuneloopError):
+class StoreError(TuneloopError, code="store_error", http_status=503):
     """A store (MLflow, tuneloop's database, the artifact root) is unreachable or inconsistent."""
-
-    code = "store_error"
-    exit_code = 1
-    http_status = 503

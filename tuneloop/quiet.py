@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 VERBOSE_ENV = "TUNELOOP_VERBOSE"
 
@@ -54,6 +56,17 @@ def quiet_mlflow() -> None:
         return
     for name, level in QUIET_LOGGERS.items():
         logging.getLogger(name).setLevel(level)
-    warnings.filterwarnings("ignore", module="mlflow")
-    warnings.filterwarnings("ignore", message=".*type hint.*", category=UserWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+@contextmanager
+def ignoring(message: str, category: type[Warning] = UserWarning) -> Iterator[None]:
+    """Silence one warning around the call that raises it (unless verbose): a warning that names nothing a
+    user of tuneloop can act on is silenced where it arises, never process-wide."""
+    with warnings.catch_warnings():
+        if not verbose():
+            warnings.filterwarnings("ignore", message=message, category=category)
+        yield
+
+
+# PEFT (0.18) reads transformers' deprecated `is_gradient_checkpointing` whenever it wraps a model.
+PEFT_READS_A_DEPRECATED_NAME = (r"`is_gradient_checkpointing` is deprecated", FutureWarning)

@@ -19,6 +19,7 @@ from tuneloop.pipelines.training.recipes import (
     QloraRecipe,
     Recipe,
 )
+from tuneloop.quiet import PEFT_READS_A_DEPRECATED_NAME, ignoring
 
 FULL_FINETUNE_MAX_PARAMETERS = 1_000_000_000
 
@@ -67,6 +68,11 @@ def load_base(folder: Path, recipe: Recipe, choice: PrecisionChoice) -> Any:
 
 def trainable_model(base: Any, recipe: Recipe, choice: PrecisionChoice, sft_adapter: Path | None = None) -> Any:
     """Wrap the base for the recipe's method; returns a PEFT model, or the base itself for `full`."""
+    with ignoring(*PEFT_READS_A_DEPRECATED_NAME):
+        return _wrapped_for(base, recipe, choice, sft_adapter)
+
+
+def _wrapped_for(base: Any, recipe: Recipe, choice: PrecisionChoice, sft_adapter: Path | None) -> Any:
     from peft import PeftModel, PromptTuningConfig, PromptTuningInit, get_peft_model, prepare_model_for_kbit_training
 
     if isinstance(recipe, FullRecipe):

@@ -22,6 +22,7 @@ from tuneloop.pipelines.training import distributed
 from tuneloop.pipelines.training.precision import PrecisionChoice, choose
 from tuneloop.pipelines.training.recipes import DpoRecipe, FullRecipe, QloraRecipe, Recipe, parse_stored_recipe
 from tuneloop.registry.client import RegistryClient
+from tuneloop.registry.tracking import file_dataset
 
 RECIPE_ARTIFACT = "recipe.json"
 
@@ -103,7 +104,7 @@ def _log_data(dataset: data_io.Dataset, context: str) -> None:
     frame = pd.DataFrame(
         [{k: json.dumps(v) if not isinstance(v, str) else v for k, v in r.items()} for r in dataset.rows]
     )
-    source = mlflow.data.from_pandas(frame, source=str(dataset.path), name=f"{dataset.path.name}")
+    source = file_dataset(frame, dataset.path, dataset.path.name)
     mlflow.log_input(
         source, context=context, tags={"sha256": dataset.digest, "format": dataset.format, "rows": str(len(dataset))}
     )
@@ -127,7 +128,7 @@ def _trainer_args(recipe: Recipe, choice: PrecisionChoice, output_dir: Path, has
         "data_seed": t.seed,
         "bf16": choice.dtype == "bfloat16",
         "use_cpu": choice.device == "cpu",
-        "gradient_checkpointing": False,  # decided and applied by pipelines.training.models
+        "activation_checkpointing": False,  # decided and applied by pipelines.training.models
         "logging_steps": t.log_every,
         "save_strategy": "steps",
         "save_steps": t.checkpoint_every,

@@ -24,7 +24,6 @@ def data_group() -> None:
     "fmt",
     type=click.Choice(["auto", "chat", "instruction", "completion", "preference"]),
     default="auto",
-    show_default=True,
     help="Row format; `auto` detects it from the first row's fields.",
 )
 @click.option("--max-chars", type=click.IntRange(1), default=None, help="Report rows longer than this many characters.")
@@ -84,31 +83,29 @@ def validate(path: str, fmt: str, max_chars: int | None, as_json: bool) -> None:
     "fmt",
     type=click.Choice(["auto", "chat", "instruction", "completion", "preference"]),
     default="auto",
-    show_default=True,
     help="Row format; `auto` detects it.",
 )
 @click.option(
     "--eval-share",
     type=click.FloatRange(0.0, 0.9),
     default=0.1,
-    show_default=True,
     help="Share of rows for eval (0: no split).",
 )
 @click.option(
     "--near-threshold",
     type=click.FloatRange(0.1, 1.0),
     default=0.8,
-    show_default=True,
     help="Jaccard similarity (word 3-grams) at which rows count as near duplicates.",
 )
 @click.option("--no-near-dedup", is_flag=True, help="Drop exact duplicates only.")
 @click.option("--no-pii", is_flag=True, help="Keep e-mails, phones, cards, IBANs and IPs as they are.")
-@click.option("--min-chars", type=click.IntRange(0), default=1, show_default=True, help="Drop rows with less text.")
+@click.option("--min-chars", type=click.IntRange(0), default=1, help="Drop rows with less text.")
 @click.option("--max-chars", type=click.IntRange(1), default=None, help="Drop rows with more text.")
 @click.option(
     "--languages",
     default="",
     metavar="CODES",
+    show_default=False,
     help="Keep only rows in these languages (comma-separated ISO 639-1 codes, e.g. en,de); rows too short "
     "to tell are kept.",
 )
@@ -116,20 +113,16 @@ def validate(path: str, fmt: str, max_chars: int | None, as_json: bool) -> None:
     "--language-confidence",
     type=click.FloatRange(0.0, 1.0),
     default=0.5,
-    show_default=True,
     help="How sure the language identifier must be before a row is dropped for its language.",
 )
 @click.option(
     "--unreviewed-synthetic",
     type=click.Choice(["hold", "keep"]),
     default="hold",
-    show_default=True,
     help="Synthetic rows nobody reviewed (`tuneloop data review`): drop them (counted) or keep them.",
 )
-@click.option(
-    "--label-field", default="label", show_default=True, help="Field the split is stratified by, where rows have it."
-)
-@click.option("--seed", default=0, show_default=True, help="Seed of the split.")
+@click.option("--label-field", default="label", help="Field the split is stratified by, where rows have it.")
+@click.option("--seed", default=0, help="Seed of the split.")
 @click.option("--no-mlflow", is_flag=True, help="Do not record the curated set in MLflow.")
 @output.json_option("Print the report as one JSON document on stdout.")
 @pass_app
@@ -219,7 +212,7 @@ def curate_cmd(
     help="Registered model that writes the rows (e.g. support-qlora@champion).",
 )
 @click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False), help="JSONL file for the kept rows.")
-@click.option("--count", type=click.IntRange(1), default=20, show_default=True, help="Rows to keep.")
+@click.option("--count", type=click.IntRange(1), default=20, help="Rows to keep.")
 @click.option(
     "--max-attempts", type=click.IntRange(1), default=None, help="Generations before giving up [default: 4 × count]."
 )
@@ -234,7 +227,6 @@ def curate_cmd(
     "--examples-per-prompt",
     type=click.IntRange(1),
     default=3,
-    show_default=True,
     help="Seed questions shown per prompt.",
 )
 @click.option(
@@ -248,11 +240,10 @@ def curate_cmd(
     "--near-threshold",
     type=click.FloatRange(0.1, 1.0),
     default=0.8,
-    show_default=True,
     help="Jaccard similarity (word 3-grams) at which a question copies another.",
 )
-@click.option("--min-chars", type=click.IntRange(0), default=8, show_default=True, help="Drop rows with less text.")
-@click.option("--max-chars", type=click.IntRange(1), default=2000, show_default=True, help="Drop rows with more text.")
+@click.option("--min-chars", type=click.IntRange(0), default=8, help="Drop rows with less text.")
+@click.option("--max-chars", type=click.IntRange(1), default=2000, help="Drop rows with more text.")
 @click.option(
     "--score-with", "scorer", default=None, metavar="REF", help="Model whose perplexity of each answer is recorded."
 )
@@ -263,25 +254,22 @@ def curate_cmd(
     "--temperature",
     type=click.FloatRange(0.0),
     default=0.9,
-    show_default=True,
     help="Sampling temperature of questions.",
 )
 @click.option(
     "--question-tokens",
     type=click.IntRange(1),
     default=48,
-    show_default=True,
     help="Questions cut at this limit are dropped.",
 )
 @click.option(
     "--answer-tokens",
     type=click.IntRange(1),
     default=160,
-    show_default=True,
     help="Answers cut at this limit are dropped.",
 )
 @click.option("--keep-truncated", is_flag=True, help="Keep rows whose question or answer stopped at its token limit.")
-@click.option("--seed", default=0, show_default=True, help="Seed of the sampling and of the seed examples shown.")
+@click.option("--seed", default=0, help="Seed of the sampling and of the seed examples shown.")
 @click.option("--no-mlflow", is_flag=True, help="Do not record the synthetic set in MLflow.")
 @output.json_option("Print the report as one JSON document on stdout.")
 @pass_app
@@ -389,7 +377,7 @@ def review_group() -> None:
     "--out", "sheet", required=True, type=click.Path(dir_okay=False), help="Review sheet to write (.csv or .jsonl)."
 )
 @click.option("--sample", type=click.IntRange(1), default=None, help="Export a random sample of this many rows.")
-@click.option("--seed", default=0, show_default=True, help="Seed of the sample.")
+@click.option("--seed", default=0, help="Seed of the sample.")
 @click.option("--all", "everything", is_flag=True, help="Every row, not only the synthetic rows nobody reviewed.")
 @output.json_option()
 def review_export(path: str, sheet: str, sample: int | None, seed: int, everything: bool, as_json: bool) -> None:
@@ -424,7 +412,6 @@ def review_export(path: str, sheet: str, sample: int | None, seed: int, everythi
     "--unreviewed",
     type=click.Choice(["hold", "keep"]),
     default="hold",
-    show_default=True,
     help="Synthetic rows still unreviewed: hold them back in OUT's .held.jsonl, or keep them in OUT.",
 )
 @click.option(

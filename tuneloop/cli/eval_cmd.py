@@ -103,7 +103,6 @@ def run_suite(
     "--rouge-tokenizer",
     type=click.Choice(["default", "unicode"]),
     default="default",
-    show_default=True,
     help="`unicode` keeps words in any script (rouge-score's default keeps [a-z0-9] only).",
 )
 @output.json_option("Print one JSON object: metric name -> value.")
@@ -128,12 +127,8 @@ def score(path: str, metrics: str, no_stemming: bool, rouge_tokenizer: str, as_j
 @click.argument("a")
 @click.argument("b")
 @click.option("--suite", default=None, help="With model versions: use their latest run of this suite.")
-@click.option(
-    "--resamples", default=1000, show_default=True, type=click.IntRange(100, 100_000), help="Bootstrap resamples."
-)
-@click.option(
-    "--confidence", default=0.95, show_default=True, type=click.FloatRange(0.5, 0.999), help="Interval level."
-)
+@click.option("--resamples", default=1000, type=click.IntRange(100, 100_000), help="Bootstrap resamples.")
+@click.option("--confidence", default=0.95, type=click.FloatRange(0.5, 0.999), help="Interval level.")
 @output.json_option()
 @pass_app
 def compare_cmd(
@@ -209,7 +204,7 @@ def human() -> None:
     help="Sheet path without suffix: writes .csv, .jsonl and .key.json.",
 )
 @click.option("--suite", default=None, help="With model versions: use their latest run of this suite.")
-@click.option("--seed", default=0, show_default=True, help="Seed of the left/right shuffle.")
+@click.option("--seed", default=0, help="Seed of the left/right shuffle.")
 @output.json_option()
 @pass_app
 def human_export(

@@ -251,7 +251,7 @@ def retrain_show(app: AppContext, run_id: int, as_json: bool) -> None:
 
 @retrain_group.command("cancel")
 @click.argument("run_id", type=int)
-@click.option("--reason", default="", help="Why; recorded on the run and in the notification.")
+@click.option("--reason", default="", show_default=False, help="Why; recorded on the run and in the notification.")
 @JSON
 @pass_app
 def retrain_cancel(app: AppContext, run_id: int, reason: str, as_json: bool) -> None:

@@ -17,7 +17,7 @@ from tuneloop.cli import output
 from tuneloop.cli.context import AppContext
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100, "show_default": True})
 @click.option(
     "--config", "config_file", type=click.Path(dir_okay=False), help="tuneloop.toml to read (default: ./tuneloop.toml)."
 )

@@ -119,7 +119,7 @@ def _version_of(app: AppContext, name: str, version: str | None) -> tuple[str, i
 @click.argument("version", required=False)
 @click.option("--alias", required=True, help="The alias to move, e.g. champion.")
 @click.option("--force", is_flag=True, help="Move the alias even if gates fail (needs --reason).")
-@click.option("--reason", default="", help="Why; recorded in the audit trail.")
+@click.option("--reason", default="", show_default=False, help="Why; recorded in the audit trail.")
 @json_option
 @pass_app
 def promote(
@@ -159,7 +159,7 @@ def promote(
 @models.command("rollback")
 @click.argument("name")
 @click.option("--alias", required=True, help="The alias to move back.")
-@click.option("--reason", default="", help="Why; recorded in the audit trail.")
+@click.option("--reason", default="", show_default=False, help="Why; recorded in the audit trail.")
 @json_option
 @pass_app
 def rollback(app: AppContext, name: str, alias: str, reason: str, as_json: bool) -> None:

@@ -33,7 +33,6 @@ from tuneloop.cli.context import AppContext, pass_app
     "--backend",
     type=click.Choice(["local", "kubernetes", "vertex"]),
     default="local",
-    show_default=True,
     help="Where to train: here, as a Kubernetes Job (settings [kubernetes]), or a Vertex AI custom job spec.",
 )
 @click.option("--dry-run", is_flag=True, help="With a remote backend: print the job it would submit, submit nothing.")

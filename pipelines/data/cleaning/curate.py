@@ -241,7 +241,7 @@ def log_to_mlflow(
     import mlflow
     import pandas as pd
 
-    from tuneloop.registry.tracking import experiment_id
+    from tuneloop.registry.tracking import experiment_id, file_dataset
 
     with mlflow.start_run(experiment_id=experiment_id(rc.mlflow, rc.settings, "data"), run_name=run_name) as run:
         mlflow.log_params({k: str(v) for k, v in report["options"].items()})
@@ -274,7 +274,7 @@ def log_to_mlflow(
                 ]
             )
             if not frame.empty:
-                dataset = mlflow.data.from_pandas(frame, source=file, name=f"{Path(report['input']).stem}-{split}")
+                dataset = file_dataset(frame, file, f"{Path(report['input']).stem}-{split}")
                 mlflow.log_input(dataset, context=split, tags={"sha256": report["output_sha256"][split]})
             mlflow.log_artifact(file, artifact_path="data")
         for file in reports:

@@ -48,9 +48,8 @@ def pending_windows(
     limit: int,
 ) -> list[PendingWindow]:
     """The complete windows after `last` (the version's newest counted window), oldest first, at most `limit`."""
-    if spec.window.kind == "time":
-        return _time_windows(stores, spec, model, last, floor=floor, upto_seq=upto_seq, now=now, limit=limit)
-    return _count_windows(stores, spec, model, last, floor=floor, upto_seq=upto_seq, limit=limit)
+    scan = _Scan(stores, spec, model, last, floor, upto_seq)
+    return _time_windows(scan, now=now, limit=limit) if spec.window.kind == "time" else _count_windows(scan, limit)
 
 
 def not_before(spec: MonitorSpec) -> datetime | None:
@@ -75,17 +74,28 @@ def next_time_index(
     return first_index(first, spec.window) if first is not None else None
 
 
-def _count_windows(
-    stores: Stores,
-    spec: MonitorSpec,
-    model: ModelSlice,
-    last: JudgedWindow | None,
-    *,
-    floor: Floor,
-    upto_seq: int,
-    limit: int,
-) -> list[PendingWindow]:
+@dataclass(frozen=True)
+class _Scan:
+    """Where pending windows are looked for: a version's records after `last`, above `floor`, up to `upto_seq`."""
+
+    stores: Stores
+    spec: MonitorSpec
+    model: ModelSlice
+    last: JudgedWindow | None
+    floor: Floor
+    upto_seq: int
+
+
+def _count_windows(scan: _Scan, limit: int) -> list[PendingWindow]:
     """`windowing.count_spans` over the records from the window after `last` on, a chunk at a time."""
+    stores, spec, model, last, floor, upto_seq = (
+        scan.stores,
+        scan.spec,
+        scan.model,
+        scan.last,
+        scan.floor,
+        scan.upto_seq,
+    )
     size, stride = spec.window.size, spec.window.count_stride
     first = floor.after_seq + 1 if floor.after_seq is not None else None
     from_seq, skip = (first, 0) if last is None else (_first_seq(stores, model, last, size), stride)
@@ -121,19 +131,9 @@ def _first_seq(stores: Stores, model: ModelSlice, last: JudgedWindow, size: int)
     return held[0].seq if held else last.last_seq + 1
 
 
-def _time_windows(
-    stores: Stores,
-    spec: MonitorSpec,
-    model: ModelSlice,
-    last: JudgedWindow | None,
-    *,
-    floor: Floor,
-    upto_seq: int,
-    now: datetime,
-    limit: int,
-) -> list[PendingWindow]:
-    window = spec.window
-    index = next_time_index(stores, spec, model, last, floor)
+def _time_windows(scan: _Scan, *, now: datetime, limit: int) -> list[PendingWindow]:
+    stores, model, floor, window = scan.stores, scan.model, scan.floor, scan.spec.window
+    index = next_time_index(stores, scan.spec, model, scan.last, floor)
     if index is None:
         return []
     found: list[PendingWindow] = []
@@ -143,7 +143,7 @@ def _time_windows(
             model,
             start=max(start, floor.not_before) if floor.not_before else start,
             end=end,
-            upto_seq=upto_seq,
+            upto_seq=scan.upto_seq,
             after_seq=floor.after_seq,
         )
         found.append(

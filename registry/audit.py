@@ -11,85 +11,22 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from tuneloop.names import Experiment, RunTag, Tag
-from tuneloop.schemas import AliasMove, GateCheck, MoveKind
-from tuneloop.store import Stores, Transaction
-from tuneloop.store.audit import AuditEntry
+from tuneloop.schemas import AliasMove
+from tuneloop.store import Transaction
 
 if TYPE_CHECKING:
     from tuneloop.registry.client import RegistryClient
 
 
-def _to_move(entry: AuditEntry) -> AliasMove:
-    return AliasMove(
-        id=entry.id,
-        at=entry.at,
-        actor=entry.actor,
-        model=entry.model,
-        alias=entry.alias,
-        kind=entry.kind,
-        from_version=entry.from_version,
-        to_version=entry.to_version,
-        forced=entry.forced,
-        reason=entry.reason,
-        gates=[GateCheck(**g) for g in entry.gates],
-    )
-
-
-def append(
-    stores: Stores,
-    tx: Transaction,
-    *,
-    actor: str,
-    model: str,
-    alias: str,
-    kind: MoveKind,
-    from_version: int | None,
-    to_version: int | None,
-    forced: bool = False,
-    reason: str = "",
-    gates: list[GateCheck] | None = None,
-) -> AliasMove:
-    """Append one entry; call inside `stores.transaction(lock=lock_name(model))`."""
-    return _to_move(
-        stores.audit.append(
-            tx,
-            actor=actor,
-            model=model,
-            alias=alias,
-            kind=kind,
-            from_version=from_version,
-            to_version=to_version,
-            forced=forced,
-            reason=reason,
-            gates=[g.model_dump() for g in gates or []],
-        )
-    )
-
-
-def entries(stores: Stores, tx: Transaction, model: str, alias: str | None = None) -> list[AliasMove]:
-    return [_to_move(e) for e in stores.audit.entries(tx, model, alias)]
-
-
-def last_holders(stores: Stores, tx: Transaction, model: str) -> dict[str, int | None]:
-    """Alias -> version as the audit trail last left it."""
-    return stores.audit.last_holders(tx, model)
-
-
-def verify_chain(stores: Stores, tx: Transaction, model: str) -> list[int]:
-    """Ids of entries whose hash or link does not match: empty when the trail is intact."""
-    return stores.audit.verify_chain(tx, model)
-
-
 def reconcile(rc: RegistryClient, tx: Transaction, model: str) -> list[AliasMove]:
     """Record alias moves made outside tuneloop since the last registry operation."""
     actual = {alias: int(v) for alias, v in rc.registered_model(model).aliases.items()}
-    known = last_holders(rc.stores, tx, model)
+    known = rc.stores.audit.last_holders(tx, model)
     recorded = []
     for alias in sorted(set(actual) | {a for a, v in known.items() if v is not None}):
         if actual.get(alias) != known.get(alias):
             recorded.append(
-                append(
-                    rc.stores,
+                rc.stores.audit.append(
                     tx,
                     actor="unknown (outside tuneloop)",
                     model=model,
@@ -112,8 +49,7 @@ def mirror_pending(rc: RegistryClient, tx: Transaction, model: str) -> None:
         return
     client = rc.mlflow
     exp = experiment_id(client, rc.settings, Experiment.AUDIT)
-    for entry in pending:
-        move = _to_move(entry)
+    for move in pending:
         arrow = f"v{move.from_version or '-'} → v{move.to_version or '-'}"
         run = client.create_run(
             exp,

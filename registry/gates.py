@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tuneloop.errors import ConfigError
-from tuneloop.names import Metric, Tag
+from tuneloop.names import Alias, Metric, Tag
+from tuneloop.registry import descriptions
+from tuneloop.registry.version_metrics import metrics_of
 from tuneloop.schemas import GateCheck
 
 if TYPE_CHECKING:
@@ -85,18 +87,6 @@ def parse_policy(gates: list[str]) -> list[Gate]:
     return parsed
 
 
-def metrics_of(mv: ModelVersion) -> dict[str, float]:
-    """The evaluation results attached to a model version (tags `tuneloop.metric.<name>`)."""
-    out = {}
-    for key, value in (mv.tags or {}).items():
-        if key.startswith(Tag.METRIC_PREFIX):
-            try:
-                out[key.removeprefix(Tag.METRIC_PREFIX)] = float(value)
-            except ValueError:
-                continue
-    return out
-
-
 def policy_of(rc: RegistryClient, name: str) -> list[Gate]:
     raw = rc.registered_model(name).tags.get(Tag.GATE_POLICY)
     return parse_policy(json.loads(raw)) if raw else []
@@ -106,6 +96,7 @@ def set_policy(rc: RegistryClient, name: str, gates: list[str]) -> list[Gate]:
     parsed = parse_policy(gates)  # validate before storing anything
     rc.registered_model(name)
     rc.mlflow.set_registered_model_tag(name, Tag.GATE_POLICY, json.dumps([g.text for g in parsed]))
+    rc.mlflow.update_registered_model(name, description=descriptions.model_description(rc, name))
     return parsed
 
 
@@ -187,6 +178,8 @@ def record_metrics(rc: RegistryClient, name: str, version: int | str, metrics: d
     rc.model_version(name, version)
     for metric, value in metrics.items():
         rc.mlflow.set_model_version_tag(name, str(version), Tag.METRIC_PREFIX + metric, repr(float(value)))
+    champion = rc.registered_model(name).aliases.get(Alias.CHAMPION)
+    descriptions.refresh(rc, name, None if str(champion) == str(version) else [int(version)])  # others compare to it
 
 
 def evaluate_per_task(

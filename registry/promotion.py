@@ -7,12 +7,15 @@ previous one for that alias ended.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from tuneloop.errors import Conflict, GateFailed, NotFound, UsageError
-from tuneloop.registry import audit, gates
+from tuneloop.names import Tag
+from tuneloop.registry import audit, descriptions, gates
 from tuneloop.registry.client import RegistryClient
 from tuneloop.schemas import AliasMove, GateCheck, MoveKind
 from tuneloop.store import Transaction
@@ -74,13 +77,21 @@ def promote(
     with rc.stores.transaction(lock=lock_name(model)) as tx:
         unaudited = audit.reconcile(rc, tx, model)
         candidate = rc.model_version(model, number)
-        current = audit.last_holders(rc.stores, tx, model).get(alias)
+        current = rc.stores.audit.last_holders(tx, model).get(alias)
         if current == number:
             _mirror(rc, tx, model)
             return PromotionResult(move=None, gates=[], unaudited=unaudited)
         checks = gates.evaluate(rc, candidate, policy)
         failed = [c for c in checks if c.status == "failed"]
-        if checks and all(c.status == "skipped" for c in checks) and not force:
+        no_evidence = bool(checks) and all(c.status == "skipped" for c in checks)
+        if not checks:
+            outcome = "no gates"
+        elif failed or no_evidence:
+            outcome = "forced" if force else "refused"
+        else:
+            outcome = "passed"
+        _record_verdict(rc, model, number, alias, outcome, checks)
+        if no_evidence and not force:
             raise GateFailed(
                 f"promotion of `{model}` v{number} to `{alias}` refused: no evidence — none of the "
                 f"{len(checks)} gates could be evaluated:\n  "
@@ -100,6 +111,7 @@ def promote(
         move = _move_alias(
             rc, tx, model, alias, "promote", current, number, forced=bool(failed) or force, reason=reason, checks=checks
         )
+    _refresh_descriptions(rc, model)
     return PromotionResult(move=move, gates=checks, unaudited=unaudited)
 
 
@@ -109,7 +121,7 @@ def rollback(rc: RegistryClient, model: str, alias: str, *, reason: str = "") ->
     rc.registered_model(model)
     with rc.stores.transaction(lock=lock_name(model)) as tx:
         unaudited = audit.reconcile(rc, tx, model)
-        history = audit.entries(rc.stores, tx, model, alias)
+        history = rc.stores.audit.entries(tx, model, alias)
         if not history or history[-1].to_version is None:
             raise NotFound(
                 f"`{model}@{alias}` has no holder to roll back", hint=f"see `tuneloop models history {model}`"
@@ -123,6 +135,7 @@ def rollback(rc: RegistryClient, model: str, alias: str, *, reason: str = "") ->
         rc.model_version(model, previous)  # it may have been deleted since
         reason = reason or f"rollback of entry {history[-1].id}"
         move = _move_alias(rc, tx, model, alias, "rollback", history[-1].to_version, previous, reason=reason)
+    _refresh_descriptions(rc, model)
     return PromotionResult(move=move, gates=[], unaudited=unaudited)
 
 
@@ -140,8 +153,7 @@ def _move_alias(
     checks: list[GateCheck] | None = None,
 ) -> AliasMove:
     """Audit entry first, then the MLflow alias: if setting the alias fails, the entry rolls back with it."""
-    move = audit.append(
-        rc.stores,
+    move = rc.stores.audit.append(
         tx,
         actor=rc.settings.actor_name,
         model=model,
@@ -165,7 +177,7 @@ def history(rc: RegistryClient, model: str, alias: str | None = None) -> tuple[l
     with rc.stores.transaction(lock=lock_name(model)) as tx:
         audit.reconcile(rc, tx, model)
         _mirror(rc, tx, model)
-        return audit.entries(rc.stores, tx, model, alias), audit.verify_chain(rc.stores, tx, model)
+        return rc.stores.audit.entries(tx, model, alias), rc.stores.audit.verify_chain(tx, model)
 
 
 def reconcile(rc: RegistryClient, model: str) -> list[AliasMove]:
@@ -173,6 +185,31 @@ def reconcile(rc: RegistryClient, model: str) -> list[AliasMove]:
         moves = audit.reconcile(rc, tx, model)
         _mirror(rc, tx, model)
         return moves
+
+
+def _record_verdict(
+    rc: RegistryClient, model: str, version: int, alias: str, outcome: str, checks: list[GateCheck]
+) -> None:
+    """Keep the gates' decision on the version (a refusal too: it is what a release manager looks for)."""
+    verdict = {
+        "alias": alias,
+        "outcome": outcome,
+        "at": datetime.now(UTC).isoformat(),
+        "checks": [{"gate": c.gate, "status": c.status} for c in checks],
+    }
+    rc.mlflow.set_model_version_tag(model, str(version), Tag.GATE_VERDICT, json.dumps(verdict))
+    if outcome == "refused":
+        _refresh_descriptions(rc, model, [version])
+
+
+def _refresh_descriptions(rc: RegistryClient, model: str, versions: list[int] | None = None) -> None:
+    """Descriptions are derived from tags and runs: one that cannot be rewritten now is rewritten next time."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        descriptions.refresh(rc, model, versions)
+    except MlflowException as exc:
+        log.warning("could not update the descriptions of %s yet: %s", model, rc.settings.scrub(str(exc)))
 
 
 def _mirror(rc: RegistryClient, tx: Transaction, model: str) -> None:

@@ -6,11 +6,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuneloop.errors import StoreError
+from tuneloop.names import EXPERIMENT_NOTES
 from tuneloop.quiet import quiet_mlflow
 from tuneloop.settings import Settings
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+
+NOTE_TAG = "mlflow.note.content"  # what the MLflow UI shows as a description
 
 
 def connect(settings: Settings) -> MlflowClient:
@@ -42,13 +45,18 @@ def connect(settings: Settings) -> MlflowClient:
 def experiment_id(client: MlflowClient, settings: Settings, suffix: str) -> str:
     """Get or create `<prefix>-<suffix>`, with its artifacts under tuneloop's artifact root."""
     name = f"{settings.experiment_prefix}-{suffix}"
+    note = EXPERIMENT_NOTES.get(suffix, "")
     found = client.get_experiment_by_name(name)
     if found is not None:
         if found.lifecycle_stage == "deleted":
             client.restore_experiment(found.experiment_id)
+        if note and NOTE_TAG not in found.tags:  # created by a version that wrote no description
+            client.set_experiment_tag(found.experiment_id, NOTE_TAG, note)
         return found.experiment_id
     try:
-        return client.create_experiment(name, artifact_location=f"{settings.artifact_root}/{suffix}")
+        return client.create_experiment(
+            name, artifact_location=f"{settings.artifact_root}/{suffix}", tags={NOTE_TAG: note} if note else None
+        )
     except Exception:
         found = client.get_experiment_by_name(name)  # created by a concurrent process
         if found is None:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from tuneloop.errors import StoreError
 from tuneloop.names import Experiment, Tag
 from tuneloop.quiet import ignoring
+from tuneloop.registry import descriptions
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
@@ -86,6 +87,7 @@ def log_and_register(
             version = mv.version
             artifact_uri = client.get_logged_model(logged_model_id).artifact_location
             client.set_model_version_tag(name, version, Tag.ARTIFACT_URI, artifact_uri)
+            descriptions.refresh(rc, name, [int(version)])
             return client.get_model_version(name, version)
     except BaseException as exc:
         _undo(rc, name, created_model, run_id, logged_model_id, version)
@@ -149,3 +151,17 @@ def _undo(
             step()
         except Exception:  # best effort: the store may be what failed  # noqa: BLE001, S110
             pass
+
+
+def load_pyfunc(rc: RegistryClient, name: str, version: int | str) -> Any:
+    """A registered version's pyfunc model, read through `rc`'s stores.
+
+    The URIs are set first, always: where nothing set them, MLflow 3 falls back to `sqlite:///mlflow.db` in
+    the working folder, creates an empty store there and then finds no model (how an `mlflow.db` holding
+    only the Default experiment once got committed); and in a process with several clients they point at
+    whichever connected last."""
+    import mlflow
+
+    mlflow.set_tracking_uri(rc.settings.mlflow_uri)
+    mlflow.set_registry_uri(rc.settings.mlflow_uri)
+    return mlflow.pyfunc.load_model(f"models:/{name}/{version}")

@@ -163,7 +163,8 @@ def test_mlflow_ui_shows_aliases_and_runs_after_a_tiny_loop(browser_binaries, lo
             ],
         )
         driver.get(f"{ui}/#/models/tiny-support/versions/{challenger}")
-        _wait_for_text(driver, ["tuneloop.alert.id", "tuneloop.retrain.id"])
+        # its description says what it is and why it exists, above the machine-readable tags
+        _wait_for_text(driver, ["tuneloop.alert.id", "tuneloop.retrain.id", "Trained by run", "Why: retrain 1 of"])
 
         # the drifted window's Evidently report, as the MLflow UI shows the artifact: tuneloop's verdict
         # above Evidently's own widgets, rendered by its scripts

@@ -304,5 +304,11 @@ def test_retrain_now_from_the_cli_follows_every_stage(loop_env, tiny_model: Path
     states = [line.rsplit(": ", 1)[1] for line in result.stderr.splitlines() if line.startswith("==> retrain 1:")]
     assert states[0] == "queued" and states[-1] == "registered" and "training" in states and "evaluating" in states
     assert "retrain 1 of tiny-support (manual): registered, challenger v2" in result.stdout
+    page = rc.mlflow.get_model_version("tiny-support", "2").description  # what a release manager reads
+    assert "Why: retrain 1 of tiny-support:1 (manual)." in page and "Trained by run `" in page
+    assert "| metric | this version |" in page and "Last gate verdict" in page
+    holder = str(rc.mlflow.get_model_version_by_alias("tiny-support", "champion").version)
+    other = "1" if holder == "2" else "2"  # the page of the version not holding `champion` compares with it
+    assert f"| champion v{holder} | difference |" in rc.mlflow.get_model_version("tiny-support", other).description
     listed = json.loads(run_cli("retrain", "list", "--json", env=env).stdout)
     assert [(r["trigger"], r["alert_id"], r["state"]) for r in listed] == [("manual", None, "registered")]

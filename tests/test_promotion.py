@@ -127,7 +127,6 @@ def test_gate_policy_with_unknown_metric_is_refused_whole(rc) -> None:
 
 
 def test_audit_log_is_append_only_and_tamper_evident(rc) -> None:
-    from tuneloop.registry.audit import verify_chain
     from tuneloop.store.tables import audit_log
 
     v1, v2 = make_versions(rc, "m", [{}, {}])
@@ -148,7 +147,7 @@ def test_audit_log_is_append_only_and_tamper_evident(rc) -> None:
             conn.execute(sa.text("UPDATE audit_log SET to_version = 99 WHERE id = (SELECT min(id) FROM audit_log)"))
     first_id = min(m.id for m in history(rc, "m")[0])
     with rc.stores.transaction() as tx:
-        assert verify_chain(rc.stores, tx, "m") == [first_id]
+        assert rc.stores.audit.verify_chain(tx, "m") == [first_id]
 
 
 def test_audit_entries_are_mirrored_into_mlflow(rc) -> None:
@@ -171,8 +170,7 @@ def test_registering_a_version_also_detects_unaudited_moves(rc, tiny_model) -> N
     import_base(rc, "tiny", str(tiny_model))
     rc.mlflow.set_registered_model_alias("tiny", "champion", "1")  # behind tuneloop's back
     import_base(rc, "tiny", str(tiny_model))  # the next registry operation
-    from tuneloop.registry.audit import entries
 
     with rc.stores.transaction() as tx:
-        moves = entries(rc.stores, tx, "tiny")
+        moves = rc.stores.audit.entries(tx, "tiny")
     assert [(m.kind, m.alias, m.to_version) for m in moves] == [("unaudited", "champion", 1)]

@@ -115,18 +115,20 @@ def test_method_learns_and_is_registered_with_lineage(method: str, sqlite_rc, ti
 
 
 _RELOAD = """
-import json, sys, mlflow
+import json, sys
 from tuneloop.pipelines.training.recipes import parse_recipe
 from tuneloop.pipelines.training.run import reloaded_training_loss
-mlflow.set_tracking_uri(sys.argv[1]); mlflow.set_registry_uri(sys.argv[1])
-recipe = parse_recipe(json.loads(sys.argv[3]))
-print("LOSS", reloaded_training_loss(sys.argv[2], recipe))
+from tuneloop.registry.client import RegistryClient
+from tuneloop.settings import Settings
+rc = RegistryClient(Settings.model_validate_json(sys.argv[1]))
+name, version = sys.argv[2].split(":")
+print("LOSS", reloaded_training_loss(rc, name, int(version), parse_recipe(json.loads(sys.argv[3]))))
 """
 
 
-def _reloaded_loss(rc, model_uri: str, recipe) -> float:
+def _reloaded_loss(rc, version: str, recipe) -> float:
     proc = subprocess.run(
-        [sys.executable, "-c", _RELOAD, rc.settings.mlflow_uri, model_uri, recipe.model_dump_json()],
+        [sys.executable, "-c", _RELOAD, rc.settings.model_dump_json(), version, recipe.model_dump_json()],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -153,7 +155,7 @@ def test_registered_version_reproduces_the_final_loss_in_a_fresh_process(
     settings["training"]["precision"] = "fp32"
     recipe = parse_recipe(settings)
     result = train(recipe, sqlite_rc)
-    reloaded = _reloaded_loss(sqlite_rc, f"models:/{result.model}/{result.version}", recipe)
+    reloaded = _reloaded_loss(sqlite_rc, f"{result.model}:{result.version}", recipe)
     assert reloaded == pytest.approx(result.final_loss, abs=1e-4)
     if method == "dpo":  # against the base as reference, not against itself (that would give ln 2)
         assert result.final_loss < 0.5
@@ -185,7 +187,7 @@ def test_dpo_on_top_of_an_sft_adapter_keeps_it_as_reference_and_lineage(
     assert chain == [f"{result.model}:{result.version}", f"{sft.model}:{sft.version}", "tiny:1"]
     losses = _history(sqlite_rc, result.run_id, "train/loss")
     assert losses[-1] < 0.3 * losses[0]
-    assert _reloaded_loss(sqlite_rc, f"models:/{result.model}/{result.version}", recipe) == pytest.approx(
+    assert _reloaded_loss(sqlite_rc, f"{result.model}:{result.version}", recipe) == pytest.approx(
         result.final_loss, abs=1e-4
     )
 

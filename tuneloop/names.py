@@ -110,6 +110,7 @@ class Tag:
     DATASET_DIGESTS = "tuneloop.dataset_digests"
     TRAINING_RUN_ID = "tuneloop.training_run_id"
     GATE_POLICY = "tuneloop.gate_policy"
+    GATE_VERDICT = "tuneloop.gate_verdict"  # JSON: the last promotion decision on a version (alias, outcome, checks)
     METRIC_PREFIX = "tuneloop.metric."
     AUDIT_ENTRY = "tuneloop.audit.entry_id"
 
@@ -124,6 +125,25 @@ class Experiment:
     HUMAN_EVAL = "human-eval"
     MONITORS = "monitors"
     ALERTS = "alerts"
+    DATA = "data"
+
+
+# What each experiment holds: its description in the MLflow UI.
+EXPERIMENT_NOTES = {
+    Experiment.REGISTRY: "One run per base model imported or model registered without training: the logged model "
+    "behind each registry version.",
+    Experiment.AUDIT: "One run per alias move (promotion, rollback, a move made outside tuneloop), mirrored from "
+    "tuneloop's append-only audit trail: who moved which alias from which version to which, and the gates it passed.",
+    Experiment.TRAINING: "One run per fine-tuning: the recipe (recipe.json, params), its data (inputs with sha256), "
+    "the loss curve and throughput per step; the registered version names its run.",
+    Experiment.EVALUATION: "One run per evaluation of a version on a suite: metrics per task, the eval table of every "
+    "prediction, and the comparison with a baseline when one is given.",
+    Experiment.HUMAN_EVAL: "Blinded A/B reviews: the exported pairs, the ratings and the win rate with its interval.",
+    Experiment.MONITORS: "One run per monitor window judged: drift checks with their p-values and the verdict page.",
+    Experiment.ALERTS: "One run per alert raised by an alert rule: the windows that fired it and what it triggered.",
+    Experiment.DATA: "One run per curated or synthetic data set: the files (datasets with sha256) and the report of "
+    "every dropped or changed row.",
+}
 
 
 class EvalTag:

@@ -230,11 +230,11 @@ def synthesize(
     version = resolve(rc, generator)
     generator_id = f"{version.name}:{version.version}"
     scorer_version = resolve(rc, scorer) if scorer else None  # a bad reference fails before any model loads
-    model, tokenizer = load_model(f"models:/{version.name}/{version.version}")
+    model, tokenizer = load_model(rc, version)
     scoring = None
     if scorer_version is not None:
         same = (scorer_version.name, scorer_version.version) == (version.name, version.version)
-        scoring = (model, tokenizer) if same else load_model(f"models:/{scorer_version.name}/{scorer_version.version}")
+        scoring = (model, tokenizer) if same else load_model(rc, scorer_version)
 
     torch.manual_seed(options.seed)  # sampling draws from torch's generator: the same seed writes the same rows
     rng = random.Random(options.seed)

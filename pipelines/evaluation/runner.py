@@ -111,7 +111,7 @@ def evaluate(
 
     mv = resolve(rc, model_ref)
     task_data = [load_task_data(t) for t in suite.tasks]  # bad data fails before the model loads
-    model, tokenizer = load_model(f"models:/{mv.name}/{mv.version}")
+    model, tokenizer = load_model(rc, mv)
     model_id = f"{mv.name}:{mv.version}"
     suite_digest = "sha256:" + file_sha256(suite_path) if suite_path else json_digest(suite.model_dump(mode="json"))
     exp = experiment_id(rc.mlflow, rc.settings, Experiment.EVALUATION)
@@ -141,10 +141,11 @@ def evaluate(
     return EvalResult(run_id=run_id, model=model_id, suite=suite.name, metrics=overall, tasks=results)
 
 
-def load_model(model_uri: str) -> tuple[Any, Any]:
-    import mlflow
+def load_model(rc: RegistryClient, mv: Any) -> tuple[Any, Any]:
+    """The model and tokenizer of a registered version."""
+    from tuneloop.registry.versions import load_pyfunc
 
-    wrapper = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
+    wrapper = load_pyfunc(rc, mv.name, mv.version).unwrap_python_model()
     return wrapper.model.eval(), wrapper.tokenizer
 
 

@@ -160,7 +160,7 @@ def _trained(run: Run, spec: Any, champion_version: int, data: dict[str, Any]) -
         {
             "name": spec.model,
             "alias": None,
-            "description": f"retrain {run.id} of {spec.model}:{champion_version} ({run.row['trigger']})",
+            "description": f"retrain {run.id} of {spec.model}:{champion_version} ({_why(run.row)})",
         }
     )
     recipe = parse_recipe(
@@ -168,6 +168,10 @@ def _trained(run: Run, spec: Any, champion_version: int, data: dict[str, Any]) -
     )
     result = train(recipe, rc, callbacks=[_record_run(run)])
     return int(result.version)  # type: ignore[arg-type]
+
+
+def _why(row: dict[str, Any]) -> str:
+    return f"alert {row['alert_id']}" if row.get("alert_id") else str(row["trigger"])
 
 
 def _record_run(run: Run) -> Any:

@@ -472,11 +472,11 @@ def final_training_loss(trainer: Any, rows: list[dict[str, Any]]) -> float:
     return float(result["final_loss"])
 
 
-def reloaded_training_loss(model_uri: str, recipe: Recipe) -> float:
+def reloaded_training_loss(rc: RegistryClient, name: str, version: int, recipe: Recipe) -> float:
     """Reload a registered version through `models:/` and measure `final_training_loss` again."""
-    import mlflow
+    from tuneloop.registry.versions import load_pyfunc
 
-    wrapper = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
+    wrapper = load_pyfunc(rc, name, version).unwrap_python_model()
     if wrapper.tokenizer.pad_token is None:
         wrapper.tokenizer.pad_token = wrapper.tokenizer.eos_token
     train_data = data_io.load(recipe.data.train, recipe.data.format)
@@ -484,25 +484,17 @@ def reloaded_training_loss(model_uri: str, recipe: Recipe) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         trainer = _build_trainer(recipe, choice, wrapper.model, wrapper.tokenizer, train_data, None, Path(tmp))
         if recipe.method == "dpo":
-            _pin_dpo_reference(trainer, _parent_adapter_folder(model_uri))
+            _pin_dpo_reference(trainer, _parent_adapter_folder(rc, rc.model_version(name, version)))
         return final_training_loss(trainer, train_data.rows)
 
 
-def _parent_adapter_folder(model_uri: str) -> Path | None:
-    """The adapter a `models:/NAME/VERSION` version continued from, if any."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient()
-    ref = model_uri.removeprefix("models:/")
-    if "@" in ref:
-        mv = client.get_model_version_by_alias(*ref.split("@", 1))
-    else:
-        mv = client.get_model_version(*ref.split("/", 1))
+def _parent_adapter_folder(rc: RegistryClient, mv: Any) -> Path | None:
+    """The adapter a version continued from, if any."""
     parent = mv.tags.get(Tag.PARENT_ADAPTER)
     if not parent:
         return None
     parent_ref = ModelRef.parse(parent, what=Tag.PARENT_ADAPTER)
-    return _adapter_folder(client.get_model_version(parent_ref.name, str(parent_ref.version)))
+    return _adapter_folder(rc.model_version(parent_ref.name, str(parent_ref.version)))
 
 
 def _pin_dpo_reference(trainer: Any, parent_adapter: Path | None) -> None:

@@ -11,32 +11,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 
+from tuneloop.schemas import AliasMove, GateCheck, MoveKind
 from tuneloop.store.base import Store, Transaction
 from tuneloop.store.tables import audit_log, audit_mirror
 
 GENESIS = "0" * 64
 _HASHED = ("actor", "model", "alias", "kind", "from_version", "to_version", "forced", "reason", "gates")
-
-
-@dataclass(frozen=True)
-class AuditEntry:
-    id: int
-    at: datetime
-    actor: str
-    model: str
-    alias: str
-    kind: str  # promote | rollback | unaudited
-    from_version: int | None
-    to_version: int | None
-    forced: bool
-    reason: str
-    gates: list[dict[str, Any]]  # the gate checks the move passed (or was forced past)
 
 
 def _entry_hash(prev_hash: str, row: dict[str, Any]) -> str:
@@ -46,19 +31,19 @@ def _entry_hash(prev_hash: str, row: dict[str, Any]) -> str:
     return hashlib.sha256((prev_hash + canonical).encode()).hexdigest()
 
 
-def _entry(row: Any) -> AuditEntry:
-    return AuditEntry(
-        int(row.id),
-        row.at,
-        row.actor,
-        row.model,
-        row.alias,
-        row.kind,
-        row.from_version,
-        row.to_version,
-        bool(row.forced),
-        row.reason,
-        json.loads(row.gates),
+def _entry(row: Any) -> AliasMove:
+    return AliasMove(
+        id=int(row.id),
+        at=row.at,
+        actor=row.actor,
+        model=row.model,
+        alias=row.alias,
+        kind=row.kind,
+        from_version=row.from_version,
+        to_version=row.to_version,
+        forced=bool(row.forced),
+        reason=row.reason,
+        gates=[GateCheck(**g) for g in json.loads(row.gates)],
     )
 
 
@@ -70,13 +55,13 @@ class AuditStore(Store):
         actor: str,
         model: str,
         alias: str,
-        kind: str,
+        kind: MoveKind,
         from_version: int | None,
         to_version: int | None,
         forced: bool = False,
         reason: str = "",
-        gates: list[dict[str, Any]] | None = None,
-    ) -> AuditEntry:
+        gates: list[GateCheck] | None = None,
+    ) -> AliasMove:
         """Append one entry; call inside `Stores.transaction(lock=...)` holding the model's lock."""
         last = tx.execute(
             sa.select(audit_log.c.entry_hash).where(audit_log.c.model == model).order_by(audit_log.c.id.desc()).limit(1)
@@ -91,14 +76,14 @@ class AuditStore(Store):
             "to_version": to_version,
             "forced": forced,
             "reason": reason,
-            "gates": json.dumps(gates or []),
+            "gates": json.dumps([g.model_dump() for g in gates or []]),  # hashed as this exact text
         }
         row["prev_hash"] = last or GENESIS
         row["entry_hash"] = _entry_hash(row["prev_hash"], row)
         row["id"] = tx.execute(audit_log.insert().values(**row)).inserted_primary_key[0]
         return _entry(_Row(row))
 
-    def entries(self, tx: Transaction, model: str, alias: str | None = None) -> list[AuditEntry]:
+    def entries(self, tx: Transaction, model: str, alias: str | None = None) -> list[AliasMove]:
         query = sa.select(audit_log).where(audit_log.c.model == model).order_by(audit_log.c.id)
         if alias is not None:
             query = query.where(audit_log.c.alias == alias)
@@ -125,7 +110,7 @@ class AuditStore(Store):
             prev = row["entry_hash"]
         return broken
 
-    def unmirrored(self, tx: Transaction, model: str) -> list[AuditEntry]:
+    def unmirrored(self, tx: Transaction, model: str) -> list[AliasMove]:
         query = (
             sa.select(audit_log)
             .outerjoin(audit_mirror, audit_mirror.c.audit_id == audit_log.c.id)

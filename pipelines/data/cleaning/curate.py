@@ -19,7 +19,7 @@ from typing import Any
 
 from tuneloop.digest import file_sha256
 from tuneloop.errors import InvalidInput, TuneloopError
-from tuneloop.names import RunTag
+from tuneloop.names import Experiment, RunTag
 from tuneloop.pipelines.data import formats as data_io
 from tuneloop.pipelines.data.cleaning import dedup, pii
 from tuneloop.pipelines.data.review import is_unreviewed_synthetic
@@ -243,7 +243,9 @@ def log_to_mlflow(
 
     from tuneloop.registry.tracking import experiment_id, file_dataset
 
-    with mlflow.start_run(experiment_id=experiment_id(rc.mlflow, rc.settings, "data"), run_name=run_name) as run:
+    with mlflow.start_run(
+        experiment_id=experiment_id(rc.mlflow, rc.settings, Experiment.DATA), run_name=run_name
+    ) as run:
         mlflow.log_params({k: str(v) for k, v in report["options"].items()})
         mlflow.log_metrics(
             {

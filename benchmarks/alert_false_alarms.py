@@ -1,6 +1,6 @@
 """How often a K=3 alert rule fires on traffic from the reference distribution, and whether a planted
 15-window incident raises exactly one alert — the full replay (20 × 50 windows of 500 records, about
-2 minutes on 2 cores). The test suite replays a fifth of it (tests/test_alert_rules.py) and checks the
+2 minutes on 2 cores). The test suite replays a fifth of it (tests/monitors/test_alert_rules.py) and checks the
 same properties; this script measures the rate with more windows behind it.
 
     .venv/bin/python benchmarks/alert_false_alarms.py [--seeds 20] [--windows 50] [--size 500]

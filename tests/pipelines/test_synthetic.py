@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import REPO, run_cli
 
 SYSTEM = "You are a support agent."
 SEED_QUESTIONS = [
@@ -88,7 +88,7 @@ def test_templates_are_checked_for_their_placeholders(tmp_path: Path) -> None:
     from tuneloop.errors import InvalidInput
     from tuneloop.pipelines.data.synthetic import load_template
 
-    shipped = load_template(Path(__file__).parents[1] / "examples" / "synth" / "support-template.yaml")
+    shipped = load_template(REPO / "examples" / "synth" / "support-template.yaml")
     assert "{examples}" in shipped.question and shipped.question.endswith("-")
     bad = {
         "no_examples": "question: Write a question.\n",

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from tests.conftest import REPO
 from tuneloop.demo import traffic as drift_data
 from tuneloop.monitors.drift.checks import Record, permutations_for
 from tuneloop.monitors.drift.domain import domain_check
@@ -233,10 +234,9 @@ def test_window_and_reference_declarations_are_validated() -> None:
 
 
 def test_shipped_example_monitor_is_valid() -> None:
-    from pathlib import Path
 
     from tuneloop.monitors.monitor_spec import load_monitor
 
-    for path in (Path(__file__).parents[1] / "examples" / "monitors").glob("*.yaml"):
+    for path in (REPO / "examples" / "monitors").glob("*.yaml"):
         spec = load_monitor(path)
         assert spec.reference is not None and spec.model is not None, path

@@ -142,7 +142,7 @@ def test_with_a_file_reference_the_new_holder_is_judged_against_the_same_file_fr
 def test_with_eval_data_as_reference_each_holder_is_judged_against_its_own(
     sqlite_rc, tiny_model: Path, tmp_path: Path
 ) -> None:
-    from tests.test_monitor_service import version_with_eval_data
+    from tests.monitors.test_monitor_service import version_with_eval_data
     from tuneloop.monitors.judging import check
     from tuneloop.monitors.service import add
     from tuneloop.registry.promotion import promote

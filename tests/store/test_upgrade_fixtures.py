@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from tests.conftest import BACKENDS, PG_ADMIN_URL, _pg, _postgres_available, run_cli
+from tests.conftest import BACKENDS, PG_ADMIN_URL, REPO, _pg, _postgres_available, run_cli
 
-FIXTURES = Path(__file__).parent / "fixtures" / "a3a2416"
+FIXTURES = REPO / "tests" / "fixtures" / "a3a2416"
 ADAPTER = "tiny-support"
 
 

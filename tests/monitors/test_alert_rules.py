@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import REPO, run_cli
 from tuneloop.demo import traffic as drift_data
 from tuneloop.monitors.alerting.rules import AlertRule, incidents, load_rule
 from tuneloop.monitors.drift.checks import CheckResult, WindowResult
@@ -108,7 +108,7 @@ def test_backtest_replays_a_rule_over_a_planted_incident(reference: Path, tmp_pa
         "--current",
         str(drift_data.write(tmp_path / "current.jsonl", rows)),
         "--alert",
-        str(Path(__file__).parents[1] / "examples" / "alerts" / "support-drift.yaml"),
+        str(REPO / "examples" / "alerts" / "support-drift.yaml"),
         "--json",
         env={"TUNELOOP_HOME": str(tmp_path / "home")},
     )

@@ -89,8 +89,7 @@ def up(
     except KeyboardInterrupt:
         output.stage("shutting down")
     finally:
-        for process in reversed(list(members.values())):
-            stop(process)
+        stop(*members.values())
     click.echo("stopped", err=True)
 
 

@@ -59,7 +59,7 @@ def refresh(rc: RegistryClient, name: str, versions: list[int] | None = None) ->
         versions = sorted((int(v.version) for v in found), reverse=True)[:MAX_VERSIONS]
     for number in versions:
         mv = client.get_model_version(name, str(number))
-        text = version_description(rc, mv, aliases)
+        text = rc.settings.scrub(version_description(rc, mv, aliases))  # a source or reason may hold a URL
         if text != (mv.description or ""):
             client.update_model_version(name, str(number), description=text)
     text = model_description(rc, name)

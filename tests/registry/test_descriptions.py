@@ -51,3 +51,14 @@ def test_tuneloop_experiments_carry_their_description(rc) -> None:
         exp = rc.mlflow.get_experiment(experiment_id(rc.mlflow, rc.settings, suffix))
         assert exp.tags[NOTE_TAG] == EXPERIMENT_NOTES[suffix]
     assert set(EXPERIMENT_NOTES) == {v for k, v in vars(Experiment).items() if k.isupper()}
+
+
+def test_a_page_never_carries_a_password(rc) -> None:
+    from tuneloop.names import Tag
+    from tuneloop.registry import descriptions
+
+    (v1,) = make_versions(rc, "mirror", [{}])
+    rc.mlflow.set_model_version_tag("mirror", str(v1), Tag.SOURCE, "https://reader:s3cret@models.example/m.gguf")
+    descriptions.refresh(rc, "mirror")
+    page = _page(rc, "mirror", v1)
+    assert "base model imported from `https://reader:***@models.example/m.gguf`" in page and "s3cret" not in page

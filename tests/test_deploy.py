@@ -114,6 +114,7 @@ def test_default_values_render_the_services_with_probes_and_a_schema_upgrade_hoo
     (mlflow,) = _containers(deployments["rel-tuneloop-mlflow"])
     mlflow_env = {e["name"]: e for e in mlflow["env"]}
     assert mlflow_env["MLFLOW_BACKEND_STORE_URI"]["valueFrom"]["secretKeyRef"]["key"] == "mlflow-uri"
+    assert mlflow_env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"]["value"] == "false"  # 2 GB beyond its memory limit
     assert not any("URI" in a or "$(" in a for a in mlflow["command"])  # the store URI never travels in argv
     api_env = {e["name"]: e for e in _containers(deployments["rel-tuneloop-api"])[0]["env"]}
     assert api_env["TUNELOOP_INGEST__TOKENS"]["valueFrom"]["secretKeyRef"]["name"] == "tuneloop-ingest"

@@ -18,6 +18,29 @@ from tests.conftest import REPO, free_port
 from tests.registry_helpers import make_versions
 
 
+def _descendants(pid: int) -> dict[int, str]:
+    """Every live process below `pid`, with its command line (read from /proc)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = {}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, its_parent in parents.items():
+            if its_parent == parent and child not in found:
+                try:
+                    found[child] = (Path("/proc") / str(child) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                except OSError:
+                    continue
+                frontier.append(child)
+    return found
+
+
 def _port_open(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
@@ -70,6 +93,9 @@ def test_up_serves_the_registry_and_stops_on_ctrl_c(sqlite_rc, tmp_path: Path) -
         with urllib.request.urlopen(f"http://127.0.0.1:{scheduler_port}/health", timeout=10) as resp:
             scheduler = json.loads(resp.read())
         assert scheduler["role"] in ("active", "standby") and scheduler["owner"].endswith(tuple("0123456789"))
+        members = _descendants(proc.pid)
+        # MLflow's job runner and its huey consumers are off (8 processes, ~2 GB, slow to stop)
+        assert not [c for c in members.values() if "huey" in c or "_job_runner" in c], members
         time.sleep(5)  # `up` probes every member's health every 2 s
     finally:
         proc.send_signal(signal.SIGINT)
@@ -83,3 +109,4 @@ def test_up_serves_the_registry_and_stops_on_ctrl_c(sqlite_rc, tmp_path: Path) -
     assert "scheduler: " in err  # the status line
     assert "GET /health" not in out + err  # the probes are not logged (they drowned everything else)
     assert not _port_open(port) and not _port_open(ingest_port) and not _port_open(scheduler_port)
+    assert not set(members) & set(_descendants(1)), "a member outlived `up`"

@@ -73,6 +73,11 @@ class MonitorSettings(_Section):
 class ServerSettings(_Section):
     host: str = Field("127.0.0.1", description="Address the MLflow UI (and later the ingest API) binds to")
     mlflow_port: int = Field(5000, ge=1, le=65535, description="Port of the MLflow server started by `tuneloop up`")
+    mlflow_jobs: bool = Field(
+        False,
+        description="Let the MLflow server run its job runner (judges and scorers launched from the UI, prompt "
+        "optimization): eight more processes and about 2 GB; tuneloop itself needs none of it",
+    )
 
 
 class IngestSettings(_Section):

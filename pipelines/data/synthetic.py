@@ -27,6 +27,7 @@ from typing import Any
 from tuneloop.errors import InvalidInput, TuneloopError
 from tuneloop.pipelines.data import formats as data_io
 from tuneloop.pipelines.data.cleaning.dedup import DuplicateIndex, jaccard, shingles
+from tuneloop.pipelines.data.options import SynthOptions
 
 SAMPLES = 3
 MIN_QUESTION_WORDS = 3
@@ -79,24 +80,6 @@ def load_template(path: Path | None) -> Template:
                 hint="write literal braces as {{ and }}",
             )
     return template
-
-
-@dataclass
-class SynthOptions:
-    count: int = 20  # rows to keep
-    examples_per_prompt: int = 3
-    question_tokens: int = 48
-    answer_tokens: int = 160
-    temperature: float = 0.9  # sampling of questions: diversity
-    answer_temperature: float = 0.0  # answers: greedy, the model's best answer
-    min_chars: int = 8
-    max_chars: int = 2000
-    near_threshold: float = 0.8
-    max_attempts: int | None = None  # generations before giving up; default 4 × count
-    max_perplexity: float | None = None
-    keep_truncated: bool = False  # keep rows whose question or answer stopped at the token limit
-    batch_size: int = 8
-    seed: int = 0
 
 
 @dataclass

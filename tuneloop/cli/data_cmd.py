@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from tuneloop.cli import output
 from tuneloop.cli.context import AppContext, pass_app
+from tuneloop.cli.options import FILE, file_option, folder_option, options_from, options_of
 from tuneloop.names import RunTag
+from tuneloop.pipelines.data.options import CurateOptions, SynthOptions
 
 
 @click.group("data")
@@ -18,7 +21,7 @@ def data_group() -> None:
 
 
 @data_group.command("validate")
-@click.argument("path", type=click.Path(dir_okay=False))
+@click.argument("path", type=FILE)
 @click.option(
     "--format",
     "fmt",
@@ -70,12 +73,11 @@ def validate(path: str, fmt: str, max_chars: int | None, as_json: bool) -> None:
 
 
 @data_group.command("curate")
-@click.argument("path", type=click.Path(dir_okay=False))
-@click.option(
+@click.argument("path", type=FILE)
+@folder_option(
     "--out",
     "out_dir",
     required=True,
-    type=click.Path(file_okay=False),
     help="Folder for train.jsonl, eval.jsonl, report.json.",
 )
 @click.option(
@@ -85,89 +87,24 @@ def validate(path: str, fmt: str, max_chars: int | None, as_json: bool) -> None:
     default="auto",
     help="Row format; `auto` detects it.",
 )
-@click.option(
-    "--eval-share",
-    type=click.FloatRange(0.0, 0.9),
-    default=0.1,
-    help="Share of rows for eval (0: no split).",
-)
-@click.option(
-    "--near-threshold",
-    type=click.FloatRange(0.1, 1.0),
-    default=0.8,
-    help="Jaccard similarity (word 3-grams) at which rows count as near duplicates.",
-)
-@click.option("--no-near-dedup", is_flag=True, help="Drop exact duplicates only.")
-@click.option("--no-pii", is_flag=True, help="Keep e-mails, phones, cards, IBANs and IPs as they are.")
-@click.option("--min-chars", type=click.IntRange(0), default=1, help="Drop rows with less text.")
-@click.option("--max-chars", type=click.IntRange(1), default=None, help="Drop rows with more text.")
-@click.option(
-    "--languages",
-    default="",
-    metavar="CODES",
-    show_default=False,
-    help="Keep only rows in these languages (comma-separated ISO 639-1 codes, e.g. en,de); rows too short "
-    "to tell are kept.",
-)
-@click.option(
-    "--language-confidence",
-    type=click.FloatRange(0.0, 1.0),
-    default=0.5,
-    help="How sure the language identifier must be before a row is dropped for its language.",
-)
-@click.option(
-    "--unreviewed-synthetic",
-    type=click.Choice(["hold", "keep"]),
-    default="hold",
-    help="Synthetic rows nobody reviewed (`tuneloop data review`): drop them (counted) or keep them.",
-)
-@click.option("--label-field", default="label", help="Field the split is stratified by, where rows have it.")
-@click.option("--seed", default=0, help="Seed of the split.")
+@options_of(CurateOptions)
 @click.option("--no-mlflow", is_flag=True, help="Do not record the curated set in MLflow.")
 @output.json_option("Print the report as one JSON document on stdout.")
 @pass_app
 def curate_cmd(
-    app: AppContext,
-    path: str,
-    out_dir: str,
-    fmt: str,
-    eval_share: float,
-    near_threshold: float,
-    no_near_dedup: bool,
-    no_pii: bool,
-    min_chars: int,
-    max_chars: int | None,
-    languages: str,
-    language_confidence: float,
-    unreviewed_synthetic: str,
-    label_field: str,
-    seed: int,
-    no_mlflow: bool,
-    as_json: bool,
+    app: AppContext, path: str, out_dir: str, fmt: str, no_mlflow: bool, as_json: bool, **chosen: Any
 ) -> None:
     """Clean PATH into OUT: drop invalid rows, normalise text, scrub PII, filter by length and language, drop exact and
     near duplicates, split train/eval (seeded, stratified by `label`, near duplicates never across).
     OUT/report.json (and .html) counts every dropped or changed row by reason, with samples. The curated
     files are recorded in MLflow (experiment `<prefix>-data`) as datasets with their sha256."""
     from tuneloop.errors import InvalidInput
-    from tuneloop.pipelines.data.cleaning.curate import CurateOptions, curate
+    from tuneloop.pipelines.data.cleaning.curate import curate
 
     file = Path(path)
     if not file.is_file():
         raise InvalidInput(f"data file `{file}` does not exist", hint="check the path")
-    options = CurateOptions(
-        scrub_pii=not no_pii,
-        near_dedup=not no_near_dedup,
-        near_threshold=near_threshold,
-        eval_share=eval_share,
-        seed=seed,
-        min_chars=min_chars,
-        max_chars=max_chars,
-        languages=tuple(c.strip().lower() for c in languages.split(",") if c.strip()),
-        language_confidence=language_confidence,
-        unreviewed_synthetic=unreviewed_synthetic,
-        label_field=label_field,
-    )
+    options = options_from(CurateOptions, chosen)
     report = curate(file, Path(out_dir), options, fmt)
     if not no_mlflow:
         from tuneloop.pipelines.data.cleaning.curate import log_to_mlflow
@@ -203,7 +140,7 @@ def curate_cmd(
 
 
 @data_group.command("synth")
-@click.argument("seeds", type=click.Path(dir_okay=False))
+@click.argument("seeds", type=FILE)
 @click.option(
     "--model",
     "generator",
@@ -211,65 +148,23 @@ def curate_cmd(
     metavar="NAME@ALIAS|NAME:VERSION",
     help="Registered model that writes the rows (e.g. support-qlora@champion).",
 )
-@click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False), help="JSONL file for the kept rows.")
-@click.option("--count", type=click.IntRange(1), default=20, help="Rows to keep.")
-@click.option(
-    "--max-attempts", type=click.IntRange(1), default=None, help="Generations before giving up [default: 4 × count]."
-)
-@click.option(
+@file_option("--out", "out_file", required=True, help="JSONL file for the kept rows.")
+@file_option(
     "--template",
     "template_file",
-    type=click.Path(dir_okay=False),
     default=None,
     help="YAML with `question` ({examples}) and `answer` ({question}) prompts; see examples/synth/.",
 )
-@click.option(
-    "--examples-per-prompt",
-    type=click.IntRange(1),
-    default=3,
-    help="Seed questions shown per prompt.",
-)
-@click.option(
+@file_option(
     "--real",
     "real_files",
     multiple=True,
-    type=click.Path(dir_okay=False),
     help="More real data: generated questions that copy it are dropped (repeatable).",
 )
 @click.option(
-    "--near-threshold",
-    type=click.FloatRange(0.1, 1.0),
-    default=0.8,
-    help="Jaccard similarity (word 3-grams) at which a question copies another.",
-)
-@click.option("--min-chars", type=click.IntRange(0), default=8, help="Drop rows with less text.")
-@click.option("--max-chars", type=click.IntRange(1), default=2000, help="Drop rows with more text.")
-@click.option(
     "--score-with", "scorer", default=None, metavar="REF", help="Model whose perplexity of each answer is recorded."
 )
-@click.option(
-    "--max-perplexity", type=click.FloatRange(1.0), default=None, help="With --score-with: drop answers above this."
-)
-@click.option(
-    "--temperature",
-    type=click.FloatRange(0.0),
-    default=0.9,
-    help="Sampling temperature of questions.",
-)
-@click.option(
-    "--question-tokens",
-    type=click.IntRange(1),
-    default=48,
-    help="Questions cut at this limit are dropped.",
-)
-@click.option(
-    "--answer-tokens",
-    type=click.IntRange(1),
-    default=160,
-    help="Answers cut at this limit are dropped.",
-)
-@click.option("--keep-truncated", is_flag=True, help="Keep rows whose question or answer stopped at its token limit.")
-@click.option("--seed", default=0, help="Seed of the sampling and of the seed examples shown.")
+@options_of(SynthOptions)
 @click.option("--no-mlflow", is_flag=True, help="Do not record the synthetic set in MLflow.")
 @output.json_option("Print the report as one JSON document on stdout.")
 @pass_app
@@ -278,51 +173,27 @@ def synth_cmd(
     seeds: str,
     generator: str,
     out_file: str,
-    count: int,
-    max_attempts: int | None,
     template_file: str | None,
-    examples_per_prompt: int,
     real_files: tuple[str, ...],
-    near_threshold: float,
-    min_chars: int,
-    max_chars: int,
     scorer: str | None,
-    max_perplexity: float | None,
-    temperature: float,
-    question_tokens: int,
-    answer_tokens: int,
-    keep_truncated: bool,
-    seed: int,
     no_mlflow: bool,
     as_json: bool,
+    **chosen: Any,
 ) -> None:
     """Grow SEEDS (chat, instruction or completion rows) with rows the model writes: a new question from a few
     seed questions, then its answer. Rows that are invalid, too short or long, copies of real or earlier
     questions, or (with --max-perplexity) implausible are dropped and counted in OUT.report.json. Each kept
     row records its generator version and prompts under `synthetic`; review them with `tuneloop data review`."""
     from tuneloop.errors import InvalidInput
-    from tuneloop.pipelines.data.synthetic import SynthOptions, load_template, synthesize
+    from tuneloop.pipelines.data.synthetic import load_template, synthesize
 
     for name in (seeds, *real_files):
         if not Path(name).is_file():
             raise InvalidInput(f"data file `{name}` does not exist", hint="check the path")
-    if max_perplexity is not None and scorer is None:
+    if chosen["max_perplexity"] is not None and scorer is None:
         raise InvalidInput("--max-perplexity needs --score-with MODEL", hint="name the model that scores the answers")
     template = load_template(Path(template_file) if template_file else None)
-    options = SynthOptions(
-        count=count,
-        examples_per_prompt=examples_per_prompt,
-        question_tokens=question_tokens,
-        answer_tokens=answer_tokens,
-        temperature=temperature,
-        min_chars=min_chars,
-        max_chars=max_chars,
-        near_threshold=near_threshold,
-        max_attempts=max_attempts,
-        max_perplexity=max_perplexity,
-        keep_truncated=keep_truncated,
-        seed=seed,
-    )
+    options = options_from(SynthOptions, chosen)
     out = Path(out_file)
     report = synthesize(
         app.registry,
@@ -358,9 +229,9 @@ def synth_cmd(
             + (f"; MLflow run {report['mlflow_run_id']}" if "mlflow_run_id" in report else "")
         )
         click.echo(f"next: tuneloop data review export {out} --out review.csv")
-    if report["rows_out"] < count:
+    if report["rows_out"] < options.count:
         click.echo(
-            f"warning: only {report['rows_out']} of {count} rows passed the checks in {report['rows_in']} attempts; "
+            f"warning: only {report['rows_out']} of {options.count} rows passed the checks in {report['rows_in']} attempts; "
             "raise --max-attempts, loosen the checks, or give more varied seeds",
             err=True,
         )
@@ -372,10 +243,8 @@ def review_group() -> None:
 
 
 @review_group.command("export")
-@click.argument("path", type=click.Path(dir_okay=False))
-@click.option(
-    "--out", "sheet", required=True, type=click.Path(dir_okay=False), help="Review sheet to write (.csv or .jsonl)."
-)
+@click.argument("path", type=FILE)
+@click.option("--out", "sheet", required=True, type=FILE, help="Review sheet to write (.csv or .jsonl).")
 @click.option("--sample", type=click.IntRange(1), default=None, help="Export a random sample of this many rows.")
 @click.option("--seed", default=0, help="Seed of the sample.")
 @click.option("--all", "everything", is_flag=True, help="Every row, not only the synthetic rows nobody reviewed.")
@@ -399,13 +268,12 @@ def review_export(path: str, sheet: str, sample: int | None, seed: int, everythi
 
 
 @review_group.command("import")
-@click.argument("path", type=click.Path(dir_okay=False))
-@click.argument("sheet", type=click.Path(dir_okay=False))
-@click.option(
+@click.argument("path", type=FILE)
+@click.argument("sheet", type=FILE)
+@file_option(
     "--out",
     "out_file",
     required=True,
-    type=click.Path(dir_okay=False),
     help="Reviewed data file to write (may be PATH itself: it is replaced whole).",
 )
 @click.option(

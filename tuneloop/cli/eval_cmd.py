@@ -17,6 +17,7 @@ import click
 
 from tuneloop.cli import output
 from tuneloop.cli.context import AppContext, pass_app
+from tuneloop.cli.options import FILE, file_option
 
 
 class _SuiteOrCommand(click.Group):
@@ -38,7 +39,7 @@ def eval_group() -> None:
 
 
 @eval_group.command("run")
-@click.argument("suite", type=click.Path(dir_okay=False))
+@click.argument("suite", type=FILE)
 @click.option("--model", "model_ref", required=True, metavar="NAME@ALIAS|NAME:VERSION", help="Version to evaluate.")
 @click.option(
     "--set",
@@ -86,11 +87,10 @@ def run_suite(
 
 
 @eval_group.command("score")
-@click.option(
+@file_option(
     "--predictions",
     "path",
     required=True,
-    type=click.Path(dir_okay=False),
     help="JSONL or CSV with `prediction` and `reference`.",
 )
 @click.option(
@@ -197,10 +197,9 @@ def human() -> None:
 @click.argument("a")
 @click.argument("b")
 @click.option("--task", required=True, help="Suite task whose outputs are compared.")
-@click.option(
+@file_option(
     "--out",
     required=True,
-    type=click.Path(dir_okay=False),
     help="Sheet path without suffix: writes .csv, .jsonl and .key.json.",
 )
 @click.option("--suite", default=None, help="With model versions: use their latest run of this suite.")
@@ -222,13 +221,12 @@ def human_export(
 
 
 @human.command("import")
-@click.argument("ratings", type=click.Path(dir_okay=False))
+@click.argument("ratings", type=FILE)
 @click.option(
     "--review", "review_id", default=None, help="Review id (default: read from the .key.json next to RATINGS)."
 )
-@click.option(
+@file_option(
     "--pairs",
-    type=click.Path(dir_okay=False),
     default=None,
     help="Also write preference pairs (JSONL) for a dpo recipe.",
 )

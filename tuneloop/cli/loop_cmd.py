@@ -9,12 +9,11 @@ tuneloop scheduler run | status       (`tuneloop up` runs the scheduler for you)
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from tuneloop.cli import output
 from tuneloop.cli.context import AppContext, pass_app
+from tuneloop.cli.options import add_definition_command
 
 JSON = output.json_option()
 
@@ -25,23 +24,16 @@ def alerts_group() -> None:
     """Alert rules (YAML) on monitors, and the alerts they raised (one per incident)."""
 
 
-@alerts_group.command("add")
-@click.argument("path", type=click.Path(dir_okay=False))
-@click.option("--replace", is_flag=True, help="Update a rule of the same name.")
-@JSON
-@pass_app
-def alerts_add(app: AppContext, path: str, replace: bool, as_json: bool) -> None:
-    """Store the alert rule in PATH (see examples/alerts/); it applies from the monitor's next check."""
-    from tuneloop.monitors.alerting.alerts import add_rule
-
-    result = add_rule(app.registry, Path(path), replace=replace)
-    if as_json:
-        output.emit_json(result)
-        return
-    click.echo(
-        f"alert rule `{result['rule']}` watches monitor `{result['monitor']}`: fires when {result['condition']} "
-        f"in {result['for_windows']} judged window(s) in a row, severity {result['severity']}"
-    )
+add_definition_command(
+    alerts_group,
+    "rule",
+    "Store the alert rule in PATH (see examples/alerts/); it applies from the monitor's next check.",
+    "tuneloop.monitors.alerting.alerts:add_rule",
+    lambda result: (
+        f"alert rule `{result['rule']}` watches monitor `{result['monitor']}`: fires when "
+        f"{result['condition']} in {result['for_windows']} judged window(s) in a row, severity {result['severity']}"
+    ),
+)
 
 
 @alerts_group.command("list")
@@ -112,25 +104,22 @@ def loop_group() -> None:
     """Retraining loops: which monitors the scheduler checks, which alerts and crontab retrain, how to decide."""
 
 
-@loop_group.command("add")
-@click.argument("path", type=click.Path(dir_okay=False))
-@click.option("--replace", is_flag=True, help="Update a loop of the same name.")
-@JSON
-@pass_app
-def loop_add(app: AppContext, path: str, replace: bool, as_json: bool) -> None:
-    """Store the loop in PATH (see examples/loops/); a running scheduler picks it up within seconds."""
-    from tuneloop.pipelines.loop.retrain import add_loop
-
-    result = add_loop(app.registry, Path(path), replace=replace)
-    if as_json:
-        output.emit_json(result)
-        return
+def _describe_loop(result: dict) -> str:
     triggers = [f"incidents of {', '.join(f'`{a}`' for a in result['on_alerts'])}"] if result["on_alerts"] else []
     triggers += [f"cron `{result['cron']}` (UTC)"] if result["cron"] else []
-    click.echo(
+    return (
         f"loop `{result['loop']}` retrains {result['model']} on {' and '.join(triggers) or 'demand only'} "
         f"(promotion: {result['promotion']})"
     )
+
+
+add_definition_command(
+    loop_group,
+    "loop",
+    "Store the loop in PATH (see examples/loops/); a running scheduler picks it up within seconds.",
+    "tuneloop.pipelines.loop.retrain:add_loop",
+    _describe_loop,
+)
 
 
 @loop_group.command("list")

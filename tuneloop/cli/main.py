@@ -15,12 +15,11 @@ import click
 from tuneloop import __version__
 from tuneloop.cli import output
 from tuneloop.cli.context import AppContext
+from tuneloop.cli.options import FILE
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100, "show_default": True})
-@click.option(
-    "--config", "config_file", type=click.Path(dir_okay=False), help="tuneloop.toml to read (default: ./tuneloop.toml)."
-)
+@click.option("--config", "config_file", type=FILE, help="tuneloop.toml to read (default: ./tuneloop.toml).")
 @click.option(
     "-v",
     "--verbose",

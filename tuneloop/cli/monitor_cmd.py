@@ -9,6 +9,7 @@ import click
 
 from tuneloop.cli import output
 from tuneloop.cli.context import AppContext, pass_app
+from tuneloop.cli.options import FILE, add_definition_command, file_option
 
 
 @click.group()
@@ -28,7 +29,7 @@ def serve(app: AppContext, host: str | None, port: int | None) -> None:
 
 
 @monitor.command("ingest")
-@click.argument("path", type=click.Path(dir_okay=False))
+@click.argument("path", type=FILE)
 @output.json_option()
 @pass_app
 def ingest(app: AppContext, path: str, as_json: bool) -> None:
@@ -93,21 +94,17 @@ def token_revoke(app: AppContext, name: str) -> None:
 
 
 @monitor.command("backtest")
-@click.option("--monitor", "monitor_file", required=True, type=click.Path(dir_okay=False), help="Monitor YAML.")
-@click.option(
+@file_option("--monitor", "monitor_file", required=True, help="Monitor YAML.")
+@file_option(
     "--reference",
     default=None,
-    type=click.Path(dir_okay=False),
     help="Reference records (JSONL/CSV); default: the monitor's `reference.file`.",
 )
-@click.option(
-    "--current", required=True, type=click.Path(dir_okay=False), help="Recorded production records (JSONL/CSV)."
-)
-@click.option(
+@click.option("--current", required=True, type=FILE, help="Recorded production records (JSONL/CSV).")
+@file_option(
     "--alert",
     "alert_file",
     default=None,
-    type=click.Path(dir_okay=False),
     help="An alert rule (YAML) to replay over the windows: the incidents it would have raised.",
 )
 @output.json_option("One JSON document: an entry per window with its drifted checks.")
@@ -176,23 +173,16 @@ def backtest_cmd(
             )
 
 
-@monitor.command("add")
-@click.argument("path", type=click.Path(dir_okay=False))
-@click.option("--replace", is_flag=True, help="Update a monitor of the same name.")
-@output.json_option()
-@pass_app
-def add_cmd(app: AppContext, path: str, replace: bool, as_json: bool) -> None:
-    """Declare the monitor in PATH (YAML; see examples/monitors/)."""
-    from tuneloop.monitors.service import add
-
-    result = add(app.registry, Path(path), replace=replace)
-    if as_json:
-        output.emit_json(result)
-        return
-    click.echo(
-        f"monitor `{result['monitor']}` watches {result['model']} against {result['reference_records']} reference "
-        f"records ({result['reference']}); check it with `tuneloop monitor check {result['monitor']}`"
-    )
+add_definition_command(
+    monitor,
+    "monitor",
+    "Declare the monitor in PATH (YAML; see examples/monitors/).",
+    "tuneloop.monitors.service:add",
+    lambda result: (
+        f"monitor `{result['monitor']}` watches {result['model']} against {result['reference_records']} "
+        f"reference records ({result['reference']}); check it with `tuneloop monitor check {result['monitor']}`"
+    ),
+)
 
 
 @monitor.command("check")

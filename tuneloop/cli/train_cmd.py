@@ -6,10 +6,11 @@ import click
 
 from tuneloop.cli import output
 from tuneloop.cli.context import AppContext, pass_app
+from tuneloop.cli.options import FILE
 
 
 @click.command()
-@click.argument("recipe", type=click.Path(dir_okay=False), required=False)
+@click.argument("recipe", type=FILE, required=False)
 @click.option(
     "--set",
     "overrides",

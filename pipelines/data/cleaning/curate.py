@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,25 +21,11 @@ from tuneloop.errors import InvalidInput, TuneloopError
 from tuneloop.names import Experiment, RunTag
 from tuneloop.pipelines.data import formats as data_io
 from tuneloop.pipelines.data.cleaning import dedup, pii
+from tuneloop.pipelines.data.options import CurateOptions
 from tuneloop.pipelines.data.review import is_unreviewed_synthetic
 from tuneloop.rowfiles import TEXT_FIELDS, read_rows, text_of, write_jsonl
 
 SAMPLES = 3
-
-
-@dataclass
-class CurateOptions:
-    scrub_pii: bool = True
-    near_dedup: bool = True
-    near_threshold: float = 0.8
-    eval_share: float = 0.1
-    seed: int = 0
-    min_chars: int = 1
-    max_chars: int | None = None
-    label_field: str = "label"
-    languages: tuple[str, ...] = ()  # ISO 639-1 codes to keep; empty: no language filter
-    language_confidence: float = 0.5  # how sure the identifier must be before a row is dropped for its language
-    unreviewed_synthetic: str = "hold"  # synthetic rows nobody reviewed: `hold` drops them (counted), `keep` keeps them
 
 
 def curate(path: Path, out_dir: Path, options: CurateOptions, fmt: str = "auto") -> dict[str, Any]:

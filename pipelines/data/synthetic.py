@@ -306,18 +306,18 @@ def _generate(
 ) -> list[Candidate]:
     from tuneloop.pipelines.evaluation.generation import generate, render_prompt
 
+    def write(prompts: list[str], tokens: int, temperature: float) -> list[Any]:
+        return generate(
+            model, tokenizer, prompts, max_new_tokens=tokens, temperature=temperature, batch_size=options.batch_size
+        )
+
     shown = [rng.sample(seeds, min(options.examples_per_prompt, len(seeds))) for _ in range(n)]
     question_prompts = [
         template.question.format(examples="\n".join("- " + " ".join(s.question.split()) for s in group))
         for group in shown
     ]
-    asked = generate(
-        model,
-        tokenizer,
-        question_prompts,
-        max_new_tokens=options.question_tokens,
-        temperature=options.temperature,
-        batch_size=options.batch_size,
+    asked = write(
+        question_prompts, options.question_tokens, options.temperature
     )  # plain continuation, no chat template
     items = [first_item(g.text) for g in asked]
     questions = [q for q, _ in items]
@@ -327,14 +327,7 @@ def _generate(
         for p in answer_prompts
     ]
     rendered_answers = [render_prompt(tokenizer, t) for t in turns]
-    answers = generate(
-        model,
-        tokenizer,
-        rendered_answers,
-        max_new_tokens=options.answer_tokens,
-        temperature=options.answer_temperature,
-        batch_size=options.batch_size,
-    )
+    answers = write(rendered_answers, options.answer_tokens, options.answer_temperature)
     return [
         Candidate(
             question=q,

@@ -37,6 +37,9 @@ class MetricComparison:
     note: str = ""  # why a difference is not tested, when it is not
 
 
+DIFFERENCE_FIELDS = ("a", "b", "delta", "low", "high", "p_value", "zero_width")  # taken from its `Difference`
+
+
 @dataclass
 class Comparison:
     run_a: str
@@ -137,16 +140,10 @@ def compare(
                 MetricComparison(
                     task=task,
                     metric=metric,
-                    a=diff.a,
-                    b=diff.b,
-                    delta=diff.delta,
-                    low=diff.low,
-                    high=diff.high,
-                    p_value=diff.p_value,
                     significant=significant,
                     better=better,
-                    zero_width=diff.zero_width,
                     note=note,
+                    **{name: getattr(diff, name) for name in DIFFERENCE_FIELDS},
                 )
             )
     rows.sort(key=lambda r: (r.task, r.metric))

@@ -20,15 +20,18 @@ def data_group() -> None:
     grow it with synthetic rows a registered model writes, and review rows by hand."""
 
 
-@data_group.command("validate")
-@click.argument("path", type=FILE)
-@click.option(
+FORMAT = click.option(
     "--format",
     "fmt",
     type=click.Choice(["auto", "chat", "instruction", "completion", "preference"]),
     default="auto",
     help="Row format; `auto` detects it from the first row's fields.",
 )
+
+
+@data_group.command("validate")
+@click.argument("path", type=FILE)
+@FORMAT
 @click.option("--max-chars", type=click.IntRange(1), default=None, help="Report rows longer than this many characters.")
 @output.json_option()
 def validate(path: str, fmt: str, max_chars: int | None, as_json: bool) -> None:
@@ -80,13 +83,7 @@ def validate(path: str, fmt: str, max_chars: int | None, as_json: bool) -> None:
     required=True,
     help="Folder for train.jsonl, eval.jsonl, report.json.",
 )
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["auto", "chat", "instruction", "completion", "preference"]),
-    default="auto",
-    help="Row format; `auto` detects it.",
-)
+@FORMAT
 @options_of(CurateOptions)
 @click.option("--no-mlflow", is_flag=True, help="Do not record the curated set in MLflow.")
 @output.json_option("Print the report as one JSON document on stdout.")

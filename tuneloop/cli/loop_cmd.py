@@ -47,19 +47,15 @@ def alerts_list(app: AppContext, status: str | None, monitor: str | None, as_jso
     """Alerts, oldest first."""
     from tuneloop.monitors.alerting.alerts import list_alerts
 
-    rows = list_alerts(app.registry, status=status, monitor=monitor)
-    if as_json:
-        output.emit_json(rows)
-        return
-
     def drifted(checks: list[str]) -> str:
         return ", ".join(checks[:3]) + (f" (+{len(checks) - 3} more)" if len(checks) > 3 else "") if checks else "-"
 
-    shown = [{**r, "drifted": drifted(r["summary"]["drifted_checks"])} for r in rows]
-    click.echo(
-        output.table(shown, ["id", "rule", "monitor", "severity", "status", "opened_at", "drifted"])
-        if rows
-        else "no alerts"
+    output.rows(
+        list_alerts(app.registry, status=status, monitor=monitor),
+        as_json,
+        ["id", "rule", "monitor", "severity", "status", "opened_at", "drifted"],
+        shown=lambda r: {**r, "drifted": drifted(r["summary"]["drifted_checks"])},
+        empty="no alerts",
     )
     from tuneloop.monitors.alerting.alerts import explain_rules, rules_of
 
@@ -129,20 +125,16 @@ def loop_list(app: AppContext, as_json: bool) -> None:
     """Declared loops."""
     from tuneloop.pipelines.loop.retrain import loops
 
-    rows = [s.model_dump(mode="json") for s in loops(app.registry)]
-    if as_json:
-        output.emit_json(rows)
-        return
-    shown = [
-        {
+    output.rows(
+        [s.model_dump(mode="json") for s in loops(app.registry)],
+        as_json,
+        ["name", "model", "monitors", "on_alerts", "cron", "promotion"],
+        shown=lambda r: {
             **r,
             "monitors": ", ".join(m["name"] for m in r["monitors"]) or "-",
             "on_alerts": ", ".join(r["on_alerts"]) or "-",
-        }
-        for r in rows
-    ]
-    click.echo(
-        output.table(shown, ["name", "model", "monitors", "on_alerts", "cron", "promotion"]) if rows else "no loops"
+        },
+        empty="no loops",
     )
 
 
@@ -204,15 +196,12 @@ def retrain_list(app: AppContext, as_json: bool) -> None:
     """Every retraining run and its state."""
     from tuneloop.pipelines.loop.retrain import list_runs
 
-    rows = list_runs(app.registry)
-    if as_json:
-        output.emit_json(rows)
-        return
-    shown = [{**r, "decision": r["details"].get("decision", {}).get("action")} for r in rows]
-    click.echo(
-        output.table(shown, ["id", "loop", "trigger", "state", "attempts", "version", "decision", "updated_at"])
-        if rows
-        else "no retraining runs"
+    output.rows(
+        list_runs(app.registry),
+        as_json,
+        ["id", "loop", "trigger", "state", "attempts", "version", "decision", "updated_at"],
+        shown=lambda r: {**r, "decision": r["details"].get("decision", {}).get("action")},
+        empty="no retraining runs",
     )
 
 

@@ -46,13 +46,13 @@ def list_models(app: AppContext, as_json: bool) -> None:
     """Every registered model with its versions and aliases."""
     from tuneloop.registry.catalog import list_models as do_list
 
-    rows = do_list(app.registry)
-    if as_json:
-        output.emit_json(rows)
-        return
-    for row in rows:
-        row["aliases"] = ", ".join(f"{a}→v{v}" for a, v in sorted(row["aliases"].items())) or "-"
-    click.echo(output.table(rows, ["name", "kind", "versions", "latest_version", "aliases"]))
+    output.rows(
+        do_list(app.registry),
+        as_json,
+        ["name", "kind", "versions", "latest_version", "aliases"],
+        shown=lambda r: {**r, "aliases": ", ".join(f"{a}→v{v}" for a, v in sorted(r["aliases"].items())) or "-"},
+        empty="no registered models; register a base with `tuneloop models import-base`",
+    )
 
 
 @models.command("show")

@@ -75,11 +75,7 @@ def token_list(app: AppContext, as_json: bool) -> None:
     """Token names and dates (never the tokens)."""
     from tuneloop.monitors.ingestion.tokens import listing
 
-    rows = listing(app.registry.stores)
-    if as_json:
-        output.emit_json(rows)
-        return
-    click.echo(output.table(rows, ["name", "created_at", "revoked_at"]) if rows else "no tokens")
+    output.rows(listing(app.registry.stores), as_json, ["name", "created_at", "revoked_at"], empty="no tokens")
 
 
 @token.command("revoke")
@@ -277,14 +273,10 @@ def status_cmd(app: AppContext, as_json: bool) -> None:
     """Every monitor's last state."""
     from tuneloop.monitors.service import status
 
-    rows = status(app.registry)
-    if as_json:
-        output.emit_json(rows)
-        return
-    if not rows:
-        click.echo("no monitors; add one with `tuneloop monitor add FILE`")
-        return
-    shown = [{**r, "drifted_checks": ", ".join(r["drifted_checks"]) or "-"} for r in rows]
-    click.echo(
-        output.table(shown, ["monitor", "model", "version", "state", "drifted_checks", "window_records", "checked_at"])
+    output.rows(
+        status(app.registry),
+        as_json,
+        ["monitor", "model", "version", "state", "drifted_checks", "window_records", "checked_at"],
+        shown=lambda r: {**r, "drifted_checks": ", ".join(r["drifted_checks"]) or "-"},
+        empty="no monitors; add one with `tuneloop monitor add FILE`",
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -31,6 +32,24 @@ def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
     return "\n".join(lines)
+
+
+def rows(
+    found: list[dict[str, Any]],
+    as_json: bool,
+    columns: list[str],
+    *,
+    shown: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    empty: str = "(none)",
+) -> None:
+    """What a `list` command prints: with --json the rows as they are; else a table of the rows as
+    `shown` displays each, or `empty` when there is none."""
+    if as_json:
+        emit_json(found)
+    elif not found:
+        click.echo(empty)
+    else:
+        click.echo(table([shown(r) for r in found] if shown else found, columns))
 
 
 def error(message: str, hint: str | None = None) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from tuneloop.store.base import Store, Transaction
+from tuneloop.store.base import Store, Transaction, entity
 from tuneloop.store.declared import save_declared
 from tuneloop.store.tables import alert_rule_states, alert_rules, alerts
 
@@ -63,21 +63,7 @@ class Alert:
 
 
 def _alert(row: Any) -> Alert:
-    return Alert(
-        int(row.id),
-        row.rule,
-        row.monitor,
-        row.model,
-        row.severity,
-        AlertStatus(row.status),
-        int(row.opened_window_id),
-        int(row.first_window_id),
-        int(row.closed_window_id) if row.closed_window_id is not None else None,
-        row.summary,
-        row.opened_at,
-        row.closed_at,
-        row.mlflow_run_id,
-    )
+    return entity(Alert, row)
 
 
 class AlertStore(Store):

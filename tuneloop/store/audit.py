@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,20 +32,8 @@ def _entry_hash(prev_hash: str, row: dict[str, Any]) -> str:
     return hashlib.sha256((prev_hash + canonical).encode()).hexdigest()
 
 
-def _entry(row: Any) -> AliasMove:
-    return AliasMove(
-        id=int(row.id),
-        at=row.at,
-        actor=row.actor,
-        model=row.model,
-        alias=row.alias,
-        kind=row.kind,
-        from_version=row.from_version,
-        to_version=row.to_version,
-        forced=bool(row.forced),
-        reason=row.reason,
-        gates=[GateCheck(**g) for g in json.loads(row.gates)],
-    )
+def _entry(columns: Mapping[str, Any]) -> AliasMove:
+    return AliasMove.model_validate({**columns, "gates": json.loads(columns["gates"])})
 
 
 class AuditStore(Store):
@@ -81,13 +70,13 @@ class AuditStore(Store):
         row["prev_hash"] = last or GENESIS
         row["entry_hash"] = _entry_hash(row["prev_hash"], row)
         row["id"] = tx.execute(audit_log.insert().values(**row)).inserted_primary_key[0]
-        return _entry(_Row(row))
+        return _entry(row)
 
     def entries(self, tx: Transaction, model: str, alias: str | None = None) -> list[AliasMove]:
         query = sa.select(audit_log).where(audit_log.c.model == model).order_by(audit_log.c.id)
         if alias is not None:
             query = query.where(audit_log.c.alias == alias)
-        return [_entry(r) for r in tx.execute(query)]
+        return [_entry(r._mapping) for r in tx.execute(query)]
 
     def last_holders(self, tx: Transaction, model: str) -> dict[str, int | None]:
         """Alias -> version as the audit log last left it."""
@@ -117,14 +106,7 @@ class AuditStore(Store):
             .where(audit_log.c.model == model, audit_mirror.c.run_id.is_(None))
             .order_by(audit_log.c.id)
         )
-        return [_entry(r) for r in tx.execute(query)]
+        return [_entry(r._mapping) for r in tx.execute(query)]
 
     def mark_mirrored(self, tx: Transaction, audit_id: int, run_id: str) -> None:
         tx.execute(audit_mirror.insert().values(audit_id=audit_id, run_id=run_id))
-
-
-class _Row:
-    """Attribute access over a dict, so a row just written reads like one selected."""
-
-    def __init__(self, values: dict[str, Any]) -> None:
-        self.__dict__.update(values)

@@ -14,7 +14,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from tuneloop.store.base import Store, Transaction
+from tuneloop.store.base import Store, Transaction, entity
 from tuneloop.store.declared import save_declared
 from tuneloop.store.tables import leases, loops, retrain_runs
 
@@ -69,23 +69,7 @@ class RetrainRun:
 
 
 def _run(row: Any) -> RetrainRun:
-    return RetrainRun(
-        int(row.id),
-        row.loop,
-        row.model,
-        row.trigger,
-        row.trigger_key,
-        row.alert_id,
-        row.champion_version,
-        RunState(row.state),
-        row.attempts,
-        row.training_run_id,
-        row.version,
-        row.details or {},
-        row.error,
-        row.created_at,
-        row.updated_at,
-    )
+    return entity(RetrainRun, row, details=row.details or {})
 
 
 class LoopStore(Store):

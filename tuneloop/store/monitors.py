@@ -10,7 +10,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from tuneloop.store.base import Store, Transaction
+from tuneloop.store.base import Store, Transaction, entity
 from tuneloop.store.records import ModelSlice, in_slice
 from tuneloop.store.tables import monitor_cursors, monitor_versions, monitor_windows, monitors, records
 
@@ -79,37 +79,17 @@ def lowest_p_value(checks: list[dict[str, Any]] | None) -> float | None:
 
 
 def _monitor(row: Any) -> MonitorRow:
-    return MonitorRow(row.name, row.spec, row.reference_sha256, row.mlflow_run_id, row.created_at)
+    return entity(MonitorRow, row)
 
 
 def _window(row: Any) -> JudgedWindow:
-    return JudgedWindow(
-        int(row.id),
-        row.monitor,
-        int(row.last_seq),
-        row.size,
-        WindowStatus(row.status),
-        list(row.drifted_checks),
-        row.checks,
-        row.checked_at,
-        int(row.first_seq) if row.first_seq is not None else None,
-        row.window_start,
-        row.window_end,
-        int(row.late),
-        bool(row.rejudged),
-        int(row.version) if row.version is not None else None,
+    return entity(
+        JudgedWindow, row, drifted_checks=list(row.drifted_checks), start=row.window_start, end=row.window_end
     )
 
 
 def _tenure(row: Any) -> Tenure:
-    return Tenure(
-        row.monitor,
-        int(row.version),
-        row.reference_sha256,
-        int(row.reference_last_seq) if row.reference_last_seq is not None else None,
-        row.reference_source,
-        row.started_at,
-    )
+    return entity(Tenure, row)
 
 
 class MonitorStore(Store):

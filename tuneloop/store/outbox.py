@@ -14,7 +14,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from tuneloop.store.base import Store, Transaction
+from tuneloop.store.base import Store, Transaction, entity
 from tuneloop.store.tables import delivery_attempts, notifications
 
 
@@ -45,9 +45,7 @@ class DeliveryAttempt:
 
 
 def _notification(row: Any) -> Notification:
-    return Notification(
-        int(row.id), row.event, row.alert_id, row.sink, row.payload, NotificationState(row.state), row.attempts
-    )
+    return entity(Notification, row)
 
 
 class OutboxStore(Store):

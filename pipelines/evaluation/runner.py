@@ -52,10 +52,7 @@ class EvalResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "run_id": self.run_id,
-            "model": self.model,
-            "suite": self.suite,
-            "metrics": self.metrics,
+            **{name: getattr(self, name) for name in ("run_id", "model", "suite", "metrics")},
             "tasks": {
                 t.name: {"metrics": t.metrics, "signatures": t.signatures, "examples": len(t.examples)}
                 for t in self.tasks

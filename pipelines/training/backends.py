@@ -15,7 +15,7 @@ import json
 import re
 import shlex
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -37,13 +37,7 @@ class Submission:
     follow: str = ""  # the command that shows the job's progress
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "backend": self.backend,
-            "name": self.name,
-            "submitted": self.submitted,
-            "follow": self.follow,
-            "manifests": self.manifests,
-        }
+        return asdict(self)
 
 
 def job_name(recipe: Recipe, salt: str) -> str:

@@ -77,12 +77,7 @@ def validate(path: str, fmt: str, max_chars: int | None, as_json: bool) -> None:
 
 @data_group.command("curate")
 @click.argument("path", type=FILE)
-@folder_option(
-    "--out",
-    "out_dir",
-    required=True,
-    help="Folder for train.jsonl, eval.jsonl, report.json.",
-)
+@folder_option("--out", "out_dir", required=True, help="Folder for train.jsonl, eval.jsonl, report.json.")
 @FORMAT
 @options_of(CurateOptions)
 @click.option("--no-mlflow", is_flag=True, help="Do not record the curated set in MLflow.")
@@ -268,10 +263,7 @@ def review_export(path: str, sheet: str, sample: int | None, seed: int, everythi
 @click.argument("path", type=FILE)
 @click.argument("sheet", type=FILE)
 @file_option(
-    "--out",
-    "out_file",
-    required=True,
-    help="Reviewed data file to write (may be PATH itself: it is replaced whole).",
+    "--out", "out_file", required=True, help="Reviewed data file to write (may be PATH itself: it is replaced whole)."
 )
 @click.option(
     "--unreviewed",

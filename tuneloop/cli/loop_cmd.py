@@ -13,7 +13,7 @@ import click
 
 from tuneloop.cli import output
 from tuneloop.cli.context import AppContext, pass_app
-from tuneloop.cli.options import add_definition_command
+from tuneloop.cli.options import add_definition_command, listen_options
 
 JSON = output.json_option()
 
@@ -250,8 +250,7 @@ def scheduler_group() -> None:
 
 
 @scheduler_group.command("run")
-@click.option("--host", default=None, help="Health endpoint address (default: settings `server.host`).")
-@click.option("--port", type=int, default=None, help="Health endpoint port (default: settings `scheduler.port`, 8766).")
+@listen_options("Health endpoint", "scheduler.port", 8766)
 @pass_app
 def scheduler_run(app: AppContext, host: str | None, port: int | None) -> None:
     """Run the scheduler until SIGTERM/Ctrl-C: active while it holds the lease, standby otherwise."""

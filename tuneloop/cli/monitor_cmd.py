@@ -9,7 +9,7 @@ import click
 
 from tuneloop.cli import output
 from tuneloop.cli.context import AppContext, pass_app
-from tuneloop.cli.options import FILE, add_definition_command, file_option
+from tuneloop.cli.options import FILE, add_definition_command, file_option, listen_options
 
 
 @click.group()
@@ -18,8 +18,7 @@ def monitor() -> None:
 
 
 @monitor.command("serve")
-@click.option("--host", default=None, help="Bind address (default: settings `server.host`).")
-@click.option("--port", type=int, default=None, help="Port (default: settings `ingest.port`, 8765).")
+@listen_options("Ingest API", "ingest.port", 8765)
 @pass_app
 def serve(app: AppContext, host: str | None, port: int | None) -> None:
     """Run the ingest API alone (`tuneloop up` runs it beside MLflow)."""

@@ -28,6 +28,21 @@ def folder_option(*decls: str, help: str, **kwargs: Any) -> Any:
     return click.option(*decls, type=FOLDER, help=help, **kwargs)
 
 
+def listen_options(what: str, port_setting: str, default_port: int) -> Callable[[Any], Any]:
+    """`--host` and `--port` of a server command; None leaves them to the settings."""
+
+    def declare(command: Any) -> Any:
+        command = click.option(
+            "--port",
+            type=click.IntRange(1, 65535),
+            default=None,
+            help=f"{what} port (default: settings `{port_setting}`, {default_port}).",
+        )(command)
+        return click.option("--host", default=None, help=f"{what} address (default: settings `server.host`).")(command)
+
+    return declare
+
+
 def options_of(options_class: type) -> Callable[[Any], Any]:
     """Declare one click option per field of `options_class` made with `tuneloop.optionspec.option`,
     in field order: `--field-name` (or the spec's off flag), its default, bounds and help."""

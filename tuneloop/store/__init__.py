@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import cached_property
+from typing import Generic, TypeVar
 
 from sqlalchemy.engine import Engine
 
 from tuneloop.store.alerts import AlertStore
 from tuneloop.store.audit import AuditStore
-from tuneloop.store.base import Transaction
+from tuneloop.store.base import Store, Transaction
 from tuneloop.store.leases import LeaseStore
 from tuneloop.store.loops import LoopStore
 from tuneloop.store.monitors import MonitorStore
@@ -25,6 +25,23 @@ from tuneloop.store.records import RecordStore
 from tuneloop.store.tokens import TokenStore
 
 __all__ = ["Stores", "Transaction"]
+
+
+S = TypeVar("S", bound=Store)
+
+
+class _Of(Generic[S]):
+    """A store of `Stores`, built on first use over its engine and kept."""
+
+    def __init__(self, store: type[S]) -> None:
+        self.store = store
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, stores: Stores, owner: type | None = None) -> S:
+        built = stores.__dict__[self.name] = self.store(stores.engine)
+        return built
 
 
 class Stores:
@@ -51,34 +68,11 @@ class Stores:
         with tx.begin_nested():
             yield
 
-    @cached_property
-    def audit(self) -> AuditStore:
-        return AuditStore(self.engine)
-
-    @cached_property
-    def tokens(self) -> TokenStore:
-        return TokenStore(self.engine)
-
-    @cached_property
-    def records(self) -> RecordStore:
-        return RecordStore(self.engine)
-
-    @cached_property
-    def monitors(self) -> MonitorStore:
-        return MonitorStore(self.engine)
-
-    @cached_property
-    def alerts(self) -> AlertStore:
-        return AlertStore(self.engine)
-
-    @cached_property
-    def outbox(self) -> OutboxStore:
-        return OutboxStore(self.engine)
-
-    @cached_property
-    def loops(self) -> LoopStore:
-        return LoopStore(self.engine)
-
-    @cached_property
-    def leases(self) -> LeaseStore:
-        return LeaseStore(self.engine)
+    audit = _Of(AuditStore)
+    tokens = _Of(TokenStore)
+    records = _Of(RecordStore)
+    monitors = _Of(MonitorStore)
+    alerts = _Of(AlertStore)
+    outbox = _Of(OutboxStore)
+    loops = _Of(LoopStore)
+    leases = _Of(LeaseStore)

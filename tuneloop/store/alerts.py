@@ -119,21 +119,10 @@ class AlertStore(Store):
         first_window_id: int,
         summary: dict[str, Any],
     ) -> int:
-        return int(
-            tx.execute(
-                alerts.insert().values(
-                    rule=rule,
-                    monitor=monitor,
-                    model=model,
-                    severity=severity,
-                    status=AlertStatus.OPEN,
-                    opened_window_id=opened_window_id,
-                    first_window_id=first_window_id,
-                    summary=summary,
-                    opened_at=datetime.now(UTC),
-                )
-            ).inserted_primary_key[0]
-        )
+        what = {"rule": rule, "monitor": monitor, "model": model, "severity": severity, "summary": summary}
+        windows = {"opened_window_id": opened_window_id, "first_window_id": first_window_id}
+        row = alerts.insert().values(**what, **windows, status=AlertStatus.OPEN, opened_at=datetime.now(UTC))
+        return int(tx.execute(row).inserted_primary_key[0])
 
     def resolve(self, tx: Transaction, alert_id: int, closed_window_id: int) -> None:
         tx.execute(

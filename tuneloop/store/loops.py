@@ -104,20 +104,15 @@ class LoopStore(Store):
                 found = conn.execute(sa.select(r.c.id).where(r.c.trigger_key == trigger_key)).scalar()
                 if found is not None:
                     return int(found), False
-                run_id = conn.execute(
-                    r.insert().values(
-                        loop=loop,
-                        model=model,
-                        trigger=trigger,
-                        trigger_key=trigger_key,
-                        alert_id=alert_id,
-                        state=RunState.QUEUED,
-                        attempts=0,
-                        details={},
-                        created_at=now,
-                        updated_at=now,
-                    )
-                ).inserted_primary_key[0]
+                why = {
+                    "loop": loop,
+                    "model": model,
+                    "trigger": trigger,
+                    "trigger_key": trigger_key,
+                    "alert_id": alert_id,
+                }
+                fresh = {"state": RunState.QUEUED, "attempts": 0, "details": {}, "created_at": now, "updated_at": now}
+                run_id = conn.execute(r.insert().values(**why, **fresh)).inserted_primary_key[0]
         except sa.exc.IntegrityError:  # a concurrent enqueue of the same trigger won
             with self.engine.connect() as conn:
                 return int(conn.execute(sa.select(r.c.id).where(r.c.trigger_key == trigger_key)).scalar_one()), False

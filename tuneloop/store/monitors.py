@@ -122,15 +122,8 @@ class MonitorStore(Store):
             else:
                 conn.execute(monitors.insert().values(name=name, created_at=now, **values))
             conn.execute(monitor_versions.delete().where(monitor_versions.c.monitor == name))
-            conn.execute(
-                monitor_versions.insert().values(
-                    monitor=name,
-                    version=version,
-                    reference_sha256=reference_sha256,
-                    reference_source=reference_source,
-                    started_at=now,
-                )
-            )
+            reference = {"reference_sha256": reference_sha256, "reference_source": reference_source}
+            conn.execute(monitor_versions.insert().values(monitor=name, version=version, started_at=now, **reference))
 
     def tenure(self, monitor: str, version: int) -> Tenure | None:
         """What the monitor knows of `version`, if it ever watched it."""

@@ -53,18 +53,10 @@ class OutboxStore(Store):
         self, tx: Transaction, event: str, payload: dict[str, Any], sinks: Sequence[str], *, alert_id: int | None = None
     ) -> None:
         now = datetime.now(UTC)
+        fresh = {"state": NotificationState.PENDING, "attempts": 0, "next_attempt_at": now, "created_at": now}
         for sink in sinks:
             tx.execute(
-                notifications.insert().values(
-                    event=event,
-                    alert_id=alert_id,
-                    sink=sink,
-                    payload=payload,
-                    state=NotificationState.PENDING,
-                    attempts=0,
-                    next_attempt_at=now,
-                    created_at=now,
-                )
+                notifications.insert().values(event=event, alert_id=alert_id, sink=sink, payload=payload, **fresh)
             )
 
     def claim_due(self, *, hold_s: float, limit: int) -> list[Notification]:

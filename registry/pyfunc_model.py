@@ -39,13 +39,15 @@ class TextGenerator(PythonModel):
     def load_context(self, context):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from tuneloop.registry.loading import load_kwargs
+
         config = context.model_config or {}
         if config.get("kind") == "adapter":
             base_folder = _resolve_base(config)
         else:
             base_folder = context.artifacts["hf_model"]
         self.tokenizer = AutoTokenizer.from_pretrained(base_folder)
-        model = AutoModelForCausalLM.from_pretrained(base_folder, **_load_kwargs(config.get("quantization") or {}))
+        model = AutoModelForCausalLM.from_pretrained(base_folder, **load_kwargs(config.get("quantization") or {}))
         if config.get("kind") == "adapter":
             from peft import PeftModel
 
@@ -82,27 +84,6 @@ class TextGenerator(PythonModel):
         max_new_tokens = int(params.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS))
         temperature = float(params.get("temperature", 0.0))
         return [self.generate(p, max_new_tokens, temperature) for p in _prompts(model_input)]
-
-
-def _load_kwargs(quantization: dict[str, Any]) -> dict[str, Any]:
-    """fp32 weights, or the 4-bit base a QLoRA adapter was trained on (fp32 compute on CPUs)."""
-    import torch
-
-    if not quantization:
-        return {"dtype": torch.float32}
-    from transformers import BitsAndBytesConfig
-
-    compute = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
-    return {
-        "dtype": compute,
-        "device_map": "cuda" if torch.cuda.is_available() else "cpu",
-        "quantization_config": BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type=quantization.get("quant_type", "nf4"),
-            bnb_4bit_use_double_quant=bool(quantization.get("double_quant", True)),
-            bnb_4bit_compute_dtype=compute,
-        ),
-    }
 
 
 def _prompts(model_input: Any) -> list[str]:

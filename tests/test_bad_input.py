@@ -105,11 +105,15 @@ def test_corrupt_and_truncated_gguf_are_refused(seeded, tmp_path: Path) -> None:
     truncated = tmp_path / "truncated.gguf"
     with open(real, "rb") as f:
         truncated.write_bytes(f.read(5_000_000))
-    proc = run_cli("models", "import-base", "g", "--source", str(truncated), env=_env(seeded))
+    # a cache of its own: in the shared one a parallel test's conversion in flight looks like a leftover
+    own_cache = tmp_path / "cache"
+    env = _env(seeded) | {"TUNELOOP_CACHE_DIR": str(own_cache)}
+    proc = run_cli("models", "import-base", "g", "--source", str(truncated), env=env)
     assert proc.returncode == 1, proc.stderr
     assert "could not be read as a GGUF model" in proc.stderr and "Traceback" not in proc.stderr
     assert _snapshot(seeded) == before
-    cache = seeded.settings.cache_dir / "gguf"
+    cache = own_cache / "gguf"
+    assert cache.is_dir()  # the conversion was tried there
     assert not list(cache.glob(".convert-*"))  # no half-converted folder left
     assert not (cache / seeded_digest(truncated)).exists()
 

@@ -1,7 +1,7 @@
 """Layout rules, read from the code's own imports (those inside functions too).
 
 - one import namespace: registry/, monitors/, pipelines/ import as tuneloop.registry, .monitors, .pipelines;
-- layers import one way: core <- store <- registry <- monitors <- pipelines <- CLI and demo;
+- layers import one way: core <- store <- registry <- monitors <- pipelines <- serving <- CLI and demo;
 - no import cycle between modules;
 - platform/ holds no Python.
 """
@@ -30,7 +30,7 @@ FOLDERS = {
     "pipelines": "tuneloop.pipelines",
 }
 # Layers, lowest first; a module may import only modules of its own layer or of layers to its left.
-LAYERS = ["core", "store", "registry", "monitors", "pipelines", "top"]
+LAYERS = ["core", "store", "registry", "monitors", "pipelines", "serving", "top"]
 TOP_OF_CORE = ("tuneloop.cli", "tuneloop.demo", "tuneloop.__main__")
 BARE = {"registry", "monitors", "pipelines"}
 PYTHON_TREES = ["tuneloop", "registry", "monitors", "pipelines", "tests", "benchmarks", "examples"]
@@ -81,6 +81,8 @@ def layer(module: str) -> str:
         return "top"
     if module.startswith("tuneloop.store"):
         return "store"
+    if module.startswith("tuneloop.serving"):
+        return "serving"
     for part in ("registry", "monitors", "pipelines"):
         if module.startswith(f"tuneloop.{part}"):
             return part

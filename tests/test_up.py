@@ -102,8 +102,11 @@ def test_up_serves_the_registry_and_stops_on_ctrl_c(sqlite_rc, tmp_path: Path) -
         try:
             out, err = proc.communicate(timeout=30)
         except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGUSR1)  # `up` prints every thread's stack: where the stop is stuck
+            time.sleep(2)
             proc.kill()
-            raise
+            out, err = proc.communicate()
+            pytest.fail(f"`tuneloop up` did not stop within 30 s of Ctrl-C; its stderr:\n{err[-6000:]}")
     assert proc.returncode == 0, err
     assert "tuneloop is up: MLflow UI at" in err and "stopped" in err
     assert "scheduler: " in err  # the status line

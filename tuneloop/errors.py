@@ -67,3 +67,7 @@ class GateFailed(TuneloopError, code="gate_failed", http_status=409):
 
 class StoreError(TuneloopError, code="store_error", http_status=503):
     """A store (MLflow, tuneloop's database, the artifact root) is unreachable or inconsistent."""
+
+
+class Overloaded(TuneloopError, code="overloaded", http_status=429):
+    """A server's queue is full: retry after a moment (the HTTP answer says when)."""

@@ -88,6 +88,24 @@ class IngestSettings(_Section):
     max_text_chars: int = Field(100_000, ge=16, description="Longest prompt, output, label or reference (characters)")
 
 
+class ServeSettings(_Section):
+    port: int = Field(8767, ge=1, le=65535, description="Port of `tuneloop serve` (the OpenAI-compatible API)")
+    reload_seconds: float = Field(
+        5.0, ge=0.0, le=3600.0, description="How old a server's view of which version holds an alias may be"
+    )
+    max_tokens: int = Field(512, ge=1, description="Most completion tokens one request may ask for")
+    max_prompt_tokens: int = Field(2048, ge=1, description="Longest prompt, in tokens, after the chat template")
+    max_queue: int = Field(256, ge=1, description="Requests waiting per loaded model before 429")
+    max_batch: int = Field(16, ge=1, le=512, description="Most requests generated together")
+    collect_ms: float = Field(5.0, ge=0.0, le=1000.0, description="How long a batch collects requests before it runs")
+    max_versions: int = Field(
+        8, ge=1, description="Versions kept loaded; the least recently used leaves first (never an alias's holder)"
+    )
+    quantized_bases: bool = Field(
+        True, description="Serve a QLoRA version on the 4-bit base it was trained on (false: on the fp32 base)"
+    )
+
+
 class SchedulerSettings(_Section):
     port: int = Field(8766, ge=1, le=65535, description="Port of the scheduler's health endpoint (GET /health)")
     lease_seconds: float = Field(
@@ -154,6 +172,7 @@ class Settings(BaseSettings):
     monitors: MonitorSettings = Field(default_factory=MonitorSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
     notify: NotifySettings = Field(default_factory=NotifySettings)
     kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
 

@@ -26,7 +26,7 @@ from tuneloop.store import Stores
 TOKEN_CACHE_SECONDS = 5.0
 
 
-class _Tokens:
+class AcceptedTokens:
     """Hashes of valid tokens: from settings, plus stored (non-revoked) ones, re-read every few seconds."""
 
     def __init__(self, stores: Stores, configured: list[str]) -> None:
@@ -52,7 +52,7 @@ def create_app(settings: Any) -> FastAPI:
 
     rc = RegistryClient(settings)
     resolver = rc.models
-    accepted = _Tokens(rc.stores, [t.get_secret_value() for t in settings.ingest.tokens])
+    accepted = AcceptedTokens(rc.stores, [t.get_secret_value() for t in settings.ingest.tokens])
     limits = settings.ingest
     app = FastAPI(title="tuneloop ingest", version="1", docs_url="/docs", redoc_url=None)
 

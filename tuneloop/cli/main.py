@@ -45,6 +45,7 @@ def _register_commands() -> None:
     from tuneloop.cli.loop_cmd import alerts_group, loop_group, retrain_group, scheduler_group
     from tuneloop.cli.models_cmd import models
     from tuneloop.cli.monitor_cmd import monitor
+    from tuneloop.cli.serve_cmd import serve
     from tuneloop.cli.train_cmd import train
     from tuneloop.cli.up_cmd import up
 
@@ -55,6 +56,7 @@ def _register_commands() -> None:
         demo,
         models,
         monitor,
+        serve,
         train,
         up,
         alerts_group,

@@ -7,6 +7,7 @@ Ctrl-C or SIGTERM stops all three cleanly.
 
 from __future__ import annotations
 
+import faulthandler
 import signal
 import time
 
@@ -67,6 +68,8 @@ def up(
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _terminate)  # also where SIGINT was inherited ignored (`nohup`)
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` prints where every thread is (a stuck stop)
     try:
         for name, process in members.items():
             wait_healthy(urls[name], process, path=paths[name], what=f"the {name}")

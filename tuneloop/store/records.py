@@ -13,7 +13,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from tuneloop.store.base import Store, Transaction
+from tuneloop.store.base import Store, Transaction, entity
 from tuneloop.store.tables import feedback, ingest_requests, records
 
 
@@ -61,6 +61,13 @@ class ReviewedRecord:
     reference: str | None
     label: str | None
     rating: float | None
+
+
+@dataclass(frozen=True)
+class CapturedRecord(NewRecord):
+    """A stored record as written, with its arrival order."""
+
+    seq: int
 
 
 @dataclass(frozen=True)
@@ -137,6 +144,11 @@ class RecordStore(Store):
                 return False
             _upsert_feedback(conn, record_id, values, at)
         return True
+
+    def get(self, record_id: str) -> CapturedRecord | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(records).where(records.c.id == record_id)).first()
+        return entity(CapturedRecord, row) if row else None
 
     def count(self, model: str | None = None) -> int:
         query = sa.select(sa.func.count()).select_from(records)

@@ -1,0 +1,131 @@
+"""The model thread's dynamic batching: mixed LoRA versions in one batch answer as batch-of-one
+`generate` does, per request limits and stop strings hold, a full queue refuses, errors reach callers."""
+
+from __future__ import annotations
+
+import random
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import WORDS, build_tiny_adapter
+from tuneloop.errors import Overloaded
+
+PROMPTS = [" ".join(random.Random(i).choices(WORDS, k=3 + i % 5)) for i in range(16)]
+
+
+def _base(folder: Path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+
+
+def _alone(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
+    """Batch-of-one greedy `generate`: the reference every batched answer must equal."""
+    import torch
+
+    batch = tokenizer([prompt], return_tensors="pt", add_special_tokens=False)
+    with torch.inference_mode():
+        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0)
+    tokens = out[0, batch["input_ids"].shape[1] :].tolist()
+    tokens = tokens[: tokens.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in tokens else tokens
+    return tokenizer.decode(tokens, skip_special_tokens=True).strip()
+
+
+@pytest.fixture(scope="module")
+def two_adapters(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("adapters")
+    return {
+        "v2": build_tiny_adapter(tiny_model, folder / "v2", seed=2),
+        "v3": build_tiny_adapter(tiny_model, folder / "v3", seed=3),
+    }
+
+
+@pytest.fixture
+def served(tiny_model: Path, two_adapters: dict[str, Path]):
+    """A batcher over one copy of the base with both versions attached under their names."""
+    from peft import PeftModel
+
+    from tuneloop.serving.batcher import Batcher
+
+    model, tokenizer = _base(tiny_model)
+    model = PeftModel.from_pretrained(model, two_adapters["v2"], adapter_name="v2")
+    batcher = Batcher(model, tokenizer, max_batch=16, collect_ms=200)
+    batcher.on_model_thread(lambda: model.load_adapter(two_adapters["v3"], adapter_name="v3")).result(timeout=60)
+    yield batcher
+    batcher.close()
+
+
+def test_mixed_versions_in_one_batch_answer_as_each_alone(
+    served, tiny_model: Path, two_adapters: dict[str, Path]
+) -> None:
+    from peft import PeftModel
+
+    from tuneloop.serving.batcher import Ask
+
+    names = ["v2", "v3", None, "v3"]
+    asks = [Ask(p, adapter=names[i % 4], max_new_tokens=6 + i % 3) for i, p in enumerate(PROMPTS)]
+    with ThreadPoolExecutor(16) as pool:  # 16 concurrent callers
+        answers = list(pool.map(lambda a: served.submit(a).result(timeout=120), asks))
+    assert max(a.batch_rows for a in answers) > 4, "the requests were not generated together"
+
+    alone = {None: _base(tiny_model)[0]}
+    for name, folder in two_adapters.items():  # each version on its own copy of the base: no adapter switching
+        alone[name] = PeftModel.from_pretrained(_base(tiny_model)[0], folder).eval()
+    tokenizer = _base(tiny_model)[1]
+    expected = [_alone(alone[a.adapter], tokenizer, a.prompt, a.max_new_tokens) for a in asks]
+    assert [a.text for a in answers] == expected
+    # the versions really answer differently, from each other and from the base
+    by_version = {n: [_alone(alone[n], tokenizer, p, 8) for p in PROMPTS] for n in alone}
+    assert by_version["v2"] != by_version["v3"] != by_version[None] != by_version["v2"]
+    for answer, ask in zip(answers, asks, strict=True):
+        assert 1 <= answer.completion_tokens <= ask.max_new_tokens
+        if answer.finish_reason == "length":
+            assert answer.completion_tokens == ask.max_new_tokens
+        else:
+            assert answer.finish_reason == "stop"
+
+
+def test_a_stop_string_ends_the_text(served) -> None:
+    from tuneloop.serving.batcher import Ask
+
+    full = served.submit(Ask(PROMPTS[0], adapter="v2", max_new_tokens=8)).result(timeout=60)
+    words = full.text.split()
+    assert len(words) >= 2, full
+    cut = served.submit(Ask(PROMPTS[0], adapter="v2", max_new_tokens=8, stop=(words[1],))).result(timeout=60)
+    assert cut.text == full.text[: full.text.index(words[1])].strip() and cut.finish_reason == "stop"
+
+
+def test_an_unknown_version_fails_its_callers_and_the_thread_serves_on(served) -> None:
+    from tuneloop.serving.batcher import Ask
+
+    with pytest.raises(Exception, match="nobody"):
+        served.submit(Ask(PROMPTS[0], adapter="nobody", max_new_tokens=2)).result(timeout=60)
+    assert served.submit(Ask(PROMPTS[0], adapter="v3", max_new_tokens=2)).result(timeout=60).text is not None
+
+
+def test_a_full_queue_refuses_instead_of_growing(tiny_model: Path) -> None:
+    import threading
+
+    from tuneloop.serving.batcher import Ask, Batcher
+
+    model, tokenizer = _base(tiny_model)
+    batcher = Batcher(model, tokenizer, max_queue=2)
+    started, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        started.set()
+        release.wait()
+
+    batcher.on_model_thread(hold)
+    assert started.wait(60)  # the model thread is busy and the queue empty
+    try:
+        queued = [batcher.submit(Ask(PROMPTS[0], max_new_tokens=2)) for _ in range(2)]
+        with pytest.raises(Overloaded) as refused:
+            batcher.submit(Ask(PROMPTS[0], max_new_tokens=2))
+        assert refused.value.http_status == 429
+    finally:
+        release.set()
+    assert all(f.result(timeout=60).completion_tokens >= 1 for f in queued)
+    batcher.close()

@@ -192,7 +192,7 @@ def create_app(settings: Any, name: str, host: Host | None = None) -> FastAPI:
 
     async def answer(request: Request, body: _Generation, prompts: list[str], chat: list[Message] | None) -> Any:
         authorise(request)
-        version, alias = resolve(body.model)
+        version, alias = await run_in_threadpool(resolve, body.model)  # MLflow calls stay off the event loop
         keep = {(name, v) for v in holders.values()}
         servable = await run_in_threadpool(host.load, name, version, keep=keep)
         tokenizer = host.tokenizer(servable)
@@ -225,7 +225,8 @@ def create_app(settings: Any, name: str, host: Host | None = None) -> FastAPI:
             for p in prompts
         ]
         started = time.perf_counter()
-        futures = [host.submit(name, version, a, keep=keep) for a in asks]
+        # submitting may wait for another version's load (the host's lock): never on the event loop
+        futures = [await run_in_threadpool(host.submit, name, version, a, keep=keep) for a in asks]
         answers: list[Answer] = [await asyncio.wrap_future(f) for f in futures]
         latency_ms = (time.perf_counter() - started) * 1000
         record_ids = [f"cmpl-{uuid.uuid4().hex}" for _ in answers]

@@ -355,26 +355,28 @@ def _capture(
     now = datetime.now(UTC)
     sampling = {"temperature": body.temperature, "top_p": body.top_p, "seed": body.seed, "stop": body.stop}
     user = hashlib.sha256(body.user.encode()).hexdigest()[:16] if body.user else None
+    messages = [m.model_dump() for m in chat] if chat is not None else None
+    request = {"kind": "live", "messages": messages, "sampling": sampling, "user": user}
+    batch: dict[str, Any] = {
+        "model": name,
+        "version": version,
+        "alias": alias,
+        "ts": now,
+        "received_at": now,
+        "latency_ms": latency_ms,
+    }
     rows = [
         NewRecord(
             id=record_id,
-            model=name,
-            version=version,
-            alias=alias,
             prompt=prompt,
             output=answer.text,
             prediction=answer.text,
-            ts=now,
-            latency_ms=latency_ms,
-            meta={
-                "kind": "live",
-                "messages": [m.model_dump() for m in chat] if chat is not None else None,
+            meta=request
+            | {
                 "usage": {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens},
                 "finish_reason": answer.finish_reason,
-                "sampling": sampling,
-                "user": user,
             },
-            received_at=now,
+            **batch,
         )
         for record_id, prompt, answer in zip(record_ids, prompts, answers, strict=True)
     ]

@@ -135,3 +135,15 @@ def _group_alive(pgid: int) -> bool:
     except PermissionError:  # the group id was reused by someone else's processes
         return False
     return True
+
+
+def run_http(app: Any, host: str, port: int) -> None:
+    """Serve an ASGI app in this process until Ctrl-C or SIGTERM (one worker: SQLite takes one writer
+    at a time). No lifespan: on Ctrl-C uvicorn cancels a pending lifespan task and logs its traceback."""
+    import uvicorn
+
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", lifespan="off", timeout_graceful_shutdown=10
+    )
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn raises the Ctrl-C it handled once it has shut down
+        uvicorn.Server(config).run()

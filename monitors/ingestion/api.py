@@ -158,14 +158,7 @@ def _items(payload: Any, max_batch: int) -> list[Any]:
 
 
 def serve(settings: Any, host: str | None = None, port: int | None = None) -> None:
-    """Run the API in this process until interrupted (one worker: SQLite takes one writer at a time)."""
-    import uvicorn
+    """Run the API in this process until interrupted."""
+    from tuneloop.services import run_http
 
-    uvicorn.run(
-        create_app(settings),
-        host=host or settings.server.host,
-        port=port or settings.ingest.port,
-        log_level="warning",
-        workers=1,
-        timeout_graceful_shutdown=10,
-    )
+    run_http(create_app(settings), host or settings.server.host, port or settings.ingest.port)

@@ -4,6 +4,7 @@ client retries 429 and 5xx by itself, which would hide failures)."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -58,8 +59,10 @@ def served(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
             time.sleep(0.3)
     assert proc.poll() is None, (root / "serve.log").read_text()
     yield {"url": url, "rc": rc, "folders": folders, "tiny": tiny_model, "log": root / "serve.log"}
-    proc.terminate()
-    proc.wait(30)
+    proc.send_signal(signal.SIGINT)  # Ctrl-C: a clean stop, no traceback
+    assert proc.wait(30) == 0
+    text = (root / "serve.log").read_text()
+    assert "Traceback" not in text and text.rstrip().endswith("stopped"), text
 
 
 def _client(served, api_key: str = TOKEN):

@@ -16,12 +16,15 @@ from tuneloop.cli.options import listen_options
 def serve(app: AppContext, name: str, host: str | None, port: int | None) -> None:
     """Serve NAME's versions over an OpenAI-compatible API until Ctrl-C/SIGTERM: `model` is NAME@ALIAS or
     NAME:VERSION (default NAME@champion); every answer is stored as a record of the version that gave it."""
-    import uvicorn
-
+    from tuneloop.services import run_http
     from tuneloop.serving.api import create_app
 
     settings = app.settings
     host, port = host or settings.server.host, port or settings.serve.port
     api = create_app(settings, name)
     output.stage(f"serving {name} on http://{host}:{port}/v1 (OpenAI-compatible; Ctrl-C to stop)")
-    uvicorn.run(api, host=host, port=port, log_level="warning", workers=1, timeout_graceful_shutdown=10)
+    try:
+        run_http(api, host, port)
+    finally:
+        api.state.host.close()
+    click.echo("stopped", err=True)

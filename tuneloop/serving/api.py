@@ -11,7 +11,6 @@ leaves; the completion's `id` is the record id. Errors have OpenAI's shape
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import time
@@ -131,13 +130,8 @@ def create_app(settings: Any, name: str, host: Host | None = None) -> FastAPI:
     accepted = AcceptedTokens(rc.stores, [t.get_secret_value() for t in settings.ingest.tokens])
     holders: dict[str, int] = {}  # alias -> the version it last resolved to: kept loaded
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
-        host.close()
-
-    app = FastAPI(title=f"tuneloop serve {name}", version="1", docs_url=None, redoc_url=None, lifespan=lifespan)
-    app.state.host = host
+    app = FastAPI(title=f"tuneloop serve {name}", version="1", docs_url=None, redoc_url=None)
+    app.state.host = host  # whoever runs the app closes it (`tuneloop serve` does, after uvicorn stops)
 
     @app.exception_handler(ApiError)
     async def _on_api_error(request: Request, exc: ApiError) -> JSONResponse:

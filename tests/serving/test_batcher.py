@@ -129,3 +129,29 @@ def test_a_full_queue_refuses_instead_of_growing(tiny_model: Path) -> None:
         release.set()
     assert all(f.result(timeout=60).completion_tokens >= 1 for f in queued)
     batcher.close()
+
+
+def test_the_host_keeps_few_versions_and_never_evicts_an_alias_holder(tiny_model: Path, tmp_path: Path) -> None:
+    from tuneloop.serving.batcher import Ask
+    from tuneloop.serving.host import Host
+    from tuneloop.serving.versions import Servable
+
+    folders = {v: build_tiny_adapter(tiny_model, tmp_path / f"v{v}", seed=v) for v in (1, 2, 3)}
+
+    def fetch(name: str, version: int) -> Servable:
+        return Servable(name, version, tiny_model, "sha256:tiny", folders[version], method="lora")
+
+    host = Host(fetch, max_versions=2, collect_ms=1)
+    try:
+        champion = {("m", 1)}
+        first = host.submit("m", 1, Ask(PROMPTS[0], max_new_tokens=4), keep=champion).result(timeout=60)
+        host.load("m", 2, keep=champion)
+        host.load("m", 3, keep=champion)  # over the bound: v2 (least recent, no alias) leaves, v1 stays
+        assert host.loaded() == [("m", 1), ("m", 3)]
+        again = host.submit("m", 1, Ask(PROMPTS[0], max_new_tokens=4), keep=champion).result(timeout=60)
+        assert again.text == first.text  # still v1, on the same shared base
+        assert len(host._models) == 1  # three versions, one loaded base
+        host.load("m", 2, keep={("m", 3)})  # v1 no longer held: now it leaves
+        assert host.loaded() == [("m", 3), ("m", 2)]
+    finally:
+        host.close()

@@ -109,11 +109,19 @@ class Host:
             if servable.adapter_folder is not None and servable.shares_base:
                 name = servable.adapter_name
                 batcher = loaded.batcher
-                batcher.on_model_thread(lambda: batcher.model.delete_adapter(name)).result()  # noqa: B023 - run now
+                batcher.on_model_thread(lambda: _delete_adapter(batcher.model, name)).result()  # noqa: B023 - run now
                 loaded.versions.discard(name)
             if not servable.shares_base or not (loaded.versions or _has_base_version(self._versions, servable)):
                 loaded.batcher.close()
                 del self._models[servable.base_key]
+
+
+def _delete_adapter(model: Any, name: str) -> None:
+    from tuneloop.quiet import ignoring
+
+    # PEFT then makes another adapter "active"; rows name their adapter, so which one is active never matters
+    with ignoring(r"Adapter .* was active which is now deleted"):
+        model.delete_adapter(name)
 
 
 def _has_base_version(versions: OrderedDict[tuple[str, int], Servable], gone: Servable) -> bool:

@@ -307,7 +307,7 @@ def _stream(
     """Server-sent events of one finished answer (the text comes as one chunk: the batcher hands back
     whole answers)."""
 
-    def chunk(delta: dict[str, Any], finish: str | None, **extra: Any) -> str:
+    def chunk(delta: dict[str, Any] | None, finish: str | None, **extra: Any) -> str:
         choices = [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}] if delta is not None else []
         body = {
             "id": record_id,
@@ -325,7 +325,7 @@ def _stream(
             yield chunk({"content": result.text}, None)
         yield chunk({}, result.finish_reason)
         if with_usage:
-            yield chunk(None, None, usage=usage)  # type: ignore[arg-type]
+            yield chunk(None, None, usage=usage)
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(events(), media_type="text/event-stream")

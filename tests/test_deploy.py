@@ -176,6 +176,32 @@ def test_secrets_are_never_inlined_and_the_chart_refuses_them_in_settings(helm: 
     )
     tokens = _helm(helm, "template", "rel", str(CHART), "--set", "settings.ingest.tokens={abc}")
     assert tokens.returncode != 0 and "ingest.tokensSecret" in tokens.stderr
+    tokens = _helm(helm, "template", "rel", str(CHART), "--set", "settings.serve.tokens={abc}")
+    assert tokens.returncode != 0 and "serve.tokensSecret" in tokens.stderr
+
+
+def test_each_served_model_gets_a_deployment_and_a_service(helm: str) -> None:
+    objects = _render(helm, "--set", "serve.models={support-qlora,intents_v2}")
+    deployments, services = _by_kind(objects, "Deployment"), _by_kind(objects, "Service")
+    for model, name in (
+        ("support-qlora", "rel-tuneloop-serve-support-qlora"),
+        ("intents_v2", "rel-tuneloop-serve-intents-v2"),
+    ):
+        (container,) = _containers(deployments[name])
+        assert container["command"][:6] == [
+            "tuneloop",
+            "--config",
+            "/etc/tuneloop/tuneloop.toml",
+            "serve",
+            model,
+            "--host",
+        ]
+        assert container["readinessProbe"]["httpGet"]["path"] == "/health"
+        env = {e["name"]: e for e in container["env"]}
+        assert env["TUNELOOP_SERVE__TOKENS"]["valueFrom"]["secretKeyRef"]["name"] == "tuneloop-serve"
+        assert services[name]["spec"]["ports"][0]["port"] == 8767
+        assert services[name]["spec"]["selector"] == deployments[name]["spec"]["selector"]["matchLabels"]
+    assert not [n for n in _by_kind(_render(helm), "Deployment") if "-serve-" in n]  # none unless named
 
 
 def _production_like_settings():

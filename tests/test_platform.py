@@ -22,7 +22,7 @@ from tests.conftest import REPO, free_port, run_cli
 from tuneloop.demo import traffic
 
 PLATFORM = REPO / "platform"
-TUNELOOP_SERVICES = ("migrate", "mlflow", "api", "scheduler", "cli")
+TUNELOOP_SERVICES = ("migrate", "mlflow", "api", "scheduler", "serve", "cli")
 
 
 def _compose() -> dict:
@@ -48,7 +48,8 @@ def test_compose_runs_every_member_with_secrets_from_the_environment() -> None:
         assert "healthcheck" in services[name]
     assert services["scheduler"]["deploy"]["replicas"] == 2
     # Every tuneloop command the stack runs exists (the image's entrypoint is `tuneloop`).
-    for name in ("migrate", "api", "scheduler"):
+    assert services["serve"]["profiles"] == ["serve"] and "healthcheck" in services["serve"]
+    for name in ("migrate", "api", "scheduler", "serve"):
         args = [a for a in services[name]["command"] if not a.startswith("/etc/")]
         words = [a for a in args if not a.startswith("-") and not a.isdigit() and a not in ("0.0.0.0",)]
         proc = run_cli(*words, "--help")

@@ -49,9 +49,10 @@ def _port_open(port: int) -> bool:
 @pytest.mark.acceptance
 def test_up_serves_the_registry_and_stops_on_ctrl_c(sqlite_rc, tmp_path: Path) -> None:
     make_versions(sqlite_rc, "served", [{}])
-    port, ingest_port, scheduler_port = free_port(), free_port(), free_port()
+    port, ingest_port, scheduler_port, serve_port = free_port(), free_port(), free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TUNELOOP_")}
     env["TUNELOOP_HOME"] = str(sqlite_rc.settings.home)
+    env["TUNELOOP_SERVE__PORT"] = str(serve_port)
     exe = Path(sys.executable).with_name("tuneloop")
     proc = subprocess.Popen(
         [
@@ -63,6 +64,8 @@ def test_up_serves_the_registry_and_stops_on_ctrl_c(sqlite_rc, tmp_path: Path) -
             str(ingest_port),
             "--scheduler-port",
             str(scheduler_port),
+            "--serve",
+            "served",
         ],
         cwd=REPO,
         env=env,
@@ -93,6 +96,12 @@ def test_up_serves_the_registry_and_stops_on_ctrl_c(sqlite_rc, tmp_path: Path) -
         with urllib.request.urlopen(f"http://127.0.0.1:{scheduler_port}/health", timeout=10) as resp:
             scheduler = json.loads(resp.read())
         assert scheduler["role"] in ("active", "standby") and scheduler["owner"].endswith(tuple("0123456789"))
+        for _ in range(120):  # and the model server
+            if _port_open(serve_port):
+                break
+            time.sleep(0.5)
+        with urllib.request.urlopen(f"http://127.0.0.1:{serve_port}/health", timeout=10) as resp:
+            assert json.loads(resp.read())["model"] == "served"
         members = _descendants(proc.pid)
         # MLflow's job runner and its huey consumers are off (8 processes, ~2 GB, slow to stop)
         assert not [c for c in members.values() if "huey" in c or "_job_runner" in c], members
@@ -111,5 +120,6 @@ def test_up_serves_the_registry_and_stops_on_ctrl_c(sqlite_rc, tmp_path: Path) -
     assert "tuneloop is up: MLflow UI at" in err and "stopped" in err
     assert "scheduler: " in err  # the status line
     assert "GET /health" not in out + err  # the probes are not logged (they drowned everything else)
-    assert not _port_open(port) and not _port_open(ingest_port) and not _port_open(scheduler_port)
+    assert "served at http://127.0.0.1:" in err
+    assert not any(_port_open(p) for p in (port, ingest_port, scheduler_port, serve_port))
     assert not set(members) & set(_descendants(1)), "a member outlived `up`"

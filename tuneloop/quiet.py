@@ -32,6 +32,7 @@ QUIET_LOGGERS = {
     "httpx": logging.WARNING,
     "transformers.modeling_utils": logging.WARNING,
     "bitsandbytes": logging.ERROR,  # "Failed to load CPU gemm_4bit_forward from kernels-community": a fallback
+    "kernels": logging.ERROR,  # "Skipping publisher trust check ... offline mode": offline is tuneloop's default
 }
 
 

@@ -1,6 +1,6 @@
-"""The platform's processes: the MLflow server, the ingest API and the scheduler, each started as a
-child in its own process group, checked through its health endpoint, and stopped with SIGTERM (then
-SIGKILL after a grace period). `tuneloop up` supervises all three; `tuneloop demo` and the tests
+"""The platform's processes: the MLflow server, the ingest API, the scheduler and model servers, each
+started as a child in its own process group, checked through its health endpoint, and stopped with
+SIGTERM (then SIGKILL after a grace period). `tuneloop up` supervises them; `tuneloop demo` and the tests
 start the ones they need.
 """
 
@@ -60,6 +60,13 @@ def start_mlflow_server(settings: Any, host: str, port: int) -> subprocess.Popen
 def start_ingest_server(config_file: str | None, host: str, port: int) -> subprocess.Popen:
     return subprocess.Popen(
         _tuneloop(config_file, "monitor", "serve", "--host", host, "--port", str(port)), start_new_session=True
+    )
+
+
+def start_model_server(config_file: str | None, name: str, host: str, port: int) -> subprocess.Popen:
+    """`tuneloop serve NAME`: the OpenAI-compatible API over NAME's versions."""
+    return subprocess.Popen(
+        _tuneloop(config_file, "serve", name, "--host", host, "--port", str(port)), start_new_session=True
     )
 
 

@@ -82,7 +82,9 @@ class ServerSettings(_Section):
 
 class IngestSettings(_Section):
     port: int = Field(8765, ge=1, le=65535, description="Port of the ingest API")
-    tokens: list[SecretStr] = Field(default_factory=list, description="Bearer tokens accepted by the ingest API")
+    tokens: list[SecretStr] = Field(
+        default_factory=list, description="Bearer tokens accepted by the ingest API (scope `ingest`)"
+    )
     max_body_bytes: int = Field(10_000_000, ge=1024, description="Largest request body the ingest API reads (bytes)")
     max_batch: int = Field(1000, ge=1, description="Most records in one ingest request")
     max_text_chars: int = Field(100_000, ge=16, description="Longest prompt, output, label or reference (characters)")
@@ -90,6 +92,9 @@ class IngestSettings(_Section):
 
 class ServeSettings(_Section):
     port: int = Field(8767, ge=1, le=65535, description="Port of `tuneloop serve` (the OpenAI-compatible API)")
+    tokens: list[SecretStr] = Field(
+        default_factory=list, description="Bearer tokens accepted by `tuneloop serve` (scope `serve`)"
+    )
     reload_seconds: float = Field(
         5.0, ge=0.0, le=3600.0, description="How old a server's view of which version holds an alias may be"
     )
@@ -103,6 +108,9 @@ class ServeSettings(_Section):
     )
     quantized_bases: bool = Field(
         True, description="Serve a QLoRA version on the 4-bit base it was trained on (false: on the fp32 base)"
+    )
+    capture: bool = Field(
+        True, description="Store every answer as a production record (false only to measure what capture costs)"
     )
 
 
@@ -221,7 +229,7 @@ class Settings(BaseSettings):
     # Secrets ---------------------------------------------------------------------------
     def secret_values(self) -> list[str]:
         """Every secret these settings hold, so logs and reports can be scrubbed of them."""
-        secrets = [t.get_secret_value() for t in self.ingest.tokens]
+        secrets = [token for token, _ in self.configured_tokens()]
         if self.hf_token:
             secrets.append(self.hf_token.get_secret_value())
         for url in (self.stores.mlflow_uri, self.stores.database_url, self.stores.artifact_root):
@@ -229,6 +237,12 @@ class Settings(BaseSettings):
             if password:
                 secrets.append(password)
         return [s for s in secrets if s]
+
+    def configured_tokens(self) -> list[tuple[str, str]]:
+        """(token, scope) of every bearer token set in these settings."""
+        return [(t.get_secret_value(), "serve") for t in self.serve.tokens] + [
+            (t.get_secret_value(), "ingest") for t in self.ingest.tokens
+        ]
 
     def scrub(self, text: str) -> str:
         """`text` with every secret these settings hold, and every URL's password, masked."""
@@ -238,6 +252,7 @@ class Settings(BaseSettings):
         """The settings as a dict with every secret masked: the only form fit to print or log."""
         data = self.model_dump(mode="json")
         data["ingest"]["tokens"] = ["***"] * len(self.ingest.tokens)
+        data["serve"]["tokens"] = ["***"] * len(self.serve.tokens)
         data["hf_token"] = "***" if self.hf_token else None
         data["resolved"] = {
             "mlflow_uri": redact_url(self.mlflow_uri),

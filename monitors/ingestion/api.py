@@ -9,8 +9,6 @@ problem, and nothing from that request is stored.
 from __future__ import annotations
 
 import json
-import threading
-import time
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -20,31 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from tuneloop.errors import InvalidInput, TuneloopError
 from tuneloop.monitors.ingestion import records as records_io
-from tuneloop.monitors.ingestion import tokens
-from tuneloop.store import Stores
-
-TOKEN_CACHE_SECONDS = 5.0
-
-
-class AcceptedTokens:
-    """Hashes of valid tokens: from settings, plus stored (non-revoked) ones, re-read every few seconds."""
-
-    def __init__(self, stores: Stores, configured: list[str]) -> None:
-        self._stores = stores
-        self._configured = {tokens.token_hash(t) for t in configured}
-        self._stored: set[str] = set()
-        self._read_at = 0.0
-        self._lock = threading.Lock()
-
-    def valid(self, token: str) -> bool:
-        digest = tokens.token_hash(token)
-        if digest in self._configured:
-            return True
-        with self._lock:
-            if time.monotonic() - self._read_at > TOKEN_CACHE_SECONDS:
-                self._stored = tokens.active_hashes(self._stores)
-                self._read_at = time.monotonic()
-            return digest in self._stored
+from tuneloop.store.tokens import Scope
 
 
 def create_app(settings: Any) -> FastAPI:
@@ -52,7 +26,7 @@ def create_app(settings: Any) -> FastAPI:
 
     rc = RegistryClient(settings)
     resolver = rc.models
-    accepted = AcceptedTokens(rc.stores, [t.get_secret_value() for t in settings.ingest.tokens])
+    accepted = rc.stores.tokens.accepted(settings.configured_tokens())
     limits = settings.ingest
     app = FastAPI(title="tuneloop ingest", version="1", docs_url="/docs", redoc_url=None)
 
@@ -92,8 +66,17 @@ def create_app(settings: Any) -> FastAPI:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise _HttpProblem(401, "missing bearer token", "send `Authorization: Bearer TOKEN`")
-        if not accepted.valid(token.strip()):
-            raise _HttpProblem(401, "invalid or revoked token", "create one with `tuneloop monitor token create NAME`")
+        scope = accepted.scope_of(token.strip())
+        if scope is None:
+            raise _HttpProblem(
+                401, "invalid or revoked token", "create one with `tuneloop tokens create NAME --scope ingest`"
+            )
+        if scope is not Scope.INGEST:
+            raise _HttpProblem(
+                403,
+                f"this token has scope `{scope}`; posting records or feedback needs scope `ingest`",
+                "create one with `tuneloop tokens create NAME --scope ingest`",
+            )
 
     @app.exception_handler(_HttpProblem)
     async def _on_problem(request: Request, exc: _HttpProblem) -> JSONResponse:

@@ -49,6 +49,11 @@ class RecordIn(BaseModel):
 
     id: StrictStr | None = Field(None, pattern=ID_PATTERN, description="Your id for the record; a retry reuses it")
     model: StrictStr = Field(description="NAME@ALIAS or NAME:VERSION of the model that answered")
+    version: int | None = Field(
+        None,
+        ge=1,
+        description="The version that answered, when your server knows it: it takes precedence over the alias",
+    )
     prompt: StrictStr
     output: StrictStr
     prediction: StrictStr | None = Field(None, description="The predicted label (classification); default: the output")
@@ -146,7 +151,7 @@ def store(
     stores: Stores, batch: Sequence[RecordIn], resolver: ModelResolver, *, idempotency_key: str | None = None
 ) -> BatchResult:
     """Resolve models, then write every record (and its feedback) in one transaction."""
-    resolved = [resolver.resolve(r.model) for r in batch]
+    resolved = [_attributed(resolver, r) for r in batch]
     now = datetime.now(UTC)
     rows, feedback_of = [], []
     for record, (name, version, alias) in zip(batch, resolved, strict=True):
@@ -170,6 +175,14 @@ def store(
         if record.feedback is not None:
             feedback_of.append((record_id, FeedbackValues(**record.feedback.model_dump())))
     return stores.records.add_batch(rows, feedback_of, now, idempotency_key=idempotency_key)
+
+
+def _attributed(resolver: ModelResolver, record: RecordIn) -> tuple[str, int, str | None]:
+    """(name, version, alias) of a record: the version it names, else the alias's holder now."""
+    name, version, alias = resolver.resolve(record.model)
+    if record.version is not None and record.version != version:
+        name, version, _ = resolver.resolve(f"{name}:{record.version}")  # NotFound when there is no such version
+    return name, version, alias
 
 
 def add_feedback(stores: Stores, record_id: str, feedback: Feedback) -> None:

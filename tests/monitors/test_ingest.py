@@ -244,15 +244,45 @@ def test_generated_junk_never_crashes_the_endpoint(server: Server) -> None:
     assert _post(server, _record()).status_code == 201  # still serving
 
 
-def test_stored_tokens_are_hashed_and_revocable(server: Server) -> None:
-    created = run_cli("monitor", "token", "create", "ci", "--json", env=server.env)
+def test_stored_tokens_are_hashed_scoped_and_revocable(server: Server) -> None:
+    created = run_cli("tokens", "create", "ci", "--scope", "ingest", "--json", env=server.env)
     assert created.returncode == 0, created.stderr
     token = json.loads(created.stdout)["token"]
+    serving = json.loads(run_cli("tokens", "create", "app", "--scope", "serve", "--json", env=server.env).stdout)
     assert token.encode() not in (server.home / "tuneloop.db").read_bytes()  # only its sha256 is stored
     assert _post(server, _record(), token=token).status_code == 201
-    assert run_cli("monitor", "token", "revoke", "ci", env=server.env).returncode == 0
+    refused = _post(server, _record(), token=serving["token"])  # a caller of the model may not post feedback
+    assert refused.status_code == 403 and "scope `ingest`" in refused.json()["error"], refused.text
+    listed = json.loads(run_cli("tokens", "list", "--json", env=server.env).stdout)
+    assert [(t["name"], t["scope"], t["revoked_at"]) for t in listed] == [
+        ("app", "serve", None),
+        ("ci", "ingest", None),
+    ]
+    again = run_cli("tokens", "create", "ci", "--scope", "serve", env=server.env)
+    assert again.returncode != 0 and "a token named `ci` exists" in again.stderr
+    assert run_cli("tokens", "revoke", "ci", env=server.env).returncode == 0
     time.sleep(6)  # the API re-reads stored tokens every 5 s
     assert _post(server, _record(), token=token).status_code == 401
+    assert server.count() == (1, 1)
+
+
+def test_an_outside_server_may_name_the_version_that_answered(server: Server) -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{server.home / 'mlflow.db'}")
+    second = client.create_model_version("tiny", source=client.get_model_version("tiny", "1").source)
+    client.set_registered_model_alias("tiny", "champion", second.version)  # v2 holds the alias; v1 answered
+    named = _post(server, _record(id="v-1", alias=True, version=1))
+    assert named.status_code == 201, named.text
+    unknown = _post(server, _record(id="v-9", alias=True, version=9))
+    assert unknown.status_code == 404 and "has no version 9" in unknown.json()["error"]
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(f"sqlite:///{server.home / 'tuneloop.db'}")
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT id, version, alias, kind, pair_of FROM records")).all()
+    engine.dispose()
+    assert [tuple(r) for r in rows] == [("v-1", 1, "champion", "live", None)]
 
 
 def test_file_ingest_is_all_or_nothing(server: Server, tmp_path: Path) -> None:

@@ -24,8 +24,8 @@ pytestmark = pytest.mark.acceptance  # trains twice and evaluates three times: ~
 
 def test_tiny_loop_end_to_end(loop_env, tiny_model: Path) -> None:
     from tuneloop.demo.run import Demo, ingest_over_http
-    from tuneloop.monitors.ingestion.tokens import create
     from tuneloop.services import start_ingest_server, stop, wait_healthy
+    from tuneloop.store.tokens import Scope
 
     rc = loop_env
     hook_port = free_port()  # nothing listens there: the webhook sink is down for the whole loop
@@ -35,7 +35,7 @@ def test_tiny_loop_end_to_end(loop_env, tiny_model: Path) -> None:
     try:
         wait_healthy(f"http://127.0.0.1:{ingest_port}", server, path="/v1/health", what="the ingest API")
         summary = Demo(rc, tiny_config(tiny_model), stages.append).run(
-            ingest_over_http(f"http://127.0.0.1:{ingest_port}", create(rc.stores, "t")),
+            ingest_over_http(f"http://127.0.0.1:{ingest_port}", rc.stores.tokens.create("t", Scope.INGEST)),
             "ui",
             webhooks=[f"http://127.0.0.1:{hook_port}/hook?token=s3cret"],
         )

@@ -97,6 +97,43 @@ def test_a_stop_string_ends_the_text(served) -> None:
     assert cut.text == full.text[: full.text.index(words[1])].strip() and cut.finish_reason == "stop"
 
 
+def test_streamed_pieces_join_to_the_answer_and_a_caller_that_leaves_ends_only_its_row(served) -> None:
+    import threading
+
+    from tuneloop.serving.batcher import Ask
+
+    answers = {p: served.submit(Ask(p, adapter="v2", max_new_tokens=12)).result(timeout=60) for p in PROMPTS}
+    long = [p for p, a in answers.items() if a.finish_reason == "length" and len(a.text.split()) >= 4]
+    assert len(long) >= 3, answers  # rows that run their full length: a cancelled one must end before them
+    prompts, whole = long[:3], [answers[p] for p in long[:3]]
+    pieces: list[list[str]] = [[], [], []]
+    leave = threading.Event()
+
+    def on_text(row: int):
+        def take(piece: str) -> None:
+            pieces[row].append(piece)
+            if row == 1 and len(pieces[1]) == 2:
+                leave.set()  # the second caller hangs up after two pieces
+
+        return take
+
+    futures = [
+        served.submit(Ask(p, adapter="v2", max_new_tokens=12), on_text=on_text(i), cancel=leave if i == 1 else None)
+        for i, p in enumerate(prompts)
+    ]
+    streamed = [f.result(timeout=60) for f in futures]
+    assert streamed[1].batch_rows == 3, "the three requests were not generated together"
+    for row in (0, 2):  # the others stream their whole answer, as if nobody had left
+        assert "".join(pieces[row]) == streamed[row].text == whole[row].text
+        assert streamed[row].finish_reason == whole[row].finish_reason and len(pieces[row]) > 1
+    cut = streamed[1]
+    assert cut.finish_reason == "cancelled" and cut.text == "".join(pieces[1][:2]) != whole[1].text
+    assert whole[1].text.startswith(cut.text) and cut.completion_tokens < whole[1].completion_tokens
+    gone = threading.Event()
+    gone.set()  # a caller gone before its request ran: nothing is generated for it
+    assert served.submit(Ask(PROMPTS[0], max_new_tokens=4), cancel=gone).result(timeout=60).completion_tokens == 0
+
+
 def test_an_unknown_version_fails_its_callers_and_the_thread_serves_on(served) -> None:
     from tuneloop.serving.batcher import Ask
 

@@ -37,8 +37,8 @@ def demo(app: AppContext, steps: int | None, quick: bool, webhooks: tuple[str, .
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from tuneloop.demo.run import QUICK, Demo, DemoConfig, ingest_over_http
-    from tuneloop.monitors.ingestion.tokens import create
     from tuneloop.services import start_ingest_server, stop, wait_healthy
+    from tuneloop.store.tokens import Scope
 
     started = time.monotonic()
     settings = app.settings
@@ -48,7 +48,7 @@ def demo(app: AppContext, steps: int | None, quick: bool, webhooks: tuple[str, .
     cfg = DemoConfig(**sizes)
     output.stage(f"stores under {settings.home}; demo files under {settings.home / 'demo'}")
     rc = app.registry
-    token = create(rc.stores, f"demo-{uuid.uuid4().hex[:8]}")
+    token = rc.stores.tokens.create(f"demo-{uuid.uuid4().hex[:8]}", Scope.INGEST)
     with socket.socket() as s:  # a free port: a running `tuneloop up` may hold the configured one
         s.bind((settings.server.host, 0))
         port = s.getsockname()[1]

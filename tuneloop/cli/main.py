@@ -45,7 +45,9 @@ def _register_commands() -> None:
     from tuneloop.cli.loop_cmd import alerts_group, loop_group, retrain_group, scheduler_group
     from tuneloop.cli.models_cmd import models
     from tuneloop.cli.monitor_cmd import monitor
+    from tuneloop.cli.records_cmd import records_group
     from tuneloop.cli.serve_cmd import serve
+    from tuneloop.cli.tokens_cmd import tokens_group
     from tuneloop.cli.train_cmd import train
     from tuneloop.cli.up_cmd import up
 
@@ -56,7 +58,9 @@ def _register_commands() -> None:
         demo,
         models,
         monitor,
+        records_group,
         serve,
+        tokens_group,
         train,
         up,
         alerts_group,

@@ -1,4 +1,4 @@
-"""`tuneloop monitor`: the ingest API, file ingestion and ingest tokens."""
+"""`tuneloop monitor`: the ingest API and file ingestion."""
 
 from __future__ import annotations
 
@@ -44,48 +44,6 @@ def ingest(app: AppContext, path: str, as_json: bool) -> None:
         f"stored {result.stored} record(s) from {path}"
         + (f"; {result.duplicates} already stored" if result.duplicates else "")
     )
-
-
-@monitor.group("token")
-def token() -> None:
-    """Bearer tokens for the ingest API (stored hashed)."""
-
-
-@token.command("create")
-@click.argument("name")
-@output.json_option()
-@pass_app
-def token_create(app: AppContext, name: str, as_json: bool) -> None:
-    """Create a token; it is printed once and only its hash is kept."""
-    from tuneloop.monitors.ingestion.tokens import create
-
-    value = create(app.registry.stores, name)
-    if as_json:
-        output.emit_json({"name": name, "token": value})
-        return
-    click.echo(value)
-    click.echo(f"token `{name}` created; it is not shown again", err=True)
-
-
-@token.command("list")
-@output.json_option()
-@pass_app
-def token_list(app: AppContext, as_json: bool) -> None:
-    """Token names and dates (never the tokens)."""
-    from tuneloop.monitors.ingestion.tokens import listing
-
-    output.rows(listing(app.registry.stores), as_json, ["name", "created_at", "revoked_at"], empty="no tokens")
-
-
-@token.command("revoke")
-@click.argument("name")
-@pass_app
-def token_revoke(app: AppContext, name: str) -> None:
-    """Revoke a token; the API refuses it within seconds."""
-    from tuneloop.monitors.ingestion.tokens import revoke
-
-    revoke(app.registry.stores, name)
-    click.echo(f"token `{name}` revoked")
 
 
 @monitor.command("backtest")

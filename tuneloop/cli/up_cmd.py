@@ -1,8 +1,9 @@
-"""`tuneloop up`: the MLflow server (UI), the ingest API and the scheduler as one supervised group.
+"""`tuneloop up`: the MLflow server (UI), the ingest API, the scheduler and, with `--serve NAME`, the
+model servers, as one supervised group.
 
 A status line is printed when the group is up and whenever a member's health changes (the
 scheduler's role: active or standby). If a member exits, the others are stopped and `up` fails;
-Ctrl-C or SIGTERM stops all three cleanly.
+Ctrl-C or SIGTERM stops them all cleanly.
 """
 
 from __future__ import annotations
@@ -26,6 +27,13 @@ from tuneloop.errors import StoreError
     "--scheduler-port", type=int, default=None, help="Scheduler health port (default: settings `scheduler.port`, 8766)."
 )
 @click.option("--no-scheduler", is_flag=True, help="Serve MLflow and the ingest API only.")
+@click.option(
+    "--serve",
+    "served",
+    multiple=True,
+    metavar="NAME",
+    help="Also run `tuneloop serve NAME` (repeatable); the first on `serve.port` (8767), the next on the ports after.",
+)
 @pass_app
 def up(
     app: AppContext,
@@ -34,13 +42,22 @@ def up(
     ingest_port: int | None,
     scheduler_port: int | None,
     no_scheduler: bool,
+    served: tuple[str, ...],
 ) -> None:
     """Start the MLflow server (UI), the ingest API and the loop's scheduler; Ctrl-C stops them cleanly.
 
     A second `tuneloop up` on the same database (on other ports) runs its scheduler as a standby that
     takes over when the active one's lease lapses.
     """
-    from tuneloop.services import health, start_ingest_server, start_mlflow_server, start_scheduler, stop, wait_healthy
+    from tuneloop.services import (
+        health,
+        start_ingest_server,
+        start_mlflow_server,
+        start_model_server,
+        start_scheduler,
+        stop,
+        wait_healthy,
+    )
 
     settings = app.settings
     host = host or settings.server.host
@@ -60,6 +77,11 @@ def up(
     if not no_scheduler:
         members["scheduler"] = start_scheduler(app.config_file, host, scheduler_port or settings.scheduler.port)
     paths = {"MLflow UI": "/health", "ingest API": "/v1/health", "scheduler": "/health"}
+    for offset, name in enumerate(dict.fromkeys(served)):
+        app.registry.registered_model(name)  # an unknown NAME fails here, before anything waits on it
+        member, serve_port = f"serving {name}", settings.serve.port + offset
+        urls[member], paths[member] = f"http://{host}:{serve_port}", "/health"
+        members[member] = start_model_server(app.config_file, name, host, serve_port)
     stopping = False
 
     def _terminate(signum, frame):
@@ -76,6 +98,7 @@ def up(
         click.echo(
             f"tuneloop is up: MLflow UI at {urls['MLflow UI']}, ingest API at {urls['ingest API']}/v1/records"
             + (f", scheduler health at {urls['scheduler']}/health" if "scheduler" in members else "")
+            + "".join(f", {n[len('serving ') :]} at {urls[n]}/v1" for n in members if n.startswith("serving "))
             + "   (Ctrl-C to stop)",
             err=True,
         )

@@ -3,20 +3,23 @@
 `POST /v1/chat/completions`, `POST /v1/completions`, `GET /v1/models`. A request's `model` is
 `NAME@ALIAS` or `NAME:VERSION` (default `NAME@champion`), resolved at most `serve.reload_seconds` ago.
 Every answer is stored as a production record of the exact version that gave it before the response
-leaves; the completion's `id` is the record id. Errors have OpenAI's shape
+leaves (for a stream, before `[DONE]`); the completion's `id` is the record id. A stream sends text as
+it is generated; one its client cuts is stored with what was sent, `finish_reason: "cancelled"`. Errors have OpenAI's shape
 (`{"error": {"message", "type", "param", "code"}}`); options we do not support are refused naming the
-`param`, unknown harmless fields are ignored. Every call needs `Authorization: Bearer TOKEN`.
+`param`, unknown harmless fields are ignored. Every call needs `Authorization: Bearer TOKEN` of a token
+with scope `serve` (no token or an unknown one: 401; another scope: 403).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
@@ -24,10 +27,13 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from tuneloop.errors import NotFound, Overloaded, TuneloopError
-from tuneloop.names import Alias, ModelRef
+from tuneloop.errors import Overloaded, TuneloopError
 from tuneloop.serving.batcher import Answer, Ask
+from tuneloop.serving.capture import Recorder, records_of
+from tuneloop.serving.capture import Request as Captured
 from tuneloop.serving.host import Host
+from tuneloop.serving.routing import RouteError, Router
+from tuneloop.store.tokens import Scope
 
 # Options the OpenAI API has and this server does not: refused by name rather than silently ignored.
 _UNSUPPORTED = {
@@ -109,8 +115,17 @@ class CompletionRequest(_Generation):
     prompt: str | list[str]
 
 
+@dataclass
+class _Plan:
+    """A validated request, routed: what to generate, on which version, and what to record."""
+
+    version: int
+    asks: list[Ask]
+    prompts: list[str]  # as records store them: for chat, the user turns joined
+    captured: Captured
+
+
 def create_app(settings: Any, name: str, host: Host | None = None) -> FastAPI:
-    from tuneloop.monitors.ingestion.api import AcceptedTokens
     from tuneloop.registry.client import RegistryClient
     from tuneloop.registry.resolver import ModelResolver
     from tuneloop.serving.versions import fetch
@@ -118,7 +133,6 @@ def create_app(settings: Any, name: str, host: Host | None = None) -> FastAPI:
     rc = RegistryClient(settings)
     rc.registered_model(name)  # fail at start, not at the first request, when NAME is not registered
     limits = settings.serve
-    resolver = ModelResolver(rc.mlflow, ttl_seconds=limits.reload_seconds)
     host = host or Host(
         lambda n, v: fetch(rc, n, v),
         max_versions=limits.max_versions,
@@ -127,11 +141,13 @@ def create_app(settings: Any, name: str, host: Host | None = None) -> FastAPI:
         max_queue=limits.max_queue,
         quantized_bases=limits.quantized_bases,
     )
-    accepted = AcceptedTokens(rc.stores, [t.get_secret_value() for t in settings.ingest.tokens])
-    holders: dict[str, int] = {}  # alias -> the version it last resolved to: kept loaded
+    resolver = ModelResolver(rc.mlflow, ttl_seconds=limits.reload_seconds)
+    router = Router(name, resolver, host, rc.stores, settings.scrub)
+    recorder = Recorder(rc.stores.records, enabled=limits.capture)
+    accepted = rc.stores.tokens.accepted(settings.configured_tokens())
 
     app = FastAPI(title=f"tuneloop serve {name}", version="1", docs_url=None, redoc_url=None)
-    app.state.host = host  # whoever runs the app closes it (`tuneloop serve` does, after uvicorn stops)
+    app.state.host, app.state.recorder = host, recorder  # whoever runs the app closes them (`tuneloop serve` does)
 
     @app.exception_handler(ApiError)
     async def _on_api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -140,16 +156,26 @@ def create_app(settings: Any, name: str, host: Host | None = None) -> FastAPI:
     @app.exception_handler(TuneloopError)
     async def _on_error(request: Request, exc: TuneloopError) -> JSONResponse:
         status = 429 if isinstance(exc, Overloaded) else exc.http_status
-        return ApiError(status, rc.settings.scrub(exc.message), code=exc.code).response()
+        param = "model" if isinstance(exc, RouteError) else None
+        return ApiError(status, rc.settings.scrub(exc.message), param=param, code=exc.code).response()
 
     def authorise(request: Request) -> None:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise ApiError(401, "missing bearer token: send `Authorization: Bearer TOKEN`", code="missing_token")
-        if not accepted.valid(token.strip()):
+        scope = accepted.scope_of(token.strip())
+        if scope is None:
             raise ApiError(401, "invalid or revoked token", code="invalid_api_key")
+        if scope is not Scope.SERVE:
+            raise ApiError(
+                403,
+                f"this token has scope `{scope}`; calling the model needs scope `serve` "
+                "(`tuneloop tokens create NAME --scope serve`)",
+                code="insufficient_scope",
+            )
 
     async def parse(request: Request, model: type[_Generation]) -> Any:
+        authorise(request)
         try:
             payload = json.loads(await request.body())
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -166,34 +192,15 @@ def create_app(settings: Any, name: str, host: Host | None = None) -> FastAPI:
             where = ".".join(str(p) for p in first["loc"]) or None
             raise ApiError(400, f"`{where}`: {first['msg']}", param=where, code="invalid_value") from None
 
-    def resolve(ref: str | None) -> tuple[int, str | None]:
-        ref = ref or f"{name}@{Alias.CHAMPION}"
-        try:
-            parsed = ModelRef.parse(ref)
-        except TuneloopError:
-            raise ApiError(404, f"`{ref}` is not NAME@ALIAS or NAME:VERSION", param="model", code="model_not_found")
-        if parsed.name != name:
-            raise ApiError(
-                404, f"this server serves `{name}`, not `{parsed.name}`", param="model", code="model_not_found"
-            )
-        try:
-            _, version, alias = resolver.resolve(ref)
-        except NotFound as exc:
-            raise ApiError(404, exc.message, param="model", code="model_not_found") from None
-        if alias:
-            holders[alias] = version
-        return version, alias
-
-    async def answer(request: Request, body: _Generation, prompts: list[str], chat: list[Message] | None) -> Any:
-        authorise(request)
-        version, alias = await run_in_threadpool(resolve, body.model)  # MLflow calls stay off the event loop
-        keep = {(name, v) for v in holders.values()}
-        servable = await run_in_threadpool(host.load, name, version, keep=keep)
+    def plan(body: _Generation, prompts: list[str], chat: list[Message] | None) -> _Plan:
+        """Route and check a request (MLflow calls and loads: run it off the event loop)."""
+        version, alias, servable = router.route(body.model)
         tokenizer = host.tokenizer(servable)
-        if chat is not None:
+        messages = [{"role": m.role, "content": m.text()} for m in chat] if chat is not None else None
+        if messages is not None:
             from tuneloop.pipelines.evaluation.generation import render_prompt
 
-            prompts = [render_prompt(tokenizer, [{"role": m.role, "content": m.text()} for m in chat])]
+            prompts = [render_prompt(tokenizer, messages)]
         wanted = body.max_completion_tokens or body.max_tokens or limits.max_tokens
         if wanted > limits.max_tokens:
             param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
@@ -207,28 +214,104 @@ def create_app(settings: Any, name: str, host: Host | None = None) -> FastAPI:
                     param="messages" if chat is not None else "prompt",
                     code="context_length_exceeded",
                 )
+        stop = body.stops()
         asks = [
-            Ask(
-                p,
-                max_new_tokens=wanted,
-                temperature=body.temperature,
-                top_p=body.top_p,
-                seed=body.seed,
-                stop=body.stops(),
-            )
+            Ask(p, max_new_tokens=wanted, temperature=body.temperature, top_p=body.top_p, seed=body.seed, stop=stop)
             for p in prompts
         ]
-        started = time.perf_counter()
-        # submitting may wait for another version's load (the host's lock): never on the event loop
-        futures = [await run_in_threadpool(host.submit, name, version, a, keep=keep) for a in asks]
-        answers: list[Answer] = [await asyncio.wrap_future(f) for f in futures]
-        latency_ms = (time.perf_counter() - started) * 1000
-        record_ids = [f"cmpl-{uuid.uuid4().hex}" for _ in answers]
         from tuneloop.rowfiles import chat_prompt
 
-        users = [chat_prompt([m.model_dump() | {"content": m.text()} for m in chat])] if chat is not None else prompts
-        await run_in_threadpool(_capture, rc, name, version, alias, record_ids, users, answers, latency_ms, body, chat)
-        return version, record_ids, answers
+        sampling = {"temperature": body.temperature, "top_p": body.top_p, "seed": body.seed, "stop": body.stop}
+        captured = Captured(name, version, alias, sampling, body.user, messages)
+        return _Plan(version, asks, [chat_prompt(messages)] if messages is not None else prompts, captured)
+
+    async def answered(request: Request, plan_: _Plan) -> tuple[list[str], list[Answer]]:
+        """Generate, then store the answers; a client that leaves first cancels its rows (nothing stored)."""
+        started, leave = time.perf_counter(), threading.Event()
+        keep = router.keep()
+
+        def submit_all() -> list[Future[Answer]]:  # may wait for another version's load: not on the event loop
+            try:
+                return [host.submit(name, plan_.version, a, keep=keep, cancel=leave) for a in plan_.asks]
+            except Overloaded:
+                leave.set()  # the prompts already queued are not generated for nobody
+                raise
+
+        futures = [asyncio.wrap_future(f) for f in await run_in_threadpool(submit_all)]
+        pending = set(futures)
+        while pending:
+            _, pending = await asyncio.wait(pending, timeout=0.25)
+            if pending and await request.is_disconnected():
+                leave.set()
+        answers = [f.result() for f in futures]
+        if leave.is_set():
+            raise ApiError(499, "the client closed the request", code="client_closed")
+        ids = [f"cmpl-{uuid.uuid4().hex}" for _ in answers]
+        rows = records_of(plan_.captured, ids, plan_.prompts, answers, (time.perf_counter() - started) * 1000)
+        await asyncio.wrap_future(recorder.write(rows))
+        return ids, answers
+
+    async def stream(plan_: _Plan, with_usage: bool) -> StreamingResponse:
+        """Server-sent events as the answer is generated; its record is durable before `[DONE]`."""
+        loop, leave, pieces = asyncio.get_running_loop(), threading.Event(), asyncio.Queue[str | None]()
+        record_id, served, created = f"cmpl-{uuid.uuid4().hex}", f"{name}:{plan_.version}", int(time.time())
+        started = time.perf_counter()
+
+        def push(piece: str) -> None:  # on the model thread
+            loop.call_soon_threadsafe(pieces.put_nowait, piece)
+
+        future = await run_in_threadpool(
+            lambda: host.submit(name, plan_.version, plan_.asks[0], keep=router.keep(), on_text=push, cancel=leave)
+        )
+        future.add_done_callback(lambda _: loop.call_soon_threadsafe(pieces.put_nowait, None))
+
+        def chunk(delta: dict[str, Any] | None, finish: str | None, **extra: Any) -> str:
+            choices = (
+                [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}] if delta is not None else []
+            )
+            document = {"id": record_id, "object": "chat.completion.chunk", "created": created, "model": served}
+            return f"data: {json.dumps(document | {'choices': choices} | extra)}\n\n"
+
+        def record(answer: Answer) -> Future[None]:
+            latency_ms = (time.perf_counter() - started) * 1000
+            return recorder.write(records_of(plan_.captured, [record_id], plan_.prompts, [answer], latency_ms))
+
+        def store_cut(sent: str) -> None:
+            def after(done: Future[Answer]) -> None:
+                if not done.exception():
+                    answer = done.result()
+                    record(Answer(sent, answer.prompt_tokens, answer.completion_tokens, "cancelled", answer.batch_rows))
+
+            future.add_done_callback(after)
+
+        async def events() -> AsyncIterator[str]:
+            sent, finished = [], False
+            try:
+                yield chunk({"role": "assistant", "content": ""}, None)
+                while (piece := await pieces.get()) is not None:
+                    sent.append(piece)
+                    yield chunk({"content": piece}, None)
+                error = future.exception()
+                if error is not None:
+                    finished = True
+                    message = rc.settings.scrub(getattr(error, "message", str(error)))
+                    yield f"data: {json.dumps({'error': {'message': message, 'type': 'server_error'}})}\n\n"
+                    return
+                answer = future.result()
+                if rest := answer.text[len("".join(sent)) :]:  # held back until the end (a stop string's start)
+                    yield chunk({"content": rest}, None)
+                await asyncio.wrap_future(record(answer))
+                finished = True
+                yield chunk({}, answer.finish_reason)
+                if with_usage:
+                    yield chunk(None, None, usage=_usage([answer]))
+                yield "data: [DONE]\n\n"
+            finally:
+                if not finished:  # the client went away: end its row, store what it received
+                    leave.set()
+                    store_cut("".join(sent))
+
+        return StreamingResponse(events(), media_type="text/event-stream")
 
     @app.get("/health")
     def health() -> dict[str, Any]:
@@ -247,13 +330,10 @@ def create_app(settings: Any, name: str, host: Host | None = None) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
         body = await parse(request, ChatRequest)
-        version, (record_id,), (result,) = await answer(request, body, [], body.messages)
-        served, created = f"{name}:{version}", int(time.time())
-        usage = _usage([result])
+        plan_ = await run_in_threadpool(plan, body, [], body.messages)
         if body.stream:
-            return _stream(
-                record_id, served, created, result, usage, bool((body.stream_options or {}).get("include_usage"))
-            )
+            return await stream(plan_, bool((body.stream_options or {}).get("include_usage")))
+        (record_id,), (result,) = await answered(request, plan_)
         choice = {
             "index": 0,
             "message": {"role": "assistant", "content": result.text},
@@ -263,10 +343,10 @@ def create_app(settings: Any, name: str, host: Host | None = None) -> FastAPI:
         return {
             "id": record_id,
             "object": "chat.completion",
-            "created": created,
-            "model": served,
+            "created": int(time.time()),
+            "model": f"{name}:{plan_.version}",
             "choices": [choice],
-            "usage": usage,
+            "usage": _usage([result]),
         }
 
     @app.post("/v1/completions")
@@ -279,7 +359,8 @@ def create_app(settings: Any, name: str, host: Host | None = None) -> FastAPI:
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if not prompts:
             raise ApiError(400, "`prompt` is empty", param="prompt")
-        version, record_ids, results = await answer(request, body, prompts, None)
+        plan_ = await run_in_threadpool(plan, body, prompts, None)
+        record_ids, results = await answered(request, plan_)
         choices = [
             {"index": i, "text": r.text, "finish_reason": r.finish_reason, "logprobs": None}
             for i, r in enumerate(results)
@@ -288,7 +369,7 @@ def create_app(settings: Any, name: str, host: Host | None = None) -> FastAPI:
             "id": record_ids[0],
             "object": "text_completion",
             "created": int(time.time()),
-            "model": f"{name}:{version}",
+            "model": f"{name}:{plan_.version}",
             "choices": choices,
             "usage": _usage(results),
         }
@@ -299,79 +380,3 @@ def create_app(settings: Any, name: str, host: Host | None = None) -> FastAPI:
 def _usage(answers: list[Answer]) -> dict[str, int]:
     prompt, completion = sum(a.prompt_tokens for a in answers), sum(a.completion_tokens for a in answers)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-
-
-def _stream(
-    record_id: str, model: str, created: int, result: Answer, usage: dict[str, int], with_usage: bool
-) -> StreamingResponse:
-    """Server-sent events of one finished answer (the text comes as one chunk: the batcher hands back
-    whole answers)."""
-
-    def chunk(delta: dict[str, Any] | None, finish: str | None, **extra: Any) -> str:
-        choices = [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}] if delta is not None else []
-        body = {
-            "id": record_id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "choices": choices,
-            **extra,
-        }
-        return f"data: {json.dumps(body)}\n\n"
-
-    async def events() -> AsyncIterator[str]:
-        yield chunk({"role": "assistant", "content": ""}, None)
-        if result.text:
-            yield chunk({"content": result.text}, None)
-        yield chunk({}, result.finish_reason)
-        if with_usage:
-            yield chunk(None, None, usage=usage)
-        yield "data: [DONE]\n\n"
-
-    return StreamingResponse(events(), media_type="text/event-stream")
-
-
-def _capture(
-    rc: Any,
-    name: str,
-    version: int,
-    alias: str | None,
-    record_ids: list[str],
-    prompts: list[str],
-    answers: list[Answer],
-    latency_ms: float,
-    body: _Generation,
-    chat: list[Message] | None,
-) -> None:
-    """Store each answer as a production record of the version that gave it (one transaction)."""
-    from tuneloop.store.records import NewRecord
-
-    now = datetime.now(UTC)
-    sampling = {"temperature": body.temperature, "top_p": body.top_p, "seed": body.seed, "stop": body.stop}
-    user = hashlib.sha256(body.user.encode()).hexdigest()[:16] if body.user else None
-    messages = [m.model_dump() for m in chat] if chat is not None else None
-    request = {"kind": "live", "messages": messages, "sampling": sampling, "user": user}
-    batch: dict[str, Any] = {
-        "model": name,
-        "version": version,
-        "alias": alias,
-        "ts": now,
-        "received_at": now,
-        "latency_ms": latency_ms,
-    }
-    rows = [
-        NewRecord(
-            id=record_id,
-            prompt=prompt,
-            output=answer.text,
-            prediction=answer.text,
-            meta=request
-            | {
-                "usage": {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens},
-                "finish_reason": answer.finish_reason,
-            },
-            **batch,
-        )
-        for record_id, prompt, answer in zip(record_ids, prompts, answers, strict=True)
-    ]
-    rc.stores.records.add_batch(rows, [], now)

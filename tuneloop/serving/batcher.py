@@ -5,14 +5,19 @@ the batcher's thread. Requests collected within `collect_ms` (up to `max_batch`)
 LoRA versions share a batch through PEFT's `adapter_names` (one name per row, `__base__` for none).
 Rows only share a `generate` call when their sampling is the same: every greedy row together, sampled
 rows by (temperature, top_p, seed). Greedy rows get the tokens a batch-of-one `generate` gives them.
+
+While a batch runs, `_Rows` (a stopping criterion, called once per generated token) follows each row:
+it hands a streaming caller each new piece of text, and ends a row early — generation goes on for the
+others — when it reaches a stop string, its own `max_new_tokens`, or its caller went away.
 """
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +25,7 @@ from typing import Any
 from tuneloop.errors import Overloaded
 
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
+COLLECT_GROWTH = 20  # a batch collects for at most this many collection windows
 
 
 @dataclass(frozen=True)
@@ -44,7 +50,7 @@ class Answer:
     text: str
     prompt_tokens: int
     completion_tokens: int
-    finish_reason: str  # "stop": end of sequence or a stop string; "length": max_new_tokens reached
+    finish_reason: str  # "stop": end of sequence or stop string; "length": max_new_tokens; "cancelled": caller left
     batch_rows: int  # rows generated in the same call
 
 
@@ -52,6 +58,8 @@ class Answer:
 class _Job:
     ask: Ask
     future: Future[Answer]
+    on_text: Callable[[str], None] | None = None  # called on the model thread with each new piece of text
+    cancel: threading.Event | None = None  # set when the caller went away: the row ends as "cancelled"
 
 
 @dataclass
@@ -79,8 +87,16 @@ class Batcher:
         self._thread.start()
 
     # --- what other threads call ---------------------------------------------------------------
-    def submit(self, ask: Ask) -> Future[Answer]:
-        job = _Job(ask, Future())
+    def submit(
+        self,
+        ask: Ask,
+        *,
+        on_text: Callable[[str], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Future[Answer]:
+        """Queue `ask`. `on_text` receives the answer's text piece by piece as it is generated (the pieces
+        join to the answer's text); setting `cancel` ends it early with what was generated so far."""
+        job = _Job(ask, Future(), on_text, cancel)
         try:
             self._queue.put_nowait(job)
         except queue.Full:
@@ -118,8 +134,12 @@ class Batcher:
                 _settle(after.future, after.run)
 
     def _collect(self, first: _Job) -> tuple[list[_Job], Any]:
-        """Jobs that arrive within the collection window, and the control item that ended it early."""
-        batch, deadline = [first], time.monotonic() + self.collect_s
+        """Jobs that arrive within the collection window, and the control item that ended it early.
+
+        The window closes `collect_ms` after the latest arrival (at most `COLLECT_GROWTH` windows in
+        all): requests sent together but parsed one after another still share a batch."""
+        batch, now = [first], time.monotonic()
+        deadline, cap = now + self.collect_s, now + self.collect_s * COLLECT_GROWTH
         while len(batch) < self.max_batch:
             try:
                 item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
@@ -128,14 +148,18 @@ class Batcher:
             if not isinstance(item, _Job):
                 return batch, item
             batch.append(item)
+            deadline = min(cap, time.monotonic() + self.collect_s)
         return batch, None
 
     def _generate(self, jobs: list[_Job]) -> None:
         live = [j for j in jobs if j.future.set_running_or_notify_cancel()]
+        for job in [j for j in live if j.cancel is not None and j.cancel.is_set()]:
+            live.remove(job)  # its caller went away while it waited
+            job.future.set_result(Answer("", 0, 0, "cancelled", 0))
         if not live:
             return
         try:
-            answers = self._answer([j.ask for j in live])
+            answers = self._answer(live)
         except Exception as error:  # noqa: BLE001 - the callers get the error; the thread serves on
             for job in live:
                 job.future.set_exception(error)
@@ -143,10 +167,27 @@ class Batcher:
         for job, answer in zip(live, answers, strict=True):
             job.future.set_result(answer)
 
-    def _answer(self, asks: list[Ask]) -> list[Answer]:
-        import torch
+    @contextlib.contextmanager
+    def _adapters(self, sampling: dict[str, Any], names: list[str]) -> Iterator[None]:
+        """Which adapter each row runs on. One adapter for every row: made active, the plain forward
+        (PEFT's per-row path costs ~10% even then); several: one name per row (`adapter_names`)."""
+        if not hasattr(self.model, "peft_config"):
+            yield
+        elif len(set(names)) > 1:
+            sampling["adapter_names"] = names
+            yield
+        elif names[0] == BASE:
+            with self.model.disable_adapter():
+                yield
+        else:
+            self.model.set_adapter(names[0])
+            yield
 
-        tokenizer = self.tokenizer
+    def _answer(self, jobs: list[_Job]) -> list[Answer]:
+        import torch
+        from transformers import StoppingCriteriaList
+
+        tokenizer, asks = self.tokenizer, [j.ask for j in jobs]
         batch = tokenizer([a.prompt for a in asks], return_tensors="pt", padding=True, add_special_tokens=False)
         batch = batch.to(next(self.model.parameters()).device)
         first = asks[0]
@@ -155,39 +196,86 @@ class Batcher:
             sampling = {"do_sample": True, "temperature": first.temperature, "top_p": first.top_p}
             if first.seed is not None:
                 torch.manual_seed(first.seed)
-        if hasattr(self.model, "peft_config"):
-            sampling["adapter_names"] = [a.adapter or BASE for a in asks]
-        with torch.inference_mode():
-            out = self.model.generate(
+        rows = _Rows(tokenizer, jobs)
+        with torch.inference_mode(), self._adapters(sampling, [a.adapter or BASE for a in asks]):
+            self.model.generate(
                 **batch,
                 max_new_tokens=max(a.max_new_tokens for a in asks),
                 pad_token_id=tokenizer.pad_token_id,
+                stopping_criteria=StoppingCriteriaList([rows]),
                 **sampling,
             )
-        new = out[:, batch["input_ids"].shape[1] :]
-        return [
-            _finish(
-                tokenizer,
-                ask,
-                new[row].tolist()[: ask.max_new_tokens],
-                int(batch["attention_mask"][row].sum()),
-                len(asks),
-            )
-            for row, ask in enumerate(asks)
-        ]
+        prompt_tokens = batch["attention_mask"].sum(dim=1).tolist()
+        return [rows.answer(i, int(prompt_tokens[i])) for i in range(len(jobs))]
 
 
-def _finish(tokenizer: Any, ask: Ask, tokens: list[int], prompt_tokens: int, rows: int) -> Answer:
-    """The row's text up to its end of sequence or first stop string, and why it ended."""
-    finish, generated = "length", len(tokens)
-    if tokenizer.eos_token_id in tokens:
-        end = tokens.index(tokenizer.eos_token_id)
-        tokens, finish, generated = tokens[:end], "stop", end + 1  # the end-of-sequence token was generated too
-    text = tokenizer.decode(tokens, skip_special_tokens=True)
-    cuts = [text.index(s) for s in ask.stop if s in text]
-    if cuts:
-        text, finish = text[: min(cuts)], "stop"
-    return Answer(text.strip(), prompt_tokens, generated, finish, rows)
+class _Row:
+    def __init__(self, job: _Job) -> None:
+        self.job = job
+        self.tokens: list[int] = []
+        self.text = ""  # the answer so far, as far as it can be sent
+        self.sent = ""  # what a streaming caller has received
+        self.finish: str | None = None  # why the row ended, once it has
+        self.generated = 0  # tokens generated, the end-of-sequence token included
+
+
+class _Rows:
+    """A stopping criterion following each row of one `generate` call (see the module's docstring)."""
+
+    def __init__(self, tokenizer: Any, jobs: list[_Job]) -> None:
+        self.tokenizer, self.rows = tokenizer, [_Row(j) for j in jobs]
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        for row, token in zip(self.rows, input_ids[:, -1].tolist(), strict=True):
+            if row.finish is None:
+                self._advance(row, int(token))
+        return torch.tensor([row.finish is not None for row in self.rows], device=input_ids.device)
+
+    def _advance(self, row: _Row, token: int) -> None:
+        ask = row.job.ask
+        row.generated += 1
+        if token == self.tokenizer.eos_token_id:
+            row.finish = "stop"
+        else:
+            row.tokens.append(token)
+            if len(row.tokens) >= ask.max_new_tokens:
+                row.finish = "length"
+        if row.finish is None and row.job.cancel is not None and row.job.cancel.is_set():
+            row.finish = "cancelled"
+        if ask.stop or row.job.on_text is not None or row.finish is not None:
+            self._read(row)
+
+    def _read(self, row: _Row) -> None:
+        text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
+        cuts = [text.index(s) for s in row.job.ask.stop if s in text]
+        if cuts:
+            text, row.finish = text[: min(cuts)], "stop"
+        if row.finish == "cancelled":
+            return  # what the caller received is what was answered
+        row.text = text.strip() if row.finish is not None else _safe_prefix(text, row.job.ask.stop)
+        if row.job.on_text is not None and row.text.startswith(row.sent) and len(row.text) > len(row.sent):
+            piece, row.sent = row.text[len(row.sent) :], row.text
+            row.job.on_text(piece)
+
+    def answer(self, index: int, prompt_tokens: int) -> Answer:
+        row = self.rows[index]
+        if row.finish is None:  # generate ended before the row did (the batch's length limit)
+            row.finish = "length"
+            self._read(row)
+        text = row.sent if row.finish == "cancelled" else row.text
+        return Answer(text, prompt_tokens, row.generated, row.finish, len(self.rows))
+
+
+def _safe_prefix(text: str, stops: tuple[str, ...]) -> str:
+    """What of a running row's text can be sent without being taken back: no leading or trailing
+    whitespace (the answer is stripped), no half character, no tail that may begin a stop string."""
+    text = text.strip().removesuffix("\ufffd").rstrip()
+    for k in range(min(len(text), max((len(s) for s in stops), default=1) - 1), 0, -1):
+        if any(s.startswith(text[-k:]) for s in stops):
+            return text[:-k].rstrip()
+    return text
 
 
 def _by_sampling(jobs: list[_Job]) -> list[list[_Job]]:

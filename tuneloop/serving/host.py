@@ -1,7 +1,9 @@
 """The loaded models of one server: a base loaded once per quantization, the LoRA versions being served
 attached to it under their own names, other versions (prompt tuning, full models) on models of their own.
 Each loaded model has one `Batcher`, the only thread that touches it. At most `max_versions` versions
-stay attached; the least recently used leaves first, never one an alias being served points to."""
+stay attached; the least recently used leaves first, never one an alias being served points to, never
+one with requests still running. A version an alias moved away from is `retire`d: it leaves once its
+running requests are done (drained), unless someone asks for it again first."""
 
 from __future__ import annotations
 
@@ -39,30 +41,69 @@ class Host:
         self._models: dict[str, _Loaded] = {}  # base key -> loaded model
         self._versions: OrderedDict[tuple[str, int], Servable] = OrderedDict()  # least recently used first
         self._lock = threading.Lock()  # loads happen one at a time; generation never waits on it
+        self._running: dict[tuple[str, int], int] = {}  # requests submitted and not yet answered, per version
+        self._counting = threading.Lock()
+        self._retired: set[tuple[str, int]] = set()
 
     def submit(
-        self, name: str, version: int, ask: Ask, *, keep: AbstractSet[tuple[str, int]] = frozenset()
+        self,
+        name: str,
+        version: int,
+        ask: Ask,
+        *,
+        keep: AbstractSet[tuple[str, int]] = frozenset(),
+        on_text: Callable[[str], None] | None = None,
+        cancel: threading.Event | None = None,
     ) -> Future[Answer]:
         """Generate `ask` on `name` v`version`, loading it first if needed. `keep`: versions that must
-        stay loaded (what the served aliases hold)."""
-        servable = self.load(name, version, keep=keep)
-        loaded = self._models[servable.base_key]
-        adapter = servable.adapter_name if servable.adapter_folder is not None and servable.shares_base else None
-        return loaded.batcher.submit(replace(ask, adapter=adapter))
-
-    def load(self, name: str, version: int, *, keep: AbstractSet[tuple[str, int]] = frozenset()) -> Servable:
+        stay loaded (what the served aliases hold); `on_text` and `cancel` as `Batcher.submit` takes them."""
         key = (name, version)
         with self._lock:
-            if key in self._versions:
-                self._versions.move_to_end(key)
-                return self._versions[key]
-            servable = self._fetch(name, version)
-            if not self.quantized_bases and servable.quantization:
-                servable = replace(servable, quantization={})
-            self._attach(servable)
-            self._versions[key] = servable
-            self._evict(keep | {key})
-            return servable
+            servable = self._load(key, keep)
+            batcher = self._models[servable.base_key].batcher
+            adapter = servable.adapter_name if servable.adapter_folder is not None and servable.shares_base else None
+            future = batcher.submit(replace(ask, adapter=adapter), on_text=on_text, cancel=cancel)
+            with self._counting:
+                self._running[key] = self._running.get(key, 0) + 1
+        future.add_done_callback(lambda _: self._finished(key))
+        return future
+
+    def load(self, name: str, version: int, *, keep: AbstractSet[tuple[str, int]] = frozenset()) -> Servable:
+        with self._lock:
+            return self._load((name, version), keep)
+
+    def retire(self, name: str, version: int) -> None:
+        """No alias holds `name` v`version` any more: release it once its running requests are done."""
+        with self._lock:
+            if (name, version) in self._versions:
+                self._retired.add((name, version))
+
+    def running(self, name: str, version: int) -> int:
+        with self._counting:
+            return self._running.get((name, version), 0)
+
+    def _finished(self, key: tuple[str, int]) -> None:
+        with self._counting:  # not the load lock: this runs on a model thread a load may be waiting on
+            self._running[key] -= 1
+
+    def _load(self, key: tuple[str, int], keep: AbstractSet[tuple[str, int]]) -> Servable:
+        self._retired.discard(key)  # asked for again: it stays
+        self._release_drained(keep)
+        if key in self._versions:
+            self._versions.move_to_end(key)
+            return self._versions[key]
+        servable = self._fetch(*key)
+        if not self.quantized_bases and servable.quantization:
+            servable = replace(servable, quantization={})
+        self._attach(servable)
+        self._versions[key] = servable
+        self._evict(keep | {key})
+        return servable
+
+    def _release_drained(self, keep: AbstractSet[tuple[str, int]]) -> None:
+        for key in [k for k in self._retired if k not in keep and not self._running.get(k)]:
+            self._retired.discard(key)
+            self._drop(key)
 
     def tokenizer(self, servable: Servable) -> Any:
         return self._models[servable.base_key].batcher.tokenizer
@@ -101,19 +142,22 @@ class Host:
 
     def _evict(self, keep: AbstractSet[tuple[str, int]]) -> None:
         while len(self._versions) > self.max_versions:
-            victim = next((k for k in self._versions if k not in keep), None)
+            victim = next((k for k in self._versions if k not in keep and not self._running.get(k)), None)
             if victim is None:
-                return  # everything loaded is held by an alias: over the bound rather than refuse one
-            servable = self._versions.pop(victim)
-            loaded = self._models[servable.base_key]
-            if servable.adapter_folder is not None and servable.shares_base:
-                name = servable.adapter_name
-                batcher = loaded.batcher
-                batcher.on_model_thread(lambda: _delete_adapter(batcher.model, name)).result()  # noqa: B023 - run now
-                loaded.versions.discard(name)
-            if not servable.shares_base or not (loaded.versions or _has_base_version(self._versions, servable)):
-                loaded.batcher.close()
-                del self._models[servable.base_key]
+                return  # everything loaded is held by an alias or busy: over the bound rather than refuse one
+            self._drop(victim)
+
+    def _drop(self, key: tuple[str, int]) -> None:
+        servable = self._versions.pop(key)
+        loaded = self._models[servable.base_key]
+        if servable.adapter_folder is not None and servable.shares_base:
+            name = servable.adapter_name
+            batcher = loaded.batcher
+            batcher.on_model_thread(lambda: _delete_adapter(batcher.model, name)).result()
+            loaded.versions.discard(name)
+        if not servable.shares_base or not (loaded.versions or _has_base_version(self._versions, servable)):
+            loaded.batcher.close()
+            del self._models[servable.base_key]
 
 
 def _delete_adapter(model: Any, name: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
@@ -30,6 +31,14 @@ class NewRecord:
     latency_ms: float | None
     meta: dict[str, Any]
     received_at: datetime
+    kind: str = "live"  # RecordKind
+    pair_of: str | None = None  # a shadow answer: the id of the live record it shadows
+
+
+class RecordKind(StrEnum):
+    LIVE = "live"  # an answer sent to a caller
+    CANARY = "canary"  # a challenger's answer sent to a caller
+    SHADOW = "shadow"  # a challenger's answer to a live request, sent to nobody
 
 
 @dataclass(frozen=True)
@@ -67,7 +76,7 @@ class ReviewedRecord:
 class CapturedRecord(NewRecord):
     """A stored record as written, with its arrival order."""
 
-    seq: int
+    seq: int = field(kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -149,6 +158,16 @@ class RecordStore(Store):
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(records).where(records.c.id == record_id)).first()
         return entity(CapturedRecord, row) if row else None
+
+    def recent(self, *, model: str | None = None, kind: str | None = None, limit: int = 20) -> list[CapturedRecord]:
+        """The newest `limit` records (of `model`, of `kind`), newest first."""
+        query = sa.select(records)
+        if model:
+            query = query.where(records.c.model == model)
+        if kind:
+            query = query.where(records.c.kind == kind)
+        with self.engine.connect() as conn:
+            return [entity(CapturedRecord, r) for r in conn.execute(query.order_by(records.c.seq.desc()).limit(limit))]
 
     def count(self, model: str | None = None) -> int:
         query = sa.select(sa.func.count()).select_from(records)

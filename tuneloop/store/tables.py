@@ -58,6 +58,11 @@ records = sa.Table(
     sa.Index("ix_records_model_ts", "model", "ts"),
     sa.Index("ix_records_model_seq", "model", "seq"),  # count windows read a model's records in arrival order (0006)
 )
+# What a record is (migration 0008): `live` an answer sent to a caller (what outside servers POST), `canary`
+# a challenger's answer sent to a caller, `shadow` a challenger's answer nobody saw, with `pair_of` the id
+# of the live record it shadows.
+records.append_column(sa.Column("kind", sa.String(20), nullable=False, server_default="live"))
+records.append_column(sa.Column("pair_of", sa.String(64), nullable=True))
 
 # Feedback may come with the record or later, by record id; the latest feedback wins.
 feedback = sa.Table(
@@ -70,7 +75,8 @@ feedback = sa.Table(
     sa.Column("at", UTCDateTime(), nullable=False),
 )
 
-# Write tokens of the ingest API, stored as sha256 hashes only.
+# Bearer tokens, stored as sha256 hashes only, each with the one scope it grants (migration 0008:
+# `serve` calls the OpenAI-compatible API, `ingest` posts records and feedback; older tokens are `ingest`).
 ingest_tokens = sa.Table(
     "ingest_tokens",
     metadata,
@@ -79,6 +85,7 @@ ingest_tokens = sa.Table(
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("revoked_at", UTCDateTime(), nullable=True),
 )
+ingest_tokens.append_column(sa.Column("scope", sa.String(20), nullable=False, server_default="ingest"))
 
 # Idempotency keys of acknowledged requests: a retry gets the stored answer and stores nothing again.
 ingest_requests = sa.Table(

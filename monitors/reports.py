@@ -97,7 +97,7 @@ def evidently_html(
 def _dataset(records: list[Record]) -> Any:
     import pandas as pd
     from evidently import DataDefinition, Dataset
-    from evidently.descriptors import NonLetterCharacterPercentage, TextLength, WordCount
+    from evidently.descriptors import CustomColumnDescriptor, TextLength, WordCount
 
     frame = pd.DataFrame({"prompt": [r.prompt for r in records], "output": [r.output for r in records]})
     categorical = []
@@ -111,10 +111,22 @@ def _dataset(records: list[Record]) -> Any:
         descriptors += [
             TextLength(column, alias=f"{column} length"),
             WordCount(column, alias=f"{column} words"),
-            NonLetterCharacterPercentage(column, alias=f"{column} non-letter %"),
+            CustomColumnDescriptor(column, non_letter_percent, alias=f"{column} non-letter %"),
         ]
     definition = DataDefinition(text_columns=list(TEXT_COLUMNS), categorical_columns=categorical)
     return Dataset.from_pandas(frame, data_definition=definition, descriptors=descriptors)
+
+
+def non_letter_percent(column: Any) -> Any:
+    """The share of characters that are neither letters nor spaces, in percent; 0 for an empty text.
+    (Evidently's `NonLetterCharacterPercentage` divides by zero on an empty answer, which a model may give.)"""
+    from evidently.core.datasets import DatasetColumn
+
+    def percent(text: Any) -> float:
+        text = text if isinstance(text, str) else ""
+        return 100 * sum(not ch.isalpha() and ch != " " for ch in text) / len(text) if text else 0.0
+
+    return DatasetColumn("num", column.data.map(percent))
 
 
 def scores_plot(total: int, lowest_p: list[float | None], threshold: float) -> Any:

@@ -269,7 +269,7 @@ class _Judge:
             checks=stats,
         )
         assert self.row.mlflow_run_id is not None
-        _log(rc, spec, self.row.mlflow_run_id, step, result)
+        _log(rc, spec, self.row.mlflow_run_id, step, result, place.version)
         self.threshold = result.threshold
         out = {
             "monitor": spec.name,
@@ -471,7 +471,11 @@ def _describe(rc: RegistryClient, spec: MonitorSpec, run_id: str, digest: str, s
         rc.mlflow.set_tag(run_id, RunTag.monitor(key), value)
 
 
-def _log(rc: RegistryClient, spec: MonitorSpec, run_id: str, step: int, result: WindowResult) -> None:
+def _log(
+    rc: RegistryClient, spec: MonitorSpec, run_id: str, step: int, result: WindowResult, version: int | None
+) -> None:
+    """One window as metrics at its step; `version` (the version whose answers it held) lets the MLflow
+    UI's charts tell one champion's windows from the next one's."""
     from mlflow.entities import Metric
 
     now = int(datetime.now(UTC).timestamp() * 1000)
@@ -479,11 +483,19 @@ def _log(rc: RegistryClient, spec: MonitorSpec, run_id: str, step: int, result: 
         Metric("drift", float(result.status == "drift"), now, step),
         Metric("records", float(result.size), now, step),
     ]
+    if version is not None:
+        metrics.append(Metric("version", float(version), now, step))
     for c in result.checks:
         metrics += [Metric(f"p/{c.check}", c.p_value, now, step), Metric(f"stat/{c.check}", c.statistic, now, step)]
     rc.mlflow.log_batch(run_id, metrics=metrics)
     rc.mlflow.log_text(
         run_id,
-        reports.window_html(spec.name, spec.model or "", step, result, spec.alpha),
+        reports.window_html(
+            spec.name,
+            f"{spec.model or ''}" + (f" (answers of v{version})" if version is not None else ""),
+            step,
+            result,
+            spec.alpha,
+        ),
         f"reports/window-{step:05d}.html",
     )

@@ -247,13 +247,17 @@ def _convert_gguf(gguf_path: Path, target: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from tuneloop.quiet import without_bars
+
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
     try:
         folder, name = str(gguf_path.parent), gguf_path.name
         try:
             tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-            loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+            # "Converting and de-quantizing GGUF tensors...": transformers' own bar, beside tuneloop's stage line
+            with without_bars("transformers.modeling_gguf_pytorch_utils"):
+                loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
         except Exception as exc:  # noqa: BLE001
             raise InvalidInput(
                 f"`{gguf_path}` could not be read as a GGUF model: {type(exc).__name__}: {exc}",

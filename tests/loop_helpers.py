@@ -18,6 +18,7 @@ def tiny_config(tiny_model: Path):
         train_steps=6,
         retrain_steps=6,
         max_new_tokens=6,
+        answer_tokens=6,
         window=100,
         reference_windows=3,
         calm_windows=2,

@@ -107,3 +107,33 @@ def test_import_train_eval_from_an_empty_folder_write_only_home_and_cache_and_pr
     chatty = run_cli("-v", "eval", str(suite), "--model", "tiny-lora:1", env=env, cwd=work)
     assert chatty.returncode == 0, chatty.stderr[-3000:]
     assert any("Loading weights" in line for line in third_party_lines(chatty.stderr)), chatty.stderr[-3000:]
+
+
+def test_a_library_modules_own_bar_is_hidden_around_the_call(monkeypatch) -> None:
+    """transformers' GGUF conversion draws "Converting and de-quantizing GGUF tensors..." with a `tqdm`
+    it imported itself; `without_bars` hides that one bar, and `-v` lets it through."""
+    import io
+    import sys
+    import types
+
+    from tqdm import tqdm
+
+    from tuneloop.quiet import VERBOSE_ENV, without_bars
+
+    library = types.ModuleType("a_library")
+    library.tqdm = tqdm  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "a_library", library)
+
+    def draw() -> str:
+        out = io.StringIO()
+        for _ in library.tqdm(range(3), desc="converting", file=out):  # type: ignore[attr-defined]
+            pass
+        return out.getvalue()
+
+    monkeypatch.delenv(VERBOSE_ENV, raising=False)
+    with without_bars("a_library"):
+        assert draw() == ""
+    assert "converting" in draw()  # restored after the call
+    monkeypatch.setenv(VERBOSE_ENV, "1")
+    with without_bars("a_library"):
+        assert "converting" in draw()

@@ -46,9 +46,33 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _declare_monitor(rc, name: str, model: str) -> None:
+    rc.stores.monitors.save(name, {"name": name, "model": model}, "0" * 64, None, version=1, reference_source="file")
+
+
+def test_up_serves_each_model_a_loop_or_monitor_names(sqlite_rc, capsys) -> None:
+    from tuneloop.cli.context import AppContext
+    from tuneloop.cli.up_cmd import _models_to_serve
+
+    make_versions(sqlite_rc, "named", [{}])
+    make_versions(sqlite_rc, "looped", [{}])
+    make_versions(sqlite_rc, "watched", [{}])
+    sqlite_rc.stores.loops.save_loop("retrain-looped", "looped", {"model": "looped"}, replace=False)
+    _declare_monitor(sqlite_rc, "watch", "watched:1")
+    _declare_monitor(sqlite_rc, "watch-too", "watched@champion")  # the same model: one server
+    _declare_monitor(sqlite_rc, "stale", "deleted@champion")  # its model is gone: skipped, said so
+    app = AppContext(None)
+    app._settings, app._registry = sqlite_rc.settings, sqlite_rc
+
+    assert _models_to_serve(app, ("named", "looped"), declared=True) == ["named", "looped", "watched"]
+    assert "not serving deleted: a loop or monitor names it, but it is not registered" in capsys.readouterr().err
+    assert _models_to_serve(app, ("named",), declared=False) == ["named"]
+
+
 @pytest.mark.acceptance
 def test_up_serves_the_registry_and_stops_on_ctrl_c(sqlite_rc, tmp_path: Path) -> None:
     make_versions(sqlite_rc, "served", [{}])
+    _declare_monitor(sqlite_rc, "served-watch", "served@champion")  # `up` serves what a monitor watches
     port, ingest_port, scheduler_port, serve_port = free_port(), free_port(), free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TUNELOOP_")}
     env["TUNELOOP_HOME"] = str(sqlite_rc.settings.home)
@@ -64,8 +88,6 @@ def test_up_serves_the_registry_and_stops_on_ctrl_c(sqlite_rc, tmp_path: Path) -
             str(ingest_port),
             "--scheduler-port",
             str(scheduler_port),
-            "--serve",
-            "served",
         ],
         cwd=REPO,
         env=env,

@@ -71,3 +71,20 @@ def ignoring(message: str, category: type[Warning] = UserWarning) -> Iterator[No
 
 # PEFT (0.18) reads transformers' deprecated `is_gradient_checkpointing` whenever it wraps a model.
 PEFT_READS_A_DEPRECATED_NAME = (r"`is_gradient_checkpointing` is deprecated", FutureWarning)
+
+
+@contextmanager
+def without_bars(module: str) -> Iterator[None]:
+    """The progress bars a library module draws with its own `tqdm` (one it imported, which no setting
+    turns off) are hidden around the call (unless verbose)."""
+    import functools
+    import importlib
+
+    target = importlib.import_module(module)
+    original = getattr(target, "tqdm")  # noqa: B009 - a module attribute mypy cannot see
+    if not verbose():
+        setattr(target, "tqdm", functools.partial(original, disable=True))  # noqa: B010
+    try:
+        yield
+    finally:
+        setattr(target, "tqdm", original)  # noqa: B010

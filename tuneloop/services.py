@@ -63,10 +63,15 @@ def start_ingest_server(config_file: str | None, host: str, port: int) -> subpro
     )
 
 
-def start_model_server(config_file: str | None, name: str, host: str, port: int) -> subprocess.Popen:
-    """`tuneloop serve NAME`: the OpenAI-compatible API over NAME's versions."""
+def start_model_server(
+    config_file: str | None, name: str, host: str, port: int, env: dict[str, str] | None = None
+) -> subprocess.Popen:
+    """`tuneloop serve NAME`: the OpenAI-compatible API over NAME's versions (`env`: settings to
+    override, as `TUNELOOP_SECTION__KEY` variables)."""
     return subprocess.Popen(
-        _tuneloop(config_file, "serve", name, "--host", host, "--port", str(port)), start_new_session=True
+        _tuneloop(config_file, "serve", name, "--host", host, "--port", str(port)),
+        env=dict(os.environ, **(env or {})),
+        start_new_session=True,
     )
 
 

@@ -192,3 +192,37 @@ def test_the_host_keeps_few_versions_and_never_evicts_an_alias_holder(tiny_model
         assert host.loaded() == [("m", 3), ("m", 2)]
     finally:
         host.close()
+
+
+def test_counting_prompts_on_request_threads_never_breaks_a_padded_batch(tiny_model: Path, tmp_path: Path) -> None:
+    """The API counts each prompt's tokens on its request threads while the model thread pads batches of
+    prompts of different lengths: with one shared fast tokenizer, a count switched its padding off under
+    a batch ("Unable to create tensor ... padding=True")."""
+    import threading
+
+    from tuneloop.serving.batcher import Ask
+    from tuneloop.serving.host import Host
+    from tuneloop.serving.versions import Servable
+
+    folder = build_tiny_adapter(tiny_model, tmp_path / "v1", seed=1)
+    host = Host(lambda name, version: Servable(name, version, tiny_model, "sha256:tiny", folder, method="lora"))
+    stop = threading.Event()
+
+    def count(servable: Servable) -> None:
+        tokenizer = host.tokenizer(servable)
+        while not stop.is_set():
+            for prompt in PROMPTS:
+                tokenizer(prompt, add_special_tokens=False)
+
+    try:
+        servable = host.load("m", 1, keep={("m", 1)})
+        counters = [threading.Thread(target=count, args=(servable,)) for _ in range(4)]
+        for thread in counters:
+            thread.start()
+        lengths = ["hi", "where is my order, it has been a week", "a " * 40]
+        futures = [host.submit("m", 1, Ask(lengths[i % 3], max_new_tokens=1), keep={("m", 1)}) for i in range(200)]
+        answers = [f.result(timeout=120) for f in futures]
+    finally:
+        stop.set()
+        host.close()
+    assert all(a.completion_tokens >= 1 for a in answers)

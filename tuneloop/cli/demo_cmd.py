@@ -16,29 +16,30 @@ from tuneloop.cli.context import AppContext, pass_app
     "--steps",
     type=click.IntRange(1, 10_000),
     default=None,
-    help="Training steps of the champion (default 60); the challenger, with twice the data, trains twice as long.",
+    help="Training steps of the champion (default 40); the challenger, with twice the data, trains twice as long.",
 )
-@click.option("--quick", is_flag=True, help="A smoke run: 6/12 steps, 6 eval rows, 8 held-out rows (about a minute).")
+@click.option(
+    "--quick", is_flag=True, help="A smoke run: 6/12 steps, 6 eval rows, 8 held-out rows, answers of <= 12 tokens."
+)
 @click.option(
     "--webhook", "webhooks", multiple=True, metavar="URL", help="Also POST the alert and the decision to URL."
 )
 @output.json_option("Print the summary as one JSON document on stdout.")
 @pass_app
 def demo(app: AppContext, steps: int | None, quick: bool, webhooks: tuple[str, ...], as_json: bool) -> None:
-    """The closed loop on SmolLM2-135M-Instruct: fine-tune, evaluate, promote, monitor, drift, alert, retrain, decide.
+    """The closed loop on SmolLM2-135M-Instruct: fine-tune, evaluate, promote, serve, monitor, drift, alert, retrain,
+    promote, serve the new champion.
 
-    Offline, on the embedded stores: about 9 min on 2 CPU cores with the converted model cached, about
-    1 min more the first time (measured: README, "What the demo does"). Everything it declares is written
-    under <home>/demo/; everything it records is in MLflow (`tuneloop up` serves the UI).
+    Offline, on the embedded stores; the production prompts are answered by `tuneloop serve` through the
+    openai client. about 15 min on 2 CPU cores (a slow VM, measured: README, "What the demo does"). Everything it
+    declares is written under <home>/demo/; everything it records is in MLflow (`tuneloop up` serves the UI).
     """
+    import functools
     import os
-    import socket
-    import uuid
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from tuneloop.demo.run import QUICK, Demo, DemoConfig, ingest_over_http
-    from tuneloop.services import start_ingest_server, stop, wait_healthy
-    from tuneloop.store.tokens import Scope
+    from tuneloop.demo.live import served
+    from tuneloop.demo.run import QUICK, SYSTEM, Demo, DemoConfig
 
     started = time.monotonic()
     settings = app.settings
@@ -48,18 +49,9 @@ def demo(app: AppContext, steps: int | None, quick: bool, webhooks: tuple[str, .
     cfg = DemoConfig(**sizes)
     output.stage(f"stores under {settings.home}; demo files under {settings.home / 'demo'}")
     rc = app.registry
-    token = rc.stores.tokens.create(f"demo-{uuid.uuid4().hex[:8]}", Scope.INGEST)
-    with socket.socket() as s:  # a free port: a running `tuneloop up` may hold the configured one
-        s.bind((settings.server.host, 0))
-        port = s.getsockname()[1]
-    ingest = start_ingest_server(app.config_file, settings.server.host, port)
-    url = f"http://{settings.server.host}:{port}"
+    production = functools.partial(served, rc, app.config_file, system=SYSTEM, max_tokens=cfg.answer_tokens)
     ui = f"http://{settings.server.host}:{settings.server.mlflow_port}/#/models/{cfg.adapter}"
-    try:
-        wait_healthy(url, ingest, path="/v1/health", what="the ingest API")
-        result = Demo(rc, cfg, output.stage, app.config_file).run(ingest_over_http(url, token), ui, list(webhooks))
-    finally:
-        stop(ingest)
+    result = Demo(rc, cfg, output.stage, app.config_file).run(production, ui, list(webhooks))
     result["seconds"] = round(time.monotonic() - started, 1)
     if as_json:
         output.emit_json(result)
@@ -70,10 +62,11 @@ def demo(app: AppContext, steps: int | None, quick: bool, webhooks: tuple[str, .
 def _print_summary(s: dict) -> None:
     click.echo("")
     click.echo(f"champion: {s['model']} v{s['champion']['version']}")
-    drifted = [w for w in s["windows"] if w["status"] == "drift"]
-    click.echo(
-        f"monitor: {len(s['windows'])} windows judged, {len(drifted)} drifted; checks that fired: {', '.join(s['drifted']) or '-'}"
-    )
+    for version in dict.fromkeys(w["version"] for w in s["windows"]):
+        windows = [w for w in s["windows"] if w["version"] == version]
+        statuses = ", ".join(f"{w['window_id']} {w['status']}" for w in windows)
+        click.echo(f"monitor, windows of v{version}'s answers: {statuses}")
+    click.echo(f"checks that fired: {', '.join(s['drifted']) or '-'}")
     for a in s["alerts"]:
         click.echo(f"alert {a['id']} ({a['rule']}, {a['severity']}): {a['status']}, opened {a['opened_at']}")
     r = s["retrain"]
@@ -106,4 +99,8 @@ def _print_summary(s: dict) -> None:
         click.echo(output.table(rows, ["model", "task", "rougeL", "chrf"]))
     if s["decision"]:
         click.echo(f"decision: {s['decision']['action']} — {s['decision']['why']}")
+    if len(s["answers"]["by"]) == 2:
+        click.echo(f"\nthe same prompt, answered by the served champion before and after: {s['answers']['prompt']!r}")
+        for answer in s["answers"]["by"]:
+            click.echo(f"  v{answer['version']}: {answer['text']!r}")
     click.echo(f"\nSee it in the MLflow UI: run `tuneloop up`, then open {s['mlflow_ui']}   ({s['seconds']} s)")

@@ -1,5 +1,7 @@
-"""`tuneloop up`: the MLflow server (UI), the ingest API, the scheduler and, with `--serve NAME`, the
-model servers, as one supervised group.
+"""`tuneloop up`: the MLflow server (UI), the ingest API, the scheduler and the model servers — one
+`tuneloop serve NAME` for each model a loop or monitor names, and each `--serve NAME` — as one
+supervised group. A server follows its model's aliases by itself: when the loop promotes a challenger,
+the running server answers with it, without a restart.
 
 A status line is printed when the group is up and whenever a member's health changes (the
 scheduler's role: active or standby). If a member exits, the others are stopped and `up` fails;
@@ -16,7 +18,7 @@ import click
 
 from tuneloop.cli import output
 from tuneloop.cli.context import AppContext, pass_app
-from tuneloop.errors import StoreError
+from tuneloop.errors import NotFound, StoreError
 
 
 @click.command()
@@ -32,7 +34,10 @@ from tuneloop.errors import StoreError
     "served",
     multiple=True,
     metavar="NAME",
-    help="Also run `tuneloop serve NAME` (repeatable); the first on `serve.port` (8767), the next on the ports after.",
+    help="Also run `tuneloop serve NAME` (repeatable). Servers take `serve.port` (8767) and the ports after.",
+)
+@click.option(
+    "--no-serve", is_flag=True, help="Serve only the `--serve` names, not every model a loop or monitor names."
 )
 @pass_app
 def up(
@@ -43,6 +48,7 @@ def up(
     scheduler_port: int | None,
     no_scheduler: bool,
     served: tuple[str, ...],
+    no_serve: bool,
 ) -> None:
     """Start the MLflow server (UI), the ingest API and the loop's scheduler; Ctrl-C stops them cleanly.
 
@@ -77,8 +83,9 @@ def up(
     if not no_scheduler:
         members["scheduler"] = start_scheduler(app.config_file, host, scheduler_port or settings.scheduler.port)
     paths = {"MLflow UI": "/health", "ingest API": "/v1/health", "scheduler": "/health"}
-    for offset, name in enumerate(dict.fromkeys(served)):
+    for name in served:
         app.registry.registered_model(name)  # an unknown NAME fails here, before anything waits on it
+    for offset, name in enumerate(_models_to_serve(app, served, declared=not no_serve)):
         member, serve_port = f"serving {name}", settings.serve.port + offset
         urls[member], paths[member] = f"http://{host}:{serve_port}", "/health"
         members[member] = start_model_server(app.config_file, name, host, serve_port)
@@ -117,6 +124,26 @@ def up(
     finally:
         stop(*members.values())
     click.echo("stopped", err=True)
+
+
+def _models_to_serve(app: AppContext, named: tuple[str, ...], *, declared: bool) -> list[str]:
+    """`named`, then (with `declared`) every registered model a loop or monitor names, each once."""
+    from tuneloop.names import ModelRef
+
+    names = list(named)
+    if declared:
+        stores = app.registry.stores
+        names += [loop.model for loop in stores.loops.loops()]
+        names += [ModelRef.parse(monitor.spec["model"]).name for monitor in stores.monitors.all()]
+    registered = []
+    for name in dict.fromkeys(names):
+        try:
+            app.registry.registered_model(name)
+        except NotFound:
+            output.stage(f"not serving {name}: a loop or monitor names it, but it is not registered")
+            continue
+        registered.append(name)
+    return registered
 
 
 def _status_line(states: dict) -> str:

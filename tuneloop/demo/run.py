@@ -1,16 +1,19 @@
-"""The closed loop, end to end: what `tuneloop demo` runs on SmolLM2-135M-Instruct, and what the
-loop tests run on a tiny random model.
+"""The closed loop, end to end on live answers: what `tuneloop demo` runs on SmolLM2-135M-Instruct,
+and what the loop tests run on a tiny random model.
 
- 1. import the base model                  5. replay in-distribution traffic through the ingest API
- 2. QLoRA SFT on the support data             (pinned as the monitor's reference window)
- 3. evaluate it                            6. declare monitor, alert rule and loop; replay more calm
- 4. promote it to `champion` through gates    traffic, then drifted (German tickets, some reviewed)
+ 1. import the base model                  5. serve the champion; answer in-distribution prompts
+ 2. QLoRA SFT on the support data             through the `openai` client (the monitor's reference)
+ 3. evaluate it                            6. declare monitor, alert rule and loop; answer more calm
+ 4. promote it to `champion` through gates    prompts, then drifted ones; a reviewer answers some
                                            7. judge the windows: the alert fires
                                            8. retrain a challenger in a worker, evaluate both, decide
+                                           9. promoted: the same server answers with it, and its own
+                                              windows are judged against its own reference
 
 Every file the demo declares (data, recipe, suite, monitor, rule, loop) is written under
-`<home>/demo/`, so a user can read and reuse them. The traffic is synthetic (`demo.traffic`):
-the champion is trained on the same support-desk distribution the in-distribution traffic comes from.
+`<home>/demo/`, so a user can read and reuse them. The prompts are synthetic (`demo.traffic`, the
+support-desk distribution the champion is trained on, then German tickets and off-topic questions);
+the answers are the served model's own, captured by the server with the version that gave them.
 """
 
 from __future__ import annotations
@@ -21,7 +24,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tuneloop.demo.live import Answered, LiveTraffic
 
 SYSTEM = "You are a concise, friendly support agent for an online shop."
 
@@ -34,26 +40,39 @@ class DemoConfig:
     method: str = "qlora"
     train_rows: int = 48
     eval_rows: int = 24
-    train_steps: int = 60
-    retrain_steps: int = 120  # the challenger sees the champion's data as often as the champion did, plus the new rows
-    max_new_tokens: int = 32
-    window: int = 200
-    reference_windows: int = 3  # pinned as the monitor's reference
-    calm_windows: int = 2  # fresh in-distribution traffic after the reference
-    drift_windows: int = 4
+    train_steps: int = 40
+    retrain_steps: int = 80  # the challenger sees the champion's data as often as the champion did, plus the new rows
+    max_new_tokens: int = 32  # of the evaluation's answers
+    answer_tokens: int = 24  # of the served answers to production prompts
+    window: int = 100
+    reference_windows: int = 2  # answered first and pinned as the monitor's reference
+    calm_windows: int = 1  # fresh in-distribution prompts after the reference
+    drift_windows: int = 3
+    after_windows: int = 2  # answered by a promoted challenger: its reference (one window), then one judged
+    drift_kinds: tuple[str, ...] = ("language", "off_topic")  # German tickets, off-topic questions
     drift_share: float = 0.5
-    reviewed_share: float = 0.4  # of the drifted records, the share a person answered
+    reviewed_share: float = 0.4  # of the drifted prompts, the share a person answered
     learning_rate: float = 1e-3
     batch_size: int = 4
     checkpoint_every: int = 10
     holdout_limit: int | None = None
     extra_recipe: dict[str, Any] = field(default_factory=dict)
+    # Every promotion's policy. chrF on 24 rows moves by a few points between two trainings of the same
+    # recipe, so the demo tolerates 3: a challenger is refused for being worse, not for noise.
+    gates: tuple[str, ...] = ("rougeL >= champion - 0.02", "chrf >= champion - 3")
     # Set only where the fine-tune cannot be expected to beat its base (a tiny random model in tests): the
     # first promotion is then forced with this reason, recorded as FORCED in the audit trail.
     force_first_promotion: str | None = None
 
 
-QUICK = {"train_steps": 6, "retrain_steps": 12, "eval_rows": 6, "max_new_tokens": 12, "holdout_limit": 8}
+QUICK = {
+    "train_steps": 6,
+    "retrain_steps": 12,
+    "eval_rows": 6,
+    "max_new_tokens": 12,
+    "answer_tokens": 12,
+    "holdout_limit": 8,
+}
 
 
 @dataclass
@@ -79,19 +98,19 @@ class Demo:
         from tuneloop.registry.promotion import promote
 
         cfg = self.cfg
-        self.stage(f"1/8 importing {cfg.base_name} ({cfg.base_source})")
+        self.stage(f"1/9 importing {cfg.base_name} ({cfg.base_source})")
         base, _ = import_base(self.rc, cfg.base_name, cfg.base_source)
         self._write_inputs(int(base.version))
         self.stage(
-            f"2/8 {cfg.method} fine-tuning `{cfg.adapter}` on {cfg.train_rows} support conversations ({cfg.train_steps} steps)"
+            f"2/9 {cfg.method} fine-tuning `{cfg.adapter}` on {cfg.train_rows} support conversations ({cfg.train_steps} steps)"
         )
         trained = train(load_recipe(self.folder / "recipe.yaml"), self.rc)
-        self.stage("3/8 evaluating the fine-tuned adapter and its base (what the first promotion compares with)")
+        self.stage("3/9 evaluating the fine-tuned adapter and its base (what the first promotion compares with)")
         suite = load_suite(self.folder / "suite.yaml")
         evaluate(self.rc, suite, f"{cfg.base_name}:{base.version}", progress=False)
         first_eval = evaluate(self.rc, suite, f"{cfg.adapter}:{trained.version}", progress=False)
-        self.stage("4/8 promoting it to `champion` through the gates (no champion yet: compared with the base)")
-        gates.set_policy(self.rc, cfg.adapter, ["rougeL >= champion - 0.02", "chrf >= champion - 2"])
+        self.stage("4/9 promoting it to `champion` through the gates (no champion yet: compared with the base)")
+        gates.set_policy(self.rc, cfg.adapter, list(cfg.gates))
         moved = promote(
             self.rc,
             cfg.adapter,
@@ -168,7 +187,7 @@ class Demo:
         from tuneloop.pipelines.loop.retrain import add_loop
 
         cfg = self.cfg
-        self.stage("6/8 declaring the monitor (reference: the first production window), the alert rule and the loop")
+        self.stage("6/9 declaring the monitor (reference: the champion's first answers), the alert rule and the loop")
         _yaml(
             self.folder / "monitor.yaml",
             {
@@ -214,32 +233,53 @@ class Demo:
         add_rule(self.rc, self.folder / "alert.yaml", replace=True)
         add_loop(self.rc, self.folder / "loop.yaml", replace=True)
 
-    # --- 6-7: production traffic --------------------------------------------------------------
-    def traffic(self, part: str, start: datetime) -> list[dict[str, Any]]:
-        """Records as the ingest API takes them: `reference`, `calm` (in-distribution) or `drift` (German tickets planted)."""
+    # --- 5-6: production traffic, answered by the served model --------------------------------
+    def prompts(self, part: str) -> list[dict[str, Any]]:
+        """Synthetic rows of `part`: `reference`, `calm` (in-distribution), `drift` or `after` (drifted)."""
         from tuneloop.demo import traffic
 
         cfg = self.cfg
-        drifted = part == "drift"
-        n = {"reference": cfg.reference_windows, "calm": cfg.calm_windows, "drift": cfg.drift_windows}[part]
-        rows = traffic.windows(
-            n,
+        drifted = part in ("drift", "after")
+        n = {"reference": cfg.reference_windows, "calm": cfg.calm_windows, "drift": cfg.drift_windows}
+        return traffic.windows(
+            n.get(part, cfg.after_windows),
             cfg.window,
-            seed={"reference": 10, "calm": 11, "drift": 12}[part],
-            kind="language" if drifted else None,
+            seed={"reference": 10, "calm": 11, "drift": 12, "after": 14}[part],
+            kind=cfg.drift_kinds if drifted else None,
             share=cfg.drift_share if drifted else 0.0,
         )
+
+    def answer(self, production: LiveTraffic, part: str) -> list[Answered]:
+        """`part`'s prompts answered by the server; a reviewer answers some drifted ones, rates a few."""
+        from tuneloop.demo import traffic
+
+        rows = self.prompts(part)
+        answered = production.ask([r["prompt"] for r in rows])
+        rng = random.Random({"reference": 20, "calm": 21, "drift": 22, "after": 24}[part])
+        for row, answer in zip(rows, answered, strict=True):
+            planted = row["prompt"].startswith("Wo ist") or traffic.is_off_topic(row["prompt"])
+            if part == "drift" and planted and rng.random() < self.cfg.reviewed_share:
+                production.feedback(answer.id, reference=traffic.reviewed_answer(row, rng))
+            elif rng.random() < 0.05:
+                production.feedback(answer.id, rating=rng.choice([2, 5]))
+        return answered
+
+    def traffic(self, part: str, start: datetime) -> list[dict[str, Any]]:
+        """Records as the ingest API takes them, with templated answers (for tests of the loop that need
+        traffic without a model server): `reference`, `calm` or `drift`."""
+        from tuneloop.demo import traffic
+
         rng = random.Random(13)
         out = []
-        for i, row in enumerate(rows):
+        for i, row in enumerate(self.prompts(part)):
             record = {
                 "id": f"{part}-{i}",
-                "model": f"{cfg.adapter}@champion",
+                "model": f"{self.cfg.adapter}@champion",
                 "prompt": row["prompt"],
                 "output": row["output"],
                 "timestamp": (start + timedelta(seconds=i)).isoformat(),
             }
-            if drifted and row["prompt"].startswith("Wo ist") and rng.random() < cfg.reviewed_share:
+            if part == "drift" and row["prompt"].startswith("Wo ist") and rng.random() < self.cfg.reviewed_share:
                 record["feedback"] = {"reference": traffic.reviewed_answer(row, rng)}
             elif rng.random() < 0.05:
                 record["feedback"] = {"rating": rng.choice([2, 5])}
@@ -253,7 +293,7 @@ class Demo:
         from tuneloop.pipelines.loop.retrain import enqueue_for_alerts, get
         from tuneloop.pipelines.loop.worker import follow
 
-        self.stage("7/8 judging the windows; the alert fires after 2 drifted windows in a row")
+        self.stage("7/9 judging the windows; the alert fires after 2 drifted windows in a row")
         outcome = check(self.rc, "support-champion")
         windows, changes = outcome.judged, outcome.alerts
         deliver_pending(self.rc.stores, timeout_s=2, max_attempts=self.rc.settings.notify.max_attempts)
@@ -262,7 +302,7 @@ class Demo:
             return {"windows": windows, "alerts": [c.__dict__ for c in changes], "retrain": None}
         run_id = created[0]
         self.stage(
-            f"8/8 retraining a challenger (retrain {run_id}) in a worker process: curate, train, evaluate both, decide"
+            f"8/9 retraining a challenger (retrain {run_id}) in a worker process: curate, train, evaluate both, decide"
         )
         follow(
             self.rc,
@@ -275,46 +315,50 @@ class Demo:
         deliver_pending(self.rc.stores, timeout_s=2, max_attempts=self.rc.settings.notify.max_attempts)
         return {"windows": windows, "alerts": [c.__dict__ for c in changes], "retrain": get(self.rc, run_id)}
 
-    def run(
-        self, ingest: Callable[[list[dict[str, Any]]], None], ui: str, webhooks: list[str] | None = None
-    ) -> dict[str, Any]:
-        """The whole loop; `ingest` sends records through the ingest API. The summary."""
+    # --- 9: the promoted challenger answers, and is judged on its own answers --------------------
+    def after_promotion(self, production: LiveTraffic, example: Answered, version: int) -> dict[str, Any]:
+        from tuneloop.monitors.alerting.notify import deliver_pending
+        from tuneloop.monitors.judging import check
+
+        cfg = self.cfg
+        self.stage(
+            f"9/9 v{version} is champion: the same server answers with it; answering {cfg.after_windows * cfg.window} "
+            f"more prompts (its first {cfg.window} answers become its reference)"
+        )
+        again = production.answered_by(example.prompt, version)
+        self.answer(production, "after")
+        outcome = check(self.rc, "support-champion")
+        deliver_pending(self.rc.stores, timeout_s=2, max_attempts=self.rc.settings.notify.max_attempts)
+        return {"before": example, "after": again, "windows": outcome.judged}
+
+    def run(self, open_production: Callable[[str], Any], ui: str, webhooks: list[str] | None = None) -> dict[str, Any]:
+        """The whole loop. `open_production(model)` is a context manager yielding the `LiveTraffic` of a
+        running model server (`demo.live.served`, with everything but the model bound). The summary."""
         champion = self.champion()
         cfg = self.cfg
-        self.stage(f"5/8 replaying {cfg.reference_windows * cfg.window} in-distribution records through the ingest API")
-        start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
-        baseline = self.traffic("reference", start)
-        ingest(baseline)
-        self.declare(start, start + timedelta(seconds=len(baseline)), webhooks)
-        calm = self.traffic("calm", start + timedelta(hours=1))
-        drifted = self.traffic("drift", start + timedelta(hours=2))
-        reviewed = sum("reference" in r.get("feedback", {}) for r in drifted)
+        model = f"{cfg.adapter}@champion"
         self.stage(
-            f"    replaying {len(calm)} more in-distribution records, then {len(drifted)} drifted ones "
-            f"({cfg.drift_share:.0%} German tickets; {reviewed} answered by a reviewer)"
+            f"5/9 serving {model}; answering {cfg.reference_windows * cfg.window} in-distribution prompts "
+            "through the openai client"
         )
-        ingest(calm)
-        ingest(drifted)
-        return summary(self, champion, self.close_the_loop(), ui)
-
-
-def ingest_over_http(url: str, token: str) -> Callable[[list[dict[str, Any]]], None]:
-    """An `ingest` for `Demo.run` that posts through the ingest API with the batching client."""
-    from tuneloop.errors import StoreError
-    from tuneloop.monitors.ingestion.client import IngestClient
-
-    def send(records: list[dict[str, Any]]) -> None:
-        client = IngestClient(url, token, batch_size=500)
-        for record in records:
-            client.log(**record)
-        client.close(timeout_s=300)
-        if client.stats["sent"] != len(records):
-            raise StoreError(
-                f"the ingest API took {client.stats['sent']} of {len(records)} records: {client.stats['last_error']}",
-                hint="read the ingest server's output above",
+        with open_production(model) as production:
+            start = datetime.now(UTC)
+            self.answer(production, "reference")
+            self.declare(start, datetime.now(UTC), webhooks)
+            self.stage(
+                f"    answering {cfg.calm_windows * cfg.window} more in-distribution prompts, then "
+                f"{cfg.drift_windows * cfg.window} drifted ones ({cfg.drift_share:.0%} German tickets or off-topic "
+                f"questions; a reviewer answers {cfg.reviewed_share:.0%} of those)"
             )
-
-    return send
+            self.answer(production, "calm")
+            drifted = self.answer(production, "drift")
+            loop = self.close_the_loop()
+            example = next((a for a in drifted if a.prompt.startswith("Wo ist")), drifted[0])
+            after: dict[str, Any] = {"before": example, "after": None, "windows": []}
+            holder = int(self.rc.mlflow.get_model_version_by_alias(cfg.adapter, "champion").version)
+            if holder != int(champion["version"]):
+                after = self.after_promotion(production, example, holder)
+        return summary(self, champion, loop | {"after": after}, ui)
 
 
 def summary(demo: Demo, champion: dict[str, Any], loop: dict[str, Any], ui: str) -> dict[str, Any]:
@@ -323,14 +367,27 @@ def summary(demo: Demo, champion: dict[str, Any], loop: dict[str, Any], ui: str)
     retrain = loop["retrain"] or {}
     details = retrain.get("details", {})
     evals = details.get("evals", {})
-    windows = loop["windows"]
+    windows, after = loop["windows"], loop.get("after") or {}
+    before_answer, after_answer = after.get("before"), after.get("after")
     return {
         "model": demo.cfg.adapter,
         "champion": {"version": champion["version"], "metrics": champion["metrics"]},
         "windows": [
-            {"window_id": w["window_id"], "status": w["status"], "drifted_checks": w["drifted_checks"]} for w in windows
+            {
+                "window_id": w["window_id"],
+                "version": w["version"],
+                "status": w["status"],
+                "drifted_checks": w["drifted_checks"],
+            }
+            for w in [*windows, *after.get("windows", [])]
         ],
         "drifted": sorted({c for w in windows for c in w["drifted_checks"]}),
+        "answers": {
+            "prompt": before_answer.prompt if before_answer else None,
+            "by": [
+                {"version": a.version, "text": a.text, "record_id": a.id} for a in (before_answer, after_answer) if a
+            ],
+        },
         "alerts": list_alerts(demo.rc, monitor="support-champion"),
         "retrain": {
             "id": retrain.get("id"),

@@ -1,8 +1,9 @@
 """Synthetic support-desk traffic: an in-distribution stream and planted contamination.
 
-`tuneloop demo` replays it through the ingest API (in-distribution, then drifted), and the drift
-tests use it to measure false alarms and power. `reviewed_answer` plays the human reviewer who writes
-the right answer for a drifted record: feedback the challenger may learn from.
+`tuneloop demo` sends its prompts to the served champion (in-distribution, then drifted: German
+tickets and off-topic questions); the drift tests use whole records to measure false alarms and power.
+`reviewed_answer` plays the human reviewer who writes the right answer for a drifted prompt: feedback
+the challenger may learn from.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ GERMAN = (
     "Ihre Bestellung {n} ist unterwegs und kommt bald an.",
 )
 GERMAN_ANSWER = "Ihre Bestellung {n} ist unterwegs und kommt bis {day} an."
+OFF_TOPIC_ANSWER = "I can only help with orders, refunds, accounts and subscriptions of our shop."
 REFUSAL = "I'm sorry, but I can't help with that request."
 
 
@@ -112,18 +114,33 @@ def write(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def windows(n_windows: int, size: int, seed: int, kind: str | None = None, share: float = 0.0) -> list[dict]:
-    """n_windows × size records; with `kind`, `share` of each window's records contaminated."""
+def windows(
+    n_windows: int, size: int, seed: int, kind: str | tuple[str, ...] | None = None, share: float = 0.0
+) -> list[dict]:
+    """n_windows × size records; with `kind` (or kinds, one drawn per record), `share` of each window's
+    records contaminated."""
     rng = random.Random(seed)
+    kinds = (kind,) if isinstance(kind, str) else kind or ()
     rows = []
     for _ in range(n_windows):
-        planted = set(rng.sample(range(size), round(share * size))) if kind else set()
-        rows += [contaminate(record(rng), kind, rng) if i in planted else record(rng) for i in range(size)]  # type: ignore[arg-type]
+        planted = set(rng.sample(range(size), round(share * size))) if kinds else set()
+        rows += [contaminate(record(rng), _draw(kinds, rng), rng) if i in planted else record(rng) for i in range(size)]
     return rows
 
 
+def _draw(kinds: tuple[str, ...], rng: random.Random) -> str:
+    return kinds[0] if len(kinds) == 1 else rng.choice(kinds)  # one kind draws nothing: seeds keep their rows
+
+
+def is_off_topic(prompt: str) -> bool:
+    return prompt.startswith(tuple(t.split("{")[0] for t in OFF_TOPIC))
+
+
 def reviewed_answer(row: dict, rng: random.Random) -> str:
-    """The answer a support reviewer writes for a record (German prompts get a German answer)."""
+    """The answer a support reviewer writes for a record (German prompts get a German answer, off-topic
+    questions a polite pointer to what the desk does)."""
+    if is_off_topic(row["prompt"]):
+        return OFF_TOPIC_ANSWER
     if row["prompt"].startswith("Wo ist"):
         order = "".join(ch for ch in row["prompt"] if ch.isdigit()) or "1000"
         return GERMAN_ANSWER.format(n=order, day=rng.choice(["Montag", "Dienstag", "Freitag"]))

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tuneloop.errors import Overloaded
+from tuneloop.serving.worker import QueueWorker
 
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 COLLECT_GROWTH = 20  # a batch collects for at most this many collection windows
@@ -70,10 +71,7 @@ class _Control:
     future: Future[Any]
 
 
-_CLOSE = object()
-
-
-class Batcher:
+class Batcher(QueueWorker):
     def __init__(
         self, model: Any, tokenizer: Any, *, max_batch: int = 16, collect_ms: float = 5.0, max_queue: int = 256
     ) -> None:
@@ -82,9 +80,7 @@ class Batcher:
             tokenizer.pad_token = tokenizer.eos_token
         self.model, self.tokenizer = model.eval(), tokenizer
         self.max_batch, self.collect_s = max_batch, collect_ms / 1000
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
-        self._thread = threading.Thread(target=self._serve, name="tuneloop-model", daemon=True)
-        self._thread.start()
+        super().__init__("tuneloop-model", max_queue=max_queue)
 
     # --- what other threads call ---------------------------------------------------------------
     def submit(
@@ -111,27 +107,17 @@ class Batcher:
         self._queue.put(control)
         return control.future
 
-    def close(self, timeout_s: float = 30) -> None:
-        """Finish what is queued, then stop the model thread."""
-        self._queue.put(_CLOSE)
-        self._thread.join(timeout_s)
-
     # --- the model thread ----------------------------------------------------------------------
-    def _serve(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is _CLOSE:
-                return
-            if isinstance(item, _Control):
-                _settle(item.future, item.run)
-                continue
-            batch, after = self._collect(item)
-            for group in _by_sampling(batch):
-                self._generate(group)
-            if after is _CLOSE:
-                return
-            if after is not None:
-                _settle(after.future, after.run)
+    def _handle(self, item: _Job | _Control) -> object | None:
+        if isinstance(item, _Control):
+            _settle(item.future, item.run)
+            return None
+        batch, after = self._collect(item)
+        for group in _by_sampling(batch):
+            self._generate(group)
+        if isinstance(after, _Control):
+            _settle(after.future, after.run)
+        return after
 
     def _collect(self, first: _Job) -> tuple[list[_Job], Any]:
         """Jobs that arrive within the collection window, and the control item that ended it early.

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import queue
-import threading
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -19,10 +18,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tuneloop.serving.batcher import Answer
+from tuneloop.serving.worker import CLOSE, QueueWorker
 from tuneloop.store.records import NewRecord, RecordKind, RecordStore
 
 log = logging.getLogger("tuneloop.serve")
-_CLOSE = object()
 
 
 @dataclass(frozen=True)
@@ -70,14 +69,12 @@ def records_of(
     ]
 
 
-class Recorder:
+class Recorder(QueueWorker):
     """One writer thread: whatever records are waiting when it is free go into one transaction."""
 
     def __init__(self, store: RecordStore, *, most: int = 512, enabled: bool = True) -> None:
         self._store, self._most, self._enabled = store, most, enabled
-        self._queue: queue.Queue[Any] = queue.Queue()
-        self._thread = threading.Thread(target=self._write_forever, name="tuneloop-recorder", daemon=True)
-        self._thread.start()
+        super().__init__("tuneloop-recorder")
 
     def write(self, records: list[NewRecord]) -> Future[None]:
         """Resolved once `records` are committed (or with the error that stopped them)."""
@@ -88,29 +85,20 @@ class Recorder:
         self._queue.put((records, done))
         return done
 
-    def close(self, timeout_s: float = 30) -> None:
-        """Write what is waiting, then stop."""
-        self._queue.put(_CLOSE)
-        self._thread.join(timeout_s)
-
-    def _write_forever(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is _CLOSE:
-                return
-            group, closing = [item], False
-            while sum(len(r) for r, _ in group) < self._most:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is _CLOSE:
-                    closing = True
-                    break
-                group.append(more)
-            self._commit(group)
-            if closing:
-                return
+    def _handle(self, item: tuple[list[NewRecord], Future[None]]) -> object | None:
+        """Commit `item` with every set of records waiting behind it."""
+        group, closing = [item], None
+        while sum(len(r) for r, _ in group) < self._most:
+            try:
+                more = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if more is CLOSE:
+                closing = CLOSE
+                break
+            group.append(more)
+        self._commit(group)
+        return closing
 
     def _commit(self, group: list[tuple[list[NewRecord], Future[None]]]) -> None:
         try:

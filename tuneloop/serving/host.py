@@ -12,7 +12,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from collections.abc import Set as AbstractSet
 from concurrent.futures import Future
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tuneloop.serving.batcher import Answer, Ask, Batcher
@@ -23,6 +23,14 @@ from tuneloop.serving.versions import Servable
 class _Loaded:
     batcher: Batcher
     versions: set[str]  # adapter names attached to it
+    # The request threads' own copy: a fast tokenizer's padding is state of the Rust object, set by each
+    # call, so counting a prompt there while the model thread pads a batch breaks the batch.
+    tokenizer: Any = field(init=False)
+
+    def __post_init__(self) -> None:
+        import copy
+
+        self.tokenizer = copy.deepcopy(self.batcher.tokenizer)
 
 
 class Host:
@@ -106,7 +114,8 @@ class Host:
             self._drop(key)
 
     def tokenizer(self, servable: Servable) -> Any:
-        return self._models[servable.base_key].batcher.tokenizer
+        """For request threads (rendering, counting); never the one the model thread pads batches with."""
+        return self._models[servable.base_key].tokenizer
 
     def loaded(self) -> list[tuple[str, int]]:
         with self._lock:

@@ -112,9 +112,9 @@ class Router:
             "%s@%s now names v%d, which could not be loaded (attempt %d; retry in %.0f s); v%d keeps serving: %s",
             self.name, alias, version, attempts, wait, held, reason,
         )  # fmt: skip
-        from tuneloop.monitors.alerting import notify
+        from tuneloop.monitors.alerting.notify import enqueue
 
         message = f"{self.name}@{alias} names v{version}, which could not be loaded; v{held} keeps serving it"
         payload = {"model": self.name, "alias": alias, "version": version, "serving": held, "attempt": attempts}
         with self._stores.transaction() as tx:
-            notify.enqueue(self._stores, tx, "serve.load_failed", payload | {"reason": reason, "message": message}, [])
+            enqueue(self._stores, tx, "serve.load_failed", payload | {"reason": reason, "message": message}, [])

@@ -271,9 +271,13 @@ class RecordStore(Store):
             return [ReviewedRecord(*row) for row in conn.execute(query)]
 
 
+JUDGED_KINDS = (RecordKind.LIVE, RecordKind.CANARY)  # answers a caller saw; shadow answers are compared, not judged
+
+
 def in_slice(watched: ModelSlice) -> sa.ColumnElement[bool]:
-    """Records of `watched`: its version's, and of those only the ones sent under its alias when it names one."""
-    by = records.c.version == watched.version
+    """Records of `watched`: answers a caller saw from its version, and of those only the ones sent under
+    its alias when it names one."""
+    by = sa.and_(records.c.version == watched.version, records.c.kind.in_([k.value for k in JUDGED_KINDS]))
     if watched.alias:
         by = sa.and_(records.c.alias == watched.alias, by)
     return sa.and_(records.c.model == watched.name, by)

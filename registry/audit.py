@@ -51,9 +51,10 @@ def mirror_pending(rc: RegistryClient, tx: Transaction, model: str) -> None:
     exp = experiment_id(client, rc.settings, Experiment.AUDIT)
     for move in pending:
         arrow = f"v{move.from_version or '-'} → v{move.to_version or '-'}"
+        title = f"{move.model}: traffic policy" if move.kind == "traffic" else f"{move.model}@{move.alias}: {arrow}"
         run = client.create_run(
             exp,
-            run_name=f"{move.model}@{move.alias}: {arrow}",
+            run_name=title,
             tags={
                 Tag.AUDIT_ENTRY: str(move.id),
                 RunTag.AUDIT_PREFIX + "model": move.model,

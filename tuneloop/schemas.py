@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 GateStatus = Literal["passed", "failed", "skipped"]
-MoveKind = Literal["promote", "rollback", "unaudited"]
+MoveKind = Literal["promote", "rollback", "unaudited", "traffic"]  # traffic: a policy change, no alias moved
 
 
 class GateCheck(BaseModel):

@@ -3,6 +3,7 @@ client retries 429 and 5xx by itself, which would hide failures)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -10,7 +11,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,12 +28,19 @@ MESSAGES = [{"role": "system", "content": "help"}, {"role": "user", "content": "
 @pytest.fixture(scope="module")
 def served(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
     """`support` v1 (champion) and v2 (challenger), two LoRA adapters on one tiny base, served."""
+    with serving_two_adapters(tiny_model, tmp_path_factory.mktemp("serve")) as found:
+        yield found
+
+
+@contextlib.contextmanager
+def serving_two_adapters(tiny_model: Path, root: Path) -> Iterator[dict[str, Any]]:
+    """A `tuneloop serve support` process: v1 (champion) and v2 (challenger), LoRA adapters of the tiny base
+    that answer differently."""
     from tuneloop.registry.adapters import register_adapter
     from tuneloop.registry.base_models import import_base
     from tuneloop.registry.client import RegistryClient
     from tuneloop.settings import Settings
 
-    root = tmp_path_factory.mktemp("serve")
     home = root / "home"
     rc = RegistryClient(Settings(home=home))
     base, _ = import_base(rc, "tiny", str(tiny_model))
@@ -49,8 +59,10 @@ def served(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
         "TUNELOOP_SERVE__COLLECT_MS": "20",
     }
     server = _Server(env, root / "serve.log")
-    yield {"url": server.url, "rc": rc, "folders": folders, "tiny": tiny_model, "log": server.log, "env": env}
-    server.stop()
+    try:
+        yield {"url": server.url, "rc": rc, "folders": folders, "tiny": tiny_model, "log": server.log, "env": env}
+    finally:
+        server.stop()
 
 
 class _Server:

@@ -56,7 +56,7 @@ def test_concurrent_first_use_migrates_once(tmp_path: Path) -> None:
         "tuneloop_alembic_version",
     } <= tables
     assert (
-        _head() == "0008"
+        _head() == "0009"
         and {
             "monitors",
             "monitor_windows",
@@ -69,6 +69,7 @@ def test_concurrent_first_use_migrates_once(tmp_path: Path) -> None:
             "leases",
             "loops",
             "retrain_runs",
+            "traffic_policies",
         }
         <= tables
     )

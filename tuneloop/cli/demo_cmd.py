@@ -19,7 +19,9 @@ from tuneloop.cli.context import AppContext, pass_app
     help="Training steps of the champion (default 40); the challenger, with twice the data, trains twice as long.",
 )
 @click.option(
-    "--quick", is_flag=True, help="A smoke run: 6/12 steps, 6 eval rows, 8 held-out rows, windows of 50, answers of <= 12 tokens."
+    "--quick",
+    is_flag=True,
+    help="A smoke run: 6/12 steps, 6 eval rows, 8 held-out rows, windows of 50, answers of <= 12 tokens.",
 )
 @click.option(
     "--webhook", "webhooks", multiple=True, metavar="URL", help="Also POST the alert and the decision to URL."

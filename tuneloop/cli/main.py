@@ -48,6 +48,7 @@ def _register_commands() -> None:
     from tuneloop.cli.records_cmd import records_group
     from tuneloop.cli.serve_cmd import serve
     from tuneloop.cli.tokens_cmd import tokens_group
+    from tuneloop.cli.traffic_cmd import traffic_group
     from tuneloop.cli.train_cmd import train
     from tuneloop.cli.up_cmd import up
 
@@ -61,6 +62,7 @@ def _register_commands() -> None:
         records_group,
         serve,
         tokens_group,
+        traffic_group,
         train,
         up,
         alerts_group,

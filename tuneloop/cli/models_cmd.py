@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import click
@@ -201,10 +202,10 @@ def history(app: AppContext, name: str, alias: str | None, as_json: bool) -> Non
             "at": m.at.strftime("%Y-%m-%d %H:%M:%S"),
             "actor": m.actor,
             "alias": m.alias,
-            "move": f"v{m.from_version or '-'} → v{m.to_version or '-'}",
+            "move": "-" if m.kind == "traffic" else f"v{m.from_version or '-'} → v{m.to_version or '-'}",
             "kind": m.kind + (" FORCED" if m.forced else ""),
             "gates": ", ".join(f"{g.status}" for g in m.gates) or "-",
-            "reason": m.reason,
+            "reason": f"policy: {json.loads(m.reason)['to']}" if m.kind == "traffic" else m.reason,
         }
         for m in moves
     ]

@@ -26,6 +26,7 @@ def serve(app: AppContext, name: str, host: str | None, port: int | None) -> Non
     try:
         run_http(api, host, port)
     finally:
+        api.state.shadows.shutdown(wait=True)  # shadow work already routed reaches its batcher
         api.state.host.close()  # running batches finish, and their records are written before the recorder stops
         api.state.recorder.close()
     click.echo("stopped", err=True)

@@ -8,6 +8,11 @@ it is generated; one its client cuts is stored with what was sent, `finish_reaso
 (`{"error": {"message", "type", "param", "code"}}`); options we do not support are refused naming the
 `param`, unknown harmless fields are ignored. Every call needs `Authorization: Bearer TOKEN` of a token
 with scope `serve` (no token or an unknown one: 401; another scope: 403).
+
+The model's traffic policy (`tuneloop traffic set`) splits the requests for `NAME@champion`: a canary
+share is answered by the challenger (records `kind: canary`), and a shadow share is also answered by the
+challenger after the caller got the champion's answer, in spare capacity (records `kind: shadow`,
+`pair_of` the live record's id). An alias the policy names that has no holder leaves the champion alone.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -28,11 +33,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from tuneloop.errors import Overloaded, TuneloopError
+from tuneloop.names import Alias
 from tuneloop.serving.batcher import Answer, Ask
 from tuneloop.serving.capture import Recorder, records_of
 from tuneloop.serving.capture import Request as Captured
 from tuneloop.serving.host import Host
-from tuneloop.serving.routing import RouteError, Router
+from tuneloop.serving.routing import RouteError, Router, VersionUnavailable
+from tuneloop.serving.split import TrafficSplit
+from tuneloop.store.records import RecordKind
 from tuneloop.store.tokens import Scope
 
 # Options the OpenAI API has and this server does not: refused by name rather than silently ignored.
@@ -123,6 +131,7 @@ class _Plan:
     asks: list[Ask]
     prompts: list[str]  # as records store them: for chat, the user turns joined
     captured: Captured
+    shadow: str | None = None  # the alias that also answers, unseen, once the caller has its answer
 
 
 def create_app(settings: Any, name: str, host: Host | None = None) -> FastAPI:
@@ -145,9 +154,12 @@ def create_app(settings: Any, name: str, host: Host | None = None) -> FastAPI:
     router = Router(name, resolver, host, rc.stores, settings.scrub)
     recorder = Recorder(rc.stores.records, enabled=limits.capture)
     accepted = rc.stores.tokens.accepted(settings.configured_tokens())
+    split = TrafficSplit(name, lambda n: rc.stores.traffic.get(n).policy, ttl_seconds=limits.reload_seconds)
+    shadows = ThreadPoolExecutor(1, thread_name_prefix="tuneloop-shadow")  # routes (maybe loads) off the callers' path
 
     app = FastAPI(title=f"tuneloop serve {name}", version="1", docs_url=None, redoc_url=None)
     app.state.host, app.state.recorder = host, recorder  # whoever runs the app closes them (`tuneloop serve` does)
+    app.state.split, app.state.shadows = split, shadows
 
     @app.exception_handler(ApiError)
     async def _on_api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -195,6 +207,14 @@ def create_app(settings: Any, name: str, host: Host | None = None) -> FastAPI:
     def plan(body: _Generation, prompts: list[str], chat: list[Message] | None) -> _Plan:
         """Route and check a request (MLflow calls and loads: run it off the event loop)."""
         version, alias, servable = router.route(body.model)
+        kind, asked, shadow = RecordKind.LIVE, None, None
+        if alias == Alias.CHAMPION:
+            canary = split.canary_alias(body.user)
+            routed = _holder(canary) if canary else None
+            if routed is not None and routed[0] != version:
+                kind, asked, (version, alias, servable) = RecordKind.CANARY, Alias.CHAMPION, routed
+            else:
+                shadow = split.shadow_alias()
         tokenizer = host.tokenizer(servable)
         messages = [{"role": m.role, "content": m.text()} for m in chat] if chat is not None else None
         if messages is not None:
@@ -222,8 +242,50 @@ def create_app(settings: Any, name: str, host: Host | None = None) -> FastAPI:
         from tuneloop.rowfiles import chat_prompt
 
         sampling = {"temperature": body.temperature, "top_p": body.top_p, "seed": body.seed, "stop": body.stop}
-        captured = Captured(name, version, alias, sampling, body.user, messages)
-        return _Plan(version, asks, [chat_prompt(messages)] if messages is not None else prompts, captured)
+        captured = Captured(name, version, alias, sampling, body.user, messages, kind=kind, asked=asked)
+        return _Plan(version, asks, [chat_prompt(messages)] if messages is not None else prompts, captured, shadow)
+
+    def _holder(alias: str) -> tuple[int, str | None, Any] | None:
+        """(version, alias, servable) of `alias`'s holder, or None when it has none or cannot be loaded."""
+        try:
+            return router.route(f"{name}@{alias}")
+        except (RouteError, VersionUnavailable):
+            return None
+
+    def shadow_after(plan_: _Plan, live_ids: list[str]) -> None:
+        """Once the live answers are stored: the shadow alias's holder answers the same asks, as spare work."""
+        if plan_.shadow is None:
+            return
+        split.shadow_counts.add(sampled=len(live_ids))
+        shadows.submit(_shadow, plan_, live_ids)
+
+    def _shadow(plan_: _Plan, live_ids: list[str]) -> None:
+        routed = _holder(plan_.shadow or "")
+        if routed is None or routed[0] == plan_.version:  # nobody else to ask: nothing to compare
+            split.shadow_counts.add(dropped=len(live_ids))
+            return
+        version, alias = routed[0], routed[1]
+        captured = Captured(
+            name, version, alias, plan_.captured.sampling, plan_.captured.user, plan_.captured.messages,
+            kind=RecordKind.SHADOW, asked=plan_.captured.alias,
+        )  # fmt: skip
+        for ask, prompt, live_id in zip(plan_.asks, plan_.prompts, live_ids, strict=True):
+            started = time.perf_counter()
+
+            def store(done: Future[Answer], prompt: str = prompt, live_id: str = live_id, t0: float = started) -> None:
+                if done.exception() is not None:
+                    split.shadow_counts.add(dropped=1)
+                    return
+                ms = (time.perf_counter() - t0) * 1000
+                rows = records_of(captured, [f"cmpl-{uuid.uuid4().hex}"], [prompt], [done.result()], ms, [live_id])
+                recorder.write(rows).add_done_callback(
+                    lambda w: split.shadow_counts.add(answered=int(not w.exception()))
+                )
+
+            try:
+                host.submit(name, version, ask, keep=router.keep(), spare=True).add_done_callback(store)
+            except Exception:  # noqa: BLE001 - a shadow answer is never worth an error
+                split.shadow_counts.add(dropped=1)
 
     async def answered(request: Request, plan_: _Plan) -> tuple[list[str], list[Answer]]:
         """Generate, then store the answers; a client that leaves first cancels its rows (nothing stored)."""
@@ -249,6 +311,7 @@ def create_app(settings: Any, name: str, host: Host | None = None) -> FastAPI:
         ids = [f"cmpl-{uuid.uuid4().hex}" for _ in answers]
         rows = records_of(plan_.captured, ids, plan_.prompts, answers, (time.perf_counter() - started) * 1000)
         await asyncio.wrap_future(recorder.write(rows))
+        shadow_after(plan_, ids)
         return ids, answers
 
     async def stream(plan_: _Plan, with_usage: bool) -> StreamingResponse:
@@ -301,6 +364,7 @@ def create_app(settings: Any, name: str, host: Host | None = None) -> FastAPI:
                 if rest := answer.text[len("".join(sent)) :]:  # held back until the end (a stop string's start)
                     yield chunk({"content": rest}, None)
                 await asyncio.wrap_future(record(answer))
+                shadow_after(plan_, [record_id])
                 finished = True
                 yield chunk({}, answer.finish_reason)
                 if with_usage:
@@ -315,7 +379,13 @@ def create_app(settings: Any, name: str, host: Host | None = None) -> FastAPI:
 
     @app.get("/health")
     def health() -> dict[str, Any]:
-        return {"status": "ok", "model": name, "loaded": [f"{n}:{v}" for n, v in host.loaded()]}
+        return {
+            "status": "ok",
+            "model": name,
+            "loaded": [f"{n}:{v}" for n, v in host.loaded()],
+            "traffic": split.policy().summary(),
+            "shadow": split.shadow_counts.as_dict(),
+        }
 
     @app.get("/v1/models")
     def models(request: Request) -> dict[str, Any]:

@@ -6,6 +6,11 @@ LoRA versions share a batch through PEFT's `adapter_names` (one name per row, `_
 Rows only share a `generate` call when their sampling is the same: every greedy row together, sampled
 rows by (temperature, top_p, seed). Greedy rows get the tokens a batch-of-one `generate` gives them.
 
+Spare work (shadow answers, which nobody waits for) never delays a caller: it waits in a bounded queue of
+its own and fills the rows a batch of callers' requests leaves free (with the same sampling), or runs
+when no caller's request is waiting. When that queue is full the server is saturated: new spare work is
+dropped and counted (`spare_dropped`).
+
 While a batch runs, `_Rows` (a stopping criterion, called once per generated token) follows each row:
 it hands a streaming caller each new piece of text, and ends a row early — generation goes on for the
 others — when it reaches a stop string, its own `max_new_tokens`, or its caller went away.
@@ -17,6 +22,7 @@ import contextlib
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -27,6 +33,7 @@ from tuneloop.serving.worker import QueueWorker
 
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 COLLECT_GROWTH = 20  # a batch collects for at most this many collection windows
+_WAKE = object()  # queued with spare work, so an idle model thread looks at it
 
 
 @dataclass(frozen=True)
@@ -71,15 +78,30 @@ class _Control:
     future: Future[Any]
 
 
+class SpareDropped(Overloaded):
+    """Spare work refused because the server is saturated (its queue is full)."""
+
+
 class Batcher(QueueWorker):
     def __init__(
-        self, model: Any, tokenizer: Any, *, max_batch: int = 16, collect_ms: float = 5.0, max_queue: int = 256
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        max_batch: int = 16,
+        collect_ms: float = 5.0,
+        max_queue: int = 256,
+        max_spare: int | None = None,
     ) -> None:
         tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         self.model, self.tokenizer = model.eval(), tokenizer
         self.max_batch, self.collect_s = max_batch, collect_ms / 1000
+        self.max_spare = max_spare if max_spare is not None else 2 * max_batch
+        self._spare: deque[_Job] = deque()
+        self._spare_lock = threading.Lock()
+        self.spare_dropped = 0
         super().__init__("tuneloop-model", max_queue=max_queue)
 
     # --- what other threads call ---------------------------------------------------------------
@@ -101,6 +123,23 @@ class Batcher(QueueWorker):
             ) from None
         return job.future
 
+    def submit_spare(self, ask: Ask, *, cancel: threading.Event | None = None) -> Future[Answer]:
+        """Queue `ask` as spare work (see the module's docstring); its future fails with `SpareDropped`
+        when the spare queue is full."""
+        job = _Job(ask, Future(), None, cancel)
+        with self._spare_lock:
+            full = len(self._spare) >= self.max_spare
+            if full:
+                self.spare_dropped += 1
+            else:
+                self._spare.append(job)
+        if full:
+            job.future.set_exception(SpareDropped(f"the spare queue is full ({self.max_spare} waiting)"))
+            return job.future
+        with contextlib.suppress(queue.Full):  # a full queue of callers' requests will not be idle soon anyway
+            self._queue.put_nowait(_WAKE)
+        return job.future
+
     def on_model_thread(self, run: Callable[[], Any]) -> Future[Any]:
         """Run `run` on the model thread between batches (e.g. `model.load_adapter(...)`)."""
         control = _Control(run, Future())
@@ -108,11 +147,17 @@ class Batcher(QueueWorker):
         return control.future
 
     # --- the model thread ----------------------------------------------------------------------
-    def _handle(self, item: _Job | _Control) -> object | None:
+    def _handle(self, item: Any) -> object | None:
         if isinstance(item, _Control):
             _settle(item.future, item.run)
             return None
+        if item is _WAKE:
+            if self._queue.empty():  # idle: spare work alone
+                for group in _by_sampling(self._take_spare(self.max_batch, None)):
+                    self._generate(group)
+            return None
         batch, after = self._collect(item)
+        batch += self._take_spare(self.max_batch - len(batch), {j.ask.sampling() for j in batch})
         for group in _by_sampling(batch):
             self._generate(group)
         if isinstance(after, _Control):
@@ -131,11 +176,25 @@ class Batcher(QueueWorker):
                 item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 break
+            if item is _WAKE:
+                continue
             if not isinstance(item, _Job):
                 return batch, item
             batch.append(item)
             deadline = min(cap, time.monotonic() + self.collect_s)
         return batch, None
+
+    def _take_spare(self, most: int, sampling: set[tuple[Any, ...]] | None) -> list[_Job]:
+        """Up to `most` spare jobs, oldest first; with `sampling`, only jobs that can join those rows."""
+        taken: list[_Job] = []
+        with self._spare_lock:
+            for job in list(self._spare):
+                if len(taken) >= most:
+                    break
+                if sampling is None or job.ask.sampling() in sampling:
+                    self._spare.remove(job)
+                    taken.append(job)
+        return taken
 
     def _generate(self, jobs: list[_Job]) -> None:
         live = [j for j in jobs if j.future.set_running_or_notify_cancel()]

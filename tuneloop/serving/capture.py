@@ -35,17 +35,24 @@ class Request:
     user: str | None  # in clear: hashed before it is stored
     messages: list[dict[str, Any]] | None  # chat: the full conversation, beside the joined prompt
     kind: RecordKind = RecordKind.LIVE
+    asked: str | None = None  # the alias the caller asked for, where the policy sent it elsewhere
 
 
 def records_of(
-    request: Request, record_ids: Sequence[str], prompts: Sequence[str], answers: Sequence[Answer], latency_ms: float
+    request: Request,
+    record_ids: Sequence[str],
+    prompts: Sequence[str],
+    answers: Sequence[Answer],
+    latency_ms: float,
+    pairs_of: Sequence[str | None] | None = None,
 ) -> list[NewRecord]:
+    """One record per answer; a shadow answer's `pairs_of` names the live record it shadows."""
     now = datetime.now(UTC)
     shared = {
         "messages": request.messages,
         "sampling": request.sampling,
         "user": hashlib.sha256(request.user.encode()).hexdigest()[:16] if request.user else None,
-    }
+    } | ({"asked": request.asked} if request.asked else {})
     return [
         NewRecord(
             id=record_id,
@@ -64,8 +71,11 @@ def records_of(
             },
             received_at=now,
             kind=request.kind,
+            pair_of=pair_of,
         )
-        for record_id, prompt, answer in zip(record_ids, prompts, answers, strict=True)
+        for record_id, prompt, answer, pair_of in zip(
+            record_ids, prompts, answers, pairs_of or [None] * len(answers), strict=True
+        )
     ]
 
 

@@ -62,15 +62,21 @@ class Host:
         keep: AbstractSet[tuple[str, int]] = frozenset(),
         on_text: Callable[[str], None] | None = None,
         cancel: threading.Event | None = None,
+        spare: bool = False,
     ) -> Future[Answer]:
         """Generate `ask` on `name` v`version`, loading it first if needed. `keep`: versions that must
-        stay loaded (what the served aliases hold); `on_text` and `cancel` as `Batcher.submit` takes them."""
+        stay loaded (what the served aliases hold); `on_text` and `cancel` as `Batcher.submit` takes them;
+        `spare`: work nobody waits for (a shadow answer), done in spare capacity or dropped."""
         key = (name, version)
         with self._lock:
             servable = self._load(key, keep)
             batcher = self._models[servable.base_key].batcher
             adapter = servable.adapter_name if servable.adapter_folder is not None and servable.shares_base else None
-            future = batcher.submit(replace(ask, adapter=adapter), on_text=on_text, cancel=cancel)
+            ask = replace(ask, adapter=adapter)
+            if spare:
+                future = batcher.submit_spare(ask, cancel=cancel)
+            else:
+                future = batcher.submit(ask, on_text=on_text, cancel=cancel)
             with self._counting:
                 self._running[key] = self._running.get(key, 0) + 1
         future.add_done_callback(lambda _: self._finished(key))

@@ -23,6 +23,7 @@ from tuneloop.store.monitors import MonitorStore
 from tuneloop.store.outbox import OutboxStore
 from tuneloop.store.records import RecordStore
 from tuneloop.store.tokens import TokenStore
+from tuneloop.store.traffic import TrafficStore
 
 __all__ = ["Stores", "Transaction"]
 
@@ -76,3 +77,4 @@ class Stores:
     outbox = _Of(OutboxStore)
     loops = _Of(LoopStore)
     leases = _Of(LeaseStore)
+    traffic = _Of(TrafficStore)

@@ -83,7 +83,7 @@ class AuditStore(Store):
         holders: dict[str, int | None] = {}
         for r in tx.execute(
             sa.select(audit_log.c.alias, audit_log.c.to_version)
-            .where(audit_log.c.model == model)
+            .where(audit_log.c.model == model, audit_log.c.kind != "traffic")
             .order_by(audit_log.c.id)
         ):
             holders[r.alias] = r.to_version

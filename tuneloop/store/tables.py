@@ -274,3 +274,14 @@ retrain_runs = sa.Table(
     sa.Column("updated_at", UTCDateTime(), nullable=False),
     sa.Index("ix_retrain_runs_state", "state"),
 )
+
+# A served model's traffic policy (migration 0009): the canary and shadow sections of `TrafficPolicy`, as
+# JSON. No row: the champion answers every request. Every change is also an audit entry.
+traffic_policies = sa.Table(
+    "traffic_policies",
+    metadata,
+    sa.Column("model", sa.String(400), primary_key=True),
+    sa.Column("policy", JSONDocument(), nullable=False),
+    sa.Column("set_by", sa.String(200), nullable=False),
+    sa.Column("set_at", UTCDateTime(), nullable=False),
+)

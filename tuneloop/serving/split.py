@@ -1,0 +1,80 @@
+"""A served model's traffic policy as a server applies it: which champion requests a challenger answers
+(canary) and which it answers too, unseen (shadow). The policy is read from the store at most
+`serve.reload_seconds` ago, like the aliases.
+
+Canary: with `sticky_by: user`, a request's `user` is hashed to a point in [0, 1); users below the share
+get the challenger, so the same user gets the same version while the policy holds (raising the share
+only adds users). Requests without a `user` (or with `sticky_by: none`) are drawn at random.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from tuneloop.traffic import OFF, TrafficPolicy
+
+
+def user_point(model: str, user: str) -> float:
+    """Where `user` falls in [0, 1) for `model`: uniform over users, fixed for each."""
+    digest = hashlib.sha256(f"{model}\0{user}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+@dataclass
+class ShadowCounts:
+    """What happened to the requests shadowing drew (shown by `/health`)."""
+
+    sampled: int = 0
+    answered: int = 0  # the shadow answer was generated and stored
+    dropped: int = 0  # the server was saturated (or the challenger could not answer): not generated
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, **counts: int) -> None:
+        with self._lock:
+            for name, n in counts.items():
+                setattr(self, name, getattr(self, name) + n)
+
+    def as_dict(self) -> dict[str, int]:
+        with self._lock:
+            return {"sampled": self.sampled, "answered": self.answered, "dropped": self.dropped}
+
+
+class TrafficSplit:
+    def __init__(self, name: str, read: Any, *, ttl_seconds: float, rng: random.Random | None = None) -> None:
+        self.name, self._read, self.ttl_seconds = name, read, ttl_seconds
+        self._rng = rng or random.Random()
+        self._policy, self._read_at = OFF, float("-inf")
+        self._lock = threading.Lock()
+        self.shadow_counts = ShadowCounts()
+
+    def policy(self) -> TrafficPolicy:
+        with self._lock:
+            if time.monotonic() - self._read_at >= self.ttl_seconds:
+                self._policy, self._read_at = self._read(self.name), time.monotonic()
+            return self._policy
+
+    def canary_alias(self, user: str | None) -> str | None:
+        """The alias that answers this champion request instead, or None (the champion answers)."""
+        canary = self.policy().canary
+        if canary is None:
+            return None
+        if canary.sticky_by == "user" and user:
+            point = user_point(self.name, user)
+        else:
+            with self._lock:
+                point = self._rng.random()
+        return canary.alias if point < canary.share else None
+
+    def shadow_alias(self) -> str | None:
+        """The alias that also answers this champion request, unseen, or None."""
+        shadow = self.policy().shadow
+        if shadow is None:
+            return None
+        with self._lock:
+            drawn = self._rng.random() < shadow.share
+        return shadow.alias if drawn else None

@@ -29,8 +29,8 @@ def load_policy(path: str | Path) -> TrafficPolicy:
 def set_policy(rc: RegistryClient, model: str, policy: TrafficPolicy, *, reason: str = "") -> StoredPolicy:
     """Store `policy` for `model` (every server follows within `serve.reload_seconds`), with its audit entry."""
     rc.registered_model(model)
-    before = rc.stores.traffic.get(model).policy
     with rc.stores.transaction(lock=lock_name(model)) as tx:
+        before = rc.stores.traffic.get(model, tx).policy  # under the lock: concurrent setters audit in order
         rc.stores.traffic.put(tx, model, policy, rc.settings.actor_name)
         rc.stores.audit.append(
             tx,

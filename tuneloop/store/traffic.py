@@ -22,9 +22,14 @@ class StoredPolicy:
 
 
 class TrafficStore(Store):
-    def get(self, model: str) -> StoredPolicy:
-        with self.engine.connect() as conn:
-            row = conn.execute(sa.select(traffic_policies).where(traffic_policies.c.model == model)).first()
+    def get(self, model: str, tx: Transaction | None = None) -> StoredPolicy:
+        """`model`'s policy; inside `tx` when given (a writer reads what it replaces under its lock)."""
+        query = sa.select(traffic_policies).where(traffic_policies.c.model == model)
+        if tx is not None:
+            row = tx.execute(query).first()
+        else:
+            with self.engine.connect() as conn:
+                row = conn.execute(query).first()
         if row is None:
             return StoredPolicy(model, OFF, None, None)
         return StoredPolicy(model, TrafficPolicy.model_validate(row.policy), row.set_by, row.set_at)

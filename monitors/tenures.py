@@ -7,8 +7,9 @@ afresh, and its reference follows the monitor's `reference`:
 
   file              the same file, for every version
   training_data     the new holder's own stored data (the old reference, with a note, if it has none)
-  window            the new holder's first `window.size` production records, pinned once they have
-                    arrived; its windows start after them, so they are never judged against themselves
+  window            the new holder's first `window.size` production records (at least MIN_REFERENCE),
+                    pinned once they have arrived; its windows start after them, so they are never judged
+                    against themselves
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from tuneloop.errors import InvalidInput
 from tuneloop.monitors.monitor_spec import MonitorSpec
 from tuneloop.monitors.pending import Floor, not_before
-from tuneloop.monitors.references import as_record, materialise, pin_records
+from tuneloop.monitors.references import MIN_REFERENCE, as_record, materialise, pin_records
 from tuneloop.registry.client import RegistryClient
 from tuneloop.store.monitors import MonitorRow, Tenure
 from tuneloop.store.records import ModelSlice, StoredRecord
@@ -79,7 +80,7 @@ def watch(rc: RegistryClient, row: MonitorRow, spec: MonitorSpec) -> Watch:
         tenure, arrived = _form(rc, row, spec, model, tenure)
         if tenure.reference_sha256 is None:
             notes.append(
-                f"version {model.version}'s reference is forming: {arrived} of its first {spec.window.size} "
+                f"version {model.version}'s reference is forming: {arrived} of its first {first_records_size(spec)} "
                 "records have arrived; its windows are judged after them"
             )
     return Watch(model, tenure, floor_of(spec, tenure), moved_from, notes)
@@ -95,7 +96,7 @@ def _start(rc: RegistryClient, row: MonitorRow, spec: MonitorSpec, model: ModelS
             model.version,
             reference_sha256=None,
             reference_last_seq=None,
-            reference_source=f"its first {spec.window.size} production records",
+            reference_source=f"its first {first_records_size(spec)} production records",
         )
     if spec.reference.training_data is not None:
         try:
@@ -121,17 +122,23 @@ def _start(rc: RegistryClient, row: MonitorRow, spec: MonitorSpec, model: ModelS
     )
 
 
+def first_records_size(spec: MonitorSpec) -> int:
+    """How many of a new holder's first production records become its reference: one window, and never
+    fewer than a reference needs."""
+    return max(spec.window.size, MIN_REFERENCE)
+
+
 def _first_records(rc: RegistryClient, spec: MonitorSpec, model: ModelSlice) -> list[StoredRecord]:
-    return rc.stores.records.page(model, limit=spec.window.size)
+    return rc.stores.records.page(model, limit=first_records_size(spec))
 
 
 def _form(
     rc: RegistryClient, row: MonitorRow, spec: MonitorSpec, model: ModelSlice, tenure: Tenure
 ) -> tuple[Tenure, int]:
-    """Pin the version's first `window.size` records as its reference once they have all arrived; (the
+    """Pin the version's first `first_records_size` records as its reference once they have all arrived; (the
     tenure, how many of those records have arrived)."""
     rows = _first_records(rc, spec, model)
-    if len(rows) < spec.window.size:
+    if len(rows) < first_records_size(spec):
         return tenure, len(rows)
     assert row.mlflow_run_id is not None
     source = (

@@ -186,3 +186,43 @@ def test_with_eval_data_as_reference_each_holder_is_judged_against_its_own(
     assert any(f"trained:{v3} has no stored `eval` data" in n for n in third.notes), third.notes
     assert rc.stores.monitors.tenure("mon", v3).reference_sha256 == rc.stores.monitors.get("mon").reference_sha256
     assert [(w["version"], w["status"]) for w in third.judged] == [(v3, "drift")]  # the first reference: v1's calm data
+
+
+@pytest.mark.acceptance  # one window, one reference pinned: ~10 s
+def test_a_window_smaller_than_a_reference_pins_the_new_holders_first_hundred_records(
+    sqlite_rc, tmp_path: Path
+) -> None:
+    """Windows of 50: the new holder's reference still holds the 100 records a reference needs (the demo's
+    --quick windows once made the new holder's 50-record reference fail the check)."""
+    from tuneloop.monitors.judging import check
+    from tuneloop.monitors.references import MIN_REFERENCE
+    from tuneloop.monitors.service import add
+    from tuneloop.registry.promotion import promote
+    from tuneloop.store.records import ModelSlice
+
+    rc = sqlite_rc
+    make_versions(rc, "support", [{}, {}])
+    promote(rc, "support", 1, "champion", force=True, reason="first holder")
+    start = datetime(2026, 11, 1, tzinfo=UTC)
+    _send(rc, traffic.windows(1, 200, seed=1), start)
+    (tmp_path / "monitor.yaml").write_text(
+        "name: mon\nmodel: support@champion\nwindow: {size: 50}\nmin_size: 25\nchecks: [descriptors]\n"
+        f"reference: {{window: {{start: '{start.isoformat()}', end: '{(start + timedelta(hours=1)).isoformat()}'}}}}\n"
+    )
+    add(rc, tmp_path / "monitor.yaml")
+    promote(rc, "support", 2, "champion", force=True, reason="the challenger won")
+    v2_start = start + timedelta(hours=2)
+    v2_rows = traffic.windows(1, MIN_REFERENCE + 50, seed=4)
+    _send(rc, v2_rows[:60], v2_start)
+    forming = check(rc, "mon")
+    assert any(f"reference is forming: 60 of its first {MIN_REFERENCE} records" in n for n in forming.notes), (
+        forming.notes
+    )
+    assert forming.judged == []
+    _send(rc, v2_rows[60:], v2_start + timedelta(minutes=5))
+    formed = check(rc, "mon")
+    v2_seqs = [r.seq for r in rc.stores.records.of(ModelSlice("support", 2, "champion"))]
+    assert rc.stores.monitors.tenure("mon", 2).reference_last_seq == v2_seqs[MIN_REFERENCE - 1]
+    assert [(w["version"], w["first_seq"], w["last_seq"]) for w in formed.judged] == [
+        (2, v2_seqs[MIN_REFERENCE], v2_seqs[MIN_REFERENCE + 49])
+    ]

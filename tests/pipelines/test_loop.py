@@ -69,14 +69,14 @@ def test_tiny_loop_end_to_end_on_served_answers(loop_env, tiny_model: Path) -> N
         )
         assert record.prompt == summary["answers"]["prompt"]  # the user turn, without the system prompt
     later = [w for w in summary["windows"] if w["version"] == v2]
-    assert len(later) == cfg.after_windows - 1 and later[0]["status"] in ("ok", "drift")
+    assert len(later) == cfg.after_windows and later[0]["status"] in ("ok", "drift")
     tenure = rc.stores.monitors.tenure("support-champion", v2)
     assert tenure is not None and tenure.reference_last_seq is not None
     v2_records = rc.stores.records.of(ModelSlice("tiny-support", v2, "champion"))
-    assert len(v2_records) >= cfg.after_windows * cfg.window
-    assert [r.seq for r in v2_records[: cfg.window]][-1] == tenure.reference_last_seq
+    assert len(v2_records) >= cfg.after_prompts
+    assert [r.seq for r in v2_records[: cfg.after_reference]][-1] == tenure.reference_last_seq
     (window,) = rc.stores.monitors.windows("support-champion", version=v2)
-    assert window.last_seq == v2_records[2 * cfg.window - 1].seq and window.size == cfg.window
+    assert window.last_seq == v2_records[cfg.after_reference + cfg.window - 1].seq and window.size == cfg.window
     with rc.stores.engine.connect() as conn:
         versions_in_window = conn.execute(
             sa.text(

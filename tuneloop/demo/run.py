@@ -48,7 +48,7 @@ class DemoConfig:
     reference_windows: int = 2  # answered first and pinned as the monitor's reference
     calm_windows: int = 1  # fresh in-distribution prompts after the reference
     drift_windows: int = 3
-    after_windows: int = 2  # answered by a promoted challenger: its reference (one window), then one judged
+    after_windows: int = 1  # judged windows of a promoted challenger's answers, after its own reference
     drift_kinds: tuple[str, ...] = ("language", "off_topic")  # German tickets, off-topic questions
     drift_share: float = 0.5
     reviewed_share: float = 0.4  # of the drifted prompts, the share a person answered
@@ -63,6 +63,19 @@ class DemoConfig:
     # Set only where the fine-tune cannot be expected to beat its base (a tiny random model in tests): the
     # first promotion is then forced with this reason, recorded as FORCED in the audit trail.
     force_first_promotion: str | None = None
+
+    @property
+    def after_reference(self) -> int:
+        """How many of a promoted challenger's first answers become its own reference (one window, at least
+        what a reference needs)."""
+        from tuneloop.monitors.references import MIN_REFERENCE
+
+        return max(self.window, MIN_REFERENCE)
+
+    @property
+    def after_prompts(self) -> int:
+        """Prompts a promoted challenger answers: its reference, then its judged windows."""
+        return self.after_reference + self.after_windows * self.window
 
 
 QUICK = {
@@ -243,7 +256,7 @@ class Demo:
         drifted = part in ("drift", "after")
         n = {"reference": cfg.reference_windows, "calm": cfg.calm_windows, "drift": cfg.drift_windows}
         return traffic.windows(
-            n.get(part, cfg.after_windows),
+            n.get(part, -(-cfg.after_prompts // cfg.window)),
             cfg.window,
             seed={"reference": 10, "calm": 11, "drift": 12, "after": 14}[part],
             kind=cfg.drift_kinds if drifted else None,
@@ -323,8 +336,8 @@ class Demo:
 
         cfg = self.cfg
         self.stage(
-            f"9/9 v{version} is champion: the same server answers with it; answering {cfg.after_windows * cfg.window} "
-            f"more prompts (its first {cfg.window} answers become its reference)"
+            f"9/9 v{version} is champion: the same server answers with it; answering {cfg.after_prompts} "
+            f"more prompts (its first {cfg.after_reference} answers become its reference)"
         )
         again = production.answered_by(example.prompt, version)
         self.answer(production, "after")

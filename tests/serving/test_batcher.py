@@ -87,6 +87,35 @@ def test_mixed_versions_in_one_batch_answer_as_each_alone(
             assert answer.finish_reason == "stop"
 
 
+def test_a_batch_waits_for_as_many_callers_as_the_last_one_held(tiny_model: Path) -> None:
+    """Callers whose answers left together come back some ms apart: the next batch waits for as many of
+    them as the last batch held (up to COLLECT_GROWTH windows); a lone caller after them still gets its answer."""
+    import threading
+    import time
+
+    from tuneloop.serving.batcher import Ask, Batcher
+
+    model, tokenizer = _base(tiny_model)
+    batcher = Batcher(model, tokenizer, max_batch=8, collect_ms=25)  # windows of 25 ms, 500 ms at most
+    try:
+        together = [batcher.submit(Ask(p, max_new_tokens=2)) for p in PROMPTS[:4]]
+        assert [f.result(timeout=60).batch_rows for f in together] == [4] * 4
+        spaced: list = []
+
+        def arrive_apart() -> None:  # 50 ms apart: twice the collection window, well inside its cap
+            for p in PROMPTS[4:8]:
+                spaced.append(batcher.submit(Ask(p, max_new_tokens=2)))
+                time.sleep(0.05)
+
+        sender = threading.Thread(target=arrive_apart)
+        sender.start()
+        sender.join()
+        assert [f.result(timeout=60).batch_rows for f in spaced] == [4] * 4
+        assert batcher.submit(Ask(PROMPTS[8], max_new_tokens=2)).result(timeout=60).batch_rows == 1
+    finally:
+        batcher.close()
+
+
 def test_a_stop_string_ends_the_text(served) -> None:
     from tuneloop.serving.batcher import Ask
 

@@ -8,8 +8,9 @@ rows by (temperature, top_p, seed). Greedy rows get the tokens a batch-of-one `g
 
 Spare work (shadow answers, which nobody waits for) never delays a caller: it waits in a bounded queue of
 its own and fills the rows a batch of callers' requests leaves free (with the same sampling), or runs
-when no caller's request is waiting. When that queue is full the server is saturated: new spare work is
-dropped and counted (`spare_dropped`).
+alone once no caller has been seen for `SPARE_IDLE_S` — callers whose answers just left come back within
+ms, and a batch of spare work started in that gap would hold their next requests for a whole generation.
+When that queue is full the server is saturated: new spare work is dropped and counted (`spare_dropped`).
 
 While a batch runs, `_Rows` (a stopping criterion, called once per generated token) follows each row:
 it hands a streaming caller each new piece of text, and ends a row early — generation goes on for the
@@ -29,10 +30,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from tuneloop.errors import Overloaded
+from tuneloop.serving import mixed_lora
+from tuneloop.serving.mixed_lora import BASE
 from tuneloop.serving.worker import QueueWorker
 
-BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 COLLECT_GROWTH = 20  # a batch collects for at most this many collection windows
+SPARE_IDLE_S = 0.25  # spare work runs alone only after this long without a caller's request
 _WAKE = object()  # queued with spare work, so an idle model thread looks at it
 
 
@@ -102,6 +105,8 @@ class Batcher(QueueWorker):
         self._spare: deque[_Job] = deque()
         self._spare_lock = threading.Lock()
         self.spare_dropped = 0
+        self._last_caller = float("-inf")  # when a caller's request last arrived or was answered
+        self._last_rows = 1  # callers' requests in the last batch: how many the next one waits for
         super().__init__("tuneloop-model", max_queue=max_queue)
 
     # --- what other threads call ---------------------------------------------------------------
@@ -152,28 +157,52 @@ class Batcher(QueueWorker):
             _settle(item.future, item.run)
             return None
         if item is _WAKE:
-            if self._queue.empty():  # idle: spare work alone
-                for group in _by_sampling(self._take_spare(self.max_batch, None)):
-                    self._generate(group)
+            self._spare_alone()
             return None
         batch, after = self._collect(item)
         batch += self._take_spare(self.max_batch - len(batch), {j.ask.sampling() for j in batch})
         for group in _by_sampling(batch):
             self._generate(group)
+        self._last_caller = time.monotonic()
         if isinstance(after, _Control):
             _settle(after.future, after.run)
         return after
 
+    def _spare_alone(self) -> None:
+        """Spare work in a batch of its own, if the model is idle: no caller waiting, none for a while (else
+        look again when that while is over; a caller's batch may take the work along before then)."""
+        if not self._queue.empty():
+            return
+        quiet_for = time.monotonic() - self._last_caller
+        if quiet_for < SPARE_IDLE_S:
+            timer = threading.Timer(SPARE_IDLE_S - quiet_for, self._wake)
+            timer.daemon = True
+            timer.start()
+            return
+        for group in _by_sampling(self._take_spare(self.max_batch, None)):
+            self._generate(group)
+
+    def _wake(self) -> None:
+        with self._spare_lock:
+            waiting = bool(self._spare)
+        if waiting:
+            with contextlib.suppress(queue.Full):
+                self._queue.put_nowait(_WAKE)
+
     def _collect(self, first: _Job) -> tuple[list[_Job], Any]:
         """Jobs that arrive within the collection window, and the control item that ended it early.
 
-        The window closes `collect_ms` after the latest arrival (at most `COLLECT_GROWTH` windows in
-        all): requests sent together but parsed one after another still share a batch."""
+        The window closes `collect_ms` after the latest arrival, and stays open (for at most
+        `COLLECT_GROWTH` windows in all) until as many requests have come as the last batch held:
+        callers whose answers left together send their next requests some ms apart, as each response is
+        written, and a batch closed before the last of them arrives makes it wait a whole generation."""
         batch, now = [first], time.monotonic()
         deadline, cap = now + self.collect_s, now + self.collect_s * COLLECT_GROWTH
+        expected = min(self._last_rows, self.max_batch)
         while len(batch) < self.max_batch:
+            wait_until = cap if len(batch) < expected else deadline
             try:
-                item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                item = self._queue.get(timeout=max(0.0, wait_until - time.monotonic()))
             except queue.Empty:
                 break
             if item is _WAKE:
@@ -182,6 +211,7 @@ class Batcher(QueueWorker):
                 return batch, item
             batch.append(item)
             deadline = min(cap, time.monotonic() + self.collect_s)
+        self._last_rows = len(batch)
         return batch, None
 
     def _take_spare(self, most: int, sampling: set[tuple[Any, ...]] | None) -> list[_Job]:
@@ -203,6 +233,7 @@ class Batcher(QueueWorker):
             job.future.set_result(Answer("", 0, 0, "cancelled", 0))
         if not live:
             return
+        live.sort(key=lambda j: j.ask.adapter or BASE)  # each version's rows one slice (`mixed_lora`)
         try:
             answers = self._answer(live)
         except Exception as error:  # noqa: BLE001 - the callers get the error; the thread serves on
@@ -215,9 +246,13 @@ class Batcher(QueueWorker):
     @contextlib.contextmanager
     def _adapters(self, sampling: dict[str, Any], names: list[str]) -> Iterator[None]:
         """Which adapter each row runs on. One adapter for every row: made active, the plain forward
-        (PEFT's per-row path costs ~10% even then); several: one name per row (`adapter_names`)."""
+        (PEFT's per-row path costs ~10% even then); several: each version's slice of rows through its own
+        adapter (`mixed_lora`), or PEFT's one name per row (`adapter_names`) where that cannot apply."""
         if not hasattr(self.model, "peft_config"):
             yield
+        elif len(set(names)) > 1 and mixed_lora.supports(self.model, set(names) - {BASE}):
+            with mixed_lora.grouped_rows(self.model, names):
+                yield
         elif len(set(names)) > 1:
             sampling["adapter_names"] = names
             yield

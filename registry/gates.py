@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tuneloop.errors import ConfigError
-from tuneloop.names import Alias, Metric, Tag
+from tuneloop.names import SHADOW_PAIRS, Alias, Tag, is_shadow_metric, known_metrics
 from tuneloop.registry import descriptions
 from tuneloop.registry.version_metrics import metrics_of
 from tuneloop.schemas import GateCheck
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
 
     from tuneloop.registry.client import RegistryClient
+    from tuneloop.store.base import Transaction
 
 _OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
@@ -57,7 +58,7 @@ class Gate:
 def parse_policy(gates: list[str]) -> list[Gate]:
     """Parse every gate, collecting all problems into one ConfigError."""
     parsed, problems = [], []
-    allowed = ", ".join(m.value for m in Metric)
+    allowed = ", ".join(known_metrics())
     for text in gates:
         match = _GATE.match(text)
         if not match:
@@ -66,7 +67,7 @@ def parse_policy(gates: list[str]) -> list[Gate]:
                 "e.g. `rougeL >= champion - 0.01`"
             )
             continue
-        if match["metric"] not in Metric._value2member_map_:
+        if match["metric"] not in known_metrics():
             problems.append(f"`{text}` names unknown metric `{match['metric']}`; known metrics: {allowed}")
             continue
         parsed.append(
@@ -100,19 +101,37 @@ def set_policy(rc: RegistryClient, name: str, gates: list[str]) -> list[Gate]:
     return parsed
 
 
-def evaluate(rc: RegistryClient, candidate: ModelVersion, gates: list[Gate]) -> list[GateCheck]:
+def evaluate(
+    rc: RegistryClient, candidate: ModelVersion, gates: list[Gate], tx: Transaction | None = None
+) -> list[GateCheck]:
+    """Each gate's check of `candidate`; inside `tx` when the caller holds one (on SQLite a second
+    transaction in the same process would wait for it for ever)."""
     values = metrics_of(candidate)
-    return [_check(rc, candidate, values, gate) for gate in gates]
+    return [_check(rc, candidate, values, gate, tx) for gate in gates]
 
 
-def _check(rc: RegistryClient, candidate: ModelVersion, values: dict[str, float], gate: Gate) -> GateCheck:
+def _check(
+    rc: RegistryClient, candidate: ModelVersion, values: dict[str, float], gate: Gate, tx: Transaction | None
+) -> GateCheck:
     value = values.get(gate.metric)
+    shadow = is_shadow_metric(gate.metric)
     if value is None:
+        how = f"`tuneloop eval shadow {candidate.name}` on paired traffic" if shadow else "`tuneloop eval`"
         return GateCheck(
             gate=gate.text,
             status="failed",
-            reason=f"v{candidate.version} has no `{gate.metric}` result; evaluate it first (`tuneloop eval`)",
+            reason=f"v{candidate.version} has no `{gate.metric}` result; evaluate it first ({how})",
         )
+    if shadow and gate.metric != SHADOW_PAIRS:
+        pairs, needed = int(values.get(SHADOW_PAIRS, 0)), min_shadow_pairs(rc, candidate.name, tx)
+        if pairs < needed:  # an interval from a handful of pairs would pass a confidently worse challenger
+            return GateCheck(
+                gate=gate.text,
+                status="failed",
+                value=value,
+                reason=f"v{candidate.version}'s shadow results come from {pairs} (live, shadow) pair(s); "
+                f"the traffic policy's `shadow.min_pairs` needs {needed}",
+            )
     if gate.number is not None:
         threshold, compared_with = gate.number, "absolute"
     else:
@@ -130,6 +149,14 @@ def _check(rc: RegistryClient, candidate: ModelVersion, values: dict[str, float]
         compared_with=compared_with,
         reason="" if passed else f"{gate.metric} = {value:g} is not {gate.op} {threshold:g} ({compared_with})",
     )
+
+
+def min_shadow_pairs(rc: RegistryClient, model: str, tx: Transaction | None = None) -> int:
+    """The fewest pairs shadow gates accept: the traffic policy's `shadow.min_pairs` (its default without one)."""
+    from tuneloop.traffic import Shadow
+
+    shadow = rc.stores.traffic.get(model, tx).policy.shadow
+    return shadow.min_pairs if shadow is not None else int(Shadow.model_fields["min_pairs"].default)
 
 
 def _reference_value(rc: RegistryClient, candidate: ModelVersion, gate: Gate) -> tuple[float, str] | str:
@@ -170,10 +197,10 @@ def _base_of(rc: RegistryClient, candidate: ModelVersion) -> ModelVersion | None
 
 def record_metrics(rc: RegistryClient, name: str, version: int | str, metrics: dict[str, float]) -> None:
     """Attach evaluation results to a version, where gates read them."""
-    unknown = sorted(set(metrics) - set(Metric._value2member_map_))
+    unknown = sorted(set(metrics) - set(known_metrics()))
     if unknown:
         raise ConfigError(
-            f"unknown metric names: {', '.join(unknown)}", hint="known metrics: " + ", ".join(m.value for m in Metric)
+            f"unknown metric names: {', '.join(unknown)}", hint="known metrics: " + ", ".join(known_metrics())
         )
     rc.model_version(name, version)
     for metric, value in metrics.items():

@@ -81,7 +81,7 @@ def promote(
         if current == number:
             _mirror(rc, tx, model)
             return PromotionResult(move=None, gates=[], unaudited=unaudited)
-        checks = gates.evaluate(rc, candidate, policy)
+        checks = gates.evaluate(rc, candidate, policy, tx)
         failed = [c for c in checks if c.status == "failed"]
         no_evidence = bool(checks) and all(c.status == "skipped" for c in checks)
         if not checks:

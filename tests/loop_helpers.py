@@ -27,6 +27,7 @@ def tiny_config(tiny_model: Path):
         batch_size=8,
         checkpoint_every=2,
         force_first_promotion="tiny random model: its answers are noise, there is no base to beat",
+        shadow_pairs=0,  # most loop tests send traffic without a model server: nothing could shadow
     )
 
 

@@ -35,6 +35,26 @@ class Metric(StrEnum):
 # Lower is better for these; every other metric is higher-is-better.
 LOWER_IS_BETTER = frozenset({Metric.PERPLEXITY, Metric.LATENCY_MS, Metric.EVAL_LOSS})
 
+# What shadow evaluation compares on the same live prompts (challenger minus champion): each is written on
+# the challenger's version as `shadow_<name>_delta` with `_lo` and `_hi` (its paired-bootstrap interval).
+SHADOW_COMPARED = ("refusal_rate", "output_words", "non_letter_share", "rougeL", "accuracy")
+SHADOW_PAIRS = "shadow_pairs"  # every (live, shadow) pair compared
+SHADOW_COUNTS = ("shadow_rougeL_pairs", "shadow_accuracy_pairs")  # pairs whose live record has a reference / label
+SHADOW_AGREEMENT = ("shadow_agreement_exact_match", "shadow_agreement_rougeL")  # challenger's answer vs champion's
+SHADOW_METRICS = frozenset(
+    [SHADOW_PAIRS, *SHADOW_COUNTS, *SHADOW_AGREEMENT]
+    + [f"shadow_{name}_delta{end}" for name in SHADOW_COMPARED for end in ("", "_lo", "_hi")]
+)
+
+
+def known_metrics() -> list[str]:
+    """Every metric name a version may carry and a gate may read."""
+    return [m.value for m in Metric] + sorted(SHADOW_METRICS)
+
+
+def is_shadow_metric(name: str) -> bool:
+    return name in SHADOW_METRICS
+
 
 class AdapterMethod(StrEnum):
     QLORA = "qlora"
@@ -178,6 +198,8 @@ class RunTag:
     REVIEW_A = "tuneloop.review.a"
     REVIEW_B = "tuneloop.review.b"
     REVIEW_TASK = "tuneloop.review.task"
+    SHADOW_CHALLENGER = "tuneloop.shadow.challenger"  # NAME:VERSION judged on live prompts (`eval shadow`)
+    SHADOW_CHAMPION = "tuneloop.shadow.champion"  # NAME:VERSION whose live answers it was compared with
     RETRAIN_ID = "tuneloop.retrain.id"
     RETRAIN_TRIGGER = "tuneloop.retrain.trigger"
     RETRAIN_CHAMPION = "tuneloop.retrain.champion"

@@ -6,6 +6,7 @@ records is kept on it, so no stage reads the row, or the champion alias, again.
 curating   champion's training set + reviewed production records -> train.jsonl, holdout.jsonl
 training   the champion's own recipe on the curated data; resumes from its checkpoint
 evaluating the suite (+ the held-out production task) on challenger and champion
+shadowing  (`promotion: after_shadow` only) the challenger answers live prompts unseen (`shadow_stage`)
 registered lineage tags, alias `challenger`, the promotion decision, notifications
 """
 
@@ -17,27 +18,11 @@ from typing import Any
 
 from tuneloop.errors import GateFailed, InvalidInput, NotFound
 from tuneloop.names import Alias, RunTag, Tag
-from tuneloop.pipelines.loop import retrain
+from tuneloop.pipelines.loop import retrain, shadow_stage
+from tuneloop.pipelines.loop.driven_run import Run
 from tuneloop.registry.client import RegistryClient
 
 HOLDOUT_TASK = "production-holdout"
-
-
-class Run:
-    """The retraining run being driven: its row, read once, kept current as each stage records a result."""
-
-    def __init__(self, rc: RegistryClient, run_id: int) -> None:
-        self.rc, self.id = rc, run_id
-        self.row = retrain.get(rc, run_id)
-
-    @property
-    def details(self) -> dict[str, Any]:
-        return self.row["details"]
-
-    def record(self, **values: Any) -> None:
-        """Store `values` in the run's row (a state, a result) and keep them here."""
-        retrain.update(self.rc, self.id, **values)
-        self.row.update(values)
 
 
 def drive(rc: RegistryClient, run_id: int) -> None:
@@ -246,9 +231,13 @@ def _finish(run: Run, spec: Any, version: int, champion_version: int, evals: dic
             details["challenger_alias"] = "set for review (gates failed)"
         run.record(details=details)
 
+    if spec.promotion == "after_shadow":
+        shadow_stage.await_evidence(run, spec, version, champion_version)
     if "decision" not in details:
         details["decision"] = _decide(rc, spec, version, gates, evals)
         run.record(details=details)
+    if spec.promotion == "after_shadow":
+        shadow_stage.stop_shadowing(run, spec)
     _mirror(run)
     if not details.get("notified"):
         _notify(run, spec, version, champion_version)
@@ -278,13 +267,14 @@ def _decide(rc: RegistryClient, spec: Any, version: int, gates: Any, evals: dict
         return {"action": "awaiting review", "gates": checks, "why": why}
     if failed:
         return {"action": "kept champion", "gates": checks, "why": "gates failed: " + "; ".join(failed)}
-    if spec.promotion == "auto":
+    if spec.promotion in ("auto", "after_shadow"):
+        evidence = " and on live prompts in shadow" if spec.promotion == "after_shadow" else ""
         try:
             promote(rc, spec.model, version, Alias.CHAMPION, reason="auto-promotion by the retraining loop")
             return {
                 "action": "promoted",
                 "gates": checks,
-                "why": "every gate passed, overall and per task; the loop auto-promotes",
+                "why": f"every gate passed, overall and per task{evidence}; the loop auto-promotes",
             }
         except GateFailed as exc:  # the champion moved meanwhile and the gates now read differently
             return {"action": "kept champion", "gates": checks, "why": exc.message}

@@ -1,4 +1,4 @@
-"""Durable retraining runs: queued -> curating -> training -> evaluating -> registered | failed, or
+"""Durable retraining runs: queued -> curating -> training -> evaluating [-> shadowing] -> registered | failed, or
 cancelled by a person (`tuneloop retrain cancel ID`) at any stage before it ends.
 
 Each run is a row in `retrain_runs`, unique per trigger (one per alert incident, one per cron fire),

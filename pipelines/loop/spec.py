@@ -11,7 +11,9 @@ feedback: {min_rating: 4}         # an output rated this or higher is an approve
 holdout: 0.2                      # share of the new labelled production rows kept for evaluation
 champion_share: 0.5               # the champion's rows make at least half the training set (repeated)
 near_threshold: 0.8               # drop new rows this similar to a held-out, champion or earlier row
-promotion: manual                 # `auto`: promote to champion when every gate passes
+promotion: manual                 # `auto`: promote to champion when every gate passes; `after_shadow`:
+                                  #   the same, once the challenger has answered live prompts in shadow
+shadow: {share: 0.25, min_pairs: 600, max_hours: 24}   # read by `after_shadow`
 """
 
 from __future__ import annotations
@@ -41,6 +43,12 @@ class FeedbackSettings(Strict):
     min_rating: float = Field(
         4.0, description="Ratings at or above this approve the model's output as a training answer"
     )
+
+
+class ShadowWait(Strict):
+    share: float = Field(0.25, gt=0.0, le=1.0, description="Share of the champion's requests the challenger shadows")
+    min_pairs: int = Field(600, ge=1, description="The decision waits for this many (live, shadow) pairs")
+    max_hours: float = Field(24.0, gt=0.0, description="...or gives up after this long (shadow gates then fail)")
 
 
 class LoopSpec(Strict):
@@ -82,9 +90,12 @@ class LoopSpec(Strict):
     holdout_metrics: list[str] = Field(
         default_factory=lambda: ["rouge", "chrf"], description="Metrics of the held-out task"
     )
-    promotion: Literal["manual", "auto"] = Field(
-        "manual", description="`auto` promotes a challenger that passes every gate"
+    promotion: Literal["manual", "auto", "after_shadow"] = Field(
+        "manual",
+        description="`auto` promotes a challenger that passes every gate; `after_shadow` first shadows the "
+        "champion's live requests with it (`shadow`) and decides on the gates, shadow gates included",
     )
+    shadow: ShadowWait = Field(default_factory=lambda: ShadowWait(), description="How `after_shadow` waits")
 
     @field_validator("cron")
     @classmethod

@@ -19,6 +19,7 @@ from tuneloop.errors import Conflict, TuneloopError
 from tuneloop.pipelines.loop import challenger, retrain
 from tuneloop.registry.client import RegistryClient
 from tuneloop.store import leases
+from tuneloop.store.loops import RunState
 
 MODULE = "tuneloop.pipelines.loop.worker"  # run as `python -m`, its own __name__ is "__main__"
 
@@ -102,7 +103,9 @@ def run_worker(rc: RegistryClient, run_id: int, *, lease_s: float | None = None)
         raise Conflict(
             f"retraining run {run_id} is owned by a live worker", hint="wait for it; `tuneloop retrain list`"
         )
-    attempts = row["attempts"] + 1
+    # A worker that died while waiting for shadow pairs did no work that could have crashed it: resuming the
+    # wait is not another try (a wait of hours would otherwise use the run's tries up on restarts).
+    attempts = row["attempts"] + (0 if row["state"] == RunState.SHADOWING else 1)
     if attempts > retrain.MAX_ATTEMPTS:
         retrain.update(
             rc,

@@ -35,7 +35,7 @@ def test_tiny_loop_end_to_end_on_served_answers(loop_env, tiny_model: Path) -> N
     rc = loop_env
     hook_port = free_port()  # nothing listens there: the webhook sink is down for the whole loop
     # Gates a tiny random model's challenger passes (its answers are noise): the promotion is the point here.
-    cfg = replace(tiny_config(tiny_model), gates=("rougeL >= 0",))
+    cfg = replace(tiny_config(tiny_model), gates=("rougeL >= 0",), shadow_pairs=20)
     stages: list[str] = []
     production = functools.partial(served, rc, None, system=SYSTEM, max_tokens=cfg.answer_tokens)
     summary = Demo(rc, cfg, stages.append).run(
@@ -57,6 +57,15 @@ def test_tiny_loop_end_to_end_on_served_answers(loop_env, tiny_model: Path) -> N
     # Promoted: the same server answered the same prompt with v2, and v2's windows hold only v2's answers,
     # judged against v2's own reference (its first window of answers), not v1's.
     assert summary["decision"]["action"] == "promoted"
+    # Before deciding, v2 shadowed v1 on live prompts through the same server, and the gates read it.
+    shadow = summary["shadow"]
+    assert shadow["pairs"] >= cfg.shadow_pairs and shadow["ended"] == "enough pairs" and shadow["stopped"]
+    assert shadow["evaluation"]["metrics"]["shadow_pairs"] >= cfg.shadow_pairs
+    passed = {g["gate"] for g in summary["decision"]["gates"] if g["status"] == "passed"}
+    assert f"shadow_pairs >= {cfg.shadow_pairs}" in passed and "shadow_refusal_rate_delta_lo <= 0.05" in passed
+    assert rc.stores.traffic.get("tiny-support").policy.shadow is None
+    pairs = rc.stores.records.shadow_pairs("tiny-support", v1, v2)
+    assert len(pairs) >= cfg.shadow_pairs and all(rc.stores.records.get(p.live_id).kind == "live" for p in pairs)
     before, after = summary["answers"]["by"]
     assert (before["version"], after["version"]) == (v1, v2)
     for answer in (before, after):
@@ -162,7 +171,7 @@ def test_tiny_loop_end_to_end_on_served_answers(loop_env, tiny_model: Path) -> N
     decision = summary["decision"]
     assert decision["action"] in ("promoted", "kept champion")
     per_task = [g["gate"] for g in decision["gates"] if "[task" in g["gate"]]
-    assert len(decision["gates"]) == len(cfg.gates) + len(per_task) and {g.rsplit(" ", 1)[1] for g in per_task} == {
+    assert len(decision["gates"]) == len(cfg.policy) + len(per_task) and {g.rsplit(" ", 1)[1] for g in per_task} == {
         "answers]",
         "production-holdout]",
     }

@@ -99,6 +99,17 @@ def _print_summary(s: dict) -> None:
             )
     if rows:
         click.echo(output.table(rows, ["model", "task", "rougeL", "chrf"]))
+    shadow = s.get("shadow") or {}
+    if "pairs" in shadow:
+        measured = (shadow.get("evaluation") or {}).get("metrics", {})
+        refusals = (
+            f"; refusal rate challenger - champion {measured['shadow_refusal_rate_delta']:+.3f} "
+            f"[{measured['shadow_refusal_rate_delta_lo']:+.3f}, {measured['shadow_refusal_rate_delta_hi']:+.3f}], "
+            f"answers agree exactly {measured['shadow_agreement_exact_match']:.0%}"
+            if measured
+            else ""
+        )
+        click.echo(f"shadow: {shadow['pairs']} live prompts answered by both ({shadow['ended']}){refusals}")
     if s["decision"]:
         click.echo(f"decision: {s['decision']['action']} — {s['decision']['why']}")
     if len(s["answers"]["by"]) == 2:

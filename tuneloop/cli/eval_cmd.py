@@ -3,6 +3,7 @@
 tuneloop eval SUITE --model NAME@ALIAS|NAME:VERSION [--json]
 tuneloop eval score --predictions FILE --metrics rouge,bleu,chrf [--json]
 tuneloop eval compare A B [--json]
+tuneloop eval shadow NAME [--challenger VERSION] [--json]
 tuneloop eval human export A B --task TASK --out SHEET
 tuneloop eval human import RATINGS [--pairs OUT.jsonl]
 """
@@ -163,6 +164,62 @@ def compare_cmd(
             "zero-width intervals: every example differs by the same amount, so their verdict comes from an "
             "exact sign test over the examples, not from the interval"
         )
+
+
+@eval_group.command("shadow")
+@click.argument("name")
+@click.option("--challenger", type=int, default=None, help="Version compared (default: the shadow alias's holder).")
+@click.option("--resamples", default=1000, type=click.IntRange(100, 100_000), help="Bootstrap resamples.")
+@click.option("--confidence", default=0.95, type=click.FloatRange(0.5, 0.999), help="Interval level.")
+@click.option("--dry-run", is_flag=True, help="Print the comparison; write nothing on the version or in MLflow.")
+@output.json_option()
+@pass_app
+def shadow_cmd(
+    app: AppContext,
+    name: str,
+    challenger: int | None,
+    resamples: int,
+    confidence: float,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """The challenger against the champion on the same live prompts (its shadow answers beside the champion's).
+
+    Deltas are challenger minus champion with paired-bootstrap intervals, written on the challenger's
+    version (`shadow_refusal_rate_delta_lo`, `shadow_pairs`, ...) where gates read them, e.g.
+    `shadow_refusal_rate_delta_lo <= 0.01`.
+    """
+    from tuneloop.pipelines.evaluation.shadow import evaluate_shadow
+
+    result = evaluate_shadow(
+        app.registry, name, challenger=challenger, resamples=resamples, confidence=confidence, record=not dry_run
+    )
+    if as_json:
+        output.emit_json(result.as_dict())
+        return
+    click.echo(
+        f"{name}: challenger v{result.challenger_version} vs champion v{result.champion_version} "
+        f"on {result.pairs} live prompt(s) both answered"
+    )
+    rows = [
+        {
+            "compared": c.name,
+            "pairs": c.pairs,
+            "champion": _fmt(c.champion),
+            "challenger": _fmt(c.challenger),
+            "delta": _fmt(c.delta),
+            f"{confidence:.0%} CI": f"[{_fmt(c.low)}, {_fmt(c.high)}]",
+        }
+        for c in result.comparisons
+    ]
+    click.echo(output.table(rows, ["compared", "pairs", "champion", "challenger", "delta", f"{confidence:.0%} CI"]))
+    click.echo(
+        "agreement with the champion's answers: " + ", ".join(f"{k} {v:.3f}" for k, v in result.agreement.items())
+    )
+    for note in result.skipped:
+        click.echo(f"skipped {note}")
+    if not dry_run:
+        click.echo(f"written on {name}:{result.challenger_version} (gates read `shadow_*`); run {result.run_id}")
 
 
 def _progress_lines() -> Any:

@@ -6,7 +6,8 @@ and what the loop tests run on a tiny random model.
  3. evaluate it                            6. declare monitor, alert rule and loop; answer more calm
  4. promote it to `champion` through gates    prompts, then drifted ones; a reviewer answers some
                                            7. judge the windows: the alert fires
-                                           8. retrain a challenger in a worker, evaluate both, decide
+                                           8. retrain a challenger in a worker, evaluate both; it
+                                              shadows the champion on live prompts; decide
                                            9. promoted: the same server answers with it, and its own
                                               windows are judged against its own reference
 
@@ -18,9 +19,11 @@ the answers are the served model's own, captured by the server with the version 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -60,9 +63,18 @@ class DemoConfig:
     # Every promotion's policy. chrF on 24 rows moves by a few points between two trainings of the same
     # recipe, so the demo tolerates 3: a challenger is refused for being worse, not for noise.
     gates: tuple[str, ...] = ("rougeL >= champion - 0.02", "chrf >= champion - 3")
+    # `promotion: after_shadow`: the challenger answers every live prompt unseen until this many pairs exist,
+    # and the gates also read the comparison (0: `promotion: auto`, for runs without a model server)
+    shadow_pairs: int = 50
     # Set only where the fine-tune cannot be expected to beat its base (a tiny random model in tests): the
     # first promotion is then forced with this reason, recorded as FORCED in the audit trail.
     force_first_promotion: str | None = None
+
+    @property
+    def policy(self) -> list[str]:
+        """The gates of every promotion: the metric gates, and with shadowing the live evidence too."""
+        shadow = [f"shadow_pairs >= {self.shadow_pairs}", "shadow_refusal_rate_delta_lo <= 0.05"]
+        return [*self.gates, *(shadow if self.shadow_pairs else [])]
 
     @property
     def after_reference(self) -> int:
@@ -85,7 +97,8 @@ QUICK = {
     "max_new_tokens": 12,
     "answer_tokens": 12,
     "holdout_limit": 8,
-    "window": 50,  # 400 answers: the drift (half of each window) is as plain in 50 as in 100
+    "window": 50,  # 450 answers: the drift (half of each window) is as plain in 50 as in 100
+    "shadow_pairs": 20,
 }
 
 
@@ -199,6 +212,7 @@ class Demo:
         from tuneloop.monitors.alerting.alerts import add_rule
         from tuneloop.monitors.service import add as add_monitor
         from tuneloop.pipelines.loop.retrain import add_loop
+        from tuneloop.registry.gates import set_policy
 
         cfg = self.cfg
         self.stage("6/9 declaring the monitor (reference: the champion's first answers), the alert rule and the loop")
@@ -240,20 +254,28 @@ class Demo:
                 "feedback": {"min_rating": 4},
                 "holdout": 0.25,
                 **({"holdout_limit": cfg.holdout_limit} if cfg.holdout_limit else {}),
-                "promotion": "auto",
+                "promotion": "after_shadow" if cfg.shadow_pairs else "auto",
+                **(
+                    {"shadow": {"share": 1.0, "min_pairs": cfg.shadow_pairs, "max_hours": 1}}
+                    if cfg.shadow_pairs
+                    else {}
+                ),
             },
         )
         add_monitor(self.rc, self.folder / "monitor.yaml", replace=True)
         add_rule(self.rc, self.folder / "alert.yaml", replace=True)
         add_loop(self.rc, self.folder / "loop.yaml", replace=True)
+        set_policy(self.rc, cfg.adapter, cfg.policy)  # now that a champion exists, challengers shadow it first
 
     # --- 5-6: production traffic, answered by the served model --------------------------------
     def prompts(self, part: str) -> list[dict[str, Any]]:
-        """Synthetic rows of `part`: `reference`, `calm` (in-distribution), `drift` or `after` (drifted)."""
+        """Synthetic rows of `part`: `reference`, `calm` (in-distribution), `drift`, `shadow` or `after` (drifted)."""
         from tuneloop.demo import traffic
 
         cfg = self.cfg
-        drifted = part in ("drift", "after")
+        drifted = part in ("drift", "after", "shadow")
+        if part == "shadow":  # live prompts while the challenger shadows the champion
+            return traffic.windows(1, cfg.shadow_pairs, seed=15, kind=cfg.drift_kinds, share=cfg.drift_share)
         n = {"reference": cfg.reference_windows, "calm": cfg.calm_windows, "drift": cfg.drift_windows}
         return traffic.windows(
             n.get(part, -(-cfg.after_prompts // cfg.window)),
@@ -269,7 +291,7 @@ class Demo:
 
         rows = self.prompts(part)
         answered = production.ask([r["prompt"] for r in rows])
-        rng = random.Random({"reference": 20, "calm": 21, "drift": 22, "after": 24}[part])
+        rng = random.Random({"reference": 20, "calm": 21, "drift": 22, "shadow": 23, "after": 24}[part])
         for row, answer in zip(rows, answered, strict=True):
             planted = row["prompt"].startswith("Wo ist") or traffic.is_off_topic(row["prompt"])
             if part == "drift" and planted and rng.random() < self.cfg.reviewed_share:
@@ -301,7 +323,9 @@ class Demo:
         return out
 
     # --- 8: the scheduler's jobs, one pass at a time -------------------------------------------
-    def close_the_loop(self, timeout_s: float = 3600) -> dict[str, Any]:
+    def close_the_loop(self, production: LiveTraffic | None = None, timeout_s: float = 3600) -> dict[str, Any]:
+        """Judge the windows, and retrain for the alert in a worker process; while the retrain waits for live
+        evidence (`shadowing`), `production` keeps answering drifted prompts."""
         from tuneloop.monitors.alerting.notify import deliver_pending
         from tuneloop.monitors.judging import check
         from tuneloop.pipelines.loop.retrain import enqueue_for_alerts, get
@@ -318,16 +342,53 @@ class Demo:
         self.stage(
             f"8/9 retraining a challenger (retrain {run_id}) in a worker process: curate, train, evaluate both, decide"
         )
-        follow(
-            self.rc,
-            self.config_file,
-            run_id,
-            lambda state: self.stage(f"    retrain {run_id}: {state}"),
-            timeout_s,
-            on_progress=lambda text: self.stage(f"      {text}"),
-        )
+        with self._live_while_shadowing(production) as on_state:
+
+            def report(state: str) -> None:
+                self.stage(f"    retrain {run_id}: {state}")
+                on_state(state)
+
+            follow(
+                self.rc,
+                self.config_file,
+                run_id,
+                report,
+                timeout_s,
+                on_progress=lambda text: self.stage(f"      {text}"),
+            )
         deliver_pending(self.rc.stores, timeout_s=2, max_attempts=self.rc.settings.notify.max_attempts)
         return {"windows": windows, "alerts": [c.__dict__ for c in changes], "retrain": get(self.rc, run_id)}
+
+    @contextlib.contextmanager
+    def _live_while_shadowing(self, production: LiveTraffic | None) -> Iterator[Callable[[str], None]]:
+        """A retrain state callback: once the run is `shadowing`, a thread sends rounds of drifted prompts
+        (each answered by the champion, and unseen by the challenger) until the run moves on."""
+        moved_on, sender = threading.Event(), None
+
+        def send() -> None:
+            assert production is not None
+            for _ in range(20):  # the run's min_pairs need one round, unless the server drops shadow work
+                if moved_on.is_set():
+                    return
+                self.answer(production, "shadow")
+
+        def on_state(state: str) -> None:
+            nonlocal sender
+            if state == "shadowing" and production is not None and sender is None:
+                self.stage(
+                    f"      the champion answers {self.cfg.shadow_pairs} drifted prompts; the challenger each too, unseen"
+                )
+                sender = threading.Thread(target=send, name="demo-shadow-traffic", daemon=True)
+                sender.start()
+            elif state != "shadowing" and sender is not None:
+                moved_on.set()
+
+        try:
+            yield on_state
+        finally:
+            moved_on.set()
+            if sender is not None:
+                sender.join()
 
     # --- 9: the promoted challenger answers, and is judged on its own answers --------------------
     def after_promotion(self, production: LiveTraffic, example: Answered, version: int) -> dict[str, Any]:
@@ -366,7 +427,7 @@ class Demo:
             )
             self.answer(production, "calm")
             drifted = self.answer(production, "drift")
-            loop = self.close_the_loop()
+            loop = self.close_the_loop(production)
             example = next((a for a in drifted if a.prompt.startswith("Wo ist")), drifted[0])
             after: dict[str, Any] = {"before": example, "after": None, "windows": []}
             holder = int(self.rc.mlflow.get_model_version_by_alias(cfg.adapter, "champion").version)
@@ -413,6 +474,7 @@ def summary(demo: Demo, champion: dict[str, Any], loop: dict[str, Any], ui: str)
         "comparison": {
             who: {"version": e["version"], "eval_run_id": e["run_id"], "tasks": e["tasks"]} for who, e in evals.items()
         },
+        "shadow": details.get("shadow"),
         "decision": details.get("decision"),
         "mlflow_ui": ui,
     }

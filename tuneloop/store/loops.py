@@ -24,6 +24,7 @@ class RunState(StrEnum):
     CURATING = "curating"
     TRAINING = "training"
     EVALUATING = "evaluating"
+    SHADOWING = "shadowing"  # `promotion: after_shadow`: the challenger answers live prompts unseen until enough pairs
     REGISTERED = "registered"
     FAILED = "failed"
     CANCELLED = "cancelled"

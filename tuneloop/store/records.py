@@ -73,6 +73,20 @@ class ReviewedRecord:
 
 
 @dataclass(frozen=True)
+class ShadowPair:
+    """A live answer and the shadow answer of the same request, with the feedback given on the live one."""
+
+    live_id: str
+    prompt: str
+    live_output: str
+    shadow_output: str
+    live_prediction: str | None
+    shadow_prediction: str | None
+    reference: str | None
+    label: str | None
+
+
+@dataclass(frozen=True)
 class CapturedRecord(NewRecord):
     """A stored record as written, with its arrival order."""
 
@@ -270,6 +284,16 @@ class RecordStore(Store):
         with self.engine.connect() as conn:
             return [ReviewedRecord(*row) for row in conn.execute(query)]
 
+    def shadow_pairs(self, model: str, live_version: int, shadow_version: int) -> list[ShadowPair]:
+        """`model`'s requests answered live by `live_version` and shadowed by `shadow_version`, in arrival order."""
+        with self.engine.connect() as conn:
+            return [ShadowPair(*row) for row in conn.execute(_shadow_pairs(model, live_version, shadow_version))]
+
+    def count_shadow_pairs(self, model: str, live_version: int, shadow_version: int) -> int:
+        query = sa.select(sa.func.count()).select_from(_shadow_pairs(model, live_version, shadow_version).subquery())
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar() or 0)
+
 
 JUDGED_KINDS = (RecordKind.LIVE, RecordKind.CANARY)  # answers a caller saw; shadow answers are compared, not judged
 
@@ -304,3 +328,29 @@ def _upsert_feedback(conn: Transaction, record_id: str, values: FeedbackValues, 
     updated = conn.execute(feedback.update().where(feedback.c.record_id == record_id).values(**asdict(values), at=at))
     if updated.rowcount == 0:
         conn.execute(feedback.insert().values(record_id=record_id, **asdict(values), at=at))
+
+
+def _shadow_pairs(model: str, live_version: int, shadow_version: int) -> sa.Select[Any]:
+    live, shadow = records.alias("live"), records.alias("shadow")
+    return (
+        sa.select(
+            live.c.id,
+            live.c.prompt,
+            live.c.output,
+            shadow.c.output,
+            live.c.prediction,
+            shadow.c.prediction,
+            feedback.c.reference,
+            feedback.c.label,
+        )
+        .select_from(
+            shadow.join(live, live.c.id == shadow.c.pair_of).outerjoin(feedback, feedback.c.record_id == live.c.id)
+        )
+        .where(
+            shadow.c.model == model,
+            shadow.c.kind == RecordKind.SHADOW.value,
+            shadow.c.version == shadow_version,
+            live.c.version == live_version,
+        )
+        .order_by(shadow.c.seq)
+    )

@@ -142,27 +142,39 @@ def test_canary_share_holds_over_1000_requests_and_a_user_never_switches(served,
         _set_policy(served, tmp_path, "")
 
 
-def test_spare_rows_fill_a_batch_and_are_dropped_when_saturated(served) -> None:
+def test_spare_rows_join_small_batches_only_run_alone_when_idle_and_are_dropped_when_saturated(served) -> None:
     import threading
 
     from peft import PeftModel
 
     from tests.serving.test_batcher import _base
-    from tuneloop.serving.batcher import Ask, Batcher, SpareDropped
+    from tuneloop.serving.batcher import SPARE_RIDE_SHARE, Ask, Batcher, SpareDropped
 
     model, tokenizer = _base(served["tiny"])
     model = PeftModel.from_pretrained(model, served["folders"][1], adapter_name="v1")
-    batcher = Batcher(model, tokenizer, max_batch=4, collect_ms=100, max_spare=2)
+    batcher = Batcher(model, tokenizer, max_batch=8, collect_ms=100, max_spare=2)
+    assert int(8 * SPARE_RIDE_SHARE) == 2  # a callers' batch of one takes one spare row along, of two none
+
+    def blocked() -> threading.Event:
+        hold = threading.Event()
+        batcher.on_model_thread(hold.wait)  # the model thread is busy: nothing runs until `hold`
+        return hold
+
     try:
         batcher.on_model_thread(lambda: model.load_adapter(served["folders"][2], adapter_name="v2")).result(timeout=60)
-        hold = threading.Event()
-        busy = batcher.on_model_thread(hold.wait)  # the model thread is busy: nothing runs until `hold`
+        hold = blocked()
         spare = [batcher.submit_spare(Ask(p, adapter="v2", max_new_tokens=3)) for p in PROMPTS[:3]]
         assert isinstance(spare[2].exception(timeout=5), SpareDropped) and batcher.spare_dropped == 1
-        live = [batcher.submit(Ask(p, adapter="v1", max_new_tokens=3)) for p in PROMPTS[2:4]]
+        live = batcher.submit(Ask(PROMPTS[3], adapter="v1", max_new_tokens=3))
         hold.set()
-        busy.result(timeout=10)
-        answers = [f.result(timeout=60) for f in live + spare[:2]]
-        assert [a.batch_rows for a in answers] == [4, 4, 4, 4]  # the two spare rows filled the callers' batch
+        assert live.result(timeout=60).batch_rows == spare[0].result(timeout=60).batch_rows == 2
+        assert spare[1].result(timeout=60).batch_rows == 1  # alone, once no caller had come for a while
+
+        hold = blocked()
+        late = batcher.submit_spare(Ask(PROMPTS[0], adapter="v2", max_new_tokens=3))
+        busy = [batcher.submit(Ask(p, adapter="v1", max_new_tokens=3)) for p in PROMPTS]
+        hold.set()
+        assert [f.result(timeout=60).batch_rows for f in busy] == [4] * 4  # a busy batch takes no spare row
+        assert late.result(timeout=60).batch_rows == 1
     finally:
         batcher.close()

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from tuneloop.demo.live import Answered, LiveTraffic
 
 SYSTEM = "You are a concise, friendly support agent for an online shop."
+SHADOW_ROUND = 16  # prompts sent at once while the challenger shadows (`serve.max_batch`'s default)
 
 
 @dataclass
@@ -291,7 +292,7 @@ class Demo:
 
         rows = self.prompts(part)
         answered = production.ask([r["prompt"] for r in rows])
-        rng = random.Random({"reference": 20, "calm": 21, "drift": 22, "shadow": 23, "after": 24}[part])
+        rng = random.Random({"reference": 20, "calm": 21, "drift": 22, "after": 24}[part])
         for row, answer in zip(rows, answered, strict=True):
             planted = row["prompt"].startswith("Wo ist") or traffic.is_off_topic(row["prompt"])
             if part == "drift" and planted and rng.random() < self.cfg.reviewed_share:
@@ -366,11 +367,17 @@ class Demo:
         moved_on, sender = threading.Event(), None
 
         def send() -> None:
+            # Rounds of a batch of prompts, a second apart: the server answers shadow work in its idle time
+            # (or beside small batches), and drops what it cannot keep while busy; the rounds go on until
+            # the run has its pairs.
             assert production is not None
-            for _ in range(20):  # the run's min_pairs need one round, unless the server drops shadow work
+            rows = self.prompts("shadow")
+            for round_ in range(20 * len(rows) // SHADOW_ROUND):
                 if moved_on.is_set():
                     return
-                self.answer(production, "shadow")
+                start = round_ * SHADOW_ROUND % len(rows)
+                production.ask([r["prompt"] for r in rows[start : start + SHADOW_ROUND]])
+                moved_on.wait(1.0)
 
         def on_state(state: str) -> None:
             nonlocal sender

@@ -37,7 +37,7 @@ LOWER_IS_BETTER = frozenset({Metric.PERPLEXITY, Metric.LATENCY_MS, Metric.EVAL_L
 
 # What shadow evaluation compares on the same live prompts (challenger minus champion): each is written on
 # the challenger's version as `shadow_<name>_delta` with `_lo` and `_hi` (its paired-bootstrap interval).
-SHADOW_COMPARED = ("refusal_rate", "output_words", "non_letter_share", "rougeL", "accuracy")
+SHADOW_COMPARED = ("refusal_rate", "output_words", "non_letter_share", "language_share", "rougeL", "accuracy")
 SHADOW_PAIRS = "shadow_pairs"  # every (live, shadow) pair compared
 SHADOW_COUNTS = ("shadow_rougeL_pairs", "shadow_accuracy_pairs")  # pairs whose live record has a reference / label
 SHADOW_AGREEMENT = ("shadow_agreement_exact_match", "shadow_agreement_rougeL")  # challenger's answer vs champion's

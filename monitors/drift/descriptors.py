@@ -50,3 +50,26 @@ def describe(texts: Sequence[str], vocabulary: Vocabulary) -> dict[str, list[flo
         out["non_letter_share"].append((visible - sum(map(str.isalpha, text))) / visible if visible else 0.0)
         out["refusal"].append(1.0 if _REFUSAL.search(text) else 0.0)
     return out
+
+
+# Function words that mark a language; a text's language is the one whose words it uses most (a guess
+# for short answers, good enough to tell an English reply to a German ticket from a German one).
+_FUNCTION_WORDS = {
+    lang: frozenset(words.split())
+    for lang, words in {
+        "en": "the and is are you your to of it for with this that have be not we my can will on",
+        "de": "der die das und ist sie ich nicht mit mein meine ihre ihr wir auf für ein eine zu es wo",
+        "fr": "le les et est vous je ne pas mon ma une des pour avec que qui dans",
+        "es": "el los las y es usted yo no mi una para con que por en su",
+    }.items()
+}
+
+
+def language(text: str) -> str:
+    """`en`, `de`, `fr` or `es` by the function words `text` uses most; `unknown` without any, or on a tie."""
+    words = _WORD.findall(text.lower())
+    counts = {lang: sum(w in marks for w in words) for lang, marks in _FUNCTION_WORDS.items()}
+    ranked = sorted(counts.values(), reverse=True)
+    if ranked[0] == 0 or ranked[0] == ranked[1]:
+        return "unknown"
+    return max(counts, key=counts.__getitem__)

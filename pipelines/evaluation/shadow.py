@@ -2,8 +2,9 @@
 
 Over every request the champion answered live and the challenger answered in shadow (records `kind:
 shadow`, `pair_of` the live record), each answer is described — refusal (0/1), words, share of non-letter
-characters — and, where feedback on the live record carries a reference answer or a label, scored
-against it (ROUGE-L, label accuracy). A rating is left out: it belongs to the answer the user saw.
+characters, whether it is in the prompt's language (`descriptors.language`) — and, where feedback on the
+live record carries a reference answer or a label, scored against it (ROUGE-L, label accuracy). A rating
+is left out: it belongs to the answer the user saw.
 
 Each comparison is challenger minus champion on the same pairs, with a paired-bootstrap interval, and is
 written on the challenger's version (`shadow_<name>_delta`, `_lo`, `_hi`, and `shadow_pairs`) where gates
@@ -17,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tuneloop.errors import InvalidInput, NotFound
-from tuneloop.monitors.drift.descriptors import Vocabulary, describe
+from tuneloop.monitors.drift.descriptors import Vocabulary, describe, language
 from tuneloop.monitors.metrics.classification import exact_match_per_pair, normalise_label
 from tuneloop.monitors.metrics.stats import paired_mean_difference
 from tuneloop.monitors.metrics.text import rouge_per_pair
@@ -30,7 +31,7 @@ DESCRIBED = {"refusal_rate": "refusal", "output_words": "word_count", "non_lette
 
 @dataclass(frozen=True)
 class ShadowComparison:
-    name: str  # refusal_rate, output_words, non_letter_share, rougeL (vs references), accuracy (vs labels)
+    name: str  # refusal_rate, output_words, non_letter_share, language_share, rougeL (vs references), accuracy
     pairs: int
     champion: float
     challenger: float
@@ -139,6 +140,11 @@ def compare_pairs(
     live = describe([p.live_output for p in pairs], Vocabulary(frozenset()))
     shadow = describe([p.shadow_output for p in pairs], Vocabulary(frozenset()))
     per_pair = {name: (live[column], shadow[column]) for name, column in DESCRIBED.items()}
+    asked = [language(p.prompt) for p in pairs]
+    per_pair["language_share"] = (  # answered in the language of the prompt
+        [float(language(p.live_output) == lang) for p, lang in zip(pairs, asked, strict=True)],
+        [float(language(p.shadow_output) == lang) for p, lang in zip(pairs, asked, strict=True)],
+    )
     skipped = []
     referenced = [p for p in pairs if p.reference]
     if referenced:

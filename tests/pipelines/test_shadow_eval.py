@@ -126,3 +126,28 @@ def test_a_shadow_gate_with_too_few_pairs_fails_naming_the_count(sqlite_rc, tmp_
     assert '"shadow_pairs": 30.0' in result.stdout
     none = run_cli("eval", "shadow", "support", "--challenger", "1", env={"TUNELOOP_HOME": str(rc.settings.home)})
     assert none.returncode != 0 and "no request of `support`" in none.stderr and "traffic set" in none.stderr
+
+
+def test_language_share_counts_answers_in_the_prompts_language(sqlite_rc) -> None:
+    from tuneloop.monitors.drift.descriptors import language
+    from tuneloop.pipelines.evaluation.shadow import evaluate_shadow
+
+    assert language("Wo ist meine Bestellung? Sie sollte gestern ankommen.") == "de"
+    assert language("I have sent a refund for your order.") == "en"
+    assert language("Où est ma commande? Je ne la trouve pas.") == "fr"
+    assert language("12345 !!") == "unknown"
+
+    rc = sqlite_rc
+    _setup(rc)
+    german = "Wo ist meine Bestellung {}? Sie sollte gestern ankommen."
+    english_answer, german_answer = (
+        "I have sent a refund for your order.",
+        "Ihre Bestellung ist unterwegs und kommt bald.",
+    )
+    rows = [(german.format(i), {1: english_answer, 2: german_answer}) for i in range(8)]
+    rows += [(f"Where is the order {i}? It is late.", {1: english_answer, 2: english_answer}) for i in range(8)]
+    store_pairs(rc, rows)
+    result = evaluate_shadow(rc, "support", record=False)
+    share = next(c for c in result.comparisons if c.name == "language_share")
+    assert (share.champion, share.challenger, share.delta) == (0.5, 1.0, 0.5)
+    assert share.low > 0  # every German pair went the challenger's way: a real, one-sided improvement

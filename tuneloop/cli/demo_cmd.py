@@ -102,14 +102,13 @@ def _print_summary(s: dict) -> None:
     shadow = s.get("shadow") or {}
     if "pairs" in shadow:
         measured = (shadow.get("evaluation") or {}).get("metrics", {})
-        refusals = (
-            f"; refusal rate challenger - champion {measured['shadow_refusal_rate_delta']:+.3f} "
-            f"[{measured['shadow_refusal_rate_delta_lo']:+.3f}, {measured['shadow_refusal_rate_delta_hi']:+.3f}], "
-            f"answers agree exactly {measured['shadow_agreement_exact_match']:.0%}"
-            if measured
-            else ""
-        )
-        click.echo(f"shadow: {shadow['pairs']} live prompts answered by both ({shadow['ended']}){refusals}")
+        click.echo(f"shadow: {shadow['pairs']} live prompts answered by both ({shadow['ended']})")
+        for name, what in (("refusal_rate", "refusal rate"), ("language_share", "answers in the prompt's language")):
+            if f"shadow_{name}_delta" in measured:
+                delta, low, high = (measured[f"shadow_{name}_delta{end}"] for end in ("", "_lo", "_hi"))
+                click.echo(f"  {what}, challenger - champion: {delta:+.3f} [{low:+.3f}, {high:+.3f}]")
+        if measured:
+            click.echo(f"  answers that agree exactly: {measured['shadow_agreement_exact_match']:.0%}")
     if s["decision"]:
         click.echo(f"decision: {s['decision']['action']} — {s['decision']['why']}")
     if len(s["answers"]["by"]) == 2:

@@ -120,15 +120,16 @@ def _log_run(rc: RegistryClient, result: ShadowEvaluation) -> str:
     )
     run_id = run.info.run_id
     now = int(time.time() * 1000)
-    rc.mlflow.log_batch(
-        run_id,
-        metrics=[Metric(k, v, now, 0) for k, v in result.metrics().items()],
-        params=[
-            Param("champion", f"{result.model}:{result.champion_version}"),
-            Param("confidence", str(result.confidence)),
-        ],
-    )
-    rc.mlflow.log_dict(run_id, result.as_dict(), "shadow_comparison.json")
+    try:
+        rc.mlflow.log_batch(
+            run_id,
+            metrics=[Metric(k, v, now, 0) for k, v in result.metrics().items()],
+            params=[Param("champion", champion), Param("challenger", challenger), Param("pairs", str(result.pairs))],
+        )
+        rc.mlflow.log_dict(run_id, result.as_dict(), "shadow_comparison.json")
+    except Exception:
+        rc.mlflow.set_terminated(run_id, "FAILED")  # never left RUNNING
+        raise
     rc.mlflow.set_terminated(run_id)
     return run_id
 

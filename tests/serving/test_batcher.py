@@ -255,3 +255,16 @@ def test_counting_prompts_on_request_threads_never_breaks_a_padded_batch(tiny_mo
         stop.set()
         host.close()
     assert all(a.completion_tokens >= 1 for a in answers)
+
+
+def test_more_spare_work_than_a_batch_is_all_answered_once_idle(tiny_model: Path) -> None:
+    from tuneloop.serving.batcher import Ask, Batcher
+
+    model, tokenizer = _base(tiny_model)
+    batcher = Batcher(model, tokenizer, max_batch=2, collect_ms=5, max_spare=6)
+    try:
+        spare = [batcher.submit_spare(Ask(p, max_new_tokens=2)) for p in PROMPTS[:5]]
+        rows = [f.result(timeout=60).batch_rows for f in spare]
+        assert sorted(rows) == [1, 2, 2, 2, 2] and batcher.spare_dropped == 0  # three batches, one after another
+    finally:
+        batcher.close()

@@ -185,6 +185,7 @@ class Batcher(QueueWorker):
             return
         for group in _by_sampling(self._take_spare(self.max_batch, None)):
             self._generate(group)
+        self._wake_later(0.0)  # more than a batch was waiting: the rest next, unless a caller comes first
 
     def _wake_later(self, delay_s: float) -> None:
         """Queue a look at the spare work in `delay_s`, if any is waiting then."""

@@ -96,16 +96,16 @@ def test_a_batch_waits_for_as_many_callers_as_the_last_one_held(tiny_model: Path
     from tuneloop.serving.batcher import Ask, Batcher
 
     model, tokenizer = _base(tiny_model)
-    batcher = Batcher(model, tokenizer, max_batch=8, collect_ms=25)  # windows of 25 ms, 500 ms at most
+    batcher = Batcher(model, tokenizer, max_batch=8, collect_ms=50)  # windows of 50 ms, 1 s at most
     try:
         together = [batcher.submit(Ask(p, max_new_tokens=2)) for p in PROMPTS[:4]]
         assert [f.result(timeout=60).batch_rows for f in together] == [4] * 4
         spaced: list = []
 
-        def arrive_apart() -> None:  # 50 ms apart: twice the collection window, well inside its cap
+        def arrive_apart() -> None:  # 100 ms apart: twice the collection window, well inside its cap
             for p in PROMPTS[4:8]:
                 spaced.append(batcher.submit(Ask(p, max_new_tokens=2)))
-                time.sleep(0.05)
+                time.sleep(0.1)
 
         sender = threading.Thread(target=arrive_apart)
         sender.start()

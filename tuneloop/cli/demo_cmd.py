@@ -33,7 +33,8 @@ def demo(app: AppContext, steps: int | None, quick: bool, webhooks: tuple[str, .
     promote, serve the new champion.
 
     Offline, on the embedded stores; the production prompts are answered by `tuneloop serve` through the
-    openai client. about 15 min on 2 CPU cores (a slow VM, measured: README, "What the demo does"). Everything it
+    openai client; before it decides, the challenger shadows the champion on live prompts. It takes about 7 min on
+    2 CPU cores of a recent Xeon, 15 on a 3x slower VM (measured: README, "What the demo does"). Everything it
     declares is written under <home>/demo/; everything it records is in MLflow (`tuneloop up` serves the UI).
     """
     import functools

@@ -71,18 +71,24 @@ def evaluate_shadow(
     model: str,
     *,
     challenger: int | None = None,
+    champion: int | None = None,
     resamples: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
     record: bool = True,
 ) -> ShadowEvaluation:
     """Compare `challenger` (default: the version holding the traffic policy's shadow alias, or
-    `challenger`) with the champion on their paired answers; with `record`, write the results on the
-    challenger's version."""
-    champion_version = _holder(rc, model, Alias.CHAMPION)
+    `challenger`) with `champion` (default: the version holding `champion`) on their paired answers; with
+    `record`, write the results on the challenger's version."""
+    champion_version = champion if champion is not None else _holder(rc, model, Alias.CHAMPION)
     if challenger is None:
         shadow = rc.stores.traffic.get(model).policy.shadow
         challenger = _holder(rc, model, shadow.alias if shadow is not None else Alias.CHALLENGER)
+    if challenger == champion_version:
+        raise InvalidInput(
+            f"v{challenger} of `{model}` would be compared with itself",
+            hint="name the versions: --champion VERSION (whose live answers) --challenger VERSION (whose shadow answers)",
+        )
     pairs = rc.stores.records.shadow_pairs(model, champion_version, challenger)
     if not pairs:
         raise InvalidInput(

@@ -124,8 +124,11 @@ def test_a_shadow_gate_with_too_few_pairs_fails_naming_the_count(sqlite_rc, tmp_
     result = run_cli("eval", "shadow", "support", "--dry-run", "--json", env={"TUNELOOP_HOME": str(rc.settings.home)})
     assert result.returncode == 0, result.stderr
     assert '"shadow_pairs": 30.0' in result.stdout
-    none = run_cli("eval", "shadow", "support", "--challenger", "1", env={"TUNELOOP_HOME": str(rc.settings.home)})
+    home = {"TUNELOOP_HOME": str(rc.settings.home)}
+    none = run_cli("eval", "shadow", "support", "--champion", "2", "--challenger", "1", env=home)
     assert none.returncode != 0 and "no request of `support`" in none.stderr and "traffic set" in none.stderr
+    itself = run_cli("eval", "shadow", "support", "--challenger", "1", env=home)
+    assert itself.returncode != 0 and "compared with itself" in itself.stderr and "--champion" in itself.stderr
 
 
 def test_language_share_counts_answers_in_the_prompts_language(sqlite_rc) -> None:

@@ -3,7 +3,7 @@
 tuneloop eval SUITE --model NAME@ALIAS|NAME:VERSION [--json]
 tuneloop eval score --predictions FILE --metrics rouge,bleu,chrf [--json]
 tuneloop eval compare A B [--json]
-tuneloop eval shadow NAME [--challenger VERSION] [--json]
+tuneloop eval shadow NAME [--champion VERSION] [--challenger VERSION] [--json]
 tuneloop eval human export A B --task TASK --out SHEET
 tuneloop eval human import RATINGS [--pairs OUT.jsonl]
 """
@@ -169,6 +169,9 @@ def compare_cmd(
 @eval_group.command("shadow")
 @click.argument("name")
 @click.option("--challenger", type=int, default=None, help="Version compared (default: the shadow alias's holder).")
+@click.option(
+    "--champion", type=int, default=None, help="Version whose live answers it is compared with (default: champion)."
+)
 @click.option("--resamples", default=1000, type=click.IntRange(100, 100_000), help="Bootstrap resamples.")
 @click.option("--confidence", default=0.95, type=click.FloatRange(0.5, 0.999), help="Interval level.")
 @click.option("--dry-run", is_flag=True, help="Print the comparison; write nothing on the version or in MLflow.")
@@ -178,6 +181,7 @@ def shadow_cmd(
     app: AppContext,
     name: str,
     challenger: int | None,
+    champion: int | None,
     resamples: int,
     confidence: float,
     dry_run: bool,
@@ -192,7 +196,13 @@ def shadow_cmd(
     from tuneloop.pipelines.evaluation.shadow import evaluate_shadow
 
     result = evaluate_shadow(
-        app.registry, name, challenger=challenger, resamples=resamples, confidence=confidence, record=not dry_run
+        app.registry,
+        name,
+        challenger=challenger,
+        champion=champion,
+        resamples=resamples,
+        confidence=confidence,
+        record=not dry_run,
     )
     if as_json:
         output.emit_json(result.as_dict())

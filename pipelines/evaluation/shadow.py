@@ -22,7 +22,7 @@ from tuneloop.monitors.drift.descriptors import Vocabulary, describe, language
 from tuneloop.monitors.metrics.classification import exact_match_per_pair, normalise_label
 from tuneloop.monitors.metrics.stats import paired_mean_difference
 from tuneloop.monitors.metrics.text import rouge_per_pair
-from tuneloop.names import SHADOW_PAIRS, Alias
+from tuneloop.names import SHADOW_COUNTS, SHADOW_PAIRS, Alias
 from tuneloop.registry.client import RegistryClient
 from tuneloop.store.records import ShadowPair
 
@@ -56,9 +56,8 @@ class ShadowEvaluation:
         """What is written on the challenger's version."""
         out = {SHADOW_PAIRS: float(self.pairs)}
         for c in self.comparisons:
-            out |= {f"shadow_{c.name}_delta": c.delta, f"shadow_{c.name}_delta_lo": c.low}
-            out[f"shadow_{c.name}_delta_hi"] = c.high
-            if c.name in ("rougeL", "accuracy"):
+            out |= {f"shadow_{c.name}_delta{end}": v for end, v in (("", c.delta), ("_lo", c.low), ("_hi", c.high))}
+            if f"shadow_{c.name}_pairs" in SHADOW_COUNTS:  # compared on the pairs with feedback only
                 out[f"shadow_{c.name}_pairs"] = float(c.pairs)
         return out | {f"shadow_agreement_{k}": v for k, v in self.agreement.items()}
 

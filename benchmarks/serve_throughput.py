@@ -9,6 +9,8 @@ trained for a few steps (served on the fp32 base unless said), greedy, `--tokens
   first (expected: tuneloop >= 3x at 8);
 - capture on vs off (`serve.capture = false`; target >= 0.95x), a batch mixing two adapters vs one
   adapter (the batcher in-process; target >= 0.8x), and the 4-bit base (`serve.quantized_bases`);
+- tracing on vs off (`serve.trace_share` 1.0 vs 0: every request an MLflow trace; target >= 0.9x), at
+  concurrency 8 and 32, measured twice each in alternation;
 - shadow on vs off: the champion's p95 at concurrency 8 with a challenger shadowing 25% of its requests
   (target <= 1.15x off), and the share of sampled shadow requests completed at concurrency 2 (>= 90%).
 
@@ -234,7 +236,7 @@ def _ratio(label: str, ours: float, theirs: float, target: float | None = None) 
     return f"  {label:42s} {ours / theirs:5.2f}x{verdict}"
 
 
-PARTS = ("serve", "capture", "mixed", "4bit", "shadow", "mlflow")
+PARTS = ("serve", "capture", "tracing", "mixed", "4bit", "shadow", "mlflow")
 
 
 def main() -> None:
@@ -262,6 +264,8 @@ def main() -> None:
             server.stop()
             print(uncaptured.row("tuneloop serve, capture off, concurrency 8"))
             print(_ratio("capture on / off at 8", ours[8].tok_s, uncaptured.tok_s, 0.95))
+        if "tracing" in parts:
+            _tracing(home, log, prompts, args.tokens)
         if "mixed" in parts:
             single, mixed = _mixed(rc, prompts[:32], args.tokens)
             print(single.row("batcher, 32 rows on one adapter"))
@@ -298,6 +302,33 @@ def _serve(home: Path, log: Path, rc: Any, prompts: list[str], tokens: int) -> d
     print(_ratio("tuneloop / (b) at 8", ours[8].tok_s, raw[8].tok_s, 0.75))
     print(_ratio("tuneloop / (b) at 1", ours[1].tok_s, raw[1].tok_s))
     return ours
+
+
+def _tracing(home: Path, log: Path, prompts: list[str], tokens: int) -> None:
+    """Concurrency 8 and 32 with every request traced vs none, alternating (on, off, on, off): tokens/s."""
+    levels = (8, 32)
+    runs: dict[tuple[str, int], list[Figures]] = {(s, c): [] for s in ("on", "off") for c in levels}
+    exported = lost = 0
+    for state in ("on", "off", "on", "off"):
+        server = _tuneloop(home, log, trace_share="1.0" if state == "on" else "0")
+        deadline = time.monotonic() + 60
+        while state == "on" and _health(server)["traces"].get("exported", 0) < 1 and time.monotonic() < deadline:
+            time.sleep(0.2)  # the warm-up request's trace is out: the exporter is ready
+        for c in levels:
+            runs[state, c].append(_load(lambda p, url=server.url: _chat(url, p, tokens), prompts, c))
+        if state == "on":
+            time.sleep(2)  # the exporter drains its queue
+            traces = _health(server)["traces"]
+            exported, lost = exported + traces["exported"], lost + traces["lost"]
+        server.stop()
+    for (state, c), figures in runs.items():
+        for i, f in enumerate(figures):
+            print(f.row(f"tuneloop serve, tracing {state} (run {i + 1}), concurrency {c}"))
+    print(f"traces exported {exported}, lost {lost} (warm-up requests included)")
+    for c in levels:
+        on = sum(f.tok_s for f in runs["on", c]) / 2
+        off = sum(f.tok_s for f in runs["off", c]) / 2
+        print(_ratio(f"tracing on / off at {c}", on, off, 0.9))
 
 
 def _shadow(home: Path, log: Path, rc: Any, prompts: list[str], tokens: int) -> None:

@@ -33,6 +33,9 @@ def version_description(rc: RegistryClient, mv: ModelVersion, aliases: dict[str,
     verdict = tags.get(Tag.GATE_VERDICT)
     if verdict:
         lines.append(_verdict_line(json.loads(verdict)))
+    serving = tags.get(Tag.SERVING)
+    if serving:
+        lines.append(_serving_line(json.loads(serving)))
     return "\n\n".join(lines)
 
 
@@ -132,6 +135,20 @@ def _fmt(value: float | None) -> str:
 
 def _delta(mine: float, theirs: float | None) -> str:
     return "—" if theirs is None else f"{mine - theirs:+.4g}"
+
+
+def _serving_line(figures: dict[str, Any]) -> str:
+    latency = (
+        f", p50 {figures['latency_p50_ms']:.0f} ms, p95 {figures['latency_p95_ms']:.0f} ms"
+        if "latency_p95_ms" in figures
+        else ""
+    )
+    return (
+        f"Serving ({figures['at'][:19].replace('T', ' ')} UTC, `{figures['server']}`, last {figures['seconds']:g} s): "
+        f"{figures['requests']:.0f} requests, {figures['completion_tokens_per_s']:.1f} completion tokens/s{latency}, "
+        f"{figures['errors']:.0f} errors, {figures['rejected_429']:.0f} refused (429); "
+        f"{figures['requests_total']:.0f} requests since that server started."
+    )
 
 
 def _verdict_line(verdict: dict[str, Any]) -> str:

@@ -2,7 +2,9 @@
 
 `RegistryClient.models` is the process's resolver: an alias is asked of MLflow again once its answer is
 older than `stores.alias_cache_seconds`, and a move made through tuneloop forgets the model's answers
-at once (`forget`), so what this process promoted is what it resolves next.
+at once (`forget`), so what this process promoted is what it resolves next. While MLflow cannot be
+reached, an answer already known stands (a server goes on serving what it served) and is asked again
+after the same interval.
 """
 
 from __future__ import annotations
@@ -38,7 +40,11 @@ class ModelResolver:
                 mv = self._client.get_model_version_by_alias(name, alias)
             else:
                 mv = self._client.get_model_version(name, str(version))
-        except MlflowException:
+        except MlflowException as error:
+            if cached and not _is_answer(error):  # MLflow unreachable: the last answer stands, asked again later
+                with self._lock:
+                    self._cache[ref] = (time.monotonic(), cached[1])
+                return cached[1]
             raise self._not_found(ref, name, alias, version) from None
         result = (name, int(mv.version), alias)
         with self._lock:
@@ -71,3 +77,8 @@ class ModelResolver:
             f"unknown model `{ref}`: `{name}` has no version {version}",
             hint=f"see `tuneloop models show {name}` for its versions",
         )
+
+
+def _is_answer(error: Exception) -> bool:
+    """Whether MLflow answered (the version or alias does not exist) rather than could not be reached."""
+    return getattr(error, "error_code", "") in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"}

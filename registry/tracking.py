@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuneloop.errors import StoreError
-from tuneloop.names import EXPERIMENT_NOTES
+from tuneloop.names import EXPERIMENT_NOTES, SERVE_EXPERIMENT_NOTE, serve_experiment
 from tuneloop.quiet import quiet_mlflow
 from tuneloop.settings import Settings
 
@@ -46,6 +46,8 @@ def experiment_id(client: MlflowClient, settings: Settings, suffix: str) -> str:
     """Get or create `<prefix>-<suffix>`, with its artifacts under tuneloop's artifact root."""
     name = f"{settings.experiment_prefix}-{suffix}"
     note = EXPERIMENT_NOTES.get(suffix, "")
+    if not note and suffix.startswith(serve_experiment("")):
+        note = SERVE_EXPERIMENT_NOTE.format(name=suffix.removeprefix(serve_experiment("")))
     found = client.get_experiment_by_name(name)
     if found is not None:
         if found.lifecycle_stage == "deleted":

@@ -83,7 +83,9 @@ def log_and_register(
             logged_model_id = info.model_id
             if created_model:
                 client.create_registered_model(name, tags={Tag.KIND: tags[Tag.KIND]})
-            mv = client.create_model_version(name, info.model_uri, run_id=run.info.run_id, tags=tags)
+            mv = client.create_model_version(
+                name, info.model_uri, run_id=run.info.run_id, tags=tags, model_id=logged_model_id
+            )
             version = mv.version
             artifact_uri = client.get_logged_model(logged_model_id).artifact_location
             client.set_model_version_tag(name, version, Tag.ARTIFACT_URI, artifact_uri)

@@ -185,3 +185,50 @@ def test_mlflow_ui_shows_aliases_and_runs_after_a_tiny_loop(browser_binaries, lo
             driver.quit()
         os.killpg(up.pid, signal.SIGTERM)
         up.wait(30)
+
+
+def test_mlflow_ui_traces_tab_shows_a_served_request(browser_binaries, tiny_model: Path, tmp_path: Path) -> None:
+    """An on-call engineer's view: a request answered by `tuneloop serve` is a trace in the served model's
+    experiment, shown by the MLflow UI's Traces tab; the version's page carries its serving figures."""
+    from tests.serving.test_api import _client, serving_two_adapters
+    from tests.serving.test_production import _experiment, _trace_of
+
+    question = "where is parcel 4711 of the browser test"
+    env = {"TUNELOOP_SERVE__FIGURES_SECONDS": "1"}
+    with serving_two_adapters(tiny_model, tmp_path, env) as served:
+        rc = served["rc"]
+        answer = _client(served).chat.completions.create(
+            model="support@champion", messages=[{"role": "user", "content": question}], max_tokens=4
+        )
+        _trace_of(rc, answer.id)  # exported
+        deadline = time.monotonic() + 30
+        while "Serving (" not in (rc.model_version("support", 1).description or "") and time.monotonic() < deadline:
+            time.sleep(0.5)
+    experiment = _experiment(rc).experiment_id
+
+    port = free_port()
+    exe = Path(sys.executable).with_name("tuneloop")
+    up = subprocess.Popen(
+        [str(exe), "up", "--port", str(port), "--ingest-port", str(free_port()), "--no-scheduler"],
+        env={k: v for k, v in os.environ.items() if not k.startswith("TUNELOOP_")}
+        | {"TUNELOOP_HOME": served["env"]["TUNELOOP_HOME"]},
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    driver = None
+    try:
+        from tuneloop.services import wait_healthy
+
+        wait_healthy(f"http://127.0.0.1:{port}", up)
+        driver = _driver()
+        ui = f"http://127.0.0.1:{port}"
+        driver.get(f"{ui}/#/experiments/{experiment}/traces")
+        _wait_for_text(driver, [question])
+        driver.get(f"{ui}/#/models/support/versions/1")
+        _wait_for_text(driver, ["Serving (", "completion tokens/s"])
+    finally:
+        if driver is not None:
+            driver.quit()
+        os.killpg(up.pid, signal.SIGTERM)
+        up.wait(30)

@@ -133,6 +133,7 @@ class Tag:
     GATE_VERDICT = "tuneloop.gate_verdict"  # JSON: the last promotion decision on a version (alias, outcome, checks)
     METRIC_PREFIX = "tuneloop.metric."
     AUDIT_ENTRY = "tuneloop.audit.entry_id"
+    SERVING = "tuneloop.serving"  # JSON: the latest serving figures of a version (`tuneloop serve`'s serving run)
 
 
 class Experiment:
@@ -147,6 +148,30 @@ class Experiment:
     ALERTS = "alerts"
     DATA = "data"
 
+
+def serve_experiment(name: str) -> str:
+    """The suffix of a served model's experiment: its served requests' traces and its servers' runs."""
+    return f"serve-{name}"
+
+
+class TraceTag:
+    """Tags of a served request's trace (the record id finds the trace; `pair_of` a shadow's live record)."""
+
+    RECORD = "tuneloop.record"
+    MODEL = "tuneloop.model"
+    VERSION = "tuneloop.version"
+    ALIAS = "tuneloop.alias"
+    KIND = "tuneloop.kind"
+    PAIR_OF = "tuneloop.pair_of"
+    USER = "tuneloop.user"  # the record's hash of the request's `user`, never the value
+
+
+SERVE_EXPERIMENT_NOTE = (
+    "Production of `{name}`: every served request (or `serve.trace_share` of them) as a trace, with the version "
+    "that answered, its record id and token usage (Traces tab); one run per `tuneloop serve` process with "
+    "requests, completion tokens/s, p50/p95 latency, errors and 429s per version (`v<N>/...`). Assessments made "
+    "on a trace come back to tuneloop as the record's feedback (a trusted reviewer's only, for training)."
+)
 
 # What each experiment holds: its description in the MLflow UI.
 EXPERIMENT_NOTES = {
@@ -164,6 +189,31 @@ EXPERIMENT_NOTES = {
     Experiment.DATA: "One run per curated or synthetic data set: the files (datasets with sha256) and the report of "
     "every dropped or changed row.",
 }
+
+
+# A serving run's figures, per version and interval: `v<N>/<figure>` (the MLflow UI groups charts by prefix).
+SERVING_FIGURES = (
+    "requests",  # answers sent to callers in the interval (live and canary)
+    "completion_tokens_per_s",
+    "latency_p50_ms",
+    "latency_p95_ms",
+    "errors",  # requests that failed on the server's side
+    "rejected_429",  # requests refused because the version's queue was full
+    "shadow_answers",  # answers generated for shadow comparison, seen by nobody
+    "requests_total",  # since the server started
+)
+
+
+def serving_metric(version: int, figure: str) -> str:
+    return f"v{version}/{figure}"
+
+
+def parse_serving_metric(key: str) -> tuple[int, str] | None:
+    """(version, figure) of a serving run's metric key, or None for the server-wide ones."""
+    head, _, figure = key.partition("/")
+    if head.startswith("v") and head[1:].isdigit() and figure in SERVING_FIGURES:
+        return int(head[1:]), figure
+    return None
 
 
 class EvalTag:
@@ -198,6 +248,8 @@ class RunTag:
     REVIEW_A = "tuneloop.review.a"
     REVIEW_B = "tuneloop.review.b"
     REVIEW_TASK = "tuneloop.review.task"
+    SERVE_MODEL = "tuneloop.serve.model"  # the model a serving run's server serves
+    SERVE_ADDRESS = "tuneloop.serve.address"  # host:port (and pid) of that server
     SHADOW_CHALLENGER = "tuneloop.shadow.challenger"  # NAME:VERSION judged on live prompts (`eval shadow`)
     SHADOW_CHAMPION = "tuneloop.shadow.champion"  # NAME:VERSION whose live answers it was compared with
     RETRAIN_ID = "tuneloop.retrain.id"

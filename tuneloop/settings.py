@@ -112,6 +112,39 @@ class ServeSettings(_Section):
     capture: bool = Field(
         True, description="Store every answer as a production record (false only to measure what capture costs)"
     )
+    trace_share: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of served requests exported as MLflow traces to `<experiment_prefix>-serve-NAME` "
+        "(drawn per request; its shadow answer follows it; 0 turns tracing off)",
+    )
+    trace_redact: bool = Field(
+        False, description="Replace prompts and answers in traces by their length (records keep the text)"
+    )
+    trace_queue: int = Field(
+        10_000, ge=1, description="Traces waiting for export before new ones are dropped (and counted as lost)"
+    )
+    figures_seconds: float = Field(
+        60.0, ge=0.5, le=3600.0, description="How often a server logs its per-version figures to its serving run"
+    )
+
+
+class FeedbackSettings(_Section):
+    trusted_reviewers: list[str] = Field(
+        default_factory=list,
+        description="Source ids of MLflow assessments that may become training feedback (the MLflow UI has no "
+        "login here: any other source's assessments are stored and shown, never trained on)",
+    )
+    sync_seconds: float = Field(
+        30.0,
+        ge=0.5,
+        le=86_400.0,
+        description="How often `tuneloop serve` exchanges feedback and assessments with MLflow",
+    )
+    review_days: float = Field(
+        7.0, gt=0.0, le=365.0, description="How far back the poll reads traces for assessments added in the MLflow UI"
+    )
 
 
 class SchedulerSettings(_Section):
@@ -181,6 +214,7 @@ class Settings(BaseSettings):
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
+    feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
     notify: NotifySettings = Field(default_factory=NotifySettings)
     kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
 

@@ -33,9 +33,11 @@ def served(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
 
 
 @contextlib.contextmanager
-def serving_two_adapters(tiny_model: Path, root: Path) -> Iterator[dict[str, Any]]:
+def serving_two_adapters(
+    tiny_model: Path, root: Path, more_env: dict[str, str] | None = None
+) -> Iterator[dict[str, Any]]:
     """A `tuneloop serve support` process: v1 (champion) and v2 (challenger), LoRA adapters of the tiny base
-    that answer differently."""
+    that answer differently (`more_env`: settings of this server)."""
     from tuneloop.registry.adapters import register_adapter
     from tuneloop.registry.base_models import import_base
     from tuneloop.registry.client import RegistryClient
@@ -57,7 +59,7 @@ def serving_two_adapters(tiny_model: Path, root: Path) -> Iterator[dict[str, Any
         "TUNELOOP_SERVE__RELOAD_SECONDS": "0.5",
         "TUNELOOP_SERVE__MAX_TOKENS": "16",
         "TUNELOOP_SERVE__COLLECT_MS": "20",
-    }
+    } | (more_env or {})
     server = _Server(env, root / "serve.log")
     try:
         yield {"url": server.url, "rc": rc, "folders": folders, "tiny": tiny_model, "log": server.log, "env": env}

@@ -53,6 +53,7 @@ def test_nothing_migrates_on_start_until_db_upgrade(empty_postgres_databases: tu
         "0007",
         "0008",
         "0009",
+        "0010",
     ]
     assert stores["mlflow"]["current"] is None and stores["mlflow"]["pending"][-1] == stores["mlflow"]["head"]
 
@@ -91,10 +92,10 @@ def test_a_database_behind_by_two_revisions_names_exactly_those(empty_stores: di
     found = tuneloop_status(url)
     assert (found.current, found.pending, found.head) == (
         "0003",
-        ["0004", "0005", "0006", "0007", "0008", "0009"],
-        "0009",
+        ["0004", "0005", "0006", "0007", "0008", "0009", "0010"],
+        "0010",
     )
-    with pytest.raises(StoreError, match="at revision 0003; 6 migration"):
+    with pytest.raises(StoreError, match="at revision 0003; 7 migration"):
         require_current(found)
 
 
@@ -106,7 +107,7 @@ def test_checking_an_embedded_home_that_does_not_exist_yet_creates_nothing(tmp_p
     found = status(Settings(home=tmp_path / "home"))
     assert [(s.store, s.current) for s in found] == [("mlflow", None), ("tuneloop", None)]
     assert (
-        found[1].pending == ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009"]
+        found[1].pending == ["0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009", "0010"]
         and not (tmp_path / "home").exists()
     )
     with pytest.raises(StoreError, match="has no tables yet") as refused:

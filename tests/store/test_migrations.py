@@ -56,7 +56,7 @@ def test_concurrent_first_use_migrates_once(tmp_path: Path) -> None:
         "tuneloop_alembic_version",
     } <= tables
     assert (
-        _head() == "0009"
+        _head() == "0010"
         and {
             "monitors",
             "monitor_windows",
@@ -70,6 +70,8 @@ def test_concurrent_first_use_migrates_once(tmp_path: Path) -> None:
             "loops",
             "retrain_runs",
             "traffic_policies",
+            "record_traces",
+            "trace_assessments",
         }
         <= tables
     )

@@ -116,4 +116,10 @@ def _print_summary(s: dict) -> None:
         click.echo(f"\nthe same prompt, answered by the served champion before and after: {s['answers']['prompt']!r}")
         for answer in s["answers"]["by"]:
             click.echo(f"  v{answer['version']}: {answer['text']!r}")
+    production = s.get("production") or {}
+    if production.get("experiment_id"):
+        click.echo(
+            f"\nproduction in MLflow: {production['traces']} served requests are traces in experiment "
+            f"`{production['experiment']}` (its Traces tab), beside one run per server with figures per version"
+        )
     click.echo(f"\nSee it in the MLflow UI: run `tuneloop up`, then open {s['mlflow_ui']}   ({s['seconds']} s)")

@@ -41,13 +41,15 @@ def set_command(app: AppContext, name: str, policy_file: str, reason: str, as_js
 @output.json_option()
 @pass_app
 def show_command(app: AppContext, name: str, as_json: bool) -> None:
-    """NAME's traffic policy, and which version each alias it names holds."""
+    """NAME's traffic policy, which version each alias it names holds, and each server's latest figures per
+    version (requests, completion tokens/s, p50/p95 latency, errors, 429s: its serving run in MLflow)."""
+    from tuneloop.registry import serving_figures
     from tuneloop.registry.traffic import show_policy
 
-    _print(app, show_policy(app.registry, name), as_json)
+    _print(app, show_policy(app.registry, name), as_json, servers=serving_figures.latest(app.registry, name))
 
 
-def _print(app: AppContext, stored: Any, as_json: bool, note: str = "") -> None:
+def _print(app: AppContext, stored: Any, as_json: bool, note: str = "", servers: list[Any] | None = None) -> None:
     aliases = {a: int(v) for a, v in (app.registry.registered_model(stored.model).aliases or {}).items()}
     policy = stored.policy
     named = ["champion"] + [p.alias for p in (policy.canary, policy.shadow) if p is not None]
@@ -59,6 +61,17 @@ def _print(app: AppContext, stored: Any, as_json: bool, note: str = "") -> None:
         "set_by": stored.set_by,
         "set_at": stored.set_at.isoformat() if stored.set_at else None,
     }
+    if servers is not None:
+        document["servers"] = [
+            {
+                "address": s.address,
+                "status": s.status,
+                "run_id": s.run_id,
+                "versions": {str(v): f for v, f in sorted(s.figures.items())},
+                "server": s.server,
+            }
+            for s in servers
+        ]
     if as_json:
         output.emit_json(document)
         return
@@ -69,5 +82,17 @@ def _print(app: AppContext, stored: Any, as_json: bool, note: str = "") -> None:
         )
     if stored.set_by:
         click.echo(f"  set by {stored.set_by} at {document['set_at'][:19]}")
+    for server in document.get("servers", []):
+        state = "serving" if server["status"] == "RUNNING" else "stopped"
+        click.echo(f"  server {server['address']} ({state}; run {server['run_id']}), its latest interval:")
+        for version, f in server["versions"].items():
+            latency = (
+                f", p50 {f['latency_p50_ms']:.0f} ms, p95 {f['latency_p95_ms']:.0f} ms" if "latency_p95_ms" in f else ""
+            )
+            click.echo(
+                f"    v{version}: {f.get('requests', 0):.0f} requests ({f.get('requests_total', 0):.0f} in all), "
+                f"{f.get('completion_tokens_per_s', 0):.1f} completion tokens/s{latency}, "
+                f"{f.get('errors', 0):.0f} errors, {f.get('rejected_429', 0):.0f} refused (429)"
+            )
     if note:
         click.echo(note, err=True)

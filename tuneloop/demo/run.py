@@ -483,7 +483,21 @@ def summary(demo: Demo, champion: dict[str, Any], loop: dict[str, Any], ui: str)
         },
         "shadow": details.get("shadow"),
         "decision": details.get("decision"),
+        "production": _production(demo),
         "mlflow_ui": ui,
+    }
+
+
+def _production(demo: Demo) -> dict[str, Any]:
+    """Where the served requests are in MLflow: their traces and the servers' runs."""
+    from tuneloop.names import serve_experiment
+
+    name = f"{demo.rc.settings.experiment_prefix}-{serve_experiment(demo.cfg.adapter)}"
+    found = demo.rc.mlflow.get_experiment_by_name(name)
+    return {
+        "experiment": name,
+        "experiment_id": found.experiment_id if found else None,
+        "traces": demo.rc.stores.traces.count_links(demo.cfg.adapter),
     }
 
 

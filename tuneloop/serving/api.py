@@ -134,9 +134,10 @@ class _Plan:
     shadow: str | None = None  # the alias that also answers, unseen, once the caller has its answer
 
 
-def create_app(settings: Any, name: str, host: Host | None = None) -> FastAPI:
+def create_app(settings: Any, name: str, host: Host | None = None, *, address: str = "in-process") -> FastAPI:
     from tuneloop.registry.client import RegistryClient
     from tuneloop.registry.resolver import ModelResolver
+    from tuneloop.serving.production import Production
     from tuneloop.serving.versions import fetch
 
     rc = RegistryClient(settings)
@@ -156,10 +157,20 @@ def create_app(settings: Any, name: str, host: Host | None = None) -> FastAPI:
     accepted = rc.stores.tokens.accepted(settings.configured_tokens())
     split = TrafficSplit(name, lambda n: rc.stores.traffic.get(n).policy, ttl_seconds=limits.reload_seconds)
     shadows = ThreadPoolExecutor(1, thread_name_prefix="tuneloop-shadow")  # routes (maybe loads) off the callers' path
+    production = Production(rc, name, address, recorder, split)
 
     app = FastAPI(title=f"tuneloop serve {name}", version="1", docs_url=None, redoc_url=None)
-    app.state.host, app.state.recorder = host, recorder  # whoever runs the app closes them (`tuneloop serve` does)
-    app.state.split, app.state.shadows = split, shadows
+
+    def close() -> None:
+        """Stop in order: shadow work already routed reaches its batcher, running batches finish, their records
+        are written, then exported, and the serving run logs its last figures."""
+        shadows.shutdown(wait=True)
+        host.close()
+        recorder.close()
+        production.close()
+
+    app.state.close = close  # whoever runs the app calls it (`tuneloop serve` does)
+    app.state.host, app.state.split = host, split
 
     @app.exception_handler(ApiError)
     async def _on_api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -278,7 +289,7 @@ def create_app(settings: Any, name: str, host: Host | None = None) -> FastAPI:
                     return
                 ms = (time.perf_counter() - t0) * 1000
                 rows = records_of(captured, [f"cmpl-{uuid.uuid4().hex}"], [prompt], [done.result()], ms, [live_id])
-                recorder.write(rows).add_done_callback(
+                production.keep(rows).add_done_callback(
                     lambda w: split.shadow_counts.add(answered=int(not w.exception()))
                 )
 
@@ -297,20 +308,22 @@ def create_app(settings: Any, name: str, host: Host | None = None) -> FastAPI:
                 return [host.submit(name, plan_.version, a, keep=keep, cancel=leave) for a in plan_.asks]
             except Overloaded:
                 leave.set()  # the prompts already queued are not generated for nobody
+                production.figures.rejected(plan_.version)
                 raise
 
         futures = [asyncio.wrap_future(f) for f in await run_in_threadpool(submit_all)]
         pending = set(futures)
-        while pending:
-            _, pending = await asyncio.wait(pending, timeout=0.25)
-            if pending and await request.is_disconnected():
-                leave.set()
-        answers = [f.result() for f in futures]
-        if leave.is_set():
-            raise ApiError(499, "the client closed the request", code="client_closed")
-        ids = [f"cmpl-{uuid.uuid4().hex}" for _ in answers]
-        rows = records_of(plan_.captured, ids, plan_.prompts, answers, (time.perf_counter() - started) * 1000)
-        await asyncio.wrap_future(recorder.write(rows))
+        with production.counting_failures(plan_.version):
+            while pending:
+                _, pending = await asyncio.wait(pending, timeout=0.25)
+                if pending and await request.is_disconnected():
+                    leave.set()
+            answers = [f.result() for f in futures]
+            if leave.is_set():
+                raise ApiError(499, "the client closed the request", code="client_closed")
+            ids = [f"cmpl-{uuid.uuid4().hex}" for _ in answers]
+            rows = records_of(plan_.captured, ids, plan_.prompts, answers, (time.perf_counter() - started) * 1000)
+            await asyncio.wrap_future(production.keep(rows))
         shadow_after(plan_, ids)
         return ids, answers
 
@@ -323,9 +336,10 @@ def create_app(settings: Any, name: str, host: Host | None = None) -> FastAPI:
         def push(piece: str) -> None:  # on the model thread
             loop.call_soon_threadsafe(pieces.put_nowait, piece)
 
-        future = await run_in_threadpool(
-            lambda: host.submit(name, plan_.version, plan_.asks[0], keep=router.keep(), on_text=push, cancel=leave)
-        )
+        with production.counting_failures(plan_.version):
+            future = await run_in_threadpool(
+                lambda: host.submit(name, plan_.version, plan_.asks[0], keep=router.keep(), on_text=push, cancel=leave)
+            )
         future.add_done_callback(lambda _: loop.call_soon_threadsafe(pieces.put_nowait, None))
 
         def chunk(delta: dict[str, Any] | None, finish: str | None, **extra: Any) -> str:
@@ -337,7 +351,7 @@ def create_app(settings: Any, name: str, host: Host | None = None) -> FastAPI:
 
         def record(answer: Answer) -> Future[None]:
             latency_ms = (time.perf_counter() - started) * 1000
-            return recorder.write(records_of(plan_.captured, [record_id], plan_.prompts, [answer], latency_ms))
+            return production.keep(records_of(plan_.captured, [record_id], plan_.prompts, [answer], latency_ms))
 
         def store_cut(sent: str) -> None:
             def after(done: Future[Answer]) -> None:
@@ -357,6 +371,7 @@ def create_app(settings: Any, name: str, host: Host | None = None) -> FastAPI:
                 error = future.exception()
                 if error is not None:
                     finished = True
+                    production.figures.failed(plan_.version)
                     message = rc.settings.scrub(getattr(error, "message", str(error)))
                     yield f"data: {json.dumps({'error': {'message': message, 'type': 'server_error'}})}\n\n"
                     return
@@ -385,6 +400,7 @@ def create_app(settings: Any, name: str, host: Host | None = None) -> FastAPI:
             "loaded": [f"{n}:{v}" for n, v in host.loaded()],
             "traffic": split.policy().summary(),
             "shadow": split.shadow_counts.as_dict(),
+            "traces": production.trace_counts(),
         }
 
     @app.get("/v1/models")

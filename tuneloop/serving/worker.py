@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Callable
 from typing import Any
 
 CLOSE = object()  # queued by `close()`: what was queued before it is handled, then the thread stops
@@ -31,3 +32,21 @@ class QueueWorker:
 
     def _handle(self, item: Any) -> object | None:
         raise NotImplementedError
+
+
+class Periodic:
+    """A daemon thread that calls `work` every `every_s` seconds until closed (and once more on close)."""
+
+    def __init__(self, name: str, every_s: float, work: Callable[[], None]) -> None:
+        self._work, self._every_s, self._stop = work, every_s, threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def close(self, timeout_s: float = 30) -> None:
+        self._stop.set()
+        self._thread.join(timeout_s)
+        self._work()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._every_s):
+            self._work()

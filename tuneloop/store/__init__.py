@@ -23,6 +23,7 @@ from tuneloop.store.monitors import MonitorStore
 from tuneloop.store.outbox import OutboxStore
 from tuneloop.store.records import RecordStore
 from tuneloop.store.tokens import TokenStore
+from tuneloop.store.traces import TraceStore
 from tuneloop.store.traffic import TrafficStore
 
 __all__ = ["Stores", "Transaction"]
@@ -78,3 +79,4 @@ class Stores:
     loops = _Of(LoopStore)
     leases = _Of(LeaseStore)
     traffic = _Of(TrafficStore)
+    traces = _Of(TraceStore)

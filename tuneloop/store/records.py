@@ -49,6 +49,15 @@ class FeedbackValues:
 
 
 @dataclass(frozen=True)
+class RecordFeedback(FeedbackValues):
+    """A record's feedback as stored: when it came, and from where (None: posted to tuneloop;
+    `mlflow:<reviewer>`: a trusted reviewer's assessment on the record's trace)."""
+
+    at: datetime | None = None
+    source: str | None = None
+
+
+@dataclass(frozen=True)
 class StoredRecord:
     """A record as monitors read it: what was asked and answered, with the latest feedback folded in."""
 
@@ -167,6 +176,11 @@ class RecordStore(Store):
                 return False
             _upsert_feedback(conn, record_id, values, at)
         return True
+
+    def feedback_of(self, record_id: str) -> RecordFeedback | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(feedback).where(feedback.c.record_id == record_id)).first()
+        return entity(RecordFeedback, row) if row else None
 
     def get(self, record_id: str) -> CapturedRecord | None:
         with self.engine.connect() as conn:
@@ -325,7 +339,9 @@ def _of(watched: ModelSlice) -> sa.Select[Any]:
 
 
 def _upsert_feedback(conn: Transaction, record_id: str, values: FeedbackValues, at: datetime) -> None:
-    updated = conn.execute(feedback.update().where(feedback.c.record_id == record_id).values(**asdict(values), at=at))
+    updated = conn.execute(
+        feedback.update().where(feedback.c.record_id == record_id).values(**asdict(values), at=at, source=None)
+    )
     if updated.rowcount == 0:
         conn.execute(feedback.insert().values(record_id=record_id, **asdict(values), at=at))
 

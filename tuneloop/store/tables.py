@@ -74,6 +74,11 @@ feedback = sa.Table(
     sa.Column("reference", sa.Text, nullable=True),
     sa.Column("at", UTCDateTime(), nullable=False),
 )
+# Where feedback came from and whether its record's trace carries it (migration 0010): `source` is null for
+# feedback posted to tuneloop, `mlflow:<source id>` for a trusted reviewer's assessment made in MLflow;
+# `mirrored_at` is the `at` last written to the trace as assessments (null: not yet).
+feedback.append_column(sa.Column("source", sa.String(300), nullable=True))
+feedback.append_column(sa.Column("mirrored_at", UTCDateTime(), nullable=True))
 
 # Bearer tokens, stored as sha256 hashes only, each with the one scope it grants (migration 0008:
 # `serve` calls the OpenAI-compatible API, `ingest` posts records and feedback; older tokens are `ingest`).
@@ -284,4 +289,35 @@ traffic_policies = sa.Table(
     sa.Column("policy", JSONDocument(), nullable=False),
     sa.Column("set_by", sa.String(200), nullable=False),
     sa.Column("set_at", UTCDateTime(), nullable=False),
+)
+
+# --- served requests in MLflow (migration 0010) ---------------------------------------------------
+# The MLflow trace of each exported served record (a sampled share; a record without a row has no trace).
+record_traces = sa.Table(
+    "record_traces",
+    metadata,
+    sa.Column("record_id", sa.String(64), sa.ForeignKey("records.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("model", sa.String(400), nullable=False),
+    sa.Column("trace_id", sa.String(64), nullable=False),
+    sa.Column("experiment_id", sa.String(64), nullable=False),
+    sa.Column("exported_at", UTCDateTime(), nullable=False),
+    sa.Index("ix_record_traces_model", "model", "exported_at"),
+)
+
+# Assessments made on a record's trace in MLflow (a reviewer in the UI, a judge): every one is kept and
+# shown; only a trusted source's (`feedback.trusted_reviewers`) also becomes the record's feedback.
+trace_assessments = sa.Table(
+    "trace_assessments",
+    metadata,
+    sa.Column("assessment_id", sa.String(64), primary_key=True),
+    sa.Column("record_id", sa.String(64), sa.ForeignKey("records.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("trace_id", sa.String(64), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("value", JSONDocument(), nullable=True),
+    sa.Column("source_type", sa.String(20), nullable=False),
+    sa.Column("source_id", sa.String(300), nullable=False),
+    sa.Column("trusted", sa.Boolean, nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    sa.Column("imported_at", UTCDateTime(), nullable=False),
+    sa.Index("ix_trace_assessments_record", "record_id"),
 )

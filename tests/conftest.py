@@ -6,12 +6,17 @@ created with `CREATE DATABASE ... TEMPLATE ...`) and copied for each test.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -332,3 +337,51 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             red=True,
         )
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def eventually(probe: Callable[[], Any], what: str = "the condition", timeout_s: float = 30) -> Any:
+    """`probe()`'s first truthy value, asked every 0.2 s; AssertionError naming `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"never happened within {timeout_s:g} s: {what}")
+
+
+class Up:
+    """A running `tuneloop up --no-scheduler`: `url` is its MLflow server's; `stop()` ends its process group."""
+
+    def __init__(self, process: subprocess.Popen, url: str) -> None:
+        self.process, self.url = process, url
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(30)
+
+
+@contextlib.contextmanager
+def tuneloop_up(env: dict[str, str] | None = None) -> Iterator[Up]:
+    """`tuneloop up --no-scheduler` (the MLflow server and UI, the ingest API) on free ports, as its own process
+    group, stopped on leaving (`env`: the process's environment, default this one's)."""
+    from tuneloop.services import wait_healthy
+
+    port = free_port()
+    command = ["up", "--port", str(port), "--ingest-port", str(free_port()), "--scheduler-port", str(free_port())]
+    up = Up(
+        subprocess.Popen(
+            [str(Path(sys.executable).with_name("tuneloop")), *command, "--no-scheduler"],
+            env=env,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        ),
+        f"http://127.0.0.1:{port}",
+    )
+    try:
+        wait_healthy(up.url, up.process)
+        yield up
+    finally:
+        up.stop()

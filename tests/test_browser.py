@@ -1,5 +1,6 @@
 """A release manager's view: after a tiny loop, the MLflow UI served by `tuneloop up` shows the
-registered model with its `champion` and `challenger` aliases, and the training and eval runs.
+registered model with its `champion` and `challenger` aliases, and the training and eval runs; an
+on-call engineer's: a served request in the Traces tab.
 
 Drives Debian's headless Chromium with Selenium. The set-up installs `chromium` and
 `chromium-driver` with apt-get when they are missing and it runs as root (as in CI).
@@ -7,18 +8,19 @@ Drives Debian's headless Chromium with Selenium. The set-up installs `chromium` 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-import signal
 import subprocess
-import sys
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import eventually, tuneloop_up
 from tests.loop_helpers import ingest_directly, tiny_config
 
 pytestmark = pytest.mark.acceptance
@@ -69,6 +71,15 @@ def _driver():
     return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
 
 
+@contextlib.contextmanager
+def _browser() -> Iterator[Any]:
+    driver = _driver()
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
 def _wait_for_text(driver, texts: list[str], timeout_s: float = 60) -> str:
     from selenium.webdriver.common.by import By
 
@@ -117,33 +128,8 @@ def test_mlflow_ui_shows_aliases_and_runs_after_a_tiny_loop(browser_binaries, lo
     challenger = result["retrain"]["version"]
     assert result["retrain"]["state"] == "registered"
 
-    port = free_port()
-    exe = Path(sys.executable).with_name("tuneloop")
-    up = subprocess.Popen(
-        [
-            str(exe),
-            "up",
-            "--port",
-            str(port),
-            "--ingest-port",
-            str(free_port()),
-            "--scheduler-port",
-            str(free_port()),
-            "--no-scheduler",
-        ],
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    driver = None
-    try:
-        from tuneloop.services import wait_healthy
-
-        wait_healthy(f"http://127.0.0.1:{port}", up)
-        driver = _driver()
-        ui = f"http://127.0.0.1:{port}"
-
+    with tuneloop_up() as up, _browser() as driver:
+        ui = up.url
         driver.get(f"{ui}/#/models/tiny-support")
         page = _wait_for_text(driver, ["tiny-support", "champion", "challenger", f"Version {challenger}"])
         assert f"Version {champion['version']}" in page
@@ -180,11 +166,6 @@ def test_mlflow_ui_shows_aliases_and_runs_after_a_tiny_loop(browser_binaries, lo
         _wait_for_frame_text(
             driver, ["The verdicts that count are tuneloop's", "DRIFT", "output length", "prompt words"]
         )
-    finally:
-        if driver is not None:
-            driver.quit()
-        os.killpg(up.pid, signal.SIGTERM)
-        up.wait(30)
 
 
 def test_mlflow_ui_traces_tab_shows_a_served_request(browser_binaries, tiny_model: Path, tmp_path: Path) -> None:
@@ -201,34 +182,13 @@ def test_mlflow_ui_traces_tab_shows_a_served_request(browser_binaries, tiny_mode
             model="support@champion", messages=[{"role": "user", "content": question}], max_tokens=4
         )
         _trace_of(rc, answer.id)  # exported
-        deadline = time.monotonic() + 30
-        while "Serving (" not in (rc.model_version("support", 1).description or "") and time.monotonic() < deadline:
-            time.sleep(0.5)
+        eventually(lambda: "Serving (" in (rc.model_version("support", 1).description or ""), "v1's figures")
     experiment = _experiment(rc).experiment_id
 
-    port = free_port()
-    exe = Path(sys.executable).with_name("tuneloop")
-    up = subprocess.Popen(
-        [str(exe), "up", "--port", str(port), "--ingest-port", str(free_port()), "--no-scheduler"],
-        env={k: v for k, v in os.environ.items() if not k.startswith("TUNELOOP_")}
-        | {"TUNELOOP_HOME": served["env"]["TUNELOOP_HOME"]},
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    driver = None
-    try:
-        from tuneloop.services import wait_healthy
-
-        wait_healthy(f"http://127.0.0.1:{port}", up)
-        driver = _driver()
-        ui = f"http://127.0.0.1:{port}"
+    home_env = {k: v for k, v in os.environ.items() if not k.startswith("TUNELOOP_")}
+    with tuneloop_up(home_env | {"TUNELOOP_HOME": served["env"]["TUNELOOP_HOME"]}) as up, _browser() as driver:
+        ui = up.url
         driver.get(f"{ui}/#/experiments/{experiment}/traces")
         _wait_for_text(driver, [question])
         driver.get(f"{ui}/#/models/support/versions/1")
         _wait_for_text(driver, ["Serving (", "completion tokens/s"])
-    finally:
-        if driver is not None:
-            driver.quit()
-        os.killpg(up.pid, signal.SIGTERM)
-        up.wait(30)

@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.a3a2416 import rewrite_recipe_as_a3a2416
-from tests.conftest import free_port
+from tests.conftest import eventually, free_port
 from tests.loop_helpers import ingest_directly, tiny_config
 from tuneloop.names import Tag
 
@@ -282,7 +282,7 @@ def test_kill_9_of_the_active_scheduler_mid_training_hands_over_to_the_standby(
                     sa.text("SELECT id, state, attempts, training_run_id, version FROM retrain_runs")
                 ).first()
 
-        row = _wait(
+        row = eventually(
             lambda: (
                 (r := retrain_row()) is not None
                 and r.state == "training"
@@ -290,6 +290,7 @@ def test_kill_9_of_the_active_scheduler_mid_training_hands_over_to_the_standby(
                 and list((Path(rc.settings.home) / "runs" / r.training_run_id).glob("checkpoint-*"))
                 and r
             ),
+            "a checkpoint of the retrain's training",
             240,
         )
         active_pid = int(rc.stores.leases.holder(LEASE).owner.rsplit(":", 1)[1])
@@ -298,7 +299,9 @@ def test_kill_9_of_the_active_scheduler_mid_training_hands_over_to_the_standby(
         os.kill(active.pid, signal.SIGKILL)  # the scheduler only: its worker must notice and stop by itself
         active.wait(10)
 
-        done = _wait(lambda: (r := retrain_row()).state in ("registered", "failed") and r, 300)
+        done = eventually(
+            lambda: (r := retrain_row()).state in ("registered", "failed") and r, "the retrain ended", 300
+        )
         assert done.state == "registered", (
             rc.stores.engine.connect().execute(sa.text("SELECT error FROM retrain_runs")).scalar()
         )
@@ -325,16 +328,6 @@ def test_kill_9_of_the_active_scheduler_mid_training_hands_over_to_the_standby(
         windows = conn.execute(sa.text("SELECT count(*) FROM monitor_windows")).scalar()
     assert sorted(events) == [("alert.opened", 1), ("challenger.registered", 1)]
     assert windows == cfg.calm_windows + cfg.drift_windows  # every window judged once, none twice
-
-
-def _wait(probe, timeout_s: float):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"not reached within {timeout_s} s")
 
 
 def test_retrain_now_from_the_cli_follows_every_stage(loop_env, tiny_model: Path) -> None:

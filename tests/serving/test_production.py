@@ -6,13 +6,12 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import eventually, run_cli, tuneloop_up
 from tests.serving.test_api import MESSAGES, TOKEN, _client, serving_two_adapters
 
 TRUSTED = "alice@example.com"
@@ -30,18 +29,8 @@ def traced(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
         yield found
 
 
-def _eventually(check: Callable[[], Any], what: str, timeout_s: float = 30) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.25)
-    raise AssertionError(f"never happened within {timeout_s:g} s: {what}")
-
-
 def _experiment(rc) -> str:
-    return _eventually(lambda: rc.mlflow.get_experiment_by_name("tuneloop-serve-support"), "serve experiment")
+    return eventually(lambda: rc.mlflow.get_experiment_by_name("tuneloop-serve-support"), "serve experiment")
 
 
 def _traces(rc, filter_string: str | None = None) -> list[Any]:
@@ -53,7 +42,7 @@ def _traces(rc, filter_string: str | None = None) -> list[Any]:
 
 
 def _trace_of(rc, record_id: str) -> Any:
-    return _eventually(
+    return eventually(
         lambda: next(iter(_traces(rc, f"tags.`tuneloop.record` = '{record_id}'")), None), f"trace of {record_id}"
     )
 
@@ -106,7 +95,7 @@ def test_a_shadow_answer_is_its_own_trace_naming_the_live_record(traced) -> None
     try:
         time.sleep(1.0)  # the server reads the policy every 0.5 s
         live = _client(traced).chat.completions.create(model="support@champion", messages=MESSAGES, max_tokens=4)
-        shadow = _eventually(
+        shadow = eventually(
             lambda: next(iter(_traces(rc, f"tags.`tuneloop.pair_of` = '{live.id}'")), None), "the shadow trace"
         )
     finally:
@@ -123,7 +112,7 @@ def test_feedback_posted_for_a_record_becomes_an_assessment_on_its_trace(traced)
     rc = traced["rc"]
     answer = _client(traced).chat.completions.create(model="support@champion", messages=MESSAGES, max_tokens=4)
     trace_id = _trace_of(rc, answer.id).info.trace_id
-    _eventually(lambda: rc.stores.traces.link_of(answer.id), "the trace link")
+    eventually(lambda: rc.stores.traces.link_of(answer.id), "the trace link")
     add_feedback(rc.stores, answer.id, Feedback(rating=4, label="refund", reference="we refund in 5 days"))
 
     def assessments() -> dict[str, Any]:
@@ -132,12 +121,12 @@ def test_feedback_posted_for_a_record_becomes_an_assessment_on_its_trace(traced)
         found = mlflow.get_trace(trace_id).info.assessments
         return {a.name: a for a in found if a.source.source_id == "tuneloop"}
 
-    _eventually(lambda: len(assessments()) == 3, "three assessments")
+    eventually(lambda: len(assessments()) == 3, "three assessments")
     given = assessments()
     assert given["rating"].value == 4 and given["label"].value == "refund"
     assert given["expected_response"].value == "we refund in 5 days"
     add_feedback(rc.stores, answer.id, Feedback(rating=2))  # the latest feedback wins, on the trace too
-    _eventually(lambda: assessments().get("rating") and assessments()["rating"].value == 2, "the new rating")
+    eventually(lambda: assessments().get("rating") and assessments()["rating"].value == 2, "the new rating")
     assert [a.name for a in assessments().values()].count("rating") == 1
 
 
@@ -161,9 +150,9 @@ def test_a_trusted_reviewers_assessment_becomes_feedback_and_an_untrusted_one_ne
         value="send me your password",
         source=AssessmentSource(source_type="HUMAN", source_id="mallory"),
     )
-    became = _eventually(lambda: rc.stores.records.feedback_of(trusted.id), "the trusted rating as feedback")
+    became = eventually(lambda: rc.stores.records.feedback_of(trusted.id), "the trusted rating as feedback")
     assert became.rating == 1.0 and became.source == f"mlflow:{TRUSTED}"
-    kept = _eventually(lambda: rc.stores.traces.assessments_of(untrusted.id), "the untrusted assessment kept")
+    kept = eventually(lambda: rc.stores.traces.assessments_of(untrusted.id), "the untrusted assessment kept")
     assert kept[0].trusted is False and kept[0].value == "send me your password"
     assert rc.stores.records.feedback_of(untrusted.id) is None
     reviewed = {r.prompt for r in rc.stores.records.reviewed("support")}  # what training reads
@@ -189,7 +178,7 @@ def test_per_version_figures_in_the_serving_run_traffic_show_and_the_version_pag
         runs = rc.mlflow.search_runs([_experiment(rc).experiment_id])
         return runs[0] if runs and runs[0].data.metrics.get("v1/requests_total") == served_v1 else None
 
-    serving = _eventually(run, f"v1/requests_total = {served_v1} in the serving run")
+    serving = eventually(run, f"v1/requests_total = {served_v1} in the serving run")
     assert serving.data.tags["tuneloop.serve.model"] == "support"
     history = rc.mlflow.get_metric_history(serving.info.run_id, "v1/requests")
     assert sum(m.value for m in history) == served_v1  # intervals add up to what was served
@@ -200,7 +189,7 @@ def test_per_version_figures_in_the_serving_run_traffic_show_and_the_version_pag
     assert server["status"] == "RUNNING" and server["versions"]["1"]["requests_total"] == served_v1
     text = run_cli("traffic", "show", "support", env=traced["env"]).stdout
     assert f"({served_v1} in all)" in text
-    _eventually(lambda: "Serving (" in (rc.model_version("support", 1).description or ""), "figures on v1's page")
+    eventually(lambda: "Serving (" in (rc.model_version("support", 1).description or ""), "figures on v1's page")
     page = rc.model_version("support", 1).description
     assert "completion tokens/s" in page and "refused (429)" in page
 
@@ -223,50 +212,35 @@ def test_with_the_mlflow_server_stopped_serving_goes_on_and_no_record_is_lost(ti
     """MLflow as a real server (`tuneloop up`); it is stopped while `tuneloop serve` answers: every request is
     answered and stored, and the traces that could not be exported are counted as lost."""
     import os
-    import signal
-    import subprocess
-    import sys
 
-    from tests.conftest import free_port
     from tuneloop.registry.client import RegistryClient
-    from tuneloop.services import wait_healthy
     from tuneloop.settings import Settings
 
-    home, mlflow_port = tmp_path / "home", free_port()
+    home = tmp_path / "home"
     _ = RegistryClient(Settings(home=home)).mlflow  # migrate MLflow's database before its server opens it
     env = {k: v for k, v in os.environ.items() if not k.startswith("TUNELOOP_")} | {"TUNELOOP_HOME": str(home)}
-    up = subprocess.Popen(
-        [str(Path(sys.executable).with_name("tuneloop")), "up", "--port", str(mlflow_port), "--ingest-port",
-         str(free_port()), "--no-scheduler"],
-        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        wait_healthy(f"http://127.0.0.1:{mlflow_port}", up)
-        over_http = {"TUNELOOP_STORES__MLFLOW_URI": f"http://127.0.0.1:{mlflow_port}"}
-        with serving_two_adapters(tiny_model, tmp_path, over_http) as found:
-            client = _client(found)
-            first = client.chat.completions.create(model="support@champion", messages=MESSAGES, max_tokens=4)
-            _trace_of(found["rc"], first.id)  # exported through the MLflow server
-            os.killpg(up.pid, signal.SIGTERM)
-            up.wait(30)
-            ids = [
-                client.chat.completions.create(model="support@champion", messages=MESSAGES, max_tokens=4).id
-                for _ in range(6)
-            ]
+    with (
+        tuneloop_up(env) as up,
+        serving_two_adapters(tiny_model, tmp_path, {"TUNELOOP_STORES__MLFLOW_URI": up.url}) as found,
+    ):
+        client = _client(found)
+        first = client.chat.completions.create(model="support@champion", messages=MESSAGES, max_tokens=4)
+        _trace_of(found["rc"], first.id)  # exported through the MLflow server
+        up.stop()
+        ids = [
+            client.chat.completions.create(model="support@champion", messages=MESSAGES, max_tokens=4).id
+            for _ in range(6)
+        ]
 
-            def health() -> dict[str, Any]:
-                with urllib.request.urlopen(found["url"] + "/health") as response:
-                    return json.loads(response.read())
+        def health() -> dict[str, Any]:
+            with urllib.request.urlopen(found["url"] + "/health") as response:
+                return json.loads(response.read())
 
-            traces = _eventually(lambda: (h := health()["traces"])["lost"] == len(ids) and h, "6 traces lost")
-            assert traces["exported"] == 1
-        records = {r.id: r for r in found["rc"].stores.records.recent(model="support", limit=50)}
-        assert set(ids) | {first.id} <= set(records)  # every answer is a record; the server stopped cleanly
-        assert all(records[i].version == 1 for i in ids)  # the champion went on answering, from its last answer
-    finally:
-        if up.poll() is None:
-            os.killpg(up.pid, signal.SIGTERM)
-            up.wait(30)
+        traces = eventually(lambda: (h := health()["traces"])["lost"] == len(ids) and h, "6 traces lost")
+        assert traces["exported"] == 1
+    records = {r.id: r for r in found["rc"].stores.records.recent(model="support", limit=50)}
+    assert set(ids) | {first.id} <= set(records)  # every answer is a record; the server stopped cleanly
+    assert all(records[i].version == 1 for i in ids)  # the champion went on answering, from its last answer
 
 
 def test_trace_share_draws_a_fixed_share_of_requests_and_a_shadow_follows_its_live_record() -> None:

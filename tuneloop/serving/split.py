@@ -13,9 +13,9 @@ import hashlib
 import random
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
+from tuneloop.serving.counts import Counts
 from tuneloop.traffic import OFF, TrafficPolicy
 
 
@@ -25,23 +25,10 @@ def user_point(model: str, user: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-@dataclass
-class ShadowCounts:
-    """What happened to the requests shadowing drew (shown by `/health`)."""
-
-    sampled: int = 0
-    answered: int = 0  # the shadow answer was generated and stored
-    dropped: int = 0  # the server was saturated (or the challenger could not answer): not generated
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def add(self, **counts: int) -> None:
-        with self._lock:
-            for name, n in counts.items():
-                setattr(self, name, getattr(self, name) + n)
-
-    def as_dict(self) -> dict[str, int]:
-        with self._lock:
-            return {"sampled": self.sampled, "answered": self.answered, "dropped": self.dropped}
+def shadow_counts() -> Counts:
+    """What happened to the requests shadowing drew: `answered` (generated and stored) or `dropped` (the server
+    was saturated, or the challenger could not answer: not generated)."""
+    return Counts("sampled", "answered", "dropped")
 
 
 class TrafficSplit:
@@ -50,7 +37,7 @@ class TrafficSplit:
         self._rng = rng or random.Random()
         self._policy, self._read_at = OFF, float("-inf")
         self._lock = threading.Lock()
-        self.shadow_counts = ShadowCounts()
+        self.shadow_counts = shadow_counts()
 
     def policy(self) -> TrafficPolicy:
         with self._lock:

@@ -22,14 +22,14 @@ import hashlib
 import json
 import logging
 import queue
-import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from tuneloop.names import TraceTag
+from tuneloop.serving.counts import Counts
 from tuneloop.serving.worker import CLOSE, QueueWorker
 from tuneloop.store.records import NewRecord, RecordKind
 from tuneloop.store.traces import TraceLink, TraceStore
@@ -62,24 +62,6 @@ def traced(record_id: str, share: float) -> bool:
     return point < share
 
 
-@dataclass
-class TraceCounts:
-    """What became of the traces this server offered (shown by `/health` and its serving run)."""
-
-    exported: int = 0
-    lost: int = 0  # MLflow unreachable or failing, or the queue full: the records are stored all the same
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def add(self, **counts: int) -> None:
-        with self._lock:
-            for name, n in counts.items():
-                setattr(self, name, getattr(self, name) + n)
-
-    def as_dict(self) -> dict[str, int]:
-        with self._lock:
-            return {"exported": self.exported, "lost": self.lost}
-
-
 @dataclass(frozen=True)
 class TraceOptions:
     share: float = 1.0
@@ -99,7 +81,8 @@ class Tracer(QueueWorker):
         scrub: Callable[[str], str],
         options: TraceOptions,
     ) -> None:
-        self.name, self.options, self.counts = name, options, TraceCounts()
+        # `lost`: MLflow unreachable or failing, or the queue full; the records are stored all the same
+        self.name, self.options, self.counts = name, options, Counts("exported", "lost")
         self._experiment_id, self._model_id, self._links, self._scrub = experiment_id, model_id, links, scrub
         self._paused_until = 0.0
         self._client: Any = None

@@ -195,10 +195,25 @@ def test_per_version_figures_in_the_serving_run_traffic_show_and_the_version_pag
 
 
 def test_trace_redaction_keeps_text_out_of_mlflow_and_in_the_records(tiny_model: Path, tmp_path: Path) -> None:
-    with serving_two_adapters(tiny_model, tmp_path, {"TUNELOOP_SERVE__TRACE_REDACT": "true"}) as found:
+    """Also `records sync-feedback`, run by hand (this server's own exchange is an hour away)."""
+    from tuneloop.monitors.ingestion.records import Feedback, add_feedback
+
+    env = {"TUNELOOP_SERVE__TRACE_REDACT": "true", "TUNELOOP_FEEDBACK__SYNC_SECONDS": "3600"}
+    with serving_two_adapters(tiny_model, tmp_path, env) as found:
         rc = found["rc"]
         answer = _client(found).chat.completions.create(model="support@champion", messages=MESSAGES, max_tokens=4)
         trace = _trace_of(rc, answer.id)
+        eventually(lambda: rc.stores.traces.link_of(answer.id), "the trace link")
+        add_feedback(rc.stores, answer.id, Feedback(label="refund"))
+        synced = run_cli("records", "sync-feedback", "support", "--json", env=found["env"])
+        assert json.loads(synced.stdout) == {"pushed": 1, "pulled": 0, "trusted": 0, "failed": 0}, synced.stderr
+        again = run_cli("records", "sync-feedback", "support", env=found["env"])
+        assert again.returncode == 0 and "0 record(s) of feedback copied" in again.stdout
+        import mlflow
+
+        assert [(a.name, a.value) for a in mlflow.get_trace(trace.info.trace_id).info.assessments] == [
+            ("label", "refund")
+        ]
     record = rc.stores.records.get(answer.id)
     assert record.output and MESSAGES[-1]["content"] in record.prompt  # the record keeps the text
     text = json.dumps(trace.to_dict())

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from typing import Any
@@ -157,5 +158,18 @@ def run_http(app: Any, host: str, port: int) -> None:
     config = uvicorn.Config(
         app, host=host, port=port, log_level="warning", lifespan="off", timeout_graceful_shutdown=10
     )
-    with contextlib.suppress(KeyboardInterrupt):  # uvicorn raises the Ctrl-C it handled once it has shut down
-        uvicorn.Server(config).run()
+    # Once it has shut down, uvicorn raises the signal it handled again, under the handler it found. For
+    # SIGTERM that is the default one, which ends the process on the spot: the caller's clean-up (a server's
+    # last records, traces and figures) would never run. Under this handler SIGTERM ends it like Ctrl-C.
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main else None
+    try:
+        with contextlib.suppress(KeyboardInterrupt):  # uvicorn raises the Ctrl-C it handled once it has shut down
+            uvicorn.Server(config).run()
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt

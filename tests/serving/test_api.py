@@ -34,10 +34,10 @@ def served(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
 
 @contextlib.contextmanager
 def serving_two_adapters(
-    tiny_model: Path, root: Path, more_env: dict[str, str] | None = None
+    tiny_model: Path, root: Path, more_env: dict[str, str] | None = None, stop_with: int = signal.SIGINT
 ) -> Iterator[dict[str, Any]]:
     """A `tuneloop serve support` process: v1 (champion) and v2 (challenger), LoRA adapters of the tiny base
-    that answer differently (`more_env`: settings of this server)."""
+    that answer differently (`more_env`: settings of this server; `stop_with`: the signal that stops it)."""
     from tuneloop.registry.adapters import register_adapter
     from tuneloop.registry.base_models import import_base
     from tuneloop.registry.client import RegistryClient
@@ -64,7 +64,7 @@ def serving_two_adapters(
     try:
         yield {"url": server.url, "rc": rc, "folders": folders, "tiny": tiny_model, "log": server.log, "env": env}
     finally:
-        server.stop()
+        server.stop(stop_with)
 
 
 class _Server:
@@ -87,8 +87,8 @@ class _Server:
                 time.sleep(0.3)
         raise AssertionError(log.read_text())
 
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGINT)  # Ctrl-C: a clean stop, no traceback
+    def stop(self, how: int = signal.SIGINT) -> None:
+        self.proc.send_signal(how)  # Ctrl-C (or SIGTERM, as `tuneloop up` and Kubernetes stop it): a clean stop
         assert self.proc.wait(30) == 0
         text = self.log.read_text()
         assert "Traceback" not in text and text.rstrip().endswith("stopped"), text

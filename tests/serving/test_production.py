@@ -195,11 +195,15 @@ def test_per_version_figures_in_the_serving_run_traffic_show_and_the_version_pag
 
 
 def test_trace_redaction_keeps_text_out_of_mlflow_and_in_the_records(tiny_model: Path, tmp_path: Path) -> None:
-    """Also `records sync-feedback`, run by hand (this server's own exchange is an hour away)."""
+    """Also `records sync-feedback`, run by hand (this server's own exchange is an hour away), and a stop by
+    SIGTERM (as `tuneloop up`, the demo and Kubernetes stop a server): what is queued is still exported, the
+    last figures logged and the serving run ended."""
+    import signal
+
     from tuneloop.monitors.ingestion.records import Feedback, add_feedback
 
     env = {"TUNELOOP_SERVE__TRACE_REDACT": "true", "TUNELOOP_FEEDBACK__SYNC_SECONDS": "3600"}
-    with serving_two_adapters(tiny_model, tmp_path, env) as found:
+    with serving_two_adapters(tiny_model, tmp_path, env, stop_with=signal.SIGTERM) as found:
         rc = found["rc"]
         answer = _client(found).chat.completions.create(model="support@champion", messages=MESSAGES, max_tokens=4)
         trace = _trace_of(rc, answer.id)
@@ -214,6 +218,10 @@ def test_trace_redaction_keeps_text_out_of_mlflow_and_in_the_records(tiny_model:
         assert [(a.name, a.value) for a in mlflow.get_trace(trace.info.trace_id).info.assessments] == [
             ("label", "refund")
         ]
+        last = _client(found).chat.completions.create(model="support@champion", messages=MESSAGES, max_tokens=2)
+    assert rc.stores.traces.link_of(last.id) is not None  # exported on the way out
+    (run,) = rc.mlflow.search_runs([_experiment(rc).experiment_id])
+    assert run.info.status == "FINISHED" and run.data.metrics["v1/requests_total"] == 2
     record = rc.stores.records.get(answer.id)
     assert record.output and MESSAGES[-1]["content"] in record.prompt  # the record keeps the text
     text = json.dumps(trace.to_dict())

@@ -93,6 +93,7 @@ def _print(app: AppContext, stored: Any, as_json: bool, note: str = "", servers:
                 f"    v{version}: {f.get('requests', 0):.0f} requests ({f.get('requests_total', 0):.0f} in all), "
                 f"{f.get('completion_tokens_per_s', 0):.1f} completion tokens/s{latency}, "
                 f"{f.get('errors', 0):.0f} errors, {f.get('rejected_429', 0):.0f} refused (429)"
+                + (f", {f['shadow_answers']:.0f} shadow answers" if f.get("shadow_answers") else "")
             )
     if note:
         click.echo(note, err=True)

@@ -91,9 +91,11 @@ def _write_on_trace(item: FeedbackToMirror) -> None:
 
 def pull(rc: RegistryClient, name: str, experiment: str, result: SyncResult) -> None:
     trusted_ids = set(rc.settings.feedback.trusted_reviewers)
-    for info, assessment in _reviewed(rc, experiment):
+    reviews = list(_reviewed(rc, experiment))
+    seen = rc.stores.traces.assessment_times([a.assessment_id for _, a in reviews])  # one query, not one each
+    for info, assessment in reviews:
         updated = _time(assessment.last_update_time_ms or assessment.create_time_ms)
-        if rc.stores.traces.assessment_times([assessment.assessment_id]).get(assessment.assessment_id) == updated:
+        if seen.get(assessment.assessment_id) == updated:
             continue
         record_id = info.tags.get(TraceTag.RECORD)
         if not record_id or rc.stores.records.get(record_id) is None:

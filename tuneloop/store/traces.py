@@ -131,15 +131,16 @@ class TraceStore(Store):
 
     def assessment_times(self, ids: Sequence[str]) -> dict[str, datetime]:
         """When each of `ids` already imported was last updated in MLflow."""
-        if not ids:
-            return {}
+        found: dict[str, datetime] = {}
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(trace_assessments.c.assessment_id, trace_assessments.c.updated_at).where(
-                    trace_assessments.c.assessment_id.in_(list(ids))
+            for start in range(0, len(ids), 500):  # bounded IN lists, whatever the number of assessments
+                rows = conn.execute(
+                    sa.select(trace_assessments.c.assessment_id, trace_assessments.c.updated_at).where(
+                        trace_assessments.c.assessment_id.in_(list(ids[start : start + 500]))
+                    )
                 )
-            )
-            return {assessment_id: at for assessment_id, at in rows}
+                found |= {assessment_id: at for assessment_id, at in rows}
+        return found
 
     def save_assessment(self, assessment: ReviewAssessment, values: FeedbackValues | None) -> None:
         """Keep `assessment`; with `values` (a trusted reviewer's), set those fields of the record's feedback."""

@@ -80,26 +80,26 @@ def _rows(tmp: Path) -> list[dict]:
     return data_io.load(_data_file(tmp)).rows
 
 
+def _load_4bit(folder: Path, dtype):
+    """SmolLM2 in 4-bit NF4 with double quantization, computing in `dtype`, as the qlora recipe loads it."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    quantization = BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype
+    )
+    return AutoModelForCausalLM.from_pretrained(folder, quantization_config=quantization, dtype=dtype, device_map="cpu")
+
+
 def run_stock(steps: int) -> float:
     """The usual QLoRA recipe, as TRL's docs show it: bf16 compute, gradient checkpointing, TRL defaults."""
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
     folder = _smollm2_folder(Path())
-    model = AutoModelForCausalLM.from_pretrained(
-        folder,
-        quantization_config=BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16,
-        ),
-        dtype=torch.bfloat16,
-        device_map="cpu",
-    )
+    model = _load_4bit(folder, torch.bfloat16)
     timer = StepTimer()
     with tempfile.TemporaryDirectory() as out:
         rows = _rows(Path(out))
@@ -159,21 +159,11 @@ def run_bare(steps: int) -> float:
     """A hand-written PEFT loop with tuneloop's settings: NF4 + double quant, fp32 compute, no checkpointing."""
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from transformers import AutoTokenizer
 
     folder = _smollm2_folder(Path())
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(
-        folder,
-        quantization_config=BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.float32,
-        ),
-        dtype=torch.float32,
-        device_map="cpu",
-    )
+    model = _load_4bit(folder, torch.float32)
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     model = get_peft_model(
         model,

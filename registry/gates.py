@@ -37,13 +37,15 @@ _GATE = re.compile(
 
 @dataclass(frozen=True)
 class Gate:
+    """`METRIC OP NUMBER`, or `METRIC OP ALIAS [ARITH OPERAND]`: a threshold relative to the alias's value."""
+
     text: str
     metric: str
     op: str
-    number: float | None = None
-    ref: str | None = None
-    arith: str | None = None
-    operand: float | None = None
+    number: float | None  # the absolute threshold; None for a relative one
+    ref: str | None  # the alias a relative threshold reads
+    arith: str | None  # +, - or *
+    operand: float | None
 
     def threshold_from(self, ref_value: float) -> float:
         if self.arith == "+":

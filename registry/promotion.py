@@ -134,7 +134,9 @@ def rollback(rc: RegistryClient, model: str, alias: str, *, reason: str = "") ->
             )
         rc.model_version(model, previous)  # it may have been deleted since
         reason = reason or f"rollback of entry {history[-1].id}"
-        move = _move_alias(rc, tx, model, alias, "rollback", history[-1].to_version, previous, reason=reason)
+        move = _move_alias(
+            rc, tx, model, alias, "rollback", history[-1].to_version, previous, forced=False, reason=reason, checks=[]
+        )
     _refresh_descriptions(rc, model)
     return PromotionResult(move=move, gates=[], unaudited=unaudited)
 
@@ -148,9 +150,9 @@ def _move_alias(
     from_version: int | None,
     to_version: int,
     *,
-    forced: bool = False,
-    reason: str = "",
-    checks: list[GateCheck] | None = None,
+    forced: bool,
+    reason: str,
+    checks: list[GateCheck],
 ) -> AliasMove:
     """Audit entry first, then the MLflow alias: if setting the alias fails, the entry rolls back with it."""
     move = rc.stores.audit.append(

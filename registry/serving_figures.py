@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from tuneloop.names import RunTag, parse_serving_metric, serve_experiment
 from tuneloop.registry.client import RegistryClient
+from tuneloop.registry.tracking import existing_experiment_id
 
 RECENT_S = 3600
 MOST_SERVERS = 20
@@ -24,12 +25,12 @@ class ServerFigures:
 
 def latest(rc: RegistryClient, name: str) -> list[ServerFigures]:
     """The latest interval of every server of `name` running or stopped within the last hour, newest first."""
-    experiment = rc.mlflow.get_experiment_by_name(f"{rc.settings.experiment_prefix}-{serve_experiment(name)}")
+    experiment = existing_experiment_id(rc.mlflow, rc.settings, serve_experiment(name))
     if experiment is None:
         return []
     since_ms = (time.time() - RECENT_S) * 1000
     runs = rc.mlflow.search_runs(
-        [experiment.experiment_id],
+        [experiment],
         filter_string=f"tags.`{RunTag.SERVE_MODEL}` = '{name.replace(chr(39), chr(39) * 2)}'",
         order_by=["attributes.start_time DESC"],
         max_results=MOST_SERVERS,

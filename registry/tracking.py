@@ -42,9 +42,20 @@ def connect(settings: Settings) -> MlflowClient:
     return client
 
 
+def experiment_name(settings: Settings, suffix: str) -> str:
+    """The MLflow name of one of tuneloop's experiments (`names.Experiment`, `serve_experiment`)."""
+    return f"{settings.experiment_prefix}-{suffix}"
+
+
+def existing_experiment_id(client: MlflowClient, settings: Settings, suffix: str) -> str | None:
+    """The id of `<prefix>-<suffix>` if it exists; never creates it."""
+    found = client.get_experiment_by_name(experiment_name(settings, suffix))
+    return found.experiment_id if found is not None else None
+
+
 def experiment_id(client: MlflowClient, settings: Settings, suffix: str) -> str:
     """Get or create `<prefix>-<suffix>`, with its artifacts under tuneloop's artifact root."""
-    name = f"{settings.experiment_prefix}-{suffix}"
+    name = experiment_name(settings, suffix)
     note = EXPERIMENT_NOTES.get(suffix, "")
     if not note and suffix.startswith(serve_experiment("")):
         note = SERVE_EXPERIMENT_NOTE.format(name=suffix.removeprefix(serve_experiment("")))

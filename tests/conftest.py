@@ -132,6 +132,28 @@ def build_tiny_adapter(base_folder: Path, folder: Path, seed: int = 1) -> Path:
     return folder
 
 
+def chat_file(path: Path, pairs: list[tuple[str, str]]) -> Path:
+    """A chat-format JSONL file, one user/assistant exchange per (question, answer) pair."""
+    import json
+
+    path.write_text(
+        "".join(
+            json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}) + "\n"
+            for q, a in pairs
+        )
+    )
+    return path
+
+
+def tiny_lora_recipe(path: Path, data: Path, **sections: Any) -> Path:
+    """A `lora` recipe for the tiny base `tiny:1` on `data`, its sections (`training`, `lora`) as given."""
+    import yaml
+
+    recipe = {"name": "tiny-lora", "method": "lora", "base": "tiny:1", "data": {"train": str(data), "max_length": 32}}
+    path.write_text(yaml.safe_dump(recipe | sections))
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-llama")

@@ -5,13 +5,12 @@ the libraries' bars and warnings come through with `-v`."""
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import yaml
 
-from tests.conftest import run_cli
+from tests.conftest import chat_file, run_cli, tiny_lora_recipe
 
 # Lines the libraries underneath print (transformers, TRL/datasets, MLflow, bitsandbytes).
 THIRD_PARTY = (
@@ -49,26 +48,9 @@ def test_import_train_eval_from_an_empty_folder_write_only_home_and_cache_and_pr
     for folder in (inputs, work, user_home):
         folder.mkdir()
     rows = [("order status", "your order has shipped"), ("reset password", "use the reset link")] * 4
-    data = inputs / "chat.jsonl"
-    data.write_text(
-        "".join(
-            json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}) + "\n"
-            for q, a in rows
-        )
-    )
-    recipe = inputs / "recipe.yaml"
-    recipe.write_text(
-        yaml.safe_dump(
-            {
-                "name": "tiny-lora",
-                "method": "lora",
-                "base": "tiny:1",
-                "data": {"train": str(data), "max_length": 32},
-                "training": {"max_steps": 20, "batch_size": 4, "checkpoint_every": 1},
-                "lora": {"r": 4, "alpha": 8},
-            }
-        )
-    )
+    data = chat_file(inputs / "chat.jsonl", rows)
+    training = {"max_steps": 20, "batch_size": 4, "checkpoint_every": 1}
+    recipe = tiny_lora_recipe(inputs / "recipe.yaml", data, training=training, lora={"r": 4, "alpha": 8})
     suite = inputs / "suite.yaml"
     suite.write_text(
         yaml.safe_dump(

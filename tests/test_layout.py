@@ -109,6 +109,15 @@ def test_platform_holds_no_python_and_stdlib_platform_still_works() -> None:
     assert proc.stdout.strip() == "Linux"
 
 
+def _modules_named(node: ast.AST, *, absolute_only: bool) -> list[str]:
+    """The modules an import statement names (`from P import x`: P); none for any other node."""
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    if isinstance(node, ast.ImportFrom) and not (absolute_only and node.level):
+        return [node.module or ""]
+    return []
+
+
 def test_no_bare_registry_monitors_or_pipelines_import_anywhere() -> None:
     bad = []
     for tree in PYTHON_TREES:
@@ -116,13 +125,7 @@ def test_no_bare_registry_monitors_or_pipelines_import_anywhere() -> None:
             if path.is_relative_to(OLD_CODE_SCRIPTS):
                 continue
             for node in ast.walk(ast.parse(path.read_text())):
-                names = (
-                    [a.name for a in node.names]
-                    if isinstance(node, ast.Import)
-                    else [node.module or ""]
-                    if isinstance(node, ast.ImportFrom) and node.level == 0
-                    else []
-                )
+                names = _modules_named(node, absolute_only=True)
                 bad += [f"{path.relative_to(REPO)}:{node.lineno} imports {n}" for n in names if n.split(".")[0] in BARE]
     assert not bad, "\n".join(bad)
 
@@ -144,13 +147,7 @@ def test_sql_lives_only_in_the_storage_layer() -> None:
         if name.startswith("tuneloop.store"):
             continue
         for node in ast.walk(ast.parse(path.read_text())):
-            names = (
-                [a.name for a in node.names]
-                if isinstance(node, ast.Import)
-                else [node.module or ""]
-                if isinstance(node, ast.ImportFrom)
-                else []
-            )
+            names = _modules_named(node, absolute_only=False)
             wrong += [
                 f"{name}:{node.lineno} imports {n}" for n in names if n.split(".")[0] in ("sqlalchemy", "alembic")
             ]

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO, free_port, run_cli
+from tests.conftest import REPO, chat_file, free_port, run_cli, tiny_lora_recipe
 from tuneloop.demo import traffic
 
 PLATFORM = REPO / "platform"
@@ -150,25 +150,11 @@ def test_register_train_ingest_and_check_drift_on_postgres_and_s3(
 
     assert _ok(run_cli("db", "upgrade", "--json", env=env))["up_to_date"]  # the release step
     _ok(run_cli("models", "import-base", "tiny", "--source", str(tiny_model), "--json", env=env))
-    data = tmp_path / "chat.jsonl"
-    data.write_text(
-        "".join(
-            json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}) + "\n"
-            for q, a in [("hello", "hello world"), ("refund order", "yes refund the order please")] * 4
-        )
+    data = chat_file(
+        tmp_path / "chat.jsonl", [("hello", "hello world"), ("refund order", "yes refund the order please")] * 4
     )
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(
-        yaml.safe_dump(
-            {
-                "name": "tiny-lora",
-                "method": "lora",
-                "base": "tiny:1",
-                "data": {"train": str(data), "max_length": 32},
-                "training": {"max_steps": 4, "batch_size": 4, "learning_rate": 0.01},
-            }
-        )
-    )
+    training = {"max_steps": 4, "batch_size": 4, "learning_rate": 0.01}
+    recipe = tiny_lora_recipe(tmp_path / "recipe.yaml", data, training=training)
     trained = _ok(run_cli("train", str(recipe), "--json", env=env, timeout=600))
     assert trained["version"] == 1
 

@@ -136,6 +136,18 @@ class Tag:
     SERVING = "tuneloop.serving"  # JSON: the latest serving figures of a version (`tuneloop serve`'s serving run)
 
 
+class TraceTag:
+    """Tags of a served request's trace (the record id finds the trace; `pair_of` a shadow's live record)."""
+
+    RECORD = "tuneloop.record"
+    MODEL = "tuneloop.model"
+    VERSION = "tuneloop.version"
+    ALIAS = "tuneloop.alias"
+    KIND = "tuneloop.kind"
+    PAIR_OF = "tuneloop.pair_of"
+    USER = "tuneloop.user"  # the record's hash of the request's `user`, never the value
+
+
 class Experiment:
     """Suffixes of the MLflow experiments tuneloop creates (prefixed by `settings.experiment_prefix`)."""
 
@@ -152,18 +164,6 @@ class Experiment:
 def serve_experiment(name: str) -> str:
     """The suffix of a served model's experiment: its served requests' traces and its servers' runs."""
     return f"serve-{name}"
-
-
-class TraceTag:
-    """Tags of a served request's trace (the record id finds the trace; `pair_of` a shadow's live record)."""
-
-    RECORD = "tuneloop.record"
-    MODEL = "tuneloop.model"
-    VERSION = "tuneloop.version"
-    ALIAS = "tuneloop.alias"
-    KIND = "tuneloop.kind"
-    PAIR_OF = "tuneloop.pair_of"
-    USER = "tuneloop.user"  # the record's hash of the request's `user`, never the value
 
 
 SERVE_EXPERIMENT_NOTE = (

@@ -23,6 +23,7 @@ from typing import Any
 
 from tuneloop.names import TraceTag, serve_experiment
 from tuneloop.registry.client import RegistryClient
+from tuneloop.registry.tracking import existing_experiment_id
 from tuneloop.store.records import FeedbackValues
 from tuneloop.store.traces import FeedbackToMirror, ReviewAssessment
 
@@ -48,7 +49,7 @@ class SyncResult:
 def sync(rc: RegistryClient, name: str) -> SyncResult:
     """One exchange for model `name`: push, then pull. Raises when MLflow cannot be reached."""
     result = SyncResult()
-    experiment = _experiment_id(rc, name)
+    experiment = existing_experiment_id(rc.mlflow, rc.settings, serve_experiment(name))
     if experiment is None:
         return result  # nothing served with tracing yet
     push(rc, name, result)
@@ -172,8 +173,3 @@ def _value(assessment: Any) -> Any:
 
 def _time(ms: int | None) -> datetime:
     return datetime.fromtimestamp((ms or 0) / 1000, UTC)
-
-
-def _experiment_id(rc: RegistryClient, name: str) -> str | None:
-    found = rc.mlflow.get_experiment_by_name(f"{rc.settings.experiment_prefix}-{serve_experiment(name)}")
-    return found.experiment_id if found is not None else None

@@ -35,7 +35,7 @@ class LoopScheduler:
     def __init__(
         self,
         rc: RegistryClient,
-        config_file: str | None = None,
+        config_file: str | None,  # the `--config` file workers are started with (None: the default)
         *,
         lease_s: float | None = None,
         tick_s: float | None = None,

@@ -102,6 +102,11 @@ class _RecipeBase(_Strict):
         return self
 
 
+class PromptTuningRecipe(_RecipeBase):
+    prompt_tuning: PromptTuningSettings = Field(default_factory=PromptTuningSettings)
+    method: Literal[AdapterMethod.PROMPT_TUNING] = Field(description=METHOD_HELP)
+
+
 class _LoraRecipe(_RecipeBase):
     """Methods that train LoRA matrices on a frozen base."""
 
@@ -109,8 +114,8 @@ class _LoraRecipe(_RecipeBase):
 
 
 class QloraRecipe(_LoraRecipe):
-    method: Literal[AdapterMethod.QLORA] = Field(description=METHOD_HELP)
     quantization: QuantizationSettings = Field(default_factory=QuantizationSettings)
+    method: Literal[AdapterMethod.QLORA] = Field(description=METHOD_HELP)
 
 
 class LoraRecipe(_LoraRecipe):
@@ -118,18 +123,13 @@ class LoraRecipe(_LoraRecipe):
 
 
 class DpoRecipe(_LoraRecipe):
-    method: Literal[AdapterMethod.DPO] = Field(description=METHOD_HELP)
     dpo: DpoSettings = Field(default_factory=DpoSettings)
+    method: Literal[AdapterMethod.DPO] = Field(description=METHOD_HELP)
 
 
 class HybridRecipe(_LoraRecipe):
-    method: Literal[AdapterMethod.HYBRID] = Field(description=METHOD_HELP)
     hybrid: HybridSettings = Field(default_factory=HybridSettings)
-
-
-class PromptTuningRecipe(_RecipeBase):
-    method: Literal[AdapterMethod.PROMPT_TUNING] = Field(description=METHOD_HELP)
-    prompt_tuning: PromptTuningSettings = Field(default_factory=PromptTuningSettings)
+    method: Literal[AdapterMethod.HYBRID] = Field(description=METHOD_HELP)
 
 
 class FullRecipe(_RecipeBase):

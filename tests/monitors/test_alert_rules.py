@@ -4,12 +4,12 @@ alerts on traffic from the reference distribution."""
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO
+from tests.monitors.conftest import run_backtest
 from tuneloop.demo import traffic as drift_data
 from tuneloop.monitors.alerting.rules import AlertRule, incidents, load_rule
 from tuneloop.monitors.drift.checks import CheckResult, WindowResult
@@ -82,14 +82,6 @@ def test_bad_rules_are_refused_with_every_problem(tmp_path: Path) -> None:
         assert problem in message, message
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    rng = random.Random(12345)
-    return drift_data.write(
-        tmp_path_factory.mktemp("ref") / "reference.jsonl", [drift_data.record(rng) for _ in range(6000)]
-    )
-
-
 def test_backtest_replays_a_rule_over_a_planted_incident(reference: Path, tmp_path: Path) -> None:
     rows = (
         drift_data.windows(6, 500, seed=41)
@@ -98,18 +90,11 @@ def test_backtest_replays_a_rule_over_a_planted_incident(reference: Path, tmp_pa
     )
     monitor = tmp_path / "monitor.yaml"
     monitor.write_text("name: support\nwindow: {size: 500}\n")
-    result = run_cli(
-        "monitor",
-        "backtest",
-        "--monitor",
-        str(monitor),
-        "--reference",
-        str(reference),
-        "--current",
-        str(drift_data.write(tmp_path / "current.jsonl", rows)),
-        "--alert",
-        str(REPO / "examples" / "alerts" / "support-drift.yaml"),
-        "--json",
+    result = run_backtest(
+        monitor,
+        reference,
+        drift_data.write(tmp_path / "current.jsonl", rows),
+        *("--alert", str(REPO / "examples" / "alerts" / "support-drift.yaml"), "--json"),
         env={"TUNELOOP_HOME": str(tmp_path / "home")},
     )
     assert result.returncode == 0, result.stderr[-2000:]

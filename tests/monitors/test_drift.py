@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import random
+import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.monitors.conftest import run_backtest
 from tuneloop.demo import traffic as drift_data
 
 
@@ -19,30 +19,14 @@ def _monitor(tmp_path: Path, size: int = 500) -> Path:
     return path
 
 
+def _run_backtest(tmp_path: Path, reference: Path, current: Path, *options: str) -> subprocess.CompletedProcess:
+    return run_backtest(_monitor(tmp_path), reference, current, *options, env={"TUNELOOP_HOME": str(tmp_path / "home")})
+
+
 def _backtest(tmp_path: Path, reference: Path, current: Path) -> dict:
-    result = run_cli(
-        "monitor",
-        "backtest",
-        "--monitor",
-        str(_monitor(tmp_path)),
-        "--reference",
-        str(reference),
-        "--current",
-        str(current),
-        "--json",
-        env={"TUNELOOP_HOME": str(tmp_path / "home")},
-        timeout=1800,
-    )
+    result = _run_backtest(tmp_path, reference, current, "--json")
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout)
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    rng = random.Random(12345)
-    return drift_data.write(
-        tmp_path_factory.mktemp("ref") / "reference.jsonl", [drift_data.record(rng) for _ in range(6000)]
-    )
 
 
 def test_few_false_alarms_on_windows_from_the_reference_distribution(reference: Path, tmp_path: Path) -> None:
@@ -103,17 +87,7 @@ def test_small_windows_say_not_enough_data_and_bad_files_fail(reference: Path, t
     assert [w["status"] for w in report["windows"]] == ["not enough data"]
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "hi", "output": "hello"}\n{"prompt": 3, "output": "x"}\n')
-    result = run_cli(
-        "monitor",
-        "backtest",
-        "--monitor",
-        str(_monitor(tmp_path)),
-        "--reference",
-        str(reference),
-        "--current",
-        str(bad),
-        env={"TUNELOOP_HOME": str(tmp_path / "home")},
-    )
+    result = _run_backtest(tmp_path, reference, bad)
     assert (
         result.returncode == 1 and f"{bad}:2: `prompt`: Input should be a valid string" in result.stderr
     )  # the ingest API's words
@@ -132,18 +106,8 @@ def test_time_windows_and_the_domain_classifiers_explanation(reference: Path, tm
     rows = [{**r, "timestamp": (start + timedelta(seconds=12 * i)).isoformat()} for i, r in enumerate(calm + off_topic)]
     monitor = tmp_path / "hourly.yaml"
     monitor.write_text("name: hourly\nwindow: {kind: time, duration: 1h}\nmin_size: 100\n")
-    result = run_cli(
-        "monitor",
-        "backtest",
-        "--monitor",
-        str(monitor),
-        "--reference",
-        str(reference),
-        "--current",
-        str(drift_data.write(tmp_path / "stamped.jsonl", rows)),
-        "--json",
-        env={"TUNELOOP_HOME": str(tmp_path / "home")},
-    )
+    home = {"TUNELOOP_HOME": str(tmp_path / "home")}
+    result = run_backtest(monitor, reference, drift_data.write(tmp_path / "stamped.jsonl", rows), "--json", env=home)
     assert result.returncode == 0, result.stderr[-2000:]
     windows = json.loads(result.stdout)["windows"]
     assert [(w["size"], w["status"], w["start"]) for w in windows] == [
@@ -152,17 +116,7 @@ def test_time_windows_and_the_domain_classifiers_explanation(reference: Path, tm
     ]
     domain = next(c for c in windows[1]["checks"] if c["check"] == "prompt.domain")
     assert domain["drifted"] and {"weather", "football", "quantum", "recipe"} & set(domain["details"]["typical_words"])
-    unstamped = run_cli(
-        "monitor",
-        "backtest",
-        "--monitor",
-        str(monitor),
-        "--reference",
-        str(reference),
-        "--current",
-        str(drift_data.write(tmp_path / "plain.jsonl", calm)),
-        env={"TUNELOOP_HOME": str(tmp_path / "home")},
-    )
+    unstamped = run_backtest(monitor, reference, drift_data.write(tmp_path / "plain.jsonl", calm), env=home)
     assert unstamped.returncode == 1 and "plain.jsonl:1: `timestamp` is missing" in unstamped.stderr
 
 
@@ -179,19 +133,7 @@ def test_embedding_drift_is_quiet_on_fresh_windows_and_finds_planted_changes(ref
         + drift_data.windows(8, 250, seed=32, kind="off_topic", share=0.2)
         + drift_data.windows(8, 250, seed=33, kind="language", share=0.2)
     )
-    result = run_cli(
-        "monitor",
-        "backtest",
-        "--monitor",
-        str(monitor),
-        "--reference",
-        str(reference),
-        "--current",
-        str(drift_data.write(tmp_path / "current.jsonl", rows)),
-        "--json",
-        env=env,
-        timeout=1800,
-    )
+    result = run_backtest(monitor, reference, drift_data.write(tmp_path / "current.jsonl", rows), "--json", env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     windows = json.loads(result.stdout)["windows"]
     fresh, off_topic, language = windows[:20], windows[20:28], windows[28:]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import chat_file, run_cli
 
 INTENTS = [  # prompt words -> label; every word is in the tiny tokenizer's vocabulary
     ("refund order please", "refund"),
@@ -21,15 +21,6 @@ INTENTS = [  # prompt words -> label; every word is in the tiny tokenizer's voca
     ("order shipping thanks", "shipping"),
     ("account help please", "account"),
 ]
-
-
-def _chat_file(path: Path, pairs: list[tuple[str, str]]) -> Path:
-    with open(path, "w") as f:
-        f.writelines(
-            json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}) + "\n"
-            for q, a in pairs
-        )
-    return path
 
 
 def _suite(tmp_path: Path, data: Path, metrics: list[str], max_new_tokens: int = 1) -> Path:
@@ -91,7 +82,7 @@ def intents_registry(sqlite_rc, tiny_model: Path, tmp_path: Path):
     from tuneloop.registry.base_models import import_base
 
     import_base(sqlite_rc, "tiny", str(tiny_model))
-    return sqlite_rc, _chat_file(tmp_path / "intents.jsonl", INTENTS)
+    return sqlite_rc, chat_file(tmp_path / "intents.jsonl", INTENTS)
 
 
 def test_suite_run_logs_to_mlflow_and_attaches_results_to_the_version(intents_registry, tmp_path: Path) -> None:
@@ -156,7 +147,7 @@ def test_adapter_trained_on_shuffled_labels_is_refused_by_a_gate_relative_to_the
     set_policy(rc, "tiny-intents", ["accuracy >= champion - 0.01", "f1_macro >= champion - 0.05"])
     evaluate(rc, suite, "tiny-intents@champion", progress=False)
 
-    corrupted = _train(rc, _chat_file(tmp_path / "shuffled.jsonl", _shuffled(INTENTS)), seed=seed)
+    corrupted = _train(rc, chat_file(tmp_path / "shuffled.jsonl", _shuffled(INTENTS)), seed=seed)
     evaluate(rc, suite, f"tiny-intents:{corrupted.version}", progress=False)
     with pytest.raises(GateFailed) as refused:
         promote(rc, "tiny-intents", corrupted.version, "champion")
@@ -188,7 +179,7 @@ def test_eval_compare_and_human_review_through_the_cli(intents_registry, tmp_pat
     rc, data = intents_registry
     env = {"TUNELOOP_HOME": str(rc.settings.home)}
     good = _train(rc, data, seed=1)
-    bad = _train(rc, _chat_file(tmp_path / "shuffled.jsonl", _shuffled(INTENTS)), seed=1)
+    bad = _train(rc, chat_file(tmp_path / "shuffled.jsonl", _shuffled(INTENTS)), seed=1)
     suite = _suite(tmp_path, data, ["accuracy", "exact_match", "latency_ms"])
     runs = {}
     for version in (good.version, bad.version):

@@ -162,7 +162,7 @@ def test_missed_cron_fires_coalesce_into_one_run_and_triggers_are_idempotent(sql
     _loop(sqlite_rc, tmp_path, cron="* * * * *")
     with sqlite_rc.stores.engine.begin() as conn:  # the scheduler was down for ten minutes
         conn.execute(sa.text("UPDATE loops SET last_cron_at = :t"), {"t": datetime.now(UTC) - timedelta(minutes=10)})
-    scheduler = LoopScheduler(sqlite_rc)
+    scheduler = LoopScheduler(sqlite_rc, None)
     first = scheduler.cron_due("l")
     assert first is not None and scheduler.cron_due("l") is None
     runs = list_runs(sqlite_rc)

@@ -491,12 +491,12 @@ def summary(demo: Demo, champion: dict[str, Any], loop: dict[str, Any], ui: str)
 def _production(demo: Demo) -> dict[str, Any]:
     """Where the served requests are in MLflow: their traces and the servers' runs."""
     from tuneloop.names import serve_experiment
+    from tuneloop.registry.tracking import existing_experiment_id, experiment_name
 
-    name = f"{demo.rc.settings.experiment_prefix}-{serve_experiment(demo.cfg.adapter)}"
-    found = demo.rc.mlflow.get_experiment_by_name(name)
+    suffix = serve_experiment(demo.cfg.adapter)
     return {
-        "experiment": name,
-        "experiment_id": found.experiment_id if found else None,
+        "experiment": experiment_name(demo.rc.settings, suffix),
+        "experiment_id": existing_experiment_id(demo.rc.mlflow, demo.rc.settings, suffix),
         "traces": demo.rc.stores.traces.count_links(demo.cfg.adapter),
     }
 

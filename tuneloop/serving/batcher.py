@@ -96,9 +96,9 @@ class Batcher(QueueWorker):
         tokenizer: Any,
         *,
         max_batch: int = 16,
+        max_spare: int | None = None,  # spare (shadow) work queued at most; twice max_batch by default
         collect_ms: float = 5.0,
         max_queue: int = 256,
-        max_spare: int | None = None,
     ) -> None:
         tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
         if tokenizer.pad_token is None:

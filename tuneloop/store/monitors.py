@@ -16,6 +16,8 @@ from tuneloop.store.tables import monitor_cursors, monitor_versions, monitor_win
 
 
 class WindowStatus(StrEnum):
+    """A judged window's verdict: every check held, at least one drifted, or too few records to judge."""
+
     OK = "ok"
     DRIFT = "drift"
     NOT_ENOUGH_DATA = "not enough data"

@@ -18,12 +18,6 @@ from tuneloop.store.base import Store, Transaction, entity
 from tuneloop.store.tables import delivery_attempts, notifications
 
 
-class NotificationState(StrEnum):
-    PENDING = "pending"
-    DELIVERED = "delivered"
-    FAILED = "failed"
-
-
 @dataclass(frozen=True)
 class Notification:
     id: int
@@ -42,6 +36,12 @@ class DeliveryAttempt:
     ok: bool
     detail: str  # HTTP status or the error, never the URL
     seconds: float
+
+
+class NotificationState(StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
 
 
 def _notification(row: Any) -> Notification:

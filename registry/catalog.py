@@ -18,9 +18,9 @@ from tuneloop.schemas import ModelVersionInfo
 def version_info(mv: ModelVersion, aliases: dict[str, str] | None = None) -> ModelVersionInfo:
     tags = mv.tags or {}
     lineage = {
-        key.removeprefix("tuneloop."): value
+        key.removeprefix(Tag.PREFIX): value
         for key, value in tags.items()
-        if key.startswith("tuneloop.base.") or key in (Tag.METHOD, Tag.DATASET_DIGESTS, Tag.TRAINING_RUN_ID)
+        if key.startswith(Tag.BASE_PREFIX) or key in (Tag.METHOD, Tag.DATASET_DIGESTS, Tag.TRAINING_RUN_ID)
     }
     return ModelVersionInfo(
         name=mv.name,

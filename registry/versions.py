@@ -66,7 +66,7 @@ def log_and_register(
         with tempfile.TemporaryDirectory(dir=rc.cache_dir) as staging, run_context as run:
             if active is None:
                 run_id = run.info.run_id
-                mlflow.log_params({k.removeprefix("tuneloop."): v for k, v in tags.items() if len(v) <= 500})
+                mlflow.log_params({k.removeprefix(Tag.PREFIX): v for k, v in tags.items() if len(v) <= 500})
             staged = {}
             for key, folder in artifacts.items():  # MLflow names an artifact after its folder
                 staged[key] = str(_stage_folder(Path(folder), Path(staging) / key))

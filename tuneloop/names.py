@@ -113,6 +113,8 @@ class ModelRef:
 class Tag:
     """MLflow tag keys written by tuneloop (registered models and model versions)."""
 
+    PREFIX = "tuneloop."  # every key below starts with it (a run's params drop it)
+    BASE_PREFIX = "tuneloop.base."  # the BASE_* keys: the base an adapter was trained on
     KIND = "tuneloop.kind"
     CONTENT_DIGEST = "tuneloop.content_digest"
     SOURCE = "tuneloop.source"
@@ -146,6 +148,14 @@ class TraceTag:
     KIND = "tuneloop.kind"
     PAIR_OF = "tuneloop.pair_of"
     USER = "tuneloop.user"  # the record's hash of the request's `user`, never the value
+
+
+class SpanAttribute:
+    """Attributes of a served request's span, beside MLflow's own (inputs, outputs, token usage)."""
+
+    VERSION = "tuneloop.version"  # the version that answered, as a number
+    FINISH_REASON = "tuneloop.finish_reason"  # stop, length or cancelled
+    SAMPLING = "tuneloop.sampling"  # the sampling parameters the answer was generated with
 
 
 class Experiment:

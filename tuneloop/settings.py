@@ -299,12 +299,15 @@ class Settings(BaseSettings):
 
 
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]*):[^@/\s]+@")
+TOKEN_PREFIX = "tlk_"  # of the tokens `tuneloop tokens create` issues: only their hashes are stored
+_ISSUED_TOKEN = re.compile(rf"{TOKEN_PREFIX}[A-Za-z0-9_-]{{20,}}")  # masked by shape, as no store knows them
 
 
 def mask_secrets(text: str, secrets: Iterable[str] = ()) -> str:
-    """`text` with the password of every URL in it and each of `secrets` replaced by `***`: the one
-    masker of everything tuneloop prints, logs or stores."""
+    """`text` with the password of every URL in it, every token tuneloop issued and each of `secrets`
+    replaced by `***`: the one masker of everything tuneloop prints, logs or stores."""
     text = _URL_PASSWORD.sub(r"\1:***@", text)
+    text = _ISSUED_TOKEN.sub("***", text)
     for secret in secrets:
         if secret:
             text = text.replace(secret, "***")

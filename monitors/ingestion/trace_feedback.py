@@ -2,7 +2,7 @@
 
 Push: feedback posted to tuneloop (ingest API, `tuneloop records feedback`) for a record with a trace is
 written on the trace as assessments — `rating` and `label` as feedback, `reference` as the expectation
-`expected_response` — from the source `tuneloop` (an update replaces the earlier ones).
+`expected_response` — from the source `tuneloop` (a later post updates them in place).
 
 Pull: MLflow cannot search assessments by the time they were made, so the poll asks for the traces of
 the served model's experiment started in the last `feedback.review_days` that carry an assessment of a
@@ -72,22 +72,30 @@ def push(rc: RegistryClient, name: str, result: SyncResult) -> None:
 
 
 def _write_on_trace(item: FeedbackToMirror) -> None:
-    import mlflow
-    from mlflow.entities import AssessmentSource
+    """Each given value on the trace: tuneloop's earlier assessment of that name updated in place (the trace
+    never lacks it, as it would between a delete and a log), or a new one."""
+    from mlflow.entities import AssessmentSource, Expectation, Feedback
     from mlflow.tracing.client import TracingClient
 
     source = AssessmentSource(source_type="HUMAN", source_id=OUR_SOURCE)
     given = {RATING: item.rating, LABEL: item.label, REFERENCE: item.reference}
     client = TracingClient()
-    for earlier in client.get_trace_info(item.trace_id).assessments or []:
-        if earlier.source.source_id == OUR_SOURCE and earlier.name in given and given[earlier.name] is not None:
-            client.delete_assessment(item.trace_id, earlier.assessment_id)
-    if item.rating is not None:
-        mlflow.log_feedback(trace_id=item.trace_id, name=RATING, value=item.rating, source=source)
-    if item.label is not None:
-        mlflow.log_feedback(trace_id=item.trace_id, name=LABEL, value=item.label, source=source)
-    if item.reference is not None:
-        mlflow.log_expectation(trace_id=item.trace_id, name=REFERENCE, value=item.reference, source=source)
+    ours: dict[str, list[str]] = {}
+    for on_trace in client.get_trace_info(item.trace_id).assessments or []:
+        if on_trace.source.source_id == OUR_SOURCE:
+            ours.setdefault(on_trace.name, []).append(on_trace.assessment_id)
+    for name, value in given.items():
+        if value is None:
+            continue  # not part of this feedback: what the trace holds stays
+        kind = Expectation if name == REFERENCE else Feedback
+        assessment = kind(name=name, value=value, source=source)
+        earlier = ours.get(name, [])
+        if not earlier:
+            client.log_assessment(item.trace_id, assessment)
+            continue
+        client.update_assessment(item.trace_id, earlier[0], assessment)  # the source stays: it cannot change
+        for duplicate in earlier[1:]:  # one of a name is kept; a second could only come from outside tuneloop's claim
+            client.delete_assessment(item.trace_id, duplicate)
 
 
 def pull(rc: RegistryClient, name: str, experiment: str, result: SyncResult) -> None:

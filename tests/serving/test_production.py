@@ -13,6 +13,7 @@ import pytest
 
 from tests.conftest import eventually, run_cli, tuneloop_up
 from tests.serving.test_api import MESSAGES, TOKEN, _client, serving_two_adapters
+from tuneloop.store.tokens import Scope
 
 TRUSTED = "alice@example.com"
 USER = "bob@example.com"
@@ -76,11 +77,12 @@ def test_every_served_request_is_a_trace_with_its_version_record_and_usage(trace
         assert trace.info.execution_duration == pytest.approx(record.latency_ms, abs=2)
     chat_trace = _trace_of(rc, chat.id)
     assert chat_trace.info.tags["tuneloop.user"] == rc.stores.records.get(chat.id).meta["user"]
-    leaked = [{"role": "user", "content": f"my key is {TOKEN}, keep it"}]  # a secret the settings hold
+    issued = rc.stores.tokens.create("pasted", Scope.SERVE)  # stored as a hash only
+    leaked = [{"role": "user", "content": f"my key is {TOKEN}, keep it; {issued} too"}]  # the settings hold TOKEN
     careless = client.chat.completions.create(model="support@champion", messages=leaked, max_tokens=2)
-    assert "my key is ***, keep it" in json.dumps(_trace_of(rc, careless.id).to_dict())
+    assert "my key is ***, keep it; *** too" in json.dumps(_trace_of(rc, careless.id).to_dict())
     everything = json.dumps([t.to_dict() for t in _traces(rc)])
-    assert USER not in everything and TOKEN not in everything
+    assert USER not in everything and TOKEN not in everything and issued not in everything
     with urllib.request.urlopen(traced["url"] + "/health") as response:
         health = json.loads(response.read())
     assert health["traces"]["exported"] >= len(served) + 1 and health["traces"]["lost"] == 0
@@ -121,13 +123,17 @@ def test_feedback_posted_for_a_record_becomes_an_assessment_on_its_trace(traced)
         return [a for a in mlflow.get_trace(trace_id).info.assessments if a.source.source_id == "tuneloop"]
 
     def values() -> dict[str, Any]:
-        return {a.name: a.value for a in ours()}  # one read: the server may be replacing one meanwhile
+        current = ours()  # one read per probe
+        assert sorted(a.name for a in current) == ["expected_response", "label", "rating"], current
+        return {a.name: a.value for a in current}
 
     eventually(lambda: len(ours()) == 3, "three assessments")
     assert values() == {"rating": 4, "label": "refund", "expected_response": "we refund in 5 days"}
+    first_ids = {a.name: a.assessment_id for a in ours()}
     add_feedback(rc.stores, answer.id, Feedback(rating=2))  # the latest feedback wins, on the trace too
-    eventually(lambda: values().get("rating") == 2, "the new rating")
-    assert sorted(a.name for a in ours()) == ["expected_response", "label", "rating"]  # replaced, not added
+    # Every probe sees all three, never two ratings nor none: the rating is updated in place.
+    eventually(lambda: values()["rating"] == 2, "the new rating")
+    assert {a.name: a.assessment_id for a in ours()} == first_ids
 
 
 def test_a_trusted_reviewers_assessment_becomes_feedback_and_an_untrusted_one_never_trains(traced) -> None:

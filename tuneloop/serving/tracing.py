@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from tuneloop.names import TraceTag
+from tuneloop.names import SpanAttribute, TraceTag
 from tuneloop.serving.counts import Counts
 from tuneloop.serving.worker import CLOSE, QueueWorker
 from tuneloop.store.records import NewRecord, RecordKind
@@ -211,9 +211,9 @@ def build_trace(record: NewRecord, experiment_id: str, model_id: str | None, tex
         "mlflow.spanInputs": inputs,
         "mlflow.spanOutputs": outputs,
         "mlflow.chat.tokenUsage": usage,
-        "tuneloop.version": record.version,
-        "tuneloop.finish_reason": record.meta.get("finish_reason"),
-        "tuneloop.sampling": record.meta.get("sampling"),
+        SpanAttribute.VERSION: record.version,
+        SpanAttribute.FINISH_REASON: record.meta.get("finish_reason"),
+        SpanAttribute.SAMPLING: record.meta.get("sampling"),
     }
     tags = {
         "mlflow.traceName": span_name,

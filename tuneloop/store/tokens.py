@@ -20,10 +20,10 @@ from enum import StrEnum
 import sqlalchemy as sa
 
 from tuneloop.errors import Conflict, NotFound
+from tuneloop.settings import TOKEN_PREFIX
 from tuneloop.store.base import Store, entity
 from tuneloop.store.tables import ingest_tokens
 
-TOKEN_PREFIX = "tlk_"
 READ_EVERY_SECONDS = 5.0  # how soon a server sees a created or revoked token
 
 
